@@ -1,0 +1,154 @@
+"""Sessions: the whole suite, each package alone, the accelerator matrix, lint, demo and bench.
+
+`nox -t ci` is what `.ci/run` and the README's test command run: the whole suite on CPU, every
+package alone in its own venv with only its declared dependencies, and lint.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tomllib
+from pathlib import Path
+
+import nox
+
+ROOT = Path(__file__).parent
+PACKAGES = ["ds-accel", "ds-comm", "ds-kernels", "ds-zero", "ds-engine", "ds-launch"]
+# Optional extras each package's own tests exercise (mpi4py for MPI discovery, triton for kernels).
+PACKAGE_TEST_EXTRAS = {"ds-comm": "mpi", "ds-kernels": "triton", "ds-zero": "safetensors"}
+TEST_DEPS = ["pytest>=8", "pytest-timeout>=2.3", "numpy"]
+# Debian packages the real-process tests use: binary -> package.
+SYSTEM_PACKAGES = {"mpirun": "openmpi-bin", "pdsh": "pdsh"}
+
+nox.options.default_venv_backend = "venv"
+nox.options.sessions = ["tests", "lint"]
+
+
+def _cuda_torch_present() -> bool:
+    """A CUDA build of torch already importable by this interpreter (the GPU machine has one)."""
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.version.cuda is not None or getattr(torch.version, "hip", None) is not None
+
+
+def _install_torch(session: nox.Session) -> None:
+    session.install("-c", "constraints.txt", "torch")
+
+
+def _local_deps(package: str) -> list[str]:
+    """`package` and every ds-* package it depends on, transitively, as install paths."""
+    order: list[str] = []
+
+    def visit(name: str) -> None:
+        if name in order:
+            return
+        meta = tomllib.loads((ROOT / "packages" / name / "pyproject.toml").read_text())
+        for dep in meta["project"]["dependencies"]:
+            dep_name = dep.split(">")[0].split("<")[0].split("=")[0].split("[")[0].strip()
+            if dep_name.startswith("ds-"):
+                visit(dep_name)
+        order.append(name)
+
+    visit(package)
+    return order
+
+
+def _install_everything(session: nox.Session) -> None:
+    _install_torch(session)
+    editable = []
+    for name in PACKAGES:
+        extra = PACKAGE_TEST_EXTRAS.get(name)
+        editable += ["-e", f"packages/{name}" + (f"[{extra}]" if extra else "")]
+    session.install("-c", "constraints.txt", *editable, "-e", ".", *TEST_DEPS)
+
+
+def _ensure_system_packages(session: nox.Session) -> None:
+    """Install openmpi-bin and pdsh with apt-get when missing and we are root (as in CI)."""
+    missing = [pkg for binary, pkg in SYSTEM_PACKAGES.items() if shutil.which(binary) is None]
+    if not missing:
+        return
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        session.warn(f"missing {', '.join(missing)}: the tests that need them will skip")
+        return
+    env = {"DEBIAN_FRONTEND": "noninteractive"}
+    session.run("apt-get", "update", "-qq", external=True, env=env)
+    session.run("apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing, external=True, env=env)
+
+
+def _pytest(session: nox.Session, *paths: str, marker: str = "not cuda") -> None:
+    session.run("python", "-m", "pytest", "-m", marker, *paths, *session.posargs,
+                env={"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
+
+
+@nox.session(tags=["ci"])
+def tests(session: nox.Session) -> None:
+    """The whole suite on CPU: every package's tests and the cross-package tests."""
+    _ensure_system_packages(session)
+    _install_everything(session)
+    _pytest(session, *[f"packages/{p}/tests" for p in PACKAGES], "tests")
+
+
+@nox.session(tags=["ci"])
+@nox.parametrize("package", PACKAGES)
+def package(session: nox.Session, package: str) -> None:
+    """One package alone, with only its declared dependencies: proves the narrow interfaces."""
+    _ensure_system_packages(session)
+    _install_torch(session)
+    chain = _local_deps(package)
+    targets = [f"packages/{name}" for name in chain]
+    extra = PACKAGE_TEST_EXTRAS.get(package)
+    if extra:
+        targets[-1] += f"[{extra}]"
+    session.install("-c", "constraints.txt", *targets, *TEST_DEPS)
+    # Installed non-editable, and run from a folder where the sources are not importable by path.
+    _pytest(session, str(ROOT / "packages" / package / "tests"))
+
+
+@nox.session
+def cpu(session: nox.Session) -> None:
+    """Accelerator matrix, CPU entry: the whole suite (same as `tests`)."""
+    tests(session)
+
+
+@nox.session(venv_params=["--system-site-packages"])
+def cuda(session: nox.Session) -> None:
+    """Accelerator matrix, CUDA entry: the GPU-marked tests. Skips cleanly where no GPU is present."""
+    if not _cuda_torch_present():
+        _install_torch(session)
+    editable = [arg for name in PACKAGES for arg in ("-e", f"packages/{name}")]
+    session.install("--no-deps", *editable, "-e", ".")
+    session.install("pydantic>=2.5", "typer>=0.12", *TEST_DEPS)
+    _pytest(session, *[f"packages/{p}/tests" for p in PACKAGES], "tests", marker="cuda")
+
+
+@nox.session(tags=["ci"])
+def lint(session: nox.Session) -> None:
+    """ruff over the whole tree."""
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", ".")
+
+
+@nox.session
+def demo(session: nox.Session) -> None:
+    """The README's demo: 2 CPU ranks forming a process group and running collectives."""
+    _install_everything(session)
+    session.run("python", "examples/collectives_demo.py", env={"OMP_NUM_THREADS": "1"})
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Side-by-side benchmarks against the reference DeepSpeed (own venv) and plain PyTorch."""
+    _install_everything(session)
+    for script in sorted((ROOT / "benchmarks").glob("*.py")):
+        if script.name.startswith("_") or script.name.endswith("_gpu.py"):
+            continue
+        session.log(f"--- {script.name}")
+        session.run("python", str(script), env={"PYTHONUNBUFFERED": "1"})
+
+
+if __name__ == "__main__":
+    sys.exit("run with `nox`")

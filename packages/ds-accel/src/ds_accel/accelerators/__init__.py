@@ -1,0 +1,1 @@
+"""Accelerator implementations, one module per device family."""

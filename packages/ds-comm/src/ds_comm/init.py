@@ -1,0 +1,68 @@
+"""``init_distributed``: join (or respect) the process group, with DeepSpeed's signature and defaults."""
+
+from __future__ import annotations
+
+import logging
+import os
+from datetime import timedelta
+from typing import Any
+
+import torch.distributed as dist
+
+from ds_comm.env import DEFAULT_PORT, DistEnvironment, discover
+
+logger = logging.getLogger("ds_comm")
+
+#: DeepSpeed's default process-group timeout: 30 minutes, overridable by ``DEEPSPEED_TIMEOUT`` (minutes).
+DEFAULT_TIMEOUT = timedelta(minutes=int(os.environ.get("DEEPSPEED_TIMEOUT", "30")))
+
+_discovered: DistEnvironment | None = None
+
+
+def last_discovery() -> DistEnvironment | None:
+    """The environment the last :func:`init_distributed` formed its group from (None if it did not)."""
+    return _discovered
+
+
+def init_distributed(
+    dist_backend: str | None = None,
+    auto_mpi_discovery: bool = True,
+    distributed_port: int = DEFAULT_PORT,
+    verbose: bool = True,
+    timeout: timedelta | None = None,
+    init_method: str | None = None,
+    dist_init_required: bool | None = None,
+    config: Any = None,
+    rank: int = -1,
+    world_size: int = -1,
+) -> None:
+    """Initialise torch.distributed the way DeepSpeed does, unless it already is.
+
+    - An existing process group (the user's own ``init_process_group``) is kept as is.
+    - ``dist_init_required=False`` skips initialisation entirely.
+    - The backend defaults to the accelerator's (nccl on CUDA, gloo on CPU, hccl on HPU/NPU, ...).
+    - Rank, world size and rendezvous come from :func:`ds_comm.env.discover`; they are exported as
+      the torchrun variables so that user code reading ``RANK``/``LOCAL_RANK`` sees the same values.
+    """
+    global _discovered
+    if dist.is_initialized() or dist_init_required is False:
+        return
+    env = discover(rank=rank, world_size=world_size, distributed_port=distributed_port,
+                   auto_mpi_discovery=auto_mpi_discovery)
+    env.export()
+    from ds_accel import get_accelerator
+
+    accel = get_accelerator()
+    backend = dist_backend or accel.communication_backend_name()
+    if accel.name != "cpu" and accel.device_count() > 0:
+        accel.set_device(env.local_rank)  # NCCL-style backends bind a rank to its device
+    if verbose and env.rank == 0:
+        logger.info("initializing torch.distributed with backend %s: %s", backend, env.describe())
+    dist.init_process_group(
+        backend=backend,
+        init_method=init_method or "env://",
+        rank=env.rank,
+        world_size=env.world_size,
+        timeout=timeout or DEFAULT_TIMEOUT,
+    )
+    _discovered = env

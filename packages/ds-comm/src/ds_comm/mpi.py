@@ -1,0 +1,51 @@
+"""What MPI itself knows about this rank, through mpi4py (an optional dependency).
+
+DeepSpeed's communication always goes through torch.distributed; MPI only tells each rank its place
+and rank 0's address, so a job started by ``mpirun`` needs no launcher variables at all.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+from functools import cache
+
+
+@dataclass(frozen=True)
+class MPIWorld:
+    rank: int
+    world_size: int
+    local_rank: int
+    local_world_size: int
+    master_addr: str
+
+
+def host_address() -> str:
+    """An address of this host that other hosts can reach (falls back to the loopback address)."""
+    hostname = socket.gethostname()
+    try:
+        infos = socket.getaddrinfo(hostname, None, family=socket.AF_INET)
+    except OSError:
+        return "127.0.0.1"
+    addresses = [info[4][0] for info in infos]
+    routable = [a for a in addresses if not a.startswith("127.")]
+    return (routable or addresses or ["127.0.0.1"])[0]
+
+
+@cache
+def world_info() -> MPIWorld | None:
+    """Rank, size, node-local rank (from processor names) and rank 0's address; None without mpi4py.
+
+    Collective over MPI_COMM_WORLD: every rank of the job must call it.
+    """
+    try:
+        from mpi4py import MPI
+    except ImportError:
+        return None
+    comm = MPI.COMM_WORLD
+    rank, size = comm.Get_rank(), comm.Get_size()
+    master_addr = comm.bcast(host_address() if rank == 0 else None, root=0)
+    names = comm.allgather(MPI.Get_processor_name())
+    local_rank = names[:rank].count(names[rank])
+    return MPIWorld(rank=rank, world_size=size, local_rank=local_rank,
+                    local_world_size=names.count(names[rank]), master_addr=master_addr)

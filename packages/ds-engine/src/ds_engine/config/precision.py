@@ -1,0 +1,136 @@
+"""Mixed-precision sections: ``fp16``, ``bf16`` (old name ``bfloat16``), ``amp``, ``torch_autocast``,
+``data_types``."""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from ds_engine.config.base import ConfigModel, FeatureGate
+
+DtypeName = Literal["fp32", "fp16", "bf16", "float32", "float16", "bfloat16", "half", "float"]
+
+
+class FP16Config(ConfigModel):
+    """``fp16``: float16 weights and activations with fp32 master weights and loss scaling."""
+
+    enabled: bool = False
+    """Train with float16 model weights (fp32 master weights live in the optimizer)."""
+
+    auto_cast: bool = False
+    """Cast floating-point inputs of ``forward`` to float16."""
+
+    loss_scale: float = Field(0.0, ge=0.0)
+    """Static loss scale; 0 selects dynamic loss scaling."""
+
+    initial_scale_power: int = Field(16, ge=0, le=64)
+    """Dynamic loss scaling starts at ``2 ** initial_scale_power``."""
+
+    loss_scale_window: int = Field(1000, gt=0)
+    """Overflow-free steps after which the dynamic scale doubles."""
+
+    hysteresis: int = Field(2, ge=1)
+    """Overflows tolerated before the scale is halved (delayed shift)."""
+
+    consecutive_hysteresis: bool = False
+    """Refill the hysteresis budget on every overflow-free step."""
+
+    min_loss_scale: float = Field(1.0, gt=0.0)
+    """The dynamic loss scale never drops below this."""
+
+    fp16_master_weights_and_grads: bool = False
+    """Keep master weights in fp16 (DeepSpeed allows it only with its CPU Adam). Not supported yet."""
+
+    @field_validator("loss_scale", mode="before")
+    @classmethod
+    def _finite_scale(cls, value: object) -> object:
+        if isinstance(value, bool):
+            raise ValueError("must be a number, not a boolean")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError("must be finite (0 selects dynamic loss scaling)")
+        return value
+
+    @property
+    def dynamic(self) -> bool:
+        """Whether the loss scale adapts to overflows."""
+        return self.loss_scale == 0
+
+
+class BF16Config(ConfigModel):
+    """``bf16`` (also read from the old key ``bfloat16``): bfloat16 weights, fp32 master weights."""
+
+    enabled: bool = False
+    """Train with bfloat16 model weights."""
+
+    immediate_grad_update: bool = False
+    """Apply gradients to the fp32 master copy as they arrive. Accepted; stage 0 always accumulates in fp32."""
+
+    check_grad_overflow: bool = True
+    """Skip the optimizer step when a gradient is inf or NaN."""
+
+    bf16_master_weights_and_grads: bool = False
+    """Keep master weights and gradients in bfloat16 (ZeRO only). Not supported yet."""
+
+    bf16_optimizer_states: bool = False
+    """Keep optimizer states in bfloat16 (needs ``bf16_master_weights_and_grads``). Not supported yet."""
+
+    @model_validator(mode="after")
+    def _states_need_master(self) -> BF16Config:
+        if self.bf16_optimizer_states and not self.bf16_master_weights_and_grads:
+            raise ValueError("bf16_optimizer_states needs bf16_master_weights_and_grads")
+        return self
+
+
+class AmpConfig(FeatureGate):
+    """``amp``: NVIDIA Apex AMP. Apex is not used by this project; only ``enabled: false`` is accepted."""
+
+    opt_level: str | None = None
+    """Apex optimisation level (``O0``-``O3``)."""
+    cast_model_type: str | None = None
+    """Apex: the dtype the model is cast to."""
+    patch_torch_functions: bool | None = None
+    """Apex: patch torch functions to cast their inputs."""
+    keep_batchnorm_fp32: bool | str | None = None
+    """Apex: keep batch-norm weights in fp32."""
+    master_weights: bool | None = None
+    """Apex: keep fp32 master weights."""
+    loss_scale: float | str | None = None
+    """Apex: static scale or ``"dynamic"``."""
+    cast_model_outputs: str | None = None
+    """Apex: cast model outputs to this dtype."""
+    num_losses: int | None = None
+    """Apex: number of losses scaled separately."""
+    verbosity: int | None = None
+    """Apex: log verbosity."""
+    min_loss_scale: float | None = None
+    """Apex: dynamic-scale floor."""
+    max_loss_scale: float | None = None
+    """Apex: dynamic-scale ceiling."""
+
+
+class TorchAutocastConfig(FeatureGate):
+    """``torch_autocast``: run forward under ``torch.autocast``. Not supported yet (enabled must be false)."""
+
+    dtype: DtypeName | None = None
+    """The autocast dtype."""
+    lower_precision_safe_modules: list[str] | None = None
+    """Module classes whose parameters may be kept in the lower precision."""
+
+
+class DataTypesConfig(ConfigModel):
+    """``data_types``: dtypes of gradient accumulation, parameters and buffers."""
+
+    grad_accum_dtype: DtypeName | None = None
+    """Dtype that gradients accumulate in across micro-batches. Under fp16/bf16 this project accumulates
+    in fp32 unless this names the model's low-precision dtype."""
+
+    param_dtype: DtypeName | None = None
+    """Dtype of the model parameters. Only a value matching the fp16/bf16 sections is accepted."""
+
+    buffer_dtype: DtypeName | None = None
+    """Dtype of the model buffers (None keeps them as loaded). Not supported yet."""
+
+    keep_in_fp32_modules: Literal["auto"] | list[str] = "auto"
+    """Name patterns of modules kept in fp32 under fp16/bf16 ("auto": none). Not supported yet."""

@@ -1,0 +1,216 @@
+"""``zero_optimization``: every key DeepSpeed documents, including those later stages implement.
+
+Which stages and features the installed ds_zero builds is decided by ds_zero itself (the engine asks it);
+this module only validates the shape and values of the section.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from ds_engine.config.base import ConfigModel
+
+OffloadDevice = Literal["none", "cpu", "nvme"]
+
+
+class OffloadParamConfig(ConfigModel):
+    """``zero_optimization.offload_param``: where stage-3 parameters live between uses."""
+
+    device: OffloadDevice = "none"
+    """``none``, ``cpu`` or ``nvme``."""
+    nvme_path: Path | None = None
+    """Filesystem path used when ``device`` is ``nvme``."""
+    buffer_count: int = Field(5, ge=0)
+    """Number of buffers in the NVMe parameter swap pool."""
+    buffer_size: int = Field(100_000_000, ge=0)
+    """Size of each NVMe parameter swap buffer, in elements."""
+    max_in_cpu: int = Field(1_000_000_000, ge=0)
+    """Parameter elements kept in CPU memory when offloading to NVMe."""
+    pin_memory: bool = True
+    """Offload to page-locked CPU memory."""
+
+
+class OffloadOptimizerConfig(ConfigModel):
+    """``zero_optimization.offload_optimizer``: where optimizer states live and step (stages 1-3)."""
+
+    device: OffloadDevice = "none"
+    """``none``, ``cpu`` or ``nvme``; the optimizer step runs on the CPU for ``cpu`` and ``nvme``."""
+    nvme_path: Path | None = None
+    """Filesystem path used when ``device`` is ``nvme``."""
+    buffer_count: int = Field(4, ge=0)
+    """Number of buffers in the NVMe optimizer-state swap pool."""
+    pin_memory: bool = True
+    """Offload to page-locked CPU memory."""
+    pipeline_read: bool = False
+    """Overlap reading the next NVMe tile with the current tile's step."""
+    pipeline_write: bool = False
+    """Overlap writing the previous NVMe tile with the current tile's step."""
+    fast_init: bool = False
+    """Faster optimizer initialisation when offloading to NVMe."""
+    ratio: float = Field(1.0, ge=0.0, le=1.0)
+    """Fraction of the optimizer offloaded (partial offload is stage 3 only)."""
+    super_offload: bool = False
+    """DeepSpeed's SuperOffload CPU-step pipeline."""
+    cpuadam_cores_perc: float = Field(0.8, ge=0.0, le=1.0)
+    """Share of CPU cores the CPU Adam step may use."""
+
+
+class LeafModuleConfig(ConfigModel):
+    """``zero_optimization.leaf_module``: modules ZeRO-3 fetches as one unit."""
+
+    classes: list[str] = Field(default_factory=list)
+    """Module class names treated as leaves."""
+    names: list[str] = Field(default_factory=list)
+    """Module names treated as leaves."""
+    name_suffixes: list[str] = Field(default_factory=list)
+    """Module name suffixes treated as leaves."""
+
+
+class ZenFlowConfig(ConfigModel):
+    """``zero_optimization.zenflow``: DeepSpeed's ZenFlow selective-update offload. Not supported yet."""
+
+    topk_ratio: float = Field(0.1, gt=0.0, lt=1.0)
+    """Share of gradient columns updated on the accelerator each step."""
+    select_strategy: str = "auto"
+    """How important columns are selected."""
+    select_interval: str | int = "auto"
+    """Steps between re-selections."""
+    update_interval: str | int = "auto"
+    """Steps between CPU updates."""
+    overlap_step: bool = False
+    """Overlap the CPU step with the next forward/backward."""
+    offload: bool = False
+    """Offload the selective update too."""
+    auto_ratio: float = Field(0.99, ge=0.0, le=1.0)
+    """Threshold for the adaptive update interval."""
+    full_warm_up_rounds: int = 0
+    """Steps of full updates before selective updates start."""
+    pt_reserved_cores_perc: float = Field(0.5, ge=0.0, le=1.0)
+    """Share of cores reserved for PyTorch."""
+    steps_per_epoch: int | None = None
+    """Steps per epoch, for interval scheduling."""
+
+
+class ZeroConfig(ConfigModel):
+    """``zero_optimization``: ZeRO stage and its communication, offload and stage-3 knobs."""
+
+    stage: Literal[0, 1, 2, 3] = 0
+    """0: plain data parallel; 1: shard optimizer states; 2: also gradients; 3: also parameters."""
+    contiguous_gradients: bool = True
+    """Copy gradients into a contiguous buffer as they are produced."""
+    reduce_scatter: bool = True
+    """Average gradients with reduce-scatter (stages 2-3) instead of all-reduce."""
+    reduce_bucket_size: int = Field(500_000_000, gt=0)
+    """Elements reduced at a time; also the gradient bucket size of stage 0."""
+    use_multi_rank_bucket_allreduce: bool = True
+    """Combine the reduce buckets of different ranks into one all-reduce."""
+    allgather_partitions: bool = True
+    """All-gather updated partitions (instead of a series of broadcasts)."""
+    allgather_bucket_size: int = Field(500_000_000, ge=0)
+    """Elements all-gathered at a time."""
+    overlap_comm: bool | None = None
+    """Overlap gradient reduction with backward (default: true at stage 3 only)."""
+    compute_grad_norm: bool = True
+    """Compute the global gradient norm at stages 1-2 even when clipping is off."""
+    load_from_fp32_weights: bool = True
+    """Initialise fp32 master weights from the checkpoint's fp32 copy rather than the 16-bit weights."""
+    elastic_checkpoint: bool = False
+    """Legacy elastic checkpointing flag."""
+    offload_param: OffloadParamConfig | None = None
+    """Parameter offload (stage 3)."""
+    offload_optimizer: OffloadOptimizerConfig | None = None
+    """Optimizer-state offload (stages 1-3)."""
+    zenflow: ZenFlowConfig | None = None
+    """ZenFlow selective updates."""
+    sub_group_size: int = Field(1_000_000_000, ge=0)
+    """Tile size of stage-3 optimizer steps."""
+    cpu_offload_param: bool | None = None
+    """Deprecated spelling of ``offload_param: {device: cpu}``."""
+    cpu_offload_use_pin_memory: bool | None = None
+    """Deprecated spelling of ``pin_memory`` in the offload sections."""
+    cpu_offload: bool | None = None
+    """Deprecated spelling of ``offload_optimizer: {device: cpu}``."""
+    prefetch_bucket_size: int = Field(50_000_000, ge=0, alias="stage3_prefetch_bucket_size")
+    """Stage 3: parameter elements fetched ahead of use."""
+    param_persistence_threshold: int = Field(100_000, ge=0, alias="stage3_param_persistence_threshold")
+    """Stage 3: parameters smaller than this stay unpartitioned."""
+    model_persistence_threshold: int = Field(2**63 - 1, ge=0, alias="stage3_model_persistence_threshold")
+    """Stage 3: cap on unpartitioned parameter elements."""
+    max_live_parameters: int = Field(1_000_000_000, ge=0, alias="stage3_max_live_parameters")
+    """Stage 3: parameter elements resident per rank before release."""
+    max_reuse_distance: int = Field(1_000_000_000, ge=0, alias="stage3_max_reuse_distance")
+    """Stage 3: keep a parameter if it is reused within this distance."""
+    gather_16bit_weights_on_model_save: bool = Field(False, alias="stage3_gather_16bit_weights_on_model_save")
+    """Stage 3: gather full 16-bit weights when saving the model."""
+    module_granularity_threshold: int = Field(0, alias="stage3_module_granularity_threshold")
+    """Stage 3: fetch fine-grained modules as one unit."""
+    use_all_reduce_for_fetch_params: bool = Field(False, alias="stage3_use_all_reduce_for_fetch_params")
+    """Stage 3: fetch parameters with all-reduce."""
+    allgather_sequential: bool = Field(False, alias="stage3_allgather_sequential")
+    """Stage 3: all-gather parameters one by one instead of in buckets."""
+    stage3_gather_fp16_weights_on_model_save: bool = False
+    """Deprecated spelling of ``stage3_gather_16bit_weights_on_model_save``."""
+    ignore_unused_parameters: bool = True
+    """Tolerate parameters that receive no gradient."""
+    legacy_stage1: bool = False
+    """DeepSpeed's old stage-1 implementation."""
+    round_robin_gradients: bool = False
+    """Stages 1-2 with offload: spread gradient copies over ranks."""
+    parameter_alignment: bool = False
+    """Pad flat buffers so each parameter starts 16-byte aligned."""
+    zero_hpz_partition_size: int = Field(1, ge=0)
+    """ZeRO++ hierarchical partition size (ranks in the secondary group)."""
+    zero_quantized_weights: bool = False
+    """ZeRO++ quantised weight all-gather."""
+    zero_quantized_nontrainable_weights: bool = False
+    """ZeRO++ quantised storage of frozen weights."""
+    zero_quantized_gradients: bool = False
+    """ZeRO++ quantised gradient reduction."""
+    memory_efficient_linear: bool = True
+    """Stage 3: memory-efficient linear layer."""
+    pipeline_loading_checkpoint: bool = False
+    """Stage 3: load checkpoints in pipeline mode."""
+    override_module_apply: bool = True
+    """Stage 3: override ``nn.Module.apply`` to gather parameters."""
+    log_trace_cache_warnings: bool = False
+    """Stage 3: log trace-cache invalidations."""
+    enable_sanity_checks: bool = False
+    """Internal sanity checks."""
+    save_muon_momentum_buffer_in_memory: bool = False
+    """Stage 3 with NVMe: keep Muon momentum in memory."""
+    leaf_module: LeafModuleConfig = Field(default_factory=LeafModuleConfig)
+    """Stage 3 leaf modules."""
+    mics_shard_size: int = Field(-1)
+    """MiCS: shard size (-1 disables MiCS)."""
+    mics_hierarchical_params_gather: bool = False
+    """MiCS: hierarchical parameter all-gather."""
+
+    @model_validator(mode="after")
+    def _resolve_deprecated(self) -> ZeroConfig:
+        # Deprecated spellings map onto the current sections, as DeepSpeed does.
+        if self.cpu_offload and self.offload_optimizer is None:
+            self.offload_optimizer = OffloadOptimizerConfig(device="cpu")
+        if self.cpu_offload_param and self.offload_param is None:
+            self.offload_param = OffloadParamConfig(device="cpu")
+        if self.stage3_gather_fp16_weights_on_model_save:
+            self.gather_16bit_weights_on_model_save = True
+        if self.overlap_comm is None:
+            self.overlap_comm = self.stage == 3
+        if self.offload_optimizer is not None and self.offload_optimizer.ratio < 1.0 and self.stage != 3:
+            raise ValueError("offload_optimizer.ratio < 1 (partial offload) needs stage 3")
+        if not self.compute_grad_norm and self.stage not in (1, 2):
+            raise ValueError("compute_grad_norm=false is supported only with stage 1 or 2")
+        return self
+
+    @property
+    def offload_optimizer_device(self) -> str:
+        """``none``, ``cpu`` or ``nvme``."""
+        return self.offload_optimizer.device if self.offload_optimizer else "none"
+
+    @property
+    def offload_param_device(self) -> str:
+        """``none``, ``cpu`` or ``nvme``."""
+        return self.offload_param.device if self.offload_param else "none"

@@ -1,0 +1,44 @@
+"""The `deepspeed` meta-package: DeepSpeed's public names at DeepSpeed's paths, as thin aliases.
+
+Nothing here has logic of its own. Names resolve lazily, so `import deepspeed` stays cheap and a
+name whose package is not built yet fails only when it is used, with a clear message.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from deepspeed.version import __version__
+
+__git_hash__ = None
+__git_branch__ = None
+
+# public name -> (module, attribute)
+_ALIASES: dict[str, tuple[str, str]] = {
+    "initialize": ("ds_engine", "initialize"),
+    "add_config_arguments": ("ds_engine", "add_config_arguments"),
+    "DeepSpeedEngine": ("ds_engine", "DeepSpeedEngine"),
+    "DeepSpeedConfig": ("ds_engine", "DeepSpeedConfig"),
+    "DeepSpeedConfigError": ("ds_engine", "DeepSpeedConfigError"),
+    "init_distributed": ("ds_comm", "init_distributed"),
+    "get_accelerator": ("ds_accel", "get_accelerator"),
+}
+_SUBMODULES = {"accelerator", "checkpointing", "comm", "launcher", "ops", "runtime", "utils", "zero", "checkpoint"}
+
+__all__ = ["__version__", *_ALIASES]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _ALIASES:
+        module_name, attr = _ALIASES[name]
+        value = getattr(importlib.import_module(module_name), attr)
+        globals()[name] = value
+        return value
+    if name in _SUBMODULES:
+        return importlib.import_module(f"deepspeed.{name}")
+    raise AttributeError(f"module 'deepspeed' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_ALIASES) | _SUBMODULES)
