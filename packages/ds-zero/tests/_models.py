@@ -1,0 +1,37 @@
+"""Tiny models and data shared by the ZeRO tests (importable by spawned ranks)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def tiny_mlp(seed: int = 0, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(12, 24), torch.nn.GELU(), torch.nn.Linear(24, 24), torch.nn.GELU(), torch.nn.Linear(24, 3),
+    )
+    return model.to(dtype)
+
+
+def global_batches(steps: int, micro: int, world: int, seed: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``steps`` global micro-batches of ``micro * world`` samples each."""
+    gen = torch.Generator().manual_seed(seed)
+    return [(torch.randn(micro * world, 12, generator=gen), torch.randn(micro * world, 3, generator=gen))
+            for _ in range(steps)]
+
+
+def reference_run(steps: int, gas: int, micro: int, world: int, clip: float, lr: float = 1e-2) -> list[torch.Tensor]:
+    """Single-process PyTorch on the same global batches: the numbers sharded runs must match."""
+    model = tiny_mlp()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    batches = global_batches(steps * gas, micro, world)
+    for s in range(steps):
+        for k in range(gas):
+            x, y = batches[s * gas + k]
+            loss = torch.nn.functional.mse_loss(model(x), y) / gas
+            loss.backward()
+        if clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        opt.step()
+        opt.zero_grad()
+    return [p.detach().clone() for p in model.parameters()]

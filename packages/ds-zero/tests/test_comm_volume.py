@@ -1,0 +1,40 @@
+"""Communication per step, read from the collective log: stage 2 moves each gradient once through a
+reduce-scatter and each parameter once through an all-gather; stage 1 reduces only at the boundary."""
+
+from __future__ import annotations
+
+import ds_comm
+import pytest
+import torch
+from _models import tiny_mlp
+from ds_comm.testing import run_distributed
+from ds_zero.sharded_optim import ZeroShardedOptimizer
+
+
+def _one_step_log(stage: int, gas: int):
+    model = tiny_mlp()
+    opt = ZeroShardedOptimizer(torch.optim.Adam(model.parameters()), stage=stage, bucket_numel=300)
+    padded = sum(u.padded_numel for u in opt.units)
+    x = torch.randn(2, 12)
+    with ds_comm.comms_log.capture() as log:
+        for k in range(gas):
+            model(x).pow(2).mean().backward()
+            opt.after_backward(boundary=k == gas - 1)
+        opt.step()
+        summary = log.summary()
+    return padded, len(opt.units), summary
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(("stage", "gas"), [(2, 1), (1, 3), (2, 3)])
+def test_volume_per_step(stage, gas):
+    padded, units, summary = run_distributed(_one_step_log, world_size=2, args=(stage, gas))[0]
+    # stage 2 reduces every micro-step (full gradients are not kept); stage 1 only at the boundary
+    reductions = gas if stage == 2 else 1
+    assert summary["reduce_scatter_tensor"]["bytes"] == reductions * padded * 4
+    assert summary["reduce_scatter_tensor"]["count"] == reductions * units
+    assert summary["all_gather_into_tensor"]["bytes"] == padded * 4
+    assert summary["all_gather_into_tensor"]["count"] == units
+    # the only other traffic: one scalar all-reduce for the global gradient norm
+    assert summary["all_reduce"] == {"count": 1, "bytes": 8, "seconds": summary["all_reduce"]["seconds"]}
+    assert set(summary) == {"reduce_scatter_tensor", "all_gather_into_tensor", "all_reduce"}

@@ -1,0 +1,33 @@
+"""`mpirun -n 2 python -c "import deepspeed; deepspeed.init_distributed(); ..."` under Debian's OpenMPI."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = [pytest.mark.mpi, pytest.mark.timeout(180)]
+
+CODE = (
+    "import torch, deepspeed, deepspeed.comm as dist; deepspeed.init_distributed(dist_backend='gloo'); "
+    "t = torch.ones(1) * (dist.get_rank() + 1); dist.all_reduce(t); "
+    "print('rank', dist.get_rank(), 'of', dist.get_world_size(), 'sum', int(t.item()), "
+    "'local', os.environ['LOCAL_RANK'], flush=True)"
+)
+
+
+def test_mpirun_deepspeed_init_distributed():
+    if shutil.which("mpirun") is None:
+        pytest.skip("mpirun (Debian's openmpi-bin) is not installed")
+    pytest.importorskip("mpi4py")
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    cmd = ["mpirun", "--allow-run-as-root", "--oversubscribe", "-n", "2", "--mca", "btl", "self,tcp",
+           "--mca", "btl_tcp_if_include", "lo", "-x", "GLOO_SOCKET_IFNAME=lo",
+           sys.executable, "-c", "import os; " + CODE]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=150)
+    assert out.returncode == 0, out.stdout + out.stderr
+    lines = sorted(line for line in out.stdout.splitlines() if line.startswith("rank"))
+    assert lines == ["rank 0 of 2 sum 3 local 0", "rank 1 of 2 sum 3 local 1"]
