@@ -35,3 +35,21 @@ def reference_run(steps: int, gas: int, micro: int, world: int, clip: float, lr:
         opt.step()
         opt.zero_grad()
     return [p.detach().clone() for p in model.parameters()]
+
+
+def reference_mixed_precision(steps: int, micro: int, world: int, dtype: torch.dtype, lr: float = 1e-2) -> list[torch.Tensor]:
+    """Single-process mixed precision by hand: low-precision model, fp32 master weights and AdamW."""
+    model = tiny_mlp(dtype=dtype)
+    masters = [p.detach().float().clone().requires_grad_() for p in model.parameters()]
+    opt = torch.optim.AdamW(masters, lr=lr, weight_decay=0.01)
+    for x, y in global_batches(steps, micro, world):
+        loss = torch.nn.functional.mse_loss(model(x.to(dtype)).float(), y)
+        loss.backward()
+        for m, p in zip(masters, model.parameters()):
+            m.grad = p.grad.float()
+            p.grad = None
+        opt.step()
+        with torch.no_grad():
+            for m, p in zip(masters, model.parameters()):
+                p.copy_(m)
+    return [m.detach().clone() for m in masters]

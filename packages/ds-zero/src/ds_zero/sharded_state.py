@@ -1,0 +1,159 @@
+"""Optimizer state as per-parameter slices: the layout-free form that lets checkpoints reshard.
+
+A rank saves, for every parameter range it owns, the fp32 master values and the optimizer state
+tensors of that range, keyed by the parameter's name (its position when no name is known). Nothing
+in a saved slice depends on the world size, the bucket size or the ZeRO stage, so a checkpoint saved
+by N ranks at stage S loads on M ranks at stage S' by copying overlapping ranges; no conversion step.
+
+Note [scalar state]: per-parameter scalars (Adam's ``step``) are equal across a param group's
+parameters in every torch optimizer this project builds; they are saved once per group.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+
+from ds_zero.sharded_optim import ZeroShardedOptimizer
+
+FORMAT = "ds-slices-v1"
+
+
+def _hyperparams(group: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in group.items() if k != "params"}
+
+
+def _split_state(state: Mapping[str, Any], numel: int) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Element-wise state tensors (sliceable) vs scalars (``step`` and friends)."""
+    tensors, scalars = {}, {}
+    for key, value in state.items():
+        if torch.is_tensor(value) and value.numel() == numel and value.dim() > 0:
+            tensors[key] = value
+        else:
+            scalars[key] = value.item() if torch.is_tensor(value) else value
+    return tensors, scalars
+
+
+def shard_state_dict(opt: ZeroShardedOptimizer, names: Mapping[int, str] | None = None) -> dict[str, Any]:
+    """This rank's optimizer state as slices. ``names`` maps parameter index -> model parameter name."""
+    slices, group_scalars = [], {}
+    for unit, master in zip(opt.units, opt.masters):
+        tensors, scalars = _split_state(opt.optimizer.state.get(master, {}), master.numel())
+        if scalars:
+            group_scalars.setdefault(unit.group_index, scalars)
+        for slot, start, end, off in unit.owned_slices():
+            length = end - start
+            slices.append({
+                "key": names[slot.index] if names else slot.index,
+                "shape": tuple(slot.shape),
+                "start": start,
+                "end": end,
+                "group": unit.group_index,
+                # clone: a saved view would drag its whole storage into the file
+                "fp32": master.detach()[off:off + length].clone(),
+                "state": {k: v[off:off + length].clone() for k, v in tensors.items()},
+            })
+    return {
+        "format": FORMAT,
+        "zero_stage": opt.stage,
+        "partition_count": opt.units[0].world_size if opt.units else 1,
+        "param_groups": [_hyperparams(g) for g in opt.optimizer.param_groups],
+        "group_scalars": group_scalars,
+        "slices": slices,
+    }
+
+
+def _index_slices(shards: Iterable[Mapping[str, Any]]) -> tuple[dict[Any, list[Mapping[str, Any]]], Mapping[str, Any]]:
+    by_key: dict[Any, list[Mapping[str, Any]]] = defaultdict(list)
+    first: Mapping[str, Any] = {}
+    for shard in shards:
+        if shard.get("format") != FORMAT:
+            raise ValueError(f"optimizer shard has format {shard.get('format')!r}, expected {FORMAT!r}")
+        first = first or shard
+        for piece in shard["slices"]:
+            by_key[piece["key"]].append(piece)
+    return by_key, first
+
+
+def _copy_overlaps(pieces: list[Mapping[str, Any]], start: int, end: int, field: str, out: torch.Tensor,
+                   state_key: str | None = None) -> int:
+    """Fill ``out`` (the range [start, end) of one parameter) from saved pieces; return elements copied."""
+    copied = 0
+    for piece in pieces:
+        a, b = max(start, piece["start"]), min(end, piece["end"])
+        if a >= b:
+            continue
+        src = piece[field] if state_key is None else piece[field][state_key]
+        out[a - start:b - start].copy_(src[a - piece["start"]:b - piece["start"]])
+        copied += b - a
+    return copied
+
+
+def load_shard_state_dict(opt: ZeroShardedOptimizer, shards: Iterable[Mapping[str, Any]],
+                          names: Mapping[int, str] | None = None) -> None:
+    """Load slices saved at any world size and stage into ``opt``'s own shards."""
+    by_key, first = _index_slices(shards)
+    for g, saved in enumerate(first.get("param_groups", [])):
+        if g < len(opt.optimizer.param_groups):
+            opt.optimizer.param_groups[g].update(saved)
+    for unit, master in zip(opt.units, opt.masters):
+        state_keys = _state_keys(by_key, unit, names)
+        new_state = {k: torch.zeros_like(master) for k in state_keys}
+        for slot, start, end, off in unit.owned_slices():
+            key = names[slot.index] if names else slot.index
+            pieces = by_key.get(key)
+            if not pieces:
+                raise KeyError(f"checkpoint has no optimizer state for parameter {key!r}")
+            view = master.data[off:off + end - start]
+            if _copy_overlaps(pieces, start, end, "fp32", view) != end - start:
+                raise ValueError(f"checkpoint covers only part of parameter {key!r}")
+            for k, tensor in new_state.items():
+                _copy_overlaps(pieces, start, end, "state", tensor[off:off + end - start], k)
+        scalars = first.get("group_scalars", {}).get(unit.group_index, {})
+        if new_state or scalars:
+            opt.optimizer.state[master] = {**new_state, **{k: torch.tensor(float(v)) for k, v in scalars.items()}}
+        unit.shard_view().copy_(master.detach())  # the low-precision copy follows the master
+    opt._publish_params()
+
+
+def _state_keys(by_key: Mapping[Any, list[Mapping[str, Any]]], unit: Any, names: Mapping[int, str] | None) -> list[str]:
+    for slot in unit.slots:
+        pieces = by_key.get(names[slot.index] if names else slot.index)
+        if pieces:
+            return list(pieces[0]["state"])
+    return []
+
+
+def consolidate_fp32(shards: Iterable[Mapping[str, Any]]) -> dict[Any, torch.Tensor]:
+    """Full fp32 parameters from every rank's slices: key -> tensor of the parameter's shape."""
+    by_key, _ = _index_slices(shards)
+    out = {}
+    for key, pieces in by_key.items():
+        shape = tuple(pieces[0]["shape"])
+        numel = int(torch.Size(shape).numel())
+        flat = torch.empty(numel, dtype=torch.float32)
+        if _copy_overlaps(pieces, 0, numel, "fp32", flat) != numel:
+            raise ValueError(f"the checkpoint's shards cover only part of parameter {key!r}")
+        out[key] = flat.view(shape)
+    return out
+
+
+def full_optimizer_state(shards: Iterable[Mapping[str, Any]]) -> dict[Any, dict[str, torch.Tensor]]:
+    """Full (unsharded) per-parameter optimizer state, for loading into an unsharded optimizer."""
+    by_key, first = _index_slices(shards)
+    scalars = first.get("group_scalars", {})
+    out: dict[Any, dict[str, Any]] = {}
+    for key, pieces in by_key.items():
+        numel = int(torch.Size(tuple(pieces[0]["shape"])).numel())
+        state: dict[str, Any] = {}
+        for k in pieces[0]["state"]:
+            full = torch.empty(numel, dtype=pieces[0]["state"][k].dtype)
+            _copy_overlaps(pieces, 0, numel, "state", full, k)
+            state[k] = full.view(tuple(pieces[0]["shape"]))
+        for k, v in scalars.get(pieces[0]["group"], {}).items():
+            state[k] = torch.tensor(float(v))
+        out[key] = state
+    return out

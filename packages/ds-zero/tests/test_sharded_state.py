@@ -1,0 +1,94 @@
+"""Checkpoints reshard: optimizer slices saved by 2 ranks at stage 2 load on 1, 3 and 4 ranks at
+stages 1 and 2, and into a plain unsharded optimizer; training continues exactly as if uninterrupted."""
+
+from __future__ import annotations
+
+import ds_comm
+import pytest
+import torch
+from _models import global_batches, reference_run, tiny_mlp
+from ds_comm.testing import run_distributed
+from ds_zero.sharded_optim import ZeroShardedOptimizer
+from ds_zero.sharded_state import (
+    consolidate_fp32,
+    full_optimizer_state,
+    load_shard_state_dict,
+    shard_state_dict,
+)
+
+GLOBAL, GAS, FIRST, TOTAL = 12, 1, 5, 10
+
+
+def _names(model: torch.nn.Module) -> dict[int, str]:
+    return dict(enumerate(name for name, _ in model.named_parameters()))
+
+
+def _train(model, opt, steps: range, world: int, rank: int, step_fn) -> None:
+    micro = GLOBAL // world
+    batches = global_batches(TOTAL, micro, world)
+    for s in steps:
+        x, y = batches[s]
+        mine = slice(rank * micro, (rank + 1) * micro)
+        torch.nn.functional.mse_loss(model(x[mine]), y[mine]).backward()
+        step_fn()
+
+
+def _save_phase(stage: int, out_dir: str):
+    rank, world = ds_comm.get_rank(), ds_comm.get_world_size()
+    model = tiny_mlp()
+    opt = ZeroShardedOptimizer(torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.01), stage=stage,
+                               bucket_numel=150)
+    _train(model, opt, range(FIRST), world, rank, lambda: (opt.after_backward(boundary=True), opt.step()))
+    torch.save(shard_state_dict(opt, _names(model)), f"{out_dir}/zero_rank_{rank}.pt")
+
+
+def _load_phase(stage: int, in_dir: str, saved_ranks: int):
+    rank, world = ds_comm.get_rank(), ds_comm.get_world_size()
+    model = tiny_mlp(seed=123)  # different initial weights: everything must come from the checkpoint
+    opt = ZeroShardedOptimizer(torch.optim.AdamW(model.parameters(), lr=0.5, weight_decay=0.01), stage=stage,
+                               bucket_numel=97)
+    shards = [torch.load(f"{in_dir}/zero_rank_{r}.pt", weights_only=True) for r in range(saved_ranks)]
+    load_shard_state_dict(opt, shards, _names(model))
+    assert opt.param_groups[0]["lr"] == 1e-2  # hyperparameters come back too
+    _train(model, opt, range(FIRST, TOTAL), world, rank, lambda: (opt.after_backward(boundary=True), opt.step()))
+    return [p.detach().clone() for p in model.parameters()]
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    out = tmp_path_factory.mktemp("zero_ckpt")
+    run_distributed(_save_phase, world_size=2, args=(2, str(out)))
+    return str(out)
+
+
+def _expected():
+    return reference_run(TOTAL, GAS, GLOBAL // 2, 2, clip=0.0)
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize(("world", "stage"), [(1, 1), (3, 2), (4, 1), (4, 2)])
+def test_reshard_and_continue(saved, world, stage):
+    expected = _expected()
+    for params in run_distributed(_load_phase, world_size=world, args=(stage, saved, 2)):
+        for got, want in zip(params, expected):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_load_into_unsharded_optimizer_and_consolidate(saved):
+    shards = [torch.load(f"{saved}/zero_rank_{r}.pt", weights_only=True) for r in range(2)]
+    model = tiny_mlp(seed=7)
+    weights = consolidate_fp32(shards)
+    model.load_state_dict(weights)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.01)
+    states = full_optimizer_state(shards)
+    for name, p in model.named_parameters():
+        opt.state[p] = states[name]
+    _train(model, opt, range(FIRST, TOTAL), 1, 0, lambda: (opt.step(), opt.zero_grad()))
+    for got, want in zip(model.parameters(), _expected()):
+        torch.testing.assert_close(got.detach(), want, rtol=1e-5, atol=1e-6)
+
+
+def test_partial_checkpoint_is_an_error(saved):
+    shard0 = torch.load(f"{saved}/zero_rank_0.pt", weights_only=True)
+    with pytest.raises(ValueError, match="cover only part of parameter"):
+        consolidate_fp32([shard0])
