@@ -53,3 +53,23 @@ def reference_mixed_precision(steps: int, micro: int, world: int, dtype: torch.d
             for m, p in zip(masters, model.parameters()):
                 p.copy_(m)
     return [m.detach().clone() for m in masters]
+
+
+def zero_trainer(model: torch.nn.Module, stage: int, *, bucket: int, overlap: bool = False, offload: bool = False,
+                 dtype: torch.dtype = torch.float32, clip: float = 0.0, lr: float = 1e-2, fp16_scale: float | None = None,
+                 optimizer: type = torch.optim.AdamW):
+    """``ds_zero.wrap`` with the knobs these tests turn."""
+    from ds_zero import LossScalePolicy, MixedPrecisionPolicy, OffloadPolicy, ReducePolicy, ZeroPolicy, wrap
+
+    opt = optimizer(model.parameters(), lr=lr, weight_decay=0.01) if optimizer is torch.optim.AdamW else optimizer(model.parameters(), lr=lr)
+    policy = ZeroPolicy(
+        stage=stage,
+        mixed_precision=MixedPrecisionPolicy(param_dtype=dtype),
+        loss_scale=LossScalePolicy(dynamic=False, static_scale=fp16_scale) if fp16_scale else None,
+        reduce=ReducePolicy(bucket_numel=bucket),
+        offload=OffloadPolicy(optimizer_device="cpu" if offload else "none"),
+        clip_grad=clip,
+        check_overflow=fp16_scale is not None,
+        overlap_comm=overlap,
+    )
+    return wrap(model, opt, policy=policy)

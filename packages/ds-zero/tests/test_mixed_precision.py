@@ -5,9 +5,8 @@ from __future__ import annotations
 import ds_comm
 import pytest
 import torch
-from _models import global_batches, reference_mixed_precision, tiny_mlp
+from _models import global_batches, reference_mixed_precision, tiny_mlp, zero_trainer
 from ds_comm.testing import run_distributed
-from ds_zero.sharded_optim import ZeroShardedOptimizer
 
 STEPS, MICRO = 10, 3
 # bf16 keeps 8 mantissa bits: gradients summed in a different order differ by ~2^-8 relative, which
@@ -17,16 +16,14 @@ BF16_TOLERANCE = {"rtol": 2e-2, "atol": 1e-2}
 
 def _train_mixed(stage: int):
     rank, world = ds_comm.get_rank(), ds_comm.get_world_size()
-    model = tiny_mlp(dtype=torch.bfloat16)
-    opt = ZeroShardedOptimizer(torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.01), stage=stage,
-                               bucket_numel=200)
+    model = tiny_mlp()
+    opt = zero_trainer(model, stage, bucket=200, dtype=torch.bfloat16)
     for x, y in global_batches(STEPS, MICRO, world):
         mine = slice(rank * MICRO, (rank + 1) * MICRO)
-        torch.nn.functional.mse_loss(model(x[mine].bfloat16()).float(), y[mine]).backward()
-        opt.after_backward(boundary=True)
+        opt.backward(torch.nn.functional.mse_loss(model(x[mine].bfloat16()).float(), y[mine]))
         opt.step()
     masters = {}
-    for unit, master in zip(opt.units, opt.masters):
+    for unit, master in zip(opt.masters.units, opt.masters.holders):
         for slot, start, end, off in unit.owned_slices():
             masters[(slot.index, start)] = master.detach()[off:off + end - start].clone()
     return masters, [p.detach().clone() for p in model.parameters()]
@@ -52,18 +49,16 @@ def test_bf16_matches_mixed_precision_reference(stage):
 
 def _overflow_on_one_rank():
     rank = ds_comm.get_rank()
-    model = tiny_mlp(dtype=torch.float16)
+    model = tiny_mlp()
+    opt = zero_trainer(model, 2, bucket=200, dtype=torch.float16, fp16_scale=1024.0, optimizer=torch.optim.Adam)
     before = [p.detach().clone() for p in model.parameters()]
-    opt = ZeroShardedOptimizer(torch.optim.Adam(model.parameters()), stage=2, bucket_numel=200)
     out = model(torch.randn(2, 12, dtype=torch.float16)).float().sum()
-    (out * (float("inf") if rank == 1 else 1.0)).backward()  # only rank 1 sees the overflow
-    opt.after_backward(boundary=True)
-    result = opt.step(inv_scale=1 / 1024, check_overflow=True)
+    opt.backward(out * (float("inf") if rank == 1 else 1.0))  # only rank 1 sees the overflow
+    applied = opt.step()
     unchanged = all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
-    model(torch.randn(2, 12, dtype=torch.float16)).float().sum().backward()
-    opt.after_backward(boundary=True)
-    second = opt.step(inv_scale=1 / 1024, check_overflow=True)
-    return result.overflow, unchanged, second.overflow, len(opt.optimizer.state)
+    opt.backward(model(torch.randn(2, 12, dtype=torch.float16)).float().sum())
+    second = opt.step()
+    return not applied, unchanged, not second, len(opt.optimizer.state)
 
 
 @pytest.mark.timeout(120)

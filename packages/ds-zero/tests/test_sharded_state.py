@@ -6,21 +6,14 @@ from __future__ import annotations
 import ds_comm
 import pytest
 import torch
-from _models import global_batches, reference_run, tiny_mlp
+from _models import global_batches, reference_run, tiny_mlp, zero_trainer
 from ds_comm.testing import run_distributed
-from ds_zero.sharded_optim import ZeroShardedOptimizer
 from ds_zero.sharded_state import (
     consolidate_fp32,
     full_optimizer_state,
-    load_shard_state_dict,
-    shard_state_dict,
 )
 
 GLOBAL, GAS, FIRST, TOTAL = 12, 1, 5, 10
-
-
-def _names(model: torch.nn.Module) -> dict[int, str]:
-    return dict(enumerate(name for name, _ in model.named_parameters()))
 
 
 def _train(model, opt, steps: range, world: int, rank: int, step_fn) -> None:
@@ -29,28 +22,25 @@ def _train(model, opt, steps: range, world: int, rank: int, step_fn) -> None:
     for s in steps:
         x, y = batches[s]
         mine = slice(rank * micro, (rank + 1) * micro)
-        torch.nn.functional.mse_loss(model(x[mine]), y[mine]).backward()
-        step_fn()
+        step_fn(torch.nn.functional.mse_loss(model(x[mine]), y[mine]))
 
 
 def _save_phase(stage: int, out_dir: str):
     rank, world = ds_comm.get_rank(), ds_comm.get_world_size()
     model = tiny_mlp()
-    opt = ZeroShardedOptimizer(torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.01), stage=stage,
-                               bucket_numel=150)
-    _train(model, opt, range(FIRST), world, rank, lambda: (opt.after_backward(boundary=True), opt.step()))
-    torch.save(shard_state_dict(opt, _names(model)), f"{out_dir}/zero_rank_{rank}.pt")
+    opt = zero_trainer(model, stage, bucket=150)
+    _train(model, opt, range(FIRST), world, rank, lambda loss: (opt.backward(loss), opt.step()))
+    torch.save(opt.state_dict(), f"{out_dir}/zero_rank_{rank}.pt")
 
 
 def _load_phase(stage: int, in_dir: str, saved_ranks: int):
     rank, world = ds_comm.get_rank(), ds_comm.get_world_size()
     model = tiny_mlp(seed=123)  # different initial weights: everything must come from the checkpoint
-    opt = ZeroShardedOptimizer(torch.optim.AdamW(model.parameters(), lr=0.5, weight_decay=0.01), stage=stage,
-                               bucket_numel=97)
+    opt = zero_trainer(model, stage, bucket=97, lr=0.5)
     shards = [torch.load(f"{in_dir}/zero_rank_{r}.pt", weights_only=True) for r in range(saved_ranks)]
-    load_shard_state_dict(opt, shards, _names(model))
+    opt.load_state_dict(shards)
     assert opt.param_groups[0]["lr"] == 1e-2  # hyperparameters come back too
-    _train(model, opt, range(FIRST, TOTAL), world, rank, lambda: (opt.after_backward(boundary=True), opt.step()))
+    _train(model, opt, range(FIRST, TOTAL), world, rank, lambda loss: (opt.backward(loss), opt.step()))
     return [p.detach().clone() for p in model.parameters()]
 
 
@@ -83,7 +73,7 @@ def test_load_into_unsharded_optimizer_and_consolidate(saved):
     states = full_optimizer_state(shards)
     for name, p in model.named_parameters():
         opt.state[p] = states[name]
-    _train(model, opt, range(FIRST, TOTAL), 1, 0, lambda: (opt.step(), opt.zero_grad()))
+    _train(model, opt, range(FIRST, TOTAL), 1, 0, lambda loss: (loss.backward(), opt.step(), opt.zero_grad()))
     for got, want in zip(model.parameters(), _expected()):
         torch.testing.assert_close(got.detach(), want, rtol=1e-5, atol=1e-6)
 

@@ -1,1 +1,33 @@
-"""placeholder"""
+"""ds_zero: ZeRO sharding, mixed precision, offload and sharded state.
+
+One public entry, :func:`wrap`, turns a model and its optimizer into a trainer for the stage a
+:class:`ZeroPolicy` names; stages are compositions of small parts (Note [stages are compositions]).
+"""
+
+from ds_zero import stage12 as _stage12  # noqa: E402,F401 - registers stages 1 and 2 with `wrap`
+from ds_zero._version import __version__
+from ds_zero.base_optimizer import DeepSpeedOptimizer, ZeROOptimizer
+from ds_zero.entry import StageNotAvailable, available_stages, register_stage, wrap
+from ds_zero.loss_scaler import DynamicLossScaler, LossScaleError, StaticLossScaler, make_loss_scaler
+from ds_zero.policy import LossScalePolicy, MixedPrecisionPolicy, OffloadPolicy, ReducePolicy, ZeroPolicy
+from ds_zero.trainer import ZeroTrainer
+
+__all__ = [
+    "DeepSpeedOptimizer",
+    "DynamicLossScaler",
+    "LossScaleError",
+    "LossScalePolicy",
+    "MixedPrecisionPolicy",
+    "OffloadPolicy",
+    "ReducePolicy",
+    "StageNotAvailable",
+    "StaticLossScaler",
+    "ZeROOptimizer",
+    "ZeroPolicy",
+    "ZeroTrainer",
+    "__version__",
+    "available_stages",
+    "make_loss_scaler",
+    "register_stage",
+    "wrap",
+]

@@ -1,64 +1,65 @@
 """Gradient reduction for ZeRO stages 1 and 2: reduce-scatter each unit's gradients into shards.
 
-Stage 2 reduces while backward runs: a ``register_post_accumulate_grad_hook`` on every parameter
-copies its gradient into the unit's bucket and frees ``p.grad``; when a unit's last gradient arrives,
-its bucket is reduce-scattered (asynchronously with ``overlap_comm``) so each rank keeps only its
-shard. Stage 1 keeps full gradients in ``p.grad`` through accumulation and reduces them at the
-boundary. Both add into ``grad_shards[unit]``, so accumulation works the same way for both.
+Stage 2 reduces while backward runs: as each parameter's gradient is final, it is copied into its
+unit's bucket and ``p.grad`` is freed; when a unit's last gradient arrives the bucket is
+reduce-scattered (asynchronously with ``overlap_comm``) so each rank keeps only its shard. Stage 1
+keeps full gradients in ``p.grad`` through accumulation and reduces them all at the step. Both add
+into ``grad_shards[unit]``, so accumulation works the same way for both.
 
-Note [averaging]: gradients are pre-divided by the world size before the sum-reduction (gloo has no
-AVG); ``predivide`` lets the engine apply DeepSpeed's ``gradient_predivide_factor`` instead.
+Averaging follows DeepSpeed's rule (see :class:`ds_zero.policy.ReducePolicy`): gradients are divided
+by a pre-factor before the sum and by a post-factor after it (on the shard, so it costs 1/N).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import ds_comm
 import torch
 
+from ds_zero.policy import ReducePolicy
 from ds_zero.units import FlatUnit
+
+
+def averaging_factors(policy: ReducePolicy, world_size: int) -> tuple[float, float]:
+    """(divide before the sum, divide after it) for ``policy`` on ``world_size`` ranks."""
+    if not policy.average:
+        return 1.0, 1.0
+    if policy.prescale:
+        return float(world_size), 1.0
+    return policy.predivide_factor, world_size / policy.predivide_factor
 
 
 class GradReducer:
     """Owns the gradient buckets and shards of a list of units."""
 
-    def __init__(self, units: list[FlatUnit], *, grad_dtype: torch.dtype, group: Any, overlap_comm: bool,
-                 reduce_dtype: torch.dtype | None = None, predivide: float | None = None) -> None:
+    def __init__(self, units: list[FlatUnit], *, grad_dtype: torch.dtype, group: Any, policy: ReducePolicy,
+                 overlap_comm: bool, reduce_dtype: torch.dtype | None = None) -> None:
         self.units = units
         self.group = group
         self.overlap_comm = overlap_comm
         self.grad_dtype = grad_dtype
         self.reduce_dtype = reduce_dtype or grad_dtype
-        self.world_size = units[0].world_size if units else 1
-        self.predivide = predivide if predivide is not None else float(self.world_size)
+        world = units[0].world_size if units else 1
+        self.pre, self.post = averaging_factors(policy, world)
         self.grad_shards: list[torch.Tensor | None] = [None] * len(units)
         self._buckets: dict[int, torch.Tensor] = {}
         # in-flight reductions: (work, unit, output shard, bucket kept alive until the work completes)
         self._pending: list[tuple[Any, int, torch.Tensor, torch.Tensor]] = []
-        self._unit_of: dict[torch.nn.Parameter, tuple[int, int]] = {}
+        self._unit_of: dict[int, tuple[int, int]] = {}
         for u, unit in enumerate(units):
             for slot, p in zip(unit.slots, unit.params):
-                self._unit_of[p] = (u, slot.offset)
-        self._handles: list[Any] = []
+                self._unit_of[id(p)] = (u, slot.offset)
 
     # --- stage 2: reduce during backward ------------------------------------------------------------
-    def attach_hooks(self, should_reduce: Callable[[], bool]) -> None:
-        """Reduce gradients as they become ready (stage 2). ``should_reduce`` is checked per gradient."""
-        for p in self._unit_of:
-            self._handles.append(p.register_post_accumulate_grad_hook(lambda p, f=should_reduce: f() and self._on_grad(p)))
-
-    def detach_hooks(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
-
-    def _on_grad(self, p: torch.nn.Parameter) -> None:
-        u, offset = self._unit_of[p]
+    def on_grad(self, p: torch.Tensor) -> None:
+        """``p.grad`` is final for this backward: move it into its bucket; reduce a completed unit."""
+        if p.grad is None:
+            return
+        u, offset = self._unit_of[id(p)]
         unit = self.units[u]
         bucket = self._bucket(u)
-        bucket[offset:offset + p.numel()].copy_(p.grad.reshape(-1))
+        bucket[offset:offset + p.numel()].add_(p.grad.reshape(-1))
         p.grad = None  # stage 2 keeps a full gradient only until it is in a bucket
         unit.ready += 1
         if unit.ready == len(unit.params):
@@ -75,8 +76,8 @@ class GradReducer:
     def _reduce(self, u: int) -> None:
         bucket = self._buckets.pop(u)
         self.units[u].ready = 0
-        if self.predivide != 1.0:
-            bucket.div_(self.predivide)
+        if self.pre != 1.0:
+            bucket.div_(self.pre)
         out = torch.empty(self.units[u].shard_numel, dtype=bucket.dtype, device=bucket.device)
         work = ds_comm.reduce_scatter_tensor(out, bucket, group=self.group, async_op=self.overlap_comm)
         if self.overlap_comm:
@@ -85,6 +86,8 @@ class GradReducer:
             self._accumulate(u, out)
 
     def _accumulate(self, u: int, reduced: torch.Tensor) -> None:
+        if self.post != 1.0:
+            reduced.div_(self.post)
         shard = self.grad_shards[u]
         if shard is None:
             self.grad_shards[u] = reduced.to(self.grad_dtype) if reduced.dtype != self.grad_dtype else reduced
@@ -92,8 +95,8 @@ class GradReducer:
             shard.add_(reduced)
 
     def flush(self) -> None:
-        """End of a backward: reduce units whose gradients did not all arrive (unused parameters
-        count as zero), and wait for in-flight reductions."""
+        """End of a backward: reduce units whose gradients did not all arrive (parameters unused in
+        this forward count as zero), and wait for in-flight reductions."""
         for u in sorted(self._buckets):
             self._reduce(u)
         self.wait()
@@ -104,7 +107,7 @@ class GradReducer:
             self._accumulate(u, out)
         self._pending.clear()
 
-    # --- stage 1: reduce full gradients at the boundary ----------------------------------------------
+    # --- stage 1: reduce full gradients at the step -----------------------------------------------------
     def reduce_full_grads(self) -> None:
         """Reduce-scatter every unit's accumulated ``p.grad`` and free the full gradients."""
         for u, unit in enumerate(self.units):
@@ -117,7 +120,9 @@ class GradReducer:
         self.wait()
 
     def zero(self) -> None:
-        """Drop the gradient shards (after a step, or on ``zero_grad``)."""
+        """Drop the gradient shards and any partial bucket (after a step, or on ``zero_grad``)."""
+        self.wait()
+        self._buckets.clear()
         self.grad_shards = [None] * len(self.units)
         for unit in self.units:
             unit.ready = 0

@@ -13,13 +13,22 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
-from ds_zero.sharded_optim import ZeroShardedOptimizer
-
 FORMAT = "ds-slices-v1"
+
+
+class ShardSource(Protocol):
+    """What a sharded trainer exposes for saving and loading (see ``ds_zero.stage12``)."""
+
+    units: list[Any]  # FlatUnit, one per master
+    masters: list[torch.nn.Parameter]  # this rank's fp32 master shard of each unit
+    optimizer: torch.optim.Optimizer
+    stage: int
+
+    def publish(self) -> None: ...
 
 
 def _hyperparams(group: Mapping[str, Any]) -> dict[str, Any]:
@@ -37,7 +46,7 @@ def _split_state(state: Mapping[str, Any], numel: int) -> tuple[dict[str, torch.
     return tensors, scalars
 
 
-def shard_state_dict(opt: ZeroShardedOptimizer, names: Mapping[int, str] | None = None) -> dict[str, Any]:
+def shard_state_dict(opt: ShardSource, names: Mapping[int, str] | None = None) -> dict[str, Any]:
     """This rank's optimizer state as slices. ``names`` maps parameter index -> model parameter name."""
     slices, group_scalars = [], {}
     for unit, master in zip(opt.units, opt.masters):
@@ -92,15 +101,17 @@ def _copy_overlaps(pieces: list[Mapping[str, Any]], start: int, end: int, field:
     return copied
 
 
-def load_shard_state_dict(opt: ZeroShardedOptimizer, shards: Iterable[Mapping[str, Any]],
-                          names: Mapping[int, str] | None = None) -> None:
-    """Load slices saved at any world size and stage into ``opt``'s own shards."""
+def load_shard_state_dict(opt: ShardSource, shards: Iterable[Mapping[str, Any]],
+                          names: Mapping[int, str] | None = None, *, load_optimizer_states: bool = True) -> None:
+    """Load slices saved at any world size and stage into ``opt``'s own shards (the fp32 masters,
+    and the optimizer state unless ``load_optimizer_states`` is False), then rebuild the parameters."""
     by_key, first = _index_slices(shards)
-    for g, saved in enumerate(first.get("param_groups", [])):
-        if g < len(opt.optimizer.param_groups):
-            opt.optimizer.param_groups[g].update(saved)
+    if load_optimizer_states:
+        for g, saved in enumerate(first.get("param_groups", [])):
+            if g < len(opt.optimizer.param_groups):
+                opt.optimizer.param_groups[g].update(saved)
     for unit, master in zip(opt.units, opt.masters):
-        state_keys = _state_keys(by_key, unit, names)
+        state_keys = _state_keys(by_key, unit, names) if load_optimizer_states else []
         new_state = {k: torch.zeros_like(master) for k in state_keys}
         for slot, start, end, off in unit.owned_slices():
             key = names[slot.index] if names else slot.index
@@ -112,11 +123,10 @@ def load_shard_state_dict(opt: ZeroShardedOptimizer, shards: Iterable[Mapping[st
                 raise ValueError(f"checkpoint covers only part of parameter {key!r}")
             for k, tensor in new_state.items():
                 _copy_overlaps(pieces, start, end, "state", tensor[off:off + end - start], k)
-        scalars = first.get("group_scalars", {}).get(unit.group_index, {})
+        scalars = first.get("group_scalars", {}).get(unit.group_index, {}) if load_optimizer_states else {}
         if new_state or scalars:
             opt.optimizer.state[master] = {**new_state, **{k: torch.tensor(float(v)) for k, v in scalars.items()}}
-        unit.shard_view().copy_(master.detach())  # the low-precision copy follows the master
-    opt._publish_params()
+    opt.publish()
 
 
 def _state_keys(by_key: Mapping[Any, list[Mapping[str, Any]]], unit: Any, names: Mapping[int, str] | None) -> list[str]:

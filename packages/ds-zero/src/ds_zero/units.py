@@ -131,3 +131,13 @@ def build_units(
                                   group_index=group_index))
         index_base += len(params)
     return units
+
+
+def cast_units(units: list[FlatUnit], dtype: torch.dtype) -> None:
+    """Re-create each unit's buffer in ``dtype`` and rebind its parameters' views to it."""
+    for unit in units:
+        if unit.flat.dtype == dtype:
+            continue
+        unit.flat = unit.flat.to(dtype)
+        for slot, p in zip(unit.slots, unit.params):
+            p.data = unit.flat[slot.offset:slot.offset + slot.numel].view(slot.shape)

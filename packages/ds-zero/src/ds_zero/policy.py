@@ -1,0 +1,96 @@
+"""Small frozen policy values that say how a model and optimizer are wrapped.
+
+The engine builds one :class:`ZeroPolicy` from the config; :func:`ds_zero.wrap` reads it and composes
+the parts (gradient reducer, master weights, loss scaler, clipping) that the chosen stage needs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+OffloadDevice = Literal["none", "cpu", "nvme"]
+
+
+@dataclass(frozen=True)
+class MixedPrecisionPolicy:
+    """Dtypes of the model, of gradient accumulation and of the gradient reduction.
+
+    With ``param_dtype`` below fp32, the optimizer steps fp32 master copies and gradients accumulate in
+    fp32 across micro-batches (``accum_dtype``); ``reduce_dtype`` (None: ``accum_dtype``) is the dtype
+    gradients are averaged in across ranks.
+    """
+
+    param_dtype: torch.dtype = torch.float32
+    accum_dtype: torch.dtype = torch.float32
+    reduce_dtype: torch.dtype | None = None
+
+    @property
+    def low_precision(self) -> bool:
+        """Whether the model runs below fp32 (so fp32 master weights exist)."""
+        return self.param_dtype != torch.float32
+
+
+@dataclass(frozen=True)
+class LossScalePolicy:
+    """fp16 loss scaling: a static scale, or DeepSpeed's dynamic scaler with hysteresis.
+
+    Dynamic: overflows halve the scale once ``hysteresis`` of them have been absorbed (never below
+    ``min_scale``); ``window`` overflow-free steps double it.
+    """
+
+    dynamic: bool = True
+    static_scale: float = 1.0
+    initial_scale: float = 2.0**16
+    window: int = 1000
+    hysteresis: int = 2
+    consecutive_hysteresis: bool = False
+    min_scale: float = 1.0
+    raise_at_min_scale: bool = True
+
+
+@dataclass(frozen=True)
+class ReducePolicy:
+    """How gradients are averaged across data-parallel ranks.
+
+    DeepSpeed's scaling rule: by default (post-scaling) gradients are divided by
+    ``predivide_factor`` before the sum and by ``world_size / predivide_factor`` after it;
+    ``prescale`` divides by ``world_size`` before the sum instead. ``average=False`` sums.
+    """
+
+    bucket_numel: int = 500_000_000
+    average: bool = True
+    prescale: bool = False
+    predivide_factor: float = 1.0
+    overlap: bool = True
+
+
+@dataclass(frozen=True)
+class OffloadPolicy:
+    """Where optimizer states (and, at stage 3, parameters) live."""
+
+    optimizer_device: OffloadDevice = "none"
+    param_device: OffloadDevice = "none"
+    pin_memory: bool = True
+
+
+@dataclass(frozen=True)
+class ZeroPolicy:
+    """Everything :func:`ds_zero.wrap` needs to know.
+
+    ``check_overflow`` skips steps whose gradients hold inf/NaN (always on with a loss scale; bf16's
+    ``check_grad_overflow``). ``clip_grad`` is the max global L2 norm (0: no clipping).
+    """
+
+    stage: int = 0
+    mixed_precision: MixedPrecisionPolicy = field(default_factory=MixedPrecisionPolicy)
+    loss_scale: LossScalePolicy | None = None
+    reduce: ReducePolicy = field(default_factory=ReducePolicy)
+    offload: OffloadPolicy = field(default_factory=OffloadPolicy)
+    clip_grad: float = 0.0
+    check_overflow: bool = False
+    allgather_bucket_numel: int = 500_000_000
+    contiguous_gradients: bool = True
+    overlap_comm: bool = False

@@ -1,0 +1,209 @@
+"""ZeRO stages 1 and 2 as compositions of :class:`~ds_zero.trainer.ZeroTrainer`'s parts.
+
+* :class:`ShardedParams` (the master-weight holder): parameters become views of flat units
+  (:mod:`ds_zero.units`); the optimizer steps this rank's fp32 *master shard* of each unit, and
+  ``publish`` all-gathers the updated shards back into the units.
+* :class:`ShardedReduction` (the gradient reducer): reduce-scatters gradients into shards
+  (:mod:`ds_zero.grad_reducer`) — stage 2 while backward runs, stage 1 at the step.
+* :class:`ShardedTrainer`: the trainer whose ``state_dict`` is this rank's slices
+  (:mod:`ds_zero.sharded_state`), so checkpoints reshard.
+
+Note [memory]: in full precision a master shard is a view of the parameter buffer (no copy): a rank
+holds 4Ψ (params) + 8Ψ/N (Adam) + gradients (4Ψ in stage 1, 4Ψ/N in stage 2). In mixed precision
+parameters and gradients are 2 bytes each and the fp32 masters add 4Ψ/N.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ds_comm
+import torch
+from torch import Tensor, nn
+
+from ds_zero.entry import register_stage
+from ds_zero.grad_reducer import GradReducer
+from ds_zero.loss_scaler import make_loss_scaler
+from ds_zero.masters import trainable_in_backward_order
+from ds_zero.policy import ZeroPolicy
+from ds_zero.sharded_state import load_shard_state_dict, shard_state_dict
+from ds_zero.trainer import ZeroTrainer
+from ds_zero.units import FlatUnit, build_units, cast_units
+
+
+class ShardedParams:
+    """Master weights for stages 1 and 2: one fp32 master shard per flat unit."""
+
+    def __init__(self, module: nn.Module, optimizer: torch.optim.Optimizer, policy: ZeroPolicy, group: Any) -> None:
+        self.optimizer = optimizer
+        self.group = group
+        self.overlap = policy.overlap_comm
+        self.model_params = trainable_in_backward_order(module, optimizer)
+        world, rank = ds_comm.get_world_size(group), ds_comm.get_rank(group)
+        trainable = [[p for p in g["params"] if p.requires_grad] for g in optimizer.param_groups]
+        # Units are built before any cast, so the fp32 masters start from the exact fp32 weights.
+        self.units: list[FlatUnit] = build_units(trainable, bucket_numel=policy.reduce.bucket_numel,
+                                                 world_size=world, rank=rank)
+        offload = policy.offload.optimizer_device != "none"
+        param_dtype = policy.mixed_precision.param_dtype
+        # Alias the parameter buffer only when it stays fp32 and on this device; else keep an fp32 copy.
+        alias = param_dtype == torch.float32 and not offload
+        self.holders = [self._make_master(u, alias, offload, policy.offload.pin_memory) for u in self.units]
+        for g, group_dict in enumerate(optimizer.param_groups):
+            group_dict["params"] = [m for m, u in zip(self.holders, self.units) if u.group_index == g]
+        cast_units(self.units, param_dtype)
+        module.to(param_dtype)  # buffers and frozen parameters follow the model's dtype
+        self.names = _param_names(module, self.units)
+
+    def _make_master(self, unit: FlatUnit, alias: bool, offload: bool, pin_memory: bool) -> nn.Parameter:
+        shard = unit.shard_view()
+        if alias and shard.dtype == torch.float32:
+            return nn.Parameter(shard)  # aliases the parameter buffer: Note [memory]
+        master = shard.detach().to(device="cpu" if offload else shard.device, dtype=torch.float32, copy=True)
+        if offload and pin_memory and torch.cuda.is_available():
+            master = master.pin_memory()
+        return nn.Parameter(master)
+
+    def holder(self, param: Tensor) -> Tensor:
+        """The reducer tracks model parameters themselves (it knows their units)."""
+        return param
+
+    def accumulate(self, param: Tensor) -> None:
+        """Nothing to do: stage 1 accumulates in ``p.grad``, stage 2's reducer takes the gradient."""
+
+    def grads(self) -> list[Tensor]:
+        """Give each master its reduced gradient shard (fp32, on the master's device) and return them."""
+        out = []
+        for master, shard in zip(self.holders, self.reduction.grad_shards):
+            grad = torch.zeros_like(master) if shard is None else shard.to(device=master.device, dtype=master.dtype)
+            master.grad = grad
+            out.append(grad)
+        return out
+
+    def publish(self) -> None:
+        """Refresh the low-precision shards from the masters and all-gather every unit."""
+        works = []
+        for unit, master in zip(self.units, self.holders):
+            shard = unit.shard_view()
+            if master.data_ptr() != shard.data_ptr():
+                shard.copy_(master.detach())
+            works.append(ds_comm.all_gather_into_tensor(unit.flat, shard, group=self.group, async_op=self.overlap))
+        for work in works:
+            if work is not None:
+                work.wait()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.reduction.zero()
+        for master in self.holders:
+            master.grad = None
+
+    def refresh_from_model(self) -> None:
+        """Re-take the masters from the model's weights (after a weights-only load)."""
+        with torch.no_grad():
+            for unit, master in zip(self.units, self.holders):
+                master.copy_(unit.shard_view())
+
+    @property
+    def reduction(self) -> GradReducer:
+        return self._reducer
+
+    def attach(self, reducer: GradReducer) -> None:
+        self._reducer = reducer
+
+
+class ShardedReduction:
+    """The trainer's reducer for stages 1 and 2 (see the module doc)."""
+
+    def __init__(self, reducer: GradReducer, stage: int) -> None:
+        self.reducer = reducer
+        self.stage = stage
+        self.sync = True  # stage 2 must reduce every backward regardless: it keeps no full gradients
+        self._flush_queued = False
+
+    @property
+    def grad_shards(self) -> list[Tensor | None]:
+        return self.reducer.grad_shards
+
+    def mark_ready(self, param: Tensor) -> None:
+        if self.stage != 2:
+            return
+        if not self._flush_queued:
+            # Note [end of backward]: units whose parameters got no gradient in this backward must
+            # still be reduced before the next one starts; autograd runs this once backward ends.
+            torch.autograd.Variable._execution_engine.queue_callback(self._end_of_backward)
+            self._flush_queued = True
+        self.reducer.on_grad(param)
+
+    def _end_of_backward(self) -> None:
+        self._flush_queued = False
+        self.reducer.flush()
+
+    def finish(self) -> None:
+        """Before the step: stage 1 reduces the accumulated full gradients; stage 2 has reduced already."""
+        if self.stage == 1:
+            self.reducer.reduce_full_grads()
+        else:
+            self.reducer.flush()
+
+    def zero(self) -> None:
+        self.reducer.zero()
+
+
+class ShardedTrainer(ZeroTrainer):
+    """The trainer for stages 1 and 2: its state is this rank's per-parameter slices."""
+
+    sharded_state = True  # the engine writes one optimizer-state file per rank
+
+    def state_dict(self) -> dict[str, Any]:
+        state = shard_state_dict(self._shards(), self.masters.names)
+        state["loss_scaler"] = self.loss_scaler.state_dict()
+        state["dynamic_loss_scale"] = self.loss_scaler.dynamic
+        state["overflow"] = self.overflow
+        return state
+
+    def load_state_dict(self, state_dict: Any, load_optimizer_states: bool = True) -> None:
+        """Load slices saved at any world size and stage: one rank's dict or a list of every rank's."""
+        shards = state_dict if isinstance(state_dict, list) else [state_dict]
+        load_shard_state_dict(self._shards(), shards, self.masters.names, load_optimizer_states=load_optimizer_states)
+        if shards[0].get("loss_scaler") is not None:
+            self.loss_scaler.load_state_dict(shards[0]["loss_scaler"])
+
+    def _shards(self) -> Any:
+        return _ShardView(self)
+
+
+class _ShardView:
+    """The fields :mod:`ds_zero.sharded_state` reads, taken from a trainer."""
+
+    def __init__(self, trainer: ShardedTrainer) -> None:
+        self.units = trainer.masters.units
+        self.masters = trainer.masters.holders
+        self.optimizer = trainer.optimizer
+        self.stage = trainer.policy.stage
+        self.publish = trainer.masters.publish
+
+
+def _param_names(module: nn.Module, units: list[FlatUnit]) -> dict[int, str]:
+    """Unit slot index -> the parameter's name in ``module`` (what checkpoints are keyed by)."""
+    name_of = {id(p): name for name, p in module.named_parameters()}
+    return {slot.index: name_of.get(id(p), str(slot.index)) for unit in units for slot, p in zip(unit.slots, unit.params)}
+
+
+def compose_sharded(*, module: nn.Module, optimizer: torch.optim.Optimizer, policy: ZeroPolicy,
+                    group: Any = None) -> ShardedTrainer:
+    """Stage 1 (sharded optimizer state) or 2 (and sharded gradients), per ``policy.stage``."""
+    params = ShardedParams(module, optimizer, policy, group)
+    mp = policy.mixed_precision
+    reducer = GradReducer(params.units, grad_dtype=mp.param_dtype, group=group, policy=policy.reduce,
+                          overlap_comm=policy.overlap_comm, reduce_dtype=mp.reduce_dtype)
+    params.attach(reducer)
+    reduction = ShardedReduction(reducer, policy.stage)
+    scaler = make_loss_scaler(policy.loss_scale, rank=ds_comm.get_rank())
+    # The trainer's norm_group=None means "replicated, no communication": name the world explicitly.
+    norm_group = group if group is not None else ds_comm.get_world_group()
+    return ShardedTrainer(module=module, optimizer=optimizer, policy=policy, masters=params, reducer=reduction,
+                          scaler=scaler, norm_group=norm_group)
+
+
+register_stage(1, compose_sharded)
+register_stage(2, compose_sharded)

@@ -1,0 +1,247 @@
+"""The trainer every stage is composed into: a master-weight holder, a gradient reducer, a loss scaler.
+
+:class:`ZeroTrainer` owns the step sequence (reduce, unscale + overflow check, norm, clip, inner step,
+publish, zero) and nothing stage-specific: stages differ only in the parts handed to it (Note
+[stages are compositions] in :mod:`ds_zero.entry`). It is also the object clients see as
+``engine.optimizer``: ``optimizer`` (the inner torch optimizer), ``param_groups``, ``state``,
+``overflow``, ``state_dict()``, ``zero_grad(set_to_none=True)``.
+"""
+
+from __future__ import annotations
+
+import enum
+import weakref
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor, nn
+
+from ds_zero.base_optimizer import ZeROOptimizer
+from ds_zero.grad_math import clip_, global_norm, unscale_and_check_
+from ds_zero.loss_scaler import StaticLossScaler
+from ds_zero.policy import ZeroPolicy
+
+
+class Masters(Protocol):
+    """What the trainer needs from a master-weight holder (see :mod:`ds_zero.masters`)."""
+
+    model_params: list[nn.Parameter]
+    holders: list[Tensor]
+
+    def holder(self, param: Tensor) -> Tensor: ...
+    def accumulate(self, param: Tensor) -> None: ...
+    def grads(self) -> list[Tensor]: ...
+    def publish(self) -> None: ...
+    def zero_grad(self, set_to_none: bool = True) -> None: ...
+
+
+class Reducer(Protocol):
+    """What the trainer needs from a gradient reducer (see :mod:`ds_zero.allreduce`)."""
+
+    sync: bool
+
+    def mark_ready(self, holder: Tensor) -> None: ...
+    def finish(self) -> None: ...
+
+
+class Phase(enum.Enum):
+    """Where the trainer is between optimizer steps."""
+
+    IDLE = "idle"  # no gradient accumulated since the last step
+    ACCUMULATING = "accumulating"  # backward ran at least once
+
+
+class ZeroTrainer(ZeROOptimizer):
+    """Composes ``masters``, ``reducer`` and ``scaler`` into DeepSpeed's optimizer step."""
+
+    def __init__(
+        self,
+        *,
+        module: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        policy: ZeroPolicy,
+        masters: Masters,
+        reducer: Reducer,
+        scaler: StaticLossScaler,
+        norm_group: Any = None,
+    ) -> None:
+        self.module = module
+        self.optimizer = optimizer
+        self.policy = policy
+        self.masters = masters
+        self.reducer = reducer
+        self.loss_scaler = scaler
+        self.norm_group = norm_group  # None: gradients are replicated, norms need no communication
+        self.overflow = False
+        self.phase = Phase.IDLE
+        self._global_grad_norm: Tensor | None = None
+        # Note [hooks hold the trainer weakly]: a hook lives in the parameter's autograd node (C++), so a
+        # strong reference to the trainer there forms a cycle Python's gc cannot see, and the trainer,
+        # its shards and optimizer states would outlive every user reference.
+        this = weakref.ref(self)
+
+        def on_grad_ready(param: Tensor) -> None:
+            trainer = this()
+            if trainer is not None:
+                trainer._on_grad_ready(param)
+
+        self._hooks = [p.register_post_accumulate_grad_hook(on_grad_ready) for p in masters.model_params]
+
+    # --- what clients read ---------------------------------------------------------------------------
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        """The inner optimizer's param groups (LR schedules write here)."""
+        return self.optimizer.param_groups
+
+    @param_groups.setter
+    def param_groups(self, value: list[dict[str, Any]]) -> None:
+        self.optimizer.param_groups = value
+
+    @property
+    def state(self) -> Any:
+        """The inner optimizer's per-parameter state."""
+        return self.optimizer.state
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        """The inner optimizer's defaults."""
+        return self.optimizer.defaults
+
+    @property
+    def cur_scale(self) -> float:
+        """The current loss scale (1.0 without fp16)."""
+        return self.loss_scaler.cur_scale
+
+    loss_scale = cur_scale
+
+    @property
+    def dynamic_loss_scale(self) -> bool:
+        """Whether the loss scale adapts to overflows."""
+        return self.loss_scaler.dynamic
+
+    def get_global_grad_norm(self) -> float | None:
+        """The global gradient norm of the last applied step (before clipping)."""
+        return None if self._global_grad_norm is None else float(self._global_grad_norm)
+
+    # --- backward ------------------------------------------------------------------------------------
+    def _on_grad_ready(self, param: Tensor) -> None:
+        self.phase = Phase.ACCUMULATING
+        self.masters.accumulate(param)
+        self.reducer.mark_ready(self.masters.holder(param))
+
+    def scale_if_loss(self, loss: Tensor) -> Tensor:
+        """``loss`` times the loss scale (what backward differentiates)."""
+        scale = self.loss_scaler.cur_scale
+        return loss * scale if scale != 1.0 else loss
+
+    def backward(self, loss: Tensor, retain_graph: bool = False) -> None:
+        """Backward of the scaled loss; gradients accumulate, and are reduced at the boundary."""
+        self.scale_if_loss(loss).backward(retain_graph=retain_graph)
+
+    def set_gradient_accumulation_boundary(self, is_boundary: bool) -> None:
+        """Whether the next backward completes the accumulation (and so communicates)."""
+        self.reducer.sync = bool(is_boundary)
+
+    @contextmanager
+    def no_sync(self) -> Iterator[None]:
+        """Backward passes inside accumulate locally and never communicate."""
+        previous = self.reducer.sync
+        self.reducer.sync = False
+        try:
+            yield
+        finally:
+            self.reducer.sync = previous
+
+    # --- step ----------------------------------------------------------------------------------------
+    def step(self, closure: Callable[[], Any] | None = None) -> bool:
+        """Reduce, unscale, check overflow, clip, step and publish. Returns whether the step was applied."""
+        if closure is not None:
+            raise ValueError("the engine optimizer does not take a closure")
+        self.reducer.finish()
+        grads = self.masters.grads()
+        scale = self.loss_scaler.cur_scale
+        overflow = False
+        if self.policy.check_overflow or scale != 1.0:
+            overflow = unscale_and_check_(grads, 1.0 / scale, group=self.norm_group)
+        self.overflow = overflow
+        if overflow:
+            self._finish_step(applied=False)
+            return False
+        norm = global_norm(grads, group=self.norm_group)
+        if self.policy.clip_grad > 0:
+            clip_(grads, self.policy.clip_grad, norm)
+        self.optimizer.step()
+        self.masters.publish()
+        self._global_grad_norm = norm
+        self._finish_step(applied=True)
+        return True
+
+    def _finish_step(self, *, applied: bool) -> None:
+        self.masters.zero_grad(set_to_none=True)
+        for p in self.masters.model_params:
+            p.grad = None
+        self.loss_scaler.update(not applied)
+        self.phase = Phase.IDLE
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Drop the accumulated gradients (model and master)."""
+        self.masters.zero_grad(set_to_none)
+        for p in self.masters.model_params:
+            if p.grad is not None:
+                if set_to_none:
+                    p.grad = None
+                else:
+                    p.grad.zero_()
+
+    # --- state ---------------------------------------------------------------------------------------
+    def _has_own_state(self) -> bool:
+        return self.policy.mixed_precision.low_precision or self.loss_scaler.dynamic \
+            or self.loss_scaler.cur_scale != 1.0
+
+    def state_dict(self) -> dict[str, Any]:
+        """The inner optimizer's state dict (fp32 stage 0, as DeepSpeed saves it), or for mixed precision
+        ``{optimizer_state_dict, fp32_groups, loss_scaler, ...}``. Tensors and plain values only."""
+        inner = self.optimizer.state_dict()
+        if not self._has_own_state():
+            return inner
+        return {
+            "zero_stage": self.policy.stage,
+            "optimizer_state_dict": inner,
+            "fp32_groups": [[p.detach().clone() for p in g["params"]] for g in self.optimizer.param_groups],
+            "loss_scaler": self.loss_scaler.state_dict(),
+            "dynamic_loss_scale": self.loss_scaler.dynamic,
+            "cur_scale": self.loss_scaler.cur_scale,
+            "overflow": self.overflow,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any], load_optimizer_states: bool = True) -> None:
+        """Restore what :meth:`state_dict` produced (either form)."""
+        if "optimizer_state_dict" not in state_dict:
+            if load_optimizer_states:
+                self.optimizer.load_state_dict(state_dict)
+            return
+        if load_optimizer_states:
+            self.optimizer.load_state_dict(state_dict["optimizer_state_dict"])
+        if state_dict.get("loss_scaler") is not None:
+            self.loss_scaler.load_state_dict(state_dict["loss_scaler"])
+        saved = state_dict.get("fp32_groups")
+        if saved is not None:
+            with torch.no_grad():
+                for group, tensors in zip(self.optimizer.param_groups, saved):
+                    for p, t in zip(group["params"], tensors):
+                        p.copy_(t)
+            self.masters.publish()
+
+    def refresh_fp32_params(self) -> None:
+        """Re-take fp32 masters from the model's weights (after a weights-only load)."""
+        refresh = getattr(self.masters, "refresh_from_model", None)
+        if refresh is not None:
+            refresh()
+
+    def close(self) -> None:
+        """Remove the gradient hooks (the trainer stops reacting to backward)."""
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks.clear()
