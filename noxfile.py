@@ -1,7 +1,9 @@
 """Sessions: the whole suite, each package alone, the accelerator matrix, lint, demo and bench.
 
-`nox -t ci` is what `.ci/run` and the README's test command run: the whole suite on CPU, every
-package alone in its own venv with only its declared dependencies, and lint.
+`nox -t ci` is what `.ci/run` and the README's test command run: the whole suite on CPU, split so
+that nothing runs twice: every package's tests in a venv of its own holding only that package's
+declared dependencies (`package`), the cross-package tests with everything installed
+(`integration`), and lint. `nox -s tests` runs the same tests in one venv.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ TEST_DEPS = ["pytest>=8", "pytest-timeout>=2.3", "numpy", "packaging"]
 SYSTEM_PACKAGES = {"mpirun": "openmpi-bin", "pdsh": "pdsh"}
 
 nox.options.default_venv_backend = "venv"
-nox.options.sessions = ["tests", "lint"]
+nox.options.sessions = ["tests", "lint"]  # plain `nox`: the whole suite in one venv, and lint
 
 
 def _cuda_torch_present() -> bool:
@@ -84,12 +86,20 @@ def _pytest(session: nox.Session, *paths: str, marker: str = "not cuda") -> None
                 env={"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
 
 
-@nox.session(tags=["ci"])
+@nox.session
 def tests(session: nox.Session) -> None:
-    """The whole suite on CPU: every package's tests and the cross-package tests."""
+    """The whole suite on CPU in one venv: every package's tests and the cross-package tests."""
     _ensure_system_packages(session)
     _install_everything(session)
     _pytest(session, *[f"packages/{p}/tests" for p in PACKAGES], "tests")
+
+
+@nox.session(tags=["ci"])
+def integration(session: nox.Session) -> None:
+    """The cross-package tests (`tests/`): real training, real launcher runs, compatibility."""
+    _ensure_system_packages(session)
+    _install_everything(session)
+    _pytest(session, "tests")
 
 
 @nox.session(tags=["ci"])

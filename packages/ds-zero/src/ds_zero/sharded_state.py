@@ -83,7 +83,9 @@ def _index_slices(shards: Iterable[Mapping[str, Any]]) -> tuple[dict[Any, list[M
             raise ValueError(f"optimizer shard has format {shard.get('format')!r}, expected {FORMAT!r}")
         first = first or shard
         for piece in shard["slices"]:
-            by_key[piece["key"]].append(piece)
+            # Replicated saves (stage 0 written by several ranks) repeat whole ranges: keep one copy.
+            if not any(p["start"] == piece["start"] and p["end"] == piece["end"] for p in by_key[piece["key"]]):
+                by_key[piece["key"]].append(piece)
     return by_key, first
 
 
