@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 
-class LaunchError(Exception):
+class LaunchError(ValueError):
     """Bad input or an unusable environment: shown as one line, and the CLI exits with ``exit_code``.
 
     The message names the offending text (flag, hostfile line, ``.deepspeed_env`` line) and says what
