@@ -19,7 +19,7 @@ import tomllib
 ROOT = Path(__file__).parent
 PACKAGES = ["ds-accel", "ds-comm", "ds-kernels", "ds-zero", "ds-engine", "ds-launch"]
 # Optional extras each package's own tests exercise (mpi4py for MPI discovery, triton for kernels).
-PACKAGE_TEST_EXTRAS = {"ds-comm": "mpi", "ds-kernels": "triton", "ds-zero": "safetensors"}
+PACKAGE_TEST_EXTRAS = {"ds-comm": "mpi", "ds-kernels": "test", "ds-zero": "safetensors"}
 TEST_DEPS = ["pytest>=8", "pytest-timeout>=2.3", "numpy", "packaging"]
 # Debian packages the real-process tests use: binary -> package.
 SYSTEM_PACKAGES = {"mpirun": "openmpi-bin", "pdsh": "pdsh"}

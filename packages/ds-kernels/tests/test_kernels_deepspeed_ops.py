@@ -1,0 +1,23 @@
+"""``deepspeed.ops.*`` (the meta-package's compatibility modules) alias ds_kernels' optimizers.
+
+Skipped when only ds-kernels is installed (its own nox session)."""
+
+import importlib
+
+import ds_kernels as K
+import pytest
+
+ALIASES = {
+    "deepspeed.ops.adam": ("FusedAdam", "DeepSpeedCPUAdam"),
+    "deepspeed.ops.lamb": ("FusedLamb",),
+    "deepspeed.ops.lion": ("FusedLion", "DeepSpeedCPULion"),
+    "deepspeed.ops.adagrad": ("DeepSpeedCPUAdagrad",),
+}
+
+
+@pytest.mark.parametrize("module", list(ALIASES))
+def test_deepspeed_ops_names_are_ds_kernels_classes(module):
+    pytest.importorskip("deepspeed.ops")
+    mod = importlib.import_module(module)
+    for name in ALIASES[module]:
+        assert getattr(mod, name) is getattr(K, name)
