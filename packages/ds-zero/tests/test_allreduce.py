@@ -30,6 +30,7 @@ def _batch(rank: int, micro: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _reference_grads(world: int) -> dict[str, torch.Tensor]:
+    """Single process: every rank's two micro-batches, averaged as data parallelism should."""
     net = _Net()
     for rank in range(world):
         for micro in range(2):
@@ -39,7 +40,7 @@ def _reference_grads(world: int) -> dict[str, torch.Tensor]:
 
 
 def _accumulate_then_sync(prescale: bool, predivide: float):
-    rank, world = ds_comm.get_rank(), ds_comm.get_world_size()
+    rank = ds_comm.get_rank()
     net = _Net()
     policy = ZeroPolicy(reduce=ReducePolicy(bucket_numel=40, prescale=prescale, predivide_factor=predivide))
     trainer = wrap(net, torch.optim.SGD(net.parameters(), lr=0.0), policy=policy)
@@ -56,29 +57,50 @@ def _accumulate_then_sync(prescale: bool, predivide: float):
     reduces = [r for r in ds_comm.comms_log.records() if r.op == "all_reduce"]
     ds_comm.comms_log.disable()
     grads = {n: (p.grad.clone() if p.grad is not None else None) for n, p in net.named_parameters()}
-    return silent, len(reduces), len(trainer.reducer.buckets), grads
+    return silent, len(reduces), len(trainer.reducer.buckets), grads, trainer.reducer.transport
 
 
 SCALINGS = [(False, 1.0), (True, 1.0), (False, 2.0)]  # post-scaling, DeepSpeed's prescale, predivide factor
 
 
+def _second_backward_in_the_boundary_step():
+    """Two backward passes in the boundary micro-step: the buckets started by the first are redone."""
+    rank = ds_comm.get_rank()
+    net = _Net()
+    trainer = wrap(net, torch.optim.SGD(net.parameters(), lr=0.0),
+                   policy=ZeroPolicy(reduce=ReducePolicy(bucket_numel=40)))
+    for micro in range(2):
+        x, y = _batch(rank, micro)
+        trainer.backward(torch.nn.functional.mse_loss(net(x, rank == 1), y).div(2))
+    trainer.reducer.finish()
+    return {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
+
+
 def _all_scalings():
-    return [_accumulate_then_sync(prescale, predivide) for prescale, predivide in SCALINGS]
+    runs = [_accumulate_then_sync(prescale, predivide) for prescale, predivide in SCALINGS]
+    return runs, _second_backward_in_the_boundary_step()
 
 
 @pytest.mark.timeout(120)
-def test_gradients_are_averaged_only_at_the_boundary() -> None:
-    per_rank = run_distributed(_all_scalings, world_size=2)
-    reference = _reference_grads(2)
+@pytest.mark.parametrize(("world", "transport"), [(2, "shm"), (2, "c10d"), (3, "shm")])
+def test_gradients_are_averaged_only_at_the_boundary(world: int, transport: str) -> None:
+    env = {"DS_ZERO_SHM_ALLREDUCE": "1" if transport == "shm" else "0"}
+    per_rank = run_distributed(_all_scalings, world_size=world, env=env)
+    reference = _reference_grads(world)
+    for _, twice in per_rank:
+        for name, want in reference.items():
+            torch.testing.assert_close(twice[name], want, rtol=0, atol=1e-6)
     for variant in range(len(SCALINGS)):
-        results = [per_rank[rank][variant] for rank in range(2)]
-        for silent, n_reduces, n_buckets, grads in results:
+        results = [per_rank[rank][0][variant] for rank in range(world)]
+        for silent, n_reduces, n_buckets, grads, used in results:
+            assert used == transport
             assert silent == []  # no collective while accumulating
             assert n_reduces == n_buckets > 1  # one all-reduce per bucket at the boundary
             assert grads["never.weight"] is None and grads["never.bias"] is None
             for name, want in reference.items():
                 torch.testing.assert_close(grads[name], want, rtol=0, atol=1e-6)
-        assert all(torch.equal(results[0][3][n], results[1][3][n]) for n in reference)
+        for other in results[1:]:  # replicas stay bit-identical
+            assert all(torch.equal(results[0][3][n], other[3][n]) for n in reference)
 
 
 def test_buckets_follow_readiness_order_and_size() -> None:

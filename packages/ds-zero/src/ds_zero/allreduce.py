@@ -1,21 +1,32 @@
 """Bucketed gradient all-reduce for replicated data parallelism (stage 0).
 
 Gradients are averaged in buckets of about ``bucket_numel`` elements, filled in the order gradients
-become ready in backward (reverse registration order). A bucket is launched (asynchronously) as soon
-as every gradient in it is final, so communication overlaps the rest of backward; :meth:`finish`
-launches whatever is left, waits, and writes the averaged gradients back.
+become ready in backward (reverse registration order). A bucket is started as soon as every gradient
+in it is final: its gradients are copied (and scaled, Note [scaling]) into the bucket, and with the
+c10d transport an asynchronous all-reduce is launched, overlapping the rest of backward.
+:meth:`finish` starts whatever is left, completes every bucket, and makes the averaged gradients the
+holders' ``.grad`` (views of the bucket: no copy back).
+
+Transports: ranks all on one host sum through shared memory (Note [shared-memory all-reduce] in
+:mod:`ds_zero.shm_allreduce`); otherwise c10d's ``all_reduce`` (gloo, NCCL, ...) through ds_comm.
 
 Note: [only at the boundary] Nothing is communicated while ``sync`` is off: micro-batches before the
 accumulation boundary only accumulate locally. The caller turns ``sync`` on for the boundary's backward.
 
 Note: [finish is the source of truth] Correctness never depends on hooks firing: ``finish`` reduces
-every bucket not yet reduced, with the gradients as they are at that moment. Hooks only start buckets
-early. A gradient that changes after its bucket was launched (a second backward in the same
-micro-step) marks the bucket stale and ``finish`` reduces it again.
+every bucket not yet started, with the gradients as they are at that moment. Hooks only start buckets
+early. A gradient that changes after its bucket started (a second backward in the same micro-step)
+marks the bucket stale and ``finish`` starts it again.
+
+Note: [scaling] DeepSpeed divides by ``predivide_factor`` before the sum and by
+``world_size / predivide_factor`` after it (or by ``world_size`` before it with ``prescale``). A factor
+that is a power of two commutes exactly with floating-point rounding, so when the after-sum factor is
+one it is applied during the copy into the bucket instead: the same bits, one pass over memory fewer.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +34,10 @@ import ds_comm
 import torch
 from torch import Tensor
 
+from ds_zero import shm_allreduce
 from ds_zero.policy import ReducePolicy
+
+SHM_BUCKET_CAP = 1 << 26  # elements per shared-memory bucket: bounds the segment (two rows per rank)
 
 
 @dataclass
@@ -33,9 +47,10 @@ class _Bucket:
     numel: int
     dtype: torch.dtype
     buffer: Tensor | None = None
+    shm: shm_allreduce.SharedMemoryAllReduce | None = None
     ready: set[int] = field(default_factory=set)
     work: Any = None
-    launched: bool = False
+    started: bool = False
     stale: bool = False
 
 
@@ -65,87 +80,122 @@ def plan_buckets(holders: list[Tensor], bucket_numel: int, reduce_dtype: torch.d
     return buckets
 
 
+def _power_of_two(x: float) -> bool:
+    return x > 0 and math.frexp(x)[0] == 0.5
+
+
 class BucketedAllReduce:
     """Average the ``.grad`` of ``holders`` across ``group`` in buckets (see the module notes)."""
 
     def __init__(self, holders: list[Tensor], *, policy: ReducePolicy, group: Any = None,
-                 reduce_dtype: torch.dtype | None = None) -> None:
+                 reduce_dtype: torch.dtype | None = None, transport: str = "auto") -> None:
         self.group = group
         self.world_size = ds_comm.get_world_size(group)
         self.policy = policy
         self.sync = True
-        self.buckets = plan_buckets(holders, policy.bucket_numel, reduce_dtype)
+        self.transport = "c10d"
+        bucket_numel = policy.bucket_numel
+        if self.active and transport in ("auto", "shm") and all(h.device.type == "cpu" for h in holders):
+            total = sum(h.numel() * h.element_size() for h in holders)
+            if shm_allreduce.usable(group, 2 * self.world_size * total):
+                self.transport, bucket_numel = "shm", min(bucket_numel, SHM_BUCKET_CAP)
+        self.buckets = plan_buckets(holders, bucket_numel, reduce_dtype)
         self._where = {id(h): (b, i) for b in self.buckets for i, h in enumerate(b.holders)}
+        if self.transport == "shm":
+            for b in self.buckets:
+                b.shm = shm_allreduce.SharedMemoryAllReduce(b.numel, b.dtype, group=group)
+        self.pre, self.post = self._factors()
 
     @property
     def active(self) -> bool:
         """Whether there is anyone to communicate with."""
         return self.world_size > 1
 
+    @property
+    def wants_ready_signals(self) -> bool:
+        """Whether ``mark_ready`` does useful early work: c10d buckets start their all-reduce (overlapping
+        backward); shared-memory buckets take each gradient into the segment while it is still in cache
+        (the sum itself needs every rank at once, so it waits for ``finish``)."""
+        return self.active and self.policy.overlap
+
+    def _factors(self) -> tuple[float, float]:
+        """(before the sum, after the sum), per Note [scaling]."""
+        if not self.policy.average:
+            return 1.0, 1.0
+        if self.policy.prescale:
+            return 1.0 / self.world_size, 1.0
+        pre, post = 1.0 / self.policy.predivide_factor, self.policy.predivide_factor / self.world_size
+        if _power_of_two(post):
+            return pre * post, 1.0
+        return pre, post
+
     def mark_ready(self, holder: Tensor) -> None:
-        """``holder.grad`` is final for this backward; launch its bucket once the bucket is complete."""
-        if not (self.sync and self.active and self.policy.overlap):
+        """``holder.grad`` is final for this backward; start its bucket once the bucket is complete."""
+        if not (self.sync and self.wants_ready_signals):
             return
         bucket, index = self._where[id(holder)]
-        if bucket.launched:
+        if bucket.started:
             bucket.stale = True
             return
+        if bucket.shm is not None:
+            self._copy_in(bucket.shm.input, holder, bucket.offsets[index])
         bucket.ready.add(index)
         if len(bucket.ready) == len(bucket.holders):
-            self._launch(bucket)
+            self._start(bucket)
 
-    def _launch(self, bucket: _Bucket) -> None:
-        if bucket.buffer is None:
+    def _copy_in(self, buf: Tensor, holder: Tensor, offset: int) -> None:
+        dst = buf[offset:offset + holder.numel()]
+        if holder.grad is None:
+            dst.zero_()
+        elif self.pre != 1.0:
+            torch.mul(holder.grad.reshape(-1), self.pre, out=dst)
+        else:
+            dst.copy_(holder.grad.reshape(-1))
+
+    def _fill(self, bucket: _Bucket) -> None:
+        if bucket.shm is not None:
+            bucket.buffer = bucket.shm.input  # this round's row of the shared segment
+        elif bucket.buffer is None:
             bucket.buffer = torch.empty(bucket.numel, dtype=bucket.dtype, device=bucket.holders[0].device)
-        buf = bucket.buffer
-        for h, off in zip(bucket.holders, bucket.offsets):
-            dst = buf[off:off + h.numel()]
-            if h.grad is None:
-                dst.zero_()
-            else:
-                dst.copy_(h.grad.reshape(-1))
-        pre = self._pre_factor()
-        if pre != 1.0:
-            buf.mul_(pre)
-        bucket.work = ds_comm.all_reduce(buf, group=self.group, async_op=True)
-        bucket.launched = True
+        copied = bucket.ready if bucket.shm is not None else ()  # taken in by mark_ready already
+        for index, (h, off) in enumerate(zip(bucket.holders, bucket.offsets)):
+            if index not in copied:
+                self._copy_in(bucket.buffer, h, off)
 
-    def _pre_factor(self) -> float:
-        if not self.policy.average:
-            return 1.0
-        if self.policy.prescale:
-            return 1.0 / self.world_size
-        return 1.0 / self.policy.predivide_factor
-
-    def _post_factor(self) -> float:
-        if not self.policy.average or self.policy.prescale:
-            return 1.0
-        return self.policy.predivide_factor / self.world_size
+    def _start(self, bucket: _Bucket) -> None:
+        self._fill(bucket)
+        if bucket.shm is None:
+            bucket.work = ds_comm.all_reduce(bucket.buffer, group=self.group, async_op=True)
+        bucket.started = True
 
     def finish(self) -> None:
-        """Reduce every bucket not yet reduced, wait, and write the averaged gradients back."""
+        """Reduce every bucket not yet reduced and make the averaged gradients the holders' ``.grad``."""
         if not self.active:
             return
         for bucket in self.buckets:
-            if bucket.launched and bucket.stale:
-                bucket.work.wait()
-                bucket.launched = False
-            if not bucket.launched:
-                self._launch(bucket)
-        post = self._post_factor()
+            if bucket.started and bucket.stale:
+                if bucket.work is not None:
+                    bucket.work.wait()
+                bucket.started = False
+                bucket.ready.clear()  # every gradient is taken in again
+            if not bucket.started:
+                self._start(bucket)
         for bucket in self.buckets:
-            bucket.work.wait()
-            if post != 1.0:
-                bucket.buffer.mul_(post)
-            self._write_back(bucket)
-            bucket.work, bucket.launched, bucket.stale = None, False, False
+            if bucket.shm is not None:
+                reduced = bucket.shm.reduce(self.post)
+            else:
+                bucket.work.wait()
+                reduced = bucket.buffer
+                if self.post != 1.0:
+                    reduced.mul_(self.post)
+            self._write_back(bucket, reduced)
+            bucket.work, bucket.started, bucket.stale = None, False, False
             bucket.ready.clear()
 
     @staticmethod
-    def _write_back(bucket: _Bucket) -> None:
-        assert bucket.buffer is not None
+    def _write_back(bucket: _Bucket, reduced: Tensor) -> None:
         for h, off in zip(bucket.holders, bucket.offsets):
-            view = bucket.buffer[off:off + h.numel()].view_as(h)
+            view = reduced[off:off + h.numel()].view_as(h)
             if h.grad is None and not bool(view.any()):
                 continue  # no rank produced a gradient: keep None, as a single process would
             if view.dtype == h.dtype:

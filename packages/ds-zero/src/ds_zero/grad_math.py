@@ -67,5 +67,7 @@ def clip_(grads: list[Tensor], max_norm: float, total_norm: Tensor) -> None:
     if not grads or max_norm <= 0:
         return
     coef = torch.clamp(max_norm / (total_norm + CLIP_EPS), max=1.0)
+    if coef.device.type == "cpu" and float(coef) >= 1.0:
+        return  # reading the value is free on the host: skip a pass that would multiply by one
     for (device, _), tensors in _by_device(grads).items():
         torch._foreach_mul_(tensors, coef.to(device))

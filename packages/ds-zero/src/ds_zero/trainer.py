@@ -9,7 +9,6 @@ publish, zero) and nothing stage-specific: stages differ only in the parts hande
 
 from __future__ import annotations
 
-import enum
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -22,6 +21,7 @@ from ds_zero.base_optimizer import ZeROOptimizer
 from ds_zero.grad_math import clip_, global_norm, unscale_and_check_
 from ds_zero.loss_scaler import StaticLossScaler
 from ds_zero.policy import ZeroPolicy
+from ds_zero.replicated_state import load_replicated_state_dict, replicated_state_dict
 
 
 class Masters(Protocol):
@@ -46,13 +46,6 @@ class Reducer(Protocol):
     def finish(self) -> None: ...
 
 
-class Phase(enum.Enum):
-    """Where the trainer is between optimizer steps."""
-
-    IDLE = "idle"  # no gradient accumulated since the last step
-    ACCUMULATING = "accumulating"  # backward ran at least once
-
-
 class ZeroTrainer(ZeROOptimizer):
     """Composes ``masters``, ``reducer`` and ``scaler`` into DeepSpeed's optimizer step."""
 
@@ -75,7 +68,6 @@ class ZeroTrainer(ZeROOptimizer):
         self.loss_scaler = scaler
         self.norm_group = norm_group  # None: gradients are replicated, norms need no communication
         self.overflow = False
-        self.phase = Phase.IDLE
         self._global_grad_norm: Tensor | None = None
         # Note [hooks hold the trainer weakly]: a hook lives in the parameter's autograd node (C++), so a
         # strong reference to the trainer there forms a cycle Python's gc cannot see, and the trainer,
@@ -127,7 +119,6 @@ class ZeroTrainer(ZeROOptimizer):
 
     # --- backward ------------------------------------------------------------------------------------
     def _on_grad_ready(self, param: Tensor) -> None:
-        self.phase = Phase.ACCUMULATING
         self.masters.accumulate(param)
         self.reducer.mark_ready(self.masters.holder(param))
 
@@ -183,7 +174,6 @@ class ZeroTrainer(ZeROOptimizer):
         for p in self.masters.model_params:
             p.grad = None
         self.loss_scaler.update(not applied)
-        self.phase = Phase.IDLE
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Drop the accumulated gradients (model and master)."""
@@ -196,43 +186,23 @@ class ZeroTrainer(ZeROOptimizer):
                     p.grad.zero_()
 
     # --- state ---------------------------------------------------------------------------------------
-    def _has_own_state(self) -> bool:
-        return self.policy.mixed_precision.low_precision or self.loss_scaler.dynamic \
-            or self.loss_scaler.cur_scale != 1.0
-
     def state_dict(self) -> dict[str, Any]:
-        """The inner optimizer's state dict (fp32 stage 0, as DeepSpeed saves it), or for mixed precision
-        ``{optimizer_state_dict, fp32_groups, loss_scaler, ...}``. Tensors and plain values only."""
-        inner = self.optimizer.state_dict()
-        if not self._has_own_state():
-            return inner
-        return {
-            "zero_stage": self.policy.stage,
-            "optimizer_state_dict": inner,
-            "fp32_groups": [[p.detach().clone() for p in g["params"]] for g in self.optimizer.param_groups],
-            "loss_scaler": self.loss_scaler.state_dict(),
-            "dynamic_loss_scale": self.loss_scaler.dynamic,
-            "cur_scale": self.loss_scaler.cur_scale,
-            "overflow": self.overflow,
-        }
+        """This trainer's state in the slice format every stage shares (:mod:`ds_zero.sharded_state`):
+        each parameter's fp32 value and optimizer state as one whole-parameter slice, plus the loss
+        scaler, so a stage-0 checkpoint loads at any stage and world size. Tensors and plain values only."""
+        state = replicated_state_dict(self)
+        state["loss_scaler"] = self.loss_scaler.state_dict()
+        state["dynamic_loss_scale"] = self.loss_scaler.dynamic
+        state["overflow"] = self.overflow
+        return state
 
-    def load_state_dict(self, state_dict: dict[str, Any], load_optimizer_states: bool = True) -> None:
-        """Restore what :meth:`state_dict` produced (either form)."""
-        if "optimizer_state_dict" not in state_dict:
-            if load_optimizer_states:
-                self.optimizer.load_state_dict(state_dict)
-            return
-        if load_optimizer_states:
-            self.optimizer.load_state_dict(state_dict["optimizer_state_dict"])
-        if state_dict.get("loss_scaler") is not None:
-            self.loss_scaler.load_state_dict(state_dict["loss_scaler"])
-        saved = state_dict.get("fp32_groups")
-        if saved is not None:
-            with torch.no_grad():
-                for group, tensors in zip(self.optimizer.param_groups, saved):
-                    for p, t in zip(group["params"], tensors):
-                        p.copy_(t)
-            self.masters.publish()
+    def load_state_dict(self, state_dict: Any, load_optimizer_states: bool = True) -> None:
+        """Load slices saved at any stage and world size: one rank's dict, or a list of every saving
+        rank's. Without ``load_optimizer_states`` only the fp32 master values are taken."""
+        shards = state_dict if isinstance(state_dict, list) else [state_dict]
+        load_replicated_state_dict(self, shards, load_optimizer_states=load_optimizer_states)
+        if shards[0].get("loss_scaler") is not None:
+            self.loss_scaler.load_state_dict(shards[0]["loss_scaler"])
 
     def refresh_fp32_params(self) -> None:
         """Re-take fp32 masters from the model's weights (after a weights-only load)."""

@@ -1,0 +1,171 @@
+"""Save and load an engine's training state in DeepSpeed's layout (:mod:`.layout`).
+
+Save: rendezvous (every rank, same tag) -> each writer writes its files atomically -> rendezvous
+(every file is on disk) -> rank 0 writes ``latest`` atomically -> rendezvous. Load never needs the
+other ranks: every rank reads the shared files itself.
+
+Note: [one slice format] Every stage's optimizer saves its state as per-parameter slices (ds_zero's
+``sharded_state`` format; stage 0's slices cover whole parameters). A replicated optimizer's state goes
+in the model-states file under ``optimizer``, as DeepSpeed stores it; a sharded one (``sharded_state``)
+writes one ``zero_pp_rank_<r>_mp_rank_00_optim_states.pt`` per rank. Loading hands the optimizer every
+saved slice, so a checkpoint of any stage and world size loads at any other.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+from importlib import metadata
+from typing import Any
+
+import ds_comm
+
+from ds_engine.checkpoint import layout
+from ds_engine.checkpoint.files import atomic_torch_save, atomic_write_text, check_safe, safe_load
+from ds_engine.checkpoint.rendezvous import check_same_tag, wait_for_all
+
+logger = logging.getLogger("ds_engine")
+
+
+def ds_version() -> str:
+    """The installed ``deepspeed`` meta-package version (what DeepSpeed stores as ``ds_version``)."""
+    try:
+        return metadata.version("deepspeed")
+    except metadata.PackageNotFoundError:
+        from ds_engine._version import __version__
+
+        return __version__
+
+
+def module_state(engine: Any, exclude_frozen_parameters: bool) -> dict[str, Any]:
+    """The module's state dict, optionally without parameters that do not require grad."""
+    sd = engine.module.state_dict()
+    if exclude_frozen_parameters:
+        frozen = {name for name, p in engine.module.named_parameters() if not p.requires_grad}
+        sd = type(sd)((k, v) for k, v in sd.items() if k not in frozen)
+    return sd
+
+
+def _buffer_names(module: Any) -> list[str]:
+    names = []
+    for mod_name, mod in module.named_modules():
+        for name, buf in mod.named_buffers(recurse=False):
+            if buf is not None and name not in mod._non_persistent_buffers_set:
+                names.append(f"{mod_name}.{name}" if mod_name else name)
+    return names
+
+
+def model_states(engine: Any, exclude_frozen_parameters: bool, sharded_optimizer: bool) -> dict[str, Any]:
+    """The dict written to ``mp_rank_00_model_states.pt`` (before the client's keys are added)."""
+    return {
+        layout.MODULE: module_state(engine, exclude_frozen_parameters),
+        layout.BUFFER_NAMES: _buffer_names(engine.module),
+        layout.OPTIMIZER: None if (engine.optimizer is None or sharded_optimizer) else engine.optimizer.state_dict(),
+        layout.PARAM_SHAPES: None,
+        layout.FROZEN_PARAM_SHAPES: None,
+        layout.SHARED_PARAMS: None,
+        layout.FROZEN_PARAM_FRAGMENTS: None,
+        layout.LR_SCHEDULER: engine.lr_scheduler.state_dict() if engine.lr_scheduler is not None else None,
+        layout.DATA_SAMPLER: None,
+        layout.RANDOM_LTD: None,
+        layout.SKIPPED_STEPS: engine.skipped_steps,
+        layout.GLOBAL_STEPS: engine.global_steps,
+        layout.GLOBAL_SAMPLES: engine.global_samples,
+        layout.DP_WORLD_SIZE: engine.dp_world_size,
+        layout.MP_WORLD_SIZE: 1,
+        layout.DS_CONFIG: engine.config,
+        layout.DS_VERSION: ds_version(),
+    }
+
+
+def save(engine: Any, save_dir: str, tag: Any, client_state: dict[str, Any], save_latest: bool,
+         exclude_frozen_parameters: bool) -> bool:
+    """Write a checkpoint of ``engine`` (see the module docstring). Every rank must call it."""
+    if not save_dir:
+        raise ValueError(f"save_dir must be a non-empty path, got {save_dir!r}")
+    save_dir = os.fspath(save_dir)
+    tag = str(tag) if tag is not None else layout.default_tag(engine.global_steps)
+    client_state = dict(client_state or {})
+    check_safe(client_state)
+    ckpt = engine._config.checkpoint
+    group, timeout = engine.checkpoint_group, ckpt.rendezvous_timeout
+    wait_for_all("save_checkpoint", group=group, timeout_s=timeout)
+    check_same_tag(tag, group=group, mode=ckpt.tag_validation_mode)
+
+    sharded = bool(getattr(engine.optimizer, "sharded_state", False))
+    rank = ds_comm.get_local_rank() if ckpt.use_node_local_storage else ds_comm.get_rank()
+    os.makedirs(os.path.join(save_dir, tag), exist_ok=True)
+    if rank == 0:
+        state = model_states(engine, exclude_frozen_parameters, sharded)
+        state.update(client_state)
+        atomic_torch_save(state, layout.model_states_path(save_dir, tag))
+    if sharded:  # every rank writes its own slice of the optimizer state (Note [one slice format])
+        shard = {layout.OPTIMIZER_STATE_DICT: engine.optimizer.state_dict(), layout.DS_CONFIG: engine.config,
+                 layout.DS_VERSION: ds_version()}
+        atomic_torch_save(shard, layout.zero_optim_states_path(save_dir, tag, engine.get_data_parallel_rank()))
+    wait_for_all("save_checkpoint (writing files)", group=group, timeout_s=timeout)
+    if save_latest and ds_comm.get_rank() == 0:
+        atomic_write_text(layout.latest_path(save_dir), tag)
+    wait_for_all("save_checkpoint (latest)", group=group, timeout_s=timeout)
+    if ds_comm.get_rank() == 0:
+        logger.info("saved checkpoint %s", os.path.join(save_dir, tag))
+    return True
+
+
+def resolve_tag(load_dir: str, tag: Any) -> str | None:
+    """The tag to load: the given one, or the content of ``latest`` (None, with a warning, if absent)."""
+    if tag is not None:
+        return str(tag)
+    latest = layout.latest_path(load_dir)
+    if not os.path.isfile(latest):
+        logger.warning("no checkpoint to load: %s does not exist (pass tag= to load a specific checkpoint)", latest)
+        return None
+    with open(latest, encoding="utf-8") as handle:
+        return handle.read().strip()
+
+
+def load(engine: Any, load_dir: str, tag: Any, *, load_module_strict: bool, load_optimizer_states: bool,
+         load_lr_scheduler_states: bool, load_module_only: bool) -> tuple[str | None, dict[str, Any] | None]:
+    """Restore ``engine`` from a checkpoint; returns ``(path, client_state)`` or ``(None, None)``."""
+    load_dir = os.fspath(load_dir)
+    tag = resolve_tag(load_dir, tag)
+    if tag is None:
+        return None, None
+    path = layout.model_states_path(load_dir, tag)
+    if not os.path.isfile(path):
+        logger.warning("no checkpoint to load: %s does not exist", path)
+        return None, None
+    state = safe_load(path)
+    engine.module.load_state_dict(state[layout.MODULE], strict=load_module_strict)
+    optimizer = engine.optimizer
+    if optimizer is not None:
+        restored = False
+        if load_optimizer_states and not load_module_only:
+            restored = _load_optimizer(engine, state, load_dir, tag)
+        if not restored and hasattr(optimizer, "refresh_fp32_params"):
+            optimizer.refresh_fp32_params()  # masters follow the loaded weights
+    if load_module_only:
+        return path, {}
+    if load_lr_scheduler_states and engine.lr_scheduler is not None and state.get(layout.LR_SCHEDULER) is not None:
+        engine.lr_scheduler.load_state_dict(state[layout.LR_SCHEDULER])
+    engine.global_steps = int(state.get(layout.GLOBAL_STEPS, 0))
+    engine.global_samples = int(state.get(layout.GLOBAL_SAMPLES, engine.global_steps * engine.train_batch_size()))
+    engine.skipped_steps = int(state.get(layout.SKIPPED_STEPS, 0))
+    client_state = {k: v for k, v in state.items() if k not in layout.ENGINE_KEYS}
+    return path, client_state
+
+
+def _load_optimizer(engine: Any, state: dict[str, Any], load_dir: str, tag: str) -> bool:
+    """Hand the trainer every saved slice of optimizer state (Note [one slice format])."""
+    saved = state.get(layout.OPTIMIZER)
+    if saved is not None:
+        shards = [saved]
+    else:
+        paths = sorted(glob.glob(os.path.join(load_dir, tag, "zero_pp_rank_*_mp_rank_00_optim_states.pt")))
+        shards = [safe_load(path)[layout.OPTIMIZER_STATE_DICT] for path in paths]
+    if not shards:
+        logger.warning("checkpoint %s has no optimizer state; the optimizer starts fresh", os.path.join(load_dir, tag))
+        return False
+    engine.optimizer.load_state_dict(shards)
+    return True

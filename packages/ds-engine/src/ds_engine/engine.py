@@ -1,0 +1,316 @@
+"""``DeepSpeedEngine``: forward, backward, step, checkpoints, with DeepSpeed's attribute names.
+
+The engine counts micro-steps and decides accumulation boundaries; the optimizer step itself
+(gradient reduction, loss scaling, clipping, master weights) belongs to the trainer that
+:func:`ds_zero.wrap` composes for the configured stage, which is also ``engine.optimizer``.
+
+Note: [micro-steps] ``step()`` is called after every micro-batch. It steps the optimizer only at an
+accumulation boundary (every ``gradient_accumulation_steps``-th call, or where the client set it with
+``set_gradient_accumulation_boundary``); ``global_steps`` counts boundaries, overflow-skipped ones
+included (``skipped_steps`` counts those), and the LR schedule moves only on applied steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import ds_comm
+import torch
+from ds_accel import get_accelerator
+from ds_zero import StageNotAvailable, wrap
+from torch import nn
+
+from ds_engine import checkpoint, components, lazy_dynamo
+from ds_engine.accessors import EngineAccessors
+from ds_engine.config import DeepSpeedConfig, DeepSpeedConfigError, choose_config_source
+from ds_engine.dataloader import DeepSpeedDataLoader
+from ds_engine.log import get_logger
+from ds_engine.monitor import build_monitors
+from ds_engine.progress import ProgressReporter, Stopwatch
+from ds_engine.zero_policy import model_dtype, policy_from_config
+
+logger = get_logger()
+
+
+class DeepSpeedEngine(EngineAccessors, nn.Module):
+    """The training engine ``deepspeed.initialize`` returns (DeepSpeed's getters: :mod:`ds_engine.accessors`)."""
+
+    def __init__(
+        self,
+        *,
+        args: Any = None,
+        model: nn.Module | None = None,
+        optimizer: Any = None,
+        model_parameters: Any = None,
+        training_data: Any = None,
+        lr_scheduler: Any = None,
+        mpu: Any = None,
+        dist_init_required: bool | None = None,
+        collate_fn: Any = None,
+        config: Any = None,
+        config_params: Any = None,
+        config_class: DeepSpeedConfig | None = None,
+        dont_change_device: bool = False,
+    ) -> None:
+        super().__init__()
+        if model is None:
+            raise ValueError("deepspeed.initialize needs a model (model=...)")
+        ds_comm.init_distributed(dist_init_required=dist_init_required, verbose=False)
+        lazy_dynamo.install()  # Note [lazy dynamo]: before the first optimizer is built
+        self.mpu = mpu
+        self._setup_topology(mpu, args)
+        if config_class is None:
+            source = choose_config_source(args=args, config=config, config_params=config_params)
+            config_class = DeepSpeedConfig(source, mpu, world_size=self.dp_world_size)
+        self._config = config_class
+        self.config: dict[str, Any] = config_class.config_dict
+        get_logger(self._config.log_level)
+        accel = get_accelerator()
+        self.device = accel.device(self.local_rank)
+        if not dont_change_device:
+            model.to(self.device)
+        self.module = model
+        components.broadcast_module(model, group=self.dp_group)
+        self.checkpoint_group = checkpoint.make_checkpoint_group()
+        self.client_optimizer, self.client_lr_scheduler = optimizer, lr_scheduler
+        self.basic_optimizer = components.basic_optimizer(optimizer, model_parameters, model, self._config, self.device)
+        self.optimizer = self._wrap_optimizer()
+        if self.optimizer is None and model_dtype(self._config) != torch.float32:
+            model.to(model_dtype(self._config))  # inference-only engine: still run in the configured precision
+        self.lr_scheduler = components.lr_scheduler(lr_scheduler, self._config, self.optimizer, self.basic_optimizer)
+        self.collate_fn = collate_fn
+        self.training_dataloader = self.deepspeed_io(training_data) if training_data is not None else None
+        self.global_steps = self.global_samples = self.skipped_steps = self.micro_steps = 0
+        self._is_gradient_accumulation_boundary: bool | None = None
+        self.inside_no_sync_ctxt = False
+        self._step_applied = False
+        self._losses: list[torch.Tensor] = []
+        self.monitors = build_monitors(self._config, self.global_rank)
+        self.progress = ProgressReporter(num_params=sum(p.numel() for p in model.parameters()),
+                                         dp_world_size=self.dp_world_size)
+        self.timers = Stopwatch(accel.synchronize) if self._config.wall_clock_breakdown else None
+        ds_comm.configure(self._config.model)
+        if self._config.dump_state and self.global_rank == 0:
+            logger.info("DeepSpeedEngine config: %s", self._config.model.model_dump_json(by_alias=True))
+
+    # --- construction helpers --------------------------------------------------------------------------
+    def _setup_topology(self, mpu: Any, args: Any) -> None:
+        self.global_rank = ds_comm.get_rank()
+        self.world_size = ds_comm.get_world_size()
+        self.dp_group = None
+        if mpu is not None:
+            if mpu.get_model_parallel_world_size() != 1:
+                raise NotImplementedError("model parallelism (mpu with model-parallel size > 1) is not supported yet")
+            self.dp_group = mpu.get_data_parallel_group()
+        self.dp_world_size = ds_comm.get_world_size(self.dp_group)
+        self.mp_world_size = 1
+        arg_rank = getattr(args, "local_rank", None) if args is not None else None
+        self.local_rank = arg_rank if isinstance(arg_rank, int) and arg_rank >= 0 else ds_comm.get_local_rank()
+
+    def _wrap_optimizer(self) -> Any:
+        if self.basic_optimizer is None:
+            return None
+        policy = policy_from_config(self._config)
+        try:
+            return wrap(self.module, self.basic_optimizer, policy=policy, group=self.dp_group)
+        except StageNotAvailable as exc:
+            raise DeepSpeedConfigError(f"'zero_optimization.stage' {policy.stage}: {exc}") from None
+
+    # --- training ------------------------------------------------------------------------------------
+    def is_gradient_accumulation_boundary(self) -> bool:
+        """Whether the current micro-step completes an accumulation (Note [micro-steps])."""
+        if self._is_gradient_accumulation_boundary is not None:
+            return self._is_gradient_accumulation_boundary
+        return (self.micro_steps + 1) % self.gradient_accumulation_steps() == 0
+
+    def set_gradient_accumulation_boundary(self, is_boundary: bool) -> None:
+        """Override the boundary decision (the client drives accumulation)."""
+        self._is_gradient_accumulation_boundary = is_boundary
+
+    def _sync_now(self) -> bool:
+        return not self.inside_no_sync_ctxt and self.is_gradient_accumulation_boundary()
+
+    def _require_optimizer(self, what: str) -> None:
+        if self.optimizer is None:
+            raise RuntimeError(f"engine.{what}() needs an optimizer: pass optimizer= or a config 'optimizer' section")
+
+    def forward(self, *inputs: Any, **kwargs: Any) -> Any:
+        """Run the module (casting float inputs to fp16 when ``fp16.auto_cast``)."""
+        if self.optimizer is not None:
+            self.optimizer.set_gradient_accumulation_boundary(self._sync_now())
+        if self._config.fp16.enabled and self._config.fp16.auto_cast:
+            inputs, kwargs = _cast_floats((inputs, kwargs), torch.float16)
+        self.progress.on_forward(_token_count(inputs, kwargs))
+        if self.timers:
+            self.timers.start("forward")
+        out = self.module(*inputs, **kwargs)
+        if self.timers:
+            self.timers.stop("forward")
+        return out
+
+    def scale(self, loss: torch.Tensor) -> torch.Tensor:
+        """The loss times the fp16 loss scale, for clients that call ``loss.backward()`` themselves."""
+        self._require_optimizer("scale")
+        self.optimizer.set_gradient_accumulation_boundary(self._sync_now())
+        return self.optimizer.scale_if_loss(loss)
+
+    def backward(self, loss: torch.Tensor, retain_graph: bool = False, scale_wrt_gas: bool = True) -> torch.Tensor:
+        """Backward of ``loss`` (divided by the accumulation steps when ``scale_wrt_gas``); returns that loss."""
+        self._require_optimizer("backward")
+        if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+            raise ValueError("engine.backward(loss) needs a scalar loss tensor")
+        if scale_wrt_gas and self.gradient_accumulation_steps() > 1:
+            loss = loss / self.gradient_accumulation_steps()
+        self._losses.append(loss.detach() * (self.gradient_accumulation_steps() if scale_wrt_gas else 1))
+        self.optimizer.set_gradient_accumulation_boundary(self._sync_now())
+        if self.timers:
+            self.timers.start("backward")
+        self.optimizer.backward(loss, retain_graph=retain_graph)
+        if self.timers:
+            self.timers.stop("backward")
+        return loss
+
+    def step(self, lr_kwargs: dict[str, Any] | None = None) -> None:
+        """End a micro-step; at a boundary, step the optimizer and (if applied) the LR schedule."""
+        if self.inside_no_sync_ctxt:
+            raise RuntimeError("engine.step() inside engine.no_sync() is not allowed")
+        self._require_optimizer("step")
+        if self.is_gradient_accumulation_boundary():
+            if self.timers:
+                self.timers.start("step")
+            self._step_applied = self.optimizer.step()
+            if self._step_applied:
+                if self.lr_scheduler is not None:
+                    self.lr_scheduler.step(**(lr_kwargs or {}))
+            else:
+                self.skipped_steps += 1
+            self.global_steps += 1
+            self.global_samples += self.train_batch_size()
+            if self.timers:
+                self.timers.stop("step")
+            self._report()
+        self.micro_steps += 1
+
+    def _report(self) -> None:
+        from ds_engine.reporting import report_step
+
+        report_step(self)
+
+    def zero_grad(self) -> None:
+        """Drop every accumulated gradient."""
+        if self.optimizer is not None:
+            self.optimizer.zero_grad(set_to_none=True)
+        for p in self.module.parameters():
+            p.grad = None
+
+    @contextmanager
+    def no_sync(self) -> Iterator[None]:
+        """Backward passes inside accumulate locally without communicating (stages 0 and 1)."""
+        if self.zero_optimization_stage() >= 2:
+            raise RuntimeError(f"no_sync() is incompatible with ZeRO stage {self.zero_optimization_stage()}")
+        previous, self.inside_no_sync_ctxt = self.inside_no_sync_ctxt, True
+        try:
+            if self.optimizer is not None:
+                with self.optimizer.no_sync():
+                    yield
+            else:
+                yield
+        finally:
+            self.inside_no_sync_ctxt = previous
+
+    def deepspeed_io(self, dataset: Any, batch_size: int | None = None, route: str = "train", pin_memory: bool = True,
+                     data_sampler: Any = None, collate_fn: Any = None, num_local_io_workers: int | None = None) -> Any:
+        """A data loader over ``dataset`` for this data-parallel rank (see :mod:`ds_engine.dataloader`)."""
+        if data_sampler is None and route in ("eval", "predict"):
+            from torch.utils.data import DistributedSampler
+
+            data_sampler = DistributedSampler(dataset, num_replicas=self.dp_world_size,
+                                              rank=self.get_data_parallel_rank(), shuffle=False)
+        return DeepSpeedDataLoader(dataset=dataset, batch_size=batch_size or self.train_micro_batch_size_per_gpu(),
+                                   dp_world_size=self.dp_world_size, dp_rank=self.get_data_parallel_rank(),
+                                   collate_fn=collate_fn or self.collate_fn, data_sampler=data_sampler,
+                                   drop_last=self._config.dataloader_drop_last, pin_memory=pin_memory,
+                                   num_workers=num_local_io_workers or 0)
+
+    # --- checkpoints ---------------------------------------------------------------------------------
+    def save_checkpoint(self, save_dir: str, tag: Any = None, client_state: dict[str, Any] | None = None,
+                        save_latest: bool = True, exclude_frozen_parameters: bool = False) -> bool:
+        """Save model, optimizer, LR schedule and counters (plus ``client_state``); every rank must call it."""
+        return checkpoint.save(self, save_dir, tag, client_state or {}, save_latest, exclude_frozen_parameters)
+
+    def load_checkpoint(self, load_dir: str, tag: Any = None, load_module_strict: bool = True,
+                        load_optimizer_states: bool = True, load_lr_scheduler_states: bool = True,
+                        load_module_only: bool = False, custom_load_fn: Any = None) -> tuple[Any, Any]:
+        """Restore a checkpoint; returns ``(path, client_state)``, or ``(None, None)`` if there is none."""
+        if custom_load_fn is not None:
+            raise NotImplementedError("load_checkpoint(custom_load_fn=...) is not supported yet")
+        return checkpoint.load(self, load_dir, tag, load_module_strict=load_module_strict,
+                               load_optimizer_states=load_optimizer_states,
+                               load_lr_scheduler_states=load_lr_scheduler_states, load_module_only=load_module_only)
+
+    def module_state_dict(self, destination: Any = None, prefix: str = "", keep_vars: bool = False,
+                          exclude_frozen_parameters: bool = False) -> dict[str, Any]:
+        """The module's state dict."""
+        sd = self.module.state_dict(destination=destination, prefix=prefix, keep_vars=keep_vars)
+        if exclude_frozen_parameters:
+            frozen = {prefix + n for n, p in self.module.named_parameters() if not p.requires_grad}
+            sd = type(sd)((k, v) for k, v in sd.items() if k not in frozen)
+        return sd
+
+    def load_module_state_dict(self, checkpoint: dict[str, Any], strict: bool = True, **_: Any) -> None:
+        """Load a module state dict (``checkpoint["module"]``)."""
+        self.module.load_state_dict(checkpoint["module"], strict=strict)
+
+    def _zero3_consolidated_16bit_state_dict(self, exclude_frozen_parameters: bool = False) -> dict[str, Any]:
+        """The full model state dict (below stage 3 every rank already holds it)."""
+        return self.module_state_dict(exclude_frozen_parameters=exclude_frozen_parameters)
+
+    def save_16bit_model(self, save_dir: str, save_filename: str = "pytorch_model.bin",
+                         exclude_frozen_parameters: bool = False) -> bool:
+        """Write the model's weights (in its training dtype) to ``save_dir/save_filename`` on rank 0."""
+        import os
+
+        state = self._zero3_consolidated_16bit_state_dict(exclude_frozen_parameters)
+        if self.global_rank == 0:
+            checkpoint.atomic_torch_save(state, os.path.join(save_dir, save_filename))
+        return True
+
+    def destroy(self) -> None:
+        """Release hooks and monitors."""
+        if self.optimizer is not None:
+            self.optimizer.close()
+        for monitor in self.monitors:
+            monitor.close()
+
+    def __getattr__(self, name: str) -> Any:
+        # DeepSpeed forwards unknown attributes to the wrapped module (engine.generate(...), engine.config_x).
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            modules = self.__dict__.get("_modules", {})
+            if "module" in modules and hasattr(modules["module"], name):
+                return getattr(modules["module"], name)
+            raise
+
+
+def _cast_floats(obj: Any, dtype: torch.dtype) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.to(dtype) if obj.is_floating_point() else obj
+    if isinstance(obj, tuple):
+        return tuple(_cast_floats(o, dtype) for o in obj)
+    if isinstance(obj, list):
+        return [_cast_floats(o, dtype) for o in obj]
+    if isinstance(obj, dict):
+        return {k: _cast_floats(v, dtype) for k, v in obj.items()}
+    return obj
+
+
+def _token_count(inputs: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
+    """Tokens in a forward: the first integer tensor's size, else the first tensor's batch size."""
+    tensors = [t for t in (*inputs, *kwargs.values()) if isinstance(t, torch.Tensor)]
+    for t in tensors:
+        if not t.is_floating_point() and t.dtype != torch.bool:
+            return t.numel()
+    return int(tensors[0].shape[0]) if tensors and tensors[0].dim() > 0 else 1

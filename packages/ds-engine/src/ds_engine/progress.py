@@ -1,0 +1,91 @@
+"""Rank 0's progress line every ``steps_per_print`` optimizer steps, and the wall-clock breakdown.
+
+The TFLOP/s figure is an estimate: ``6 * parameters * tokens`` per step (forward + backward of a dense
+model), where a sample's tokens are the element count of the first integer tensor passed to forward
+(else 1 per sample).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable
+
+logger = logging.getLogger("ds_engine")
+
+
+class Stopwatch:
+    """Accumulates named intervals (forward/backward/step) between reports."""
+
+    def __init__(self, synchronize: Callable[[], None] | None = None) -> None:
+        self._sync = synchronize
+        self._start: dict[str, float] = {}
+        self.totals: dict[str, float] = defaultdict(float)
+        self.counts: dict[str, int] = defaultdict(int)
+
+    def start(self, name: str) -> None:
+        """Open the interval ``name``."""
+        if self._sync:
+            self._sync()
+        self._start[name] = time.perf_counter()
+
+    def stop(self, name: str) -> None:
+        """Close ``name`` and add its duration."""
+        if name not in self._start:
+            return
+        if self._sync:
+            self._sync()
+        self.totals[name] += time.perf_counter() - self._start.pop(name)
+        self.counts[name] += 1
+
+    def summary_ms(self) -> str:
+        """``forward: 1.23 ms | backward: ...`` (mean per call), then reset."""
+        parts = [f"{n}: {1e3 * self.totals[n] / max(1, self.counts[n]):.2f} ms" for n in sorted(self.totals)]
+        self.totals.clear()
+        self.counts.clear()
+        return " | ".join(parts)
+
+
+class ProgressReporter:
+    """Counts samples, tokens and losses between prints, and formats the progress line."""
+
+    def __init__(self, *, num_params: int, dp_world_size: int) -> None:
+        self.num_params = num_params
+        self.dp_world_size = dp_world_size
+        self._t0 = time.perf_counter()
+        self._steps = 0
+        self._samples = 0
+        self._tokens = 0
+        self._losses: list[float] = []
+
+    def on_forward(self, tokens: int) -> None:
+        """A forward saw ``tokens`` tokens on this rank."""
+        self._tokens += tokens
+
+    def on_loss(self, loss: float) -> None:
+        """A micro-batch's (unscaled) loss."""
+        self._losses.append(loss)
+
+    def on_step(self, samples: int) -> None:
+        """An optimizer step consumed ``samples`` samples globally."""
+        self._steps += 1
+        self._samples += samples
+
+    def line(self, *, step: int, lr: list[float], loss_scale: float | None) -> str:
+        """The progress line; resets the counters."""
+        elapsed = max(time.perf_counter() - self._t0, 1e-9)
+        loss = sum(self._losses) / len(self._losses) if self._losses else float("nan")
+        tflops = 6.0 * self.num_params * self._tokens * self.dp_world_size / elapsed / 1e12
+        parts = [f"step={step}", f"loss={loss:.6g}", "lr=[" + ", ".join(f"{x:.6g}" for x in lr) + "]"]
+        if loss_scale is not None:
+            parts.append(f"loss_scale={loss_scale:g}")
+        parts += [f"samples/s={self._samples / elapsed:.2f}", f"TFLOP/s~{tflops:.4f}"]
+        self._t0 = time.perf_counter()
+        self._steps = self._samples = self._tokens = 0
+        self._losses.clear()
+        return " ".join(parts)
+
+    def mean_loss(self) -> float | None:
+        """Mean loss since the last line (None if no loss was seen)."""
+        return sum(self._losses) / len(self._losses) if self._losses else None

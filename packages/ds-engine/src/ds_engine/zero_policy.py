@@ -1,0 +1,84 @@
+"""Translate a validated config into the :class:`ds_zero.ZeroPolicy` the trainer is composed from."""
+
+from __future__ import annotations
+
+import torch
+from ds_zero import LossScalePolicy, MixedPrecisionPolicy, OffloadPolicy, ReducePolicy, ZeroPolicy
+
+from ds_engine.config import DeepSpeedConfig, DeepSpeedConfigError
+
+_DTYPES = {
+    "fp32": torch.float32, "float32": torch.float32, "float": torch.float32,
+    "fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
+    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+}
+
+
+def dtype_of(name: str | None) -> torch.dtype | None:
+    """The torch dtype a config dtype name means (None stays None)."""
+    return None if name is None else _DTYPES[name]
+
+
+def model_dtype(cfg: DeepSpeedConfig) -> torch.dtype:
+    """The dtype the model trains in: fp16, bf16 or fp32."""
+    if cfg.fp16.enabled:
+        return torch.float16
+    if cfg.bf16.enabled:
+        return torch.bfloat16
+    return torch.float32
+
+
+def _mixed_precision(cfg: DeepSpeedConfig) -> MixedPrecisionPolicy:
+    param = model_dtype(cfg)
+    declared = dtype_of(cfg.data_types.param_dtype)
+    if declared is not None and declared != param:
+        raise DeepSpeedConfigError(
+            f"'data_types.param_dtype' is {cfg.data_types.param_dtype} but the fp16/bf16 sections select {param}"
+        )
+    accum = dtype_of(cfg.data_types.grad_accum_dtype) or torch.float32
+    return MixedPrecisionPolicy(param_dtype=param, accum_dtype=accum,
+                                reduce_dtype=dtype_of(cfg.communication_data_type))
+
+
+def _loss_scale(cfg: DeepSpeedConfig) -> LossScalePolicy | None:
+    fp16 = cfg.fp16
+    if not fp16.enabled:
+        return None
+    return LossScalePolicy(
+        dynamic=fp16.dynamic,
+        static_scale=fp16.loss_scale or 1.0,
+        initial_scale=2.0 ** fp16.initial_scale_power,
+        window=fp16.loss_scale_window,
+        hysteresis=fp16.hysteresis,
+        consecutive_hysteresis=fp16.consecutive_hysteresis,
+        min_scale=fp16.min_loss_scale,
+    )
+
+
+def policy_from_config(cfg: DeepSpeedConfig) -> ZeroPolicy:
+    """The ZeRO policy a config describes (stage, precision, loss scaling, reduction, offload, clipping)."""
+    zero = cfg.zero_optimization
+    stage = int(zero.stage)
+    return ZeroPolicy(
+        stage=stage,
+        mixed_precision=_mixed_precision(cfg),
+        loss_scale=_loss_scale(cfg),
+        reduce=ReducePolicy(
+            bucket_numel=zero.reduce_bucket_size,
+            average=cfg.gradient_allreduce_op == "mean",
+            prescale=cfg.prescale_gradients,
+            predivide_factor=cfg.gradient_predivide_factor,
+            # Stage 0 always overlaps its all-reduce with backward: same numbers, earlier communication.
+            overlap=True if stage == 0 else bool(zero.overlap_comm),
+        ),
+        offload=OffloadPolicy(
+            optimizer_device=zero.offload_optimizer_device,
+            param_device=zero.offload_param_device,
+            pin_memory=bool(zero.offload_optimizer.pin_memory) if zero.offload_optimizer else True,
+        ),
+        clip_grad=cfg.gradient_clipping,
+        check_overflow=cfg.fp16.enabled or (cfg.bf16.enabled and cfg.bf16.check_grad_overflow),
+        allgather_bucket_numel=zero.allgather_bucket_size,
+        contiguous_gradients=zero.contiguous_gradients,
+        overlap_comm=bool(zero.overlap_comm),
+    )

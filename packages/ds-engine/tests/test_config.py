@@ -1,0 +1,175 @@
+"""Config validation: accepted shapes, the bad-config table, "did you mean", "auto", sources."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import math
+
+import pytest
+from ds_engine.config import DeepSpeedConfig, DeepSpeedConfigError, DeepSpeedConfigModel, choose_config_source
+from ds_engine.config.auto import resolve_auto
+
+BASE = {"train_batch_size": 8}
+
+
+def cfg(extra: dict, world_size: int = 2) -> DeepSpeedConfig:
+    return DeepSpeedConfig({**BASE, **extra}, world_size=world_size)
+
+
+# (config fragment, fragment of the expected one-line error)
+BAD_CONFIGS = [
+    ({"train_batch_sise": 8}, "unknown key 'train_batch_sise'; did you mean 'train_batch_size'?"),
+    ({"zero_optimization": {"stagee": 2}}, "'zero_optimization.stagee' in 'zero_optimization'; did you mean "
+                                           "'zero_optimization.stage'?"),
+    ({"zero_optimization": {"stage": 4}}, "'zero_optimization.stage': Input should be 0, 1, 2 or 3"),
+    ({"zero_optimization": {"offload_optimizer": {"devcie": "cpu"}}},
+     "did you mean 'zero_optimization.offload_optimizer.device'?"),
+    ({"zero_optimization": {"offload_optimizer": {"device": "gpu"}}},
+     "'zero_optimization.offload_optimizer.device': Input should be 'none', 'cpu' or 'nvme'"),
+    ({"zero_optimization": {"reduce_bucket_size": 0}}, "'zero_optimization.reduce_bucket_size': Input should be "
+                                                       "greater than 0"),
+    ({"fp16": {"enabeld": True}}, "did you mean 'fp16.enabled'?"),
+    ({"fp16": {"enabled": True}, "bf16": {"enabled": True}}, "fp16 and bf16 cannot both be enabled"),
+    ({"fp16": {"loss_scale": -1}}, "'fp16.loss_scale': Input should be greater than or equal to 0"),
+    ({"fp16": {"loss_scale": True}}, "'fp16.loss_scale': must be a number, not a boolean"),
+    ({"fp16": {"loss_scale_window": 0}}, "'fp16.loss_scale_window': Input should be greater than 0"),
+    ({"bf16": {"enabled": True}, "bfloat16": {"enabled": True}}, "both 'bf16' and its old name 'bfloat16'"),
+    ({"gradient_clipping": "x"}, "'gradient_clipping': Input should be a valid number"),
+    ({"gradient_clipping": -1.0}, "'gradient_clipping': Input should be greater than or equal to 0"),
+    ({"steps_per_print": 0}, "'steps_per_print': Input should be greater than 0"),
+    ({"optimizer": {"params": {"lr": 1e-3}}}, "'optimizer.type': Field required"),
+    ({"optimizer": {"type": "AdamW", "params": {"max_grad_norm": 1.0}}}, "use the top-level 'gradient_clipping'"),
+    ({"optimizer": {"type": "AdamW", "parms": {}}}, "did you mean 'optimizer.params'?"),
+    ({"scheduler": {"type": "WarmupLR", "params": {"total_num_steps": "auto"}}},
+     "'scheduler.params.total_num_steps' is \"auto\" but cannot be inferred"),
+    ({"communication_data_type": "int8"}, "'communication_data_type': Input should be"),
+    ({"gradient_allreduce_op": "max"}, "'gradient_allreduce_op': Input should be 'mean' or 'sum'"),
+    ({"checkpoint": {"tag_validation": "Maybe"}}, "'checkpoint.tag_validation': Input should be"),
+    ({"aio": {"queue_depth": 0}}, "'aio.queue_depth': Input should be greater than 0"),
+    ({"activation_checkpointing": {"partition_activation": True}},
+     "did you mean 'activation_checkpointing.partition_activations'?"),
+    ({"tensorboard": {"enabled": True, "output": "x"}}, "did you mean 'tensorboard.output_path'?"),
+    ({"wandb": {"enabled": True}}, "'wandb.enabled' is not supported yet"),
+    ({"comet": {"enabled": True}}, "'comet.enabled' is not supported yet"),
+    ({"flops_profiler": {"enabled": True}}, "'flops_profiler.enabled' is not supported yet"),
+    ({"elasticity": {"enabled": True, "max_train_batch_size": 64}}, "'elasticity.enabled' is not supported yet"),
+    ({"autotuning": {"enabled": True}}, "'autotuning.enabled' is not supported yet"),
+    ({"data_efficiency": {"data_sampling": {"enabled": True}}}, "'data_efficiency' is not supported yet"),
+    ({"compression_training": {"weight_quantization": {"shared_parameters": {"enabled": True}}}},
+     "'compression_training' is not supported yet"),
+    ({"amp": {"enabled": True, "opt_level": "O1"}}, "'amp.enabled' is not supported yet"),
+    ({"zero_optimization": {"offload_param": {"device": "nvme"}}},
+     "'zero_optimization.offload_param.device=nvme' is not supported yet"),
+    ({"sparse_gradients": True}, "'sparse_gradients' is not supported yet"),
+    ({"train_batch_size": 7, "train_micro_batch_size_per_gpu": 2},
+     "gradient_accumulation_steps cannot be derived: train_batch_size 7 / (micro 2 * world_size 2)"),
+    ({"train_batch_size": 8, "train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 3},
+     "8 != 2 * 3 * 2 = 12"),
+]
+
+
+@pytest.mark.parametrize(("fragment", "message"), BAD_CONFIGS, ids=[m[:40] for _, m in BAD_CONFIGS])
+def test_bad_config_table(fragment: dict, message: str) -> None:
+    with pytest.raises(DeepSpeedConfigError) as info:
+        cfg(fragment)
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_configs_clients_send_are_accepted() -> None:
+    hf_style = {
+        "fp16": {"enabled": "auto", "loss_scale": 0, "loss_scale_window": 1000, "initial_scale_power": 16,
+                 "hysteresis": 2, "min_loss_scale": 1},
+        "bf16": {"enabled": "auto"},
+        "optimizer": {"type": "AdamW", "params": {"lr": "auto", "betas": "auto", "eps": "auto",
+                                                  "weight_decay": "auto"}},
+        "scheduler": {"type": "WarmupDecayLR", "params": {"warmup_min_lr": "auto", "warmup_max_lr": "auto",
+                                                          "warmup_num_steps": "auto", "total_num_steps": 100}},
+        "zero_optimization": {"stage": 2, "offload_param": {"device": "none"}, "allgather_partitions": True,
+                              "allgather_bucket_size": 5e8, "overlap_comm": True, "reduce_scatter": True,
+                              "reduce_bucket_size": "auto", "contiguous_gradients": True,
+                              "stage3_prefetch_bucket_size": "auto", "stage3_param_persistence_threshold": "auto",
+                              "stage3_gather_16bit_weights_on_model_save": True},
+        "gradient_accumulation_steps": "auto", "gradient_clipping": "auto", "steps_per_print": math.inf,
+        "train_batch_size": "auto", "train_micro_batch_size_per_gpu": 4, "wall_clock_breakdown": False,
+        "activation_checkpointing": {"partition_activations": False, "cpu_checkpointing": False},
+        "aio": {"block_size": 262144, "queue_depth": 32, "thread_count": 1, "single_submit": False,
+                "overlap_events": True},
+        "zero_allow_untested_optimizer": True, "comms_logger": {"enabled": False}, "wandb": {"enabled": False},
+        "elasticity": {"enabled": False}, "autotuning": {"enabled": False}, "flops_profiler": {"enabled": False},
+        "data_efficiency": {"enabled": False},
+    }
+    c = DeepSpeedConfig(hf_style, world_size=2)
+    assert (c.train_batch_size, c.train_micro_batch_size_per_gpu, c.gradient_accumulation_steps) == (8, 4, 1)
+    assert c.zero_optimization.stage == 2 and c.zero_optimization.offload_param.device == "none"
+    assert c.zero_optimization.reduce_bucket_size == 500_000_000  # "auto" -> default
+    assert c.zero_optimization.gather_16bit_weights_on_model_save is True
+    assert c.steps_per_print is None and c.gradient_clipping == 1.0
+    assert c.optimizer.params == {} and c.scheduler.params["warmup_max_lr"] is None
+    assert c.aio.intra_op_parallelism == 1
+    assert not c.fp16_enabled and not c.bfloat16_enabled
+
+
+def test_old_spellings() -> None:
+    assert cfg({"zero_optimization": True}).zero_optimization_stage == 1
+    assert cfg({"zero_optimization": False}).zero_optimization_stage == 0
+    assert cfg({"bfloat16": {"enabled": True}}).bfloat16_enabled
+    zero = cfg({"zero_optimization": {"stage": 2, "cpu_offload": True}}).zero_optimization
+    assert zero.offload_optimizer.device == "cpu"
+
+
+def test_every_field_is_documented() -> None:
+    def walk(model: type) -> None:
+        for name, field in model.model_fields.items():
+            assert field.description, f"{model.__name__}.{name} has no docstring"
+            sub = getattr(field.annotation, "model_fields", None)
+            if sub is not None:
+                walk(field.annotation)
+
+    walk(DeepSpeedConfigModel)
+
+
+def test_auto_resolution_is_reported() -> None:
+    resolved, notes = resolve_auto({"train_batch_size": "auto", "bf16": {"enabled": "auto"},
+                                    "data_types": {"keep_in_fp32_modules": "auto"}})
+    assert resolved == {"bf16": {"enabled": False}, "data_types": {"keep_in_fp32_modules": "auto"}}
+    assert "train_batch_size: auto -> default/derived" in notes
+
+
+def test_sources(tmp_path) -> None:
+    path = tmp_path / "ds.json"
+    path.write_text(json.dumps({"train_batch_size": 4, "steps_per_print": 5}))
+    assert DeepSpeedConfig(str(path), world_size=1).steps_per_print == 5
+    encoded = base64.b64encode(json.dumps({"train_micro_batch_size_per_gpu": 3}).encode()).decode()
+    assert DeepSpeedConfig(encoded, world_size=2).train_batch_size == 6
+    with pytest.raises(DeepSpeedConfigError, match="config file not found"):
+        DeepSpeedConfig(str(tmp_path / "missing.json"))
+    (tmp_path / "dup.json").write_text('{"train_batch_size": 4, "train_batch_size": 8}')
+    with pytest.raises(DeepSpeedConfigError, match="duplicate key 'train_batch_size'"):
+        DeepSpeedConfig(str(tmp_path / "dup.json"))
+    (tmp_path / "broken.json").write_text('{"train_batch_size": 4,\n "fp16": }')
+    with pytest.raises(DeepSpeedConfigError, match="invalid JSON at line 2"):
+        DeepSpeedConfig(str(tmp_path / "broken.json"))
+
+
+def test_choose_config_source() -> None:
+    args = argparse.Namespace(deepspeed_config="a.json")
+    assert choose_config_source(args=args) == "a.json"
+    assert choose_config_source(args=argparse.Namespace(deepspeed_config=None), config={"x": 1}) == {"x": 1}
+    assert choose_config_source(config_params={"y": 2}) == {"y": 2}
+    assert choose_config_source(args=argparse.Namespace(deepscale_config="old.json")) == "old.json"
+    with pytest.raises(DeepSpeedConfigError, match="both as args.deepspeed_config and as initialize"):
+        choose_config_source(args=args, config={"x": 1})
+    with pytest.raises(DeepSpeedConfigError, match="both 'config' and 'config_params'"):
+        choose_config_source(config={"x": 1}, config_params={"y": 2})
+    with pytest.raises(DeepSpeedConfigError, match="no DeepSpeed config"):
+        choose_config_source(args=argparse.Namespace())
+
+
+def test_caller_dict_is_not_mutated() -> None:
+    raw = {"train_batch_size": "auto", "train_micro_batch_size_per_gpu": 2, "bfloat16": {"enabled": True}}
+    snapshot = json.dumps(raw)
+    DeepSpeedConfig(raw, world_size=1)
+    assert json.dumps(raw) == snapshot
