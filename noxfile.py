@@ -144,9 +144,15 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def demo(session: nox.Session) -> None:
-    """The README's demo: 2 CPU ranks forming a process group and running collectives."""
+    """The README's demo: a small GPT trained on 2 CPU ranks through the `deepspeed` launcher, with a
+    checkpoint saved at the end; then the same 2 ranks resume from it."""
     _install_everything(session)
-    session.run("python", "examples/collectives_demo.py", env={"OMP_NUM_THREADS": "1"})
+    ckpt = session.create_tmp() + "/gpt_ckpt"
+    train = ["deepspeed", "--num_gpus", "2", "examples/gpt/train.py", "--deepspeed",
+             "--deepspeed_config", "examples/gpt/ds_config.json", "--save_dir", ckpt]
+    env = {"OMP_NUM_THREADS": "1"}
+    session.run(*train, "--steps", "40", env=env)
+    session.run(*train, "--steps", "60", "--resume", env=env)
 
 
 @nox.session
