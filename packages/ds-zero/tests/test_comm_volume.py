@@ -3,10 +3,11 @@ reduce-scatter and each parameter once through an all-gather; stage 1 reduces on
 
 from __future__ import annotations
 
-import ds_comm
 import pytest
 import torch
 from _models import tiny_mlp, zero_trainer
+
+import ds_comm
 from ds_comm.testing import run_distributed
 
 

@@ -6,10 +6,11 @@ import json
 import subprocess
 import sys
 
-import ds_comm
 import pytest
 import torch
 from _models import zero_trainer
+
+import ds_comm
 from ds_comm.testing import run_distributed
 from ds_zero.consolidate import get_fp32_state_dict_from_zero_checkpoint, load_state_dict_from_zero_checkpoint
 
@@ -98,8 +99,9 @@ def test_cli_writes_bin(checkpoint, tmp_path):
 @pytest.mark.timeout(120)
 def test_safetensors_sharded_with_index(checkpoint, tmp_path):
     pytest.importorskip("safetensors")
-    from ds_zero.consolidate import convert_zero_checkpoint_to_fp32_state_dict
     from safetensors.torch import load_file
+
+    from ds_zero.consolidate import convert_zero_checkpoint_to_fp32_state_dict
 
     ckpt, masters, module_state = checkpoint
     files = convert_zero_checkpoint_to_fp32_state_dict(ckpt, tmp_path, max_shard_size="300B", safe_serialization=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
+
 from ds_zero.grad_math import clip_, global_norm, unscale_and_check_
 
 

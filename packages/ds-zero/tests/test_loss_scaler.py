@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from ds_zero.loss_scaler import DynamicLossScaler, LossScaleError, StaticLossScaler, make_loss_scaler
 from ds_zero.policy import LossScalePolicy
 

@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import gc
 
-import ds_comm
 import pytest
 import torch
 from _models import zero_trainer
+
+import ds_comm
 from ds_comm.testing import run_distributed
 
 WIDTH, DEPTH, BATCH = 256, 8, 4

@@ -3,10 +3,11 @@ stages 1 and 2, and into a plain unsharded optimizer; training continues exactly
 
 from __future__ import annotations
 
-import ds_comm
 import pytest
 import torch
 from _models import global_batches, reference_run, tiny_mlp, zero_trainer
+
+import ds_comm
 from ds_comm.testing import run_distributed
 from ds_zero.sharded_state import (
     consolidate_fp32,

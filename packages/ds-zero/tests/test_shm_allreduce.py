@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import time
 
-import ds_comm
 import pytest
 import torch
+
+import ds_comm
 from ds_comm.testing import run_distributed
 from ds_zero.shm_allreduce import PipeBarrier, SharedMemoryAllReduce, usable
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import ds_comm
 import pytest
 import torch
 from _models import global_batches, reference_run, tiny_mlp, zero_trainer
+
+import ds_comm
 from ds_comm.testing import run_distributed
 
 STEPS, GAS, MICRO, CLIP = 10, 2, 2, 0.5

@@ -10,6 +10,7 @@ import io
 
 import pytest
 import torch
+
 from ds_zero import LossScalePolicy, MixedPrecisionPolicy, StageNotAvailable, ZeroPolicy, wrap
 from ds_zero.policy import OffloadPolicy
 

@@ -13,23 +13,24 @@ included (``skipped_steps`` counts those), and the LR schedule moves only on app
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
-import ds_comm
 import torch
-from ds_accel import get_accelerator
-from ds_zero import StageNotAvailable, wrap
 from torch import nn
 
+import ds_comm
+from ds_accel import get_accelerator
 from ds_engine import checkpoint, components, lazy_dynamo
 from ds_engine.accessors import EngineAccessors
+from ds_engine.autotuning_probe import AutotuningProbe
 from ds_engine.config import DeepSpeedConfig, DeepSpeedConfigError, choose_config_source
 from ds_engine.dataloader import DeepSpeedDataLoader
 from ds_engine.log import get_logger
 from ds_engine.monitor import build_monitors
 from ds_engine.progress import ProgressReporter, Stopwatch
 from ds_engine.zero_policy import model_dtype, policy_from_config
+from ds_zero import StageNotAvailable, wrap
 
 logger = get_logger()
 
@@ -91,6 +92,7 @@ class DeepSpeedEngine(EngineAccessors, nn.Module):
         self.progress = ProgressReporter(num_params=sum(p.numel() for p in model.parameters()),
                                          dp_world_size=self.dp_world_size)
         self.timers = Stopwatch(accel.synchronize) if self._config.wall_clock_breakdown else None
+        self.autotuning = AutotuningProbe.for_engine(self)  # Note [autotuning protocol]
         ds_comm.configure(self._config.model)
         if self._config.dump_state and self.global_rank == 0:
             logger.info("DeepSpeedEngine config: %s", self._config.model.model_dump_json(by_alias=True))
@@ -142,12 +144,16 @@ class DeepSpeedEngine(EngineAccessors, nn.Module):
             self.optimizer.set_gradient_accumulation_boundary(self._sync_now())
         if self._config.fp16.enabled and self._config.fp16.auto_cast:
             inputs, kwargs = _cast_floats((inputs, kwargs), torch.float16)
-        self.progress.on_forward(_token_count(inputs, kwargs))
+        tokens = _token_count(inputs, kwargs)
+        self.progress.on_forward(tokens)
         if self.timers:
             self.timers.start("forward")
-        out = self.module(*inputs, **kwargs)
+        with self.autotuning.watch_forward(self.module) if self.autotuning else nullcontext():
+            out = self.module(*inputs, **kwargs)
         if self.timers:
             self.timers.stop("forward")
+        if self.autotuning:
+            self.autotuning.after_forward(self, tokens)
         return out
 
     def scale(self, loss: torch.Tensor) -> torch.Tensor:
@@ -191,6 +197,8 @@ class DeepSpeedEngine(EngineAccessors, nn.Module):
             if self.timers:
                 self.timers.stop("step")
             self._report()
+            if self.autotuning:
+                self.autotuning.after_step(self)
         self.micro_steps += 1
 
     def _report(self) -> None:
@@ -263,15 +271,25 @@ class DeepSpeedEngine(EngineAccessors, nn.Module):
         """Load a module state dict (``checkpoint["module"]``)."""
         self.module.load_state_dict(checkpoint["module"], strict=strict)
 
-    def _zero3_consolidated_16bit_state_dict(self, exclude_frozen_parameters: bool = False) -> dict[str, Any]:
-        """The full model state dict (below stage 3 every rank already holds it)."""
+    def _zero3_consolidated_16bit_state_dict(self, exclude_frozen_parameters: bool = False) -> dict[str, Any] | None:
+        """The full model state dict in the training dtype. Below stage 3 every rank holds it; at stage 3
+        it is gathered (every rank must call this) and only rank 0 gets it, others None."""
+        if self.zero_optimization_stage() == 3:
+            return self.optimizer.consolidated_16bit_state_dict(exclude_frozen_parameters=exclude_frozen_parameters)
         return self.module_state_dict(exclude_frozen_parameters=exclude_frozen_parameters)
 
     def save_16bit_model(self, save_dir: str, save_filename: str = "pytorch_model.bin",
                          exclude_frozen_parameters: bool = False) -> bool:
-        """Write the model's weights (in its training dtype) to ``save_dir/save_filename`` on rank 0."""
+        """Write the model's weights (in its training dtype) to ``save_dir/save_filename`` on rank 0.
+
+        At stage 3 this needs ``stage3_gather_16bit_weights_on_model_save`` (as in DeepSpeed): without it
+        nothing is written and False is returned; use ``zero_to_fp32`` on a checkpoint instead."""
         import os
 
+        if self.zero_optimization_stage() == 3 and not self.zero_gather_16bit_weights_on_model_save():
+            logger.warning("save_16bit_model: stage 3 without stage3_gather_16bit_weights_on_model_save; "
+                           "nothing saved (use zero_to_fp32 on a checkpoint)")
+            return False
         state = self._zero3_consolidated_16bit_state_dict(exclude_frozen_parameters)
         if self.global_rank == 0:
             checkpoint.atomic_torch_save(state, os.path.join(save_dir, save_filename))

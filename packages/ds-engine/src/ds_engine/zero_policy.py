@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import torch
-from ds_zero import LossScalePolicy, MixedPrecisionPolicy, OffloadPolicy, ReducePolicy, ZeroPolicy
 
 from ds_engine.config import DeepSpeedConfig, DeepSpeedConfigError
+from ds_zero import LossScalePolicy, MixedPrecisionPolicy, OffloadPolicy, ReducePolicy, ZeroPolicy
 
 _DTYPES = {
     "fp32": torch.float32, "float32": torch.float32, "float": torch.float32,
@@ -59,7 +59,20 @@ def policy_from_config(cfg: DeepSpeedConfig) -> ZeroPolicy:
     """The ZeRO policy a config describes (stage, precision, loss scaling, reduction, offload, clipping)."""
     zero = cfg.zero_optimization
     stage = int(zero.stage)
-    return ZeroPolicy(
+    policy_class, extra = ZeroPolicy, {}
+    if stage == 3:
+        from ds_zero.stage3 import Stage3Policy, Zero3Policy
+
+        policy_class = Zero3Policy
+        extra["stage3"] = Stage3Policy(
+            prefetch_bucket_numel=int(zero.prefetch_bucket_size),
+            param_persistence_threshold=int(zero.param_persistence_threshold),
+            max_live_parameters=int(zero.max_live_parameters),
+            max_reuse_distance=int(zero.max_reuse_distance),
+            gather_16bit_weights_on_model_save=bool(zero.gather_16bit_weights_on_model_save),
+        )
+    return policy_class(
+        **extra,
         stage=stage,
         mixed_precision=_mixed_precision(cfg),
         loss_scale=_loss_scale(cfg),

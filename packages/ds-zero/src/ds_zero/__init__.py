@@ -4,6 +4,7 @@ One public entry, :func:`wrap`, turns a model and its optimizer into a trainer f
 :class:`ZeroPolicy` names; stages are compositions of small parts (Note [stages are compositions]).
 """
 
+from ds_zero import stage3 as _stage3  # noqa: E402,F401 - registers stage 3 with `wrap` (lazily)
 from ds_zero import stage12 as _stage12  # noqa: E402,F401 - registers stages 1 and 2 with `wrap`
 from ds_zero._version import __version__
 from ds_zero.base_optimizer import DeepSpeedOptimizer, ZeROOptimizer

@@ -30,10 +30,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-import ds_comm
 import torch
 from torch import Tensor
 
+import ds_comm
 from ds_zero import shm_allreduce
 from ds_zero.policy import ReducePolicy
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import ds_comm
 import torch
 from torch import nn
 
+import ds_comm
 from ds_zero.allreduce import BucketedAllReduce
 from ds_zero.loss_scaler import make_loss_scaler
 from ds_zero.masters import Fp32Masters, ModelMasters

@@ -11,9 +11,10 @@ import math
 from collections import defaultdict
 from typing import Any
 
-import ds_comm
 import torch
 from torch import Tensor
+
+import ds_comm
 
 CLIP_EPS = 1e-6  # as torch.nn.utils.clip_grad_norm_ and DeepSpeed: coef = max_norm / (norm + 1e-6)
 

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import ds_comm
 import torch
 
+import ds_comm
 from ds_zero.policy import ReducePolicy
 from ds_zero.units import FlatUnit
 

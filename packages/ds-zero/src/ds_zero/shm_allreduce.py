@@ -19,10 +19,11 @@ import time
 import uuid
 from typing import Any
 
-import ds_comm
 import torch
-from ds_comm import comms_log
 from torch import Tensor
+
+import ds_comm
+from ds_comm import comms_log
 
 SHM_DIR = "/dev/shm"
 ENV_SWITCH = "DS_ZERO_SHM_ALLREDUCE"  # "0" turns the shared-memory path off

@@ -17,10 +17,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import ds_comm
 import torch
 from torch import Tensor, nn
 
+import ds_comm
 from ds_zero.entry import register_stage
 from ds_zero.grad_reducer import GradReducer
 from ds_zero.loss_scaler import make_loss_scaler

@@ -20,7 +20,6 @@ from importlib import metadata
 from typing import Any
 
 import ds_comm
-
 from ds_engine.checkpoint import layout
 from ds_engine.checkpoint.files import atomic_torch_save, atomic_write_text, check_safe, safe_load
 from ds_engine.checkpoint.rendezvous import check_same_tag, wait_for_all
@@ -56,10 +55,12 @@ def _buffer_names(module: Any) -> list[str]:
     return names
 
 
-def model_states(engine: Any, exclude_frozen_parameters: bool, sharded_optimizer: bool) -> dict[str, Any]:
-    """The dict written to ``mp_rank_00_model_states.pt`` (before the client's keys are added)."""
+def model_states(engine: Any, exclude_frozen_parameters: bool, sharded_optimizer: bool,
+                 module: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The dict written to ``mp_rank_00_model_states.pt`` (before the client's keys are added).
+    ``module`` overrides the module's own state dict (stage 3 passes the gathered one)."""
     return {
-        layout.MODULE: module_state(engine, exclude_frozen_parameters),
+        layout.MODULE: module if module is not None else module_state(engine, exclude_frozen_parameters),
         layout.BUFFER_NAMES: _buffer_names(engine.module),
         layout.OPTIMIZER: None if (engine.optimizer is None or sharded_optimizer) else engine.optimizer.state_dict(),
         layout.PARAM_SHAPES: None,
@@ -96,7 +97,14 @@ def save(engine: Any, save_dir: str, tag: Any, client_state: dict[str, Any], sav
     sharded = bool(getattr(engine.optimizer, "sharded_state", False))
     rank = ds_comm.get_local_rank() if ckpt.use_node_local_storage else ds_comm.get_rank()
     os.makedirs(os.path.join(save_dir, tag), exist_ok=True)
-    if rank == 0:
+    if engine.zero_optimization_stage() == 3 and engine.optimizer is not None:
+        # Stage 3: gathering the module is collective (every rank), and only rank 0 keeps it.
+        dtype = engine.optimizer.policy.mixed_precision.param_dtype
+        gathered = engine.optimizer.full_state_dict(dtype=dtype, exclude_frozen_parameters=exclude_frozen_parameters)
+        state = model_states(engine, exclude_frozen_parameters, sharded, module=gathered if rank == 0 else {})
+        state.update(client_state)
+        atomic_torch_save(state, layout.zero3_model_states_path(save_dir, tag, engine.get_data_parallel_rank()))
+    elif rank == 0:
         state = model_states(engine, exclude_frozen_parameters, sharded)
         state.update(client_state)
         atomic_torch_save(state, layout.model_states_path(save_dir, tag))
@@ -132,9 +140,9 @@ def load(engine: Any, load_dir: str, tag: Any, *, load_module_strict: bool, load
     tag = resolve_tag(load_dir, tag)
     if tag is None:
         return None, None
-    path = layout.model_states_path(load_dir, tag)
-    if not os.path.isfile(path):
-        logger.warning("no checkpoint to load: %s does not exist", path)
+    path = layout.find_model_states(load_dir, tag)
+    if path is None:
+        logger.warning("no checkpoint to load: %s does not exist", layout.model_states_path(load_dir, tag))
         return None, None
     state = safe_load(path)
     engine.module.load_state_dict(state[layout.MODULE], strict=load_module_strict)

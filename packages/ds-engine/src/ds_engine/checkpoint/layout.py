@@ -2,7 +2,9 @@
 
 ``<dir>/latest`` holds the tag; ``<dir>/<tag>/mp_rank_00_model_states.pt`` holds the module, the
 (unsharded) optimizer, the LR schedule and the counters; sharded stages add one
-``zero_pp_rank_<r>_mp_rank_00_optim_states.pt`` per data-parallel rank.
+``zero_pp_rank_<r>_mp_rank_00_optim_states.pt`` per data-parallel rank. At stage 3 the model states
+are ``zero_pp_rank_<r>_mp_rank_00_model_states.pt``, one per rank, as DeepSpeed names them; rank 0's
+holds the gathered module.
 """
 
 from __future__ import annotations
@@ -46,6 +48,19 @@ def default_tag(global_steps: int) -> str:
 def model_states_path(save_dir: str | os.PathLike[str], tag: str, mp_rank: int = 0) -> str:
     """``<dir>/<tag>/mp_rank_00_model_states.pt``."""
     return os.path.join(os.fspath(save_dir), str(tag), f"mp_rank_{mp_rank:02d}_model_states.pt")
+
+
+def zero3_model_states_path(save_dir: str | os.PathLike[str], tag: str, dp_rank: int, mp_rank: int = 0) -> str:
+    """``<dir>/<tag>/zero_pp_rank_<r>_mp_rank_00_model_states.pt`` (stage 3)."""
+    return os.path.join(os.fspath(save_dir), str(tag), f"zero_pp_rank_{dp_rank}_mp_rank_{mp_rank:02d}_model_states.pt")
+
+
+def find_model_states(load_dir: str | os.PathLike[str], tag: str) -> str | None:
+    """The file holding the module in a checkpoint written at any stage (None if there is none)."""
+    for path in (model_states_path(load_dir, tag), zero3_model_states_path(load_dir, tag, 0)):
+        if os.path.isfile(path):
+            return path
+    return None
 
 
 def zero_optim_states_path(save_dir: str | os.PathLike[str], tag: str, dp_rank: int, mp_rank: int = 0) -> str:

@@ -13,8 +13,9 @@ import logging
 from datetime import timedelta
 from typing import Any
 
-import ds_comm
 import torch
+
+import ds_comm
 
 logger = logging.getLogger("ds_engine")
 

@@ -1,0 +1,89 @@
+"""Stage-3 policy values: DeepSpeed's ``stage3_*`` knobs, and what each one does here.
+
+Stage 3 is built on PyTorch's ``fully_shard`` (FSDP2): a *shard unit* is a submodule whose parameters
+are gathered together before its forward and backward and released after them, and whose gradients
+are reduce-scattered together when its backward ends. DeepSpeed's knobs map onto that as follows.
+
+==================================  ==============================================================
+DeepSpeed key                       meaning here
+==================================  ==============================================================
+stage3_prefetch_bucket_size         The most elements one gather moves: shard units are the
+                                    largest submodules no bigger than this (and no bigger than
+                                    ``reduce_bucket_size``, since a unit is also one
+                                    reduce-scatter), and forward prefetch runs ahead by at most
+                                    this many elements. 0 disables forward prefetch. With one
+                                    rank, see Note [one rank] below.
+stage3_param_persistence_threshold  Parameters with fewer elements stay whole on every rank (no
+                                    gather in forward or backward); their gradients accumulate
+                                    whole and are reduce-scattered once at the step, their
+                                    optimizer state is sharded (ZeRO-1 for these small tensors),
+                                    and they are re-gathered once after the step.
+stage3_max_reuse_distance           A unit is kept gathered from its forward to its backward
+                                    (gathered once per step instead of twice) when fewer than
+                                    this many elements are gathered in between ...
+stage3_max_live_parameters          ... and while the kept units total at most this many elements.
+reduce_bucket_size                  Caps the unit size (see above).
+overlap_comm                        FSDP2 always overlaps gathers and reductions with compute
+                                    (separate streams on accelerators, async work on gloo).
+offload_param / offload_optimizer   {device: cpu}: the fp32 shards (which are both the parameters'
+                                    only persistent copy and the optimizer's masters), their
+                                    gradients and the optimizer state live in CPU memory and the
+                                    optimizer steps there (FSDP2's CPUOffloadPolicy). The two keys
+                                    select the same placement, because the shard *is* the master.
+==================================  ==============================================================
+
+Note: [units] The unit rule (see :mod:`ds_zero.stage3.plan`) never looks at module types: it walks
+the module tree from the root and makes a unit of every submodule that fits the size cap and whose
+parameters are used by nothing outside it (tied and externally registered parameters go to the
+smallest enclosing module that holds every user). The root is always a unit: it holds the rest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ds_zero.policy import ZeroPolicy
+
+
+@dataclass(frozen=True)
+class Stage3Policy:
+    """DeepSpeed's ``stage3_*`` values (defaults are DeepSpeed's). See the module docstring."""
+
+    prefetch_bucket_numel: int = 50_000_000
+    param_persistence_threshold: int = 100_000
+    max_live_parameters: int = 1_000_000_000
+    max_reuse_distance: int = 1_000_000_000
+    gather_16bit_weights_on_model_save: bool = False
+    # Note [divergence]: before each unit's forward, ranks agree (one tiny collective on a side group)
+    # on which module they are about to gather, so a rank taking another path fails with the module's
+    # name instead of hanging in a mismatched gather. Costs one small CPU collective per unit call.
+    detect_divergence: bool = True
+
+
+@dataclass(frozen=True)
+class Zero3Policy(ZeroPolicy):
+    """A :class:`~ds_zero.policy.ZeroPolicy` with the stage-3 values (``stage`` defaults to 3)."""
+
+    stage: int = 3
+    stage3: Stage3Policy = field(default_factory=Stage3Policy)
+
+
+def stage3_of(policy: ZeroPolicy) -> Stage3Policy:
+    """The stage-3 values of ``policy`` (DeepSpeed's defaults for a plain :class:`ZeroPolicy`)."""
+    return getattr(policy, "stage3", None) or Stage3Policy()
+
+
+def unit_cap(policy: ZeroPolicy, *, world_size: int, model_numel: int) -> int:
+    """The most elements one shard unit may hold (see ``stage3_prefetch_bucket_size``).
+
+    Note: [one rank] Separate units buy two things: a bound on what is gathered at once, and overlap
+    of one unit's communication with another's compute. With one rank there is no communication to
+    overlap, so when ``stage3_max_live_parameters`` allows the whole model gathered, the model is one
+    unit: each extra unit would only add its hooks and copies to every step.
+    """
+    s3 = stage3_of(policy)
+    cap = policy.reduce.bucket_numel if s3.prefetch_bucket_numel <= 0 else \
+        min(s3.prefetch_bucket_numel, policy.reduce.bucket_numel)
+    if world_size == 1 and model_numel <= s3.max_live_parameters:
+        return max(cap, model_numel)
+    return cap

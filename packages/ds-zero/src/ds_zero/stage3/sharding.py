@@ -1,0 +1,202 @@
+"""Turn a model into stage-3 shard units with FSDP2's ``fully_shard``, following a :class:`UnitPlan`.
+
+What this module owns beyond ``fully_shard``: the unit rule's outcome (which modules, which parameters
+stay whole, which units stay gathered), fp32 shards (Note [shards are masters]), models built under
+``zero.Init`` (each unit is gathered from its Init shards just before it is sharded again, so the
+whole model is never materialised), DeepSpeed's ``ds_*`` attributes, and ``load_state_dict`` of
+full tensors into the shards.
+
+Note: [shards are masters] A unit's sharded parameters are kept in fp32 whatever the compute dtype:
+FSDP2 casts them to ``param_dtype`` as it gathers. So the shard is at once the parameter's only
+persistent copy and the optimizer's fp32 master (no second copy), and gradients come back in
+``reduce_dtype`` (fp32 under bf16/fp16), shard-sized.
+"""
+
+from __future__ import annotations
+
+import inspect
+import weakref
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import torch
+from torch import nn
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+from torch.distributed.fsdp import (
+    CPUOffloadPolicy,
+    FSDPModule,
+    MixedPrecisionPolicy,
+    OffloadPolicy,
+    fully_shard,
+)
+from torch.distributed.tensor import DTensor
+from torch.utils.weak import WeakIdKeyDictionary
+
+import ds_comm
+from ds_zero.entry import StageNotAvailable
+from ds_zero.policy import ZeroPolicy
+from ds_zero.stage3 import shards
+from ds_zero.stage3.external import external_parameters
+from ds_zero.stage3.plan import UnitPlan, plan_units
+from ds_zero.stage3.policy import stage3_of, unit_cap
+from ds_zero.stage3.status import ZeroParamStatus, mark
+
+# Which unit manages a sharded parameter (GatheredParameters reshards it after writing the shards).
+UNIT_OF: WeakIdKeyDictionary = WeakIdKeyDictionary()
+# Which module attributes hold a sharded parameter (GatheredParameters puts full views there).
+HOLDERS: WeakIdKeyDictionary = WeakIdKeyDictionary()
+
+
+@dataclass
+class ShardedModel:
+    """A model after :func:`shard_model`."""
+
+    module: nn.Module
+    plan: UnitPlan
+    mesh: DeviceMesh
+    group: Any
+    replaced: dict[int, nn.Parameter]  # id(parameter before) -> parameter after (for the optimizer)
+    names: dict[int, str]  # id(parameter after) -> its name in the model
+
+    @property
+    def units(self) -> list[FSDPModule]:
+        return self.plan.units  # type: ignore[return-value]
+
+    def reshard(self) -> None:
+        """Drop every gathered copy (after the shards changed outside FSDP's knowledge)."""
+        for unit in self.units:
+            unit.reshard()
+
+
+def make_mesh(group: Any) -> DeviceMesh:
+    """A 1-D device mesh over the data-parallel ``group`` (None: the world)."""
+    device_type = shards.comm_device(group).type
+    if group is None:
+        return init_device_mesh(device_type, (ds_comm.get_world_size(),))
+    return DeviceMesh.from_group(group, device_type)
+
+
+def _fsdp_policies(policy: ZeroPolicy) -> tuple[MixedPrecisionPolicy, OffloadPolicy]:
+    mp = policy.mixed_precision
+    if mp.low_precision:
+        mixed = MixedPrecisionPolicy(param_dtype=mp.param_dtype, reduce_dtype=mp.reduce_dtype or mp.accum_dtype)
+    else:
+        mixed = MixedPrecisionPolicy(reduce_dtype=mp.reduce_dtype)
+    devices = {policy.offload.optimizer_device, policy.offload.param_device}
+    if "nvme" in devices:
+        raise StageNotAvailable("offload to nvme is not built; use offload_param/offload_optimizer {device: cpu}")
+    if "cpu" in devices:
+        return mixed, CPUOffloadPolicy(pin_memory=policy.offload.pin_memory and torch.cuda.is_available())
+    return mixed, OffloadPolicy()
+
+
+def _owned_slots(module: nn.Module) -> list[tuple[nn.Module, str, nn.Parameter]]:
+    return [(m, name, p) for m in module.modules() for name, p in m._parameters.items() if p is not None]
+
+
+def _materialise(param: nn.Parameter, device: torch.device) -> None:
+    """Give an Init-sharded parameter its full value again (every rank must call it)."""
+    param.data = shards.gather_full(param).to(device)
+    param.ds_tensor = None
+    param.ds_status = ZeroParamStatus.AVAILABLE
+
+
+def _prepare_unit_params(unit: nn.Module, persistent: set[int], device: torch.device) -> list[nn.Parameter]:
+    """The parameters ``fully_shard(unit)`` will take, full and in fp32 (Note [shards are masters])."""
+    taken, seen = [], set()
+    for p in unit.parameters():
+        if id(p) in seen or id(p) in persistent or isinstance(p, DTensor):
+            continue
+        seen.add(id(p))
+        if shards.is_init_shard(p):
+            _materialise(p, device)
+        if p.is_floating_point() and p.dtype != torch.float32:
+            p.data = p.data.float()
+        taken.append(p)
+    return taken
+
+
+def shard_model(module: nn.Module, *, policy: ZeroPolicy, group: Any = None) -> ShardedModel:
+    """Plan the units of ``module`` and shard them, children first (every rank must call it)."""
+    s3 = stage3_of(policy)
+    numel = sum(p.numel() for p in {id(p): p for p in module.parameters()}.values())
+    cap = unit_cap(policy, world_size=ds_comm.get_world_size(group), model_numel=numel)
+    plan = plan_units(module, cap=cap, persistence_threshold=s3.param_persistence_threshold,
+                      max_reuse_distance=s3.max_reuse_distance, max_live=s3.max_live_parameters,
+                      external=external_parameters)
+    mesh = make_mesh(group)
+    device = shards.comm_device(group)
+    mixed, offload = _fsdp_policies(policy)
+    persistent = {id(p) for p in plan.persistent}
+    for p in plan.persistent:
+        if shards.is_init_shard(p):
+            _materialise(p, device)
+        mark(p, shape=p.shape, group=group, persist=True, status=ZeroParamStatus.AVAILABLE)
+    before = _owned_slots(module)
+    ignored = {"ignored_params": set(plan.persistent)} if plan.persistent else {}
+    if ignored and "ignored_params" not in inspect.signature(fully_shard).parameters:
+        raise StageNotAvailable(f"stage 3 keeps {len(persistent)} small parameter(s) whole, which needs torch >= 2.7 "
+                                "(fully_shard(ignored_params=...)); set stage3_param_persistence_threshold to 0")
+    for unit in plan.units:
+        taken = _prepare_unit_params(unit, persistent, device)
+        root = unit is module
+        fully_shard(unit, mesh=mesh, mp_policy=mixed, offload_policy=offload, **ignored,
+                    reshard_after_forward=None if root else id(unit) not in plan.keep_gathered)
+        for p in taken:  # the optimizer may still hold the old objects: free their full values now
+            if not isinstance(p, DTensor):  # (under swap_module_params_on_conversion the object is reused)
+                p.data = torch.empty(0, dtype=p.dtype, device=p.device)
+    unused = getattr(module, "set_reduce_scatter_unused_params", None)  # torch >= 2.10
+    if unused is not None:
+        unused(True)  # parameters unused on a rank reduce as zeros, as in stage 2, rather than hang
+    if not policy.reduce.average:
+        for unit in plan.units:
+            divide = getattr(unit, "set_gradient_divide_factor", None) or unit.set_reduce_scatter_divide_factor
+            divide(1.0)
+    replaced, names = _rebind(module, before, plan, group)
+    return ShardedModel(module=module, plan=plan, mesh=mesh, group=group, replaced=replaced, names=names)
+
+
+def _rebind(module: nn.Module, before: list[tuple[nn.Module, str, nn.Parameter]], plan: UnitPlan,
+            group: Any) -> tuple[dict[int, nn.Parameter], dict[int, str]]:
+    """Old -> new parameter objects; ``ds_*`` attributes, unit owners and load hooks on the new ones."""
+    replaced: dict[int, nn.Parameter] = {}
+    for owner, name, old in before:
+        new = owner._parameters[name]
+        replaced[id(old)] = new
+        if new is not old and getattr(old, "ds_id", None) is not None:
+            new.ds_id = old.ds_id
+    unit_of_module = {}
+    for unit in plan.units:  # children first: a module's innermost unit wins
+        for m in unit.modules():
+            unit_of_module.setdefault(id(m), unit)
+    for owner in module.modules():
+        mine = {name: p for name, p in owner._parameters.items() if isinstance(p, DTensor)}
+        if mine:
+            owner.register_load_state_dict_pre_hook(partial(_load_full_into_shards, mine))
+        for name, p in owner._parameters.items():
+            if isinstance(p, DTensor):
+                HOLDERS.setdefault(p, []).append((weakref.ref(owner), name))
+            if isinstance(p, DTensor) and p not in UNIT_OF:
+                UNIT_OF[p] = unit_of_module[id(owner)]
+                mark(p, shape=p.shape, group=group, persist=False, status=ZeroParamStatus.NOT_AVAILABLE)
+    names = {id(p): name for name, p in module.named_parameters()}
+    return replaced, names
+
+
+def _load_full_into_shards(sharded: dict[str, DTensor], module: nn.Module, state_dict: dict[str, Any], prefix: str,
+                           *_: Any) -> None:
+    """``load_state_dict`` pre-hook: turn full tensors for sharded parameters into this rank's rows."""
+    for name, param in sharded.items():
+        if module._parameters.get(name) is not param:  # the unit is gathered: load into the shards
+            UNIT_OF[param].reshard()
+        key = prefix + name
+        value = state_dict.get(key)
+        if value is None or isinstance(value, DTensor) or value.shape != param.shape:
+            continue  # a wrong shape is left for nn.Module to report
+        group = shards.mesh_group(param)
+        start, end = shards.row_range(param.shape[0], ds_comm.get_world_size(group), ds_comm.get_rank(group))
+        local = param.to_local()
+        rows = value[start:end].to(device=local.device, dtype=local.dtype)
+        state_dict[key] = DTensor.from_local(rows, param.device_mesh, param.placements, run_check=False,
+                                             shape=param.shape, stride=param.stride())

@@ -1,0 +1,116 @@
+"""ZeRO stage 3 as a composition of :class:`~ds_zero.trainer.ZeroTrainer`'s parts.
+
+``compose_stage3`` shards the model into units (:mod:`ds_zero.stage3.sharding`, FSDP2), builds the
+master-weight holder over the shards (:mod:`ds_zero.stage3.params`), wires the unit hooks
+(:mod:`ds_zero.stage3.hooks`) and hands them to :class:`Stage3Trainer`, whose checkpoint state is
+the per-parameter slices every stage shares (:mod:`ds_zero.sharded_state`).
+
+Note: [memory] Per rank, with Adam and Ψ parameters on N ranks: fp32 shards 4Ψ/N (they are also
+the masters), gradients 4Ψ/N, Adam 8Ψ/N — 16Ψ/N in every precision — plus the units gathered at the
+moment (in ``param_dtype``) and the persistent parameters, which stay whole.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.distributed.tensor import DTensor
+
+import ds_comm
+from ds_zero.entry import StageNotAvailable
+from ds_zero.loss_scaler import make_loss_scaler
+from ds_zero.policy import ZeroPolicy
+from ds_zero.stage3.gathered import full_state_dict
+from ds_zero.stage3.hooks import BACKWARD, UnitHooks
+from ds_zero.stage3.params import Stage3Params
+from ds_zero.stage3.policy import stage3_of
+from ds_zero.stage3.sharding import ShardedModel, shard_model
+from ds_zero.stage12 import ShardedReduction, ShardedTrainer
+
+
+class Stage3Reduction:
+    """The trainer's reducer: FSDP2 reduces unit gradients itself; persistent ones reduce at the step."""
+
+    def __init__(self, persistent: ShardedReduction | None) -> None:
+        self.persistent = persistent
+        self.sync = True  # stage 3 reduces every backward: it keeps no full gradients
+
+    def mark_ready(self, param: Tensor) -> None:
+        if self.persistent is not None:
+            self.persistent.mark_ready(param)
+
+    def finish(self) -> None:
+        if self.persistent is not None:
+            self.persistent.finish()
+
+
+class Stage3Trainer(ShardedTrainer):
+    """The stage-3 trainer (``engine.optimizer``): sharded state, agreement checks at backward and step."""
+
+    def __init__(self, *, sharded: ShardedModel, hooks: UnitHooks, **parts: Any) -> None:
+        super().__init__(**parts)
+        self.sharded = sharded
+        self.hooks = hooks
+
+    def backward(self, loss: Tensor, retain_graph: bool = False) -> None:
+        """Backward of the scaled loss; unit gradients are reduce-scattered as each unit's backward ends."""
+        self.hooks.agree(BACKWARD)
+        super().backward(loss, retain_graph=retain_graph)
+
+    def step(self, closure: Any = None) -> bool:
+        """Agree on the step (Note [divergence]), then the shared step sequence."""
+        self.hooks.on_step()
+        return super().step(closure)
+
+    def full_state_dict(self, *, dtype: torch.dtype | None = None, exclude_frozen_parameters: bool = False,
+                        rank0_only: bool = True) -> dict[str, Tensor] | None:
+        """The model's full state dict on the CPU of rank 0 (None elsewhere); every rank must call it."""
+        return full_state_dict(self.module, dtype=dtype, exclude_frozen_parameters=exclude_frozen_parameters,
+                               rank0_only=rank0_only)
+
+    def consolidated_16bit_state_dict(self, exclude_frozen_parameters: bool = False) -> dict[str, Tensor] | None:
+        """DeepSpeed's ``_zero3_consolidated_16bit_state_dict``: full weights in the training dtype on
+        rank 0's CPU, None on other ranks. Every rank must call it."""
+        return self.full_state_dict(dtype=self.policy.mixed_precision.param_dtype,
+                                    exclude_frozen_parameters=exclude_frozen_parameters)
+
+    def close(self) -> None:
+        super().close()
+        self.hooks.close()
+
+
+def _cast_rest(module: nn.Module, dtype: torch.dtype, keep: set[int]) -> None:
+    """Floating buffers and whole (persistent) parameters not in ``keep`` follow the model's dtype."""
+    with torch.no_grad():
+        for m in module.modules():
+            for name, buf in m._buffers.items():
+                if buf is not None and buf.is_floating_point() and buf.dtype != dtype:
+                    m._buffers[name] = buf.to(dtype)
+            for p in m._parameters.values():
+                if p is not None and not isinstance(p, DTensor) and id(p) not in keep and p.is_floating_point():
+                    p.data = p.data.to(dtype)
+
+
+def compose_stage3(*, module: nn.Module, optimizer: torch.optim.Optimizer, policy: ZeroPolicy,
+                   group: Any = None) -> Stage3Trainer:
+    """ZeRO stage 3: parameters, gradients and optimizer state all sharded (see the module doc)."""
+    mp = policy.mixed_precision
+    if mp.low_precision and mp.accum_dtype != torch.float32:
+        raise StageNotAvailable("under fp16/bf16, gradients accumulate in fp32 (data_types.grad_accum_dtype)")
+    s3 = stage3_of(policy)
+    sharded = shard_model(module, policy=policy, group=group)
+    params = Stage3Params(sharded, optimizer, policy, group)
+    _cast_rest(module, mp.param_dtype, keep={id(p) for p in params.persistent_params})
+    hooks = UnitHooks(sharded, group=group, prefetch_numel=s3.prefetch_bucket_numel, check=s3.detect_divergence)
+    norm_group = group if group is not None else ds_comm.get_world_group()
+    return Stage3Trainer(module=module, optimizer=optimizer, policy=policy, masters=params,
+                         reducer=Stage3Reduction(params.reduction()), scaler=make_loss_scaler(policy.loss_scale,
+                         rank=ds_comm.get_rank()), norm_group=norm_group, sharded=sharded, hooks=hooks)
+
+
+def consolidated_16bit_state_dict(trainer: Stage3Trainer, exclude_frozen_parameters: bool = False) -> dict[str, Tensor] | None:
+    """What ``engine._zero3_consolidated_16bit_state_dict()`` returns: full weights in the training dtype
+    on rank 0's CPU, None on other ranks. Every rank must call it."""
+    return trainer.consolidated_16bit_state_dict(exclude_frozen_parameters=exclude_frozen_parameters)

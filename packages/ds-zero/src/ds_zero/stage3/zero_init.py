@@ -1,0 +1,261 @@
+"""``deepspeed.zero.Init``: build a model that never holds its whole parameter set on one rank.
+
+Inside the context, every ``nn.Module`` subclass's ``__init__`` is wrapped: when the *outermost*
+``__init__`` of a module returns (so the user's own initialisation of it, including a subclass's
+extra init after ``super().__init__()``, has run), each of its parameters not yet partitioned is
+split: rank 0's value is scattered in equal flat partitions, this rank keeps its partition in
+``param.ds_tensor`` (on ``remote_device``, in ``dtype``), and ``param.data`` becomes an empty tensor, as
+in DeepSpeed. Children finish before their parents, so at any moment a rank holds the partitions
+built so far plus the full parameters of one module under construction.
+
+Wrapping the model later (ZeRO stage 3) gathers each shard unit from these partitions just before
+sharding it again (:mod:`ds_zero.stage3.sharding`). ``GatheredParameters`` reads and writes them.
+
+Tensor constructors are *not* redirected (DeepSpeed moves ``torch.empty`` & co. to the accelerator
+inside the context); the module-level ``_orig_torch_*`` names and the wrapper helpers exist for
+clients that patch around the context, and construction happens where the user asks.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+import os
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+import ds_comm
+from ds_zero.stage3 import shards
+from ds_zero.stage3.status import ZeroParamStatus, mark
+
+_orig_torch_tensor = torch.tensor
+_orig_torch_empty = torch.empty
+_orig_torch_zeros = torch.zeros
+_orig_torch_ones = torch.ones
+_orig_torch_full = torch.full
+_orig_torch_arange = torch.arange
+_orig_torch_eye = torch.eye
+_orig_torch_randn = torch.randn
+
+
+def _local_device() -> torch.device:
+    from ds_accel import get_accelerator
+
+    return torch.device(get_accelerator().device_name(int(os.environ.get("LOCAL_RANK", "0"))))
+
+
+def zero_wrapper_for_fp_tensor_constructor(fn: Callable[..., Tensor], target_fp_dtype: torch.dtype,
+                                           target_device: torch.device | None = None) -> Callable[..., Tensor]:
+    """``fn`` (a tensor constructor) creating on the local accelerator, floating results in ``target_fp_dtype``."""
+
+    @functools.wraps(fn)
+    def wrapped(*args: Any, **kwargs: Any) -> Tensor:
+        if kwargs.get("device") is None:
+            kwargs["device"] = target_device or _local_device()
+        tensor = fn(*args, **kwargs)
+        return tensor.to(target_fp_dtype) if tensor.is_floating_point() else tensor
+
+    return wrapped
+
+
+def get_new_tensor_fn_for_dtype(dtype: torch.dtype, device: torch.device | None = None) -> Callable[..., Tensor]:
+    """A ``Tensor.new_tensor``-style constructor on the local accelerator with floating results in ``dtype``."""
+
+    def new_tensor(cls: Any, *args: Any, **kwargs: Any) -> Tensor:
+        tensor = _orig_torch_empty(0, device=device or _local_device()).new_empty(*(args or (0,)))
+        return tensor.to(dtype) if tensor.is_floating_point() else tensor
+
+    return new_tensor
+
+
+# --- config ---------------------------------------------------------------------------------------
+def _load_config(source: Any) -> dict[str, Any] | None:
+    if source is None:
+        return None
+    if isinstance(source, (str, os.PathLike)):
+        try:
+            with open(source, encoding="utf-8") as handle:
+                return json.load(handle)
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValueError(f"zero.Init(config_dict_or_path={source!r}): cannot read a JSON config: {exc}") from None
+    if isinstance(source, dict):
+        return source
+    as_dict = getattr(source, "config", None)  # a DeepSpeedConfig-like object
+    if isinstance(as_dict, dict):
+        return as_dict
+    raise TypeError(f"zero.Init config must be a dict or a path to a JSON file, got {type(source).__name__}")
+
+
+def _enabled(cfg: dict[str, Any], *keys: str) -> bool:
+    for key in keys:
+        section = cfg.get(key)
+        if isinstance(section, dict) and section.get("enabled", False):
+            return True
+    return False
+
+
+def choose_dtype(dtype: torch.dtype | None, cfg: dict[str, Any] | None) -> torch.dtype:
+    """DeepSpeed's rule: ``dtype`` if given; else the config's precision; else fp16/bf16/fp32, the
+    first the accelerator supports."""
+    if dtype is not None:
+        if dtype not in (torch.float16, torch.bfloat16, torch.float32):
+            raise ValueError(f"zero.Init(dtype={dtype}): expected torch.float16, torch.bfloat16 or torch.float32")
+        return dtype
+    if cfg is not None:
+        if _enabled(cfg, "bf16", "bfloat16") and _enabled(cfg, "fp16"):
+            raise ValueError("zero.Init config: 'bf16.enabled' and 'fp16.enabled' cannot both be true")
+        if _enabled(cfg, "bf16", "bfloat16"):
+            return torch.bfloat16
+        return torch.float16 if _enabled(cfg, "fp16") else torch.float32
+    from ds_accel import get_accelerator
+
+    accel = get_accelerator()
+    if accel.is_fp16_supported():
+        return torch.float16
+    return torch.bfloat16 if accel.is_bf16_supported() else torch.float32
+
+
+def choose_placement(remote_device: Any, pin_memory: bool, cfg: dict[str, Any] | None,
+                     group: Any) -> tuple[torch.device, bool]:
+    """Where partitions live (``remote_device``, else the config's ``offload_param``) and whether pinned."""
+    offload = ((cfg or {}).get("zero_optimization") or {}).get("offload_param") or {}
+    if remote_device is None:
+        remote_device = offload.get("device")
+        pin_memory = pin_memory or bool(offload.get("pin_memory", False))
+    name = str(remote_device) if remote_device is not None else "none"
+    if name == "nvme":
+        raise NotImplementedError("zero.Init(remote_device='nvme'): NVMe offload is not built; use 'cpu'")
+    if name == "cpu":
+        return torch.device("cpu"), pin_memory and torch.cuda.is_available()
+    if name in ("none", "None"):
+        return shards.comm_device(group), False
+    return torch.device(name), False
+
+
+# --- the context ----------------------------------------------------------------------------------
+_ACTIVE: list[Init] = []
+_PATCHED: dict[type, Callable[..., None]] = {}
+_ORIG_INIT_SUBCLASS = nn.Module.__dict__.get("__init_subclass__")
+
+
+def _all_subclasses(cls: type) -> list[type]:
+    out, todo = [], [cls]
+    while todo:
+        c = todo.pop()
+        out.append(c)
+        todo.extend(c.__subclasses__())
+    return out
+
+
+def _wrap(cls: type) -> None:
+    orig = cls.__dict__.get("__init__")
+    if orig is None or cls in _PATCHED or not inspect.isfunction(orig):
+        return
+
+    @functools.wraps(orig)
+    def init(module: nn.Module, *args: Any, **kwargs: Any) -> None:
+        if not _ACTIVE:
+            return orig(module, *args, **kwargs)
+        ctx = _ACTIVE[-1]
+        key = id(module)
+        ctx._depth[key] = ctx._depth.get(key, 0) + 1
+        try:
+            orig(module, *args, **kwargs)
+        finally:
+            ctx._depth[key] -= 1
+            if not ctx._depth[key]:
+                del ctx._depth[key]
+        if key not in ctx._depth:  # the outermost __init__ of this module has returned
+            ctx.partition(module)
+
+    _PATCHED[cls] = orig
+    cls.__init__ = init
+
+
+def _on_subclass(cls: type, **kwargs: Any) -> None:
+    super(nn.Module, cls).__init_subclass__(**kwargs)
+    _wrap(cls)
+
+
+class Init:
+    """Partition parameters as modules are built (see the module docstring). DeepSpeed's signature;
+    ``mem_efficient_linear`` is accepted and has no effect (units are gathered whole)."""
+
+    def __init__(self, module: nn.Module | None = None, data_parallel_group: Any = None,
+                 mem_efficient_linear: bool = True, remote_device: Any = None, pin_memory: bool = False,
+                 config_dict_or_path: Any = None, config: Any = None, enabled: bool = True,
+                 dtype: torch.dtype | None = None, mpu: Any = None, zero_param_parallel_group: Any = None,
+                 zero_quantized_weights: bool = False, zero_quantized_nontrainable_weights: bool = False,
+                 sequence_data_parallel_group: Any = None, param_swapper: Any = None) -> None:
+        self.enabled = enabled
+        self._depth: dict[int, int] = {}
+        if not enabled:
+            return
+        for name, value in (("zero_param_parallel_group", zero_param_parallel_group),
+                            ("zero_quantized_weights", zero_quantized_weights),
+                            ("zero_quantized_nontrainable_weights", zero_quantized_nontrainable_weights),
+                            ("param_swapper", param_swapper)):
+            if value:
+                raise NotImplementedError(f"zero.Init({name}=...) is not supported")
+        if not ds_comm.is_initialized():
+            ds_comm.init_distributed(verbose=False)
+        cfg = _load_config(config_dict_or_path if config_dict_or_path is not None else config)
+        if mpu is not None and data_parallel_group is None:
+            data_parallel_group = mpu.get_data_parallel_group()
+        self.ds_process_group = data_parallel_group or sequence_data_parallel_group
+        self.dtype = choose_dtype(dtype, cfg)
+        self.remote_device, self.pin_memory = choose_placement(remote_device, pin_memory, cfg, self.ds_process_group)
+        group = self.ds_process_group
+        self.src = ds_comm.get_global_rank(group, 0) if group is not None else 0
+        if module is not None:
+            self.partition(module)
+
+    def partition(self, module: nn.Module) -> None:
+        """Partition every parameter of ``module`` that is still whole (every rank must call it)."""
+        seen = set()
+        for p in module.parameters():
+            if id(p) in seen or shards.is_init_shard(p) or shards.is_unit_shard(p) or getattr(p, "ds_persist", False):
+                continue
+            seen.add(id(p))
+            self._partition(p)
+
+    @torch.no_grad()
+    def _partition(self, param: nn.Parameter) -> None:
+        full = param.data
+        if full.is_floating_point() and full.dtype != self.dtype:
+            full = full.to(self.dtype)
+        local = shards.scatter_flat(full.to(shards.comm_device(self.ds_process_group)), group=self.ds_process_group,
+                                    src=self.src, device=self.remote_device)
+        if self.pin_memory:
+            local = local.pin_memory()
+        param.ds_tensor = local
+        param.data = torch.empty(0, dtype=local.dtype, device=local.device)
+        mark(param, shape=full.shape, group=self.ds_process_group, persist=False, status=ZeroParamStatus.NOT_AVAILABLE)
+
+    def __enter__(self) -> Init:
+        if not self.enabled:
+            return self
+        if not _ACTIVE:
+            for cls in _all_subclasses(nn.Module):
+                _wrap(cls)
+            nn.Module.__init_subclass__ = classmethod(_on_subclass)  # classes defined inside the context
+        _ACTIVE.append(self)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if not self.enabled:
+            return
+        _ACTIVE.remove(self)
+        if _ACTIVE:
+            return
+        for cls, orig in _PATCHED.items():
+            cls.__init__ = orig
+        _PATCHED.clear()
+        if _ORIG_INIT_SUBCLASS is None:
+            del nn.Module.__init_subclass__
+        else:
+            nn.Module.__init_subclass__ = _ORIG_INIT_SUBCLASS

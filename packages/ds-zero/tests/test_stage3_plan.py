@@ -1,0 +1,111 @@
+"""The stage-3 unit rule (ds_zero.stage3.plan, Note [units]) on plain module trees: no process group."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ds_zero import ReducePolicy
+from ds_zero.stage3.external import (
+    external_parameters,
+    register_external_parameter,
+    unregister_external_parameter,
+)
+from ds_zero.stage3.plan import plan_units
+from ds_zero.stage3.policy import Stage3Policy, Zero3Policy, unit_cap
+
+
+class Block(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.ln, self.fc1, self.fc2 = nn.LayerNorm(16), nn.Linear(16, 48), nn.Linear(48, 16)
+
+    def forward(self, x):
+        return x + self.fc2(torch.relu(self.fc1(self.ln(x))))
+
+
+class TinyGPT(nn.Module):
+    def __init__(self, tie: bool = False) -> None:
+        super().__init__()
+        self.wte = nn.Embedding(100, 16)
+        self.blocks = nn.ModuleList(Block() for _ in range(3))
+        self.head = nn.Linear(16, 100)
+        if tie:
+            self.head.weight = self.wte.weight
+
+    def forward(self, idx):
+        x = self.wte(idx)
+        for block in self.blocks:
+            x = block(x)
+        return self.head(x)
+
+
+def _names(plan):
+    return [plan.names[id(u)] for u in plan.units]
+
+
+def test_units_are_the_largest_closed_modules_under_the_cap():
+    model = TinyGPT()
+    plan = plan_units(model, cap=2000, persistence_threshold=100)
+    # the ModuleList has no forward of its own, so its blocks are the units; the root comes last
+    assert _names(plan) == ["wte", "blocks.0", "blocks.1", "blocks.2", "head", ""]
+    assert plan.numel[id(model.blocks[0])] == 16 * 48 + 48 * 16  # its biases and norm stay whole
+    assert plan.numel[id(model)] == 0
+    small = {id(p) for p in plan.persistent}
+    assert all(id(p) in small for b in model.blocks for p in (b.ln.weight, b.ln.bias, b.fc1.bias, b.fc2.bias))
+    assert id(model.head.bias) not in small  # 100 elements: not below the threshold
+
+
+def test_tied_weight_goes_to_the_common_parent():
+    model = TinyGPT(tie=True)
+    plan = plan_units(model, cap=2000, persistence_threshold=100)
+    assert _names(plan) == ["blocks.0", "blocks.1", "blocks.2", ""]
+    assert plan.numel[id(model)] == 100 * 16 + 100  # the shared weight once, plus the head's bias
+
+
+def test_external_parameter_joins_its_user_and_owner():
+    model = TinyGPT()
+    register_external_parameter(model.blocks[2].fc1, model.wte.weight)
+    try:
+        plan = plan_units(model, cap=2000, persistence_threshold=100, external=external_parameters)
+    finally:
+        unregister_external_parameter(model.blocks[2].fc1, model.wte.weight)
+    # blocks.2 and wte can no longer be units apart; blocks.2's other layer still can
+    assert _names(plan) == ["blocks.0", "blocks.1", "blocks.2.fc2", "head", ""]
+    assert plan.numel[id(model)] == 100 * 16 + 16 * 48
+
+
+def test_small_model_is_one_unit_and_big_leaves_are_units():
+    model = TinyGPT()
+    assert _names(plan_units(model, cap=10**6, persistence_threshold=100)) == [""]
+    wide = nn.Sequential(nn.Linear(64, 64), nn.Linear(64, 2))
+    plan = plan_units(wide, cap=100, persistence_threshold=0)
+    assert _names(plan) == ["0", "1", ""]  # a leaf above the cap cannot be split: a unit anyway
+
+
+def test_scalars_always_stay_whole():
+    model = nn.Sequential(nn.Linear(4, 4))
+    model.register_parameter("scale", nn.Parameter(torch.tensor(1.0)))
+    plan = plan_units(model, cap=10, persistence_threshold=0)
+    assert [p.dim() for p in plan.persistent] == [0]
+
+
+def test_keep_gathered_follows_reuse_distance_and_live_bound():
+    model = TinyGPT()
+    per_block, ends = 16 * 48 * 2, 1600
+    everything = plan_units(model, cap=2000, persistence_threshold=100, max_reuse_distance=10**9, max_live=10**9)
+    assert len(everything.keep_gathered) == 5  # every unit but the root (FSDP2 keeps the root itself)
+    nothing = plan_units(model, cap=2000, persistence_threshold=100, max_reuse_distance=0, max_live=10**9)
+    assert nothing.keep_gathered == {id(model.head)}  # nothing runs between its forward and backward
+    # head (1700) and blocks.2 are within 2 x (later units) <= distance; the live bound stops at 2 units
+    some = plan_units(model, cap=2000, persistence_threshold=100, max_reuse_distance=2 * 1700 + 2 * per_block,
+                      max_live=1700 + per_block + ends // 2)
+    assert some.keep_gathered == {id(model.head), id(model.blocks[2])}
+
+
+def test_one_rank_makes_one_unit_when_live_bound_allows():
+    policy = Zero3Policy(reduce=ReducePolicy(bucket_numel=10**6), stage3=Stage3Policy(prefetch_bucket_numel=1000))
+    assert unit_cap(policy, world_size=2, model_numel=5000) == 1000
+    assert unit_cap(policy, world_size=1, model_numel=5000) == 5000
+    tight = Zero3Policy(stage3=Stage3Policy(prefetch_bucket_numel=1000, max_live_parameters=4000))
+    assert unit_cap(tight, world_size=1, model_numel=5000) == 1000

@@ -1,0 +1,52 @@
+"""Stage 3 through the engine: DeepSpeed's stage-3 file layout, zero_to_fp32, and save_16bit_model."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from ds_comm.testing import run_distributed
+
+
+def _train_save_export(ckpt: str, gather: bool):
+    import deepspeed
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 64), torch.nn.ReLU(), torch.nn.Linear(64, 2))
+    cfg = {"train_micro_batch_size_per_gpu": 2, "bf16": {"enabled": True},
+           "optimizer": {"type": "AdamW", "params": {"lr": 1e-2}},
+           "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 10,
+                                 "stage3_gather_16bit_weights_on_model_save": gather}}
+    engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=cfg)
+    for _ in range(3):
+        engine.backward(engine(torch.randn(2, 8, dtype=torch.bfloat16)).float().pow(2).mean())
+        engine.step()
+    engine.save_checkpoint(ckpt)
+    exported = engine.save_16bit_model(f"{ckpt}/export")
+    full = engine._zero3_consolidated_16bit_state_dict()
+    return exported, None if full is None else {k: v.clone() for k, v in full.items()}
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("gather", [True, False])
+def test_stage3_layout_consolidation_and_16bit_export(tmp_path, gather):
+    from ds_zero.consolidate import get_fp32_state_dict_from_zero_checkpoint
+
+    (exported0, full0), (exported1, full1) = run_distributed(_train_save_export, world_size=2, args=(str(tmp_path), gather))
+    assert sorted(os.listdir(tmp_path / "global_step3")) == [
+        "zero_pp_rank_0_mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_optim_states.pt",
+        "zero_pp_rank_1_mp_rank_00_model_states.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt"]
+    assert full1 is None and set(full0) == {"0.weight", "0.bias", "2.weight", "2.bias"}
+    assert all(v.dtype == torch.bfloat16 for v in full0.values())
+    fp32 = get_fp32_state_dict_from_zero_checkpoint(tmp_path)
+    for name, value in full0.items():
+        assert fp32[name].dtype == torch.float32
+        torch.testing.assert_close(fp32[name].bfloat16(), value, rtol=0, atol=0)  # masters round to the model
+    assert exported0 is gather and exported1 is gather
+    if gather:
+        saved = torch.load(tmp_path / "export" / "pytorch_model.bin", weights_only=True)
+        assert all(torch.equal(saved[k], v) for k, v in full0.items())
+    else:
+        assert not (tmp_path / "export").exists()
