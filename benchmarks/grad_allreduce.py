@@ -16,8 +16,9 @@ import time
 
 
 def _measure(sizes: list[int], repeats: int) -> dict[int, dict[str, float]]:
-    import ds_comm
     import torch
+
+    import ds_comm
     from ds_zero.shm_allreduce import SharedMemoryAllReduce
 
     out: dict[int, dict[str, float]] = {}

@@ -33,8 +33,9 @@ for pkg in ("ds-kernels", "ds-accel"):
     if str(src) not in sys.path:
         sys.path.insert(0, str(src))
 
-import ds_kernels as K  # noqa: E402
 import torch  # noqa: E402
+
+import ds_kernels as K  # noqa: E402
 
 LR, WD = 1e-3, 0.01
 

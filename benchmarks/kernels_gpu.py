@@ -41,8 +41,9 @@ for pkg in ("ds-kernels", "ds-accel"):
     if str(src) not in sys.path:
         sys.path.insert(0, str(src))
 
-import ds_kernels as K  # noqa: E402
 import torch  # noqa: E402
+
+import ds_kernels as K  # noqa: E402
 
 D_MODEL, LAYERS, VOCAB = 2048, 24, 50304
 ADAM = dict(lr=1e-4, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01)

@@ -37,3 +37,12 @@ def test_import_deepspeed_is_cheap():
     code = "import sys, deepspeed; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_feature_modules_resolve_as_attributes():
+    assert callable(deepspeed.elasticity.compute_elastic_config)
+    assert deepspeed.autotuning is not None
+    assert deepspeed.runtime.zero.partition_parameters.Init is deepspeed.zero.Init
+    from deepspeed.runtime.lr_schedules import VALID_LR_SCHEDULES
+
+    assert {"WarmupLR", "WarmupDecayLR", "WarmupCosineLR", "OneCycle", "LRRangeTest"} <= set(VALID_LR_SCHEDULES)

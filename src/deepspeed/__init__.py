@@ -24,7 +24,8 @@ _ALIASES: dict[str, tuple[str, str]] = {
     "init_distributed": ("ds_comm", "init_distributed"),
     "get_accelerator": ("ds_accel", "get_accelerator"),
 }
-_SUBMODULES = {"accelerator", "checkpointing", "comm", "launcher", "ops", "runtime", "utils", "zero", "checkpoint"}
+_SUBMODULES = {"accelerator", "autotuning", "checkpoint", "checkpointing", "comm", "elasticity", "launcher", "ops",
+               "runtime", "utils", "zero"}
 
 __all__ = ["__version__", *_ALIASES]
 

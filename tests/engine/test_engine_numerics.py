@@ -11,6 +11,7 @@ from __future__ import annotations
 import engine_workers as w
 import pytest
 import torch
+
 from ds_comm.testing import run_distributed
 
 STEPS = 10

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 from _e2e_util import SCRIPTS, free_port, read_ranks
+
 from ds_launch.resources import encode_world_info
 
 REPORT = str(SCRIPTS / "rank_report.py")

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import ds_comm
 import pytest
 import torch
+
+import ds_comm
 from ds_comm.testing import run_distributed
 
 

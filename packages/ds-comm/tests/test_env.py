@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from ds_comm.env import DistEnvironmentError, discover, first_slurm_host
 
 TORCHRUN = {"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "1234"}

@@ -6,9 +6,10 @@ import os
 import subprocess
 import sys
 
-import ds_comm
 import pytest
 import torch.distributed as dist
+
+import ds_comm
 from ds_comm.testing import free_port, run_distributed
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 
-import ds_comm
 import pytest
+
+import ds_comm
 from ds_comm.testing import DistributedTestError, run_distributed
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from ds_engine.config import DeepSpeedConfigError, reconcile_batch
 
 

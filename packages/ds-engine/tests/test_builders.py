@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from ds_engine.builders import build_optimizer, build_scheduler
 from ds_engine.config import DeepSpeedConfigError
 from ds_engine.config.optim import OptimizerConfig, SchedulerConfig

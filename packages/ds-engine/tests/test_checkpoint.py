@@ -8,9 +8,10 @@ import os
 import time
 from pathlib import Path
 
-import ds_comm
 import pytest
 import torch
+
+import ds_comm
 from ds_comm.testing import run_distributed
 from ds_engine import initialize
 from ds_engine.checkpoint import (

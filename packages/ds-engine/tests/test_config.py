@@ -8,6 +8,7 @@ import json
 import math
 
 import pytest
+
 from ds_engine.config import DeepSpeedConfig, DeepSpeedConfigError, DeepSpeedConfigModel, choose_config_source
 from ds_engine.config.auto import resolve_auto
 
@@ -54,8 +55,10 @@ BAD_CONFIGS = [
     ({"wandb": {"enabled": True}}, "'wandb.enabled' is not supported yet"),
     ({"comet": {"enabled": True}}, "'comet.enabled' is not supported yet"),
     ({"flops_profiler": {"enabled": True}}, "'flops_profiler.enabled' is not supported yet"),
-    ({"elasticity": {"enabled": True, "max_train_batch_size": 64}}, "'elasticity.enabled' is not supported yet"),
-    ({"autotuning": {"enabled": True}}, "'autotuning.enabled' is not supported yet"),
+    ({"elasticity": {"enabled": True, "max_train_batch_size": 64}},
+     "elasticity is enabled but micro_batch_sizes is missing"),
+    ({"autotuning": {"enabled": True, "start_profile_step": 4, "end_profile_step": 2}},
+     "end_profile_step 2 is before start_profile_step 4"),
     ({"data_efficiency": {"data_sampling": {"enabled": True}}}, "'data_efficiency' is not supported yet"),
     ({"compression_training": {"weight_quantization": {"shared_parameters": {"enabled": True}}}},
      "'compression_training' is not supported yet"),

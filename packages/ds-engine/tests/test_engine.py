@@ -11,6 +11,7 @@ import os
 
 import pytest
 import torch
+
 from ds_engine import DeepSpeedConfigError, DeepSpeedEngine, add_config_arguments, initialize
 from ds_engine.lr_schedules import WarmupDecayLR
 from ds_zero import ZeROOptimizer

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+
 from ds_engine.lr_schedules import (
     VALID_LR_SCHEDULES,
     LRRangeTest,

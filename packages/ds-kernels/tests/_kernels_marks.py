@@ -3,6 +3,7 @@
 import os
 
 import pytest
+
 from ds_kernels import triton_available
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")

@@ -1,10 +1,11 @@
 """ds_kernels.backend and the functional entries' input checks: which backend runs, and the
 one-line errors for inputs no backend takes."""
 
-import ds_kernels as K
 import pytest
 import torch
 from _kernels_marks import needs_interpreter
+
+import ds_kernels as K
 from ds_kernels.backend import resolve_backend
 
 ADAM = dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, step=1)

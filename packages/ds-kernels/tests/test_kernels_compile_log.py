@@ -5,9 +5,10 @@ import os
 import subprocess
 import sys
 
-import ds_kernels as K
 import torch
 from _kernels_marks import needs_interpreter
+
+import ds_kernels as K
 
 
 def test_import_compiles_nothing_and_leaves_triton_unimported():

@@ -4,8 +4,9 @@ Skipped when only ds-kernels is installed (its own nox session)."""
 
 import importlib
 
-import ds_kernels as K
 import pytest
+
+import ds_kernels as K
 
 ALIASES = {
     "deepspeed.ops.adam": ("FusedAdam", "DeepSpeedCPUAdam"),

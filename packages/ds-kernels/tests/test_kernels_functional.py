@@ -6,11 +6,12 @@ torch's fused kernels (CPU, and CUDA when present). Sizes are odd and small so t
 block leaves partial tails, and single-element and empty tensors appear throughout.
 """
 
-import ds_kernels as K
 import pytest
 import torch
 from _kernels_marks import needs_interpreter
 from _kernels_ref import adam_ref, close, close_step, lamb_ref, lion_ref
+
+import ds_kernels as K
 
 SMALL = K.KernelPolicy(block=64, num_warps=4)
 

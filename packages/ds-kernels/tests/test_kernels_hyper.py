@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+
 from ds_kernels.hyper import AdamHyper, adam_host_scalars, bias_corrections, device_scalar, host_scalar
 
 

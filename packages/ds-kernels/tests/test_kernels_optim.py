@@ -7,11 +7,12 @@ and the errors DeepSpeed users meet (amsgrad, CPU-only optimizers, legacy step a
 
 import inspect
 
-import ds_kernels as K
 import pytest
 import torch
 from _kernels_marks import needs_interpreter
 from _kernels_ref import close, lamb_ref, lion_ref
+
+import ds_kernels as K
 
 SMALL = K.KernelPolicy(block=64, num_warps=4)
 BACKENDS = [

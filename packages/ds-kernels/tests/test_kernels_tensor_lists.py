@@ -1,6 +1,7 @@
 """ds_kernels.tensor_lists: launch grouping and the device tables of a multi-tensor launch."""
 
 import torch
+
 from ds_kernels.tensor_lists import chunk_map, group_rows, pointer_table
 
 

@@ -11,6 +11,7 @@ import subprocess
 
 import pytest
 from _launch_util import DEEPSPEED
+
 from ds_launch.cli import _invoke, parse_args, run
 
 NCORES = len(os.sched_getaffinity(0))
@@ -78,7 +79,7 @@ BAD_INPUTS = [
     ("impi-uneven-slots", {"hf": "a slots=2\nb slots=1\n"}, ["-H", "hf", "--launcher", "impi"], {}, "--launcher impi needs the same slot count on every host"),
     ("slurm-comma-value", {**HF2, ".deepspeed_env": "LIST=a,b\n"}, ["-H", "hf", "--launcher", "slurm"], {}, "--launcher slurm cannot export LIST: its value contains ','"),
     ("module-and-no-python", {}, ["--module", "--no_python"], {}, "--module and --no_python cannot be used together"),
-    ("autotuning-not-yet", {}, ["--autotuning", "tune"], {}, "--autotuning tune: the autotuner is not available yet"),
+    ("autotuning-no-config", {}, ["--autotuning", "tune"], {}, "--autotuning needs the DeepSpeed config among the script's arguments"),
     ("autotuning-bad-mode", {}, ["--autotuning", "fast"], {}, "--autotuning 'fast': expected one of tune, run"),
     ("no-ssh-without-node-rank", HF2, ["-H", "hf", "--no_ssh"], {}, "--no_ssh needs --node_rank N"),
     ("no-ssh-node-rank-range", HF2, ["-H", "hf", "--no_ssh", "--node_rank", "2", "--master_addr", "127.0.0.1"], {}, "--node_rank 2 is out of range: the job has 2 node(s)"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from ds_launch.commands import user_command
 from ds_launch.errors import LaunchError
 

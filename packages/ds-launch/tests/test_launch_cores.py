@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
+
 from ds_launch.cores import cores_for_rank, parse_range_list, resolve_core_list
 from ds_launch.errors import LaunchError
 

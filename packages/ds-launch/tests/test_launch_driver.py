@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 
-import ds_accel.probe
 import pytest
 from _launch_util import SCRIPTS, read_json_lines
+
+import ds_accel.probe
 from ds_launch import driver
 from ds_launch.errors import LaunchError
 from ds_launch.options import LaunchOptions

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from ds_launch.elastic import ElasticPolicy, elastic_agent_command, elastic_policy
 from ds_launch.errors import LaunchError
 from ds_launch.node import NodeLaunch, build_elastic_spec

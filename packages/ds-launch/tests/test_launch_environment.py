@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from ds_launch.environment import collect_exports, env_file_paths, load_deepspeed_env, parse_env_lines
 from ds_launch.errors import LaunchError
 

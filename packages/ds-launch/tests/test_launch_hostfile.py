@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from ds_launch.errors import LaunchError
 from ds_launch.hostfile import fetch_hostfile, parse_hostfile
 

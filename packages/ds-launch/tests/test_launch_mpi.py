@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 from _launch_jobs import PY, job, shim
+
 from ds_launch.errors import LaunchError
 from ds_launch.runners import get_runner, mpi
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from _launch_util import SCRIPTS, read_json_lines
+
 from ds_launch.errors import LaunchError
 from ds_launch.node import NodeLaunch, build_rank_specs, launch_from_argv, prepare_log_dir
 from ds_launch.resources import encode_world_info

@@ -10,6 +10,7 @@ import subprocess
 import pytest
 from _launch_jobs import job
 from _launch_util import SCRIPTS, free_port, read_json_lines, run_deepspeed
+
 from ds_launch.resources import decode_world_info
 from ds_launch.runners import get_runner
 

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 from _launch_util import SCRIPTS
+
 from ds_launch.errors import LaunchError
 from ds_launch.rank_exec import map_rank_env, prepare
 

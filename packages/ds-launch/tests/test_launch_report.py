@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+
 from ds_launch.report import build_report
 
 

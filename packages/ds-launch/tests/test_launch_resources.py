@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from ds_launch.errors import LaunchError
 from ds_launch.resources import (
     apply_num_nodes_and_gpus,

@@ -6,6 +6,7 @@ import shutil
 
 import pytest
 from _launch_jobs import job
+
 from ds_launch.errors import LaunchError
 from ds_launch.runners import RUNNERS, get_runner
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from _launch_jobs import job, shim
+
 from ds_launch.errors import LaunchError
 from ds_launch.runners import get_runner
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from _launch_util import make_ready_fifo, read_pids, wait_gone
+
 from ds_launch.supervisor import Failure, ProcessSpec, Supervisor, exit_code_of, format_failure
 
 PY = sys.executable

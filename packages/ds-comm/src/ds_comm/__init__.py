@@ -8,7 +8,7 @@ from ds_comm._version import __version__
 from ds_comm.collectives import *  # noqa: F403 - the collective API is this package's surface
 from ds_comm.collectives import __all__ as _collectives_all
 from ds_comm.env import DistEnvironment, DistEnvironmentError, discover
-from ds_comm.init import DEFAULT_TIMEOUT, init_distributed, last_discovery
+from ds_comm.init import DEFAULT_TIMEOUT, at_teardown, init_distributed, last_discovery
 from ds_comm.logging_api import configure, log_summary
 
 __all__ = [
@@ -16,6 +16,7 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "DistEnvironment",
     "DistEnvironmentError",
+    "at_teardown",
     "__version__",
     "comms_log",
     "configure",

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -17,6 +19,13 @@ logger = logging.getLogger("ds_comm")
 DEFAULT_TIMEOUT = timedelta(minutes=int(os.environ.get("DEEPSPEED_TIMEOUT", "30")))
 
 _discovered: DistEnvironment | None = None
+_teardown: list[Callable[[], None]] = []
+
+
+def at_teardown(callback: Callable[[], None]) -> None:
+    """Run ``callback`` at interpreter exit, just before the process group is destroyed: objects that
+    keep their own process groups (side groups) drop them there (Note [exit teardown])."""
+    _teardown.append(callback)
 
 
 def last_discovery() -> DistEnvironment | None:
@@ -66,3 +75,27 @@ def init_distributed(
         timeout=timeout or DEFAULT_TIMEOUT,
     )
     _discovered = env
+    atexit.register(_destroy_at_exit)
+
+
+def _destroy_at_exit() -> None:
+    """Tear down the group this module created if the script did not.
+
+    Note [exit teardown]: a gloo group left for interpreter shutdown can abort the process
+    ("terminate called without an active exception", exit 134) while its worker threads are torn
+    down, turning a finished training run into a failed job. DeepSpeed users rarely call
+    ``destroy_process_group``, so the group made here is destroyed before the interpreter exits.
+    A group object that outlives this (held by a long-lived trainer) has the same effect, so code
+    that keeps one registers :func:`at_teardown` to let go of it, and world-group users hold None.
+    """
+    for callback in reversed(_teardown):
+        try:
+            callback()
+        except Exception:  # noqa: BLE001 - exiting anyway
+            logger.debug("teardown callback failed", exc_info=True)
+    _teardown.clear()
+    if dist.is_available() and dist.is_initialized():
+        try:
+            dist.destroy_process_group()
+        except Exception:  # noqa: BLE001 - exiting anyway; never turn exit into a traceback
+            logger.debug("destroy_process_group at exit failed", exc_info=True)

@@ -8,7 +8,6 @@ from __future__ import annotations
 from typing import Any
 
 import ds_comm
-
 from ds_engine.config import reconcile_batch
 
 
@@ -117,6 +116,14 @@ class EngineAccessors:
     def get_model_parallel_rank(self) -> int:
         """Always 0: no model parallelism."""
         return 0
+
+    def elasticity_enabled(self) -> bool:
+        """``elasticity.enabled``: the batch triple came from the elastic computation."""
+        return bool(self._config.model.elasticity.enabled)
+
+    def autotuning_enabled(self) -> bool:
+        """``autotuning.enabled``: this run measures its profile steps for the autotuner."""
+        return bool(self._config.model.autotuning.enabled)
 
     def zero_gather_16bit_weights_on_model_save(self) -> bool:
         """``zero_optimization.stage3_gather_16bit_weights_on_model_save``."""

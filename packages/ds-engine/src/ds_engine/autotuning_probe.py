@@ -198,12 +198,19 @@ def _full_numel(param: torch.nn.Parameter) -> int:
 
 
 def _end_run() -> None:
-    """End the experiment on this rank as DeepSpeed does (``exit()``), leaving the process group cleanly."""
+    """End the experiment on this rank as DeepSpeed does (``exit()``).
+
+    Every rank is past the same step; they meet once more and take the process group down before exiting,
+    since a gloo group torn down by interpreter exit can abort the process (``terminate called without an
+    active exception``) and turn a measured experiment into a failed one.
+    """
     sys.stdout.flush()
     sys.stderr.flush()
-    with contextlib.suppress(Exception):
-        import torch.distributed as dist
+    import torch.distributed as dist
 
-        if dist.is_available() and dist.is_initialized():
+    if dist.is_available() and dist.is_initialized():
+        with contextlib.suppress(Exception):
+            dist.barrier()
+        with contextlib.suppress(Exception):
             dist.destroy_process_group()
     raise SystemExit(0)

@@ -10,11 +10,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import ds_comm
 import torch
 from torch import nn
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
+import ds_comm
 from ds_engine.builders import build_optimizer, build_scheduler
 from ds_engine.config import DeepSpeedConfig, DeepSpeedConfigError
 

@@ -6,7 +6,6 @@ import argparse
 from typing import Any
 
 import ds_comm
-
 from ds_engine.config import DeepSpeedConfig
 from ds_engine.engine import DeepSpeedEngine
 

@@ -240,14 +240,19 @@ def launch(options: LaunchOptions) -> int:
     options = replace(options, launcher=options.launcher.lower())
     if options.bind_core_list is not None and not options.bind_cores_to_rank:
         logger.warning("--bind_core_list has no effect without --bind_cores_to_rank")
-    if options.autotuning:
-        raise LaunchError(f"--autotuning {options.autotuning}: the autotuner is not available yet")
     env = dict(os.environ)
     # Without a hostfile the visible-devices variable becomes --include and leaves ``env``: each
     # node launcher sets it again from the selected slots.
     resolved, options = resolve_resources(options, env)
     multi_node = (options.force_multi or len(resolved.active_resources) > 1) and not options.no_ssh
     with pid_file(options.save_pid):
+        if options.autotuning:
+            from ds_launch.autotuning import run_autotuning
+
+            if not multi_node:
+                _check_local_script(options)
+            world_size = sum(len(slots) for slots in resolved.active_resources.values())
+            return run_autotuning(options, world_size=world_size, env=env)
         if multi_node:
             return run_multinode(options, resolved, env)
         return run_local(options, resolved, env)

@@ -50,7 +50,7 @@ def compose_stage0(*, module: nn.Module, optimizer: torch.optim.Optimizer, polic
     reducer = BucketedAllReduce(masters.holders, policy=policy.reduce, group=group, reduce_dtype=mp.reduce_dtype)
     scaler = make_loss_scaler(policy.loss_scale, rank=ds_comm.get_rank())
     return ZeroTrainer(module=module, optimizer=optimizer, policy=policy, masters=masters, reducer=reducer,
-                       scaler=scaler, norm_group=None)
+                       scaler=scaler)
 
 
 register_stage(0, compose_stage0)

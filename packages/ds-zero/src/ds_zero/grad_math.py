@@ -1,7 +1,7 @@
 """Stateless gradient arithmetic: unscale + overflow check, global norm, clipping.
 
-Each takes an optional process group: replicated gradients (stage 0) need no communication, while
-sharded gradients (stages 1-2) sum their partial results over the group, so every rank agrees on the
+Replicated gradients (stage 0) need no communication; for sharded gradients (``sharded=True``,
+stages 1-3) partial results are summed over ``group`` (None: the world), so every rank agrees on the
 overflow flag and on the norm.
 """
 
@@ -26,7 +26,7 @@ def _by_device(tensors: list[Tensor]) -> dict[tuple[torch.device, torch.dtype], 
     return groups
 
 
-def unscale_and_check_(grads: list[Tensor], inv_scale: float, *, group: Any = None) -> bool:
+def unscale_and_check_(grads: list[Tensor], inv_scale: float, *, group: Any = None, sharded: bool = False) -> bool:
     """Multiply ``grads`` by ``inv_scale`` in place and say whether any is inf/NaN on any rank."""
     found_any = False
     for (device, _), tensors in _by_device(grads).items():
@@ -34,7 +34,7 @@ def unscale_and_check_(grads: list[Tensor], inv_scale: float, *, group: Any = No
         inv = torch.full((1,), inv_scale, dtype=torch.float32, device=device)
         torch._amp_foreach_non_finite_check_and_unscale_(tensors, found, inv)
         found_any = found_any or bool(found.item())
-    if group is not None and ds_comm.get_world_size(group) > 1:
+    if sharded and ds_comm.get_world_size(group) > 1:
         flag = torch.tensor([1.0 if found_any else 0.0])
         if grads:
             flag = flag.to(grads[0].device)
@@ -43,8 +43,8 @@ def unscale_and_check_(grads: list[Tensor], inv_scale: float, *, group: Any = No
     return found_any
 
 
-def global_norm(grads: list[Tensor], *, norm_type: float = 2.0, group: Any = None) -> Tensor:
-    """The norm of all ``grads`` taken as one vector (over every rank's part when ``group`` is given)."""
+def global_norm(grads: list[Tensor], *, norm_type: float = 2.0, group: Any = None, sharded: bool = False) -> Tensor:
+    """The norm of all ``grads`` taken as one vector (over every rank's part when ``sharded``)."""
     device = grads[0].device if grads else torch.device("cpu")
     if grads:
         parts = [torch.stack([n.float() for n in torch._foreach_norm(ts, norm_type)]).to(device)
@@ -52,7 +52,7 @@ def global_norm(grads: list[Tensor], *, norm_type: float = 2.0, group: Any = Non
         local = torch.linalg.vector_norm(torch.cat(parts), norm_type)
     else:
         local = torch.zeros((), dtype=torch.float32, device=device)
-    if group is None or ds_comm.get_world_size(group) == 1:
+    if not sharded or ds_comm.get_world_size(group) == 1:
         return local
     if math.isinf(norm_type):
         out = local.reshape(1).clone()

@@ -199,10 +199,8 @@ def compose_sharded(*, module: nn.Module, optimizer: torch.optim.Optimizer, poli
     params.attach(reducer)
     reduction = ShardedReduction(reducer, policy.stage)
     scaler = make_loss_scaler(policy.loss_scale, rank=ds_comm.get_rank())
-    # The trainer's norm_group=None means "replicated, no communication": name the world explicitly.
-    norm_group = group if group is not None else ds_comm.get_world_group()
     return ShardedTrainer(module=module, optimizer=optimizer, policy=policy, masters=params, reducer=reduction,
-                          scaler=scaler, norm_group=norm_group)
+                          scaler=scaler, shard_group=group, sharded_grads=True)
 
 
 register_stage(1, compose_sharded)

@@ -58,7 +58,8 @@ class ZeroTrainer(ZeROOptimizer):
         masters: Masters,
         reducer: Reducer,
         scaler: StaticLossScaler,
-        norm_group: Any = None,
+        shard_group: Any = None,
+        sharded_grads: bool = False,
     ) -> None:
         self.module = module
         self.optimizer = optimizer
@@ -66,7 +67,11 @@ class ZeroTrainer(ZeROOptimizer):
         self.masters = masters
         self.reducer = reducer
         self.loss_scaler = scaler
-        self.norm_group = norm_group  # None: gradients are replicated, norms need no communication
+        # Note [no process-group references]: a ProcessGroup kept alive until interpreter shutdown can
+        # abort the process ("terminate called without an active exception"); the world is named by
+        # None, so a trainer for the world group holds no group object at all.
+        self.shard_group = shard_group
+        self.sharded_grads = sharded_grads  # True: each rank holds part of the gradient (stages 1-3)
         self.overflow = False
         self._global_grad_norm: Tensor | None = None
         # Note [hooks hold the trainer weakly]: a hook lives in the parameter's autograd node (C++), so a
@@ -155,12 +160,12 @@ class ZeroTrainer(ZeROOptimizer):
         scale = self.loss_scaler.cur_scale
         overflow = False
         if self.policy.check_overflow or scale != 1.0:
-            overflow = unscale_and_check_(grads, 1.0 / scale, group=self.norm_group)
+            overflow = unscale_and_check_(grads, 1.0 / scale, group=self.shard_group, sharded=self.sharded_grads)
         self.overflow = overflow
         if overflow:
             self._finish_step(applied=False)
             return False
-        norm = global_norm(grads, group=self.norm_group)
+        norm = global_norm(grads, group=self.shard_group, sharded=self.sharded_grads)
         if self.policy.clip_grad > 0:
             clip_(grads, self.policy.clip_grad, norm)
         self.optimizer.step()

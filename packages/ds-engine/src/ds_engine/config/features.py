@@ -1,5 +1,6 @@
 """Sections for features outside the training step: checkpoints, activation checkpointing, async I/O,
-and the DeepSpeed features this project does not build yet (accepted only while disabled).
+elasticity, autotuning, and the DeepSpeed features this project does not build yet (accepted only while
+disabled).
 
 Note: [loose-sections] A few DeepSpeed sections are large trees consumed only by features that are not
 built here (data-efficiency samplers, compression, sparse attention). Their top-level keys are validated;
@@ -9,9 +10,9 @@ them that switches its feature on.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, model_validator
 
 from ds_engine.config.base import ConfigModel, FeatureGate
 
@@ -102,75 +103,115 @@ class AioConfig(ConfigModel):
     """Use GPUDirect Storage."""
 
 
-class ElasticityConfig(FeatureGate):
-    """``elasticity``: elastic batch-size selection. Not supported yet (enabled must be false); the
-    launcher's ``--elastic_training`` uses torch elastic."""
+PositiveStrictInt = Annotated[int, Field(strict=True, gt=0)]
+ELASTICITY_VERSIONS = (0.1, 0.2)
 
-    max_train_batch_size: int | None = None
-    """Largest global batch size allowed."""
-    micro_batch_sizes: list[int] | None = None
-    """Candidate micro-batch sizes."""
-    min_gpus: int = 1
-    """Fewest accelerators."""
-    max_gpus: int = 10_000
-    """Most accelerators."""
-    min_time: int = 0
-    """Minimum minutes between scaling events."""
+
+class ElasticityConfig(ConfigModel):
+    """``elasticity``: choose a global batch that many world sizes can run, and override the batch keys
+    with it (see :mod:`ds_engine.elasticity`)."""
+
+    enabled: bool = False
+    """Let elasticity choose ``train_batch_size``, the micro batch and the accumulation steps."""
+    max_train_batch_size: PositiveStrictInt | None = None
+    """Largest global batch allowed (required when enabled)."""
+    micro_batch_sizes: list[PositiveStrictInt] | None = None
+    """Micro batches per GPU the job may use (required when enabled)."""
+    min_gpus: int = Field(1, ge=1)
+    """Fewest accelerators the job may run on."""
+    max_gpus: int = Field(10_000, ge=1)
+    """Most accelerators the job may run on."""
+    min_time: int = Field(0, ge=0)
+    """Minutes a scheduler should let the job run before scaling it (0: unknown)."""
     version: float = 0.2
-    """Elasticity algorithm version."""
+    """Elasticity algorithm: 0.1 (GPU counts) or 0.2 (whole nodes, model parallelism)."""
     ignore_non_elastic_batch_info: bool = False
-    """Ignore batch keys outside this section."""
+    """Silently ignore batch keys given outside this section (otherwise they are an error)."""
     prefer_larger_batch: bool = True
-    """Prefer larger batches when several are valid."""
-    num_gpus_per_node: int = 1
-    """Accelerators per node."""
-    model_parallel_size: int = 1
-    """Model-parallel degree."""
+    """Among equally elastic batches, take the larger one (and the larger micro batch)."""
+    num_gpus_per_node: int = Field(1, ge=1)
+    """Accelerators per node (version 0.2)."""
+    model_parallel_size: int = Field(1, ge=1)
+    """Model-parallel degree (version 0.2 only)."""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ElasticityConfig:
+        if self.version not in ELASTICITY_VERSIONS:
+            raise ValueError(f"elasticity version {self.version} is not supported; this runtime has versions "
+                             f"{', '.join(map(str, ELASTICITY_VERSIONS))}")
+        if self.max_gpus < self.min_gpus:
+            raise ValueError(f"min_gpus {self.min_gpus} is larger than max_gpus {self.max_gpus}")
+        if self.model_parallel_size > 1 and self.version != 0.2:
+            raise ValueError(f"elasticity version {self.version} does not support model parallelism "
+                             f"(model_parallel_size {self.model_parallel_size}); use version 0.2")
+        if self.enabled:
+            missing = [k for k in ("max_train_batch_size", "micro_batch_sizes") if getattr(self, k) is None]
+            if missing:
+                raise ValueError(f"elasticity is enabled but {' and '.join(missing)} is missing")
+            if not self.micro_batch_sizes:
+                raise ValueError("elasticity is enabled but micro_batch_sizes is empty")
+        return self
 
 
-class AutotuningConfig(FeatureGate):
-    """``autotuning``: DeepSpeed's autotuner. Not supported yet (enabled must be false)."""
+class AutotuningConfig(ConfigModel):
+    """``autotuning``: DeepSpeed's autotuner. Runs started by ``deepspeed --autotuning tune|run`` measure the
+    steps ``start_profile_step``..``end_profile_step``, write ``metric_path`` and end (see
+    :mod:`ds_engine.autotuning_probe`); the search itself is :mod:`ds_launch.autotuning`."""
 
+    enabled: bool = False
+    """Measure this run for the autotuner (the engine ends the run after ``end_profile_step``)."""
     fast: bool = True
-    """Tune only the most important knobs."""
+    """Tune only ZeRO stages and micro batch sizes; false also tunes each stage's main knobs."""
     results_dir: str = "autotuning_results"
     """Directory for results."""
     exps_dir: str = "autotuning_exps"
-    """Directory for experiments."""
+    """Directory for experiment descriptions."""
     overwrite: bool = True
-    """Overwrite previous results."""
-    start_profile_step: int = 3
-    """First profiled step."""
-    end_profile_step: int = 5
-    """Last profiled step."""
+    """Rerun experiments whose results already exist (false: reuse them)."""
+    start_profile_step: int = Field(3, ge=0)
+    """Optimizer steps run before the measurement starts (warm-up)."""
+    end_profile_step: int = Field(5, ge=0)
+    """Last measured step; the run ends after it."""
     metric_path: str | None = None
-    """Where the metric is written."""
+    """Where the engine writes the metrics (default: ``./autotuning_metric.json``)."""
     tuner_type: Literal["gridsearch", "random", "model_based"] = "gridsearch"
     """Search strategy."""
-    tuner_early_stopping: int = 5
-    """Stop after this many trials without improvement."""
-    tuner_num_trials: int = 50
-    """Most trials."""
+    tuner_early_stopping: int = Field(5, ge=1)
+    """Stop a stage's search after this many experiments without improvement."""
+    tuner_num_trials: int = Field(50, ge=1)
+    """Most experiments run."""
     arg_mappings: dict[str, str] | None = None
-    """Map of config keys to script arguments."""
-    max_train_batch_size: int | None = None
+    """Config key -> script flag, for scripts that take batch settings as arguments."""
+    max_train_batch_size: int | None = Field(None, gt=0)
     """Largest global batch tried."""
-    min_train_batch_size: int = 1
+    min_train_batch_size: int = Field(1, gt=0)
     """Smallest global batch tried."""
-    max_train_micro_batch_size_per_gpu: int = 1024
+    max_train_micro_batch_size_per_gpu: int = Field(1024, gt=0)
     """Largest micro batch tried."""
-    min_train_micro_batch_size_per_gpu: int = 1
+    min_train_micro_batch_size_per_gpu: int = Field(1, gt=0)
     """Smallest micro batch tried."""
-    num_tuning_micro_batch_sizes: int = 3
-    """Micro-batch sizes tried."""
-    mp_size: int = 1
+    num_tuning_micro_batch_sizes: int = Field(3, gt=0)
+    """Micro-batch sizes tried per ZeRO stage."""
+    mp_size: int = Field(1, gt=0)
     """Model-parallel degree."""
     metric: Literal["latency", "throughput", "flops", "forward", "step"] = "throughput"
-    """What is optimised."""
+    """What is optimised (latency is minimised, the others maximised)."""
     model_info: dict[str, Any] | None = None
-    """Model facts (num_params, hidden_size, num_layers, profile)."""
+    """Model facts (num_params, hidden_size, num_layers, profile); ``profile: true`` asks the engine to
+    write them to ``model_info_path`` after the first forward and end the run."""
     model_info_path: str | None = None
-    """Where model facts are written."""
+    """Where model facts are written (default: ``./autotuning_model_info.json``)."""
+    memory_per_device: int | None = Field(None, gt=0)
+    """(This project's extension.) Bytes one rank may use when the autotuner prunes configurations by the
+    ZeRO memory formulas; default: what the profiling run measured (the accelerator's memory; on CPU, host
+    memory divided by the node's ranks). DeepSpeed ignores unknown keys here, so configs stay portable."""
+
+    @model_validator(mode="after")
+    def _profile_window(self) -> AutotuningConfig:
+        if self.end_profile_step < self.start_profile_step:
+            raise ValueError(f"end_profile_step {self.end_profile_step} is before start_profile_step "
+                             f"{self.start_profile_step}")
+        return self
 
 
 class DataEfficiencyConfig(FeatureGate):

@@ -50,6 +50,7 @@ from ds_engine.config.precision import (
     TorchAutocastConfig,
 )
 from ds_engine.config.zero import ZeroConfig
+from ds_engine.elasticity.batch import elastic_batch_sizes
 
 logger = logging.getLogger("ds_engine")
 
@@ -220,8 +221,6 @@ def unsupported_features(model: DeepSpeedConfigModel) -> list[str]:
         "wandb.enabled": model.wandb.enabled,
         "comet.enabled": model.comet.enabled,
         "flops_profiler.enabled": model.flops_profiler.enabled,
-        "elasticity.enabled": model.elasticity.enabled,
-        "autotuning.enabled": model.autotuning.enabled,
         "data_efficiency": model.data_efficiency.switched_on(),
         "curriculum_learning.enabled": model.curriculum_learning.enabled,
         "hybrid_engine.enabled": model.hybrid_engine.enabled,
@@ -300,12 +299,16 @@ class DeepSpeedConfig:
         if world_size is None:
             world_size = mpu.get_data_parallel_world_size() if mpu is not None else _default_world_size()
         self.world_size = world_size
-        self.batch: BatchSizes = reconcile_batch(
-            train_batch_size=self.model.train_batch_size,
-            micro_batch_per_gpu=self.model.train_micro_batch_size_per_gpu,
-            gradient_accumulation_steps=self.model.gradient_accumulation_steps,
-            dp_world_size=world_size,
-        )
+        if self.model.elasticity.enabled:
+            self.batch: BatchSizes = elastic_batch_sizes(config=self.model.elasticity, ds_config=resolved,
+                                                         world_size=world_size)
+        else:
+            self.batch = reconcile_batch(
+                train_batch_size=self.model.train_batch_size,
+                micro_batch_per_gpu=self.model.train_micro_batch_size_per_gpu,
+                gradient_accumulation_steps=self.model.gradient_accumulation_steps,
+                dp_world_size=world_size,
+            )
 
     def __getattr__(self, name: str) -> Any:
         # Sections and scalar keys read straight off the validated model: cfg.fp16.enabled.
@@ -329,6 +332,11 @@ class DeepSpeedConfig:
     def gradient_accumulation_steps(self) -> int:
         """Micro-steps per optimizer step."""
         return self.batch.gradient_accumulation_steps
+
+    @property
+    def elasticity_enabled(self) -> bool:
+        """Whether the ``elasticity`` section chose the batch sizes."""
+        return self.model.elasticity.enabled
 
     @property
     def zero_config(self) -> ZeroConfig:

@@ -15,6 +15,7 @@ the units that follow it, up to ``stage3_prefetch_bucket_size`` elements.
 
 from __future__ import annotations
 
+import weakref
 from functools import partial
 from typing import Any
 
@@ -45,6 +46,7 @@ class UnitHooks:
         if check and world > 1:
             ranks = [ds_comm.get_global_rank(group, r) for r in range(world)] if group is not None else None
             self.side = ds_comm.new_group(ranks=ranks, backend="gloo")
+            ds_comm.at_teardown(_release_side_group(weakref.ref(self)))  # Note [exit teardown] in ds_comm
         self.world = world
         self.calls = [0] * len(self.units)
         self.order: list[int] | None = [] if prefetch_numel > 0 and len(self.units) > 1 else None
@@ -113,3 +115,14 @@ def _after_root(hooks: UnitHooks, module: nn.Module, args: Any, output: Any) -> 
     if hooks.order is not None:
         order, hooks.order = hooks.order, None
         hooks._install_prefetch(order)
+
+
+def _release_side_group(hooks: weakref.ref) -> Any:
+    """A teardown callback that drops the side group of ``hooks`` if it is still alive."""
+
+    def release() -> None:
+        alive = hooks()
+        if alive is not None:
+            alive.side = None
+
+    return release

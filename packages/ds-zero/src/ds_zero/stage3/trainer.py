@@ -104,10 +104,10 @@ def compose_stage3(*, module: nn.Module, optimizer: torch.optim.Optimizer, polic
     params = Stage3Params(sharded, optimizer, policy, group)
     _cast_rest(module, mp.param_dtype, keep={id(p) for p in params.persistent_params})
     hooks = UnitHooks(sharded, group=group, prefetch_numel=s3.prefetch_bucket_numel, check=s3.detect_divergence)
-    norm_group = group if group is not None else ds_comm.get_world_group()
     return Stage3Trainer(module=module, optimizer=optimizer, policy=policy, masters=params,
                          reducer=Stage3Reduction(params.reduction()), scaler=make_loss_scaler(policy.loss_scale,
-                         rank=ds_comm.get_rank()), norm_group=norm_group, sharded=sharded, hooks=hooks)
+                         rank=ds_comm.get_rank()), shard_group=group, sharded_grads=True, sharded=sharded,
+                         hooks=hooks)
 
 
 def consolidated_16bit_state_dict(trainer: Stage3Trainer, exclude_frozen_parameters: bool = False) -> dict[str, Tensor] | None:
