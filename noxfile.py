@@ -3,7 +3,8 @@
 `nox -t ci` is what `.ci/run` and the README's test command run: the whole suite on CPU, split so
 that nothing runs twice: every package's tests in a venv of its own holding only that package's
 declared dependencies (`package`), the cross-package tests with everything installed
-(`integration`), and lint. `nox -s tests` runs the same tests in one venv.
+(`integration`), the third-party clients (`clients`: Hugging Face Trainer, Accelerate, Lightning,
+installed as test-only dependencies), and lint. `nox -s tests` runs the first two in one venv.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ PACKAGES = ["ds-accel", "ds-comm", "ds-kernels", "ds-zero", "ds-engine", "ds-lau
 # Optional extras each package's own tests exercise (mpi4py for MPI discovery, triton for kernels).
 PACKAGE_TEST_EXTRAS = {"ds-comm": "mpi", "ds-kernels": "test", "ds-zero": "safetensors"}
 TEST_DEPS = ["pytest>=8", "pytest-timeout>=2.3", "numpy", "packaging"]
+# The third-party clients `tests/clients` drives (test-only dependencies), at the versions verified.
+CLIENT_DEPS = ["transformers==5.24.0", "accelerate==1.15.0", "lightning==2.6.6", "safetensors"]
 # Debian packages the real-process tests use: binary -> package.
 SYSTEM_PACKAGES = {"mpirun": "openmpi-bin", "pdsh": "pdsh"}
 
@@ -133,6 +136,15 @@ def cuda(session: nox.Session) -> None:
     session.install("--no-deps", *editable, "-e", ".")
     session.install("pydantic>=2.5", "typer>=0.12", *TEST_DEPS)
     _pytest(session, *[f"packages/{p}/tests" for p in PACKAGES], "tests", marker="cuda")
+
+
+@nox.session(tags=["ci"])
+def clients(session: nox.Session) -> None:
+    """Hugging Face Trainer, Accelerate and PyTorch Lightning run unchanged on this `deepspeed`
+    (`tests/clients`: 2 CPU ranks each, launched as users launch them)."""
+    _install_everything(session)
+    session.install("-c", "constraints.txt", *CLIENT_DEPS)
+    _pytest(session, "tests/clients")
 
 
 @nox.session(tags=["ci"])

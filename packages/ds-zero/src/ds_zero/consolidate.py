@@ -12,6 +12,7 @@ import argparse
 import glob
 import json
 import os
+import pickle
 import re
 import sys
 from collections.abc import Mapping
@@ -193,6 +194,13 @@ def main(argv: list[str] | None = None) -> int:
             args.checkpoint_dir, args.output_dir, max_shard_size=args.max_shard_size,
             safe_serialization=args.safe_serialization, tag=args.tag,
             exclude_frozen_parameters=args.exclude_frozen_parameters)
+    except pickle.UnpicklingError as exc:
+        # weights_only loading refuses arbitrary pickles, e.g. a checkpoint DeepSpeed itself wrote.
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"zero_to_fp32: error: {args.checkpoint_dir} is not a checkpoint this project wrote or cannot be loaded "
+              f"safely ({first}); for a DeepSpeed-written checkpoint use the zero_to_fp32.py saved beside it",
+              file=sys.stderr)
+        return 2
     except (FileNotFoundError, ValueError, RuntimeError, KeyError) as exc:
         print(f"zero_to_fp32: error: {exc}", file=sys.stderr)
         return 2

@@ -101,3 +101,21 @@ def safe_load(path: str, map_location: Any = "cpu") -> Any:
                 f"{path} holds objects that cannot be loaded safely (weights_only=True): {str(exc).splitlines()[0]}"
             ) from None
         raise
+
+
+CPU = torch.device("cpu")
+
+
+def clone_tensors_for_torch_save(item: Any, device: torch.device | str = CPU) -> Any:
+    """A copy of ``item`` whose tensors (also inside dicts, lists and tuples) are compact clones on ``device``."""
+    target = torch.device(device)
+    if torch.is_tensor(item):
+        moved = item.detach().to(target)
+        return moved.clone() if moved.data_ptr() == item.data_ptr() else moved  # same storage: make it compact
+    if isinstance(item, dict):
+        return type(item)((key, clone_tensors_for_torch_save(value, target)) for key, value in item.items())
+    if isinstance(item, tuple) and hasattr(item, "_fields"):  # a namedtuple takes its fields positionally
+        return type(item)(*(clone_tensors_for_torch_save(value, target) for value in item))
+    if isinstance(item, (list, tuple)):
+        return type(item)(clone_tensors_for_torch_save(value, target) for value in item)
+    return item

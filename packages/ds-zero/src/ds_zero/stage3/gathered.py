@@ -19,17 +19,15 @@ import torch
 from torch import Tensor, nn
 from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor
-from torch.utils.weak import WeakIdKeyDictionary
 
 import ds_comm
 from ds_zero.stage3 import shards
 from ds_zero.stage3.external import register_external_parameter, unregister_external_parameter
-from ds_zero.stage3.sharding import HOLDERS, UNIT_OF
+from ds_zero.stage3.sharding import OWNED, holders_of, unit_of
 from ds_zero.stage3.status import ZeroParamStatus
 
 # persistent parameter -> (weak) the masters holder to refresh after a modifier writes it
 _NOTHING = torch.empty(0)
-PERSISTENT_OWNER: WeakIdKeyDictionary = WeakIdKeyDictionary()
 
 def _as_list(params: Any) -> list[nn.Parameter]:
     if params is None:
@@ -47,13 +45,12 @@ def _as_list(params: Any) -> list[nn.Parameter]:
 def _resolve(params: list[nn.Parameter]) -> list[nn.Parameter]:
     """Map gathered copies to their sharded parameters. While a unit is gathered, its modules hold
     FSDP2's full copies, and a caller may hand those in; changes must reach the shards instead."""
-    if all(shards.is_zero3_param(p) or getattr(p, "ds_persist", False) for p in params) or not len(HOLDERS):
+    if all(shards.is_zero3_param(p) or getattr(p, "ds_persist", False) for p in params) or not len(OWNED):
         return params
     twin = {}
-    for sharded, holders in HOLDERS.items():
-        for ref, name in holders:
-            owner = ref()
-            if owner is not None and owner._parameters.get(name) is not None:
+    for owner, named in list(OWNED.items()):
+        for name, sharded in named.items():
+            if owner._parameters.get(name) is not None:
                 twin[id(owner._parameters[name])] = sharded
     out, seen = [], set()
     for p in params:
@@ -107,7 +104,7 @@ class GatheredParameters:
             for p in self.params:
                 if isinstance(p, DTensor):
                     self._swap(p, p)
-                    unit = UNIT_OF.get(p)
+                    unit = unit_of(p)
                     if unit is not None:
                         unit.reshard()
                 else:
@@ -131,7 +128,7 @@ class GatheredParameters:
         for p in self.persistent:
             with torch.no_grad():
                 p.data.copy_(shards.broadcast_full(p.data, src=src, group=getattr(p, "ds_process_group", None)))
-            ref = PERSISTENT_OWNER.get(p)
+            ref = getattr(p, "_ds_persistent_owner", None)  # Note [no weak references to parameters]
             owner = ref() if ref is not None else None
             if owner is not None:
                 owners[id(owner)] = owner
@@ -140,7 +137,7 @@ class GatheredParameters:
 
     @staticmethod
     def _swap(param: nn.Parameter, value: nn.Parameter) -> None:
-        for ref, name in HOLDERS.get(param, []):
+        for ref, name in holders_of(param):
             owner = ref()
             if owner is not None:
                 owner._parameters[name] = value

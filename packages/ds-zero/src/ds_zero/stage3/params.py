@@ -28,7 +28,6 @@ import ds_comm
 from ds_zero.grad_reducer import GradReducer
 from ds_zero.policy import ZeroPolicy
 from ds_zero.stage3 import shards
-from ds_zero.stage3.gathered import PERSISTENT_OWNER
 from ds_zero.stage3.sharding import ShardedModel
 from ds_zero.stage12 import ShardedParams, ShardedReduction
 from ds_zero.units import ParamSlot
@@ -105,7 +104,7 @@ class Stage3Params:
             optimizer.param_groups[g]["params"] = holders + extra
         this = weakref.ref(self)
         for p in self.persistent_params:
-            PERSISTENT_OWNER[p] = this
+            p._ds_persistent_owner = this  # read by GatheredParameters (no weakref on the tensor itself)
         in_opt = {id(p) for p in self.unit_params} | {id(p) for p in self.persistent_params}
         self.other_params = [p for p in sharded.module.parameters() if p.requires_grad and id(p) not in in_opt]
 

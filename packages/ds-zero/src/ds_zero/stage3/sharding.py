@@ -31,7 +31,6 @@ from torch.distributed.fsdp import (
     fully_shard,
 )
 from torch.distributed.tensor import DTensor
-from torch.utils.weak import WeakIdKeyDictionary
 
 import ds_comm
 from ds_zero.entry import StageNotAvailable
@@ -42,10 +41,23 @@ from ds_zero.stage3.plan import UnitPlan, plan_units
 from ds_zero.stage3.policy import stage3_of, unit_cap
 from ds_zero.stage3.status import ZeroParamStatus, mark
 
-# Which unit manages a sharded parameter (GatheredParameters reshards it after writing the shards).
-UNIT_OF: WeakIdKeyDictionary = WeakIdKeyDictionary()
-# Which module attributes hold a sharded parameter (GatheredParameters puts full views there).
-HOLDERS: WeakIdKeyDictionary = WeakIdKeyDictionary()
+# Note [no weak references to parameters]: FSDP2 and nn.Module._apply (``model.cpu()``, as Lightning's
+# teardown calls) swap parameter tensors, which torch refuses for a tensor that has weak references.
+# So the bookkeeping lives on the parameter (``_ds_unit``: the unit that manages it, which
+# GatheredParameters reshards after writing; ``_ds_holders``: the module attributes that hold it, where
+# GatheredParameters puts full views) and, keyed weakly by module, in OWNED (module -> its sharded
+# parameters by attribute name).
+OWNED: weakref.WeakKeyDictionary[nn.Module, dict[str, DTensor]] = weakref.WeakKeyDictionary()
+
+
+def unit_of(param: Any) -> Any:
+    """The FSDP unit that manages ``param`` (None for a parameter that is not sharded)."""
+    return getattr(param, "_ds_unit", None)
+
+
+def holders_of(param: Any) -> list[tuple[weakref.ref, str]]:
+    """(module, attribute name) pairs that hold ``param``."""
+    return getattr(param, "_ds_holders", [])
 
 
 @dataclass
@@ -176,9 +188,10 @@ def _rebind(module: nn.Module, before: list[tuple[nn.Module, str, nn.Parameter]]
             owner.register_load_state_dict_pre_hook(partial(_load_full_into_shards, mine))
         for name, p in owner._parameters.items():
             if isinstance(p, DTensor):
-                HOLDERS.setdefault(p, []).append((weakref.ref(owner), name))
-            if isinstance(p, DTensor) and p not in UNIT_OF:
-                UNIT_OF[p] = unit_of_module[id(owner)]
+                p._ds_holders = [*holders_of(p), (weakref.ref(owner), name)]
+                OWNED.setdefault(owner, {})[name] = p
+            if isinstance(p, DTensor) and unit_of(p) is None:
+                p._ds_unit = unit_of_module[id(owner)]
                 mark(p, shape=p.shape, group=group, persist=False, status=ZeroParamStatus.NOT_AVAILABLE)
     names = {id(p): name for name, p in module.named_parameters()}
     return replaced, names
@@ -189,7 +202,7 @@ def _load_full_into_shards(sharded: dict[str, DTensor], module: nn.Module, state
     """``load_state_dict`` pre-hook: turn full tensors for sharded parameters into this rank's rows."""
     for name, param in sharded.items():
         if module._parameters.get(name) is not param:  # the unit is gathered: load into the shards
-            UNIT_OF[param].reshard()
+            unit_of(param).reshard()
         key = prefix + name
         value = state_dict.get(key)
         if value is None or isinstance(value, DTensor) or value.shape != param.shape:
