@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import sys
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -75,7 +76,23 @@ def init_distributed(
         timeout=timeout or DEFAULT_TIMEOUT,
     )
     _discovered = env
+    _watch_for_uncaught_exceptions()
     atexit.register(_destroy_at_exit)
+
+
+_failing = False
+
+
+def _watch_for_uncaught_exceptions() -> None:
+    """Remember whether the script dies of an uncaught exception (see Note [exit teardown])."""
+    previous = sys.excepthook
+
+    def hook(*exc_info: Any) -> None:
+        global _failing
+        _failing = True
+        previous(*exc_info)
+
+    sys.excepthook = hook
 
 
 def _destroy_at_exit() -> None:
@@ -87,7 +104,12 @@ def _destroy_at_exit() -> None:
     ``destroy_process_group``, so the group made here is destroyed before the interpreter exits.
     A group object that outlives this (held by a long-lived trainer) has the same effect, so code
     that keeps one registers :func:`at_teardown` to let go of it, and world-group users hold None.
+    A rank dying of an uncaught exception keeps its group: destroying it would close its
+    connections first, and the peers' "connection closed" errors could then reach the launcher
+    before this rank's own traceback, hiding the cause of the failure.
     """
+    if _failing:
+        return
     for callback in reversed(_teardown):
         try:
             callback()
