@@ -46,3 +46,16 @@ def test_feature_modules_resolve_as_attributes():
     from deepspeed.runtime.lr_schedules import VALID_LR_SCHEDULES
 
     assert {"WarmupLR", "WarmupDecayLR", "WarmupCosineLR", "OneCycle", "LRRangeTest"} <= set(VALID_LR_SCHEDULES)
+
+
+def test_zero3_names_at_deepspeed_paths():
+    import torch
+
+    import deepspeed.runtime.zero.partition_parameters as pp
+    import deepspeed.zero as zero
+    from ds_zero.stage3 import GatheredParameters, Init
+
+    assert zero.Init is Init and zero.GatheredParameters is GatheredParameters and pp.Init is Init
+    assert pp._orig_torch_arange is torch.arange and pp._orig_torch_empty is torch.empty
+    make = pp.zero_wrapper_for_fp_tensor_constructor(torch.ones, torch.bfloat16, torch.device("cpu"))
+    assert make(3).dtype == torch.bfloat16 and make(3, dtype=torch.int64).dtype == torch.int64

@@ -172,14 +172,3 @@ def test_dtype_device_enabled_and_module_options():
     assert untouched == torch.Size([6, 4]) and existing == 12
     assert "zero.Init(dtype=torch.int8)" in bad
     assert init_name == "__init__" and not hasattr(nn.Linear.__init__, "__wrapped__")  # constructors restored
-
-
-def test_compat_names_at_deepspeed_paths():
-    import deepspeed.runtime.zero.partition_parameters as pp
-    import deepspeed.zero as zero
-    from ds_zero.stage3 import GatheredParameters, Init
-
-    assert zero.Init is Init and zero.GatheredParameters is GatheredParameters and pp.Init is Init
-    assert pp._orig_torch_arange is torch.arange and pp._orig_torch_empty is torch.empty
-    make = pp.zero_wrapper_for_fp_tensor_constructor(torch.ones, torch.bfloat16, torch.device("cpu"))
-    assert make(3).dtype == torch.bfloat16 and make(3, dtype=torch.int64).dtype == torch.int64
