@@ -9,12 +9,12 @@ import torch
 
 from .._torch.adagrad import adagrad_torch
 from ..tensor_lists import validate_lists
-from .base import StepOptimizer
+from .base import CPUOnly, StepOptimizer
 
 __all__ = ["DeepSpeedCPUAdagrad"]
 
 
-class DeepSpeedCPUAdagrad(StepOptimizer):
+class DeepSpeedCPUAdagrad(CPUOnly, StepOptimizer):
     """Adagrad for parameters in CPU memory (DeepSpeed's ``deepspeed.ops.adagrad.DeepSpeedCPUAdagrad``).
 
     ``sum += g * g``; ``p -= lr * g / (sqrt(sum) + eps)``, with ``weight_decay * p`` added to ``g``
@@ -24,6 +24,8 @@ class DeepSpeedCPUAdagrad(StepOptimizer):
     """
 
     state_names = ("exp_avg_sq",)
+
+    cpu_hint = ""
 
     def __init__(self, model_params: Iterable[Any], lr: float = 1e-2, eps: float = 1e-10, weight_decay: float = 0,
                  amsgrad: bool = False, fp32_optimizer_states: bool = True) -> None:
@@ -35,13 +37,6 @@ class DeepSpeedCPUAdagrad(StepOptimizer):
         super().__setstate__(state)
         for group in self.param_groups:
             group.setdefault("amsgrad", False)
-
-    def _state_dtype(self, param: torch.Tensor) -> torch.dtype:
-        return torch.float32 if self.fp32_optimizer_states else param.dtype
-
-    def _check_param(self, param: torch.Tensor, where: str) -> None:
-        if param.device.type != "cpu":
-            raise RuntimeError(f"DeepSpeedCPUAdagrad: {where} is on {param.device}; it steps CPU tensors only")
 
     def _densify(self, grad: torch.Tensor, group: dict[str, Any], where: str) -> torch.Tensor:
         if group["weight_decay"]:

@@ -10,7 +10,7 @@ import torch
 from ..backend import BackendName
 from ..functional import adamw_step_multi
 from ..policy import KernelPolicy
-from .base import Batch, StepOptimizer
+from .base import Batch, CPUOnly, StepOptimizer
 
 __all__ = ["DeepSpeedCPUAdam", "FusedAdam"]
 
@@ -84,13 +84,15 @@ class FusedAdam(_AdamBase):
         return self._step_all(closure)
 
 
-class DeepSpeedCPUAdam(_AdamBase):
+class DeepSpeedCPUAdam(CPUOnly, _AdamBase):
     """Adam/AdamW for parameters in CPU memory (ZeRO-Offload), on PyTorch's fused CPU kernels
     (DeepSpeed's ``deepspeed.ops.adam.DeepSpeedCPUAdam``, with no C++ build).
 
     ``fp32_optimizer_states=True`` keeps the moments in float32 whatever the parameters' dtype
     (bf16/fp16 parameters are then updated through float32 chunks).
     """
+
+    cpu_hint = " (set zero_optimization.offload_optimizer.device to 'cpu', or use FusedAdam)"
 
     def __init__(self, model_params: Iterable[Any], lr: float = 1e-3, bias_correction: bool = True,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0,
@@ -110,14 +112,6 @@ class DeepSpeedCPUAdam(_AdamBase):
         if param_group.get("amsgrad", self.defaults.get("amsgrad", False)):
             raise RuntimeError("DeepSpeedCPUAdam: amsgrad=True is not supported")
         super().add_param_group(param_group)
-
-    def _state_dtype(self, param: torch.Tensor) -> torch.dtype:
-        return torch.float32 if self.fp32_optimizer_states else param.dtype
-
-    def _check_param(self, param: torch.Tensor, where: str) -> None:
-        if param.device.type != "cpu":
-            raise RuntimeError(f"DeepSpeedCPUAdam: {where} is on {param.device}; it steps CPU tensors only "
-                               "(set zero_optimization.offload_optimizer.device to 'cpu', or use FusedAdam)")
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """One optimizer step over every parameter with a gradient."""

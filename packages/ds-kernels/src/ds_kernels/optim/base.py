@@ -126,3 +126,21 @@ class StepOptimizer(torch.optim.Optimizer):
                     # torch casts states to the parameter's dtype; restore ours (e.g. fp32 states
                     # for bf16 parameters) from the saved tensors.
                     state[key] = value.to(device=p.device, dtype=self._state_dtype(p), copy=True)
+
+
+class CPUOnly:
+    """Mixin of DeepSpeed's CPU optimizers: CPU tensors only, float32 states unless
+    ``fp32_optimizer_states=False``. Put it before :class:`StepOptimizer` in the bases."""
+
+    fp32_optimizer_states: bool = True
+    #: Appended to the wrong-device error: where accelerator tensors should go instead.
+    cpu_hint: str = ""
+
+    def _state_dtype(self, param: torch.Tensor) -> torch.dtype:
+        return torch.float32 if self.fp32_optimizer_states else param.dtype
+
+    def _check_param(self, param: torch.Tensor, where: str) -> None:
+        if param.device.type != "cpu":
+            raise RuntimeError(f"{type(self).__name__}: {where} is on {param.device}; it steps CPU tensors only"
+                               f"{self.cpu_hint}")
+

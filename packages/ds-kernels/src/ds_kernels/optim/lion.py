@@ -10,7 +10,7 @@ import torch
 from ..backend import BackendName
 from ..functional import lion_step_multi
 from ..policy import KernelPolicy
-from .base import StepOptimizer
+from .base import CPUOnly, StepOptimizer
 
 __all__ = ["DeepSpeedCPULion", "FusedLion"]
 
@@ -59,23 +59,17 @@ class FusedLion(_LionBase):
         return self._step_all(closure)
 
 
-class DeepSpeedCPULion(_LionBase):
+class DeepSpeedCPULion(CPUOnly, _LionBase):
     """Lion for parameters in CPU memory (DeepSpeed's ``deepspeed.ops.lion.DeepSpeedCPULion``),
     with ``_foreach`` ops and float32 states by default (``fp32_optimizer_states``)."""
+
+    cpu_hint = " (use FusedLion for accelerator tensors)"
 
     def __init__(self, model_params: Iterable[Any], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  weight_decay: float = 0, fp32_optimizer_states: bool = True) -> None:
         super().__init__(model_params, dict(lr=lr, betas=betas, weight_decay=weight_decay))
         self.fp32_optimizer_states = fp32_optimizer_states
         self.backend = "torch"
-
-    def _state_dtype(self, param: torch.Tensor) -> torch.dtype:
-        return torch.float32 if self.fp32_optimizer_states else param.dtype
-
-    def _check_param(self, param: torch.Tensor, where: str) -> None:
-        if param.device.type != "cpu":
-            raise RuntimeError(f"DeepSpeedCPULion: {where} is on {param.device}; it steps CPU tensors only "
-                               "(use FusedLion for accelerator tensors)")
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """One optimizer step over every parameter with a gradient."""
