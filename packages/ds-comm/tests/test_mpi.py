@@ -1,4 +1,7 @@
-"""Debian's OpenMPI `mpirun` starts ranks that find each other through mpi4py and form a gloo group."""
+"""Debian's OpenMPI `mpirun` starts ranks that find each other through mpi4py and form a gloo group.
+
+Each rank reports into its own file: mpirun's stdout forwarding may splice two ranks' lines together
+when Python writes text and newline separately (it does under PYTHONUNBUFFERED=1)."""
 
 from __future__ import annotations
 
@@ -12,13 +15,14 @@ import pytest
 pytestmark = [pytest.mark.mpi, pytest.mark.timeout(180)]
 
 RANK_SCRIPT = """
-import torch, ds_comm
+import sys, torch, ds_comm
 ds_comm.init_distributed(dist_backend="gloo")
 env = ds_comm.last_discovery()
 t = torch.tensor([float(ds_comm.get_rank() + 1)])
 ds_comm.all_reduce(t)
-print(f"rank={ds_comm.get_rank()} world={ds_comm.get_world_size()} local={env.local_rank} sum={t.item():g} "
-      f"addr_from={env.sources['master_addr']} rank_from={env.sources['rank']}", flush=True)
+with open(f"{sys.argv[1]}/rank{ds_comm.get_rank()}.txt", "w") as report:
+    report.write(f"rank={ds_comm.get_rank()} world={ds_comm.get_world_size()} local={env.local_rank} "
+                 f"sum={t.item():g} addr_from={env.sources['master_addr']} rank_from={env.sources['rank']}")
 """
 
 
@@ -41,10 +45,10 @@ def mpi_env():
 def test_mpirun_forms_a_gloo_world_through_mpi4py(mpi_env, tmp_path):
     script = tmp_path / "rank.py"
     script.write_text(RANK_SCRIPT)
-    out = subprocess.run(mpirun_command(2, sys.executable, str(script)), capture_output=True, text=True,
+    out = subprocess.run(mpirun_command(2, sys.executable, str(script), str(tmp_path)), capture_output=True, text=True,
                          env=mpi_env, timeout=150)
     assert out.returncode == 0, out.stdout + out.stderr
-    lines = sorted(line for line in out.stdout.splitlines() if line.startswith("rank="))
+    lines = [(tmp_path / f"rank{rank}.txt").read_text() for rank in range(2)]
     assert lines == [
         "rank=0 world=2 local=0 sum=3 addr_from=mpi4py (broadcast from rank 0) rank_from=OMPI_COMM_WORLD_RANK",
         "rank=1 world=2 local=1 sum=3 addr_from=mpi4py (broadcast from rank 0) rank_from=OMPI_COMM_WORLD_RANK",
