@@ -50,3 +50,53 @@ def test_stage3_layout_consolidation_and_16bit_export(tmp_path, gather):
         assert all(torch.equal(saved[k], v) for k, v in full0.items())
     else:
         assert not (tmp_path / "export").exists()
+
+
+class _Router(torch.nn.Module):
+    """Sends each token to the expert its first two features pick: different ranks, different experts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.experts = torch.nn.ModuleList(torch.nn.Linear(8, 8) for _ in range(2))
+
+    def forward(self, x):
+        pick = x[:, 0] > x[:, 1]
+        out = torch.zeros_like(x)
+        for i, expert in enumerate(self.experts):
+            rows = (pick == bool(i)).nonzero()[:, 0]
+            if len(rows):
+                out = out.index_put((rows,), expert(x[rows]))
+        return out
+
+
+def _train_with_leaf_section(how: str):
+    import deepspeed
+    from deepspeed.utils import get_z3_leaf_modules, set_z3_leaf_modules, z3_leaf_parameter
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), _Router(), torch.nn.Linear(8, 2))
+    zero = {"stage": 3, "stage3_param_persistence_threshold": 0, "stage3_prefetch_bucket_size": 64,
+            "reduce_bucket_size": 64}
+    if how == "config":
+        zero["leaf_module"] = {"classes": ["_Router"]}
+    elif how == "api":
+        set_z3_leaf_modules(model, [_Router])
+    elif how == "granularity":  # the router: 144 elements over 3 layers (its experts and itself)
+        zero["stage3_module_granularity_threshold"] = 48
+    cfg = {"train_micro_batch_size_per_gpu": 2, "optimizer": {"type": "AdamW", "params": {"lr": 1e-2}},
+           "zero_optimization": zero}
+    engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=cfg)
+    rank = deepspeed.comm.get_rank()
+    for _ in range(3):
+        x = torch.randn(2, 8)
+        x[:, 0] += 10.0 if rank else -10.0  # rank 0 uses expert 0 only, rank 1 expert 1 only
+        engine.backward(engine(x).pow(2).mean())
+        engine.step()
+    return [m is model[1] for m in get_z3_leaf_modules(model)], all(z3_leaf_parameter(p) for p in model[1].parameters())
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("how", ["config", "api", "granularity"])
+def test_leaf_module_by_config_api_or_granularity_trains_divergent_experts(how):
+    for leaves, marked in run_distributed(_train_with_leaf_section, world_size=2, args=(how,)):
+        assert leaves == [True] and marked

@@ -40,25 +40,30 @@ class TinyGPT(nn.Module):
         return self.head(x)
 
 
+# Parameters of at most this many elements stay whole: the blocks' biases and norms (48 and 16), not
+# the head's 100-element bias.
+SMALL = 99
+
+
 def _names(plan):
     return [plan.names[id(u)] for u in plan.units]
 
 
 def test_units_are_the_largest_closed_modules_under_the_cap():
     model = TinyGPT()
-    plan = plan_units(model, cap=2000, persistence_threshold=100)
+    plan = plan_units(model, cap=2000, persistence_threshold=SMALL)
     # the ModuleList has no forward of its own, so its blocks are the units; the root comes last
     assert _names(plan) == ["wte", "blocks.0", "blocks.1", "blocks.2", "head", ""]
     assert plan.numel[id(model.blocks[0])] == 16 * 48 + 48 * 16  # its biases and norm stay whole
     assert plan.numel[id(model)] == 0
     small = {id(p) for p in plan.persistent}
     assert all(id(p) in small for b in model.blocks for p in (b.ln.weight, b.ln.bias, b.fc1.bias, b.fc2.bias))
-    assert id(model.head.bias) not in small  # 100 elements: not below the threshold
+    assert id(model.head.bias) not in small  # 100 elements: above the threshold
 
 
 def test_tied_weight_goes_to_the_common_parent():
     model = TinyGPT(tie=True)
-    plan = plan_units(model, cap=2000, persistence_threshold=100)
+    plan = plan_units(model, cap=2000, persistence_threshold=SMALL)
     assert _names(plan) == ["blocks.0", "blocks.1", "blocks.2", ""]
     assert plan.numel[id(model)] == 100 * 16 + 100  # the shared weight once, plus the head's bias
 
@@ -67,7 +72,7 @@ def test_external_parameter_joins_its_user_and_owner():
     model = TinyGPT()
     register_external_parameter(model.blocks[2].fc1, model.wte.weight)
     try:
-        plan = plan_units(model, cap=2000, persistence_threshold=100, external=external_parameters)
+        plan = plan_units(model, cap=2000, persistence_threshold=SMALL, external=external_parameters)
     finally:
         unregister_external_parameter(model.blocks[2].fc1, model.wte.weight)
     # blocks.2 and wte can no longer be units apart; blocks.2's other layer still can
@@ -77,7 +82,7 @@ def test_external_parameter_joins_its_user_and_owner():
 
 def test_small_model_is_one_unit_and_big_leaves_are_units():
     model = TinyGPT()
-    assert _names(plan_units(model, cap=10**6, persistence_threshold=100)) == [""]
+    assert _names(plan_units(model, cap=10**6, persistence_threshold=SMALL)) == [""]
     wide = nn.Sequential(nn.Linear(64, 64), nn.Linear(64, 2))
     plan = plan_units(wide, cap=100, persistence_threshold=0)
     assert _names(plan) == ["0", "1", ""]  # a leaf above the cap cannot be split: a unit anyway
@@ -93,12 +98,12 @@ def test_scalars_always_stay_whole():
 def test_keep_gathered_follows_reuse_distance_and_live_bound():
     model = TinyGPT()
     per_block, ends = 16 * 48 * 2, 1600
-    everything = plan_units(model, cap=2000, persistence_threshold=100, max_reuse_distance=10**9, max_live=10**9)
+    everything = plan_units(model, cap=2000, persistence_threshold=SMALL, max_reuse_distance=10**9, max_live=10**9)
     assert len(everything.keep_gathered) == 5  # every unit but the root (FSDP2 keeps the root itself)
-    nothing = plan_units(model, cap=2000, persistence_threshold=100, max_reuse_distance=0, max_live=10**9)
+    nothing = plan_units(model, cap=2000, persistence_threshold=SMALL, max_reuse_distance=0, max_live=10**9)
     assert nothing.keep_gathered == {id(model.head)}  # nothing runs between its forward and backward
     # head (1700) and blocks.2 are within 2 x (later units) <= distance; the live bound stops at 2 units
-    some = plan_units(model, cap=2000, persistence_threshold=100, max_reuse_distance=2 * 1700 + 2 * per_block,
+    some = plan_units(model, cap=2000, persistence_threshold=SMALL, max_reuse_distance=2 * 1700 + 2 * per_block,
                       max_live=1700 + per_block + ends // 2)
     assert some.keep_gathered == {id(model.head), id(model.blocks[2])}
 
@@ -109,3 +114,78 @@ def test_one_rank_makes_one_unit_when_live_bound_allows():
     assert unit_cap(policy, world_size=1, model_numel=5000) == 5000
     tight = Zero3Policy(stage3=Stage3Policy(prefetch_bucket_numel=1000, max_live_parameters=4000))
     assert unit_cap(tight, world_size=1, model_numel=5000) == 1000
+
+
+def test_persistence_threshold_is_inclusive_and_capped_by_the_model_threshold():
+    model = TinyGPT()
+    at = plan_units(model, cap=2000, persistence_threshold=100)
+    assert id(model.head.bias) in {id(p) for p in at.persistent}  # numel <= threshold, as in DeepSpeed
+    # the cap counts persistent elements in model order: the first block's four small tensors
+    # (16 + 16 + 48 + 16 = 96) fit in 100, the second block's norm weight would not
+    capped = plan_units(model, cap=2000, persistence_threshold=100, model_persistence_threshold=100)
+    assert [p for p in capped.persistent] == [model.blocks[0].ln.weight, model.blocks[0].ln.bias,
+                                              model.blocks[0].fc1.bias, model.blocks[0].fc2.bias]
+    assert capped.numel[id(model.blocks[1])] == sum(p.numel() for p in model.blocks[1].parameters())
+
+
+class Expert(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.up, self.down = nn.Linear(16, 64), nn.Linear(64, 16)
+
+    def forward(self, x):
+        return self.down(torch.relu(self.up(x)))
+
+
+class MoE(nn.Module):
+    def __init__(self, experts: int = 4) -> None:
+        super().__init__()
+        self.router = nn.Linear(16, experts)
+        self.experts = nn.ModuleList(Expert() for _ in range(experts))
+
+    def forward(self, x):
+        choice = self.router(x).argmax(-1)
+        out = torch.zeros_like(x)
+        for i, expert in enumerate(self.experts):
+            picked = choice == i
+            if picked.any():
+                out[picked] = expert(x[picked])
+        return out
+
+
+def test_a_leaf_module_is_one_unit_whatever_its_size():
+    from ds_zero.stage3.leaf import set_z3_leaf_modules
+
+    model = nn.Sequential(nn.Linear(16, 16), MoE(), nn.Linear(16, 16))
+    split = plan_units(model, cap=3000, persistence_threshold=0)
+    assert "1.experts.0" in _names(split)  # each expert (2128 elements) is a unit of its own
+    assert set_z3_leaf_modules(model, [MoE]) == [model[1]]
+    plan = plan_units(model, cap=3000, persistence_threshold=0)
+    assert _names(plan) == ["0", "1", "2", ""]  # the 8580-element MoE block is one unit, over the cap
+    assert plan.numel[id(model[1])] == sum(p.numel() for p in model[1].parameters())
+
+
+def test_a_leaf_that_cannot_be_a_unit_joins_its_parent():
+    from ds_zero.stage3.leaf import set_z3_leaf_module
+
+    model = TinyGPT()
+    set_z3_leaf_module(model.blocks, True)  # a ModuleList is never called: it cannot be a unit
+    plan = plan_units(model, cap=2000, persistence_threshold=0)
+    assert _names(plan) == ["wte", "head", ""]
+    assert plan.numel[id(model)] == sum(p.numel() for p in model.blocks.parameters())
+
+
+def test_granularity_threshold_flags_the_outermost_fine_grained_modules():
+    from ds_zero.stage3.leaf import get_z3_leaf_modules, granularity, mark_fine_grained
+
+    model = nn.Sequential(nn.Linear(16, 256), MoE(experts=8))
+    values = granularity(model)
+    # MoE: 8 experts x (2 linears + the expert) + the router + the block itself = 26 layers; the
+    # ModuleList between them is a container and does not count
+    moe_numel = sum(p.numel() for p in model[1].parameters())
+    assert values[id(model[1])] == moe_numel // 26
+    assert values[id(model[1].experts[0])] == (16 * 64 + 64 + 64 * 16 + 16) // 3
+    assert mark_fine_grained(model, 0) == []
+    # at a threshold both the block and its experts meet, only the outermost (the block) is flagged
+    assert mark_fine_grained(model, values[id(model[1].experts[0])]) == [model[1]]
+    assert get_z3_leaf_modules(model) == [model[1]]

@@ -77,19 +77,24 @@ def _built_under_init():
         gathered = {n: p.detach().clone() for n, p in model.named_parameters()}
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.01)
     trainer = wrap(model, opt, policy=stage3_policy(cap=300, persist=30))
+    from torch.distributed.tensor import DTensor
+
+    sharded = {name: isinstance(p, DTensor) for name, p in model.named_parameters()}
     mine = slice(rank * 2, rank * 2 + 2)
     for x, y in global_batches(3, 2, world):
         trainer.backward(nn.functional.mse_loss(model(x[mine]), y[mine]))
         trainer.step()
-    return layout, gathered, full_state_dict(model, rank0_only=False)
+    return layout, gathered, sharded, full_state_dict(model, rank0_only=False)
 
 
 @pytest.mark.timeout(120)
 def test_model_built_under_init_is_partitioned_and_keeps_its_init():
     results = run_distributed(_built_under_init, world_size=2)
     plain = build()
-    for layout, gathered, trained in results:
+    for layout, gathered, sharded, trained in results:
         assert [entry[0] for entry in layout] == [0] * len(layout)  # nothing whole on any rank
+        # the unit rule sees the full sizes of the (empty) Init shards: only the small ones stay whole
+        assert sharded == {name: p.numel() > 30 for name, p in plain.named_parameters()}
         assert [entry[2] for entry in layout] == [tuple(p.shape) for p in plain.parameters()]
         for name, p in plain.named_parameters():
             assert torch.equal(gathered[name], p), name  # the user's initialisation, bit for bit

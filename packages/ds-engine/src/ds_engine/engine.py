@@ -31,6 +31,7 @@ from ds_engine.monitor import build_monitors
 from ds_engine.progress import ProgressReporter, Stopwatch
 from ds_engine.zero_policy import model_dtype, policy_from_config
 from ds_zero import StageNotAvailable, wrap
+from ds_zero.stage3.leaf import apply_leaf_config
 
 logger = get_logger()
 
@@ -73,6 +74,8 @@ class DeepSpeedEngine(EngineAccessors, nn.Module):
         if not dont_change_device:
             model.to(self.device)
         self.module = model
+        leaf = self._config.zero_optimization.leaf_module  # flags only; stage 3 reads them (as DeepSpeed)
+        apply_leaf_config(model, classes=leaf.classes, names=leaf.names, name_suffixes=leaf.name_suffixes)
         components.broadcast_module(model, group=self.dp_group)
         self.checkpoint_group = checkpoint.make_checkpoint_group()
         self.client_optimizer, self.client_lr_scheduler = optimizer, lr_scheduler

@@ -70,6 +70,8 @@ def policy_from_config(cfg: DeepSpeedConfig) -> ZeroPolicy:
             max_live_parameters=int(zero.max_live_parameters),
             max_reuse_distance=int(zero.max_reuse_distance),
             gather_16bit_weights_on_model_save=bool(zero.gather_16bit_weights_on_model_save),
+            model_persistence_threshold=int(zero.model_persistence_threshold),
+            module_granularity_threshold=int(zero.module_granularity_threshold),
         )
     return policy_class(
         **extra,

@@ -58,11 +58,20 @@ class OffloadOptimizerConfig(ConfigModel):
     """Share of CPU cores the CPU Adam step may use."""
 
 
-class LeafModuleConfig(ConfigModel):
-    """``zero_optimization.leaf_module``: modules ZeRO-3 fetches as one unit."""
+# DeepSpeed 0.19's default leaf classes: mixture-of-experts blocks, whose experts run on
+# data-dependent subsets of the tokens.
+DEFAULT_LEAF_CLASSES = (
+    "transformers.models.mixtral.modeling_mixtral.MixtralSparseMoeBlock",
+    "transformers.models.qwen2_moe.modeling_qwen2_moe.Qwen2MoeSparseMoeBlock",
+    "transformers.models.qwen3_moe.modeling_qwen3_moe.Qwen3MoeSparseMoeBlock",
+)
 
-    classes: list[str] = Field(default_factory=list)
-    """Module class names treated as leaves."""
+
+class LeafModuleConfig(ConfigModel):
+    """``zero_optimization.leaf_module``: modules ZeRO-3 gathers as one piece (no hooks inside them)."""
+
+    classes: list[str] = Field(default_factory=lambda: list(DEFAULT_LEAF_CLASSES))
+    """Module class names (short or fully qualified) treated as leaves."""
     names: list[str] = Field(default_factory=list)
     """Module names treated as leaves."""
     name_suffixes: list[str] = Field(default_factory=list)
@@ -145,8 +154,8 @@ class ZeroConfig(ConfigModel):
     """Stage 3: keep a parameter if it is reused within this distance."""
     gather_16bit_weights_on_model_save: bool = Field(False, alias="stage3_gather_16bit_weights_on_model_save")
     """Stage 3: gather full 16-bit weights when saving the model."""
-    module_granularity_threshold: int = Field(0, alias="stage3_module_granularity_threshold")
-    """Stage 3: fetch fine-grained modules as one unit."""
+    module_granularity_threshold: int = Field(0, ge=0, alias="stage3_module_granularity_threshold")
+    """Stage 3: modules with at most this many parameter elements per layer beneath them are gathered as one piece."""
     use_all_reduce_for_fetch_params: bool = Field(False, alias="stage3_use_all_reduce_for_fetch_params")
     """Stage 3: fetch parameters with all-reduce."""
     allgather_sequential: bool = Field(False, alias="stage3_allgather_sequential")

@@ -3,7 +3,8 @@
 Importing this package registers stage 3 with :func:`ds_zero.wrap`. The pieces, one concern each:
 :mod:`.policy` (DeepSpeed's ``stage3_*`` knobs and what they do), :mod:`.plan` (the unit rule),
 :mod:`.sharding` (FSDP2 ``fully_shard`` per unit), :mod:`.params` (masters over the shards),
-:mod:`.hooks` (rank agreement, prefetch), :mod:`.trainer` (the composition), :mod:`.zero_init`,
+:mod:`.hooks` (rank agreement, prefetch), :mod:`.leaf` (modules gathered as one piece),
+:mod:`.trainer` (the composition), :mod:`.zero_init`,
 :mod:`.gathered`, :mod:`.external`, :mod:`.status`, :mod:`.shards` (layout helpers).
 
 Note: [lazy] DTensor and FSDP2 take ~0.7 s to import, so nothing heavy is imported until stage 3 is
@@ -32,6 +33,9 @@ _LAZY = {
     "external_parameters": "ds_zero.stage3.external",
     "register_external_parameter": "ds_zero.stage3.external",
     "unregister_external_parameter": "ds_zero.stage3.external",
+    **{name: "ds_zero.stage3.leaf" for name in (
+        "get_z3_leaf_modules", "set_z3_leaf_module", "set_z3_leaf_modules", "set_z3_leaf_modules_by_name",
+        "set_z3_leaf_modules_by_suffix", "unset_z3_leaf_modules", "z3_leaf_module", "z3_leaf_parameter")},
 }
 
 

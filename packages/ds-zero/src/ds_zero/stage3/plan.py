@@ -3,15 +3,19 @@
 Pure logic over the module tree (no process group), so it is tested directly. The rule is Note
 [units] in :mod:`ds_zero.stage3.policy`:
 
-1. A parameter with fewer than ``persistence_threshold`` elements, or a scalar (FSDP2 cannot shard
-   0-d tensors), is *persistent*: it stays whole and is handled like a stage-2 parameter.
+1. A parameter with at most ``persistence_threshold`` elements is *persistent*: it stays whole and is
+   handled like a stage-2 parameter, as long as the persistent elements, counted in model order, stay
+   within ``model_persistence_threshold``. A scalar is always persistent (FSDP2 cannot shard 0-d
+   tensors).
 2. If the whole model fits in ``cap`` elements it is one unit. Otherwise, walking from the root, a
    child module becomes a unit when its not-yet-assigned shardable
    parameters fit in ``cap`` elements (or it has no children to split further) and it is *closed*:
    every module that holds or uses (``register_external_parameter``) one of its parameters lies in
    its subtree, and has a ``forward`` (containers such as ``ModuleList`` are never called). Otherwise
    the walk descends into it, and afterwards such a module becomes a unit for whatever its children
-   left. The root is always the last unit.
+   left. The root is always the last unit. A *leaf* module (:mod:`ds_zero.stage3.leaf`) is never
+   descended into: it is one unit whatever its size, or, when it cannot be a unit, part of the unit
+   that encloses it.
 3. ``keep_gathered``: going from the last unit back, a unit stays gathered from forward to backward
    while the elements gathered in between (``2 x`` the later units, which are gathered in forward and
    again in backward) are at most ``max_reuse_distance`` and the kept units fit ``max_live``.
@@ -19,10 +23,14 @@ Pure logic over the module tree (no process group), so it is tested directly. Th
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from torch import nn
+
+from ds_zero.stage3.leaf import z3_leaf_module
+from ds_zero.stage3.status import full_dim, full_numel
 
 Path = tuple[str, ...]
 
@@ -71,10 +79,12 @@ class _Tree:
 
 
 def plan_units(root: nn.Module, *, cap: int, persistence_threshold: int, max_reuse_distance: int = 0,
-               max_live: int = 0, external: Callable[[nn.Module], Iterable[nn.Parameter]] = lambda m: ()) -> UnitPlan:
+               max_live: int = 0, external: Callable[[nn.Module], Iterable[nn.Parameter]] = lambda m: (),
+               model_persistence_threshold: int | None = None,
+               is_leaf: Callable[[nn.Module], bool] = z3_leaf_module) -> UnitPlan:
     """Apply the unit rule (module docstring) to ``root``."""
     tree = _Tree(root, external)
-    persistent = {pid for pid, p in tree.param.items() if p.dim() == 0 or p.numel() < persistence_threshold}
+    persistent = _persistent(tree, persistence_threshold, model_persistence_threshold)
     assigned: set[int] = set(persistent)
     # model order, not set order: every rank must walk the persistent parameters identically
     plan = UnitPlan(units=[], names={}, numel={}, persistent=[p for pid, p in tree.param.items() if pid in persistent])
@@ -89,14 +99,18 @@ def plan_units(root: nn.Module, *, cap: int, persistence_threshold: int, max_reu
             return
         plan.units.append(module)
         plan.names[id(module)] = ".".join(path)
-        plan.numel[id(module)] = sum(tree.param[pid].numel() for pid in pids)
+        plan.numel[id(module)] = sum(full_numel(tree.param[pid]) for pid in pids)
         assigned.update(pids)
 
     def visit(path: Path) -> None:
         pids = free(path)
         if not pids:
             return
-        size = sum(tree.param[pid].numel() for pid in pids)
+        if is_leaf(tree.module_at[path]):
+            if tree.can_be_unit(path):
+                make_unit(path)
+            return
+        size = sum(full_numel(tree.param[pid]) for pid in pids)
         splittable = any(free(child) for child in tree.children(path))
         if tree.can_be_unit(path) and (size <= cap or not splittable):
             make_unit(path)
@@ -106,15 +120,30 @@ def plan_units(root: nn.Module, *, cap: int, persistence_threshold: int, max_reu
         if free(path) and tree.can_be_unit(path):
             make_unit(path)
 
-    if sum(tree.param[pid].numel() for pid in free(())) > cap:  # else the whole model is one unit
+    whole = sum(full_numel(tree.param[pid]) for pid in free(())) <= cap or is_leaf(root)
+    if not whole:
         for child in tree.children(()):
             visit(child)
     root_pids = free(())
     plan.units.append(root)
     plan.names[id(root)] = ""
-    plan.numel[id(root)] = sum(tree.param[pid].numel() for pid in root_pids)
+    plan.numel[id(root)] = sum(full_numel(tree.param[pid]) for pid in root_pids)
     plan.keep_gathered = _keep_gathered(root, plan, max_reuse_distance, max_live)
     return plan
+
+
+def _persistent(tree: _Tree, threshold: int, model_threshold: int | None) -> set[int]:
+    """Rule 1, in model order (DeepSpeed's order, so the same parameters stay whole)."""
+    budget = sys.maxsize if model_threshold is None else model_threshold
+    out, total = set(), 0
+    for pid, p in tree.param.items():
+        numel = full_numel(p)  # a zero.Init shard is empty here: count its full size
+        if full_dim(p) == 0:
+            out.add(pid)
+        elif numel <= threshold and total + numel <= budget:
+            out.add(pid)
+            total += numel
+    return out
 
 
 def _keep_gathered(root: nn.Module, plan: UnitPlan, max_reuse_distance: int, max_live: int) -> set[int]:

@@ -22,9 +22,32 @@ stage3_max_reuse_distance           A unit is kept gathered from its forward to 
                                     (gathered once per step instead of twice) when fewer than
                                     this many elements are gathered in between ...
 stage3_max_live_parameters          ... and while the kept units total at most this many elements.
+stage3_model_persistence_threshold  Caps the elements kept whole by the persistence threshold,
+                                    counted in model order (DeepSpeed's order).
+stage3_module_granularity_threshold Modules whose elements per layer beneath them are at most this
+                                    become leaves (:mod:`ds_zero.stage3.leaf`): one unit each, no
+                                    hooks inside. 0 turns it off.
+leaf_module {classes, names,        Leaves named by class, module name or name suffix (the engine
+name_suffixes}                      applies the section; ``deepspeed.utils.set_z3_leaf_modules``
+                                    does the same from a script). A leaf is one unit whatever its
+                                    size, so a mixture-of-experts block that routes tokens to
+                                    different experts on different ranks gathers the same thing
+                                    on every rank.
 reduce_bucket_size                  Caps the unit size (see above).
 overlap_comm                        FSDP2 always overlaps gathers and reductions with compute
-                                    (separate streams on accelerators, async work on gloo).
+                                    (separate streams on accelerators, async work on gloo);
+                                    ``false`` does not serialise them. It still selects stage 2's
+                                    synchronous reduction for the persistent parameters.
+prescale_gradients,                 Not applied to unit gradients: FSDP2 averages in
+gradient_predivide_factor           ``reduce_dtype`` and, for fp16/bf16 reductions, already divides
+                                    partly before and partly after the sum (its own factors) for the
+                                    same overflow reason. Persistent parameters follow them as at
+                                    stage 2.
+stage3_use_all_reduce_for_fetch_    Accepted, no effect: how a gather is carried out is FSDP2's
+params, stage3_allgather_           (one all-gather per unit into one buffer).
+sequential
+sub_group_size                      Accepted, no effect: the optimizer steps each shard in place,
+                                    with no fp32 staging buffer for sub-groups to bound.
 offload_param / offload_optimizer   {device: cpu}: the fp32 shards (which are both the parameters'
                                     only persistent copy and the optimizer's masters), their
                                     gradients and the optimizer state live in CPU memory and the
@@ -54,6 +77,8 @@ class Stage3Policy:
     max_live_parameters: int = 1_000_000_000
     max_reuse_distance: int = 1_000_000_000
     gather_16bit_weights_on_model_save: bool = False
+    model_persistence_threshold: int | None = None  # None: no cap (DeepSpeed's default, sys.maxsize)
+    module_granularity_threshold: int = 0
     # Note [divergence]: before each unit's forward, ranks agree (one tiny collective on a side group)
     # on which module they are about to gather, so a rank taking another path fails with the module's
     # name instead of hanging in a mismatched gather. Costs one small CPU collective per unit call.

@@ -37,9 +37,10 @@ from ds_zero.entry import StageNotAvailable
 from ds_zero.policy import ZeroPolicy
 from ds_zero.stage3 import shards
 from ds_zero.stage3.external import external_parameters
+from ds_zero.stage3.leaf import mark_fine_grained, z3_leaf_module
 from ds_zero.stage3.plan import UnitPlan, plan_units
 from ds_zero.stage3.policy import stage3_of, unit_cap
-from ds_zero.stage3.status import ZeroParamStatus, mark
+from ds_zero.stage3.status import ZeroParamStatus, full_numel, mark
 
 # Note [no weak references to parameters]: FSDP2 and nn.Module._apply (``model.cpu()``, as Lightning's
 # teardown calls) swap parameter tensors, which torch refuses for a tensor that has weak references.
@@ -132,9 +133,11 @@ def _prepare_unit_params(unit: nn.Module, persistent: set[int], device: torch.de
 def shard_model(module: nn.Module, *, policy: ZeroPolicy, group: Any = None) -> ShardedModel:
     """Plan the units of ``module`` and shard them, children first (every rank must call it)."""
     s3 = stage3_of(policy)
-    numel = sum(p.numel() for p in {id(p): p for p in module.parameters()}.values())
+    numel = sum(full_numel(p) for p in {id(p): p for p in module.parameters()}.values())
     cap = unit_cap(policy, world_size=ds_comm.get_world_size(group), model_numel=numel)
+    mark_fine_grained(module, s3.module_granularity_threshold)
     plan = plan_units(module, cap=cap, persistence_threshold=s3.param_persistence_threshold,
+                      model_persistence_threshold=s3.model_persistence_threshold,
                       max_reuse_distance=s3.max_reuse_distance, max_live=s3.max_live_parameters,
                       external=external_parameters)
     mesh = make_mesh(group)
@@ -166,7 +169,15 @@ def shard_model(module: nn.Module, *, policy: ZeroPolicy, group: Any = None) -> 
             divide = getattr(unit, "set_gradient_divide_factor", None) or unit.set_reduce_scatter_divide_factor
             divide(1.0)
     replaced, names = _rebind(module, before, plan, group)
+    _mark_leaf_parameters(module)  # on the parameters fully_shard put in place
     return ShardedModel(module=module, plan=plan, mesh=mesh, group=group, replaced=replaced, names=names)
+
+
+def _mark_leaf_parameters(module: nn.Module) -> None:
+    """DeepSpeed's ``ds_z3_leaf_module`` on each parameter under a leaf (what ``z3_leaf_parameter`` reads)."""
+    for leaf in (m for m in module.modules() if z3_leaf_module(m)):
+        for p in leaf.parameters():
+            p.ds_z3_leaf_module = leaf
 
 
 def _rebind(module: nn.Module, before: list[tuple[nn.Module, str, nn.Parameter]], plan: UnitPlan,

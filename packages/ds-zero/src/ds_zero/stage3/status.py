@@ -43,3 +43,15 @@ def mark(param: Tensor, *, shape: torch.Size, group: Any, persist: bool, status:
     param.ds_persist = persist
     param.ds_status = status
     param.ds_process_group = group
+
+
+def full_numel(param: Tensor) -> int:
+    """The parameter's full element count, also while ``zero.Init`` leaves it empty on this rank."""
+    numel = getattr(param, "ds_numel", None)
+    return param.numel() if numel is None else int(numel)
+
+
+def full_dim(param: Tensor) -> int:
+    """The parameter's full number of dimensions (see :func:`full_numel`)."""
+    shape = getattr(param, "ds_shape", None)
+    return param.dim() if shape is None else len(shape)
