@@ -78,6 +78,9 @@ class GradReducer:
         self.units[u].ready = 0
         if self.pre != 1.0:
             bucket.div_(self.pre)
+        if self.units[u].world_size == 1:  # the bucket is already the whole sum: no collective to wait on
+            self._accumulate(u, bucket)
+            return
         out = torch.empty(self.units[u].shard_numel, dtype=bucket.dtype, device=bucket.device)
         work = ds_comm.reduce_scatter_tensor(out, bucket, group=self.group, async_op=self.overlap_comm)
         if self.overlap_comm:
@@ -112,10 +115,12 @@ class GradReducer:
         """Reduce-scatter every unit's accumulated ``p.grad`` and free the full gradients."""
         for u, unit in enumerate(self.units):
             bucket = self._bucket(u)
-            for slot, p in zip(unit.slots, unit.params):
-                if p.grad is not None:
-                    bucket[slot.offset:slot.offset + slot.numel].copy_(p.grad.reshape(-1))
-                    p.grad = None
+            present = [(slot, p) for slot, p in zip(unit.slots, unit.params) if p.grad is not None]
+            if present:  # one multi-tensor copy (one launch on an accelerator, not one per parameter)
+                torch._foreach_copy_([bucket.narrow(0, slot.offset, slot.numel) for slot, _ in present],
+                                     [p.grad.reshape(-1) for _, p in present])
+            for _, p in present:
+                p.grad = None
             self._reduce(u)
         self.wait()
 

@@ -87,6 +87,8 @@ class ShardedParams:
             shard = unit.shard_view()
             if master.data_ptr() != shard.data_ptr():
                 shard.copy_(master.detach())
+            if unit.world_size == 1:  # the shard is the whole flat buffer
+                continue
             works.append(ds_comm.all_gather_into_tensor(unit.flat, shard, group=self.group, async_op=self.overlap))
         for work in works:
             if work is not None:
