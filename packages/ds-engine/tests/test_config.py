@@ -70,6 +70,11 @@ BAD_CONFIGS = [
      "gradient_accumulation_steps cannot be derived: train_batch_size 7 / (micro 2 * world_size 2)"),
     ({"train_batch_size": 8, "train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 3},
      "8 != 2 * 3 * 2 = 12"),
+    ({"zero_optimization": {"stage": 3, "leaf_module": {"clases": ["MoE"]}}},
+     "unknown key 'zero_optimization.leaf_module.clases' in 'zero_optimization.leaf_module'; did you mean "
+     "'zero_optimization.leaf_module.classes'?"),
+    ({"zero_optimization": {"stage": 3, "stage3_module_granularity_threshold": -1}},
+     "'zero_optimization.stage3_module_granularity_threshold': Input should be greater than or equal to 0 (got -1)"),
 ]
 
 
@@ -176,3 +181,11 @@ def test_caller_dict_is_not_mutated() -> None:
     snapshot = json.dumps(raw)
     DeepSpeedConfig(raw, world_size=1)
     assert json.dumps(raw) == snapshot
+
+
+def test_leaf_module_section_defaults_and_single_names() -> None:
+    defaults = cfg({"zero_optimization": {"stage": 3}}).zero_optimization.leaf_module
+    assert [c.rsplit(".", 1)[-1] for c in defaults.classes] == [
+        "MixtralSparseMoeBlock", "Qwen2MoeSparseMoeBlock", "Qwen3MoeSparseMoeBlock"]  # DeepSpeed 0.19's
+    one = cfg({"zero_optimization": {"stage": 3, "leaf_module": {"classes": "MoE", "name_suffixes": "mlp"}}})
+    assert (one.zero_optimization.leaf_module.classes, one.zero_optimization.leaf_module.name_suffixes) == (["MoE"], ["mlp"])

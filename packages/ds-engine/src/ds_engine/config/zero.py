@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from ds_engine.config.base import ConfigModel
 
@@ -76,6 +76,12 @@ class LeafModuleConfig(ConfigModel):
     """Module names treated as leaves."""
     name_suffixes: list[str] = Field(default_factory=list)
     """Module name suffixes treated as leaves."""
+
+    @field_validator("classes", "names", "name_suffixes", mode="before")
+    @classmethod
+    def _one_name_is_a_list(cls, value: object) -> object:
+        # DeepSpeed accepts a single name where a list is expected
+        return [value] if isinstance(value, str) else value
 
 
 class ZenFlowConfig(ConfigModel):
