@@ -100,3 +100,39 @@ def _train_with_leaf_section(how: str):
 def test_leaf_module_by_config_api_or_granularity_trains_divergent_experts(how):
     for leaves, marked in run_distributed(_train_with_leaf_section, world_size=2, args=(how,)):
         assert leaves == [True] and marked
+
+
+def _custom_load_at_stage3(ckpt: str):
+    import deepspeed
+
+    cfg = {"train_micro_batch_size_per_gpu": 2, "optimizer": {"type": "AdamW", "params": {"lr": 1e-2}},
+           "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0}}
+
+    def build(seed: int):
+        torch.manual_seed(seed)
+        model = torch.nn.Sequential(torch.nn.Linear(8, 64), torch.nn.ReLU(), torch.nn.Linear(64, 2))
+        return deepspeed.initialize(model=model, model_parameters=model.parameters(), config=cfg)[0]
+
+    engine = build(0)
+    engine.backward(engine(torch.randn(2, 8)).pow(2).mean())
+    engine.step()
+    engine.save_checkpoint(ckpt)
+    saved = engine._zero3_consolidated_16bit_state_dict()
+
+    def doubled(src, dst):  # writes full tensors: the parameters are gathered while it runs
+        with torch.no_grad():
+            for name, p in dst.named_parameters():
+                p.copy_(src[name] * 2)
+
+    fresh = build(7)
+    fresh.load_checkpoint(ckpt, load_optimizer_states=False, custom_load_fn=doubled)
+    loaded = fresh._zero3_consolidated_16bit_state_dict()
+    return None if saved is None else {k: (saved[k], loaded[k]) for k in saved}
+
+
+@pytest.mark.timeout(240)
+def test_custom_load_fn_writes_through_gathered_parameters_at_stage3(tmp_path):
+    pairs, other = run_distributed(_custom_load_at_stage3, world_size=2, args=(str(tmp_path),))
+    assert other is None and set(pairs) == {"0.weight", "0.bias", "2.weight", "2.bias"}
+    for name, (saved, loaded) in pairs.items():
+        torch.testing.assert_close(loaded, saved * 2, rtol=0, atol=0, msg=name)

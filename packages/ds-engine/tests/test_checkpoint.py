@@ -115,6 +115,23 @@ def test_load_module_only_and_without_optimizer_state(tmp_path) -> None:
     assert len(fresh.optimizer.optimizer.state) == 0
 
 
+def test_custom_load_fn_replaces_the_module_load(tmp_path) -> None:
+    engine = _engine()
+    _train(engine, 2)
+    engine.save_checkpoint(str(tmp_path))
+    seen = []
+
+    def halve_into(src: dict, dst: torch.nn.Module) -> None:  # DeepSpeed's keyword names
+        seen.append(sorted(src))
+        dst.load_state_dict({k: v / 2 for k, v in src.items()})
+
+    fresh = _engine(seed=5)
+    fresh.load_checkpoint(str(tmp_path), load_optimizer_states=False, custom_load_fn=halve_into)
+    assert seen == [sorted(engine.module.state_dict())]
+    for a, b in zip(engine.module.parameters(), fresh.module.parameters()):
+        assert torch.equal(a / 2, b)
+
+
 def test_missing_checkpoint_is_a_warning(tmp_path, caplog: pytest.LogCaptureFixture) -> None:
     engine = _engine()
     logger = logging.getLogger("ds_engine")

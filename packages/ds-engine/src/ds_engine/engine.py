@@ -254,12 +254,12 @@ class DeepSpeedEngine(EngineAccessors, nn.Module):
     def load_checkpoint(self, load_dir: str, tag: Any = None, load_module_strict: bool = True,
                         load_optimizer_states: bool = True, load_lr_scheduler_states: bool = True,
                         load_module_only: bool = False, custom_load_fn: Any = None) -> tuple[Any, Any]:
-        """Restore a checkpoint; returns ``(path, client_state)``, or ``(None, None)`` if there is none."""
-        if custom_load_fn is not None:
-            raise NotImplementedError("load_checkpoint(custom_load_fn=...) is not supported yet")
+        """Restore a checkpoint; returns ``(path, client_state)``, or ``(None, None)`` if there is none.
+        ``custom_load_fn(src=module_state_dict, dst=module)``, if given, loads the module's weights."""
         return checkpoint.load(self, load_dir, tag, load_module_strict=load_module_strict,
                                load_optimizer_states=load_optimizer_states,
-                               load_lr_scheduler_states=load_lr_scheduler_states, load_module_only=load_module_only)
+                               load_lr_scheduler_states=load_lr_scheduler_states, load_module_only=load_module_only,
+                               custom_load_fn=custom_load_fn)
 
     def module_state_dict(self, destination: Any = None, prefix: str = "", keep_vars: bool = False,
                           exclude_frozen_parameters: bool = False) -> dict[str, Any]:

@@ -16,6 +16,8 @@ from __future__ import annotations
 import glob
 import logging
 import os
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from importlib import metadata
 from typing import Any
 
@@ -134,8 +136,14 @@ def resolve_tag(load_dir: str, tag: Any) -> str | None:
 
 
 def load(engine: Any, load_dir: str, tag: Any, *, load_module_strict: bool, load_optimizer_states: bool,
-         load_lr_scheduler_states: bool, load_module_only: bool) -> tuple[str | None, dict[str, Any] | None]:
-    """Restore ``engine`` from a checkpoint; returns ``(path, client_state)`` or ``(None, None)``."""
+         load_lr_scheduler_states: bool, load_module_only: bool,
+         custom_load_fn: Callable[..., Any] | None = None) -> tuple[str | None, dict[str, Any] | None]:
+    """Restore ``engine`` from a checkpoint; returns ``(path, client_state)`` or ``(None, None)``.
+
+    ``custom_load_fn(src=saved module state dict, dst=engine.module)`` replaces the module's
+    ``load_state_dict``. At stage 3 it runs with every parameter gathered, and what it writes on
+    rank 0 goes back into the shards (``GatheredParameters(modifier_rank=0)``).
+    """
     load_dir = os.fspath(load_dir)
     tag = resolve_tag(load_dir, tag)
     if tag is None:
@@ -145,7 +153,11 @@ def load(engine: Any, load_dir: str, tag: Any, *, load_module_strict: bool, load
         logger.warning("no checkpoint to load: %s does not exist", layout.model_states_path(load_dir, tag))
         return None, None
     state = safe_load(path)
-    engine.module.load_state_dict(state[layout.MODULE], strict=load_module_strict)
+    if custom_load_fn is None:
+        engine.module.load_state_dict(state[layout.MODULE], strict=load_module_strict)
+    else:
+        with _every_parameter_gathered(engine.module):
+            custom_load_fn(src=state[layout.MODULE], dst=engine.module)
     optimizer = engine.optimizer
     if optimizer is not None:
         restored = False
@@ -162,6 +174,16 @@ def load(engine: Any, load_dir: str, tag: Any, *, load_module_strict: bool, load
     engine.skipped_steps = int(state.get(layout.SKIPPED_STEPS, 0))
     client_state = {k: v for k, v in state.items() if k not in layout.ENGINE_KEYS}
     return path, client_state
+
+
+def _every_parameter_gathered(module: Any) -> AbstractContextManager[Any]:
+    """Full parameters for a custom load function to write into (a no-op below stage 3)."""
+    params = list(module.parameters())
+    if not any(hasattr(p, "ds_id") for p in params):  # no stage-3 parameter: skip importing FSDP
+        return nullcontext()
+    from ds_zero.stage3 import GatheredParameters
+
+    return GatheredParameters(params, modifier_rank=0)
 
 
 def _load_optimizer(engine: Any, state: dict[str, Any], load_dir: str, tag: str) -> bool:
