@@ -2,7 +2,8 @@
 
 A checkpointed segment keeps only its inputs during forward and runs again during backward to
 rebuild its activations. torch owns that mechanism (including replaying the CPU and accelerator RNG
-states, so dropout draws the same mask twice); this module adds DeepSpeed's switches around it, set
+states, so dropout draws the same mask twice; the streams of :mod:`ds_engine.rng_tracker` are replayed
+here); this module adds DeepSpeed's switches around it, set
 once per process by :func:`configure` (Lightning calls it while setting up its DeepSpeed strategy):
 
 * ``checkpoint_in_cpu`` (config ``cpu_checkpointing``): the inputs a segment keeps are held in host
@@ -36,6 +37,7 @@ from ds_engine.config.auto import resolve_auto
 from ds_engine.config.errors import DeepSpeedConfigError, config_error_from
 from ds_engine.config.features import ActivationCheckpointingConfig
 from ds_engine.config.loading import read_config_source
+from ds_engine.rng_tracker import replaying_tracked_streams
 
 logger = logging.getLogger("ds_engine")
 
@@ -207,8 +209,8 @@ def checkpoint(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     policy = current_policy()
     call, flat = _positional(function, args, kwargs)
     with _kept_inputs(policy):
-        return torch_checkpoint.checkpoint(_instrumented(call, policy), *flat, use_reentrant=True,
-                                           preserve_rng_state=True)
+        return torch_checkpoint.checkpoint(_instrumented(replaying_tracked_streams(call), policy), *flat,
+                                           use_reentrant=True, preserve_rng_state=True)
 
 
 def non_reentrant_checkpoint(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -218,8 +220,8 @@ def non_reentrant_checkpoint(function: Callable[..., Any], *args: Any, **kwargs:
     """
     policy = current_policy()
     call, flat = _positional(function, args, kwargs)
-    return torch_checkpoint.checkpoint(_instrumented(call, policy), *flat, use_reentrant=False,
-                                       preserve_rng_state=True)
+    return torch_checkpoint.checkpoint(_instrumented(replaying_tracked_streams(call), policy), *flat,
+                                       use_reentrant=False, preserve_rng_state=True)
 
 
 __all__ = [
