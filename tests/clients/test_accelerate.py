@@ -32,6 +32,7 @@ def test_save_state_and_load_state_resume_exactly(launch, stage: int, offload: b
         assert len(result["losses"]) == STEPS * MICRO_PER_STEP
         assert sum(result["losses"][-4:]) < sum(result["losses"][:4]), result["losses"]
         assert (result["partitioned_params"] > 0) == (stage == 3)
+        assert (result["leaf_modules"] > 0) == (stage == 3)  # transformer_moe_cls_names reached our leaf flags
 
     state = full.out / "state_step3"  # Accelerate saves the engine's checkpoint under the tag "pytorch_model"
     tag = (state / "latest").read_text().strip()

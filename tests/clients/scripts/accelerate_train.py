@@ -21,6 +21,8 @@ import torch  # noqa: E402
 from accelerate import Accelerator, DeepSpeedPlugin  # noqa: E402
 from accelerate.utils import set_seed  # noqa: E402
 
+from deepspeed.utils import get_z3_leaf_modules  # noqa: E402
+
 STEPS, SAVE_AFTER, ACCUMULATION = 6, 3, 2
 
 
@@ -49,7 +51,9 @@ def main() -> None:
 
     _common.stand_in_for_accelerator()
     set_seed(0)
-    plugin = DeepSpeedPlugin(hf_ds_config=ds_config(args.stage, offload_optimizer=args.offload_optimizer))
+    # At stage 3, name a leaf class the way MoE users do: Accelerate calls deepspeed.utils.set_z3_leaf_modules
+    plugin = DeepSpeedPlugin(hf_ds_config=ds_config(args.stage, offload_optimizer=args.offload_optimizer),
+                             transformer_moe_cls_names="LlamaMLP" if args.stage == 3 else None)
     accelerator = Accelerator(deepspeed_plugin=plugin)
     model = _common.tiny_llama()
     optimizer = torch.optim.AdamW(model.parameters(), lr=5e-3, weight_decay=0.01)
@@ -91,6 +95,7 @@ def main() -> None:
         "optimizer": type(engine.optimizer.optimizer).__name__,
         "lr": engine.get_lr(),
         "partitioned_params": _common.partitioned_params(engine.module),
+        "leaf_modules": len(get_z3_leaf_modules(engine.module)),
     })
     accelerator.end_training()
 
