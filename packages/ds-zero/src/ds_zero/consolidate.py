@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from ds_zero import deepspeed_format
 from ds_zero.sharded_state import FORMAT, consolidate_fp32
 
 MODEL_STATES = "mp_rank_00_model_states.pt"
@@ -91,9 +92,14 @@ def get_fp32_state_dict_from_zero_checkpoint(checkpoint_dir: str | os.PathLike, 
     frozen = set(model_state.get("frozen_param_names") or ())
     shards = []
     for path in sorted(glob.glob(str(tag_dir / "*_optim_states.pt")), key=_natural):
-        osd = _load(path).get("optimizer_state_dict", {})
-        if osd.get("format") == FORMAT:
-            shards.append(osd)
+        try:
+            content = _load(path)
+        except pickle.UnpicklingError:  # DeepSpeed's own files pickle three of its classes
+            content = deepspeed_format.load_deepspeed_file(path)
+        if deepspeed_format.is_deepspeed_optimizer_file(content):
+            shards.append(deepspeed_format.slices_from_deepspeed(path, content, model_state.get("param_shapes")))
+        elif content.get("optimizer_state_dict", {}).get("format") == FORMAT:
+            shards.append(content["optimizer_state_dict"])
     trained = consolidate_fp32(shards) if shards else {}
     out: dict[str, torch.Tensor] = {}
     for name, value in module.items():
@@ -195,10 +201,9 @@ def main(argv: list[str] | None = None) -> int:
             safe_serialization=args.safe_serialization, tag=args.tag,
             exclude_frozen_parameters=args.exclude_frozen_parameters)
     except pickle.UnpicklingError as exc:
-        # weights_only loading refuses arbitrary pickles, e.g. a checkpoint DeepSpeed itself wrote.
+        # weights_only loading refuses arbitrary pickles (DeepSpeed's own three classes are read as records)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"zero_to_fp32: error: {args.checkpoint_dir} is not a checkpoint this project wrote or cannot be loaded "
-              f"safely ({first}); for a DeepSpeed-written checkpoint use the zero_to_fp32.py saved beside it",
+        print(f"zero_to_fp32: error: {args.checkpoint_dir} holds objects that cannot be loaded safely ({first})",
               file=sys.stderr)
         return 2
     except (FileNotFoundError, ValueError, RuntimeError, KeyError) as exc:

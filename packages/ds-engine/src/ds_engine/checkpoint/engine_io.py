@@ -23,8 +23,17 @@ from typing import Any
 
 import ds_comm
 from ds_engine.checkpoint import layout
-from ds_engine.checkpoint.files import atomic_torch_save, atomic_write_text, check_safe, safe_load
+from ds_engine.checkpoint.files import (
+    UnsafeCheckpointError,
+    atomic_torch_save,
+    atomic_write_text,
+    check_safe,
+    safe_load,
+)
 from ds_engine.checkpoint.rendezvous import check_same_tag, wait_for_all
+from ds_zero import deepspeed_format
+from ds_zero.sharded_state import FORMAT as SLICES_FORMAT
+from ds_zero.sharded_state import consolidate_fp32
 
 logger = logging.getLogger("ds_engine")
 
@@ -153,16 +162,21 @@ def load(engine: Any, load_dir: str, tag: Any, *, load_module_strict: bool, load
         logger.warning("no checkpoint to load: %s does not exist", layout.model_states_path(load_dir, tag))
         return None, None
     state = safe_load(path)
+    optimizer = engine.optimizer
+    wants_optimizer = optimizer is not None and load_optimizer_states and not load_module_only
+    placeholders = deepspeed_format.partitioned_placeholders(state[layout.MODULE], state.get(layout.PARAM_SHAPES))
+    shards = _optimizer_shards(state, load_dir, tag) if wants_optimizer or placeholders else []
+    if placeholders:  # a DeepSpeed stage-3 save: its weights live only in the optimizer partitions
+        deepspeed_format.fill_partitioned_weights(state[layout.MODULE], placeholders, consolidate_fp32(shards))
     if custom_load_fn is None:
         engine.module.load_state_dict(state[layout.MODULE], strict=load_module_strict)
     else:
         with _every_parameter_gathered(engine.module):
             custom_load_fn(src=state[layout.MODULE], dst=engine.module)
-    optimizer = engine.optimizer
     if optimizer is not None:
         restored = False
-        if load_optimizer_states and not load_module_only:
-            restored = _load_optimizer(engine, state, load_dir, tag)
+        if wants_optimizer:
+            restored = _load_optimizer(engine, shards, load_dir, tag)
         if not restored and hasattr(optimizer, "refresh_fp32_params"):
             optimizer.refresh_fp32_params()  # masters follow the loaded weights
     if load_module_only:
@@ -186,14 +200,31 @@ def _every_parameter_gathered(module: Any) -> AbstractContextManager[Any]:
     return GatheredParameters(params, modifier_rank=0)
 
 
-def _load_optimizer(engine: Any, state: dict[str, Any], load_dir: str, tag: str) -> bool:
-    """Hand the trainer every saved slice of optimizer state (Note [one slice format])."""
+def _optimizer_shards(state: dict[str, Any], load_dir: str, tag: str) -> list[dict[str, Any]]:
+    """Every saved slice of optimizer state (Note [one slice format]); a checkpoint the reference
+    DeepSpeed wrote is converted (:mod:`ds_zero.deepspeed_format`)."""
     saved = state.get(layout.OPTIMIZER)
     if saved is not None:
-        shards = [saved]
-    else:
-        paths = sorted(glob.glob(os.path.join(load_dir, tag, "zero_pp_rank_*_mp_rank_00_optim_states.pt")))
-        shards = [safe_load(path)[layout.OPTIMIZER_STATE_DICT] for path in paths]
+        if saved.get("format") != SLICES_FORMAT:
+            raise deepspeed_format.DeepSpeedCheckpointError(
+                f"{layout.find_model_states(load_dir, tag)}: its optimizer state is a plain torch state dict (a "
+                "DeepSpeed stage-0 save), which is not read; load it with load_optimizer_states=False")
+        return [saved]
+    shards = []
+    for path in glob.glob(os.path.join(load_dir, tag, "zero_pp_rank_*_mp_rank_00_optim_states.pt")):
+        try:
+            content = safe_load(path)
+        except UnsafeCheckpointError:
+            content = deepspeed_format.load_deepspeed_file(path)  # DeepSpeed's, or refused with the file named
+        if deepspeed_format.is_deepspeed_optimizer_file(content):
+            shards.append(deepspeed_format.slices_from_deepspeed(path, content, state.get(layout.PARAM_SHAPES)))
+        else:
+            shards.append(content[layout.OPTIMIZER_STATE_DICT])
+    return shards
+
+
+def _load_optimizer(engine: Any, shards: list[dict[str, Any]], load_dir: str, tag: str) -> bool:
+    """Hand the trainer every saved slice of optimizer state (Note [one slice format])."""
     if not shards:
         logger.warning("checkpoint %s has no optimizer state; the optimizer starts fresh", os.path.join(load_dir, tag))
         return False

@@ -1,0 +1,116 @@
+"""Resuming from checkpoints the reference DeepSpeed (0.19.8) wrote, optimizer state included.
+
+The fixtures under ``fixtures/`` are real DeepSpeed checkpoints (stages 0, 2 and 3, 2 ranks, a tiny
+MLP after 3 AdamW steps) with what DeepSpeed itself computed over the next 3 steps; how they were
+made is ``fixtures/make_deepspeed_checkpoints.py``. Resuming here, at the same or another stage and
+world size, must reproduce those steps: equal losses and final weights to 1e-5 need the imported
+fp32 masters, Adam moments and step counts to be right. ``zero_to_fp32`` must rebuild the weights
+at the checkpoint exactly.
+"""
+
+from __future__ import annotations
+
+import shutil
+from fractions import Fraction
+from pathlib import Path
+
+import pytest
+import torch
+
+from ds_comm.testing import run_distributed
+
+FIXTURES = Path(__file__).with_name("fixtures")
+
+
+def _resume(checkpoint: str, stage: int, micro: int):
+    import deepspeed
+
+    torch.manual_seed(123)  # different initial weights: everything must come from the checkpoint
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3))
+    config = {"train_micro_batch_size_per_gpu": micro, "gradient_clipping": 1.0,
+              "optimizer": {"type": "AdamW", "params": {"lr": 1e-2, "weight_decay": 0.01}},
+              "zero_optimization": {"stage": stage, "stage3_param_persistence_threshold": 0}}
+    engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=config)
+    path, client_state = engine.load_checkpoint(checkpoint)
+    assert path is not None and engine.global_steps == 3
+    rank = deepspeed.comm.get_rank()
+    losses = []
+    for step in range(3, 6):
+        x = torch.randn(4, 8, generator=torch.Generator().manual_seed(100 + step))[rank * micro:(rank + 1) * micro]
+        loss = engine(x).pow(2).mean()
+        engine.backward(loss)
+        engine.step()
+        losses.append(loss.item())
+    if stage == 3:
+        weights = engine._zero3_consolidated_16bit_state_dict()
+    else:
+        weights = {k: v.detach().clone() for k, v in engine.module.state_dict().items()}
+    return losses, weights
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize(("saved_stage", "stage", "world"), [
+    (2, 2, 2), (2, 3, 2), (2, 1, 1),  # same run, another stage, another stage and world size
+    (3, 3, 2), (3, 2, 2), (3, 0, 1),
+])
+def test_resume_from_a_deepspeed_checkpoint_continues_its_run(tmp_path, saved_stage, stage, world):
+    checkpoint = tmp_path / "ckpt"
+    shutil.copytree(FIXTURES / f"ds0.19.8-stage{saved_stage}", checkpoint)
+    expected = torch.load(checkpoint / "expected.pt", weights_only=True)
+    results = run_distributed(_resume, world_size=world, timeout=200, args=(str(checkpoint), stage, 4 // world))
+    losses, weights = results[0]
+    if world == 2:  # rank 0 sees the same rows as DeepSpeed's rank 0 did (on one rank it sees all four)
+        assert losses == pytest.approx(expected["losses_after_resume"], rel=1e-5, abs=1e-6)
+    for name, want in expected["weights"].items():
+        torch.testing.assert_close(weights[name], want, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_a_deepspeed_file_with_unknown_objects_is_refused(tmp_path):
+    from ds_zero.deepspeed_format import DeepSpeedCheckpointError, load_deepspeed_file
+
+    path = tmp_path / "zero_pp_rank_0_mp_rank_00_optim_states.pt"  # an object outside the three DeepSpeed names
+    torch.save({"optimizer_state_dict": {"zero_stage": 2, "payload": Fraction(1, 3)}}, path)
+    with pytest.raises(DeepSpeedCheckpointError, match="cannot be read safely"):
+        load_deepspeed_file(str(path))
+
+
+@pytest.mark.parametrize("saved_stage", [2, 3])
+def test_zero_to_fp32_consolidates_a_deepspeed_checkpoint(tmp_path, saved_stage):
+    import subprocess
+    import sys
+
+    checkpoint = FIXTURES / f"ds0.19.8-stage{saved_stage}"
+    expected = torch.load(checkpoint / "expected.pt", weights_only=True)["weights_at_checkpoint"]
+    done = subprocess.run([sys.executable, "-m", "deepspeed.utils.zero_to_fp32", str(checkpoint), str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    consolidated = torch.load(tmp_path / "pytorch_model.bin", weights_only=True)
+    assert consolidated.keys() == expected.keys()
+    for name, want in expected.items():
+        torch.testing.assert_close(consolidated[name], want, rtol=0, atol=0, msg=name)
+
+
+def _resume_stage0_weights_only(checkpoint: str):
+    import deepspeed
+
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3))
+    config = {"train_micro_batch_size_per_gpu": 2, "optimizer": {"type": "AdamW", "params": {"lr": 1e-2}}}
+    engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=config)
+    try:
+        engine.load_checkpoint(checkpoint)
+        refused = None
+    except ValueError as exc:
+        refused = str(exc)
+    engine.load_checkpoint(checkpoint, load_optimizer_states=False)
+    return refused, {k: v.detach().clone() for k, v in engine.module.state_dict().items()}, engine.global_steps
+
+
+@pytest.mark.timeout(120)
+def test_deepspeed_stage0_optimizer_state_is_refused_clearly_and_weights_still_load():
+    checkpoint = FIXTURES / "ds0.19.8-stage0"
+    expected = torch.load(checkpoint / "expected.pt", weights_only=True)["weights_at_checkpoint"]
+    refused, weights, steps = run_distributed(_resume_stage0_weights_only, world_size=1, args=(str(checkpoint),))[0]
+    assert "plain torch state dict (a DeepSpeed stage-0 save)" in refused and "load_optimizer_states=False" in refused
+    assert steps == 3
+    for name, want in expected.items():
+        torch.testing.assert_close(weights[name], want, rtol=0, atol=0, msg=name)
