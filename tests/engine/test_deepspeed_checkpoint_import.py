@@ -1,7 +1,7 @@
 """Resuming from checkpoints the reference DeepSpeed (0.19.8) wrote, optimizer state included.
 
-The fixtures under ``fixtures/`` are real DeepSpeed checkpoints (stages 0, 2 and 3, 2 ranks, a tiny
-MLP after 3 AdamW steps) with what DeepSpeed itself computed over the next 3 steps; how they were
+The fixtures under ``fixtures/`` are real DeepSpeed checkpoints (fp32 stages 0, 2 and 3, bf16 stages 1
+and 3; 2 ranks, a tiny MLP after 3 AdamW steps) with what DeepSpeed itself computed over the next 3 steps; how they were
 made is ``fixtures/make_deepspeed_checkpoints.py``. Resuming here, at the same or another stage and
 world size, must reproduce those steps: equal losses and final weights to 1e-5 need the imported
 fp32 masters, Adam moments and step counts to be right. ``zero_to_fp32`` must rebuild the weights
@@ -22,14 +22,15 @@ from ds_comm.testing import run_distributed
 FIXTURES = Path(__file__).with_name("fixtures")
 
 
-def _resume(checkpoint: str, stage: int, micro: int):
+def _resume(checkpoint: str, stage: int, micro: int, bf16: bool = False):
     import deepspeed
 
     torch.manual_seed(123)  # different initial weights: everything must come from the checkpoint
     model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3))
     config = {"train_micro_batch_size_per_gpu": micro, "gradient_clipping": 1.0,
               "optimizer": {"type": "AdamW", "params": {"lr": 1e-2, "weight_decay": 0.01}},
-              "zero_optimization": {"stage": stage, "stage3_param_persistence_threshold": 0}}
+              "zero_optimization": {"stage": stage, "stage3_param_persistence_threshold": 0},
+              "bf16": {"enabled": bf16}}
     engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=config)
     path, client_state = engine.load_checkpoint(checkpoint)
     assert path is not None and engine.global_steps == 3
@@ -37,7 +38,7 @@ def _resume(checkpoint: str, stage: int, micro: int):
     losses = []
     for step in range(3, 6):
         x = torch.randn(4, 8, generator=torch.Generator().manual_seed(100 + step))[rank * micro:(rank + 1) * micro]
-        loss = engine(x).pow(2).mean()
+        loss = engine(x.bfloat16() if bf16 else x).pow(2).mean()
         engine.backward(loss)
         engine.step()
         losses.append(loss.item())
@@ -63,6 +64,20 @@ def test_resume_from_a_deepspeed_checkpoint_continues_its_run(tmp_path, saved_st
         assert losses == pytest.approx(expected["losses_after_resume"], rel=1e-5, abs=1e-6)
     for name, want in expected["weights"].items():
         torch.testing.assert_close(weights[name], want, rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize(("saved_stage", "stage"), [(1, 1), (1, 3), (3, 3), (3, 2)])
+def test_resume_from_a_deepspeed_bf16_checkpoint(tmp_path, saved_stage, stage):
+    """DeepSpeed's bf16 optimizer names its files bf16_zero_pp_rank_*; the weights it trains are bf16."""
+    checkpoint = tmp_path / "ckpt"
+    shutil.copytree(FIXTURES / f"ds0.19.8-bf16-stage{saved_stage}", checkpoint)
+    expected = torch.load(checkpoint / "expected.pt", weights_only=True)
+    losses, weights = run_distributed(_resume, world_size=2, timeout=200, args=(str(checkpoint), stage, 2, True))[0]
+    assert losses == expected["losses_after_resume"]
+    for name, want in expected["weights"].items():
+        assert weights[name].dtype == torch.bfloat16
+        torch.testing.assert_close(weights[name], want, rtol=0, atol=2**-15, msg=name)  # within one bf16 step here
 
 
 def test_a_deepspeed_file_with_unknown_objects_is_refused(tmp_path):

@@ -211,7 +211,8 @@ def _optimizer_shards(state: dict[str, Any], load_dir: str, tag: str) -> list[di
                 "DeepSpeed stage-0 save), which is not read; load it with load_optimizer_states=False")
         return [saved]
     shards = []
-    for path in glob.glob(os.path.join(load_dir, tag, "zero_pp_rank_*_mp_rank_00_optim_states.pt")):
+    # DeepSpeed names its bf16 optimizer's files bf16_zero_pp_rank_<r>_...: the same layout
+    for path in glob.glob(os.path.join(load_dir, tag, "*zero_pp_rank_*_mp_rank_00_optim_states.pt")):
         try:
             content = safe_load(path)
         except UnsafeCheckpointError:
