@@ -22,16 +22,20 @@ from ds_comm.testing import run_distributed
 FIXTURES = Path(__file__).with_name("fixtures")
 
 
-def _resume(checkpoint: str, stage: int, micro: int, bf16: bool = False):
+def _resume(checkpoint: str, stage: int, micro: int, bf16: bool = False, two_groups: bool = False):
     import deepspeed
 
     torch.manual_seed(123)  # different initial weights: everything must come from the checkpoint
     model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3))
+    groups = model.parameters()
+    if two_groups:  # as the fixture's run (and HF's Trainer): weights decay, biases do not
+        groups = [{"params": [p for n, p in model.named_parameters() if n.endswith("weight")], "weight_decay": 0.1},
+                  {"params": [p for n, p in model.named_parameters() if n.endswith("bias")], "weight_decay": 0.0}]
     config = {"train_micro_batch_size_per_gpu": micro, "gradient_clipping": 1.0,
               "optimizer": {"type": "AdamW", "params": {"lr": 1e-2, "weight_decay": 0.01}},
               "zero_optimization": {"stage": stage, "stage3_param_persistence_threshold": 0},
               "bf16": {"enabled": bf16}}
-    engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=config)
+    engine, *_ = deepspeed.initialize(model=model, model_parameters=groups, config=config)
     path, client_state = engine.load_checkpoint(checkpoint)
     assert path is not None and engine.global_steps == 3
     rank = deepspeed.comm.get_rank()
@@ -78,6 +82,20 @@ def test_resume_from_a_deepspeed_bf16_checkpoint(tmp_path, saved_stage, stage):
     for name, want in expected["weights"].items():
         assert weights[name].dtype == torch.bfloat16
         torch.testing.assert_close(weights[name], want, rtol=0, atol=2**-15, msg=name)  # within one bf16 step here
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize(("saved_stage", "stage", "world"), [(2, 2, 2), (2, 3, 2), (3, 3, 2), (3, 1, 1)])
+def test_resume_from_a_deepspeed_checkpoint_with_two_param_groups(tmp_path, saved_stage, stage, world):
+    checkpoint = tmp_path / "ckpt"
+    shutil.copytree(FIXTURES / f"ds0.19.8-groups-stage{saved_stage}", checkpoint)
+    expected = torch.load(checkpoint / "expected.pt", weights_only=True)
+    losses, weights = run_distributed(_resume, world_size=world, timeout=200,
+                                      args=(str(checkpoint), stage, 4 // world, False, True))[0]
+    if world == 2:
+        assert losses == pytest.approx(expected["losses_after_resume"], rel=1e-5, abs=1e-6)
+    for name, want in expected["weights"].items():
+        torch.testing.assert_close(weights[name], want, rtol=1e-5, atol=1e-6, msg=name)
 
 
 def test_a_deepspeed_file_with_unknown_objects_is_refused(tmp_path):
