@@ -7,12 +7,14 @@ module reads them with ``weights_only=True`` — the three names are mapped onto
 DeepSpeed code is needed and none can run — and cuts the partitions into this project's
 per-parameter slices (:mod:`ds_zero.sharded_state`), which every stage at every world size loads.
 
-The layouts, per rank file ``zero_pp_rank_<r>_mp_rank_00_optim_states.pt``:
+The layouts, per rank file ``zero_pp_rank_<r>_mp_rank_00_optim_states.pt`` (``bf16_zero_pp_rank_...``
+from DeepSpeed's bf16 optimizer, same layout):
 
 * stages 1-2: per param group, one flat partition of ``P`` elements (``single_partition_of_fp32_groups``,
   stored without its padding, ``group_paddings``) covering elements ``[r*P, (r+1)*P)`` of the group's
-  parameters laid end to end (in ``param_shapes`` order); ``param_slice_mappings`` names each parameter piece in it (``start`` within the partition,
-  ``numel``); the state (``exp_avg``...) of the partition is ``base_optimizer_state["state"][group]``.
+  parameters laid end to end (in ``param_shapes`` order); ``param_slice_mappings`` names each
+  parameter piece in it (``start`` within the partition, ``numel``); the state (``exp_avg``...) of the
+  partition is ``base_optimizer_state["state"][group]``.
 * stage 3: every parameter split on its own into ``ceil(numel / N)``-element pieces (the last one
   padded); rank ``r`` keeps piece ``r`` of each, laid end to end over all groups in ``param_shapes``
   order, in ``fp32_flat_groups`` (sub-groups of that sequence) and the matching sub-group states in
@@ -72,7 +74,10 @@ _STAND_INS = [
 
 def load_deepspeed_file(path: str) -> Any:
     """``torch.load(path, weights_only=True)`` with DeepSpeed's three pickled classes read as records."""
-    with torch.serialization.safe_globals(_STAND_INS):
+    safe_globals = getattr(torch.serialization, "safe_globals", None)
+    if safe_globals is None:  # renamed safe globals came with torch 2.6
+        raise DeepSpeedCheckpointError(f"{path}: reading checkpoints DeepSpeed wrote needs torch >= 2.6")
+    with safe_globals(_STAND_INS):
         try:
             return torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 - name the file and the first line of torch's reason
