@@ -22,6 +22,7 @@ triton installed: the package sources are put on ``sys.path`` from this checkout
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import os
@@ -111,27 +112,18 @@ def fresh_model(seq: int, device: torch.device) -> nn.Module:
     return GPT(seq).to(device)
 
 
-def run_plain_bf16(args, data, device):
-    model = fresh_model(args.seq, device).to(torch.bfloat16)
+def plain_step(data, device, seq: int, *, amp: bool):
+    """One plain PyTorch training step as a function: bf16 weights (``amp=False``) or fp32 weights
+    under ``torch.autocast(bfloat16)`` (``amp=True``); fused AdamW, clipping at 1.0."""
+    model = fresh_model(seq, device)
+    if not amp:
+        model = model.to(torch.bfloat16)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1, fused=True)
+    # no autocast context at all without amp: the bf16 baseline does no work it does not need
+    precision = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if amp else contextlib.nullcontext
 
     def step():
-        loss = loss_of(model, *data)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        return loss.detach()
-
-    return timed(step, warmup=args.warmup, steps=args.steps)
-
-
-def run_plain_amp(args, data, device):
-    model = fresh_model(args.seq, device)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1, fused=True)
-
-    def step():
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        with precision():
             loss = loss_of(model, *data)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -139,20 +131,20 @@ def run_plain_amp(args, data, device):
         opt.zero_grad(set_to_none=True)
         return loss.detach()
 
-    return timed(step, warmup=args.warmup, steps=args.steps)
+    return step
 
 
-def run_zero3(args, data, device, **stage3):
+def zero3_step(data, device, seq: int, **stage3):
+    """One ``ds_zero`` stage-3 training step as a function (bf16 mixed precision, clipping at 1.0), and
+    its trainer (for ``close()`` and the unit counts)."""
     from ds_zero import MixedPrecisionPolicy, wrap
     from ds_zero.stage3 import Stage3Policy, Zero3Policy
 
-    model = fresh_model(args.seq, device)
+    model = fresh_model(seq, device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1, fused=True)
     policy = Zero3Policy(mixed_precision=MixedPrecisionPolicy(param_dtype=torch.bfloat16), clip_grad=1.0,
                          stage3=Stage3Policy(**stage3))
     trainer = wrap(model, opt, policy=policy)
-    units = len(trainer.sharded.units)
-    persistent = len(trainer.sharded.plan.persistent)
 
     def step():
         loss = loss_of(model, *data)
@@ -160,6 +152,21 @@ def run_zero3(args, data, device, **stage3):
         trainer.step()
         return loss.detach()
 
+    return step, trainer
+
+
+def run_plain_bf16(args, data, device):
+    return timed(plain_step(data, device, args.seq, amp=False), warmup=args.warmup, steps=args.steps)
+
+
+def run_plain_amp(args, data, device):
+    return timed(plain_step(data, device, args.seq, amp=True), warmup=args.warmup, steps=args.steps)
+
+
+def run_zero3(args, data, device, **stage3):
+    step, trainer = zero3_step(data, device, args.seq, **stage3)
+    units = len(trainer.sharded.units)
+    persistent = len(trainer.sharded.plan.persistent)
     ms, loss = timed(step, warmup=args.warmup, steps=args.steps)
     if args.profile and not stage3:
         profile(step, args.profile)

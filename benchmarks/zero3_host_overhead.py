@@ -31,41 +31,6 @@ gpt.VOCAB, gpt.D, gpt.LAYERS, gpt.HEADS = 512, 64, 12, 4
 SEQ, MICRO = 32, 2
 
 
-def plain_bf16_step(data):
-    model = gpt.fresh_model(SEQ, torch.device("cpu")).to(torch.bfloat16)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1, fused=True)
-
-    def step():
-        loss = gpt.loss_of(model, *data)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        return loss
-
-    return step
-
-
-def zero3_step(data):
-    from ds_zero import MixedPrecisionPolicy, wrap
-    from ds_zero.stage3 import Stage3Policy, Zero3Policy
-
-    model = gpt.fresh_model(SEQ, torch.device("cpu"))
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1, fused=True)
-    policy = Zero3Policy(mixed_precision=MixedPrecisionPolicy(param_dtype=torch.bfloat16), clip_grad=1.0,
-                         stage3=Stage3Policy())
-    trainer = wrap(model, opt, policy=policy)
-    print(f"zero3: {len(trainer.sharded.units)} unit(s), {len(trainer.sharded.plan.persistent)} whole parameters")
-
-    def step():
-        loss = gpt.loss_of(model, *data)
-        trainer.backward(loss)
-        trainer.step()
-        return loss
-
-    return step
-
-
 def median_ms(step, steps: int, warmup: int = 5) -> float:
     for _ in range(warmup):
         step()
@@ -92,7 +57,10 @@ def main() -> int:
     ds_comm.init_distributed(dist_backend="gloo", verbose=False)
     gen = torch.Generator().manual_seed(1)
     data = (torch.randint(0, gpt.VOCAB, (MICRO, SEQ), generator=gen), torch.randint(0, gpt.VOCAB, (MICRO, SEQ), generator=gen))
-    plain, zero3 = plain_bf16_step(data), zero3_step(data)
+    cpu = torch.device("cpu")
+    plain = gpt.plain_step(data, cpu, SEQ, amp=False)
+    zero3, trainer = gpt.zero3_step(data, cpu, SEQ)
+    print(f"zero3: {len(trainer.sharded.units)} unit(s), {len(trainer.sharded.plan.persistent)} whole parameters")
     ratios = []
     for r in range(args.rounds):
         a, b = median_ms(plain, args.steps), median_ms(zero3, args.steps)

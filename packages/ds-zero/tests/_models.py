@@ -73,3 +73,21 @@ def zero_trainer(model: torch.nn.Module, stage: int, *, bucket: int, overlap: bo
         overlap_comm=overlap,
     )
     return wrap(model, opt, policy=policy)
+
+
+def live_tensor_bytes() -> int:
+    """Bytes of every distinct tensor storage alive in this process (a gc walk: counts what the
+    trainer really holds, whoever allocated it)."""
+    import gc
+
+    gc.collect()
+    seen: dict[int, int] = {}
+    for obj in gc.get_objects():
+        try:
+            if not torch.is_tensor(obj):
+                continue
+            storage = obj.untyped_storage()
+            seen[storage.data_ptr()] = storage.nbytes()
+        except Exception:  # noqa: BLE001 - DTensor wrappers and freed storages have nothing to count
+            continue
+    return sum(seen.values())

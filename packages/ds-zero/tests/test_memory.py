@@ -16,30 +16,14 @@ gradients and slices them afterwards keeps 4Ψ (2Ψ) of gradients after backward
 
 from __future__ import annotations
 
-import gc
-
 import pytest
 import torch
-from _models import zero_trainer
+from _models import live_tensor_bytes, zero_trainer
 
 import ds_comm
 from ds_comm.testing import run_distributed
 
 WIDTH, DEPTH, BATCH = 256, 8, 4
-
-
-def _live_tensor_bytes() -> int:
-    gc.collect()
-    seen: dict[int, int] = {}
-    for obj in gc.get_objects():
-        try:
-            if not torch.is_tensor(obj):
-                continue
-            storage = obj.untyped_storage()
-        except Exception:  # noqa: BLE001 - some objects raise on inspection
-            continue
-        seen[storage.data_ptr()] = storage.nbytes()
-    return sum(seen.values())
 
 
 def _measure(stage: int, dtype_name: str):
@@ -58,9 +42,9 @@ def _measure(stage: int, dtype_name: str):
         if stage == 1:
             opt.reducer.finish()  # stage 1 reduces at the step; measure after it has
         del loss
-        readings[f"after_backward_{step}"] = _live_tensor_bytes()
+        readings[f"after_backward_{step}"] = live_tensor_bytes()
         opt.step()
-        readings[f"after_step_{step}"] = _live_tensor_bytes()
+        readings[f"after_step_{step}"] = live_tensor_bytes()
     elem = torch.tensor([], dtype=dtype).element_size()
     return psi, world, bucket * elem, x.numel() * elem, readings
 

@@ -9,30 +9,15 @@ saved activations. Keeping the whole model on every rank would need 16Ψ and fai
 
 from __future__ import annotations
 
-import gc
-
 import pytest
 import torch
+from _models import live_tensor_bytes
 from _stage3_models import stage3_policy
 
 import ds_comm
 from ds_comm.testing import run_distributed
 
 WIDTH, DEPTH, BATCH = 256, 8, 4
-
-
-def _live_tensor_bytes() -> int:
-    gc.collect()
-    seen: dict[int, int] = {}
-    for obj in gc.get_objects():
-        try:
-            if not torch.is_tensor(obj):
-                continue
-            storage = obj.untyped_storage()
-            seen[storage.data_ptr()] = storage.nbytes()
-        except Exception:  # noqa: BLE001 - DTensor wrappers and freed storages have nothing to count
-            continue
-    return sum(seen.values())
 
 
 def _measure():
@@ -44,15 +29,15 @@ def _measure():
     unit = WIDTH * WIDTH  # one layer per unit; nothing kept gathered between forward and backward
     trainer = wrap(model, torch.optim.Adam(model.parameters()), policy=stage3_policy(cap=unit, persist=0))
     readings: dict[str, int] = {}
-    model[-1].register_forward_hook(lambda *_: readings.__setitem__(f"in_forward_{step}", _live_tensor_bytes()))
+    model[-1].register_forward_hook(lambda *_: readings.__setitem__(f"in_forward_{step}", live_tensor_bytes()))
     x = torch.randn(BATCH, WIDTH)
     for step in range(2):
         loss = model(x).pow(2).mean()
         trainer.backward(loss)
         del loss
-        readings[f"after_backward_{step}"] = _live_tensor_bytes()
+        readings[f"after_backward_{step}"] = live_tensor_bytes()
         trainer.step()
-        readings[f"after_step_{step}"] = _live_tensor_bytes()
+        readings[f"after_step_{step}"] = live_tensor_bytes()
     return psi, unit, ds_comm.get_world_size(), readings
 
 

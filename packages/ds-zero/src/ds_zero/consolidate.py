@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from ds_zero import deepspeed_format
-from ds_zero.sharded_state import FORMAT, consolidate_fp32
+from ds_zero.sharded_state import consolidate_fp32
 
 MODEL_STATES = "mp_rank_00_model_states.pt"
 ZERO3_MODEL_STATES = "zero_pp_rank_0_mp_rank_00_model_states.pt"
@@ -90,16 +90,8 @@ def get_fp32_state_dict_from_zero_checkpoint(checkpoint_dir: str | os.PathLike, 
     module: Mapping[str, torch.Tensor] = model_state.get("module") or {}
     buffers = set(model_state.get("buffer_names") or ())
     frozen = set(model_state.get("frozen_param_names") or ())
-    shards = []
-    for path in sorted(glob.glob(str(tag_dir / "*_optim_states.pt")), key=_natural):
-        try:
-            content = _load(path)
-        except pickle.UnpicklingError:  # DeepSpeed's own files pickle three of its classes
-            content = deepspeed_format.load_deepspeed_file(path)
-        if deepspeed_format.is_deepspeed_optimizer_file(content):
-            shards.append(deepspeed_format.slices_from_deepspeed(path, content, model_state.get("param_shapes")))
-        elif content.get("optimizer_state_dict", {}).get("format") == FORMAT:
-            shards.append(content["optimizer_state_dict"])
+    paths = sorted(glob.glob(str(tag_dir / "*_optim_states.pt")), key=_natural)
+    shards = deepspeed_format.read_optimizer_shards(paths, model_state.get("param_shapes"))
     trained = consolidate_fp32(shards) if shards else {}
     out: dict[str, torch.Tensor] = {}
     for name, value in module.items():

@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 import os
 import re
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -174,6 +175,22 @@ def slices_from_deepspeed(path: str, content: dict[str, Any], param_shapes: Any)
     if stage == 3:
         return _stage3_slices(path, osd, shapes)
     raise DeepSpeedCheckpointError(f"{path}: ZeRO stage {stage} optimizer files are not read")
+
+
+def read_optimizer_shards(paths: Iterable[str], param_shapes: Any) -> list[dict[str, Any]]:
+    """The optimizer state of rank files written by this project or by DeepSpeed, as this project's
+    slices. Every file is read with ``weights_only=True`` (DeepSpeed's three names as records)."""
+    shards = []
+    for path in paths:
+        content = load_deepspeed_file(path)
+        if is_deepspeed_optimizer_file(content):
+            shards.append(slices_from_deepspeed(path, content, param_shapes))
+            continue
+        osd = content.get(OPTIMIZER_STATE_DICT) if isinstance(content, dict) else None
+        if not isinstance(osd, dict) or osd.get("format") != SLICES_FORMAT:
+            raise DeepSpeedCheckpointError(f"{path}: holds no optimizer state that this project or DeepSpeed wrote")
+        shards.append(osd)
+    return shards
 
 
 def partitioned_placeholders(module_state: dict[str, Any], param_shapes: Any) -> list[str]:

@@ -1,21 +1,7 @@
-"""`deepspeed.runtime.zero`: DeepSpeed's path for the ZeRO-3 helpers (aliases of `ds_zero.stage3`)."""
+"""`deepspeed.runtime.zero`: DeepSpeed's path for the ZeRO-3 helpers (the names of `deepspeed.zero`)."""
 
+from deepspeed import zero as _zero
 from deepspeed.runtime.zero import partition_parameters
-from deepspeed.runtime.zero.partition_parameters import (
-    GatheredParameters,
-    Init,
-    ZeroParamStatus,
-    ZeroParamType,
-    register_external_parameter,
-    unregister_external_parameter,
-)
+from deepspeed.zero import *  # noqa: F403
 
-__all__ = [
-    "GatheredParameters",
-    "Init",
-    "ZeroParamStatus",
-    "ZeroParamType",
-    "partition_parameters",
-    "register_external_parameter",
-    "unregister_external_parameter",
-]
+__all__ = [*_zero.__all__, "partition_parameters"]

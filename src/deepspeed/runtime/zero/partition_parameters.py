@@ -4,14 +4,8 @@ Aliases of `ds_zero.stage3`, including the module-level originals of torch's ten
 (`_orig_torch_arange` & co.) and the constructor-wrapper helpers that clients read here.
 """
 
-from ds_zero.stage3 import (
-    GatheredParameters,
-    Init,
-    ZeroParamStatus,
-    ZeroParamType,
-    register_external_parameter,
-    unregister_external_parameter,
-)
+from deepspeed import zero as _zero
+from deepspeed.zero import *  # noqa: F403
 from ds_zero.stage3.zero_init import (
     _orig_torch_arange,
     _orig_torch_empty,
@@ -26,10 +20,7 @@ from ds_zero.stage3.zero_init import (
 )
 
 __all__ = [
-    "GatheredParameters",
-    "Init",
-    "ZeroParamStatus",
-    "ZeroParamType",
+    *_zero.__all__,
     "_orig_torch_arange",
     "_orig_torch_empty",
     "_orig_torch_eye",
@@ -39,7 +30,5 @@ __all__ = [
     "_orig_torch_tensor",
     "_orig_torch_zeros",
     "get_new_tensor_fn_for_dtype",
-    "register_external_parameter",
-    "unregister_external_parameter",
     "zero_wrapper_for_fp_tensor_constructor",
 ]

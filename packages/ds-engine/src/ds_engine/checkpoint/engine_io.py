@@ -24,7 +24,6 @@ from typing import Any
 import ds_comm
 from ds_engine.checkpoint import layout
 from ds_engine.checkpoint.files import (
-    UnsafeCheckpointError,
     atomic_torch_save,
     atomic_write_text,
     check_safe,
@@ -210,18 +209,9 @@ def _optimizer_shards(state: dict[str, Any], load_dir: str, tag: str) -> list[di
                 f"{layout.find_model_states(load_dir, tag)}: its optimizer state is a plain torch state dict (a "
                 "DeepSpeed stage-0 save), which is not read; load it with load_optimizer_states=False")
         return [saved]
-    shards = []
     # DeepSpeed names its bf16 optimizer's files bf16_zero_pp_rank_<r>_...: the same layout
-    for path in glob.glob(os.path.join(load_dir, tag, "*zero_pp_rank_*_mp_rank_00_optim_states.pt")):
-        try:
-            content = safe_load(path)
-        except UnsafeCheckpointError:
-            content = deepspeed_format.load_deepspeed_file(path)  # DeepSpeed's, or refused with the file named
-        if deepspeed_format.is_deepspeed_optimizer_file(content):
-            shards.append(deepspeed_format.slices_from_deepspeed(path, content, state.get(layout.PARAM_SHAPES)))
-        else:
-            shards.append(content[layout.OPTIMIZER_STATE_DICT])
-    return shards
+    paths = glob.glob(os.path.join(load_dir, tag, "*zero_pp_rank_*_mp_rank_00_optim_states.pt"))
+    return deepspeed_format.read_optimizer_shards(paths, state.get(layout.PARAM_SHAPES))
 
 
 def _load_optimizer(engine: Any, shards: list[dict[str, Any]], load_dir: str, tag: str) -> bool:
