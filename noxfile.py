@@ -3,8 +3,9 @@
 `nox -t ci` is what `.ci/run` and the README's test command run: the whole suite on CPU, split so
 that nothing runs twice: every package's tests in a venv of its own holding only that package's
 declared dependencies (`package`), the cross-package tests with everything installed
-(`integration`), the third-party clients (`clients`: Hugging Face Trainer, Accelerate, Lightning,
-installed as test-only dependencies), and lint. `nox -s tests` runs the first two in one venv.
+(`integration`), the fault-injection suite (`faults`: every test marked ``faults``), the third-party
+clients (`clients`: Hugging Face Trainer, Accelerate, Lightning, installed as test-only
+dependencies), and lint. `nox -s tests` runs the first two in one venv.
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ def _ensure_system_packages(session: nox.Session) -> None:
     session.run("apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing, external=True, env=env)
 
 
-def _pytest(session: nox.Session, *paths: str, marker: str = "not cuda") -> None:
+def _pytest(session: nox.Session, *paths: str, marker: str = "not cuda and not faults") -> None:
     session.run("python", "-m", "pytest", "-m", marker, *paths, *session.posargs,
                 env={"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
 
@@ -94,7 +95,7 @@ def tests(session: nox.Session) -> None:
     """The whole suite on CPU in one venv: every package's tests and the cross-package tests."""
     _ensure_system_packages(session)
     _install_everything(session)
-    _pytest(session, *[f"packages/{p}/tests" for p in PACKAGES], "tests")
+    _pytest(session, *[f"packages/{p}/tests" for p in PACKAGES], "tests", marker="not cuda")
 
 
 @nox.session(tags=["ci"])
@@ -119,6 +120,16 @@ def package(session: nox.Session, package: str) -> None:
     session.install("-c", "constraints.txt", *targets, *TEST_DEPS)
     # Installed non-editable, and run from a folder where the sources are not importable by path.
     _pytest(session, str(ROOT / "packages" / package / "tests"))
+
+
+@nox.session(tags=["ci"])
+def faults(session: nox.Session) -> None:
+    """The fault-injection suite (tests marked ``faults`` in every package and in ``tests/``): crashing,
+    hanging and signalled ranks, kill during save, a full disk, corrupt and malicious checkpoints,
+    non-finite gradients, misuse of the training API and bad input, each injected for real."""
+    _ensure_system_packages(session)
+    _install_everything(session)
+    _pytest(session, *[f"packages/{p}/tests" for p in PACKAGES], "tests", marker="faults and not cuda")
 
 
 @nox.session

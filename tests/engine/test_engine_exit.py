@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.faults
+
 SCRIPT = """
 import argparse, torch, deepspeed
 parser = argparse.ArgumentParser()

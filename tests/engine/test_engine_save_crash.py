@@ -12,6 +12,8 @@ import pytest
 import deepspeed
 from ds_comm.testing import DistributedTestError, run_distributed
 
+pytestmark = pytest.mark.faults
+
 STAGE = 2
 
 

@@ -23,6 +23,8 @@ from _e2e_util import (
     wait_ready,
 )
 
+pytestmark = pytest.mark.faults
+
 FAULT = str(SCRIPTS / "fault.py")
 
 
