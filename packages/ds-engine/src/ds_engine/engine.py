@@ -81,8 +81,7 @@ class DeepSpeedEngine(EngineAccessors, nn.Module):
         self.client_optimizer, self.client_lr_scheduler = optimizer, lr_scheduler
         self.basic_optimizer = components.basic_optimizer(optimizer, model_parameters, model, self._config, self.device)
         self.optimizer = self._wrap_optimizer()
-        if self.optimizer is None and model_dtype(self._config) != torch.float32:
-            model.to(model_dtype(self._config))  # inference-only engine: still run in the configured precision
+        self._inference_shards = self._shard_inference_only() if self.optimizer is None else None
         self.lr_scheduler = components.lr_scheduler(lr_scheduler, self._config, self.optimizer, self.basic_optimizer)
         self.collate_fn = collate_fn
         self.training_dataloader = self.deepspeed_io(training_data) if training_data is not None else None
@@ -122,6 +121,19 @@ class DeepSpeedEngine(EngineAccessors, nn.Module):
             return wrap(self.module, self.basic_optimizer, policy=policy, group=self.dp_group)
         except StageNotAvailable as exc:
             raise DeepSpeedConfigError(f"'zero_optimization.stage' {policy.stage}: {exc}") from None
+
+    def _shard_inference_only(self) -> Any:
+        """An engine without an optimizer runs in the configured precision; at stage 3 its parameters
+        are still sharded and gathered per forward, as DeepSpeed's ZeRO-Offload wrapper does (TRL's
+        reference model; a ``zero.Init`` model has nothing to run with otherwise)."""
+        dtype = model_dtype(self._config)
+        if self.zero_optimization_stage() != 3:
+            if dtype != torch.float32:
+                self.module.to(dtype)
+            return None
+        from ds_zero.stage3.inference import shard_for_inference
+
+        return shard_for_inference(self.module, policy=policy_from_config(self._config), group=self.dp_group)
 
     # --- training ------------------------------------------------------------------------------------
     def is_gradient_accumulation_boundary(self) -> bool:
@@ -277,6 +289,8 @@ class DeepSpeedEngine(EngineAccessors, nn.Module):
     def _zero3_consolidated_16bit_state_dict(self, exclude_frozen_parameters: bool = False) -> dict[str, Any] | None:
         """The full model state dict in the training dtype. Below stage 3 every rank holds it; at stage 3
         it is gathered (every rank must call this) and only rank 0 gets it, others None."""
+        if self.zero_optimization_stage() == 3 and self.optimizer is None:
+            return self._inference_shards.full_state_dict(exclude_frozen_parameters=exclude_frozen_parameters)
         if self.zero_optimization_stage() == 3:
             return self.optimizer.consolidated_16bit_state_dict(exclude_frozen_parameters=exclude_frozen_parameters)
         return self.module_state_dict(exclude_frozen_parameters=exclude_frozen_parameters)
@@ -302,6 +316,8 @@ class DeepSpeedEngine(EngineAccessors, nn.Module):
         """Release hooks and monitors."""
         if self.optimizer is not None:
             self.optimizer.close()
+        if self._inference_shards is not None:
+            self._inference_shards.close()
         for monitor in self.monitors:
             monitor.close()
 

@@ -115,8 +115,9 @@ def _materialise(param: nn.Parameter, device: torch.device) -> None:
     param.ds_status = ZeroParamStatus.AVAILABLE
 
 
-def _prepare_unit_params(unit: nn.Module, persistent: set[int], device: torch.device) -> list[nn.Parameter]:
-    """The parameters ``fully_shard(unit)`` will take, full and in fp32 (Note [shards are masters])."""
+def _prepare_unit_params(unit: nn.Module, persistent: set[int], device: torch.device,
+                         dtype: torch.dtype = torch.float32) -> list[nn.Parameter]:
+    """The parameters ``fully_shard(unit)`` will take, full and in ``dtype`` (fp32: Note [shards are masters])."""
     taken, seen = [], set()
     for p in unit.parameters():
         if id(p) in seen or id(p) in persistent or isinstance(p, DTensor):
@@ -124,14 +125,18 @@ def _prepare_unit_params(unit: nn.Module, persistent: set[int], device: torch.de
         seen.add(id(p))
         if shards.is_init_shard(p):
             _materialise(p, device)
-        if p.is_floating_point() and p.dtype != torch.float32:
-            p.data = p.data.float()
+        if p.is_floating_point() and p.dtype != dtype:
+            p.data = p.data.to(dtype)
         taken.append(p)
     return taken
 
 
-def shard_model(module: nn.Module, *, policy: ZeroPolicy, group: Any = None) -> ShardedModel:
-    """Plan the units of ``module`` and shard them, children first (every rank must call it)."""
+def shard_model(module: nn.Module, *, policy: ZeroPolicy, group: Any = None,
+                shard_dtype: torch.dtype = torch.float32) -> ShardedModel:
+    """Plan the units of ``module`` and shard them, children first (every rank must call it).
+
+    ``shard_dtype``: the dtype of the shards; fp32 for training (Note [shards are masters]), the model's
+    dtype for a forward-only model (Note [inference shards] in :mod:`ds_zero.stage3.inference`)."""
     s3 = stage3_of(policy)
     numel = sum(full_numel(p) for p in {id(p): p for p in module.parameters()}.values())
     cap = unit_cap(policy, world_size=ds_comm.get_world_size(group), model_numel=numel)
@@ -154,7 +159,7 @@ def shard_model(module: nn.Module, *, policy: ZeroPolicy, group: Any = None) -> 
         raise StageNotAvailable(f"stage 3 keeps {len(persistent)} small parameter(s) whole, which needs torch >= 2.7 "
                                 "(fully_shard(ignored_params=...)); set stage3_param_persistence_threshold to 0")
     for unit in plan.units:
-        taken = _prepare_unit_params(unit, persistent, device)
+        taken = _prepare_unit_params(unit, persistent, device, shard_dtype)
         root = unit is module
         fully_shard(unit, mesh=mesh, mp_policy=mixed, offload_policy=offload, **ignored,
                     reshard_after_forward=None if root else id(unit) not in plan.keep_gathered)
