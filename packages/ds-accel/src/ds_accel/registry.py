@@ -121,3 +121,9 @@ def reset_accelerator() -> None:
     """Forget the current choice so the next ``get_accelerator()`` detects again."""
     global _current
     _current = None
+
+
+def is_current_accelerator_supported() -> bool:
+    """Whether the process-wide accelerator is one of the registered kinds (DeepSpeed's check of the
+    same name: an out-of-tree accelerator handed to ``set_accelerator`` without ``register`` is not)."""
+    return get_accelerator().name in _REGISTRY

@@ -18,6 +18,7 @@ import ds_comm
 from ds_zero.allreduce import BucketedAllReduce
 from ds_zero.loss_scaler import make_loss_scaler
 from ds_zero.masters import Fp32Masters, ModelMasters
+from ds_zero.param_access import link_parameters
 from ds_zero.policy import ZeroPolicy
 from ds_zero.trainer import ZeroTrainer
 
@@ -73,4 +74,6 @@ def wrap(module: nn.Module, optimizer: torch.optim.Optimizer, *, policy: ZeroPol
         raise StageNotAvailable(
             f"ZeRO stage {policy.stage} is not available in this installation (available: {available_stages()})"
         )
-    return composer(module=module, optimizer=optimizer, policy=policy, group=group)
+    trainer = composer(module=module, optimizer=optimizer, policy=policy, group=group)
+    link_parameters(trainer)  # deepspeed.utils.safe_get_full_* find the trainer from a parameter
+    return trainer

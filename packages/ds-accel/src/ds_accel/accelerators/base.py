@@ -8,9 +8,12 @@ vendor import and visible-devices variable, and override what differs.
 
 from __future__ import annotations
 
+import functools
 import importlib
 from collections.abc import Mapping, MutableMapping, Sequence
 from typing import Any
+
+from ds_accel import op_builders
 
 
 class Accelerator:
@@ -101,6 +104,71 @@ class Accelerator:
             dtypes.append(torch.bfloat16)
         return dtypes
 
+    # --- typed tensor constructors (DeepSpeed's ``get_accelerator().LongTensor(data)``) ----------------
+    def _tensor_ctor(self, dtype_name: str) -> Any:
+        """``torch.tensor`` bound to a dtype and to this accelerator's (current) device."""
+        import torch
+
+        return functools.partial(torch.tensor, dtype=getattr(torch, dtype_name), device=self.device_name())
+
+    @property
+    def BFloat16Tensor(self) -> Any:  # noqa: N802 - DeepSpeed's name
+        return self._tensor_ctor("bfloat16")
+
+    @property
+    def ByteTensor(self) -> Any:  # noqa: N802 - DeepSpeed's name
+        return self._tensor_ctor("uint8")
+
+    @property
+    def DoubleTensor(self) -> Any:  # noqa: N802 - DeepSpeed's name
+        return self._tensor_ctor("float64")
+
+    @property
+    def FloatTensor(self) -> Any:  # noqa: N802 - DeepSpeed's name
+        return self._tensor_ctor("float32")
+
+    @property
+    def HalfTensor(self) -> Any:  # noqa: N802 - DeepSpeed's name
+        return self._tensor_ctor("float16")
+
+    @property
+    def IntTensor(self) -> Any:  # noqa: N802 - DeepSpeed's name
+        return self._tensor_ctor("int32")
+
+    @property
+    def LongTensor(self) -> Any:  # noqa: N802 - DeepSpeed's name
+        return self._tensor_ctor("int64")
+
+    # --- profiling ranges, lazy initialisation ----------------------------------------------------
+    def range_push(self, msg: str, domain: Any = None, category: Any = None) -> Any:
+        """Open a named profiler range (a no-op where the device has no range API)."""
+        return None
+
+    def range_pop(self, domain: Any = None) -> Any:
+        """Close the innermost profiler range (a no-op where the device has no range API)."""
+        return None
+
+    def lazy_call(self, callback: Any) -> Any:
+        """Run ``callback`` once the device runtime is initialised (at once where there is none to wait for)."""
+        return callback()
+
+    def is_triton_supported(self) -> bool:
+        """Whether Triton kernels can run on this device."""
+        return False
+
+    # --- op builders (see ds_accel.op_builders) ---------------------------------------------------
+    def op_builder_dir(self) -> str:
+        """The importable module holding this accelerator's op builder classes."""
+        return op_builders.op_builder_dir()
+
+    def get_op_builder(self, class_name: str) -> Any:
+        """The op builder class called ``class_name`` (e.g. ``"CPUAdamBuilder"``), None if unknown."""
+        return op_builders.get_op_builder(class_name)
+
+    def create_op_builder(self, class_name: str) -> Any:
+        """An instance of the op builder called ``class_name``, None if unknown."""
+        return op_builders.create_op_builder(class_name)
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self._name!r}, backend={self._communication_backend_name!r})"
 
@@ -158,6 +226,14 @@ class TorchDeviceAccelerator(Accelerator):
     def initial_seed(self) -> int:
         return int(self._mod.initial_seed())
 
+    def default_generator(self, device_index: int) -> Any:
+        return self._mod.default_generators[device_index]
+
+    def random(self) -> Any:
+        import torch
+
+        return torch.random
+
     def get_rng_state(self, device_index: int | None = None) -> Any:
         return self._mod.get_rng_state() if device_index is None else self._mod.get_rng_state(device_index)
 
@@ -201,6 +277,17 @@ class TorchDeviceAccelerator(Accelerator):
     def memory_reserved(self, device_index: int | None = None) -> int:
         return int(self._mod.memory_reserved(device_index))
 
+    def max_memory_reserved(self, device_index: int | None = None) -> int:
+        return int(self._mod.max_memory_reserved(device_index))
+
+    memory_cached = memory_reserved
+    max_memory_cached = max_memory_reserved
+
+    def reset_max_memory_allocated(self, device_index: int | None = None) -> None:
+        self._mod.reset_peak_memory_stats(device_index)
+
+    reset_max_memory_cached = reset_max_memory_allocated
+
     def memory_stats(self, device_index: int | None = None) -> Mapping[str, Any]:
         return self._mod.memory_stats(device_index)
 
@@ -223,4 +310,20 @@ class TorchDeviceAccelerator(Accelerator):
 
         return torch.amp
 
+    # --- profiling ranges, lazy initialisation ----------------------------------------------------
+    def range_push(self, msg: str, domain: Any = None, category: Any = None) -> Any:
+        nvtx = getattr(self._mod, "nvtx", None)
+        return nvtx.range_push(msg) if nvtx is not None else None
 
+    def range_pop(self, domain: Any = None) -> Any:
+        nvtx = getattr(self._mod, "nvtx", None)
+        return nvtx.range_pop() if nvtx is not None else None
+
+    def lazy_call(self, callback: Any) -> Any:
+        lazy = getattr(self._mod, "_lazy_call", None)
+        return lazy(callback) if lazy is not None else callback()
+
+    def is_triton_supported(self) -> bool:
+        import importlib.util
+
+        return self.is_available() and importlib.util.find_spec("triton") is not None

@@ -84,6 +84,41 @@ class CPUAccelerator(Accelerator):
 
         torch.set_rng_state(new_state)
 
+    def default_generator(self, device_index: int | None = None) -> Any:
+        import torch
+
+        return torch.default_generator
+
+    def random(self) -> Any:
+        import torch
+
+        return torch.random
+
+    # --- streams and events: torch.cpu's stand-ins (work runs in order; nothing to wait for) ---------
+    @property
+    def Stream(self) -> Any:  # noqa: N802 - DeepSpeed's name
+        import torch
+
+        return torch.cpu.Stream
+
+    @property
+    def Event(self) -> Any:  # noqa: N802 - DeepSpeed's name
+        import torch
+
+        return torch.cpu.Event
+
+    def stream(self, stream: Any) -> Any:
+        import torch
+
+        return torch.cpu.stream(stream)
+
+    def current_stream(self, device_index: int | None = None) -> Any:
+        import torch
+
+        return torch.cpu.current_stream(device_index)
+
+    default_stream = current_stream
+
     def empty_cache(self) -> None:
         return None
 
@@ -102,6 +137,14 @@ class CPUAccelerator(Accelerator):
                 fh.write("5")
         except OSError:
             self._peak_reset_rss = self.memory_allocated()
+
+    # The CPU has no caching allocator: "reserved" (and DeepSpeed's older "cached") is the resident set too.
+    memory_reserved = memory_allocated
+    max_memory_reserved = max_memory_allocated
+    memory_cached = memory_allocated
+    max_memory_cached = max_memory_allocated
+    reset_max_memory_allocated = reset_peak_memory_stats
+    reset_max_memory_cached = reset_peak_memory_stats
 
     def memory_stats(self, device_index: int | None = None) -> dict[str, int]:
         return {"rss_bytes": self.memory_allocated(), "peak_rss_bytes": self.max_memory_allocated()}
