@@ -122,6 +122,16 @@ class ZeroTrainer(ZeROOptimizer):
         """The global gradient norm of the last applied step (before clipping)."""
         return None if self._global_grad_norm is None else float(self._global_grad_norm)
 
+    def check_overflow(self, partition_gradients: bool = True) -> bool:
+        """DeepSpeed's ZeRO ``check_overflow``: whether the gradients held now are inf/NaN on any rank.
+
+        Collective over the data-parallel group (every rank must call it); sets ``overflow`` as
+        DeepSpeed does, and also returns it. ``partition_gradients`` is accepted for DeepSpeed's signature."""
+        from ds_zero.param_access import gradients_overflow
+
+        self.overflow = gradients_overflow(self)
+        return self.overflow
+
     # --- backward ------------------------------------------------------------------------------------
     def _on_grad_ready(self, param: Tensor) -> None:
         self.masters.accumulate(param)
