@@ -180,7 +180,7 @@ def test_config_errors_name_the_key():
     with pytest.raises(DeepSpeedConfigError, match="'elasticity.micro_batch_sizes\\[0\\]'"):
         DeepSpeedConfig({"elasticity": {**ELASTIC, "micro_batch_sizes": [0]}}, world_size=1)
     with pytest.raises(DeepSpeedConfigError, match="unknown key 'elasticity.max_gpu' in 'elasticity'; did you mean 'elasticity.max_gpus'"):
-        DeepSpeedConfig({"elasticity": {**ELASTIC, "max_gpu": 4}}, world_size=1)
+        DeepSpeedConfig({"strict": True, "elasticity": {**ELASTIC, "max_gpu": 4}}, world_size=1)  # strict: unknown keys
     disabled = DeepSpeedConfig({"train_batch_size": 4, "elasticity": {"enabled": False}}, world_size=2)
     assert (disabled.train_batch_size, disabled.elasticity_enabled) == (4, False)
 

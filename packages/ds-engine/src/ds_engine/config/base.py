@@ -2,7 +2,9 @@
 
 Note: [config-base] Every section forbids unknown keys, accepts DeepSpeed's key (the alias) or our field
 name, and turns each field's attribute docstring into its description, so the generated config reference
-and the "did you mean" suggestions come from the same source as the validation.
+and the "did you mean" suggestions come from the same source as the validation. Forbidding is how unknown
+keys are *found*: ``DeepSpeedConfig`` then accepts them with a warning, as DeepSpeed does, unless strict
+mode is on (Note [unknown keys] in :mod:`ds_engine.config.unknown`).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from pydantic import BaseModel, ConfigDict
 
 
 class ConfigModel(BaseModel):
-    """Base of every config section: unknown keys are errors, DeepSpeed's keys are aliases."""
+    """Base of every config section: unknown keys are reported (Note [config-base]), DeepSpeed's keys are aliases."""
 
     model_config = ConfigDict(
         extra="forbid",

@@ -35,7 +35,9 @@ def _parse_json(text: str, source: str) -> dict[str, Any]:
 def read_config_source(source: str | os.PathLike[str] | Mapping[str, Any]) -> dict[str, Any]:
     """The config as a plain dict, from a mapping, a JSON file path, or a base64-encoded JSON string."""
     if isinstance(source, Mapping):
-        return json.loads(json.dumps(dict(source)))  # a deep, plain copy: the caller's dict is never mutated
+        # a deep, plain copy: the caller's dict is never mutated; a non-JSON value such as torch.bfloat16
+        # (torch_autocast.dtype, which DeepSpeed takes as an object too) becomes its str()
+        return json.loads(json.dumps(dict(source), default=str))
     path = Path(source)
     if path.is_file():
         return _parse_json(path.read_text(encoding="utf-8"), str(path))

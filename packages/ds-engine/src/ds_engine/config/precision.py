@@ -110,11 +110,23 @@ class AmpConfig(FeatureGate):
     """Apex: dynamic-scale ceiling."""
 
 
+# DeepSpeed reads torch_autocast.dtype through its DtypeEnum, which takes these spellings (DeepSpeedExamples
+# writes "torch.bfloat16"); a torch.dtype object in a dict config is read as its str() ("torch.bfloat16").
+AutocastDtypeName = Literal["fp16", "float16", "half", "torch.float16", "bf16", "bfloat16", "torch.bfloat16",
+                            "fp32", "float32", "float", "torch.float32", "int8", "torch.int8"]
+
+
 class TorchAutocastConfig(FeatureGate):
     """``torch_autocast``: run forward under ``torch.autocast``. Not supported yet (enabled must be false)."""
 
-    dtype: DtypeName | None = None
-    """The autocast dtype."""
+    dtype: AutocastDtypeName | None = None
+    """The autocast dtype, in any of DeepSpeed's spellings (``bf16``, ``bfloat16``, ``torch.bfloat16``, ...)."""
+
+    @field_validator("dtype", mode="before")
+    @classmethod
+    def _torch_dtype_object(cls, value: object) -> object:
+        # a dict config may hold torch.bfloat16 itself; its str() is one of the spellings above
+        return str(value) if type(value).__name__ == "dtype" and type(value).__module__ == "torch" else value
     lower_precision_safe_modules: list[str] | None = None
     """Module classes whose parameters may be kept in the lower precision."""
 

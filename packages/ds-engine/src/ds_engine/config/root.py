@@ -8,7 +8,7 @@ import os
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from ds_engine.config.auto import resolve_auto
 from ds_engine.config.base import ConfigModel
@@ -49,6 +49,7 @@ from ds_engine.config.precision import (
     FP16Config,
     TorchAutocastConfig,
 )
+from ds_engine.config.unknown import strict_mode, validate_lenient, warn_unknown
 from ds_engine.config.zero import ZeroConfig
 from ds_engine.elasticity.batch import elastic_batch_sizes
 
@@ -60,6 +61,10 @@ CommDtype = Literal["fp16", "bf16", "fp32", "float16", "bfloat16", "float32", "h
 class DeepSpeedConfigModel(ConfigModel):
     """Every top-level key of a DeepSpeed config (``ds_config.json``)."""
 
+    strict: bool = False
+    """(This project's extension.) Make unknown keys errors instead of warnings (so does the environment
+    variable ``DS_CONFIG_STRICT=1``). By default an unknown key is accepted, as DeepSpeed accepts it, and
+    logged once at WARNING with its key path and the closest valid key. DeepSpeed ignores this key."""
     train_batch_size: int | None = Field(None, gt=0)
     """Global batch per optimizer step: micro batch * accumulation * data-parallel ranks."""
     train_micro_batch_size_per_gpu: int | None = Field(None, gt=0)
@@ -242,11 +247,8 @@ def unsupported_features(model: DeepSpeedConfigModel) -> list[str]:
         "sequence_parallel_size>1": model.sequence_parallel_size > 1,
         "tensor_parallel.autotp_size>1": model.tensor_parallel.autotp_size > 1 or model.tensor_parallel.tp_size > 1,
         "zero_optimization.zenflow": model.zero_optimization.zenflow is not None,
-        "zero_optimization.zero_quantized_weights": model.zero_optimization.zero_quantized_weights,
-        "zero_optimization.zero_quantized_nontrainable_weights":
-            model.zero_optimization.zero_quantized_nontrainable_weights,
-        "zero_optimization.zero_quantized_gradients": model.zero_optimization.zero_quantized_gradients,
-        "zero_optimization.zero_hpz_partition_size>1": model.zero_optimization.zero_hpz_partition_size > 1,
+        **({f"zero_optimization.{key} (ZeRO++)": True for key in zero_plus_plus(model)}
+           if model.zero_optimization.stage == 3 else {}),
         "zero_optimization.mics_shard_size>0": model.zero_optimization.mics_shard_size > 0,
         "zero_optimization.offload_optimizer.device=nvme": model.zero_optimization.offload_optimizer_device == "nvme",
         "zero_optimization.offload_param.device=nvme": model.zero_optimization.offload_param_device == "nvme",
@@ -255,6 +257,39 @@ def unsupported_features(model: DeepSpeedConfigModel) -> list[str]:
         if on:
             out.append(f"'{key}' {_UNSUPPORTED}")
     return out
+
+
+_ZERO_PLUS_PLUS = ("zero_quantized_weights", "zero_quantized_nontrainable_weights", "zero_quantized_gradients")
+
+
+def zero_plus_plus(model: DeepSpeedConfigModel) -> list[str]:
+    """The ZeRO++ keys switched on (``zero_hpz_partition_size`` > 1 or a ``zero_quantized_*`` flag)."""
+    zero = model.zero_optimization
+    on = [key for key in _ZERO_PLUS_PLUS if getattr(zero, key)]
+    return (["zero_hpz_partition_size"] if zero.zero_hpz_partition_size > 1 else []) + on
+
+
+def ignored_settings(model: DeepSpeedConfigModel) -> list[str]:
+    """Settings that are accepted but have no effect with this config, each as a warning sentence.
+
+    ZeRO++ keys below stage 3: DeepSpeed builds ZeRO++ only for stage 3 and ignores them otherwise
+    (open-instruct's default config sends ``zero_hpz_partition_size: 8`` at stage 0)."""
+    stage = model.zero_optimization.stage
+    if stage == 3:
+        return []
+    return [f"'zero_optimization.{key}' takes effect only at ZeRO stage 3; ignored at stage {stage}"
+            for key in zero_plus_plus(model)]
+
+
+def _global_rank() -> int:
+    try:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank()
+    except ImportError:  # pragma: no cover - torch is a declared dependency
+        pass
+    return int(os.environ.get("RANK", "0"))
 
 
 def _default_world_size() -> int:
@@ -289,10 +324,17 @@ class DeepSpeedConfig:
         resolved, notes = resolve_auto(raw)
         for note in notes:
             logger.debug("config %s", note)
-        try:
-            self.model = DeepSpeedConfigModel.model_validate(resolved)
-        except ValidationError as exc:
-            raise config_error_from(exc, DeepSpeedConfigModel) from None
+        rank = _global_rank()
+        model, unknown = validate_lenient(  # Note [unknown keys]
+            DeepSpeedConfigModel, resolved, strict=strict_mode(raw), renamed={"bf16": "bfloat16"},
+            on_error=lambda exc: config_error_from(exc, DeepSpeedConfigModel))
+        self.model: DeepSpeedConfigModel = model  # type: ignore[assignment]
+        self.unknown_keys: list[str] = [k.dotted for k in unknown if not k.is_comment]
+        """Full paths of the unknown keys that were accepted (and warned about)."""
+        warn_unknown(unknown, rank=rank)
+        for text in ignored_settings(self.model):
+            if rank == 0:
+                logger.warning("DeepSpeed config: %s", text)
         problems = unsupported_features(self.model)
         if problems:
             raise DeepSpeedConfigError("; ".join(problems))
