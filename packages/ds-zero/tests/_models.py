@@ -69,7 +69,6 @@ def zero_trainer(model: torch.nn.Module, stage: int, *, bucket: int, overlap: bo
         reduce=ReducePolicy(bucket_numel=bucket),
         offload=OffloadPolicy(optimizer_device="cpu" if offload else "none"),
         clip_grad=clip,
-        check_overflow=fp16_scale is not None,
         overlap_comm=overlap,
     )
     return wrap(model, opt, policy=policy)

@@ -45,6 +45,34 @@ def test_fp32_step_equals_torch_with_accumulation_and_clipping() -> None:
         assert b.grad is None
 
 
+@pytest.mark.faults
+@pytest.mark.parametrize("poison", [float("nan"), float("inf")])
+def test_fp32_non_finite_gradients_skip_the_step(poison: float) -> None:
+    """Note [non-finite gradients]: fp32 with no loss scale skips too (the default policy checks)."""
+    model = _model()
+    trainer = wrap(model, torch.optim.AdamW(model.parameters(), lr=0.1), policy=ZeroPolicy(clip_grad=1.0))
+    before = [p.detach().clone() for p in model.parameters()]
+    x, y = _data(1)[0]
+    trainer.backward(torch.nn.functional.mse_loss(model(x), y) * poison)
+    assert trainer.step() is False and trainer.overflow
+    assert trainer.optimizer.state == {} or all(not s for s in trainer.optimizer.state.values())
+    for p, b in zip(model.parameters(), before):
+        assert torch.equal(p, b) and p.grad is None
+    trainer.backward(torch.nn.functional.mse_loss(model(x), y))
+    assert trainer.step() is True and not trainer.overflow
+
+
+@pytest.mark.faults
+def test_the_check_can_be_turned_off_explicitly() -> None:
+    """bf16's ``check_grad_overflow: false`` maps to ``check_overflow=False``: then NaN reaches the weights."""
+    model = _model()
+    trainer = wrap(model, torch.optim.SGD(model.parameters(), lr=0.1), policy=ZeroPolicy(check_overflow=False))
+    x, y = _data(1)[0]
+    trainer.backward(torch.nn.functional.mse_loss(model(x), y) * float("nan"))
+    assert trainer.step() is True
+    assert not all(torch.isfinite(p).all() for p in model.parameters())
+
+
 def test_fp16_overflow_skips_the_step_and_keeps_weights() -> None:
     model = _model()
     trainer = wrap(model, torch.optim.SGD(model.parameters(), lr=0.1), policy=ZeroPolicy(

@@ -29,6 +29,7 @@ from ds_engine.dataloader import DeepSpeedDataLoader
 from ds_engine.log import get_logger
 from ds_engine.monitor import build_monitors
 from ds_engine.progress import ProgressReporter, Stopwatch
+from ds_engine.step_guard import StepGuard
 from ds_engine.zero_policy import model_dtype, policy_from_config
 from ds_zero import StageNotAvailable, wrap
 from ds_zero.stage3.leaf import apply_leaf_config
@@ -89,6 +90,8 @@ class DeepSpeedEngine(EngineAccessors, nn.Module):
         self._is_gradient_accumulation_boundary: bool | None = None
         self.inside_no_sync_ctxt = False
         self._step_applied = False
+        self._guard = StepGuard(max_consecutive_skips=self._config.max_consecutive_skipped_steps,
+                                rank=self.global_rank)  # Note [call order], Note [skipped steps]
         self._losses: list[torch.Tensor] = []
         self.monitors = build_monitors(self._config, self.global_rank)
         self.progress = ProgressReporter(num_params=sum(p.numel() for p in model.parameters()),
@@ -175,6 +178,7 @@ class DeepSpeedEngine(EngineAccessors, nn.Module):
         """The loss times the fp16 loss scale, for clients that call ``loss.backward()`` themselves."""
         self._require_optimizer("scale")
         self.optimizer.set_gradient_accumulation_boundary(self._sync_now())
+        self._guard.on_client_backward()
         return self.optimizer.scale_if_loss(loss)
 
     def backward(self, loss: torch.Tensor, retain_graph: bool = False, scale_wrt_gas: bool = True) -> torch.Tensor:
@@ -182,6 +186,7 @@ class DeepSpeedEngine(EngineAccessors, nn.Module):
         self._require_optimizer("backward")
         if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
             raise ValueError("engine.backward(loss) needs a scalar loss tensor")
+        self._guard.on_backward(at_boundary=self._sync_now())
         if scale_wrt_gas and self.gradient_accumulation_steps() > 1:
             loss = loss / self.gradient_accumulation_steps()
         self._losses.append(loss.detach() * (self.gradient_accumulation_steps() if scale_wrt_gas else 1))
@@ -198,7 +203,9 @@ class DeepSpeedEngine(EngineAccessors, nn.Module):
         if self.inside_no_sync_ctxt:
             raise RuntimeError("engine.step() inside engine.no_sync() is not allowed")
         self._require_optimizer("step")
-        if self.is_gradient_accumulation_boundary():
+        boundary = self.is_gradient_accumulation_boundary()
+        self._guard.on_step(at_boundary=boundary, gradients_arrived=self.optimizer.gradients_arrived)
+        if boundary:
             if self.timers:
                 self.timers.start("step")
             self._step_applied = self.optimizer.step()
@@ -212,6 +219,8 @@ class DeepSpeedEngine(EngineAccessors, nn.Module):
             if self.timers:
                 self.timers.stop("step")
             self._report()
+            self._guard.after_step(at_boundary=True, applied=self._step_applied, global_step=self.global_steps,
+                                   loss_scaled=self.fp16_enabled())
             if self.autotuning:
                 self.autotuning.after_step(self)
         self.micro_steps += 1

@@ -92,7 +92,8 @@ def policy_from_config(cfg: DeepSpeedConfig) -> ZeroPolicy:
             pin_memory=bool(zero.offload_optimizer.pin_memory) if zero.offload_optimizer else True,
         ),
         clip_grad=cfg.gradient_clipping,
-        check_overflow=cfg.fp16.enabled or (cfg.bf16.enabled and cfg.bf16.check_grad_overflow),
+        # Note [non-finite gradients] in ds_zero.trainer: every precision; bf16 may opt out explicitly.
+        check_overflow=not (cfg.bf16.enabled and not cfg.bf16.check_grad_overflow),
         allgather_bucket_numel=zero.allgather_bucket_size,
         contiguous_gradients=zero.contiguous_gradients,
         overlap_comm=bool(zero.overlap_comm),

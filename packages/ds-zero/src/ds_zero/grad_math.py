@@ -43,6 +43,17 @@ def unscale_and_check_(grads: list[Tensor], inv_scale: float, *, group: Any = No
     return found_any
 
 
+def unscale_(grads: list[Tensor], inv_scale: float) -> None:
+    """Multiply ``grads`` by ``inv_scale`` in place (no check: the global norm finds non-finite values)."""
+    for (device, _), tensors in _by_device(grads).items():
+        torch._foreach_mul_(tensors, torch.full((), inv_scale, dtype=torch.float32, device=device))
+
+
+def is_finite(value: Tensor) -> bool:
+    """Whether a scalar tensor is finite: one host read (Note [non-finite gradients] in ds_zero.trainer)."""
+    return bool(torch.isfinite(value).all())
+
+
 def global_norm(grads: list[Tensor], *, norm_type: float = 2.0, group: Any = None, sharded: bool = False) -> Tensor:
     """The norm of all ``grads`` taken as one vector (over every rank's part when ``sharded``)."""
     device = grads[0].device if grads else torch.device("cpu")

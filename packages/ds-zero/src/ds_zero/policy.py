@@ -80,8 +80,8 @@ class OffloadPolicy:
 class ZeroPolicy:
     """Everything :func:`ds_zero.wrap` needs to know.
 
-    ``check_overflow`` skips steps whose gradients hold inf/NaN (always on with a loss scale; bf16's
-    ``check_grad_overflow``). ``clip_grad`` is the max global L2 norm (0: no clipping).
+    ``check_overflow`` skips steps whose gradients hold inf/NaN on any rank (always on with a loss scale;
+    Note [non-finite gradients] in :mod:`ds_zero.trainer`). ``clip_grad`` is the max global L2 norm (0: no clipping).
     """
 
     stage: int = 0
@@ -90,7 +90,7 @@ class ZeroPolicy:
     reduce: ReducePolicy = field(default_factory=ReducePolicy)
     offload: OffloadPolicy = field(default_factory=OffloadPolicy)
     clip_grad: float = 0.0
-    check_overflow: bool = False
+    check_overflow: bool = True
     allgather_bucket_numel: int = 500_000_000
     contiguous_gradients: bool = True
     overlap_comm: bool = False

@@ -5,6 +5,15 @@ publish, zero) and nothing stage-specific: stages differ only in the parts hande
 [stages are compositions] in :mod:`ds_zero.entry`). It is also the object clients see as
 ``engine.optimizer``: ``optimizer`` (the inner torch optimizer), ``param_groups``, ``state``,
 ``overflow``, ``state_dict()``, ``zero_grad(set_to_none=True)``.
+
+Note: [non-finite gradients] A step whose gradients hold inf or NaN on any rank is skipped on every
+rank, in every precision and at every stage (fp32 too: DeepSpeed lets NaN into fp32 weights at stages
+0 and 1). The global norm the step computes anyway is the detector: it is reduced over the shard group
+(stages 1-3), and at stage 0 the gradients are already all-reduced, so one non-finite element anywhere
+makes every rank's norm non-finite and all ranks agree with no extra collective. Checking it costs one
+host read per step, not one per tensor. A norm that overflows fp32 (gradients near 1e19) counts as
+non-finite too: no update from such gradients is meaningful. ``bf16.check_grad_overflow: false`` turns
+the check off (the user's explicit choice); with fp16 it is always on, as loss scaling needs it.
 """
 
 from __future__ import annotations
@@ -18,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from ds_zero.base_optimizer import ZeROOptimizer
-from ds_zero.grad_math import clip_, global_norm, unscale_and_check_
+from ds_zero.grad_math import clip_, global_norm, is_finite, unscale_
 from ds_zero.loss_scaler import StaticLossScaler
 from ds_zero.policy import ZeroPolicy
 from ds_zero.replicated_state import load_replicated_state_dict, replicated_state_dict
@@ -73,6 +82,7 @@ class ZeroTrainer(ZeROOptimizer):
         self.shard_group = shard_group
         self.sharded_grads = sharded_grads  # True: each rank holds part of the gradient (stages 1-3)
         self.overflow = False
+        self.gradients_arrived = False  # a gradient hook fired since the last step attempt
         self._global_grad_norm: Tensor | None = None
         # Note [hooks hold the trainer weakly]: a hook lives in the parameter's autograd node (C++), so a
         # strong reference to the trainer there forms a cycle Python's gc cannot see, and the trainer,
@@ -134,6 +144,7 @@ class ZeroTrainer(ZeROOptimizer):
 
     # --- backward ------------------------------------------------------------------------------------
     def _on_grad_ready(self, param: Tensor) -> None:
+        self.gradients_arrived = True
         self.masters.accumulate(param)
         self.reducer.mark_ready(self.masters.holder(param))
 
@@ -168,14 +179,14 @@ class ZeroTrainer(ZeROOptimizer):
         self.reducer.finish()
         grads = self.masters.grads()
         scale = self.loss_scaler.cur_scale
-        overflow = False
-        if self.policy.check_overflow or scale != 1.0:
-            overflow = unscale_and_check_(grads, 1.0 / scale, group=self.shard_group, sharded=self.sharded_grads)
+        if scale != 1.0:
+            unscale_(grads, 1.0 / scale)
+        norm = global_norm(grads, group=self.shard_group, sharded=self.sharded_grads)
+        overflow = (self.policy.check_overflow or scale != 1.0) and not is_finite(norm)  # Note [non-finite gradients]
         self.overflow = overflow
         if overflow:
             self._finish_step(applied=False)
             return False
-        norm = global_norm(grads, group=self.shard_group, sharded=self.sharded_grads)
         if self.policy.clip_grad > 0:
             clip_(grads, self.policy.clip_grad, norm)
         self.optimizer.step()
@@ -185,6 +196,7 @@ class ZeroTrainer(ZeROOptimizer):
         return True
 
     def _finish_step(self, *, applied: bool) -> None:
+        self.gradients_arrived = False
         self.masters.zero_grad(set_to_none=True)
         for p in self.masters.model_params:
             p.grad = None

@@ -102,6 +102,11 @@ class DeepSpeedConfigModel(ConfigModel):
     """With optimizer offload, require DeepSpeed's CPU optimizer."""
     gradient_clipping: float = Field(1.0, ge=0.0)
     """Clip gradients to this global L2 norm; 0 disables clipping (DeepSpeed's default is 1.0)."""
+    max_consecutive_skipped_steps: int = Field(50, ge=0)
+    """(This project's extension.) Stop with an error after this many optimizer steps in a row were
+    skipped because the gradients held inf or NaN (0: never stop). Every precision skips such steps
+    (fp16's loss-scale overflows included); a run that keeps skipping is not training. DeepSpeed ignores
+    unknown top-level keys, so configs stay portable."""
     communication_data_type: CommDtype | None = None
     """Dtype gradients are averaged in (default: fp32 accumulators under fp16/bf16, else the grad dtype)."""
     seq_parallel_communication_data_type: CommDtype = "fp32"
