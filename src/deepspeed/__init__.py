@@ -7,12 +7,20 @@ name whose package is not built yet fails only when it is used, with a clear mes
 from __future__ import annotations
 
 import importlib
+import sys
 from typing import Any
 
-from deepspeed.version import __version__
+from deepspeed import _version_info
+from deepspeed._version_info import __version__
 
-__git_hash__ = None
-__git_branch__ = None
+# DeepSpeed's `deepspeed.version` is the version *string*; code written for this tree also imports
+# `from deepspeed.version import __version__`. Both hold: the attribute is the string, and the module
+# name resolves (through sys.modules, which never rebinds the attribute) to the version module.
+version = __version__
+sys.modules.setdefault("deepspeed.version", _version_info)
+
+__git_hash__ = "[none]"  # as deepspeed.git_version_info.git_hash
+__git_branch__ = "[none]"
 
 # public name -> (module, attribute)
 _ALIASES: dict[str, tuple[str, str]] = {
@@ -24,10 +32,10 @@ _ALIASES: dict[str, tuple[str, str]] = {
     "init_distributed": ("ds_comm", "init_distributed"),
     "get_accelerator": ("ds_accel", "get_accelerator"),
 }
-_SUBMODULES = {"accelerator", "autotuning", "checkpoint", "checkpointing", "comm", "elasticity", "launcher", "ops",
-               "runtime", "utils", "zero"}
+_SUBMODULES = {"accelerator", "autotuning", "checkpoint", "checkpointing", "comm", "compression", "elasticity",
+               "git_version_info", "launcher", "ops", "runtime", "utils", "zero"}
 
-__all__ = ["__version__", *_ALIASES]
+__all__ = ["__version__", "version", *_ALIASES]
 
 
 def __getattr__(name: str) -> Any:

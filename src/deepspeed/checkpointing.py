@@ -13,6 +13,12 @@ from ds_engine.activation_checkpointing import (
     set_num_layers,
 )
 from ds_engine.rng_tracker import (
+    _TRACKER as _CUDA_RNG_STATE_TRACKER,
+)
+from ds_engine.rng_tracker import (
+    MODEL_PARALLEL_RNG as _MODEL_PARALLEL_RNG_TRACKER_NAME,
+)
+from ds_engine.rng_tracker import (
     CudaRNGStatesTracker,
     get_cuda_rng_tracker,
     model_parallel_cuda_manual_seed,
@@ -20,6 +26,8 @@ from ds_engine.rng_tracker import (
 )
 
 __all__ = [
+    "_CUDA_RNG_STATE_TRACKER",
+    "_MODEL_PARALLEL_RNG_TRACKER_NAME",
     "CheckpointingPolicy",
     "CudaRNGStatesTracker",
     "checkpoint",

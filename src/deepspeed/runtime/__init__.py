@@ -9,7 +9,11 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-_SUBMODULES = {"base_optimizer", "config", "engine", "lr_schedules", "zero", "activation_checkpointing"}
+_SUBMODULES = {"base_optimizer", "checkpoint_engine", "config", "dataloader", "engine", "lr_schedules", "utils",
+               "zero", "activation_checkpointing"}
+
+
+__all__ = sorted(_SUBMODULES)
 
 
 def __getattr__(name: str) -> Any:

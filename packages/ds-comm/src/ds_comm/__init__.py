@@ -10,12 +10,15 @@ from ds_comm.collectives import __all__ as _collectives_all
 from ds_comm.env import DistEnvironment, DistEnvironmentError, discover
 from ds_comm.init import DEFAULT_TIMEOUT, at_teardown, init_distributed, last_discovery
 from ds_comm.logging_api import configure, log_summary
+from ds_comm.mpi import mpi_discovery
+from ds_comm.torch_backend import TorchBackend
 
 __all__ = [
     *_collectives_all,
     "DEFAULT_TIMEOUT",
     "DistEnvironment",
     "DistEnvironmentError",
+    "TorchBackend",
     "at_teardown",
     "__version__",
     "comms_log",
@@ -24,4 +27,5 @@ __all__ = [
     "init_distributed",
     "last_discovery",
     "log_summary",
+    "mpi_discovery",
 ]

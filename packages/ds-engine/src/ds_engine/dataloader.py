@@ -66,3 +66,22 @@ class DeepSpeedDataLoader:
             iter(self)
         assert self._iter is not None
         return next(self._iter)
+
+
+class RepeatingLoader:
+    """Iterate over ``loader`` forever, starting it again whenever it is exhausted (DeepSpeed's name,
+    used by pipeline training loops that call ``next()`` without counting epochs)."""
+
+    def __init__(self, loader: Any) -> None:
+        self.loader = loader
+        self.data_iter = iter(loader)
+
+    def __iter__(self) -> RepeatingLoader:
+        return self
+
+    def __next__(self) -> Any:
+        try:
+            return next(self.data_iter)
+        except StopIteration:
+            self.data_iter = iter(self.loader)
+            return next(self.data_iter)  # an empty loader raises StopIteration here, as DeepSpeed's does
