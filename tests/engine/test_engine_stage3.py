@@ -26,7 +26,24 @@ def _train_save_export(ckpt: str, gather: bool):
     engine.save_checkpoint(ckpt)
     exported = engine.save_16bit_model(f"{ckpt}/export")
     full = engine._zero3_consolidated_16bit_state_dict()
+    again = engine._consolidated_16bit_state_dict()  # DeepSpeed's other name (OpenRLHF's ZeRO-3 save)
+    assert (again is None) == (full is None) and (full is None or all(torch.equal(full[k], again[k]) for k in full))
+    x = torch.randn(2, 8, dtype=torch.bfloat16, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        before = engine(x)
+        engine.empty_partition_cache()  # drops gathered copies; the next forward gathers again
+        assert torch.equal(engine(x), before)
     return exported, None if full is None else {k: v.clone() for k, v in full.items()}
+
+
+def test_consolidated_16bit_state_dict_needs_partitioned_weights():
+    import deepspeed
+
+    engine, *_ = deepspeed.initialize(model=torch.nn.Linear(3, 3), dist_init_required=False, config={
+        "train_batch_size": 1, "optimizer": {"type": "Adam", "params": {"lr": 0.1}}})
+    with pytest.raises(ValueError, match="stage 3"):
+        engine._consolidated_16bit_state_dict()
+    engine.empty_partition_cache()  # nothing to drop below stage 3
 
 
 @pytest.mark.timeout(240)
@@ -36,7 +53,7 @@ def test_stage3_layout_consolidation_and_16bit_export(tmp_path, gather):
 
     (exported0, full0), (exported1, full1) = run_distributed(_train_save_export, world_size=2, args=(str(tmp_path), gather))
     assert sorted(os.listdir(tmp_path / "global_step3")) == [
-        "zero_pp_rank_0_mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_optim_states.pt",
+        "ds_manifest.json", "zero_pp_rank_0_mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_optim_states.pt",
         "zero_pp_rank_1_mp_rank_00_model_states.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt"]
     assert full1 is None and set(full0) == {"0.weight", "0.bias", "2.weight", "2.bias"}
     assert all(v.dtype == torch.bfloat16 for v in full0.values())

@@ -304,6 +304,28 @@ class DeepSpeedEngine(EngineAccessors, nn.Module):
             return self.optimizer.consolidated_16bit_state_dict(exclude_frozen_parameters=exclude_frozen_parameters)
         return self.module_state_dict(exclude_frozen_parameters=exclude_frozen_parameters)
 
+    def _consolidated_16bit_state_dict(self, exclude_frozen_parameters: bool = False) -> dict[str, Any] | None:
+        """DeepSpeed's name for the gathered 16-bit state dict where weights are partitioned (stage 3):
+        rank 0 gets it, the others None; every rank must call it. Below stage 3 it is an error, as in
+        DeepSpeed (every rank already holds the weights: use ``module_state_dict()``)."""
+        if self.zero_optimization_stage() != 3:
+            raise ValueError("_consolidated_16bit_state_dict() applies only where weights are partitioned (ZeRO "
+                             f"stage 3); this engine runs stage {self.zero_optimization_stage()}: use "
+                             "engine.module_state_dict()")
+        return self._zero3_consolidated_16bit_state_dict(exclude_frozen_parameters)
+
+    def empty_partition_cache(self) -> None:
+        """Drop every gathered (full) copy of stage-3 parameters and return the memory to the allocator;
+        the next forward gathers again. Below stage 3 there is nothing to drop."""
+        import gc
+
+        shards = getattr(self.optimizer, "sharded", None) or getattr(self._inference_shards, "sharded", None)
+        if shards is None:
+            return
+        shards.reshard()
+        gc.collect()
+        get_accelerator().empty_cache()
+
     def save_16bit_model(self, save_dir: str, save_filename: str = "pytorch_model.bin",
                          exclude_frozen_parameters: bool = False) -> bool:
         """Write the model's weights (in its training dtype) to ``save_dir/save_filename`` on rank 0.
