@@ -6,8 +6,9 @@ the DeepSpeed names it deliberately does not, with the reason.
 
 The "provided" tables come from walking ``src/deepspeed``'s modules (their ``__all__``, lazy names
 included) and reading each name's target and signature, so the page cannot drift from the code; the
-"not provided" list comes from ``ds_engine.not_provided.NOT_PROVIDED`` (what imports refuse, with the
-reason) and from the op builders whose op is absent (``ds_kernels.op_builder``). A test runs ``--check``.
+"not provided" list comes from ``ds_engine.not_provided`` (what imports refuse with the reason, and
+what is absent altogether, while it is) and from the op builders whose op is absent
+(``ds_kernels.op_builder``). A test runs ``--check``.
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ HEADER = """# DeepSpeed API surface
 Every public DeepSpeed name the `deepspeed` meta-package provides, at DeepSpeed's module path, with the
 package that implements it and its signature (DeepSpeed's parameter names). `src/deepspeed` holds only
 aliases: each name is defined in one `ds-*` package. The last section lists the DeepSpeed names that
-clients are known to import and that this installation does not provide, with the reason; importing one
-raises an `ImportError` that says why.
+clients are known to import and that this installation does not provide, with the reason; importing a
+name refused inside a provided module raises an `ImportError` that says why.
 """
 
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
@@ -142,8 +143,21 @@ def _accelerator_methods() -> list[str]:
     return lines + [""]
 
 
+def _resolves(dotted: str) -> bool:
+    """Whether ``dotted`` (a module, or a module's attribute) can be imported here."""
+    try:
+        importlib.import_module(dotted)
+        return True
+    except ImportError:
+        module, _, name = dotted.rpartition(".")
+        try:
+            return hasattr(importlib.import_module(module), name)
+        except ImportError:
+            return False
+
+
 def _not_provided() -> list[str]:
-    from ds_engine.not_provided import NOT_PROVIDED
+    from ds_engine.not_provided import ABSENT, NOT_PROVIDED
     from ds_kernels.op_builder import BUILDERS
 
     lines = ["## Not provided", "", "| DeepSpeed names | reason |", "|---|---|"]
@@ -154,6 +168,9 @@ def _not_provided() -> list[str]:
         for reason, names in by_reason.items():
             listed = ", ".join(f"`{n}`" for n in sorted(names))
             lines.append(f"| `{module}`: {listed} | {_cell(reason)} |")
+    for dotted, reason in sorted(ABSENT.items()):
+        if not _resolves(dotted):  # built since the table was written: it leaves the page by itself
+            lines.append(f"| `{dotted}` | {_cell(reason)} |")
     for builder in BUILDERS:
         if builder.IMPLEMENTATION is None:
             lines.append(f"| op `{builder.NAME}` (`deepspeed.ops.op_builder.{builder.__name__}().load()`) | "

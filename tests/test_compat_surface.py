@@ -249,3 +249,16 @@ def test_api_surface_page_is_current():
     for module, path_, _ in SIGNATURES:
         if module.startswith("deepspeed"):
             assert f"`{path_.split('.')[0]}`" in page, path_
+
+
+def test_every_refused_name_is_refused_with_its_reason():
+    import importlib
+
+    from ds_engine.not_provided import NOT_PROVIDED, NotProvidedError
+
+    for module, names in NOT_PROVIDED.items():
+        mod = importlib.import_module(module)
+        for name, reason in names.items():
+            with pytest.raises(NotProvidedError) as info:
+                getattr(mod, name)
+            assert reason in str(info.value) and f"{module}.{name}" in str(info.value)

@@ -31,6 +31,15 @@ NOT_PROVIDED: dict[str, dict[str, str]] = {
 }
 
 
+#: DeepSpeed modules and top-level names clients import that do not exist here at all (a plain
+#: ModuleNotFoundError / AttributeError): listed on the API-surface page with the reason, while absent.
+ABSENT: dict[str, str] = {
+    "deepspeed.init_inference": "the inference engine (DeepSpeed-Inference) is not built: this project trains",
+    "deepspeed.pipe": "pipeline parallelism (PipelineModule, LayerSpec, the pipeline engine) is not built",
+    "deepspeed.moe": "mixture-of-experts layers (deepspeed.moe.layer.MoE) are not built",
+}
+
+
 class NotProvidedError(ImportError):
     """A DeepSpeed name this installation does not provide (the message says why).
 
