@@ -55,6 +55,23 @@ class EngineAccessors:
         """Whether a ZeRO stage above 0 runs."""
         return self._config.zero_enabled
 
+    def torch_autocast_enabled(self) -> bool:
+        """Whether forward runs under ``torch.autocast`` (the ``torch_autocast`` section)."""
+        return self._config.torch_autocast.enabled
+
+    def torch_autocast_dtype(self) -> Any:
+        """The ``torch.autocast`` dtype (None: the accelerator's autocast default)."""
+        from ds_engine.autocast import autocast_dtype_of
+
+        return autocast_dtype_of(self._config.torch_autocast.dtype)
+
+    def torch_autocast_lower_precision_safe_modules(self) -> list[str]:
+        """Module classes whose parameters carry the autocast dtype as ``comm_dtype``."""
+        from ds_engine.autocast import default_lower_precision_modules
+
+        names = self._config.torch_autocast.lower_precision_safe_modules
+        return list(names) if names is not None else default_lower_precision_modules()
+
     def fp16_enabled(self) -> bool:
         """Whether fp16 training is on."""
         return self._config.fp16_enabled

@@ -23,6 +23,7 @@ import ds_comm
 from ds_accel import get_accelerator
 from ds_engine import checkpoint, components, lazy_dynamo
 from ds_engine.accessors import EngineAccessors
+from ds_engine.autocast import autocast_if_enabled, init_autocast_params
 from ds_engine.autotuning_probe import AutotuningProbe
 from ds_engine.config import DeepSpeedConfig, DeepSpeedConfigError, choose_config_source
 from ds_engine.dataloader import DeepSpeedDataLoader
@@ -76,6 +77,8 @@ class DeepSpeedEngine(EngineAccessors, nn.Module):
             model.to(self.device)
         self.module = model
         leaf = self._config.zero_optimization.leaf_module  # flags only; stage 3 reads them (as DeepSpeed)
+        if self.torch_autocast_enabled():  # Note [torch autocast] in ds_engine.autocast
+            init_autocast_params(model, self.torch_autocast_dtype(), self.torch_autocast_lower_precision_safe_modules())
         apply_leaf_config(model, classes=leaf.classes, names=leaf.names, name_suffixes=leaf.name_suffixes)
         components.broadcast_module(model, group=self.dp_group)
         self.checkpoint_group = checkpoint.make_checkpoint_group()
@@ -166,7 +169,8 @@ class DeepSpeedEngine(EngineAccessors, nn.Module):
         self.progress.on_forward(tokens)
         if self.timers:
             self.timers.start("forward")
-        with self.autotuning.watch_forward(self.module) if self.autotuning else nullcontext():
+        with self.autotuning.watch_forward(self.module) if self.autotuning else nullcontext(), \
+                autocast_if_enabled(self):
             out = self.module(*inputs, **kwargs)
         if self.timers:
             self.timers.stop("forward")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ds_engine.autocast import autocast_dtype_of
 from ds_engine.config import DeepSpeedConfig, DeepSpeedConfigError
 from ds_zero import LossScalePolicy, MixedPrecisionPolicy, OffloadPolicy, ReducePolicy, ZeroPolicy
 
@@ -43,7 +44,7 @@ def _mixed_precision(cfg: DeepSpeedConfig) -> MixedPrecisionPolicy:
 def _loss_scale(cfg: DeepSpeedConfig) -> LossScalePolicy | None:
     fp16 = cfg.fp16
     if not fp16.enabled:
-        return None
+        return _autocast_loss_scale(cfg)
     return LossScalePolicy(
         dynamic=fp16.dynamic,
         static_scale=fp16.loss_scale or 1.0,
@@ -53,6 +54,15 @@ def _loss_scale(cfg: DeepSpeedConfig) -> LossScalePolicy | None:
         consecutive_hysteresis=fp16.consecutive_hysteresis,
         min_scale=fp16.min_loss_scale,
     )
+
+
+def _autocast_loss_scale(cfg: DeepSpeedConfig) -> LossScalePolicy | None:
+    """fp16 autocast scales the loss as ``torch.amp.GradScaler`` does (Note [torch autocast])."""
+    autocast = cfg.torch_autocast
+    if not autocast.enabled or autocast_dtype_of(autocast.dtype) != torch.float16:
+        return None
+    return LossScalePolicy(dynamic=True, initial_scale=2.0**16, window=2000, hysteresis=1, min_scale=2.0**-24,
+                           raise_at_min_scale=False)
 
 
 def policy_from_config(cfg: DeepSpeedConfig) -> ZeroPolicy:

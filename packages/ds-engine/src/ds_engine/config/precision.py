@@ -116,8 +116,12 @@ AutocastDtypeName = Literal["fp16", "float16", "half", "torch.float16", "bf16", 
                             "fp32", "float32", "float", "torch.float32", "int8", "torch.int8"]
 
 
-class TorchAutocastConfig(FeatureGate):
-    """``torch_autocast``: run forward under ``torch.autocast``. Not supported yet (enabled must be false)."""
+class TorchAutocastConfig(ConfigModel):
+    """``torch_autocast``: keep fp32 weights and run forward under ``torch.autocast`` (Note [torch autocast] in
+    :mod:`ds_engine.autocast`)."""
+
+    enabled: bool = False
+    """Run forward under ``torch.autocast``."""
 
     dtype: AutocastDtypeName | None = None
     """The autocast dtype, in any of DeepSpeed's spellings (``bf16``, ``bfloat16``, ``torch.bfloat16``, ...)."""
@@ -128,7 +132,8 @@ class TorchAutocastConfig(FeatureGate):
         # a dict config may hold torch.bfloat16 itself; its str() is one of the spellings above
         return str(value) if type(value).__name__ == "dtype" and type(value).__module__ == "torch" else value
     lower_precision_safe_modules: list[str] | None = None
-    """Module classes whose parameters may be kept in the lower precision."""
+    """Dotted module classes whose parameters are tagged with the autocast dtype as ``comm_dtype`` (default:
+    ``torch.nn.Linear`` and ``Conv1d/2d/3d``). Gradients are still reduced in fp32 here (more exact)."""
 
 
 class DataTypesConfig(ConfigModel):

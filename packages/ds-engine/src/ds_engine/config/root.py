@@ -227,7 +227,6 @@ def unsupported_features(model: DeepSpeedConfigModel) -> list[str]:
     out: list[str] = []
     gates = {
         "amp.enabled": model.amp.enabled,
-        "torch_autocast.enabled": model.torch_autocast.enabled,
         "wandb.enabled": model.wandb.enabled,
         "comet.enabled": model.comet.enabled,
         "flops_profiler.enabled": model.flops_profiler.enabled,
