@@ -58,10 +58,10 @@ def test_layout_and_keys(tmp_path) -> None:
     engine.save_checkpoint(str(tmp_path), client_state={"epoch": 7, "note": "hi"})
     assert (tmp_path / "latest").read_text() == "global_step3"
     files = sorted(os.listdir(tmp_path / "global_step3"))
-    assert files == ["mp_rank_00_model_states.pt"]  # no temporary files left behind
+    assert files == ["ds_manifest.json", "mp_rank_00_model_states.pt"]  # no temporary files left behind
     state = safe_load(str(tmp_path / "global_step3" / "mp_rank_00_model_states.pt"))
     for key in ("module", "optimizer", "lr_scheduler", "global_steps", "global_samples", "skipped_steps",
-                "dp_world_size", "mp_world_size", "ds_config", "ds_version", "epoch", "note"):
+                "dp_world_size", "mp_world_size", "ds_config", "ds_version", "ds_manifest", "epoch", "note"):
         assert key in state, key
     assert state["global_steps"] == 3 and state["global_samples"] == 12 and state["dp_world_size"] == 1
     assert state["ds_config"] == CONFIG and state["optimizer"]["zero_stage"] == 0  # one slice format for all stages

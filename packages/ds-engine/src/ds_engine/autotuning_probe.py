@@ -35,6 +35,7 @@ from typing import Any
 import torch
 
 from ds_accel import get_accelerator
+from ds_engine.checkpoint.files import atomic_write_text
 from ds_engine.config.features import AutotuningConfig
 from ds_engine.log import get_logger
 
@@ -45,13 +46,7 @@ DEFAULT_MODEL_INFO_FILE = "autotuning_model_info.json"
 
 
 def _write_json_atomic(path: str, payload: dict[str, Any]) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(payload, fh, indent=2)
-        fh.write("\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(payload, indent=2) + "\n")  # the checkpoint code's one atomic writer
 
 
 def memory_per_device() -> int:

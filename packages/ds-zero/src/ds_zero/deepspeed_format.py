@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 
+from ds_zero import load_errors
 from ds_zero.sharded_state import FORMAT as SLICES_FORMAT
 
 OPTIMIZER_STATE_DICT = "optimizer_state_dict"  # the key of a rank file's optimizer state (DeepSpeed's)
@@ -81,8 +82,13 @@ def load_deepspeed_file(path: str) -> Any:
     with safe_globals(_STAND_INS):
         try:
             return torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - name the file and the first line of torch's reason
-            raise DeepSpeedCheckpointError(f"{path}: cannot be read safely: {str(exc).splitlines()[0]}") from None
+        except Exception as exc:  # noqa: BLE001 - name the file and torch's reason, never its weights_only advice
+            if isinstance(exc, MemoryError) or (isinstance(exc, OSError) and exc.filename is not None):
+                raise  # out of memory, or a missing / unreadable file, which names itself
+            unsafe, reason = load_errors.describe(exc)
+            if unsafe:
+                raise DeepSpeedCheckpointError(f"{path}: cannot be read safely (weights_only=True): {reason}") from None
+            raise DeepSpeedCheckpointError(f"{path} is truncated or not a torch checkpoint: {reason}") from None
 
 
 def is_deepspeed_optimizer_file(content: Any) -> bool:
@@ -175,6 +181,15 @@ def slices_from_deepspeed(path: str, content: dict[str, Any], param_shapes: Any)
     if stage == 3:
         return _stage3_slices(path, osd, shapes)
     raise DeepSpeedCheckpointError(f"{path}: ZeRO stage {stage} optimizer files are not read")
+
+
+def rank_file_paths(tag_dir: str, dp_world_size: int) -> list[str]:
+    """The optimizer file every data-parallel rank of a DeepSpeed save writes, present or not:
+    ``zero_pp_rank_<r>_mp_rank_00_optim_states.pt`` for ``r < dp_world_size`` (``bf16_``-prefixed when
+    the tag holds DeepSpeed bf16 optimizer files). The caller checks which exist."""
+    names = os.listdir(tag_dir) if os.path.isdir(tag_dir) else []
+    prefix = "bf16_" if any(n.startswith("bf16_zero_pp_rank_") and n.endswith("_optim_states.pt") for n in names) else ""
+    return [os.path.join(tag_dir, f"{prefix}zero_pp_rank_{r}_mp_rank_00_optim_states.pt") for r in range(dp_world_size)]
 
 
 def read_optimizer_shards(paths: Iterable[str], param_shapes: Any) -> list[dict[str, Any]]:

@@ -1,7 +1,8 @@
-"""Checkpoints in DeepSpeed's layout: atomic writes, safe loads, rank rendezvous."""
+"""Checkpoints in DeepSpeed's layout: atomic writes, safe loads, rank rendezvous, a manifest per tag."""
 
 from ds_engine.checkpoint.engine_io import load, save
 from ds_engine.checkpoint.files import (
+    CorruptCheckpointError,
     UnsafeCheckpointError,
     UnsafeCheckpointValue,
     atomic_torch_save,
@@ -9,10 +10,13 @@ from ds_engine.checkpoint.files import (
     safe_load,
 )
 from ds_engine.checkpoint.layout import default_tag, latest_path, model_states_path, zero_optim_states_path
+from ds_engine.checkpoint.manifest import IncompleteCheckpointError
 from ds_engine.checkpoint.rendezvous import CheckpointRendezvousError, make_checkpoint_group
 
 __all__ = [
     "CheckpointRendezvousError",
+    "CorruptCheckpointError",
+    "IncompleteCheckpointError",
     "UnsafeCheckpointError",
     "UnsafeCheckpointValue",
     "atomic_torch_save",

@@ -1,8 +1,10 @@
 """Save and load an engine's training state in DeepSpeed's layout (:mod:`.layout`).
 
-Save: rendezvous (every rank, same tag) -> each writer writes its files atomically -> rendezvous
-(every file is on disk) -> rank 0 writes ``latest`` atomically -> rendezvous. Load never needs the
-other ranks: every rank reads the shared files itself.
+Save: rank 0 removes an interrupted save's temporaries -> rendezvous (every rank, same tag) -> each
+writer writes its files atomically -> rendezvous (every file is on disk) -> the file reports are
+gathered and rank 0 writes the tag's manifest, then ``latest``, atomically -> rendezvous. Load never
+needs the other ranks: every rank checks the files it reads against the manifest (:mod:`.integrity`)
+and reads them itself.
 
 Note: [one slice format] Every stage's optimizer saves its state as per-parameter slices (ds_zero's
 ``sharded_state`` format; stage 0's slices cover whole parameters). A replicated optimizer's state goes
@@ -13,21 +15,21 @@ saved slice, so a checkpoint of any stage and world size loads at any other.
 
 from __future__ import annotations
 
-import glob
 import logging
 import os
 from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, nullcontext, suppress
 from importlib import metadata
 from typing import Any
 
 import ds_comm
-from ds_engine.checkpoint import layout
+from ds_engine.checkpoint import integrity, layout, manifest
 from ds_engine.checkpoint.files import (
+    WrittenFile,
     atomic_torch_save,
     atomic_write_text,
     check_safe,
-    safe_load,
+    remove_stale_temporaries,
 )
 from ds_engine.checkpoint.rendezvous import check_same_tag, wait_for_all
 from ds_zero import deepspeed_format
@@ -87,6 +89,7 @@ def model_states(engine: Any, exclude_frozen_parameters: bool, sharded_optimizer
         layout.MP_WORLD_SIZE: 1,
         layout.DS_CONFIG: engine.config,
         layout.DS_VERSION: ds_version(),
+        layout.MANIFEST_KEY: layout.MANIFEST,  # this save ends with a manifest (Note [complete or refused])
     }
 
 
@@ -101,34 +104,57 @@ def save(engine: Any, save_dir: str, tag: Any, client_state: dict[str, Any], sav
     check_safe(client_state)
     ckpt = engine._config.checkpoint
     group, timeout = engine.checkpoint_group, ckpt.rendezvous_timeout
+    rank = ds_comm.get_local_rank() if ckpt.use_node_local_storage else ds_comm.get_rank()
+    if rank == 0:  # before the first rendezvous no rank of this save writes yet (Note [stale temporaries])
+        remove_stale_temporaries(layout.tag_dir(save_dir, tag))
+        remove_stale_temporaries(save_dir, names=[layout.LATEST])
     wait_for_all("save_checkpoint", group=group, timeout_s=timeout)
     check_same_tag(tag, group=group, mode=ckpt.tag_validation_mode)
 
-    sharded = bool(getattr(engine.optimizer, "sharded_state", False))
-    rank = ds_comm.get_local_rank() if ckpt.use_node_local_storage else ds_comm.get_rank()
-    os.makedirs(os.path.join(save_dir, tag), exist_ok=True)
-    if engine.zero_optimization_stage() == 3 and engine.optimizer is not None:
-        # Stage 3: gathering the module is collective (every rank), and only rank 0 keeps it.
-        dtype = engine.optimizer.policy.mixed_precision.param_dtype
-        gathered = engine.optimizer.full_state_dict(dtype=dtype, exclude_frozen_parameters=exclude_frozen_parameters)
-        state = model_states(engine, exclude_frozen_parameters, sharded, module=gathered if rank == 0 else {})
-        state.update(client_state)
-        atomic_torch_save(state, layout.zero3_model_states_path(save_dir, tag, engine.get_data_parallel_rank()))
-    elif rank == 0:
-        state = model_states(engine, exclude_frozen_parameters, sharded)
-        state.update(client_state)
-        atomic_torch_save(state, layout.model_states_path(save_dir, tag))
-    if sharded:  # every rank writes its own slice of the optimizer state (Note [one slice format])
-        shard = {layout.OPTIMIZER_STATE_DICT: engine.optimizer.state_dict(), layout.DS_CONFIG: engine.config,
-                 layout.DS_VERSION: ds_version()}
-        atomic_torch_save(shard, layout.zero_optim_states_path(save_dir, tag, engine.get_data_parallel_rank()))
+    os.makedirs(layout.tag_dir(save_dir, tag), exist_ok=True)
+    if rank == 0:  # saving a tag again: until its new manifest is written the tag is incomplete
+        with suppress(FileNotFoundError):
+            os.unlink(layout.manifest_path(save_dir, tag))
+    entries = _write_files(engine, save_dir, tag, client_state, exclude_frozen_parameters, rank,
+                           node_local=ckpt.use_node_local_storage)
     wait_for_all("save_checkpoint (writing files)", group=group, timeout_s=timeout)
+    entries = manifest.gather(entries, group=group)  # Note [complete or refused]
+    if rank == 0:
+        manifest.write(save_dir, tag, manifest.build(
+            tag, entries, ds_version=ds_version(), world_size=ds_comm.get_world_size() if group is not None else 1,
+            dp_world_size=engine.dp_world_size, zero_stage=engine.zero_optimization_stage(),
+            optimizer_states=engine.optimizer is not None))
     if save_latest and ds_comm.get_rank() == 0:
         atomic_write_text(layout.latest_path(save_dir), tag)
     wait_for_all("save_checkpoint (latest)", group=group, timeout_s=timeout)
     if ds_comm.get_rank() == 0:
         logger.info("saved checkpoint %s", os.path.join(save_dir, tag))
     return True
+
+
+def _write_files(engine: Any, save_dir: str, tag: str, client_state: dict[str, Any], exclude_frozen_parameters: bool,
+                 rank: int, *, node_local: bool) -> list[dict[str, Any]]:
+    """This rank's files of the checkpoint, written atomically; returns its manifest entries."""
+    sharded = bool(getattr(engine.optimizer, "sharded_state", False))
+    written: list[tuple[WrittenFile, str]] = []
+    if engine.zero_optimization_stage() == 3 and engine.optimizer is not None:
+        # Stage 3: gathering the module is collective (every rank), and only rank 0 keeps it.
+        dtype = engine.optimizer.policy.mixed_precision.param_dtype
+        gathered = engine.optimizer.full_state_dict(dtype=dtype, exclude_frozen_parameters=exclude_frozen_parameters)
+        state = model_states(engine, exclude_frozen_parameters, sharded, module=gathered if rank == 0 else {})
+        state.update(client_state)
+        path = layout.zero3_model_states_path(save_dir, tag, engine.get_data_parallel_rank())
+        written.append((atomic_torch_save(state, path), manifest.MODEL_STATES))
+    elif rank == 0:
+        state = model_states(engine, exclude_frozen_parameters, sharded)
+        state.update(client_state)
+        written.append((atomic_torch_save(state, layout.model_states_path(save_dir, tag)), manifest.MODEL_STATES))
+    if sharded:  # every rank writes its own slice of the optimizer state (Note [one slice format])
+        shard = {layout.OPTIMIZER_STATE_DICT: engine.optimizer.state_dict(), layout.DS_CONFIG: engine.config,
+                 layout.DS_VERSION: ds_version()}
+        path = layout.zero_optim_states_path(save_dir, tag, engine.get_data_parallel_rank())
+        written.append((atomic_torch_save(shard, path), manifest.OPTIM_STATES))
+    return [manifest.entry(w, kind=kind, node_local=node_local) for w, kind in written]
 
 
 def resolve_tag(load_dir: str, tag: Any) -> str | None:
@@ -156,15 +182,15 @@ def load(engine: Any, load_dir: str, tag: Any, *, load_module_strict: bool, load
     tag = resolve_tag(load_dir, tag)
     if tag is None:
         return None, None
-    path = layout.find_model_states(load_dir, tag)
-    if path is None:
-        logger.warning("no checkpoint to load: %s does not exist", layout.model_states_path(load_dir, tag))
-        return None, None
-    state = safe_load(path)
     optimizer = engine.optimizer
     wants_optimizer = optimizer is not None and load_optimizer_states and not load_module_only
+    opened = integrity.open_tag(load_dir, tag, wants_optimizer=wants_optimizer)  # refuses an incomplete tag
+    if opened is None:
+        logger.warning("no checkpoint to load: %s does not exist", layout.model_states_path(load_dir, tag))
+        return None, None
+    path, state = opened.path, opened.state
     placeholders = deepspeed_format.partitioned_placeholders(state[layout.MODULE], state.get(layout.PARAM_SHAPES))
-    shards = _optimizer_shards(state, load_dir, tag) if wants_optimizer or placeholders else []
+    shards = _optimizer_shards(state, path, opened.optimizer_files) if wants_optimizer or placeholders else []
     if placeholders:  # a DeepSpeed stage-3 save: its weights live only in the optimizer partitions
         deepspeed_format.fill_partitioned_weights(state[layout.MODULE], placeholders, consolidate_fp32(shards))
     if custom_load_fn is None:
@@ -199,19 +225,18 @@ def _every_parameter_gathered(module: Any) -> AbstractContextManager[Any]:
     return GatheredParameters(params, modifier_rank=0)
 
 
-def _optimizer_shards(state: dict[str, Any], load_dir: str, tag: str) -> list[dict[str, Any]]:
-    """Every saved slice of optimizer state (Note [one slice format]); a checkpoint the reference
-    DeepSpeed wrote is converted (:mod:`ds_zero.deepspeed_format`)."""
+def _optimizer_shards(state: dict[str, Any], path: str, optimizer_files: list[str]) -> list[dict[str, Any]]:
+    """Every saved slice of optimizer state (Note [one slice format]): from the model states at ``path``
+    or from ``optimizer_files`` (checked by :mod:`.integrity`); a checkpoint the reference DeepSpeed
+    wrote is converted (:mod:`ds_zero.deepspeed_format`)."""
     saved = state.get(layout.OPTIMIZER)
     if saved is not None:
         if saved.get("format") != SLICES_FORMAT:
             raise deepspeed_format.DeepSpeedCheckpointError(
-                f"{layout.find_model_states(load_dir, tag)}: its optimizer state is a plain torch state dict (a "
+                f"{path}: its optimizer state is a plain torch state dict (a "
                 "DeepSpeed stage-0 save), which is not read; load it with load_optimizer_states=False")
         return [saved]
-    # DeepSpeed names its bf16 optimizer's files bf16_zero_pp_rank_<r>_...: the same layout
-    paths = glob.glob(os.path.join(load_dir, tag, "*zero_pp_rank_*_mp_rank_00_optim_states.pt"))
-    return deepspeed_format.read_optimizer_shards(paths, state.get(layout.PARAM_SHAPES))
+    return deepspeed_format.read_optimizer_shards(optimizer_files, state.get(layout.PARAM_SHAPES))
 
 
 def _load_optimizer(engine: Any, shards: list[dict[str, Any]], load_dir: str, tag: str) -> bool:

@@ -1,20 +1,33 @@
-"""Atomic writes and safe reads of checkpoint files.
+"""Atomic writes and safe reads of checkpoint files: the one place the checkpoint code writes files.
 
 Note: [atomic writes] Every file is written to a temporary name in the destination directory, flushed
 and fsync'ed, then renamed over the final name (and the directory fsync'ed), so a reader sees either
 the old file or the complete new one. ``latest`` is written the same way, last, so a crash mid-save
-leaves the previous checkpoint and ``latest`` untouched.
+leaves the previous checkpoint and ``latest`` untouched. Each write returns the file's size and
+CRC-32, computed from the bytes in memory while they are written (no second read), for the tag's
+manifest (:mod:`.manifest`). Files get mode ``0o666 & ~umask``, as ``torch.save`` gives them.
+
+Note: [stale temporaries] The temporary name is ``.<name>.<random>.tmp``: a dot-file, so no reader's
+glob (``*_optim_states.pt`` ...) ever matches it. A process killed mid-write leaves it behind;
+:func:`remove_stale_temporaries` deletes such files at the next save of the tag, before the save's
+first rendezvous, when no rank of that save can be writing yet.
 """
 
 from __future__ import annotations
 
+import errno
+import functools
 import io
 import os
 import tempfile
-from collections.abc import Mapping
+import zlib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from ds_zero import load_errors
 
 
 class UnsafeCheckpointValue(TypeError):
@@ -57,50 +70,150 @@ def _fsync_dir(directory: str) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: str, write: Any) -> None:
-    """Create ``path`` atomically; ``write(fileobj)`` produces the content (Note [atomic writes])."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+@dataclass(frozen=True)
+class WrittenFile:
+    """A file a checkpoint save wrote: its path, size in bytes and CRC-32 (``zlib.crc32``)."""
+
+    path: str
+    size: int
+    crc32: int
+
+
+class _Tally:
+    """A write-only view of a file that counts the bytes written and their CRC-32."""
+
+    def __init__(self, handle: Any) -> None:
+        self._handle = handle
+        self.size = 0
+        self.crc32 = 0
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data)
+        self._handle.write(view)
+        self.size += view.nbytes
+        self.crc32 = zlib.crc32(view, self.crc32)
+        return view.nbytes
+
+
+@functools.lru_cache(maxsize=1)
+def process_umask() -> int:
+    """The process umask, read once. ``os.umask`` can only be read by setting it, which races with other
+    threads creating files, so Linux's ``/proc/self/status`` is read instead where it exists."""
     try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _named_os_error(exc: OSError, path: str) -> OSError:
+    """``exc`` naming the checkpoint file and the errno symbol (``ENOSPC`` for a full disk)."""
+    symbol = errno.errorcode.get(exc.errno or 0, "")
+    what = f"{symbol} ({exc.strerror})" if symbol else (exc.strerror or str(exc))
+    return OSError(exc.errno, f"{what} while writing checkpoint file", path)
+
+
+def atomic_write_bytes(path: str, write: Callable[[Any], Any]) -> WrittenFile:
+    """Create ``path`` atomically; ``write(fileobj)`` produces the content (Note [atomic writes]).
+
+    An OSError (a full disk: ``ENOSPC``) is raised again naming ``path``; no temporary file remains.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    tmp = None
+    try:
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
         with os.fdopen(fd, "wb") as handle:
-            write(handle)
+            tally = _Tally(handle)
+            write(tally)
             handle.flush()
+            os.fchmod(handle.fileno(), 0o666 & ~process_umask())  # mkstemp made it 0600
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as exc:
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.errno is not None:
+            raise _named_os_error(exc, path) from exc
         raise
     _fsync_dir(directory)
+    return WrittenFile(path=path, size=tally.size, crc32=tally.crc32)
 
 
-def atomic_torch_save(obj: Any, path: str) -> None:
-    """``torch.save`` to ``path`` atomically."""
+def atomic_torch_save(obj: Any, path: str) -> WrittenFile:
+    """``torch.save`` to ``path`` atomically; returns the file's size and CRC-32."""
     buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    atomic_write_bytes(path, lambda handle: handle.write(buffer.getbuffer()))
+    torch.save(obj, buffer)  # serialise fully first: a failure here leaves no file at all
+    return atomic_write_bytes(path, lambda handle: handle.write(buffer.getbuffer()))
 
 
-def atomic_write_text(path: str, text: str) -> None:
+def atomic_write_text(path: str, text: str) -> WrittenFile:
     """Write ``text`` to ``path`` atomically."""
-    atomic_write_bytes(path, lambda handle: handle.write(text.encode("utf-8")))
+    return atomic_write_bytes(path, lambda handle: handle.write(text.encode("utf-8")))
+
+
+def remove_stale_temporaries(directory: str, names: Iterable[str] | None = None) -> list[str]:
+    """Delete the temporaries an interrupted save left in ``directory`` (Note [stale temporaries]):
+    ``.<name>.*.tmp`` for each of ``names``, or every ``.*.tmp`` when ``names`` is None. Returns them."""
+    prefixes = None if names is None else tuple(f".{name}." for name in names)
+    removed = []
+    try:
+        entries = list(os.scandir(directory))
+    except (FileNotFoundError, NotADirectoryError):
+        return removed
+    for entry in entries:
+        name = entry.name
+        if not (name.startswith(".") and name.endswith(".tmp")) or not entry.is_file(follow_symlinks=False):
+            continue
+        if prefixes is not None and not name.startswith(prefixes):
+            continue
+        try:
+            os.unlink(entry.path)
+        except FileNotFoundError:
+            continue
+        removed.append(entry.path)
+    return removed
+
+
+def crc32_of_file(path: str, chunk: int = 1 << 22) -> int:
+    """The CRC-32 of a file's content, read in chunks."""
+    crc = 0
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            crc = zlib.crc32(block, crc)
+    return crc
 
 
 class UnsafeCheckpointError(RuntimeError):
     """A checkpoint file holds objects that cannot be loaded without running code."""
 
 
+class CorruptCheckpointError(RuntimeError):
+    """A checkpoint file is truncated, damaged (not the bytes its manifest records) or not a checkpoint."""
+
+
 def safe_load(path: str, map_location: Any = "cpu") -> Any:
-    """``torch.load(path, weights_only=True)``: a checkpoint cannot run code while loading."""
+    """``torch.load(path, weights_only=True)``: a checkpoint cannot run code while loading.
+
+    A file that asks to import a class or function raises :class:`UnsafeCheckpointError`; a truncated
+    or foreign one :class:`CorruptCheckpointError`; both name ``path`` and never suggest loading with
+    ``weights_only=False``.
+    """
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # torch raises UnpicklingError subclasses; name the file either way
-        if "weights_only" in str(exc) or "Unpickler" in type(exc).__name__ or "Unpickling" in type(exc).__name__:
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for damaged files; name the file
+        if isinstance(exc, MemoryError) or (isinstance(exc, OSError) and exc.filename is not None):
+            raise  # out of memory, or a missing / unreadable file, which names itself
+        unsafe, reason = load_errors.describe(exc)
+        if unsafe:
             raise UnsafeCheckpointError(
-                f"{path} holds objects that cannot be loaded safely (weights_only=True): {str(exc).splitlines()[0]}"
-            ) from None
-        raise
+                f"{path} holds objects that cannot be loaded safely (weights_only=True): {reason}") from None
+        raise CorruptCheckpointError(f"{path} is truncated or not a torch checkpoint: {reason}") from None
 
 
 CPU = torch.device("cpu")

@@ -5,6 +5,19 @@
 ``zero_pp_rank_<r>_mp_rank_00_optim_states.pt`` per data-parallel rank. At stage 3 the model states
 are ``zero_pp_rank_<r>_mp_rank_00_model_states.pt``, one per rank, as DeepSpeed names them; rank 0's
 holds the gathered module.
+
+This project adds one file, ``<dir>/<tag>/ds_manifest.json`` (:data:`MANIFEST`), written by rank 0
+after every rank's files are on disk and before ``latest`` (:mod:`.manifest`)::
+
+    {"format": "ds-manifest-v1", "tag": ..., "ds_version": ..., "world_size": N, "dp_world_size": N,
+     "zero_stage": S, "optimizer_states": true, "checksum": "crc32",
+     "files": {"<name in the tag folder>": {"size": bytes, "crc32": int, "rank": r,
+                                            "kind": "model_states" | "optim_states"}, ...}}
+
+Its model-states files carry the key ``ds_manifest`` (:data:`MANIFEST_KEY`, the manifest's file
+name), so a tag whose model states name a manifest that is not there is known to be an unfinished
+save, while a checkpoint the reference DeepSpeed wrote (no such key) is still read. Writes go through
+temporaries named ``.<name>.<random>.tmp`` in the same folder, which no reader matches.
 """
 
 from __future__ import annotations
@@ -32,11 +45,13 @@ FROZEN_PARAM_FRAGMENTS = "frozen_param_fragments"
 DATA_SAMPLER = "data_sampler"
 RANDOM_LTD = "random_ltd"
 OPTIMIZER_STATE_DICT = "optimizer_state_dict"
+MANIFEST = "ds_manifest.json"
+MANIFEST_KEY = "ds_manifest"  # in this project's model states: the manifest the save ends with
 
 ENGINE_KEYS = frozenset({
     MODULE, OPTIMIZER, LR_SCHEDULER, GLOBAL_STEPS, GLOBAL_SAMPLES, SKIPPED_STEPS, DP_WORLD_SIZE, MP_WORLD_SIZE,
     DS_CONFIG, DS_VERSION, BUFFER_NAMES, PARAM_SHAPES, FROZEN_PARAM_SHAPES, SHARED_PARAMS,
-    FROZEN_PARAM_FRAGMENTS, DATA_SAMPLER, RANDOM_LTD,
+    FROZEN_PARAM_FRAGMENTS, DATA_SAMPLER, RANDOM_LTD, MANIFEST_KEY,
 })
 
 # DeepSpeed's other key and file-name constants (``deepspeed.checkpoint.constants``): the optimizer
@@ -90,6 +105,16 @@ SUB_PARAMS_SHAPE = "sub_params_shape"
 def default_tag(global_steps: int) -> str:
     """The tag DeepSpeed uses when none is given."""
     return f"global_step{global_steps}"
+
+
+def tag_dir(save_dir: str | os.PathLike[str], tag: str) -> str:
+    """``<dir>/<tag>``."""
+    return os.path.join(os.fspath(save_dir), str(tag))
+
+
+def manifest_path(save_dir: str | os.PathLike[str], tag: str) -> str:
+    """``<dir>/<tag>/ds_manifest.json``."""
+    return os.path.join(tag_dir(save_dir, tag), MANIFEST)
 
 
 def model_states_path(save_dir: str | os.PathLike[str], tag: str, mp_rank: int = 0) -> str:
