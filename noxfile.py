@@ -24,7 +24,8 @@ PACKAGES = ["ds-accel", "ds-comm", "ds-kernels", "ds-zero", "ds-engine", "ds-lau
 PACKAGE_TEST_EXTRAS = {"ds-comm": "mpi", "ds-kernels": "test", "ds-zero": "safetensors"}
 TEST_DEPS = ["pytest>=8", "pytest-timeout>=2.3", "numpy", "packaging"]
 # The third-party clients `tests/clients` drives (test-only dependencies), at the versions verified.
-CLIENT_DEPS = ["transformers==5.24.0", "accelerate==1.15.0", "lightning==2.6.6", "safetensors"]
+CLIENT_DEPS = ["transformers==5.24.0", "accelerate==1.15.0", "lightning==2.6.6", "safetensors", "trl==1.16.0",
+               "peft==0.21.2"]
 # Debian packages the real-process tests use: binary -> package.
 SYSTEM_PACKAGES = {"mpirun": "openmpi-bin", "pdsh": "pdsh"}
 
