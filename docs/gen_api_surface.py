@@ -144,16 +144,20 @@ def _accelerator_methods() -> list[str]:
 
 
 def _resolves(dotted: str) -> bool:
-    """Whether ``dotted`` (a module, or a module's attribute) can be imported here."""
-    try:
-        importlib.import_module(dotted)
-        return True
-    except ImportError:
-        module, _, name = dotted.rpartition(".")
+    """Whether ``dotted`` (a module, or attributes below the longest importable module) exists here."""
+    parts = dotted.split(".")
+    for cut in range(len(parts), 0, -1):
         try:
-            return hasattr(importlib.import_module(module), name)
+            obj: Any = importlib.import_module(".".join(parts[:cut]))
         except ImportError:
-            return False
+            continue
+        for name in parts[cut:]:
+            try:
+                obj = getattr(obj, name)
+            except (AttributeError, ImportError):
+                return False
+        return True
+    return False
 
 
 def _not_provided() -> list[str]:
