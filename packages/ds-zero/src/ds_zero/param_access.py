@@ -20,7 +20,10 @@ accumulation boundary and ``step`` (which consumes the gradients and frees them)
 gradient averaged over the data-parallel ranks, as the optimizer will see it; under fp16 it is still
 multiplied by the loss scale (the step unscales), as in DeepSpeed. At stage 0 and stage 1 the
 reduction happens inside ``step``, so the getter averages a copy itself; at stage 2 the shards were
-reduce-scattered as backward ran; at stage 3 FSDP2 reduce-scattered each unit's gradient.
+reduce-scattered as backward ran; at stage 3 FSDP2 reduce-scattered each unit's gradient. One
+difference from DeepSpeed follows: at stage 0 DeepSpeed has all-reduced ``param.grad`` by the end of
+``backward``, so its getter reads it without communicating and one rank alone may call it; here the
+stage-0 getter communicates, so every rank must call it there too.
 
 Note: [setters] ``safe_set_full_fp32_param`` writes the fp32 master (this rank's slice); the model's
 (low-precision or gathered) weights follow at the next publish, i.e. the next ``step``, as in
