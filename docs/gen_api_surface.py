@@ -14,6 +14,7 @@ what is absent altogether, while it is) and from the op builders whose op is abs
 from __future__ import annotations
 
 import argparse
+import enum
 import importlib
 import inspect
 import pkgutil
@@ -59,9 +60,19 @@ def _public_names(module: ModuleType) -> list[str]:
     return sorted(set(names), key=lambda n: (n.lstrip("_").lower(), n))
 
 
+def _is_config_model(value: Any) -> bool:
+    """A pydantic config model: its fields are documented in config-reference.md, not repeated here (its
+    constructor signature would change with every config key)."""
+    return inspect.isclass(value) and hasattr(value, "model_fields")
+
+
 def _kind(value: Any) -> str:
     if isinstance(value, ModuleType):
         return "module"
+    if _is_config_model(value):
+        return "config model ([fields](config-reference.md))"
+    if inspect.isclass(value) and issubclass(value, enum.Enum):
+        return "enum"
     if inspect.isclass(value):
         return "class"
     if callable(value):
@@ -85,8 +96,10 @@ def _target(value: Any) -> str:
 
 
 def _signature(value: Any) -> str:
-    if isinstance(value, ModuleType) or not callable(value):
+    if isinstance(value, ModuleType) or not callable(value) or _is_config_model(value):
         return ""
+    if inspect.isclass(value) and issubclass(value, enum.Enum):  # its members, not Enum's call signature
+        return "{" + ", ".join(m.value if isinstance(m.value, str) else m.name for m in value) + "}"
     try:
         sig = inspect.signature(value)
     except (TypeError, ValueError):
