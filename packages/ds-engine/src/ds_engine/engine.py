@@ -76,10 +76,10 @@ class DeepSpeedEngine(EngineAccessors, nn.Module):
         if not dont_change_device:
             model.to(self.device)
         self.module = model
-        leaf = self._config.zero_optimization.leaf_module  # flags only; stage 3 reads them (as DeepSpeed)
         if self.torch_autocast_enabled():  # Note [torch autocast] in ds_engine.autocast
             init_autocast_params(model, self.torch_autocast_dtype(), self.torch_autocast_lower_precision_safe_modules())
         apply_leaf_config(model, classes=leaf.classes, names=leaf.names, name_suffixes=leaf.name_suffixes)
+        leaf = self._config.zero_optimization.leaf_module  # flags only; stage 3 reads them (as DeepSpeed)
         components.broadcast_module(model, group=self.dp_group)
         self.checkpoint_group = checkpoint.make_checkpoint_group()
         self.client_optimizer, self.client_lr_scheduler = optimizer, lr_scheduler
@@ -163,6 +163,7 @@ class DeepSpeedEngine(EngineAccessors, nn.Module):
         """Run the module (casting float inputs to fp16 when ``fp16.auto_cast``)."""
         if self.optimizer is not None:
             self.optimizer.set_gradient_accumulation_boundary(self._sync_now())
+            self.optimizer.check_states_home("forward")
         if self._config.fp16.enabled and self._config.fp16.auto_cast:
             inputs, kwargs = _cast_floats((inputs, kwargs), torch.float16)
         tokens = _token_count(inputs, kwargs)
@@ -309,6 +310,31 @@ class DeepSpeedEngine(EngineAccessors, nn.Module):
         return self.module_state_dict(exclude_frozen_parameters=exclude_frozen_parameters)
 
     def _consolidated_16bit_state_dict(self, exclude_frozen_parameters: bool = False) -> dict[str, Any] | None:
+    # --- moving states off the accelerator between phases (RLHF loops) ------------------------------
+    def offload_states(self, include: Any = None, device: Any = "cpu", pin_memory: bool = True,
+                       non_blocking: bool = False) -> None:
+        """Move the named training states (``OffloadStateTypeEnum``; all when None) to host memory until
+        :meth:`reload_states` (see :mod:`ds_zero.state_offload`). Training in between is an error."""
+        from ds_engine.offload_enums import OffloadDeviceEnum
+
+        self._require_optimizer("offload_states")
+        if self._config.zero_optimization.offload_param_device != "none":
+            raise ValueError("engine.offload_states() cannot move states while 'zero_optimization.offload_param' "
+                             "already keeps parameters off the accelerator")
+        device = OffloadDeviceEnum(device)
+        if device == OffloadDeviceEnum.none:
+            logger.warning("engine.offload_states(device='none'): nothing to do")
+            return
+        if device == OffloadDeviceEnum.nvme:
+            raise ValueError("engine.offload_states(device='nvme') is not supported; use device='cpu'")
+        self.optimizer.offload_states(include=include, device=device, pin_memory=pin_memory,
+                                      non_blocking=non_blocking)
+
+    def reload_states(self, non_blocking: bool = False) -> None:
+        """Put every state :meth:`offload_states` moved back on the accelerator."""
+        self._require_optimizer("reload_states")
+        self.optimizer.reload_states(non_blocking=non_blocking)
+
         """DeepSpeed's name for the gathered 16-bit state dict where weights are partitioned (stage 3):
         rank 0 gets it, the others None; every rank must call it. Below stage 3 it is an error, as in
         DeepSpeed (every rank already holds the weights: use ``module_state_dict()``)."""

@@ -37,9 +37,6 @@ ABSENT: dict[str, str] = {
     "deepspeed.init_inference": "the inference engine (DeepSpeed-Inference) is not built: this project trains",
     "deepspeed.pipe": "pipeline parallelism (PipelineModule, LayerSpec, the pipeline engine) is not built",
     "deepspeed.moe": "mixture-of-experts layers (deepspeed.moe.layer.MoE) are not built",
-    "deepspeed.DeepSpeedEngine.offload_states": "moving training state off the accelerator between phases "
-    "(OpenRLHF, with OffloadStateTypeEnum) is not built; ZeRO offload set in the config is",
-    "deepspeed.DeepSpeedEngine.reload_states": "the counterpart of offload_states, which is not built",
 }
 
 

@@ -31,6 +31,7 @@ from ds_zero.grad_math import clip_, global_norm, is_finite, unscale_
 from ds_zero.loss_scaler import StaticLossScaler
 from ds_zero.policy import ZeroPolicy
 from ds_zero.replicated_state import load_replicated_state_dict, replicated_state_dict
+from ds_zero.state_offload import OffloadDeviceEnum, StateOffload, StatesOffloadedError
 
 
 class Masters(Protocol):
@@ -83,6 +84,7 @@ class ZeroTrainer(ZeROOptimizer):
         self.sharded_grads = sharded_grads  # True: each rank holds part of the gradient (stages 1-3)
         self.overflow = False
         self.gradients_arrived = False  # a gradient hook fired since the last step attempt
+        self.offloaded = StateOffload()  # what offload_states moved (ds_zero.state_offload)
         self._global_grad_norm: Tensor | None = None
         # Note [hooks hold the trainer weakly]: a hook lives in the parameter's autograd node (C++), so a
         # strong reference to the trainer there forms a cycle Python's gc cannot see, and the trainer,
@@ -155,6 +157,7 @@ class ZeroTrainer(ZeROOptimizer):
 
     def backward(self, loss: Tensor, retain_graph: bool = False) -> None:
         """Backward of the scaled loss; gradients accumulate, and are reduced at the boundary."""
+        self.check_states_home("backward")
         self.scale_if_loss(loss).backward(retain_graph=retain_graph)
 
     def set_gradient_accumulation_boundary(self, is_boundary: bool) -> None:
@@ -176,6 +179,7 @@ class ZeroTrainer(ZeROOptimizer):
         """Reduce, unscale, check overflow, clip, step and publish. Returns whether the step was applied."""
         if closure is not None:
             raise ValueError("the engine optimizer does not take a closure")
+        self.check_states_home("step")
         self.reducer.finish()
         grads = self.masters.grads()
         scale = self.loss_scaler.cur_scale
@@ -211,6 +215,23 @@ class ZeroTrainer(ZeROOptimizer):
                     p.grad = None
                 else:
                     p.grad.zero_()
+
+    # --- moving states off the accelerator (ds_zero.state_offload) -----------------------------------
+    def offload_states(self, include: Any = None, device: Any = OffloadDeviceEnum.cpu, pin_memory: bool = True,
+                       non_blocking: bool = False) -> None:
+        """Move the named states (all by default) to host memory until :meth:`reload_states`."""
+        self.offloaded.offload(self, include, torch.device(OffloadDeviceEnum(device).value), pin_memory, non_blocking)
+
+    def reload_states(self, non_blocking: bool = False) -> None:
+        """Put every offloaded state back on the device it came from."""
+        self.offloaded.reload(non_blocking)
+
+    def check_states_home(self, call: str) -> None:
+        """Refuse to train while states are offloaded (they would be read from the wrong place)."""
+        if self.offloaded.active:
+            kinds = ", ".join(sorted(k.value for k in self.offloaded.kinds))
+            raise StatesOffloadedError(f"{call}() while states are offloaded ({kinds}): call engine.reload_states() "
+                                       "first")
 
     # --- state ---------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
