@@ -24,3 +24,17 @@ def test_runtime_paths() -> None:
     assert type(scheduler).__name__ in VALID_LR_SCHEDULES  # what Hugging Face compares
     sig = __import__("inspect").signature(engine.save_checkpoint)
     assert "exclude_frozen_parameters" in sig.parameters  # transformers inspects it
+
+
+def test_tput_timer_measures_samples_per_second() -> None:
+    """DeepSpeed-Chat reads ``engine.tput_timer``: it counts optimizer steps and times them after warm-up."""
+    from deepspeed.utils.timer import ThroughputTimer
+
+    engine, *_ = deepspeed.initialize(model=torch.nn.Linear(3, 3), dist_init_required=False, config={
+        "train_batch_size": 4, "gradient_accumulation_steps": 2, "optimizer": {"type": "Adam", "params": {"lr": 0.1}}})
+    assert isinstance(engine.tput_timer, ThroughputTimer)
+    for _ in range(10):
+        engine.backward(engine(torch.randn(2, 3)).sum())
+        engine.step()
+    assert engine.tput_timer.global_step_count == 5 and engine.tput_timer.micro_step_count == 10
+    assert engine.tput_timer.avg_samples_per_sec() > 0

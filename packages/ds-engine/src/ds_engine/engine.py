@@ -31,6 +31,7 @@ from ds_engine.log import get_logger
 from ds_engine.monitor import build_monitors
 from ds_engine.progress import ProgressReporter, Stopwatch
 from ds_engine.step_guard import StepGuard
+from ds_engine.timers import ThroughputTimer
 from ds_engine.zero_policy import model_dtype, policy_from_config
 from ds_zero import StageNotAvailable, wrap
 from ds_zero.stage3.leaf import apply_leaf_config
@@ -78,8 +79,8 @@ class DeepSpeedEngine(EngineAccessors, nn.Module):
         self.module = model
         if self.torch_autocast_enabled():  # Note [torch autocast] in ds_engine.autocast
             init_autocast_params(model, self.torch_autocast_dtype(), self.torch_autocast_lower_precision_safe_modules())
-        apply_leaf_config(model, classes=leaf.classes, names=leaf.names, name_suffixes=leaf.name_suffixes)
         leaf = self._config.zero_optimization.leaf_module  # flags only; stage 3 reads them (as DeepSpeed)
+        apply_leaf_config(model, classes=leaf.classes, names=leaf.names, name_suffixes=leaf.name_suffixes)
         components.broadcast_module(model, group=self.dp_group)
         self.checkpoint_group = checkpoint.make_checkpoint_group()
         self.client_optimizer, self.client_lr_scheduler = optimizer, lr_scheduler
@@ -100,6 +101,10 @@ class DeepSpeedEngine(EngineAccessors, nn.Module):
         self.progress = ProgressReporter(num_params=sum(p.numel() for p in model.parameters()),
                                          dp_world_size=self.dp_world_size)
         self.timers = Stopwatch(accel.synchronize) if self._config.wall_clock_breakdown else None
+        # DeepSpeed's samples/s timer, which clients read (DeepSpeed-Chat); the progress line reports speed,
+        # so this one only measures (``timers.throughput``: enabled, synchronized).
+        self.tput_timer = ThroughputTimer(self._config.timers.throughput, batch_size=self.train_batch_size(),
+                                          steps_per_output=self.steps_per_print())
         self.autotuning = AutotuningProbe.for_engine(self)  # Note [autotuning protocol]
         ds_comm.configure(self._config.model)
         if self._config.dump_state and self.global_rank == 0:
@@ -162,12 +167,13 @@ class DeepSpeedEngine(EngineAccessors, nn.Module):
     def forward(self, *inputs: Any, **kwargs: Any) -> Any:
         """Run the module (casting float inputs to fp16 when ``fp16.auto_cast``)."""
         if self.optimizer is not None:
-            self.optimizer.set_gradient_accumulation_boundary(self._sync_now())
             self.optimizer.check_states_home("forward")
+            self.optimizer.set_gradient_accumulation_boundary(self._sync_now())
         if self._config.fp16.enabled and self._config.fp16.auto_cast:
             inputs, kwargs = _cast_floats((inputs, kwargs), torch.float16)
         tokens = _token_count(inputs, kwargs)
         self.progress.on_forward(tokens)
+        self.tput_timer.start()
         if self.timers:
             self.timers.start("forward")
         with self.autotuning.watch_forward(self.module) if self.autotuning else nullcontext(), \
@@ -228,6 +234,7 @@ class DeepSpeedEngine(EngineAccessors, nn.Module):
                                    loss_scaled=self.fp16_enabled())
             if self.autotuning:
                 self.autotuning.after_step(self)
+        self.tput_timer.stop(global_step=boundary, report_speed=False)
         self.micro_steps += 1
 
     def _report(self) -> None:
@@ -309,7 +316,6 @@ class DeepSpeedEngine(EngineAccessors, nn.Module):
             return self.optimizer.consolidated_16bit_state_dict(exclude_frozen_parameters=exclude_frozen_parameters)
         return self.module_state_dict(exclude_frozen_parameters=exclude_frozen_parameters)
 
-    def _consolidated_16bit_state_dict(self, exclude_frozen_parameters: bool = False) -> dict[str, Any] | None:
     # --- moving states off the accelerator between phases (RLHF loops) ------------------------------
     def offload_states(self, include: Any = None, device: Any = "cpu", pin_memory: bool = True,
                        non_blocking: bool = False) -> None:
@@ -335,6 +341,7 @@ class DeepSpeedEngine(EngineAccessors, nn.Module):
         self._require_optimizer("reload_states")
         self.optimizer.reload_states(non_blocking=non_blocking)
 
+    def _consolidated_16bit_state_dict(self, exclude_frozen_parameters: bool = False) -> dict[str, Any] | None:
         """DeepSpeed's name for the gathered 16-bit state dict where weights are partitioned (stage 3):
         rank 0 gets it, the others None; every rank must call it. Below stage 3 it is an error, as in
         DeepSpeed (every rank already holds the weights: use ``module_state_dict()``)."""
