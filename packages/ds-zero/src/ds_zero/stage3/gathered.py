@@ -88,6 +88,8 @@ class GatheredParameters:
             full = shards.gather_full(p)
             if isinstance(p, DTensor):
                 view = nn.Parameter(full.clone(), requires_grad=p.requires_grad)
+                if hasattr(p, "ds_active_sub_modules"):  # clients clear it on module.parameters() here
+                    view.ds_active_sub_modules = p.ds_active_sub_modules
                 self._full[id(p)] = view
                 self._swap(p, view)
             else:

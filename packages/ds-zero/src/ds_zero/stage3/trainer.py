@@ -24,6 +24,7 @@ from ds_zero.loss_scaler import make_loss_scaler
 from ds_zero.policy import ZeroPolicy
 from ds_zero.stage3.gathered import full_state_dict
 from ds_zero.stage3.hooks import BACKWARD, UnitHooks
+from ds_zero.stage3.offload_view import ParameterOffload
 from ds_zero.stage3.params import Stage3Params
 from ds_zero.stage3.policy import stage3_of
 from ds_zero.stage3.sharding import ShardedModel, shard_model
@@ -53,6 +54,8 @@ class Stage3Trainer(ShardedTrainer):
         super().__init__(**parts)
         self.sharded = sharded
         self.hooks = hooks
+        # DeepSpeed's engine.optimizer.parameter_offload (Note [hooks off for generation])
+        self.parameter_offload = ParameterOffload(sharded, hooks, param_dtype=self.policy.mixed_precision.param_dtype)
 
     def backward(self, loss: Tensor, retain_graph: bool = False) -> None:
         """Backward of the scaled loss; unit gradients are reduce-scattered as each unit's backward ends."""
