@@ -25,6 +25,7 @@ from ds_engine import checkpoint, components, lazy_dynamo
 from ds_engine.accessors import EngineAccessors
 from ds_engine.autocast import autocast_if_enabled, init_autocast_params
 from ds_engine.autotuning_probe import AutotuningProbe
+from ds_engine.compile import EngineCompile
 from ds_engine.config import DeepSpeedConfig, DeepSpeedConfigError, choose_config_source
 from ds_engine.dataloader import DeepSpeedDataLoader
 from ds_engine.log import get_logger
@@ -39,7 +40,7 @@ from ds_zero.stage3.leaf import apply_leaf_config
 logger = get_logger()
 
 
-class DeepSpeedEngine(EngineAccessors, nn.Module):
+class DeepSpeedEngine(EngineAccessors, EngineCompile, nn.Module):
     """The training engine ``deepspeed.initialize`` returns (DeepSpeed's getters: :mod:`ds_engine.accessors`)."""
 
     def __init__(

@@ -96,6 +96,17 @@ class UnitHooks:
             if ahead:
                 self.units[i].set_modules_to_forward_prefetch(ahead)
 
+    def make_opaque_to_compiler(self) -> None:
+        """Have ``torch.compile`` run these hooks eagerly rather than trace them, as FSDP2 marks its own:
+        the agreement is a collective plus a data-dependent check, one per real call. Called by
+        ``engine.compile`` (dynamo is loaded then anyway; importing it here up front would cost every run)."""
+        import torch._dynamo
+
+        for handle in self.handles:
+            table = handle.hooks_dict_ref()
+            if table is not None and handle.id in table:
+                table[handle.id] = torch._dynamo.disable(table[handle.id])
+
     def close(self) -> None:
         """Remove the hooks."""
         for handle in self.handles:
