@@ -46,6 +46,22 @@ def test_suspended_hooks_go_back_in_their_places():
     assert calls == ["b", "a", "c", "d"]
 
 
+def test_deepspeed_module_attributes_survive_pickle_and_deepcopy():
+    import copy
+    import pickle
+
+    from ds_zero.stage3.external import register_external_parameter
+    from ds_zero.stage3.offload_view import add_deepspeed_module_attributes
+
+    model = nn.Sequential(nn.Linear(2, 3), nn.Linear(3, 1))
+    register_external_parameter(model[1], model[0].weight)
+    add_deepspeed_module_attributes(model)
+    assert model[1].ds_external_parameters() == [(id(model[0].weight), model[0].weight)]
+    assert model[0].ds_external_parameters() == [] and model[0].weight.ds_active_sub_modules == set()
+    for twin in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        assert twin[0].ds_external_parameters() == [] and twin[0].ds_external_parameters.module is twin[0]
+
+
 def _offload_on_units():
     from _stage3_models import stage3_policy
     from torch.distributed.fsdp import fully_shard

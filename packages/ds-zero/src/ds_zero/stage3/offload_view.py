@@ -31,7 +31,6 @@ registered as external to it (:mod:`ds_zero.stage3.external`); there is no ``par
 from __future__ import annotations
 
 import itertools
-import types
 from collections import OrderedDict
 from typing import Any
 
@@ -162,16 +161,24 @@ class ComputeDtypeViews:
         return self._swapped is not None
 
 
-def _ds_external_parameters(self: nn.Module) -> Any:
-    """DeepSpeed's ``module.ds_external_parameters()``: ``(id, parameter)`` pairs registered as external."""
-    return [(id(p), p) for p in external_parameters(self)]
+class ExternalParameters:
+    """DeepSpeed's ``module.ds_external_parameters()``: ``(id, parameter)`` pairs registered as external.
+
+    A small callable object rather than a bound method, so a module that carries it still pickles and
+    deep-copies (``copy.deepcopy(model)``, as reference-model recipes do)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+
+    def __call__(self) -> list[tuple[int, nn.Parameter]]:
+        return [(id(p), p) for p in external_parameters(self.module)]
 
 
 def add_deepspeed_module_attributes(module: nn.Module) -> None:
     """``ds_external_parameters()`` on every module and ``ds_active_sub_modules`` on every parameter."""
     for m in module.modules():
         if "ds_external_parameters" not in m.__dict__:
-            m.ds_external_parameters = types.MethodType(_ds_external_parameters, m)
+            m.ds_external_parameters = ExternalParameters(m)
         for p in m._parameters.values():
             if p is not None and not hasattr(p, "ds_active_sub_modules"):
                 p.ds_active_sub_modules = set()
