@@ -1,0 +1,1 @@
+"""``deepspeed.profiling``: the FLOPs profiler (ds_engine.profiling)."""
