@@ -73,7 +73,8 @@ def test_named_optimizers(name: str, cls: type) -> None:
     ("SGD", {"lr": 0.1, "beta": 0.9}, "'optimizer.params.beta' is not a parameter of SGD"),
     ("AdamWW", {}, "'optimizer.type': unknown optimizer 'AdamWW'; did you mean 'AdamW'?"),
     ("OneBitAdam", {}, "OneBitAdam is not supported yet"),
-    ("AdamW", {"lr": -1.0, "torch_adam": True}, "'optimizer' (AdamW): Invalid learning rate"),
+    # A value the optimizer itself refuses (lr/betas/eps/weight_decay are refused earlier, by the config).
+    ("SGD", {"lr": 0.1, "momentum": -1.0}, "'optimizer' (SGD): Invalid momentum value"),
 ])
 def test_optimizer_errors(type_: str, params: dict, message: str) -> None:
     with pytest.raises(DeepSpeedConfigError) as info:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import atexit
 import logging
 import os
-import sys
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
 import torch.distributed as dist
 
+from ds_comm import rank_exit
 from ds_comm.env import DEFAULT_PORT, DistEnvironment, discover
 
 logger = logging.getLogger("ds_comm")
@@ -56,6 +56,8 @@ def init_distributed(
     """
     global _discovered
     if dist.is_initialized() or dist_init_required is False:
+        if dist.is_initialized():
+            rank_exit.install_exit_hook()  # the user's own group has the same threads (Note [failing exit])
         return
     env = discover(rank=rank, world_size=world_size, distributed_port=distributed_port,
                    auto_mpi_discovery=auto_mpi_discovery)
@@ -68,31 +70,36 @@ def init_distributed(
         accel.set_device(env.local_rank)  # NCCL-style backends bind a rank to its device
     if verbose and env.rank == 0:
         logger.info("initializing torch.distributed with backend %s: %s", backend, env.describe())
-    dist.init_process_group(
-        backend=backend,
-        init_method=init_method or "env://",
-        rank=env.rank,
-        world_size=env.world_size,
-        timeout=timeout or DEFAULT_TIMEOUT,
-    )
+    try:
+        dist.init_process_group(
+            backend=backend,
+            init_method=init_method or "env://",
+            rank=env.rank,
+            world_size=env.world_size,
+            timeout=timeout or DEFAULT_TIMEOUT,
+        )
+    except dist.DistNetworkError as err:
+        if _port_in_use(err):
+            raise MasterPortInUseError(
+                f"cannot start the rendezvous on {env.master_addr or 'localhost'}:{env.master_port}: the port is "
+                "already in use (another job?); pass a free port with --master_port (launcher) or MASTER_PORT"
+            ) from err
+        raise
     _discovered = env
-    _watch_for_uncaught_exceptions()
+    # After init_process_group: torch installs its own excepthook there, and ours must wrap it.
+    rank_exit.install_exit_hook()
     atexit.register(_destroy_at_exit)
 
 
-_failing = False
+class MasterPortInUseError(dist.DistNetworkError):
+    """Rank 0 could not listen on ``MASTER_PORT``: a user-fixable mistake, reported as one line."""
+
+    ds_user_error = True  # Note [user errors] in ds_comm.rank_exit
 
 
-def _watch_for_uncaught_exceptions() -> None:
-    """Remember whether the script dies of an uncaught exception (see Note [exit teardown])."""
-    previous = sys.excepthook
-
-    def hook(*exc_info: Any) -> None:
-        global _failing
-        _failing = True
-        previous(*exc_info)
-
-    sys.excepthook = hook
+def _port_in_use(err: BaseException) -> bool:
+    text = str(err)
+    return "EADDRINUSE" in text or "address already in use" in text.lower()
 
 
 def _destroy_at_exit() -> None:
@@ -104,11 +111,11 @@ def _destroy_at_exit() -> None:
     ``destroy_process_group``, so the group made here is destroyed before the interpreter exits.
     A group object that outlives this (held by a long-lived trainer) has the same effect, so code
     that keeps one registers :func:`at_teardown` to let go of it, and world-group users hold None.
-    A rank dying of an uncaught exception keeps its group: destroying it would close its
-    connections first, and the peers' "connection closed" errors could then reach the launcher
-    before this rank's own traceback, hiding the cause of the failure.
+    A rank dying of an uncaught exception keeps its group and never gets here: see Note [failing
+    exit] in ds_comm.rank_exit (destroying the group could hang on a collective its peers never
+    join, and its closed connections could reach the launcher before this rank's own error).
     """
-    if _failing:
+    if rank_exit.failing:  # Note [failing exit]: that path ends the process itself
         return
     for callback in reversed(_teardown):
         try:

@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 import ds_comm
+from ds_comm.rank_exit import install_exit_hook
 from ds_engine.config import DeepSpeedConfig
 from ds_engine.engine import DeepSpeedEngine
 
@@ -30,6 +31,8 @@ def initialize(
     The config comes from exactly one of ``config``, ``config_params`` or ``args.deepspeed_config``.
     The process group is initialised here when it is not yet (``dist_init_required=False`` skips that).
     """
+    # Before the config is read: a config mistake then prints as one line (Note [user errors]).
+    install_exit_hook()
     if model is None:
         raise ValueError("deepspeed.initialize needs a model (model=...)")
     if mesh_param is not None:

@@ -14,6 +14,10 @@ from pydantic import BaseModel, ValidationError
 class DeepSpeedConfigError(ValueError):
     """A DeepSpeed config is invalid. The message names the key path (``zero_optimization.stage``)."""
 
+    #: A user mistake: an uncaught one prints as one line per rank, its traceback only under
+    #: ``DS_DEBUG=1`` (Note [user errors] in ds_comm.rank_exit).
+    ds_user_error = True
+
 
 def closest_key(name: str, candidates: Iterable[str]) -> str | None:
     """The candidate closest to ``name`` (case-insensitive), or None when nothing is close."""
@@ -106,6 +110,10 @@ def describe_error(err: dict[str, Any], root: type[BaseModel], prefix: str = "")
             msg += f"; valid keys: {', '.join(sorted(model_keys(parent)))}"
         return msg
     given = err.get("input")
+    ctx = err.get("ctx") or {}
+    if "subkey" in ctx:  # a validator of a dict-valued key naming the entry at fault (optimizer.params.lr)
+        path += f".{ctx['subkey']}"
+        given = ctx.get("value")
     shown = repr(given) if not isinstance(given, dict) else "{...}"
     text = str(err.get("msg", "invalid value"))
     text = text.removeprefix("Value error, ").removeprefix("Assertion failed, ")
