@@ -57,6 +57,8 @@ def test_command_parts():
     (1, False, ["[deepspeed]   | torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2 GiB"], OOM,
      "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2 GiB"),
     (1, False, ["[deepspeed]   | [rank1]: KeyError: 'x'"], FAILED, "exit code 1: KeyError: 'x'"),
+    (1, False, ["[rank0]: ValueError: bad", "[deepspeed] rank 0 (local rank 0) on node localhost exited with code 1: "
+                "ValueError: bad"], FAILED, "exit code 1: ValueError: bad"),
     (137, False, ["nothing useful"], OOM, "killed by SIGKILL (usually the out-of-memory killer); nothing useful"),
     (3, False, [], FAILED, "exit code 3: exit code 3"),
 ])

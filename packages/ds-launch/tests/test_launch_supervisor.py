@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from _launch_util import make_ready_fifo, read_pids, wait_gone
 
-from ds_launch.supervisor import Failure, ProcessSpec, Supervisor, exit_code_of, format_failure
+from ds_launch.supervisor import Failure, ProcessSpec, Supervisor, error_line, exit_code_of, format_failure
 
 PY = sys.executable
 WAIT_FOREVER = "import signal; signal.pause()"
@@ -153,6 +153,27 @@ def test_remote_failure_line_triggers_the_stop_command(tmp_path):
 
 def test_exit_codes_and_failure_format():
     assert exit_code_of(-9) == 137 and exit_code_of(2) == 2
-    text = format_failure(Failure("rank 1 (local rank 1) on node localhost", 3, ("a", "b")))
-    assert text.splitlines()[0] == "[deepspeed] rank 1 (local rank 1) on node localhost exited with code 3; last 2 line(s) of its output:"
+    tail = ("[rank1]: Traceback (most recent call last):", '[rank1]:   File "t.py", line 1', "[rank1]: ValueError: boom")
+    # Relayed output is not repeated: one line naming who failed, the code and the error (Note [one report per error]).
+    text = format_failure(Failure("rank 1 (local rank 1) on node localhost", 3, tail))
+    assert text == "[deepspeed] rank 1 (local rank 1) on node localhost exited with code 3: ValueError: boom\n"
+    # Output that went to a log file is shown, and the closing line is still last.
+    lines = format_failure(Failure("rank 1", 3, tail, relayed=False)).splitlines()
+    assert lines[0] == "[deepspeed] last 3 line(s) of the output of rank 1:"
+    assert lines[1:4] == [f"[deepspeed]   | {line}" for line in tail]
+    assert lines[-1] == "[deepspeed] rank 1 exited with code 3: ValueError: boom"
     assert format_failure(Failure("x", 1, ())) == "[deepspeed] x exited with code 1 (no output)\n"
+
+
+@pytest.mark.parametrize(("tail", "line"), [
+    (("Traceback (most recent call last):", "  File ...", "KeyError: 'x'", ""), "KeyError: 'x'"),
+    (("[rank0] DeepSpeedConfigError: 'lr': bad",), "DeepSpeedConfigError: 'lr': bad"),
+    (("ValueError: boom", "terminate called without an active exception"), "ValueError: boom"),
+    (("just output", "last words"), "last words"),
+    (("worker-1: [rank1]: ValueError: boom",
+      "worker-1: [deepspeed] rank 1 (local rank 0) on node worker-1 exited with code 1: ValueError: boom"),
+     "ValueError: boom"),
+    (("deepspeed: error: --include: bad",), "deepspeed: error: --include: bad"),
+])
+def test_error_line_names_the_error(tail, line):
+    assert error_line(tail) == line

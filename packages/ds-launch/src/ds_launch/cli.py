@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from ds_launch.errors import LaunchError
+from ds_launch.errors import LaunchError, report_user_error
 from ds_launch.hostfile import DLTS_HOSTFILE
 from ds_launch.options import AUTOTUNING_MODES, LOG_LEVELS, TORCH_DISTRIBUTED_DEFAULT_PORT, LaunchOptions
 
@@ -91,7 +91,7 @@ def _invoke(argv: list[str] | None, handler: Callable[[LaunchOptions], int], pro
         result = command.main(args=sys.argv[1:] if argv is None else argv, prog_name=prog, standalone_mode=False)
     except (LaunchError, typer.TyperException) as err:
         message = err.format_message() if isinstance(err, typer.TyperException) else str(err)
-        print(f"{prog}: error: {message}", file=sys.stderr)
+        report_user_error(err, f"{prog}: error: {message}")
         return err.exit_code
     except typer.Abort:
         return 1

@@ -25,6 +25,7 @@ from ds_launch.errors import LaunchError
 from ds_launch.hostfile import fetch_hostfile
 from ds_launch.node import NodeLaunch, check_node_rank, run_node
 from ds_launch.options import LaunchOptions, validate_options
+from ds_launch.ports import check_master_port
 from ds_launch.resources import Resources, apply_num_nodes_and_gpus, parse_inclusion_exclusion
 from ds_launch.supervisor import ProcessSpec, Supervisor, format_failure
 
@@ -165,6 +166,8 @@ def run_local(options: LaunchOptions, resolved: ResolvedResources, env: Mapping[
         extra_env=load_deepspeed_env(), elastic=elastic,
     )
     _check_local_script(options)
+    if node_rank == 0 and elastic is None:
+        check_master_port(master_addr, options.master_port)  # rank 0, on this node, listens there
     return run_node(launch, base_env=env)
 
 

@@ -13,14 +13,14 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
-from ds_launch.errors import LaunchError
+from ds_launch.errors import DEBUG_ENV, LaunchError
 
 DEEPSPEED_ENVIRONMENT_NAME = ".deepspeed_env"
 ENV_FILE_VARIABLE = "DS_ENV_FILE"
 
 # Prefixes exported to remote nodes whatever the accelerator (DeepSpeed's list, plus NCCL which the
-# seed promises by default).
-EXPORT_ENVS: tuple[str, ...] = ("NCCL", "PYTHON", "MLFLOW", "MV2", "UCX")
+# seed promises by default, plus our debug switch so remote ranks print tracebacks too).
+EXPORT_ENVS: tuple[str, ...] = ("NCCL", "PYTHON", "MLFLOW", "MV2", "UCX", DEBUG_ENV)
 
 # The accelerator's own prefixes (DeepSpeed's ``export_envs()`` per accelerator).
 ACCELERATOR_EXPORT_ENVS: dict[str, tuple[str, ...]] = {

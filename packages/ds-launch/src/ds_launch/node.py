@@ -19,7 +19,7 @@ from pathlib import Path
 from ds_launch.commands import user_command
 from ds_launch.cores import cores_for_rank, resolve_core_list
 from ds_launch.elastic import ElasticPolicy, elastic_agent_command, elastic_policy
-from ds_launch.errors import LaunchError
+from ds_launch.errors import LaunchError, report_user_error
 from ds_launch.resources import Resources, decode_world_info, global_rank_mapping
 from ds_launch.supervisor import ProcessSpec, Supervisor, format_failure
 
@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run_node(launch_from_argv(sys.argv[1:] if argv is None else argv))
     except LaunchError as err:
-        print(f"[deepspeed] error: {err}", file=sys.stderr)
+        report_user_error(err, f"[deepspeed] error: {err}")
         return err.exit_code
 
 

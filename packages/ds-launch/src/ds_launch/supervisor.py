@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import selectors
 import signal
 import subprocess
@@ -61,11 +62,16 @@ class ProcessSpec:
 
 @dataclass(frozen=True)
 class Failure:
-    """The first failure of a job: who, with which exit code, and the last lines it printed."""
+    """The first failure of a job: who, with which exit code, and the last lines it printed.
+
+    ``relayed`` says whether those lines already reached the console (False when they went to a
+    per-rank log file, or were never printed).
+    """
 
     name: str
     exit_code: int
     tail: tuple[str, ...]
+    relayed: bool = True
 
 
 @dataclass(frozen=True)
@@ -82,13 +88,41 @@ def exit_code_of(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode
 
 
+# An exception's last line ("ValueError: ...", "torch.OutOfMemoryError: ...") or a CLI's "error:" line.
+_ERROR_LINE = re.compile(r"\b\w*(Error|Exception|Interrupt)\b(:|$)|\berror:")
+# The rank label of a line: torch's "[rankN]: " or ours "[rankN] " (the report names the rank itself).
+_WHO = re.compile(r"^\[rank\d+\]:? ")
+# A nested launcher's own report ("[deepspeed] rank 1 ... exited with code 3: ValueError: ...").
+_NESTED = re.compile(r"exited with code \d+: (.*)$")
+
+
+def error_line(tail: tuple[str, ...] | list[str]) -> str:
+    """The line of ``tail`` that names the error: the last exception-like line, else the last line."""
+    lines = [line.strip() for line in tail if line.strip()]
+    for line in reversed(lines):
+        nested = _NESTED.search(line)
+        if nested:
+            return nested.group(1)
+        if _ERROR_LINE.search(line):
+            return _WHO.sub("", line, count=1)
+    return _WHO.sub("", lines[-1], count=1) if lines else ""
+
+
 def format_failure(failure: Failure, *, prefix: str = "[deepspeed]") -> str:
-    """The report printed when a job fails: who failed, the exit code, then its last lines."""
+    """The report printed when a job fails, ending with one line: who failed, the exit code, the error.
+
+    Note [one report per error]: the failing rank's output was already relayed to the console, so the
+    report repeats only its error line, never its traceback. Lines that did not reach the console
+    (a per-rank log file) are shown first, then the same closing line.
+    """
     head = f"{prefix} {failure.name} exited with code {failure.exit_code}"
     if not failure.tail:
         return head + " (no output)\n"
-    lines = [head + f"; last {len(failure.tail)} line(s) of its output:"]
-    lines += [f"{prefix}   | {line}" for line in failure.tail]
+    lines = []
+    if not failure.relayed and len(failure.tail) > 1:
+        lines.append(f"{prefix} last {len(failure.tail)} line(s) of the output of {failure.name}:")
+        lines += [f"{prefix}   | {line}" for line in failure.tail]
+    lines.append(f"{head}: {error_line(failure.tail)}")
     return "\n".join(lines) + "\n"
 
 
@@ -177,7 +211,8 @@ class Supervisor:
                 self._children.append(self._start(spec, prctl))
             except OSError as err:
                 code = 127 if isinstance(err, FileNotFoundError) else 126
-                self._failure = Failure(spec.name, code, (f"cannot start {spec.argv[0]!r}: {err.strerror}",))
+                self._failure = Failure(spec.name, code, (f"cannot start {spec.argv[0]!r}: {err.strerror}",),
+                                        relayed=False)
                 self._begin_stop(signal.SIGTERM)
                 return
 
@@ -244,7 +279,7 @@ class Supervisor:
                 self._unregister(child.relay.drain())  # the tail must include its last words
                 log = child.spec.log_path
                 tail = read_log_tail(log, self.tail_lines) if log is not None else tuple(child.relay.tail)
-                self._failure = Failure(child.spec.name, exit_code_of(returncode), tail)
+                self._failure = Failure(child.spec.name, exit_code_of(returncode), tail, relayed=log is None)
                 self._begin_stop(signal.SIGTERM)
 
     def _unregister(self, fds: list[int]) -> None:

@@ -34,6 +34,8 @@ _OOM = re.compile(r"out of memory|OutOfMemoryError|\bMemoryError\b|Cannot alloca
 _ERROR = re.compile(r"\b\w*(Error|Exception|Interrupt)\b(:|$)|\berror:")
 _SIGKILL_EXIT = 128 + signal.SIGKILL
 _PREFIXES = re.compile(r"^(\[deepspeed\]\s*\|?\s*)?(\[rank\d+\]:\s*)?")  # the launcher's and torch's line prefixes
+# The launcher's closing report repeats a rank's error line after who failed: keep the error line.
+_REPORT = re.compile(r"^\[deepspeed\] .* exited with code \d+: (\[rank\d+\]:? )?")
 
 
 class TuningInterrupted(Exception):
@@ -84,7 +86,7 @@ def classify(exit_code: int, produced: bool, lines: list[str]) -> tuple[str, str
     if exit_code == 0:
         return (OK, None) if produced else (NO_METRICS, "the job ended before the engine measured anything "
                                             "(run more steps than autotuning.end_profile_step + 1)")
-    text = [_PREFIXES.sub("", line.strip()) for line in lines if line.strip()]
+    text = [_PREFIXES.sub("", _REPORT.sub("", line.strip())) for line in lines if line.strip()]
     errors = [line for line in text if _ERROR.search(line)]
     detail = (errors or text or [f"exit code {exit_code}"])[-1]
     if any(_OOM.search(line) for line in text):
