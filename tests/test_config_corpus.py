@@ -41,8 +41,6 @@ REFUSED_HERE = {
         ("tensor_parallel.autotp_size>1", "AutoTP through the config is not built"),
     "llamafactory__ds_z2_autotp_config.json":
         ("tensor_parallel.autotp_size>1", "AutoTP through the config is not built"),
-    "openinstruct__dpo_build_deepspeed_config_stage3.json":
-        ("zero_optimization.zero_hpz_partition_size (ZeRO++)", "ZeRO++ hierarchical partitioning is not built"),
 }
 
 

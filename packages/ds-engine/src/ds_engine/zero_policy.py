@@ -82,6 +82,7 @@ def policy_from_config(cfg: DeepSpeedConfig) -> ZeroPolicy:
             gather_16bit_weights_on_model_save=bool(zero.gather_16bit_weights_on_model_save),
             model_persistence_threshold=int(zero.model_persistence_threshold),
             module_granularity_threshold=int(zero.module_granularity_threshold),
+            hpz_partition_size=max(1, int(zero.zero_hpz_partition_size)),  # 0 is off too, as in DeepSpeed
         )
     return policy_class(
         **extra,

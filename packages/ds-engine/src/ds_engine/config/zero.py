@@ -177,13 +177,14 @@ class ZeroConfig(ConfigModel):
     parameter_alignment: bool = False
     """Pad flat buffers so each parameter starts 16-byte aligned."""
     zero_hpz_partition_size: int = Field(1, ge=0)
-    """ZeRO++ hierarchical partition size (ranks in the secondary group)."""
+    """ZeRO++ hpZ at stage 3: ranks in the secondary group (consecutive ranks, typically one node) inside
+    which backward all-gathers run; must divide the data-parallel size. 0 or 1: off."""
     zero_quantized_weights: bool = False
-    """ZeRO++ quantised weight all-gather."""
+    """ZeRO++ quantised weight all-gather (not built: refused at stage 3)."""
     zero_quantized_nontrainable_weights: bool = False
-    """ZeRO++ quantised storage of frozen weights."""
+    """ZeRO++ quantised storage of frozen weights (not built: refused at stage 3)."""
     zero_quantized_gradients: bool = False
-    """ZeRO++ quantised gradient reduction."""
+    """ZeRO++ quantised gradient reduction (not built: refused at stage 3)."""
     memory_efficient_linear: bool = True
     """Stage 3: memory-efficient linear layer."""
     pipeline_loading_checkpoint: bool = False

@@ -4,7 +4,8 @@ Importing this package registers stage 3 with :func:`ds_zero.wrap`. The pieces, 
 :mod:`.policy` (DeepSpeed's ``stage3_*`` knobs and what they do), :mod:`.plan` (the unit rule),
 :mod:`.sharding` (FSDP2 ``fully_shard`` per unit), :mod:`.params` (masters over the shards),
 :mod:`.hooks` (rank agreement, prefetch), :mod:`.leaf` (modules gathered as one piece),
-:mod:`.trainer` (the composition), :mod:`.zero_init`,
+:mod:`.trainer` (the composition), :mod:`.hpz` (ZeRO++ secondary groups), :mod:`.comm_log` (FSDP2's
+collectives in ``ds_comm.comms_log``), :mod:`.zero_init`,
 :mod:`.gathered`, :mod:`.external`, :mod:`.status`, :mod:`.shards` (layout helpers).
 
 Note: [lazy] DTensor and FSDP2 take ~0.7 s to import, so nothing heavy is imported until stage 3 is

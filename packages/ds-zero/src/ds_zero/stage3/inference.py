@@ -82,7 +82,8 @@ def shard_for_inference(module: nn.Module, *, policy: ZeroPolicy, group: Any = N
     """
     s3 = stage3_of(policy)
     dtype = policy.mixed_precision.param_dtype
-    sharded = shard_model(module, policy=policy, group=group, shard_dtype=dtype)  # Note [inference shards]
+    sharded = shard_model(module, policy=policy, group=group, shard_dtype=dtype,  # Note [inference shards]
+                          secondary=False)
     _cast_whole(module, dtype)
     hooks = UnitHooks(sharded, group=group, prefetch_numel=s3.prefetch_bucket_numel, check=s3.detect_divergence)
     units = list(sharded.units)

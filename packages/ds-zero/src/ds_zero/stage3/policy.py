@@ -53,12 +53,27 @@ offload_param / offload_optimizer   {device: cpu}: the fp32 shards (which are bo
                                     gradients and the optimizer state live in CPU memory and the
                                     optimizer steps there (FSDP2's CPUOffloadPolicy). The two keys
                                     select the same placement, because the shard *is* the master.
+zero_hpz_partition_size             ZeRO++ hpZ (Note [hpZ]): after its forward a unit keeps a
+                                    secondary shard over its group of this many consecutive ranks,
+                                    so its backward gathers inside that group. 1: off.
 ==================================  ==============================================================
 
 Note: [units] The unit rule (see :mod:`ds_zero.stage3.plan`) never looks at module types: it walks
 the module tree from the root and makes a unit of every submodule that fits the size cap and whose
 parameters are used by nothing outside it (tied and externally registered parameters go to the
 smallest enclosing module that holds every user). The root is always a unit: it holds the rest.
+
+Note: [hpZ] DeepSpeed's ZeRO++ hierarchical partitioning: besides its primary shard over all N
+data-parallel ranks, each rank keeps a secondary shard of a unit's parameters over its group of
+H = ``zero_hpz_partition_size`` consecutive ranks (ranks ``k*H .. k*H+H-1``, typically one node), so
+the backward all-gather crosses only that group while the forward one spans all N; gradients are still
+reduce-scattered over all N and the numbers are unchanged. Built as FSDP2's
+``reshard_after_forward=H``: after forward a unit drops its gathered copy down to a 1/H slice (cut
+from the copy it gathered, so no extra communication) and its backward gathers those slices inside
+the group. Cost: between a unit's forward and its backward, each rank holds 1/H of the unit instead of
+1/N. The slices die when the unit reshards after backward, and :meth:`Stage3Params.publish` drops any
+left after the step, so a secondary shard never outlives the weights it was cut from. The root unit
+and units kept gathered (``stage3_max_reuse_distance``) do not gather in backward and are unaffected.
 """
 
 from __future__ import annotations
@@ -83,6 +98,14 @@ class Stage3Policy:
     # on which module they are about to gather, so a rank taking another path fails with the module's
     # name instead of hanging in a mismatched gather. Costs one small CPU collective per unit call.
     detect_divergence: bool = True
+    hpz_partition_size: int = 1
+    """``zero_hpz_partition_size``: ranks in the secondary (intra-node) group; 1 is off (Note [hpZ])."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.hpz_partition_size, bool) or not isinstance(self.hpz_partition_size, int) \
+                or self.hpz_partition_size < 1:
+            raise ValueError(f"zero_optimization.zero_hpz_partition_size must be an integer >= 1, "
+                             f"got {self.hpz_partition_size!r}")
 
 
 @dataclass(frozen=True)
@@ -96,6 +119,16 @@ class Zero3Policy(ZeroPolicy):
 def stage3_of(policy: ZeroPolicy) -> Stage3Policy:
     """The stage-3 values of ``policy`` (DeepSpeed's defaults for a plain :class:`ZeroPolicy`)."""
     return getattr(policy, "stage3", None) or Stage3Policy()
+
+
+def hpz_group_size(policy: ZeroPolicy, *, world_size: int) -> int:
+    """The secondary group size ``zero_hpz_partition_size`` asks for over ``world_size`` data-parallel
+    ranks (Note [hpZ]); 1 when hpZ is off. An error naming the key when it does not divide the world."""
+    size = stage3_of(policy).hpz_partition_size
+    if size > 1 and world_size % size:
+        raise ValueError(f"zero_optimization.zero_hpz_partition_size ({size}) must divide the data-parallel "
+                         f"world size ({world_size}): the ranks split into groups of that many consecutive ranks")
+    return size
 
 
 def unit_cap(policy: ZeroPolicy, *, world_size: int, model_numel: int) -> int:

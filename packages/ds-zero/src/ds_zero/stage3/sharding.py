@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import inspect
 import weakref
+from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -36,10 +37,13 @@ import ds_comm
 from ds_zero.entry import StageNotAvailable
 from ds_zero.policy import ZeroPolicy
 from ds_zero.stage3 import shards
+from ds_zero.stage3.comm_log import log_unit_collectives
 from ds_zero.stage3.external import external_parameters
+from ds_zero.stage3.gathered_status import output_embeddings, tag_gathered_parameters
+from ds_zero.stage3.hpz import shared_secondary_mesh
 from ds_zero.stage3.leaf import mark_fine_grained, z3_leaf_module
 from ds_zero.stage3.plan import UnitPlan, plan_units
-from ds_zero.stage3.policy import stage3_of, unit_cap
+from ds_zero.stage3.policy import hpz_group_size, stage3_of, unit_cap
 from ds_zero.stage3.status import ZeroParamStatus, full_numel, mark
 
 # Note [no weak references to parameters]: FSDP2 and nn.Module._apply (``model.cpu()``, as Lightning's
@@ -131,20 +135,35 @@ def _prepare_unit_params(unit: nn.Module, persistent: set[int], device: torch.de
     return taken
 
 
+def _secondary_size(policy: ZeroPolicy, group: Any) -> int:
+    """hpZ's secondary group size over ``group`` (Note [hpZ] in :mod:`ds_zero.stage3.policy`); 1: off."""
+    world = ds_comm.get_world_size(group)
+    size = hpz_group_size(policy, world_size=world)
+    if size > 1 and world != ds_comm.get_world_size():
+        # FSDP2 builds the secondary groups with new_group over the data-parallel ranks only, which
+        # every rank of the world would have to call with the same ranks: not so for several groups.
+        raise StageNotAvailable("zero_optimization.zero_hpz_partition_size > 1 with a data-parallel group "
+                                "smaller than the world (other parallel axes) is not built")
+    return 1 if size == world else size
+
+
 def shard_model(module: nn.Module, *, policy: ZeroPolicy, group: Any = None,
-                shard_dtype: torch.dtype = torch.float32) -> ShardedModel:
+                shard_dtype: torch.dtype = torch.float32, secondary: bool = True) -> ShardedModel:
     """Plan the units of ``module`` and shard them, children first (every rank must call it).
 
     ``shard_dtype``: the dtype of the shards; fp32 for training (Note [shards are masters]), the model's
-    dtype for a forward-only model (Note [inference shards] in :mod:`ds_zero.stage3.inference`)."""
+    dtype for a forward-only model (Note [inference shards] in :mod:`ds_zero.stage3.inference`).
+    ``secondary``: apply ``zero_hpz_partition_size`` (Note [hpZ]; a forward-only model has no backward
+    for it to serve)."""
     s3 = stage3_of(policy)
+    hpz = _secondary_size(policy, group) if secondary else 1
     numel = sum(full_numel(p) for p in {id(p): p for p in module.parameters()}.values())
     cap = unit_cap(policy, world_size=ds_comm.get_world_size(group), model_numel=numel)
     mark_fine_grained(module, s3.module_granularity_threshold)
     plan = plan_units(module, cap=cap, persistence_threshold=s3.param_persistence_threshold,
                       model_persistence_threshold=s3.model_persistence_threshold,
                       max_reuse_distance=s3.max_reuse_distance, max_live=s3.max_live_parameters,
-                      external=external_parameters)
+                      external=external_parameters, keep_in_root=output_embeddings(module))
     mesh = make_mesh(group)
     device = shards.comm_device(group)
     mixed, offload = _fsdp_policies(policy)
@@ -158,14 +177,16 @@ def shard_model(module: nn.Module, *, policy: ZeroPolicy, group: Any = None,
     if ignored and "ignored_params" not in inspect.signature(fully_shard).parameters:
         raise StageNotAvailable(f"stage 3 keeps {len(persistent)} small parameter(s) whole, which needs torch >= 2.7 "
                                 "(fully_shard(ignored_params=...)); set stage3_param_persistence_threshold to 0")
-    for unit in plan.units:
-        taken = _prepare_unit_params(unit, persistent, device, shard_dtype)
-        root = unit is module
-        fully_shard(unit, mesh=mesh, mp_policy=mixed, offload_policy=offload, **ignored,
-                    reshard_after_forward=None if root else id(unit) not in plan.keep_gathered)
-        for p in taken:  # the optimizer may still hold the old objects: free their full values now
-            if not isinstance(p, DTensor):  # (under swap_module_params_on_conversion the object is reused)
-                p.data = torch.empty(0, dtype=p.dtype, device=p.device)
+    with shared_secondary_mesh() if hpz > 1 else nullcontext():  # Note [one secondary mesh]
+        for unit in plan.units:
+            taken = _prepare_unit_params(unit, persistent, device, shard_dtype)
+            root = unit is module
+            fully_shard(unit, mesh=mesh, mp_policy=mixed, offload_policy=offload, **ignored,
+                        reshard_after_forward=_after_forward(root, id(unit) in plan.keep_gathered, hpz))
+            log_unit_collectives(unit)
+            for p in taken:  # the optimizer may still hold the old objects: free their full values now
+                if not isinstance(p, DTensor):  # (under swap_module_params_on_conversion the object is reused)
+                    p.data = torch.empty(0, dtype=p.dtype, device=p.device)
     unused = getattr(module, "set_reduce_scatter_unused_params", None)  # torch >= 2.10
     if unused is not None:
         unused(True)  # parameters unused on a rank reduce as zeros, as in stage 2, rather than hang
@@ -175,7 +196,18 @@ def shard_model(module: nn.Module, *, policy: ZeroPolicy, group: Any = None,
             divide(1.0)
     replaced, names = _rebind(module, before, plan, group)
     _mark_leaf_parameters(module)  # on the parameters fully_shard put in place
+    tag_gathered_parameters(plan.units, OWNED)  # Note [gathered status]
     return ShardedModel(module=module, plan=plan, mesh=mesh, group=group, replaced=replaced, names=names)
+
+
+def _after_forward(root: bool, kept: bool, hpz: int) -> bool | int | None:
+    """``fully_shard``'s ``reshard_after_forward`` for a unit: the root and kept units stay gathered
+    into backward; the others reshard to all ranks, or to hpZ's secondary group (Note [hpZ])."""
+    if root:
+        return None
+    if kept:
+        return False
+    return hpz if hpz > 1 else True
 
 
 def _mark_leaf_parameters(module: nn.Module) -> None:
