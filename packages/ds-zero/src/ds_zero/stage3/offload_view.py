@@ -191,23 +191,38 @@ class ParameterOffload:
         self.module = sharded.module
         self._sharded = sharded
         self._unit_hooks = hooks
-        self._all: list[SuspendableHook | ComputeDtypeViews] = [*self._collect(), ComputeDtypeViews(self.module,
-                                                                                                     param_dtype)]
+        self._param_dtype = param_dtype
+        self._all: list[SuspendableHook | ComputeDtypeViews] | None = None  # built on first use
         add_deepspeed_module_attributes(self.module)
-        self.forward_hooks: list[SuspendableHook | ComputeDtypeViews] = list(self._all)
+        self._forward_hooks: list[SuspendableHook | ComputeDtypeViews] | None = None
         self.backward_hooks: list[SuspendableHook] = []
 
-    def _collect(self) -> list[SuspendableHook]:
-        handles: list[RemovableHandle] = []
-        for unit in self._sharded.units:
-            handles += fsdp_forward_handles(unit)
-        handles += self._unit_hooks.handles
-        return [SuspendableHook(h) for h in handles]
+    def _hooks(self) -> list[SuspendableHook | ComputeDtypeViews]:
+        # Collected when a client first asks, not at construction: a torch whose FSDP2 moved its hook
+        # handles then fails the generation client loudly (fsdp_forward_handles) but not plain training.
+        if self._all is None:
+            handles: list[RemovableHandle] = []
+            for unit in self._sharded.units:
+                handles += fsdp_forward_handles(unit)
+            handles += self._unit_hooks.handles
+            self._all = [*(SuspendableHook(h) for h in handles), ComputeDtypeViews(self.module, self._param_dtype)]
+        return self._all
+
+    @property
+    def forward_hooks(self) -> list[SuspendableHook | ComputeDtypeViews]:
+        """One entry per hook on the forward path; ``.remove()`` on each takes it out (Note above)."""
+        if self._forward_hooks is None:
+            self._forward_hooks = list(self._hooks())
+        return self._forward_hooks
+
+    @forward_hooks.setter
+    def forward_hooks(self, hooks: list[Any]) -> None:
+        self._forward_hooks = list(hooks)  # TRL empties the list after removing
 
     @property
     def hooks_removed(self) -> bool:
         """Whether any forward hook is out now."""
-        return any(h.removed for h in self._all)
+        return any(h.removed for h in self._all or [])
 
     def _register_deepspeed_module(self, module: nn.Module) -> None:
         """Put back every hook a ``remove()`` took out (DeepSpeed's name; ``module`` must be :attr:`module`)."""
@@ -215,9 +230,9 @@ class ParameterOffload:
             raise ValueError("ZeRO-3: _register_deepspeed_module takes parameter_offload.module "
                              "(the hooks of other modules are not this engine's)")
         # Last out, first back: a slot's "before" keys are those present when its hook came out.
-        for hook in sorted((h for h in self._all if h.removed), key=lambda h: h.stamp, reverse=True):
+        for hook in sorted((h for h in self._hooks() if h.removed), key=lambda h: h.stamp, reverse=True):
             hook.put_back()
-        self.forward_hooks = list(self._all)
+        self._forward_hooks = list(self._hooks())
         self.backward_hooks = []
 
     _register_hooks_recursively = _register_deepspeed_module  # DeepSpeed < 0.16.4's name, which TRL also calls
