@@ -11,6 +11,7 @@ each logged collective wait for completion (slower, but honest durations).
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -18,31 +19,52 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from ds_comm.bandwidth import bandwidth_gbps, convert_size
+
 
 @dataclass(frozen=True)
 class CommRecord:
+    """One collective: ``nbytes`` is the payload (Note in :mod:`ds_comm.collectives`), ``caller`` the calling
+    function when ``comms_logger.debug`` is on."""
+
     op: str
     nbytes: int
     seconds: float
     group_size: int
     async_op: bool = False
+    caller: str | None = None
+
+    @property
+    def log_name(self) -> str:
+        """DeepSpeed's record name: the op, plus ``| [Caller Func: f]`` in debug mode."""
+        return self.op if self.caller is None else f"{self.op} | [Caller Func: {self.caller}]"
 
 
 class CommsLog:
-    """Thread-safe list of :class:`CommRecord`, with an on/off switch."""
+    """Thread-safe list of :class:`CommRecord`, with DeepSpeed's switches: ``enabled``, ``verbose`` (print
+    each op), ``prof_all`` (every op; else only ``prof_ops``), ``debug`` (record the caller)."""
 
     def __init__(self) -> None:
         self.enabled = False
         self.sync_timing = False
         self.verbose = False
+        self.prof_all = True
+        self.prof_ops: list[str] = []
+        self.debug = False
         self._records: list[CommRecord] = []
         self._lock = threading.Lock()
+
+    def wants(self, op: str) -> bool:
+        """Whether ``op`` is recorded under ``prof_all`` / ``prof_ops``."""
+        return self.prof_all or op in self.prof_ops
 
     def add(self, record: CommRecord) -> None:
         with self._lock:
             self._records.append(record)
         if self.verbose:
-            print(f"[ds_comm] {record.op}: {record.nbytes} B over {record.group_size} ranks in {record.seconds * 1e3:.3f} ms")
+            algbw, busbw = bandwidth_gbps(record.op, record.nbytes, record.seconds, record.group_size)
+            print(f"comm op: {record.log_name} | time (ms): {record.seconds * 1e3:.2f} | msg size: "
+                  f"{convert_size(record.nbytes)} | algbw (Gbps): {algbw:.2f} | busbw (Gbps): {busbw:.2f}", flush=True)
 
     def records(self) -> list[CommRecord]:
         with self._lock:
@@ -66,8 +88,11 @@ class CommsLog:
 LOG = CommsLog()
 
 
-def enable(*, sync_timing: bool = False, verbose: bool = False) -> None:
+def enable(*, sync_timing: bool = False, verbose: bool = False, prof_all: bool = True,
+           prof_ops: list[str] | None = None, debug: bool = False) -> None:
+    """Record collectives from now on (with DeepSpeed's ``comms_logger`` switches)."""
     LOG.enabled, LOG.sync_timing, LOG.verbose = True, sync_timing, verbose
+    LOG.prof_all, LOG.prof_ops, LOG.debug = prof_all, list(prof_ops or []), debug
 
 
 def disable() -> None:
@@ -100,11 +125,22 @@ def capture() -> Iterator[CommsLog]:
 
 def timed(op: str, nbytes: int, group_size: int, async_op: bool, call: Callable[[], Any], synchronize: Callable[[], None]) -> Any:
     """Run ``call`` and record it (the caller has already checked ``LOG.enabled``)."""
+    if not LOG.wants(op):
+        return call()
+    caller = _caller() if LOG.debug else None
     start = time.perf_counter()
     result = call()
     if LOG.sync_timing:
         if async_op and result is not None:
             result.wait()
         synchronize()
-    LOG.add(CommRecord(op, nbytes, time.perf_counter() - start, group_size, async_op))
+    LOG.add(CommRecord(op, nbytes, time.perf_counter() - start, group_size, async_op, caller))
     return result
+
+
+def _caller() -> str:
+    """The first function outside ds_comm on the stack (who asked for the collective)."""
+    frame = sys._getframe(1)
+    while frame is not None and frame.f_globals.get("__name__", "").startswith("ds_comm"):
+        frame = frame.f_back
+    return frame.f_code.co_name if frame is not None else "?"
