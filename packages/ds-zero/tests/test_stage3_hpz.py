@@ -4,7 +4,8 @@ On 4 gloo ranks in two secondary groups of 2: the numbers equal plain stage 3 an
 PyTorch (fp32, AdamW, several steps); the project's log of collectives (``ds_comm.comms_log``, which
 now sees FSDP2's gathers and reduce-scatters) shows the forward all-gathers over all 4 ranks, the
 backward ones inside the group of 2 (consecutive ranks) and the gradient reduce-scatters over all 4;
-the secondary process groups are created once for the model, not once per shard unit.
+the secondary process groups are created once for the model, not once per shard unit. Under bf16 and
+under CPU offload, hpZ changes no loss at all.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ def _records(log, op: str) -> list[tuple[int, int]]:
     return [(r.group_size, r.nbytes) for r in log.records() if r.op == op]
 
 
-def _train(hpz: int):
+def _train(hpz: int, dtype: torch.dtype = torch.float32, offload: bool = False):
     """Stage 3 (each Linear weight its own unit, biases sharded too) on this rank's share; per step the
     global loss, and for the last step the collectives of the forward and of the backward."""
     import ds_comm
@@ -65,14 +66,15 @@ def _train(hpz: int):
     model = _model()
     groups_before = torch.distributed.distributed_c10d._world.group_count
     # no rank-agreement tokens (Note [divergence]): every all-gather logged is then a parameter gather
-    policy = stage3_policy(cap=WIDTH * WIDTH + WIDTH, persist=0, hpz_partition_size=hpz, detect_divergence=False)
+    policy = stage3_policy(cap=WIDTH * WIDTH + WIDTH, persist=0, hpz_partition_size=hpz, detect_divergence=False,
+                           dtype=dtype, offload=offload)
     trainer = wrap(model, _optimizer(model), policy=policy)
     groups = torch.distributed.distributed_c10d._world.group_count - groups_before  # new_group calls
     mine = slice(rank * MICRO, (rank + 1) * MICRO)
     losses, seen, meshes = [], {}, []
     for x, y in _batches(world):
         with comms_log.capture() as log:
-            loss = nn.functional.mse_loss(model(x[mine]), y[mine])
+            loss = nn.functional.mse_loss(model(x[mine].to(dtype)).float(), y[mine])
             seen["forward"] = _records(log, "all_gather_into_tensor")
             # the secondary shards a unit holds between its forward and its backward, and their mesh
             meshes = [p.device_mesh.mesh.tolist() for p in model[0].parameters()]
@@ -89,6 +91,12 @@ def _train(hpz: int):
 
 def _both():
     return _train(1), _train(2)
+
+
+def _bf16_and_offload():
+    """Losses per step without and with hpZ, under bf16 and under CPU offload of the shards."""
+    return {(str(dtype), offload): (_train(1, dtype, offload)[0], _train(2, dtype, offload)[0])
+            for dtype, offload in ((torch.bfloat16, False), (torch.float32, True))}
 
 
 @pytest.mark.timeout(240)
@@ -137,3 +145,11 @@ def test_hpz_partition_size_is_validated():
         with pytest.raises(ValueError, match=r"zero_hpz_partition_size \(4\) must divide the data-parallel world "
                                              rf"size \({world}\)"):
             hpz_group_size(policy, world_size=world)
+
+
+@pytest.mark.timeout(240)
+def test_hpz_under_bf16_and_offload_changes_no_number():
+    # the secondary shard is cut from the gathered bf16 copy, so backward sees the very same values
+    for runs in run_distributed(_bf16_and_offload, world_size=4, timeout=200):
+        for plain, hpz in runs.values():
+            assert hpz == plain

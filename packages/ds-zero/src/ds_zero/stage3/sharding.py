@@ -138,12 +138,14 @@ def _secondary_size(policy: ZeroPolicy, group: Any) -> int:
     """hpZ's secondary group size over ``group`` (Note [hpZ] in :mod:`ds_zero.stage3.policy`); 1: off."""
     world = ds_comm.get_world_size(group)
     size = hpz_group_size(policy, world_size=world)
-    if size > 1 and world != ds_comm.get_world_size():
+    if size in (1, world):  # a secondary group of all the data-parallel ranks is the primary one
+        return 1
+    if world != ds_comm.get_world_size():
         # FSDP2 builds the secondary groups with new_group over the data-parallel ranks only, which
         # every rank of the world would have to call with the same ranks: not so for several groups.
         raise StageNotAvailable("zero_optimization.zero_hpz_partition_size > 1 with a data-parallel group "
                                 "smaller than the world (other parallel axes) is not built")
-    return 1 if size == world else size
+    return size
 
 
 def shard_model(module: nn.Module, *, policy: ZeroPolicy, group: Any = None,
