@@ -116,3 +116,20 @@ def test_hpz_engine_numbers_comms_log_and_checkpoint(tmp_path):
         assert losses == pytest.approx(ref_losses_end, rel=1e-5, abs=1e-6)
         for name, want in zip(names, at_end):
             torch.testing.assert_close(after[name], want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.faults
+def test_hpz_size_that_does_not_divide_the_ranks_is_an_error_naming_the_key():
+    import deepspeed
+
+    cfg = {"train_batch_size": 2, "optimizer": {"type": "AdamW", "params": {"lr": 1e-2}},
+           "zero_optimization": {"stage": 3, "zero_hpz_partition_size": 2}}
+    with pytest.raises(ValueError, match=r"zero_optimization.zero_hpz_partition_size \(2\) must divide the "
+                                         r"data-parallel world size \(1\)"):
+        deepspeed.initialize(model=make_model(), config=cfg, dist_init_required=False)
+
+    from ds_engine.zero_policy import policy_from_config
+
+    for sent, applied in ((0, 1), (1, 1), (8, 8)):  # 0, like 1, is off (as in DeepSpeed)
+        cfg["zero_optimization"]["zero_hpz_partition_size"] = sent
+        assert policy_from_config(deepspeed.DeepSpeedConfig(cfg, world_size=1)).stage3.hpz_partition_size == applied

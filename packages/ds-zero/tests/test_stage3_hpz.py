@@ -131,6 +131,7 @@ def test_hpz_numbers_and_where_the_gathers_go():
         assert (plain[4], hpz[4]) == (0, 4)
 
 
+@pytest.mark.faults
 def test_hpz_partition_size_is_validated():
     from ds_zero.stage3 import Stage3Policy, Zero3Policy
     from ds_zero.stage3.policy import hpz_group_size
