@@ -26,6 +26,8 @@ TEST_DEPS = ["pytest>=8", "pytest-timeout>=2.3", "numpy", "packaging"]
 # The third-party clients `tests/clients` drives (test-only dependencies), at the versions verified.
 CLIENT_DEPS = ["transformers==5.24.0", "accelerate==1.15.0", "lightning==2.6.6", "safetensors", "trl==1.16.0",
                "peft==0.21.2"]
+# Monitors the engine's monitoring tests read back (TensorBoard, W&B offline, Comet offline): test-only.
+MONITOR_DEPS = ["tensorboard>=2.10", "wandb>=0.15", "comet_ml>=3.41.0"]
 # Debian packages the real-process tests use: binary -> package.
 SYSTEM_PACKAGES = {"mpirun": "openmpi-bin", "pdsh": "pdsh"}
 
@@ -70,7 +72,7 @@ def _install_everything(session: nox.Session) -> None:
     for name in PACKAGES:
         extra = PACKAGE_TEST_EXTRAS.get(name)
         editable += ["-e", f"packages/{name}" + (f"[{extra}]" if extra else "")]
-    session.install("-c", "constraints.txt", *editable, "-e", ".", *TEST_DEPS)
+    session.install("-c", "constraints.txt", *editable, "-e", ".", *TEST_DEPS, *MONITOR_DEPS)
 
 
 def _ensure_system_packages(session: nox.Session) -> None:

@@ -29,10 +29,11 @@ from ds_engine.compile import EngineCompile
 from ds_engine.config import DeepSpeedConfig, DeepSpeedConfigError, choose_config_source
 from ds_engine.dataloader import DeepSpeedDataLoader
 from ds_engine.log import get_logger
-from ds_engine.monitor import build_monitors
-from ds_engine.progress import ProgressReporter, Stopwatch
+from ds_engine.monitor import MonitorMaster
+from ds_engine.profiling.engine_hook import EngineProfile
+from ds_engine.progress import ProgressReporter
 from ds_engine.step_guard import StepGuard
-from ds_engine.timers import ThroughputTimer
+from ds_engine.timers import EngineTimers, NoopTimer, SynchronizedWallClockTimer, ThroughputTimer
 from ds_engine.zero_policy import model_dtype, policy_from_config
 from ds_zero import StageNotAvailable, wrap
 from ds_zero.stage3.leaf import apply_leaf_config
@@ -98,10 +99,13 @@ class DeepSpeedEngine(EngineAccessors, EngineCompile, nn.Module):
         self._guard = StepGuard(max_consecutive_skips=self._config.max_consecutive_skipped_steps,
                                 rank=self.global_rank)  # Note [call order], Note [skipped steps]
         self._losses: list[torch.Tensor] = []
-        self.monitors = build_monitors(self._config, self.global_rank)
+        self.monitor = MonitorMaster(self._config, rank=self.global_rank)  # tensorboard/csv/wandb/comet, rank 0
         self.progress = ProgressReporter(num_params=sum(p.numel() for p in model.parameters()),
                                          dp_world_size=self.dp_world_size)
-        self.timers = Stopwatch(accel.synchronize) if self._config.wall_clock_breakdown else None
+        # DeepSpeed's named timers (wall_clock_breakdown), driven per phase by one small object.
+        self.timers = SynchronizedWallClockTimer() if self._config.wall_clock_breakdown else NoopTimer()
+        self._walltime = EngineTimers(self.timers)
+        self.flops_profiler = EngineProfile.for_engine(self)
         # DeepSpeed's samples/s timer, which clients read (DeepSpeed-Chat); the progress line reports speed,
         # so this one only measures (``timers.throughput``: enabled, synchronized).
         self.tput_timer = ThroughputTimer(self._config.timers.throughput, batch_size=self.train_batch_size(),
@@ -175,13 +179,15 @@ class DeepSpeedEngine(EngineAccessors, EngineCompile, nn.Module):
         tokens = _token_count(inputs, kwargs)
         self.progress.on_forward(tokens)
         self.tput_timer.start()
-        if self.timers:
-            self.timers.start("forward")
+        self._walltime.start("forward")
+        if self.flops_profiler:
+            self.flops_profiler.before_forward(self.global_steps)
         with self.autotuning.watch_forward(self.module) if self.autotuning else nullcontext(), \
                 autocast_if_enabled(self):
             out = self.module(*inputs, **kwargs)
-        if self.timers:
-            self.timers.stop("forward")
+        if self.flops_profiler:
+            self.flops_profiler.after_forward()
+        self._walltime.stop("forward")
         if self.autotuning:
             self.autotuning.after_forward(self, tokens)
         return out
@@ -203,11 +209,11 @@ class DeepSpeedEngine(EngineAccessors, EngineCompile, nn.Module):
             loss = loss / self.gradient_accumulation_steps()
         self._losses.append(loss.detach() * (self.gradient_accumulation_steps() if scale_wrt_gas else 1))
         self.optimizer.set_gradient_accumulation_boundary(self._sync_now())
-        if self.timers:
-            self.timers.start("backward")
+        self._walltime.start("backward")
+        self._walltime.start("backward_inner")  # Note [backward_allreduce] in ds_engine.timers
         self.optimizer.backward(loss, retain_graph=retain_graph)
-        if self.timers:
-            self.timers.stop("backward")
+        self._walltime.stop("backward_inner")
+        self._walltime.stop("backward")
         return loss
 
     def step(self, lr_kwargs: dict[str, Any] | None = None) -> None:
@@ -218,8 +224,7 @@ class DeepSpeedEngine(EngineAccessors, EngineCompile, nn.Module):
         boundary = self.is_gradient_accumulation_boundary()
         self._guard.on_step(at_boundary=boundary, gradients_arrived=self.optimizer.gradients_arrived)
         if boundary:
-            if self.timers:
-                self.timers.start("step")
+            self._walltime.start("step")
             self._step_applied = self.optimizer.step()
             if self._step_applied:
                 if self.lr_scheduler is not None:
@@ -228,8 +233,9 @@ class DeepSpeedEngine(EngineAccessors, EngineCompile, nn.Module):
                 self.skipped_steps += 1
             self.global_steps += 1
             self.global_samples += self.train_batch_size()
-            if self.timers:
-                self.timers.stop("step")
+            self._walltime.stop("step")
+            if self.flops_profiler:
+                self.flops_profiler.after_step()
             self._report()
             self._guard.after_step(at_boundary=True, applied=self._step_applied, global_step=self.global_steps,
                                    loss_scaled=self.fp16_enabled())
@@ -242,6 +248,10 @@ class DeepSpeedEngine(EngineAccessors, EngineCompile, nn.Module):
         from ds_engine.reporting import report_step
 
         report_step(self)
+
+    def get_wall_clock_timers(self) -> dict[str, float]:
+        """DeepSpeed's snapshot of the ``wall_clock_breakdown`` timers (ms) for the latest optimizer step."""
+        return self._walltime.last_step_ms
 
     def zero_grad(self) -> None:
         """Drop every accumulated gradient."""
@@ -387,8 +397,7 @@ class DeepSpeedEngine(EngineAccessors, EngineCompile, nn.Module):
             self.optimizer.close()
         if self._inference_shards is not None:
             self._inference_shards.close()
-        for monitor in self.monitors:
-            monitor.close()
+        self.monitor.close()
 
     def __getattr__(self, name: str) -> Any:
         # DeepSpeed forwards unknown attributes to the wrapped module (engine.generate(...), engine.config_x).

@@ -1,4 +1,4 @@
-"""Rank 0's progress line every ``steps_per_print`` optimizer steps, and the wall-clock breakdown.
+"""Rank 0's progress line every ``steps_per_print`` optimizer steps.
 
 The TFLOP/s figure is an estimate: ``6 * parameters * tokens`` per step (forward + backward of a dense
 model), where a sample's tokens are the element count of the first integer tensor passed to forward
@@ -9,42 +9,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import defaultdict
-from collections.abc import Callable
 
 logger = logging.getLogger("ds_engine")
-
-
-class Stopwatch:
-    """Accumulates named intervals (forward/backward/step) between reports."""
-
-    def __init__(self, synchronize: Callable[[], None] | None = None) -> None:
-        self._sync = synchronize
-        self._start: dict[str, float] = {}
-        self.totals: dict[str, float] = defaultdict(float)
-        self.counts: dict[str, int] = defaultdict(int)
-
-    def start(self, name: str) -> None:
-        """Open the interval ``name``."""
-        if self._sync:
-            self._sync()
-        self._start[name] = time.perf_counter()
-
-    def stop(self, name: str) -> None:
-        """Close ``name`` and add its duration."""
-        if name not in self._start:
-            return
-        if self._sync:
-            self._sync()
-        self.totals[name] += time.perf_counter() - self._start.pop(name)
-        self.counts[name] += 1
-
-    def summary_ms(self) -> str:
-        """``forward: 1.23 ms | backward: ...`` (mean per call), then reset."""
-        parts = [f"{n}: {1e3 * self.totals[n] / max(1, self.counts[n]):.2f} ms" for n in sorted(self.totals)]
-        self.totals.clear()
-        self.counts.clear()
-        return " | ".join(parts)
 
 
 class ProgressReporter:

@@ -1,7 +1,9 @@
-"""What the engine reports after each optimizer step: the progress line, timers, monitor events.
+"""What the engine reports after each optimizer step: the progress line, timers, memory, monitor events.
 
 Losses are kept as detached tensors during the step and turned into numbers only when something will
 read them (a progress line or a monitor), so an unobserved run never waits on the device for them.
+With ``wall_clock_breakdown`` the step's timers go to the monitors at every step (DeepSpeed's
+``Train/Samples/elapsed_time_ms_*`` events) and their per-step means to the log every ``steps_per_print``.
 """
 
 from __future__ import annotations
@@ -21,13 +23,27 @@ def _mean_loss(losses: list[torch.Tensor]) -> float | None:
     return float(torch.stack([loss.float().reshape(()) for loss in losses]).mean())
 
 
+def _events(engine: Any, loss: float | None, scale: float | None, step_ms: dict[str, float]) -> list[tuple]:
+    samples = engine.global_samples
+    events: list[tuple] = [("Train/Samples/lr", engine.get_lr()[0], samples)]
+    if loss is not None:
+        events.append(("Train/Samples/train_loss", loss, samples))
+    if scale is not None:
+        events.append(("Train/Samples/loss_scale", scale, samples))
+    if step_ms:
+        events += engine._walltime.monitor_events(step_ms, samples)
+    return events
+
+
 def report_step(engine: Any) -> None:
     """Log/monitor the optimizer step that just finished (rank 0 only writes)."""
     spp = engine.steps_per_print()
     due = spp is not None and engine.global_steps % spp == 0
-    wants_loss = engine.global_rank == 0 and (spp is not None or engine.monitors)
+    monitored = engine.monitor.enabled
+    wants_loss = engine.global_rank == 0 and (spp is not None or monitored)
     loss = _mean_loss(engine._losses) if wants_loss else None
     engine._losses.clear()
+    step_ms = engine._walltime.close_step()
     progress = engine.progress
     progress.on_step(engine.train_batch_size())
     if loss is not None:
@@ -35,16 +51,15 @@ def report_step(engine: Any) -> None:
     if engine.global_rank != 0:
         return
     scale = engine.loss_scale() if engine.fp16_enabled() else None
-    if engine.monitors:
-        events = [("Train/Samples/lr", engine.get_lr()[0], engine.global_samples)]
-        if loss is not None:
-            events.append(("Train/Samples/train_loss", loss, engine.global_samples))
-        if scale is not None:
-            events.append(("Train/Samples/loss_scale", scale, engine.global_samples))
-        for monitor in engine.monitors:
-            monitor.write(events)
+    if monitored:
+        engine.monitor.write_events(_events(engine, loss, scale, step_ms))
     if due:
         line = progress.line(step=engine.global_steps, lr=engine.get_lr(), loss_scale=scale)
-        logger.info("%s skipped=%d", line, engine.skipped_steps)
-    if engine.timers is not None and (due or spp is None):
-        logger.info("time (ms) per call | %s", engine.timers.summary_ms())
+        line += f" skipped={engine.skipped_steps}"
+        if engine._config.memory_breakdown:
+            from ds_engine.timers import SynchronizedWallClockTimer
+
+            line += SynchronizedWallClockTimer.memory_usage()
+        logger.info("%s", line)
+    if engine._walltime.enabled and (due or spp is None):
+        logger.info("%s", engine._walltime.summary())

@@ -263,3 +263,82 @@ class ThroughputTimer:
         if self.global_step_count > 0 and timed_steps > 0 and self.total_elapsed_time > 0:
             return self.batch_size / (self.total_elapsed_time / timed_steps)
         return float("-inf")
+
+
+# The engine's phases and the timers each one runs (DeepSpeed's micro- and global-step timer names).
+# Note: [backward_allreduce] Gradient reduction here runs inside backward (hooks, overlapped) and its
+# remaining wait at the start of the optimizer step, so ``bwd_allreduce`` is never started and reads 0,
+# as DeepSpeed's does when its reduction is overlapped; ``bwd_inner`` covers the autograd pass with the
+# overlapped reductions, ``step`` the remaining wait plus the update.
+ENGINE_PHASES: dict[str, tuple[str, str]] = {
+    "forward": (FORWARD_MICRO_TIMER, FORWARD_GLOBAL_TIMER),
+    "backward": (BACKWARD_MICRO_TIMER, BACKWARD_GLOBAL_TIMER),
+    "backward_inner": (BACKWARD_INNER_MICRO_TIMER, BACKWARD_INNER_GLOBAL_TIMER),
+    "backward_allreduce": (BACKWARD_REDUCE_MICRO_TIMER, BACKWARD_REDUCE_GLOBAL_TIMER),
+    "step": (STEP_MICRO_TIMER, STEP_GLOBAL_TIMER),
+}
+GLOBAL_TIMERS = [pair[1] for pair in ENGINE_PHASES.values()]
+MICRO_TIMERS = [pair[0] for pair in ENGINE_PHASES.values()]
+# DeepSpeed's monitor event per global timer.
+TIMER_EVENTS = {FORWARD_GLOBAL_TIMER: "Train/Samples/elapsed_time_ms_forward",
+                BACKWARD_GLOBAL_TIMER: "Train/Samples/elapsed_time_ms_backward",
+                BACKWARD_INNER_GLOBAL_TIMER: "Train/Samples/elapsed_time_ms_backward_inner",
+                BACKWARD_REDUCE_GLOBAL_TIMER: "Train/Samples/elapsed_time_ms_backward_allreduce",
+                STEP_GLOBAL_TIMER: "Train/Samples/elapsed_time_ms_step"}
+
+
+class EngineTimers:
+    """``wall_clock_breakdown`` for the engine: ``start(phase)`` / ``stop(phase)`` drive DeepSpeed's timers
+    in ``timers`` (``engine.timers``); ``close_step()`` reads and resets them at each optimizer step.
+
+    Disabled (``timers`` is a :class:`NoopTimer`), every call returns at once: no synchronization on the
+    hot path."""
+
+    def __init__(self, timers: SynchronizedWallClockTimer | NoopTimer) -> None:
+        self.timers = timers
+        self.enabled = isinstance(timers, SynchronizedWallClockTimer)
+        self.last_step_ms: dict[str, float] = {}  # the latest optimizer step (engine.get_wall_clock_timers())
+        self._sums_ms: dict[str, float] = {}
+        self._steps = 0
+
+    def start(self, phase: str) -> None:
+        """Open the phase's micro and global timers."""
+        if not self.enabled:
+            return
+        for name in ENGINE_PHASES[phase]:
+            timer = self.timers(name)
+            if not timer.started_:  # a forward that raised left it open: measure from now
+                timer.start()
+
+    def stop(self, phase: str) -> None:
+        """Close the phase's timers."""
+        if not self.enabled:
+            return
+        for name in ENGINE_PHASES[phase]:
+            timer = self.timers(name)
+            if timer.started_:
+                timer.stop()
+
+    def close_step(self) -> dict[str, float]:
+        """Milliseconds each timer measured during the optimizer step that just ended (then reset)."""
+        if not self.enabled:
+            return {}
+        self.last_step_ms = {name: self.timers(name).elapsed(reset=True) for name in MICRO_TIMERS + GLOBAL_TIMERS}
+        for name, ms in self.last_step_ms.items():
+            self._sums_ms[name] = self._sums_ms.get(name, 0.0) + ms
+        self._steps += 1
+        return self.last_step_ms
+
+    def monitor_events(self, step_ms: dict[str, float], global_samples: int) -> list[tuple[str, float, int]]:
+        """DeepSpeed's ``Train/Samples/elapsed_time_ms_*`` events for one step."""
+        return [(event, step_ms.get(name, 0.0), global_samples) for name, event in TIMER_EVENTS.items()]
+
+    def summary(self) -> str:
+        """``time (ms) | fwd_microstep: .. | ... | fwd: .. | ...``: per optimizer step, averaged since the last
+        summary (then reset)."""
+        steps = max(self._steps, 1)
+        line = "time (ms)" + "".join(f" | {name}: {self._sums_ms.get(name, 0.0) / steps:.2f}"
+                                     for name in MICRO_TIMERS + GLOBAL_TIMERS)
+        self._sums_ms.clear()
+        self._steps = 0
+        return line

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from ds_engine.config.base import ConfigModel, FeatureGate
+from ds_engine.config.base import ConfigModel
 
 
 class TensorBoardConfig(ConfigModel):
@@ -30,9 +30,12 @@ class CSVMonitorConfig(ConfigModel):
     """Sub-directory name under ``output_path``."""
 
 
-class WandbConfig(FeatureGate):
-    """``wandb``: Weights & Biases logging. Not supported yet (enabled must be false)."""
+class WandbConfig(ConfigModel):
+    """``wandb``: Weights & Biases logging (needs ``wandb``: ``pip install 'ds-engine[wandb]'``);
+    ``WANDB_MODE=offline`` keeps the run on disk."""
 
+    enabled: bool = False
+    """Log events to W&B."""
     group: str | None = None
     """W&B group."""
     team: str | None = None
@@ -41,9 +44,12 @@ class WandbConfig(FeatureGate):
     """W&B project."""
 
 
-class CometConfig(FeatureGate):
-    """``comet``: Comet ML logging. Not supported yet (enabled must be false)."""
+class CometConfig(ConfigModel):
+    """``comet``: Comet ML logging (needs ``comet_ml``: ``pip install 'ds-engine[comet]'``);
+    ``online: false`` writes an offline archive."""
 
+    enabled: bool = False
+    """Log events to Comet."""
     samples_log_interval: int = 100
     """Samples between logged events."""
     project: str | None = None
@@ -77,10 +83,12 @@ class CommsLoggerConfig(ConfigModel):
     """Ops recorded when ``prof_all`` is false."""
 
 
-class FlopsProfilerConfig(FeatureGate):
-    """``flops_profiler``: DeepSpeed's per-module FLOPs profiler. Not supported yet (enabled must be false);
-    ``steps_per_print`` already reports a TFLOP/s estimate."""
+class FlopsProfilerConfig(ConfigModel):
+    """``flops_profiler``: profile parameters, MACs/FLOPs and latency per module during the forward of
+    global step ``profile_step`` on rank 0, printed (or written to ``output_file``) after that step."""
 
+    enabled: bool = False
+    """Profile one step."""
     recompute_fwd_factor: float = 0.0
     """Extra forward passes from activation recomputation."""
     profile_step: int = 1

@@ -227,9 +227,6 @@ def unsupported_features(model: DeepSpeedConfigModel) -> list[str]:
     out: list[str] = []
     gates = {
         "amp.enabled": model.amp.enabled,
-        "wandb.enabled": model.wandb.enabled,
-        "comet.enabled": model.comet.enabled,
-        "flops_profiler.enabled": model.flops_profiler.enabled,
         "data_efficiency": model.data_efficiency.switched_on(),
         "curriculum_learning.enabled": model.curriculum_learning.enabled,
         "hybrid_engine.enabled": model.hybrid_engine.enabled,

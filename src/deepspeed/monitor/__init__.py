@@ -1,0 +1,1 @@
+"""``deepspeed.monitor``: training-event monitors (ds_engine.monitor)."""

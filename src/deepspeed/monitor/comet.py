@@ -1,0 +1,5 @@
+"""``deepspeed.monitor.comet`` (ds_engine.monitor)."""
+
+from ds_engine.monitor import CometMonitor
+
+__all__ = ["CometMonitor"]
