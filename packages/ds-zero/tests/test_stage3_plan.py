@@ -189,3 +189,35 @@ def test_granularity_threshold_flags_the_outermost_fine_grained_modules():
     # at a threshold both the block and its experts meet, only the outermost (the block) is flagged
     assert mark_fine_grained(model, values[id(model[1].experts[0])]) == [model[1]]
     assert get_z3_leaf_modules(model) == [model[1]]
+
+
+class Wrapped(nn.Module):
+    """A head nested one level down, as some models hold it (``model.decoder.head``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.decoder = TinyGPT()
+
+    def forward(self, idx):
+        return self.decoder(idx)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.decoder.head
+
+
+def test_output_embeddings_stay_in_the_root_unit() -> None:
+    """Note [head in the root unit]: the head is no unit, and no unit encloses it."""
+    from ds_zero.stage3.gathered_status import output_embeddings
+
+    model = TinyGPT()
+    plain = plan_units(model, cap=2000, persistence_threshold=0)
+    assert model.head in plain.units
+    kept = plan_units(model, cap=2000, persistence_threshold=0, keep_in_root=[model.head])
+    assert model.head not in kept.units and kept.units[-1] is model
+    assert kept.numel[id(model)] == plain.numel[id(model)] + sum(p.numel() for p in model.head.parameters())
+
+    wrapped = Wrapped()
+    assert output_embeddings(wrapped) == [wrapped.decoder.head] and output_embeddings(model) == []
+    plan = plan_units(wrapped, cap=2000, persistence_threshold=0, keep_in_root=output_embeddings(wrapped))
+    assert wrapped.decoder not in plan.units and wrapped.decoder.head not in plan.units
+    assert all(block in plan.units for block in wrapped.decoder.blocks)  # the rest still splits

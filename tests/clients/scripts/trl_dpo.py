@@ -52,13 +52,14 @@ def preferences(n: int = 32):
 def ds_config() -> dict:
     """What Accelerate's DeepSpeed plugin hands over for a ZeRO-3 YAML: "auto" for the Trainer to fill.
 
-    The persistence threshold is explicit: the embeddings and the LM head (1408 elements) and the attention
-    projections (1024) stay whole, the MLP weights (2048) are sharded. TRL's fused LM head reads
-    ``lm_head.weight`` outside any forward and, finding a DTensor (this project's stage-3 shards), takes
-    its FSDP branch and then reads DeepSpeed's ``ds_status`` off the gathered plain tensor, which fails;
-    a whole (persistent) head is DeepSpeed's AVAILABLE case and works."""
+    The persistence threshold is the value the Trainer fills for "auto" (10 x hidden = 320), given
+    explicitly because TRL builds the reference engine before the Trainer fills it (an "auto" left there
+    means DeepSpeed's default, 1e5, which keeps every parameter of this tiny model whole). So the
+    embeddings, the LM head and every projection are sharded in both models. TRL's fused LM head reads
+    ``lm_head.weight`` inside the model's forward and checks DeepSpeed's ``ds_status``: Note [head in the
+    root unit] in ds_zero.stage3.gathered_status."""
     zero = _common.zero_config(3, auto=True)
-    zero["stage3_param_persistence_threshold"] = 1500
+    zero["stage3_param_persistence_threshold"] = 320
     return {
         "train_batch_size": "auto", "train_micro_batch_size_per_gpu": "auto",
         "gradient_accumulation_steps": "auto", "gradient_clipping": "auto", "steps_per_print": float("inf"),

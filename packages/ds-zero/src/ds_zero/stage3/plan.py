@@ -16,7 +16,9 @@ Pure logic over the module tree (no process group), so it is tested directly. Th
    left. The root is always the last unit. A *leaf* module (:mod:`ds_zero.stage3.leaf`) is never
    descended into: it is one unit whatever its size, or, when it cannot be a unit, part of the unit
    that encloses it.
-3. ``keep_gathered``: going from the last unit back, a unit stays gathered from forward to backward
+3. A module in ``keep_in_root`` (the model's output embeddings, Note [head in the root unit]) is never a
+   unit and its parameters are left to no other unit: they belong to the root.
+4. ``keep_gathered``: going from the last unit back, a unit stays gathered from forward to backward
    while the elements gathered in between (``2 x`` the later units, which are gathered in forward and
    again in backward) are at most ``max_reuse_distance`` and the kept units fit ``max_live``.
 """
@@ -81,16 +83,24 @@ class _Tree:
 def plan_units(root: nn.Module, *, cap: int, persistence_threshold: int, max_reuse_distance: int = 0,
                max_live: int = 0, external: Callable[[nn.Module], Iterable[nn.Parameter]] = lambda m: (),
                model_persistence_threshold: int | None = None,
-               is_leaf: Callable[[nn.Module], bool] = z3_leaf_module) -> UnitPlan:
+               is_leaf: Callable[[nn.Module], bool] = z3_leaf_module,
+               keep_in_root: Iterable[nn.Module] = ()) -> UnitPlan:
     """Apply the unit rule (module docstring) to ``root``."""
     tree = _Tree(root, external)
     persistent = _persistent(tree, persistence_threshold, model_persistence_threshold)
     assigned: set[int] = set(persistent)
+    reserved = {id(p) for m in keep_in_root for p in m.parameters()} - assigned  # rule 3: the root's
     # model order, not set order: every rank must walk the persistent parameters identically
     plan = UnitPlan(units=[], names={}, numel={}, persistent=[p for pid, p in tree.param.items() if pid in persistent])
 
+    kept_at = [path for path, m in tree.module_at.items() if any(m is k for k in keep_in_root)]
+
     def free(path: Path) -> set[int]:
-        return tree.subtree[path] - assigned
+        return tree.subtree[path] - assigned - (reserved if path else set())
+
+    def can_be_unit(path: Path) -> bool:
+        # fully_shard takes every parameter below a unit: no unit may enclose a module kept in the root
+        return tree.can_be_unit(path) and not any(kept[:len(path)] == path for kept in kept_at)
 
     def make_unit(path: Path) -> None:
         pids = free(path)
@@ -107,17 +117,17 @@ def plan_units(root: nn.Module, *, cap: int, persistence_threshold: int, max_reu
         if not pids:
             return
         if is_leaf(tree.module_at[path]):
-            if tree.can_be_unit(path):
+            if can_be_unit(path):
                 make_unit(path)
             return
         size = sum(full_numel(tree.param[pid]) for pid in pids)
         splittable = any(free(child) for child in tree.children(path))
-        if tree.can_be_unit(path) and (size <= cap or not splittable):
+        if can_be_unit(path) and (size <= cap or not splittable):
             make_unit(path)
             return
         for child in tree.children(path):
             visit(child)
-        if free(path) and tree.can_be_unit(path):
+        if free(path) and can_be_unit(path):
             make_unit(path)
 
     whole = sum(full_numel(tree.param[pid]) for pid in free(())) <= cap or is_leaf(root)
@@ -147,7 +157,7 @@ def _persistent(tree: _Tree, threshold: int, model_threshold: int | None) -> set
 
 
 def _keep_gathered(root: nn.Module, plan: UnitPlan, max_reuse_distance: int, max_live: int) -> set[int]:
-    """Rule 3. Units are taken in registration order, the usual order of their forward calls."""
+    """Rule 4. Units are taken in registration order, the usual order of their forward calls."""
     position = {id(m): i for i, m in enumerate(root.modules())}
     ordered = sorted((m for m in plan.units if m is not root), key=lambda m: position[id(m)])
     keep: set[int] = set()

@@ -39,6 +39,7 @@ from ds_zero.policy import ZeroPolicy
 from ds_zero.stage3 import shards
 from ds_zero.stage3.comm_log import log_unit_collectives
 from ds_zero.stage3.external import external_parameters
+from ds_zero.stage3.gathered_status import output_embeddings, tag_gathered_parameters
 from ds_zero.stage3.hpz import shared_secondary_mesh
 from ds_zero.stage3.leaf import mark_fine_grained, z3_leaf_module
 from ds_zero.stage3.plan import UnitPlan, plan_units
@@ -164,7 +165,7 @@ def shard_model(module: nn.Module, *, policy: ZeroPolicy, group: Any = None,
     plan = plan_units(module, cap=cap, persistence_threshold=s3.param_persistence_threshold,
                       model_persistence_threshold=s3.model_persistence_threshold,
                       max_reuse_distance=s3.max_reuse_distance, max_live=s3.max_live_parameters,
-                      external=external_parameters)
+                      external=external_parameters, keep_in_root=output_embeddings(module))
     mesh = make_mesh(group)
     device = shards.comm_device(group)
     mixed, offload = _fsdp_policies(policy)
@@ -197,6 +198,7 @@ def shard_model(module: nn.Module, *, policy: ZeroPolicy, group: Any = None,
             divide(1.0)
     replaced, names = _rebind(module, before, plan, group)
     _mark_leaf_parameters(module)  # on the parameters fully_shard put in place
+    tag_gathered_parameters(plan.units, OWNED)  # Note [gathered status]
     return ShardedModel(module=module, plan=plan, mesh=mesh, group=group, replaced=replaced, names=names)
 
 
