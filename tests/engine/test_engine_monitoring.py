@@ -166,18 +166,43 @@ def test_timers_and_memory_in_the_step_log_and_no_timers_when_off() -> None:
     records: list[str] = []
     handler = logging.Handler()
     handler.emit = lambda record: records.append(record.getMessage())  # type: ignore[method-assign]
-    logging.getLogger("ds_engine").addHandler(handler)
+    engine = _engine({"steps_per_print": 1, "memory_breakdown": True, "wall_clock_breakdown": True})
+    quiet = _engine({"steps_per_print": 1})
+    logging.getLogger("ds_engine").addHandler(handler)  # after initialize, which sets the logger up
     try:
-        engine = _engine({"steps_per_print": 1, "memory_breakdown": True, "wall_clock_breakdown": True})
-        _steps(engine, 1)
-        quiet = _engine({"steps_per_print": 1})
+        _steps(engine, 3)
         _steps(quiet, 1)
     finally:
         logging.getLogger("ds_engine").removeHandler(handler)
     steps = [r for r in records if r.startswith("step=")]
     assert "mem_allocated:" in steps[0] and "max_cache_allocated:" in steps[0]
-    assert "mem_allocated:" not in steps[1]
-    assert sum(r.startswith("time (ms)") for r in records) == 1
+    assert "mem_allocated:" not in steps[3]
+    assert sum(r.startswith("time (ms)") for r in records) == 3  # the quiet engine logs no timers
+    # DeepSpeed's throughput line once past ThroughputTimer's two warm-up steps (rank 0, steps_per_print)
+    speed = [r for r in records if "RunningAvgSamplesPerSec=" in r]
+    assert len(speed) == 1 and speed[0].startswith("epoch=0/micro_step=3/global_step=3, ")
     assert set(engine.get_wall_clock_timers()) >= {"fwd", "bwd", "bwd_inner", "bwd_allreduce", "step", "fwd_microstep"}
     assert engine.get_wall_clock_timers()["fwd"] > 0
     assert isinstance(quiet.timers, deepspeed.utils.timer.NoopTimer) and quiet.get_wall_clock_timers() == {}
+
+
+def test_checkpoint_save_and_load_log_each_file(tmp_path) -> None:
+    records: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: records.append(record.getMessage())  # type: ignore[method-assign]
+    engine = _engine({"zero_optimization": {"stage": 1}})
+    logging.getLogger("ds_engine").addHandler(handler)  # after initialize, which sets the logger up
+    try:
+        _steps(engine, 1)
+        engine.save_checkpoint(str(tmp_path), tag="t1")
+        saved = [r for r in records if r.startswith("checkpoint: saved")]
+        engine.load_checkpoint(str(tmp_path), tag="t1")
+        loaded = [r for r in records if r.startswith("checkpoint: loaded")]
+    finally:
+        logging.getLogger("ds_engine").removeHandler(handler)
+    files = sorted(str(p) for p in (tmp_path / "t1").glob("*.pt"))
+    assert len(files) >= 2  # model states and this rank's optimizer states
+    assert sorted(r.split()[2] for r in saved) == files
+    assert all(r.endswith(" s)") and " MiB in " in r for r in saved)
+    # loads through safe_load are logged (the model states); optimizer rank files are read by ds_zero
+    assert str(tmp_path / "t1" / "mp_rank_00_model_states.pt") in {r.split()[2] for r in loaded}

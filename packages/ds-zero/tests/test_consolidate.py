@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -94,6 +95,12 @@ def test_cli_writes_bin(checkpoint, tmp_path):
     assert out.returncode == 0, out.stderr
     state = torch.load(tmp_path / "pytorch_model.bin", weights_only=True)
     assert torch.equal(state["0.weight"], _expected_fp32(masters, module_state)["0.weight"])
+    # progress on stderr: each rank file read, then each output file written
+    optim_files = sorted(p.name for p in Path(ckpt).glob("*/*_optim_states.pt"))
+    reading = [line for line in out.stderr.splitlines() if " reading " in line]
+    assert len(reading) == len(optim_files) and reading[0].startswith(f"zero_to_fp32: [1/{len(optim_files)}] reading")
+    assert "zero_to_fp32: [1/1] writing pytorch_model.bin (" in out.stderr
+    assert out.stdout.strip() == f"wrote {tmp_path / 'pytorch_model.bin'}"
 
 
 @pytest.mark.timeout(120)

@@ -106,8 +106,8 @@ class DeepSpeedEngine(EngineAccessors, EngineCompile, nn.Module):
         self.timers = SynchronizedWallClockTimer() if self._config.wall_clock_breakdown else NoopTimer()
         self._walltime = EngineTimers(self.timers)
         self.flops_profiler = EngineProfile.for_engine(self)
-        # DeepSpeed's samples/s timer, which clients read (DeepSpeed-Chat); the progress line reports speed,
-        # so this one only measures (``timers.throughput``: enabled, synchronized).
+        # DeepSpeed's samples/s timer, which clients read (DeepSpeed-Chat) and which prints DeepSpeed's
+        # RunningAvgSamplesPerSec line on rank 0 every steps_per_print (``timers.throughput``).
         self.tput_timer = ThroughputTimer(self._config.timers.throughput, batch_size=self.train_batch_size(),
                                           steps_per_output=self.steps_per_print())
         self.autotuning = AutotuningProbe.for_engine(self)  # Note [autotuning protocol]
@@ -241,7 +241,7 @@ class DeepSpeedEngine(EngineAccessors, EngineCompile, nn.Module):
                                    loss_scaled=self.fp16_enabled())
             if self.autotuning:
                 self.autotuning.after_step(self)
-        self.tput_timer.stop(global_step=boundary, report_speed=False)
+        self.tput_timer.stop(global_step=boundary, report_speed=self.global_rank == 0)
         self.micro_steps += 1
 
     def _report(self) -> None:

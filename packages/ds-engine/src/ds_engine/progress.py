@@ -55,3 +55,12 @@ class ProgressReporter:
     def mean_loss(self) -> float | None:
         """Mean loss since the last line (None if no loss was seen)."""
         return sum(self._losses) / len(self._losses) if self._losses else None
+
+
+def file_progress(verb: str, path: str, nbytes: int, seconds: float) -> None:
+    """One rank-0 log line per checkpoint file written or read (saving a large model takes minutes: the
+    lines show it moving). Other ranks stay quiet."""
+    import ds_comm
+
+    if ds_comm.get_rank() == 0:
+        logger.info("checkpoint: %s %s (%.1f MiB in %.2f s)", verb, path, nbytes / 2**20, seconds)

@@ -15,7 +15,7 @@ import os
 import pickle
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -75,12 +75,27 @@ def _load(path: str | os.PathLike) -> Any:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def _announced(paths: list[str], progress: Callable[[str], None] | None, verb: str) -> Iterator[str]:
+    """``paths``, telling ``progress`` before each one (a big checkpoint reads for minutes)."""
+    for k, path in enumerate(paths, 1):
+        if progress is not None:
+            progress(f"zero_to_fp32: [{k}/{len(paths)}] {verb} {os.path.basename(path)} "
+                     f"({os.path.getsize(path) / 2**20:.1f} MiB)")
+        yield path
+
+
+def _print_progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
 def get_fp32_state_dict_from_zero_checkpoint(checkpoint_dir: str | os.PathLike, tag: str | None = None,
                                              exclude_frozen_parameters: bool = False,
-                                             lazy_mode: bool = False) -> dict[str, torch.Tensor]:
+                                             lazy_mode: bool = False, *,
+                                             progress: Callable[[str], None] | None = None) -> dict[str, torch.Tensor]:
     """The model's full state dict with every floating-point parameter in fp32 (buffers keep their dtype).
 
-    ``lazy_mode`` is accepted for DeepSpeed compatibility; tensors are always materialised.
+    ``lazy_mode`` is accepted for DeepSpeed compatibility; tensors are always materialised. ``progress``,
+    if given, is told about each file before it is read.
     """
     tag_dir = resolve_tag_dir(checkpoint_dir, tag)
     model_files = sorted(glob.glob(str(tag_dir / "*model_states.pt")), key=_natural)
@@ -91,7 +106,8 @@ def get_fp32_state_dict_from_zero_checkpoint(checkpoint_dir: str | os.PathLike, 
     buffers = set(model_state.get("buffer_names") or ())
     frozen = set(model_state.get("frozen_param_names") or ())
     paths = sorted(glob.glob(str(tag_dir / "*_optim_states.pt")), key=_natural)
-    shards = deepspeed_format.read_optimizer_shards(paths, model_state.get("param_shapes"))
+    shards = deepspeed_format.read_optimizer_shards(_announced(paths, progress, "reading"),
+                                                    model_state.get("param_shapes"))
     trained = consolidate_fp32(shards) if shards else {}
     out: dict[str, torch.Tensor] = {}
     for name, value in module.items():
@@ -128,9 +144,12 @@ def _atomic_write(path: Path, write: Any) -> None:
 
 def convert_zero_checkpoint_to_fp32_state_dict(checkpoint_dir: str | os.PathLike, output_dir: str | os.PathLike,
                                                max_shard_size: str | int = "5GB", safe_serialization: bool = False,
-                                               tag: str | None = None, exclude_frozen_parameters: bool = False) -> list[Path]:
-    """Write the consolidated fp32 weights into ``output_dir``; return the files written."""
-    state = get_fp32_state_dict_from_zero_checkpoint(checkpoint_dir, tag, exclude_frozen_parameters)
+                                               tag: str | None = None, exclude_frozen_parameters: bool = False, *,
+                                               progress: Callable[[str], None] | None = None) -> list[Path]:
+    """Write the consolidated fp32 weights into ``output_dir``; return the files written. ``progress``, if
+    given, is told about each file read and written."""
+    state = get_fp32_state_dict_from_zero_checkpoint(checkpoint_dir, tag, exclude_frozen_parameters,
+                                                     progress=progress)
     out_dir = Path(output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     limit = _parse_size(max_shard_size)
@@ -152,8 +171,11 @@ def convert_zero_checkpoint_to_fp32_state_dict(checkpoint_dir: str | os.PathLike
     names = [f"{stem}.{ext}"] if len(shards) == 1 else [
         f"{stem}-{i + 1:05d}-of-{len(shards):05d}.{ext}" for i in range(len(shards))]
     written = []
-    for name, shard in zip(names, shards):
+    for k, (name, shard) in enumerate(zip(names, shards), 1):
         target = out_dir / name
+        if progress is not None:
+            size_mib = sum(t.numel() * t.element_size() for t in shard.values()) / 2**20
+            progress(f"zero_to_fp32: [{k}/{len(names)}] writing {name} ({size_mib:.1f} MiB)")
         if safe_serialization:
             _atomic_write(target, lambda p, s=shard: save_file(s, str(p), metadata={"format": "pt"}))
         else:
@@ -191,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         files = convert_zero_checkpoint_to_fp32_state_dict(
             args.checkpoint_dir, args.output_dir, max_shard_size=args.max_shard_size,
             safe_serialization=args.safe_serialization, tag=args.tag,
-            exclude_frozen_parameters=args.exclude_frozen_parameters)
+            exclude_frozen_parameters=args.exclude_frozen_parameters, progress=_print_progress)
     except pickle.UnpicklingError as exc:
         # weights_only loading refuses arbitrary pickles (DeepSpeed's own three classes are read as records)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -20,6 +20,7 @@ import functools
 import io
 import os
 import tempfile
+import time
 import zlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from typing import Any
 
 import torch
 
+from ds_engine.progress import file_progress
 from ds_zero import load_errors
 
 
@@ -147,9 +149,12 @@ def atomic_write_bytes(path: str, write: Callable[[Any], Any]) -> WrittenFile:
 
 def atomic_torch_save(obj: Any, path: str) -> WrittenFile:
     """``torch.save`` to ``path`` atomically; returns the file's size and CRC-32."""
+    start = time.perf_counter()
     buffer = io.BytesIO()
     torch.save(obj, buffer)  # serialise fully first: a failure here leaves no file at all
-    return atomic_write_bytes(path, lambda handle: handle.write(buffer.getbuffer()))
+    written = atomic_write_bytes(path, lambda handle: handle.write(buffer.getbuffer()))
+    file_progress("saved", path, written.size, time.perf_counter() - start)
+    return written
 
 
 def atomic_write_text(path: str, text: str) -> WrittenFile:
@@ -204,8 +209,9 @@ def safe_load(path: str, map_location: Any = "cpu") -> Any:
     or foreign one :class:`CorruptCheckpointError`; both name ``path`` and never suggest loading with
     ``weights_only=False``.
     """
+    start = time.perf_counter()
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        loaded = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises many types for damaged files; name the file
         if isinstance(exc, MemoryError) or (isinstance(exc, OSError) and exc.filename is not None):
             raise  # out of memory, or a missing / unreadable file, which names itself
@@ -214,6 +220,9 @@ def safe_load(path: str, map_location: Any = "cpu") -> Any:
             raise UnsafeCheckpointError(
                 f"{path} holds objects that cannot be loaded safely (weights_only=True): {reason}") from None
         raise CorruptCheckpointError(f"{path} is truncated or not a torch checkpoint: {reason}") from None
+    size = os.path.getsize(path) if isinstance(path, (str, os.PathLike)) else 0  # or a file object
+    file_progress("loaded", str(path), size, time.perf_counter() - start)
+    return loaded
 
 
 CPU = torch.device("cpu")
