@@ -19,7 +19,7 @@ import nox
 import tomllib
 
 ROOT = Path(__file__).parent
-PACKAGES = ["ds-accel", "ds-comm", "ds-kernels", "ds-zero", "ds-engine", "ds-launch"]
+PACKAGES = ["ds-accel", "ds-comm", "ds-parallel", "ds-kernels", "ds-zero", "ds-engine", "ds-launch"]
 # Optional extras each package's own tests exercise (mpi4py for MPI discovery, triton for kernels).
 PACKAGE_TEST_EXTRAS = {"ds-comm": "mpi", "ds-kernels": "test", "ds-zero": "safetensors"}
 TEST_DEPS = ["pytest>=8", "pytest-timeout>=2.3", "numpy", "packaging"]

@@ -26,7 +26,7 @@ from ds_engine.accessors import EngineAccessors
 from ds_engine.autocast import autocast_if_enabled, init_autocast_params
 from ds_engine.autotuning_probe import AutotuningProbe
 from ds_engine.compile import EngineCompile
-from ds_engine.config import DeepSpeedConfig, DeepSpeedConfigError, choose_config_source
+from ds_engine.config import DeepSpeedConfig, DeepSpeedConfigError, choose_config_source, read_config_source
 from ds_engine.dataloader import DeepSpeedDataLoader
 from ds_engine.log import get_logger
 from ds_engine.monitor import MonitorMaster
@@ -34,6 +34,7 @@ from ds_engine.profiling.engine_hook import EngineProfile
 from ds_engine.progress import ProgressReporter
 from ds_engine.step_guard import StepGuard
 from ds_engine.timers import EngineTimers, NoopTimer, SynchronizedWallClockTimer, ThroughputTimer
+from ds_engine.topology import build_topology, sequence_parallel_size_of
 from ds_engine.zero_policy import model_dtype, policy_from_config
 from ds_zero import StageNotAvailable, wrap
 from ds_zero.stage3.leaf import apply_leaf_config
@@ -67,9 +68,12 @@ class DeepSpeedEngine(EngineAccessors, EngineCompile, nn.Module):
         ds_comm.init_distributed(dist_init_required=dist_init_required, verbose=False)
         lazy_dynamo.install()  # Note [lazy dynamo]: before the first optimizer is built
         self.mpu = mpu
-        self._setup_topology(mpu, args)
+        source = None if config_class is not None else choose_config_source(args=args, config=config,
+                                                                             config_params=config_params)
+        config_sp = (config_class.sequence_parallel_size if config_class is not None
+                     else sequence_parallel_size_of(read_config_source(source)))
+        self._setup_topology(mpu, args, config_sp)
         if config_class is None:
-            source = choose_config_source(args=args, config=config, config_params=config_params)
             config_class = DeepSpeedConfig(source, mpu, world_size=self.dp_world_size)
         self._config = config_class
         self.config: dict[str, Any] = config_class.config_dict
@@ -116,15 +120,14 @@ class DeepSpeedEngine(EngineAccessors, EngineCompile, nn.Module):
             logger.info("DeepSpeedEngine config: %s", self._config.model.model_dump_json(by_alias=True))
 
     # --- construction helpers --------------------------------------------------------------------------
-    def _setup_topology(self, mpu: Any, args: Any) -> None:
+    def _setup_topology(self, mpu: Any, args: Any, config_sp: int = 1) -> None:
         self.global_rank = ds_comm.get_rank()
         self.world_size = ds_comm.get_world_size()
-        self.dp_group = None
-        if mpu is not None:
-            if mpu.get_model_parallel_world_size() != 1:
-                raise NotImplementedError("model parallelism (mpu with model-parallel size > 1) is not supported yet")
-            self.dp_group = mpu.get_data_parallel_group()
-        self.dp_world_size = ds_comm.get_world_size(self.dp_group)
+        topo = build_topology(mpu, config_sp)  # Note [sp groups] in ds_engine.topology
+        self.mesh, self.dp_group, self.dp_rank = topo.mesh, topo.shard_group, topo.dp_rank
+        self.dp_world_size, self.seq_dp_world_size = topo.dp_world_size, topo.seq_dp_world_size
+        self.seq_data_parallel_group = topo.shard_group
+        self.sequence_parallel_size, self.seq_parallel_group = topo.sequence_parallel_size, topo.seq_parallel_group
         self.mp_world_size = 1
         arg_rank = getattr(args, "local_rank", None) if args is not None else None
         self.local_rank = arg_rank if isinstance(arg_rank, int) and arg_rank >= 0 else ds_comm.get_local_rank()
@@ -282,9 +285,10 @@ class DeepSpeedEngine(EngineAccessors, EngineCompile, nn.Module):
             from torch.utils.data import DistributedSampler
 
             data_sampler = DistributedSampler(dataset, num_replicas=self.dp_world_size,
-                                              rank=self.get_data_parallel_rank(), shuffle=False)
+                                              rank=self.dp_rank, shuffle=False)
+        # dp_rank: the data axis (the ranks of one sequence-parallel group read the same samples)
         return DeepSpeedDataLoader(dataset=dataset, batch_size=batch_size or self.train_micro_batch_size_per_gpu(),
-                                   dp_world_size=self.dp_world_size, dp_rank=self.get_data_parallel_rank(),
+                                   dp_world_size=self.dp_world_size, dp_rank=self.dp_rank,
                                    collate_fn=collate_fn or self.collate_fn, data_sampler=data_sampler,
                                    drop_last=self._config.dataloader_drop_last, pin_memory=pin_memory,
                                    num_workers=num_local_io_workers or 0)

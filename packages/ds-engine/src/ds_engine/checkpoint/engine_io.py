@@ -85,7 +85,7 @@ def model_states(engine: Any, exclude_frozen_parameters: bool, sharded_optimizer
         layout.SKIPPED_STEPS: engine.skipped_steps,
         layout.GLOBAL_STEPS: engine.global_steps,
         layout.GLOBAL_SAMPLES: engine.global_samples,
-        layout.DP_WORLD_SIZE: engine.dp_world_size,
+        layout.DP_WORLD_SIZE: engine.seq_dp_world_size,  # ranks holding optimizer shards (DeepSpeed's too)
         layout.MP_WORLD_SIZE: 1,
         layout.DS_CONFIG: engine.config,
         layout.DS_VERSION: ds_version(),
@@ -122,7 +122,7 @@ def save(engine: Any, save_dir: str, tag: Any, client_state: dict[str, Any], sav
     if rank == 0:
         manifest.write(save_dir, tag, manifest.build(
             tag, entries, ds_version=ds_version(), world_size=ds_comm.get_world_size() if group is not None else 1,
-            dp_world_size=engine.dp_world_size, zero_stage=engine.zero_optimization_stage(),
+            dp_world_size=engine.seq_dp_world_size, zero_stage=engine.zero_optimization_stage(),
             optimizer_states=engine.optimizer is not None))
     if save_latest and ds_comm.get_rank() == 0:
         atomic_write_text(layout.latest_path(save_dir), tag)

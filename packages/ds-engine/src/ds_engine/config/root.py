@@ -134,7 +134,8 @@ class DeepSpeedConfigModel(ConfigModel):
     vocabulary_size: int | None = None
     """Vocabulary size, used for padding by some features."""
     sequence_parallel_size: int = Field(1, ge=1)
-    """Sequence-parallel degree (only 1 is supported yet)."""
+    """Sequence-parallel (Ulysses) degree: the world splits into groups of this many ranks that share each
+    sample's sequence; batch sizes count the data-parallel ranks ``world / sequence_parallel_size``."""
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     """Checkpoint validation and writing."""
     activation_checkpointing: ActivationCheckpointingConfig = Field(default_factory=ActivationCheckpointingConfig)
@@ -245,7 +246,6 @@ def unsupported_features(model: DeepSpeedConfigModel) -> list[str]:
         "weight_quantization": bool(model.weight_quantization) and loose_section_enabled(model.weight_quantization),
         "expert_parallel": bool(model.expert_parallel) and loose_section_enabled(model.expert_parallel),
         "datastates_ckpt": bool(model.datastates_ckpt) and loose_section_enabled(model.datastates_ckpt),
-        "sequence_parallel_size>1": model.sequence_parallel_size > 1,
         "tensor_parallel.autotp_size>1": model.tensor_parallel.autotp_size > 1 or model.tensor_parallel.tp_size > 1,
         "zero_optimization.zenflow": model.zero_optimization.zenflow is not None,
         # ZeRO++'s hpZ (zero_hpz_partition_size) is built at stage 3 (ds_zero.stage3, Note [hpZ]); qwZ/qgZ are not.

@@ -1,0 +1,87 @@
+"""The engine's process groups, from the one mesh (``ds_parallel``) or from a client's Megatron-style ``mpu``.
+
+Note: [sp groups] With ``sequence_parallel_size`` = sp (from the config, or from the Ulysses ``mpu`` that
+``UlyssesSPAttentionHF.register_with_transformers`` returns) the world of ``W`` ranks is a mesh of
+``W / sp`` data-parallel x ``sp`` sequence-parallel ranks. ZeRO shards over, and averages gradients over,
+the sequence+data group (all ``sp * dp`` ranks), as DeepSpeed does; with the sequence-parallel loss of
+Note [sp loss] that average equals the run without sequence parallelism. Batch sizes are reconciled
+with the data-parallel size ``W / sp`` (ranks of one sequence-parallel group share their samples).
+
+Engine attributes (DeepSpeed's names): ``dp_world_size`` (data axis), ``seq_dp_world_size`` and
+``seq_data_parallel_group`` (the shard group), ``sequence_parallel_size``, ``seq_parallel_group``;
+``dp_group`` stays the group ZeRO, the initial broadcast and the checkpoint shards use (``None``: the world).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch.distributed as dist
+
+import ds_comm
+from ds_engine.config import DeepSpeedConfigError
+from ds_parallel import MeshError, ParallelMesh, current, set_current
+from ds_parallel import groups as ds_groups
+
+
+@dataclass(frozen=True)
+class Topology:
+    """The groups and sizes one engine uses (Note [sp groups])."""
+
+    mesh: ParallelMesh | None
+    shard_group: Any  # None: the whole world
+    dp_world_size: int
+    dp_rank: int
+    seq_dp_world_size: int
+    sequence_parallel_size: int
+    seq_parallel_group: Any
+
+
+def _sp_from_mpu(mpu: Any) -> int:
+    if mpu is not None and hasattr(mpu, "get_sequence_parallel_world_size"):
+        return int(mpu.get_sequence_parallel_world_size())
+    return 1
+
+
+def sequence_parallel_size_of(raw_config: Any) -> int:
+    """``sequence_parallel_size`` of a raw config dict (1 when absent or unreadable; validation reports it)."""
+    if isinstance(raw_config, dict):
+        value = raw_config.get("sequence_parallel_size", 1)
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+            return value
+    return 1
+
+
+def build_topology(mpu: Any, config_sp: int) -> Topology:
+    """The engine's groups; builds (collectively) and makes current the mesh when sp > 1."""
+    ds_groups.mpu = mpu
+    mpu_sp = _sp_from_mpu(mpu)
+    if config_sp > 1 and mpu_sp > 1 and config_sp != mpu_sp:
+        raise DeepSpeedConfigError(f"'sequence_parallel_size' {config_sp} differs from the mpu's sequence-parallel "
+                                   f"size {mpu_sp}")
+    sp = max(config_sp, mpu_sp)
+    if mpu is not None and mpu_sp == 1:
+        return _from_megatron_mpu(mpu)
+    if sp == 1:
+        set_current(None)  # a previous engine's mesh must not answer for this one
+        world = ds_comm.get_world_size()
+        return Topology(None, None, world, ds_comm.get_rank(), world, 1, None)
+    mesh = current()
+    if mesh is None or mesh.size("sequence") != sp:
+        try:
+            mesh = ParallelMesh.build(sequence=sp)
+        except MeshError as exc:
+            raise DeepSpeedConfigError(f"'sequence_parallel_size' {sp}: {exc}") from None
+        set_current(mesh)
+    shard = mesh.group("sequence+data")
+    return Topology(mesh, None if shard is dist.group.WORLD else shard, mesh.size("data"), mesh.rank("data"),
+                    mesh.size("sequence+data"), sp, mesh.group("sequence"))
+
+
+def _from_megatron_mpu(mpu: Any) -> Topology:
+    if mpu.get_model_parallel_world_size() != 1:
+        raise NotImplementedError("model parallelism (mpu with model-parallel size > 1) is not supported yet")
+    group = mpu.get_data_parallel_group()
+    size = ds_comm.get_world_size(group)
+    return Topology(None, group, size, ds_comm.get_rank(group), size, 1, None)

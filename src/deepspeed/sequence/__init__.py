@@ -1,0 +1,1 @@
+"""`deepspeed.sequence`: Ulysses sequence parallelism (ds_parallel.ulysses)."""
