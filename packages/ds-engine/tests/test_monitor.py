@@ -40,12 +40,14 @@ def test_only_rank_zero_writes_and_client_events_go_through(tmp_path) -> None:
     assert not MonitorMaster(_cfg(tmp_path), rank=0).enabled
 
 
+@pytest.mark.faults
 def test_a_missing_package_names_the_extra() -> None:
     with pytest.raises(DeepSpeedConfigError, match=r"'wandb.enabled' needs the ds_no_such_module package: "
                                                    r"pip install 'ds-engine\[wandb\]'"):
         _require("ds_no_such_module", "wandb", "wandb")
 
 
+@pytest.mark.faults
 @pytest.mark.parametrize(("section", "package", "extra"), [("wandb", "wandb", "wandb"), ("comet", "comet_ml", "comet"),
                                                            ("tensorboard", "tensorboard", "tensorboard")])
 def test_enabled_monitor_without_its_package(tmp_path, section, package, extra) -> None:

@@ -87,7 +87,7 @@ def test_ops_outside_the_profile_are_not_counted() -> None:
     prof.end_profile()
 
 
-def test_ignored_module_types_and_input_errors() -> None:
+def test_ignored_module_types() -> None:
     model = nn.Sequential(nn.Linear(4, 4), nn.ReLU())
     prof = FlopsProfiler(model)
     prof.start_profile(ignore_list=[nn.ReLU])
@@ -95,6 +95,11 @@ def test_ignored_module_types_and_input_errors() -> None:
     # An ignored module is not profiled itself: its relu is charged to the parent, as in DeepSpeed.
     assert (model[1].__flops__, model.__flops__, prof.get_total_flops()) == (0, 4, 2 * 16 + 4)
     prof.end_profile()
+
+
+@pytest.mark.faults
+def test_bad_profile_inputs_are_named() -> None:
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU())
     with pytest.raises(ValueError, match="input_shape, args or kwargs"):
         get_model_profile(model, print_profile=False)
     with pytest.raises(ValueError, match="non-empty tuple"):
