@@ -35,8 +35,6 @@ REFERENCE = {name: REFERENCE_REFUSES.get(name, "accepted") for name in FILES}
 
 # Accepted by DeepSpeed, refused here with a clear error: features this project does not build yet.
 REFUSED_HERE = {
-    "deepspeedexamples__bf16_master_weight_bf16_full.json":
-        ("bf16.bf16_master_weights_and_grads", "bf16 master weights are not built"),
     "deepspeedexamples__tensor_parallel_hf_ds_config.json":
         ("tensor_parallel.autotp_size>1", "AutoTP through the config is not built"),
     "llamafactory__ds_z2_autotp_config.json":

@@ -37,8 +37,16 @@ def _mixed_precision(cfg: DeepSpeedConfig) -> MixedPrecisionPolicy:
             f"'data_types.param_dtype' is {cfg.data_types.param_dtype} but the fp16/bf16 sections select {param}"
         )
     accum = dtype_of(cfg.data_types.grad_accum_dtype) or torch.float32
+    master, states = torch.float32, torch.float32
+    if cfg.bf16.enabled and cfg.bf16.bf16_master_weights_and_grads:  # Note [low-precision masters] in ds_zero
+        if int(cfg.zero_optimization.stage) == 0:
+            raise DeepSpeedConfigError("'bf16.bf16_master_weights_and_grads' needs ZeRO stage 1, 2 or 3 "
+                                       "('zero_optimization.stage' is 0)")
+        master = torch.bfloat16
+        states = torch.bfloat16 if cfg.bf16.bf16_optimizer_states else torch.float32
     return MixedPrecisionPolicy(param_dtype=param, accum_dtype=accum,
-                                reduce_dtype=dtype_of(cfg.communication_data_type))
+                                reduce_dtype=dtype_of(cfg.communication_data_type), master_dtype=master,
+                                optimizer_state_dtype=states)
 
 
 def _loss_scale(cfg: DeepSpeedConfig) -> LossScalePolicy | None:

@@ -21,11 +21,18 @@ class MixedPrecisionPolicy:
     With ``param_dtype`` below fp32, the optimizer steps fp32 master copies and gradients accumulate in
     fp32 across micro-batches (``accum_dtype``); ``reduce_dtype`` (None: ``accum_dtype``) is the dtype
     gradients are averaged in across ranks.
+
+    ``master_dtype`` below fp32 (DeepSpeed's ``bf16_master_weights_and_grads``, stages 1-3): the weights
+    the optimizer steps and their gradients stay in that dtype, with no fp32 copy; the optimizer's
+    states are kept in ``optimizer_state_dtype`` (Note [low-precision masters] in
+    :mod:`ds_zero.low_precision_masters`).
     """
 
     param_dtype: torch.dtype = torch.float32
     accum_dtype: torch.dtype = torch.float32
     reduce_dtype: torch.dtype | None = None
+    master_dtype: torch.dtype = torch.float32
+    optimizer_state_dtype: torch.dtype = torch.float32
 
     @property
     def low_precision(self) -> bool:

@@ -45,21 +45,25 @@ class ShardedParams:
         self.units: list[FlatUnit] = build_units(trainable, bucket_numel=policy.reduce.bucket_numel,
                                                  world_size=world, rank=rank)
         offload = policy.offload.optimizer_device != "none"
-        param_dtype = policy.mixed_precision.param_dtype
-        # Alias the parameter buffer only when it stays fp32 and on this device; else keep an fp32 copy.
-        alias = param_dtype == torch.float32 and not offload
-        self.holders = [self._make_master(u, alias, offload, policy.offload.pin_memory) for u in self.units]
+        param_dtype, master_dtype = policy.mixed_precision.param_dtype, policy.mixed_precision.master_dtype
+        # Alias the parameter buffer when the masters share its dtype and device; else keep a copy.
+        alias = param_dtype == master_dtype and not offload
+        if master_dtype != torch.float32:
+            cast_units(self.units, param_dtype)  # Note [low-precision masters]: they start from the cast weights
+        self.holders = [self._make_master(u, alias, offload, policy.offload.pin_memory, master_dtype)
+                        for u in self.units]
         for g, group_dict in enumerate(optimizer.param_groups):
             group_dict["params"] = [m for m, u in zip(self.holders, self.units) if u.group_index == g]
         cast_units(self.units, param_dtype)
         module.to(param_dtype)  # buffers and frozen parameters follow the model's dtype
         self.names = _param_names(module, self.units)
 
-    def _make_master(self, unit: FlatUnit, alias: bool, offload: bool, pin_memory: bool) -> nn.Parameter:
+    def _make_master(self, unit: FlatUnit, alias: bool, offload: bool, pin_memory: bool,
+                     dtype: torch.dtype) -> nn.Parameter:
         shard = unit.shard_view()
-        if alias and shard.dtype == torch.float32:
+        if alias and shard.dtype == dtype:
             return nn.Parameter(shard)  # aliases the parameter buffer: Note [memory]
-        master = shard.detach().to(device="cpu" if offload else shard.device, dtype=torch.float32, copy=True)
+        master = shard.detach().to(device="cpu" if offload else shard.device, dtype=dtype, copy=True)
         if offload and pin_memory and torch.cuda.is_available():
             master = master.pin_memory()
         return nn.Parameter(master)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any, Protocol
 
 import torch
@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from ds_zero.base_optimizer import ZeROOptimizer
 from ds_zero.grad_math import clip_, global_norm, is_finite, unscale_
 from ds_zero.loss_scaler import StaticLossScaler
+from ds_zero.low_precision_masters import fp32_step
 from ds_zero.policy import ZeroPolicy
 from ds_zero.replicated_state import load_replicated_state_dict, replicated_state_dict
 from ds_zero.state_offload import OffloadDeviceEnum, StateOffload, StatesOffloadedError
@@ -193,7 +194,9 @@ class ZeroTrainer(ZeROOptimizer):
             return False
         if self.policy.clip_grad > 0:
             clip_(grads, self.policy.clip_grad, norm)
-        self.optimizer.step()
+        mp = self.policy.mixed_precision
+        with fp32_step(self.optimizer) if mp.master_dtype != mp.optimizer_state_dtype else nullcontext():
+            self.optimizer.step()  # Note [low-precision masters]
         self.masters.publish()
         self._global_grad_norm = norm
         self._finish_step(applied=True)

@@ -71,10 +71,12 @@ class BF16Config(ConfigModel):
     """Skip the optimizer step when a gradient is inf or NaN."""
 
     bf16_master_weights_and_grads: bool = False
-    """Keep master weights and gradients in bfloat16 (ZeRO only). Not supported yet."""
+    """Keep master weights and gradients in bfloat16, with no fp32 copy (ZeRO stages 1-3; Note
+    [low-precision masters] in ``ds_zero.low_precision_masters``)."""
 
     bf16_optimizer_states: bool = False
-    """Keep optimizer states in bfloat16 (needs ``bf16_master_weights_and_grads``). Not supported yet."""
+    """Keep optimizer states in bfloat16 too (needs ``bf16_master_weights_and_grads``); otherwise they are
+    fp32 and the step computes in fp32."""
 
     @model_validator(mode="after")
     def _states_need_master(self) -> BF16Config:

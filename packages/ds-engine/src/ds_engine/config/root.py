@@ -238,7 +238,6 @@ def unsupported_features(model: DeepSpeedConfigModel) -> list[str]:
         "sparse_gradients": model.sparse_gradients,
         "managed_gradient_accumulation=false": not model.managed_gradient_accumulation,
         "fp16.fp16_master_weights_and_grads": model.fp16.fp16_master_weights_and_grads,
-        "bf16.bf16_master_weights_and_grads": model.bf16.bf16_master_weights_and_grads,
         "data_types.buffer_dtype": model.data_types.buffer_dtype is not None,
         "data_types.keep_in_fp32_modules": model.data_types.keep_in_fp32_modules != "auto",
         "compression_training": loose_section_enabled(model.compression_training),

@@ -6,7 +6,8 @@ stay whole, which units stay gathered), fp32 shards (Note [shards are masters]),
 whole model is never materialised), DeepSpeed's ``ds_*`` attributes, and ``load_state_dict`` of
 full tensors into the shards.
 
-Note: [shards are masters] A unit's sharded parameters are kept in fp32 whatever the compute dtype:
+Note: [shards are masters] A unit's sharded parameters are kept in fp32 whatever the compute dtype
+(in ``master_dtype`` with ``bf16_master_weights_and_grads``, Note [low-precision masters]):
 FSDP2 casts them to ``param_dtype`` as it gathers. So the shard is at once the parameter's only
 persistent copy and the optimizer's fp32 master (no second copy), and gradients come back in
 ``reduce_dtype`` (fp32 under bf16/fp16), shard-sized.

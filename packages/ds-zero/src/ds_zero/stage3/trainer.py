@@ -103,7 +103,8 @@ def compose_stage3(*, module: nn.Module, optimizer: torch.optim.Optimizer, polic
     if mp.low_precision and mp.accum_dtype != torch.float32:
         raise StageNotAvailable("under fp16/bf16, gradients accumulate in fp32 (data_types.grad_accum_dtype)")
     s3 = stage3_of(policy)
-    sharded = shard_model(module, policy=policy, group=group)
+    # Note [shards are masters]: the shards are kept in the masters' dtype
+    sharded = shard_model(module, policy=policy, group=group, shard_dtype=mp.master_dtype)
     params = Stage3Params(sharded, optimizer, policy, group)
     _cast_rest(module, mp.param_dtype, keep={id(p) for p in params.persistent_params})
     hooks = UnitHooks(sharded, group=group, prefetch_numel=s3.prefetch_bucket_numel, check=s3.detect_divergence)
