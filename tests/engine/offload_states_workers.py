@@ -36,7 +36,7 @@ def run(stage: int, precision: str, offload: list | None) -> dict:
     """Train STEPS steps; with ``offload`` (a list of include lists), offload and reload between steps,
     and once in the middle of an accumulation (gradients held)."""
     engine, *_ = deepspeed.initialize(model=make_model(), config=config(stage, precision))
-    losses, errors = [], []
+    losses, errors, exports = [], [], []
     for step in range(STEPS):
         for k in range(2):
             loss = _micro(engine, step, k)
@@ -54,6 +54,9 @@ def run(stage: int, precision: str, offload: list | None) -> dict:
             except RuntimeError as exc:  # training while offloaded is refused
                 errors.append(str(exc))
             engine.reload_states()
+        if stage == 3:  # OpenRLHF's ZeRO-3 save between phases: the gathered 16-bit weights, on rank 0
+            saved = engine._consolidated_16bit_state_dict()
+            exports.append(None if saved is None else sorted((k, float(v.float().sum())) for k, v in saved.items()))
     with deepspeed.zero.GatheredParameters(list(engine.module.parameters())):
         params = [p.detach().float().clone() for p in engine.module.parameters()]
-    return {"losses": losses, "params": params, "errors": errors}
+    return {"losses": losses, "params": params, "errors": errors, "exports": exports}

@@ -109,3 +109,36 @@ def test_the_deepspeed_examples_config_is_accepted_and_stage_0_is_refused() -> N
         deepspeed.initialize(model=_model(), dist_init_required=False, config={**_config(1, False),
                              "train_batch_size": 4, "train_micro_batch_size_per_gpu": 4,
                              "zero_optimization": {"stage": 0}})
+
+
+def _train_with_corpus_config(name: str) -> dict:
+    import deepspeed
+
+    config = json.loads((CORPUS.parent / name).read_text())
+    config["train_micro_batch_size_per_gpu"] = GLOBAL // 2  # the example's own config, on this tiny model
+    model = _model()
+    engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=config)
+    rank = deepspeed.comm.get_rank()
+    half = slice(rank * GLOBAL // 2, (rank + 1) * GLOBAL // 2)
+    losses = []
+    for step in range(STEPS):
+        x, y = _batch(step)
+        loss = torch.nn.functional.cross_entropy(engine(x[half].bfloat16()).float(), y[half])
+        engine.backward(loss)
+        engine.step()
+        losses.append(loss.item())
+    masters = {h.dtype for h in engine.optimizer.masters.holders}
+    states = {v.dtype for s in engine.optimizer.optimizer.state.values() for k, v in s.items() if k != "step"}
+    return {"losses": losses, "masters": masters, "states": states}
+
+
+@pytest.mark.timeout(300)
+def test_deepspeed_examples_bf16_master_weight_configs_train() -> None:
+    """DeepSpeedExamples' training/bf16_master_weight configs (baseline and bf16_full: ZeRO-3, torch_autocast,
+    bf16 masters and states). Its train.py calls torch.cuda.set_device, so it runs unchanged only on a GPU."""
+    for name, masters in [("deepspeedexamples__bf16_master_weight_baseline.json", torch.float32),
+                          (CORPUS.name, torch.bfloat16)]:
+        for result in run_distributed(_train_with_corpus_config, world_size=2, args=(name,), timeout=280):
+            assert result["masters"] == {masters} and result["states"] == {masters}, name
+            losses = result["losses"]  # batches alternate: compare the same batch early and late
+            assert all(torch.isfinite(torch.tensor(losses))) and losses[-2] < losses[0] and losses[-1] < losses[1]

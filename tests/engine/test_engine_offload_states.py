@@ -27,7 +27,7 @@ def _both(stage: int, precision: str):
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_offload_and_reload_leave_training_bit_identical(stage: int, precision: str) -> None:
     for plain, moved in run_distributed(_both, world_size=2, args=(stage, precision), timeout=280):
-        assert moved["losses"] == plain["losses"]
+        assert moved["losses"] == plain["losses"] and moved["exports"] == plain["exports"]
         assert all(torch.equal(a, b) for a, b in zip(moved["params"], plain["params"]))
         assert len(moved["errors"]) == w.STEPS and all("reload_states()" in e for e in moved["errors"])
 
