@@ -21,7 +21,7 @@ import tomllib
 ROOT = Path(__file__).parent
 PACKAGES = ["ds-accel", "ds-comm", "ds-parallel", "ds-kernels", "ds-zero", "ds-engine", "ds-launch"]
 # Optional extras each package's own tests exercise (mpi4py for MPI discovery, triton for kernels).
-PACKAGE_TEST_EXTRAS = {"ds-comm": "mpi", "ds-kernels": "test", "ds-zero": "safetensors"}
+PACKAGE_TEST_EXTRAS = {"ds-accel": "torch", "ds-comm": "mpi", "ds-kernels": "test", "ds-zero": "safetensors"}
 TEST_DEPS = ["pytest>=8", "pytest-timeout>=2.3", "numpy", "packaging"]
 # The third-party clients `tests/clients` drives (test-only dependencies), at the versions verified.
 CLIENT_DEPS = ["transformers==5.24.0", "accelerate==1.15.0", "lightning==2.6.6", "safetensors", "trl==1.16.0",
@@ -29,7 +29,9 @@ CLIENT_DEPS = ["transformers==5.24.0", "accelerate==1.15.0", "lightning==2.6.6",
 # Monitors the engine's monitoring tests read back (TensorBoard, W&B offline, Comet offline): test-only.
 MONITOR_DEPS = ["tensorboard>=2.10", "wandb>=0.15", "comet_ml>=3.41.0"]
 # Debian packages the real-process tests use: binary -> package.
-SYSTEM_PACKAGES = {"mpirun": "openmpi-bin", "pdsh": "pdsh"}
+# The paths are files, not PATH lookups: sshd and ip live in sbin, which a CI user's PATH may lack.
+SYSTEM_PACKAGES = {"mpirun": "openmpi-bin", "pdsh": "pdsh", "/usr/sbin/sshd": "openssh-server", "/usr/bin/ssh": "openssh-client",
+                   "/usr/sbin/ip": "iproute2"}
 
 nox.options.default_venv_backend = "venv"
 nox.options.sessions = ["tests", "lint"]  # plain `nox`: the whole suite in one venv, and lint
@@ -76,8 +78,9 @@ def _install_everything(session: nox.Session) -> None:
 
 
 def _ensure_system_packages(session: nox.Session) -> None:
-    """Install openmpi-bin and pdsh with apt-get when missing and we are root (as in CI)."""
-    missing = [pkg for binary, pkg in SYSTEM_PACKAGES.items() if shutil.which(binary) is None]
+    """Install the Debian packages of SYSTEM_PACKAGES with apt-get when missing and we are root (as in CI)."""
+    missing = [pkg for binary, pkg in SYSTEM_PACKAGES.items()
+               if (not os.path.exists(binary) if binary.startswith("/") else shutil.which(binary) is None)]
     if not missing:
         return
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
@@ -88,7 +91,7 @@ def _ensure_system_packages(session: nox.Session) -> None:
     session.run("apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing, external=True, env=env)
 
 
-def _pytest(session: nox.Session, *paths: str, marker: str = "not cuda and not faults") -> None:
+def _pytest(session: nox.Session, *paths: str, marker: str = "not cuda and not faults and not multinode") -> None:
     session.run("python", "-m", "pytest", "-m", marker, *paths, *session.posargs,
                 env={"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
 
@@ -132,7 +135,17 @@ def faults(session: nox.Session) -> None:
     non-finite gradients, misuse of the training API and bad input, each injected for real."""
     _ensure_system_packages(session)
     _install_everything(session)
-    _pytest(session, *[f"packages/{p}/tests" for p in PACKAGES], "tests", marker="faults and not cuda")
+    _pytest(session, *[f"packages/{p}/tests" for p in PACKAGES], "tests", marker="faults and not cuda and not multinode")
+
+
+@nox.session(tags=["ci"])
+def multinode(session: nox.Session) -> None:
+    """Multi-node launches across network-namespace hosts, each with its own sshd (tests marked
+    ``multinode``): pdsh over ssh, mpirun, --no_ssh, a failing rank and a lost host. Needs root; the
+    tests skip with the reason where namespaces cannot be made."""
+    _ensure_system_packages(session)
+    _install_everything(session)
+    _pytest(session, "tests/launch", marker="multinode and not cuda")
 
 
 @nox.session

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+from netns_hosts import netns_cluster  # noqa: F401 - the namespace-hosts fixture, for test_e2e_netns.py
 
 
 @pytest.fixture

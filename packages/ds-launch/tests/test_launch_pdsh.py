@@ -13,6 +13,7 @@ from _launch_util import SCRIPTS, free_port, read_json_lines, run_deepspeed
 
 from ds_launch.resources import decode_world_info
 from ds_launch.runners import get_runner
+from ds_launch.runners.pdsh import SSH_LIVENESS_ARGS
 
 
 def test_command_over_ssh():
@@ -27,7 +28,16 @@ def test_command_over_ssh():
     assert words[5:] == ["--node_rank=%n", "--master_addr=10.0.0.1", "--master_port=29500", "--job_id=J1",
                          "train.py", "--deepspeed", "--deepspeed_config", "ds.json"]
     env = runner.get_env({"PATH": "/bin"})
-    assert env["PDSH_RCMD_TYPE"] == "ssh" and env["PDSH_SSH_ARGS_APPEND"] == "-p 2022"
+    assert env["PDSH_RCMD_TYPE"] == "ssh"
+    assert env["PDSH_SSH_ARGS_APPEND"] == f"{SSH_LIVENESS_ARGS} -p 2022"
+
+
+def test_ssh_keep_alive_is_added_and_the_users_own_options_win():
+    """Note [lost host]: the keep-alives make ssh notice a vanished host; a user's value comes first."""
+    env = get_runner("pdsh")(job()).get_env({"PDSH_SSH_ARGS_APPEND": "-o ServerAliveInterval=30"})
+    words = env["PDSH_SSH_ARGS_APPEND"].split()
+    assert words[:2] == ["-o", "ServerAliveInterval=30"]
+    assert "ServerAliveCountMax=3" in words and "ConnectTimeout=10" in words and "-p" not in words
 
 
 def test_exec_mode_runs_the_script_under_sh_and_forwards_flags():

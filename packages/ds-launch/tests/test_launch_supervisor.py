@@ -151,6 +151,26 @@ def test_remote_failure_line_triggers_the_stop_command(tmp_path):
     assert marker.read_text() == "yes"
 
 
+@pytest.mark.timeout(60)
+def test_a_stop_command_that_hangs_is_ended_with_what_it_started(tmp_path):
+    """Like pdsh's ssh to an unreachable host: the stop command's own children must not outlive it."""
+    hanging_stop = "\n".join([
+        "import os, subprocess, sys",
+        f"c = subprocess.Popen([sys.executable, '-c', {WAIT_FOREVER!r}])",
+        f"open(os.path.join({str(tmp_path)!r}, 'pid.stop.child'), 'w').write(str(c.pid))",
+        "c.wait()",
+    ])
+    remote = spec(
+        "pdsh job",
+        "print('pdsh@vm: worker-1: ssh exited with exit code 255', flush=True)\nimport signal; signal.pause()",
+        stop_argv=(PY, "-c", hanging_stop),
+        failure_probe=lambda line: ("worker-1", 255) if "exit code 255" in line else None,
+    )
+    result = Supervisor(stdout=io.BytesIO(), stderr=io.BytesIO(), grace_s=1).run([remote])
+    assert result.exit_code == 255
+    assert wait_gone(read_pids(tmp_path), 10) == []
+
+
 def test_exit_codes_and_failure_format():
     assert exit_code_of(-9) == 137 and exit_code_of(2) == 2
     tail = ("[rank1]: Traceback (most recent call last):", '[rank1]:   File "t.py", line 1', "[rank1]: ValueError: boom")

@@ -157,6 +157,24 @@ def _killpg(pgid: int, signum: signal.Signals) -> None:
         os.killpg(pgid, signum)
 
 
+def run_stop_command(argv: tuple[str, ...], *, env: Mapping[str, str], timeout: float) -> None:
+    """Run a stop command for at most ``timeout`` seconds, then end it with everything it started.
+
+    It runs in a session of its own because a stop command such as ``pdsh ... pkill`` starts one
+    ssh per host: one whose host is unreachable must not outlive the launcher (killing pdsh alone
+    would leave it behind).
+    """
+    try:
+        proc = subprocess.Popen(list(argv), env=dict(env), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+    except OSError:
+        return
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=timeout)
+    _killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
 @dataclass
 class _Child:
     spec: ProcessSpec
@@ -313,10 +331,7 @@ class Supervisor:
         alive = [c for c in self._children if c.returncode is None]
         for child in alive:
             if child.spec.stop_argv:
-                with contextlib.suppress(OSError, subprocess.TimeoutExpired):
-                    subprocess.run(list(child.spec.stop_argv), env=dict(child.spec.env), timeout=self.grace_s,
-                                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.DEVNULL, check=False)
+                run_stop_command(child.spec.stop_argv, env=child.spec.env, timeout=self.grace_s)
         for child in alive:
             _killpg(child.popen.pid, signum)
 

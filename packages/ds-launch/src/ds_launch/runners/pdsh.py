@@ -18,6 +18,12 @@ from ds_launch.runners.base import MultiNodeRunner, register_runner
 
 PDSH_MAX_FAN_OUT = 1024
 _NODE_RANK_TOKEN = "@@DS_NODE_RANK@@"
+# Note [lost host]: ssh notices a host that vanished (power, link) only when it writes to it, so
+# without keep-alives a job waits for the ranks' collective timeout and then reports a surviving
+# host. With them, pdsh's ssh to the lost host exits 255 within about 15s and the failure names it;
+# ConnectTimeout bounds the stop command's ssh to that host. Values the user appends come first
+# (ssh keeps the first value of an option) and so win.
+SSH_LIVENESS_ARGS = "-o ServerAliveInterval=5 -o ServerAliveCountMax=3 -o ConnectTimeout=10"
 _EXITED = re.compile(r"^pdsh@[^:]*: (\S+): .*exited with exit code (\d+)\s*$")
 
 
@@ -41,8 +47,10 @@ class PDSHRunner(MultiNodeRunner):
     def get_env(self, base_env: Mapping[str, str]) -> dict[str, str]:
         env = dict(base_env)
         env["PDSH_RCMD_TYPE"] = "ssh"
+        append = [env.get("PDSH_SSH_ARGS_APPEND", ""), SSH_LIVENESS_ARGS]  # Note [lost host]
         if self.options.ssh_port is not None:
-            env["PDSH_SSH_ARGS_APPEND"] = f"{env.get('PDSH_SSH_ARGS_APPEND', '')} -p {self.options.ssh_port}".strip()
+            append.append(f"-p {self.options.ssh_port}")
+        env["PDSH_SSH_ARGS_APPEND"] = " ".join(part for part in append if part.strip())
         return env
 
     def _pdsh(self, hosts: list[str]) -> list[str]:
