@@ -86,30 +86,32 @@ def full_params(engine: Any) -> dict[str, torch.Tensor]:
     return {n: safe_get_full_fp32_param(p).detach().clone() for n, p in engine.module.named_parameters()}
 
 
-def _sp_engine(stage: int, sp: int, via: str) -> tuple[Any, Any]:
+def _sp_engine(stage: int, sp: int, via: str, ckpt: bool = False, bf16: bool = False) -> tuple[Any, Any]:
     from ds_comm import get_world_size
     from ds_parallel.ulysses import UlyssesSPAttentionHF
 
     model = make_model()
+    if ckpt:  # HF activation checkpointing: the recomputed forward runs the all-to-alls again
+        model.gradient_checkpointing_enable()
     dp = get_world_size() // sp
     mpu = UlyssesSPAttentionHF.register_with_transformers(
         model, core_attn_implementation="sdpa", sequence_parallel_size=sp, micro_batch_size=MICRO,
         seq_length=SEQ, seq_length_is_variable=False)
-    if via == "config":  # the config alone says sp; the mpu is not passed
-        engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(),
-                                          config=config(stage, dp, sp))
-    else:
-        engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=config(stage, dp),
-                                          mpu=mpu)
+    cfg = config(stage, dp, sp if via == "config" else None)  # "config": the config alone says sp, no mpu
+    if bf16:
+        cfg["bf16"] = {"enabled": True}
+    engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=cfg,
+                                      mpu=None if via == "config" else mpu)
     return engine, mpu
 
 
-def train_sp(stage: int, sp: int, steps: int, via: str = "mpu") -> dict[str, Any]:
+def train_sp(stage: int, sp: int, steps: int, via: str = "mpu", ckpt: bool = False,
+             bf16: bool = False) -> dict[str, Any]:
     """Train with sequence parallelism ``sp``; every rank's losses, and the full weights."""
     from deepspeed.utils import groups
     from ds_parallel.ulysses import sequence_parallel_loss, shift_and_shard
 
-    engine, _ = _sp_engine(stage, sp, via)
+    engine, _ = _sp_engine(stage, sp, via, ckpt=ckpt, bf16=bf16)
     dp_rank, sp_rank = groups._get_data_parallel_rank(), groups._get_sequence_parallel_rank()
     sp_group, dp = groups._get_sequence_parallel_group(), groups._get_data_parallel_world_size()
     losses = []
@@ -252,3 +254,19 @@ def activation_bytes(seq: int, sp: int) -> int:
             loss = sequence_parallel_loss(loss, batch["shift_labels"], group)
 
     return saved_activation_bytes(step)
+
+
+def train_plain_bf16(stage: int, steps: int) -> list[float]:
+    """The engine without sequence parallelism on one rank, bf16: the losses of the same global batches."""
+    from ds_parallel.ulysses import shift_and_shard
+
+    model = make_model()
+    cfg = {**config(stage, 1), "bf16": {"enabled": True}}
+    engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=cfg)
+    losses = []
+    for step in range(steps):
+        loss = shard_loss(engine, shift_and_shard(global_batch(step, 1), 0, 1))
+        engine.backward(loss)
+        engine.step()
+        losses.append(loss.item())
+    return losses

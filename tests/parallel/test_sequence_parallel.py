@@ -56,3 +56,21 @@ def test_sequence_parallel_size_from_config_alone() -> None:
     """``sequence_parallel_size`` in the config builds the groups without an mpu (ZeRO 1)."""
     results = run_distributed(sp_workers.train_sp, world_size=2, timeout=240, args=(1, 2, 3, "config"))
     _check(results, 3, dp=1)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_activation_checkpointing_with_sp_equals_no_sp() -> None:
+    """HF gradient checkpointing recomputes the forward (and its all-to-alls) in backward: still exact."""
+    results = run_distributed(sp_workers.train_sp, world_size=2, timeout=240, args=(3, 2, 4, "mpu", True))
+    _check(results, 4, dp=1)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_bf16_with_sp_tracks_bf16_without_sp() -> None:
+    """bf16 rounds differently when attention runs on head shards; losses stay within bf16's precision."""
+    results = run_distributed(sp_workers.train_sp, world_size=2, timeout=240, args=(2, 2, 5, "mpu", False, True))
+    (plain,) = run_distributed(sp_workers.train_plain_bf16, world_size=1, timeout=240, args=(2, 5))
+    for step in range(5):
+        assert results[0]["losses"][step] == pytest.approx(plain[step], rel=2e-2), (results[0]["losses"], plain)
