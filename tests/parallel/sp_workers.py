@@ -270,3 +270,16 @@ def train_plain_bf16(stage: int, steps: int) -> list[float]:
         engine.step()
         losses.append(loss.item())
     return losses
+
+
+def second_engine_keeps_groups() -> dict[str, Any]:
+    """A sequence-parallel engine, then a second engine without sp (TRL's reference model does this)."""
+    from deepspeed.utils import groups
+
+    engine, _ = _sp_engine(2, 2, "mpu")
+    ref = make_model()
+    ref_engine, *_ = deepspeed.initialize(model=ref, config={"train_micro_batch_size_per_gpu": MICRO,
+                                                             "zero_optimization": {"stage": 3}})
+    return {"sp_after": groups._get_sequence_parallel_world_size(),
+            "main_group": engine.get_sequence_parallel_group() is groups._get_sequence_parallel_group(),
+            "ref_group": ref_engine.get_sequence_parallel_group(), "ref_dp": ref_engine.dp_world_size}

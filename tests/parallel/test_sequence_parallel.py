@@ -74,3 +74,9 @@ def test_bf16_with_sp_tracks_bf16_without_sp() -> None:
     (plain,) = run_distributed(sp_workers.train_plain_bf16, world_size=1, timeout=240, args=(2, 5))
     for step in range(5):
         assert results[0]["losses"][step] == pytest.approx(plain[step], rel=2e-2), (results[0]["losses"], plain)
+
+
+@pytest.mark.timeout(200)
+def test_a_second_engine_without_sp_keeps_the_sequence_groups() -> None:
+    for out in run_distributed(sp_workers.second_engine_keeps_groups, world_size=2, timeout=150):
+        assert out == {"sp_after": 2, "main_group": True, "ref_group": None, "ref_dp": 2}

@@ -130,6 +130,10 @@ class EngineAccessors:
         """This rank in the data-parallel group."""
         return ds_comm.get_rank(self.dp_group)
 
+    def get_sequence_parallel_group(self) -> Any:
+        """The sequence-parallel group (``None`` without sequence parallelism; Note [sp groups])."""
+        return getattr(self, "seq_parallel_group", None)
+
     def get_model_parallel_rank(self) -> int:
         """Always 0: no model parallelism."""
         return 0

@@ -36,6 +36,8 @@ class Topology:
     seq_dp_world_size: int
     sequence_parallel_size: int
     seq_parallel_group: Any
+    tensor_parallel_size: int = 1  # AutoTP (tensor_parallel.autotp_size); its group is the mesh's "tensor"
+    tensor_parallel_group: Any = None
 
 
 def _sp_from_mpu(mpu: Any) -> int:
@@ -53,8 +55,19 @@ def sequence_parallel_size_of(raw_config: Any) -> int:
     return 1
 
 
-def build_topology(mpu: Any, config_sp: int) -> Topology:
-    """The engine's groups; builds (collectively) and makes current the mesh when sp > 1."""
+def tensor_parallel_size_of(raw_config: Any) -> int:
+    """``tensor_parallel.autotp_size`` of a raw config dict (1 when absent, 0 or unreadable)."""
+    section = raw_config.get("tensor_parallel") if isinstance(raw_config, dict) else None
+    value = section.get("autotp_size", 0) if isinstance(section, dict) else 0
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 1 else 1
+
+
+def build_topology(mpu: Any, config_sp: int, config_tp: int = 1) -> Topology:
+    """The engine's groups; builds (collectively) and makes current the mesh when sp > 1 or tp > 1.
+
+    With AutoTP (tp > 1) the mesh's tensor axis holds the tensor-parallel groups (consecutive ranks, as
+    Accelerate's data loader assumes); ZeRO shards and averages over sequence+data, the ranks that differ
+    in everything but their tensor coordinate, so the data-parallel size is world / (sp * tp)."""
     ds_groups.mpu = mpu
     mpu_sp = _sp_from_mpu(mpu)
     if config_sp > 1 and mpu_sp > 1 and config_sp != mpu_sp:
@@ -62,21 +75,28 @@ def build_topology(mpu: Any, config_sp: int) -> Topology:
                                    f"size {mpu_sp}")
     sp = max(config_sp, mpu_sp)
     if mpu is not None and mpu_sp == 1:
+        if config_tp > 1:
+            raise DeepSpeedConfigError("'tensor_parallel.autotp_size' > 1 with an mpu: AutoTP builds its own "
+                                       "tensor-parallel groups; do not pass mpu")
         return _from_megatron_mpu(mpu)
-    if sp == 1:
-        set_current(None)  # a previous engine's mesh must not answer for this one
+    if sp == 1 and config_tp == 1:
+        # A mesh built before (a sequence-parallel model's engine) stays current, as DeepSpeed's global
+        # groups do: a second engine without sp (TRL's reference model) must not take the sequence
+        # groups away from the loss code that reads them. This engine itself runs on the world.
         world = ds_comm.get_world_size()
         return Topology(None, None, world, ds_comm.get_rank(), world, 1, None)
     mesh = current()
-    if mesh is None or mesh.size("sequence") != sp:
+    if mesh is None or mesh.size("sequence") != sp or mesh.size("tensor") != config_tp:
         try:
-            mesh = ParallelMesh.build(sequence=sp)
+            mesh = ParallelMesh.build(sequence=sp, tensor=config_tp)
         except MeshError as exc:
-            raise DeepSpeedConfigError(f"'sequence_parallel_size' {sp}: {exc}") from None
+            key = "'tensor_parallel.autotp_size'" if config_tp > 1 else "'sequence_parallel_size'"
+            raise DeepSpeedConfigError(f"{key} {config_tp if config_tp > 1 else sp}: {exc}") from None
         set_current(mesh)
     shard = mesh.group("sequence+data")
     return Topology(mesh, None if shard is dist.group.WORLD else shard, mesh.size("data"), mesh.rank("data"),
-                    mesh.size("sequence+data"), sp, mesh.group("sequence"))
+                    mesh.size("sequence+data"), sp, mesh.group("sequence"), config_tp,
+                    mesh.group("tensor") if config_tp > 1 else None)
 
 
 def _from_megatron_mpu(mpu: Any) -> Topology:
