@@ -80,3 +80,12 @@ def test_bf16_with_sp_tracks_bf16_without_sp() -> None:
 def test_a_second_engine_without_sp_keeps_the_sequence_groups() -> None:
     for out in run_distributed(sp_workers.second_engine_keeps_groups, world_size=2, timeout=150):
         assert out == {"sp_after": 2, "main_group": True, "ref_group": None, "ref_dp": 2}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_sp4_with_fewer_kv_heads_than_ranks_equals_no_sp() -> None:
+    """SP 4 > 2 KV heads: each KV head is repeated so every rank gets one (MQA/GQA); ZeRO 2, 4 ranks."""
+    results = run_distributed(sp_workers.train_sp, world_size=4, timeout=360, args=(2, 4, 5))
+    assert [(r["dp"], r["seq_dp"], r["sp"]) for r in results] == [(1, 4, 4)] * 4
+    _check(results, 5, dp=1)
