@@ -36,10 +36,8 @@ def default_backend() -> str:
 
 def _opaque_unit_hooks(optimizer: Any) -> None:
     """Stage 3: keep dynamo out of our unit hooks (Note [compile in place]); other stages: nothing to do."""
-    hooks = getattr(optimizer, "hooks", None)
-    if hooks is None or not hasattr(hooks, "make_opaque_to_compiler"):
-        return
-    hooks.make_opaque_to_compiler()
+    if optimizer is not None:
+        optimizer.prepare_for_compile()
 
 
 def compile_module(module: nn.Module, *, backend: str | Callable[..., Any], compile_kwargs: dict[str, Any],

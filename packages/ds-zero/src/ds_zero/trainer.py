@@ -26,6 +26,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
+import ds_comm
 from ds_zero.base_optimizer import ZeROOptimizer
 from ds_zero.grad_math import clip_, global_norm, is_finite, unscale_
 from ds_zero.loss_scaler import StaticLossScaler
@@ -57,8 +58,50 @@ class Reducer(Protocol):
     def finish(self) -> None: ...
 
 
+class Trainer(Protocol):
+    """What the engine may use of the object :func:`ds_zero.wrap` returns, at every stage (and nothing
+    else: the engine reads no stage's internals). :class:`ZeroTrainer` implements it for stages 0-2 and
+    :class:`ds_zero.stage3.trainer.Stage3Trainer` for stage 3."""
+
+    policy: ZeroPolicy
+    sharded_state: bool  # each rank saves its own optimizer-state file (stages 1-3)
+    gradients_arrived: bool
+    overflow: bool
+    # the global gradient norm where parts of the gradients differ by rank (expert or tensor-parallel
+    # parameters); None: the stage's own norm. The engine sets it when it splits the model.
+    norm_fn: Callable[[list[Tensor]], Tensor] | None
+    # what clients read as on a torch optimizer (LR schedules write param_groups)
+    param_groups: list[dict[str, Any]]
+    state: Any
+    defaults: dict[str, Any]
+    cur_scale: float
+
+    def set_gradient_accumulation_boundary(self, is_boundary: bool) -> None: ...
+    def scale_if_loss(self, loss: Tensor) -> Tensor: ...
+    def backward(self, loss: Tensor, retain_graph: bool = False) -> None: ...
+    def step(self, closure: Callable[[], Any] | None = None) -> bool: ...
+    def zero_grad(self, set_to_none: bool = True) -> None: ...
+    def no_sync(self) -> Any: ...
+    def get_global_grad_norm(self) -> float | None: ...
+    def state_dict(self) -> dict[str, Any]: ...
+    def load_state_dict(self, state_dict: Any, load_optimizer_states: bool = True) -> None: ...
+    def refresh_fp32_params(self) -> None: ...
+    def full_state_dict(self, *, dtype: torch.dtype | None = None, exclude_frozen_parameters: bool = False,
+                        rank0_only: bool = True) -> dict[str, Tensor] | None: ...
+    def consolidated_16bit_state_dict(self, exclude_frozen_parameters: bool = False) -> dict[str, Tensor] | None: ...
+    def empty_partition_cache(self) -> None: ...
+    def prepare_for_compile(self) -> None: ...
+    def offload_states(self, include: Any = None, device: Any = ..., pin_memory: bool = True,
+                       non_blocking: bool = False) -> None: ...
+    def reload_states(self, non_blocking: bool = False) -> None: ...
+    def check_states_home(self, call: str) -> None: ...
+    def close(self) -> None: ...
+
+
 class ZeroTrainer(ZeROOptimizer):
     """Composes ``masters``, ``reducer`` and ``scaler`` into DeepSpeed's optimizer step."""
+
+    sharded_state = False  # stage 0: the model-states file holds the whole optimizer state
 
     def __init__(
         self,
@@ -254,6 +297,30 @@ class ZeroTrainer(ZeROOptimizer):
         load_replicated_state_dict(self, shards, load_optimizer_states=load_optimizer_states)
         if shards[0].get("loss_scaler") is not None:
             self.loss_scaler.load_state_dict(shards[0]["loss_scaler"])
+
+    def full_state_dict(self, *, dtype: torch.dtype | None = None, exclude_frozen_parameters: bool = False,
+                        rank0_only: bool = True) -> dict[str, Tensor] | None:
+        """The model's state dict (every rank holds it whole below stage 3), in ``dtype`` if given, on the
+        CPU; with ``rank0_only`` other ranks get None, as at stage 3."""
+        if rank0_only and ds_comm.get_rank() != 0:
+            return None
+        frozen = {n for n, p in self.module.named_parameters() if not p.requires_grad} if exclude_frozen_parameters else set()
+        return {k: (v.detach().to("cpu", dtype=dtype) if dtype is not None and v.is_floating_point() else v.detach().cpu())
+                for k, v in self.module.state_dict().items() if k not in frozen}
+
+    def consolidated_16bit_state_dict(self, exclude_frozen_parameters: bool = False) -> dict[str, Tensor] | None:
+        """The model's own state dict, in its training dtype: below stage 3 every rank holds (and gets) it."""
+        sd = self.module.state_dict()
+        if exclude_frozen_parameters:
+            frozen = {n for n, p in self.module.named_parameters() if not p.requires_grad}
+            sd = type(sd)((k, v) for k, v in sd.items() if k not in frozen)
+        return sd
+
+    def empty_partition_cache(self) -> None:
+        """Nothing is gathered below stage 3."""
+
+    def prepare_for_compile(self) -> None:
+        """Nothing to prepare below stage 3 (``engine.compile``)."""
 
     def refresh_fp32_params(self) -> None:
         """Re-take fp32 masters from the model's weights (after a weights-only load)."""

@@ -52,6 +52,10 @@ class InferenceSharding:
         return full_state_dict(self.module, dtype=dtype or self.param_dtype,
                                exclude_frozen_parameters=exclude_frozen_parameters, rank0_only=rank0_only)
 
+    def empty_partition_cache(self) -> None:
+        """Drop every gathered copy of the units; the next forward gathers again."""
+        self.sharded.reshard()
+
     def close(self) -> None:
         """Remove the hooks (the parameters stay sharded)."""
         self.hooks.close()

@@ -79,6 +79,14 @@ class Stage3Trainer(ShardedTrainer):
         return self.full_state_dict(dtype=self.policy.mixed_precision.param_dtype,
                                     exclude_frozen_parameters=exclude_frozen_parameters)
 
+    def empty_partition_cache(self) -> None:
+        """Drop every gathered copy of the units; the next forward gathers again."""
+        self.sharded.reshard()
+
+    def prepare_for_compile(self) -> None:
+        """Keep dynamo out of the unit hooks (Note [compile in place] in ds_engine.compile)."""
+        self.hooks.make_opaque_to_compiler()
+
     def close(self) -> None:
         super().close()
         self.hooks.close()
