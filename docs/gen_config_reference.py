@@ -35,7 +35,9 @@ are comments and pass silently. Strict mode (`"strict": true` below, or the envi
 `DS_CONFIG_STRICT=1`) makes unknown keys errors. Wrong types and values of known keys are always errors
 that name the key path. `"auto"` values are resolved as described in
 [the migration guide](migration-from-deepspeed.md#auto-values). A feature marked "not supported yet" is
-validated, and refused with a clear error when switched on.
+validated, and refused with a clear error when switched on. Sections with an "Effect" column say, for
+each key, where it is applied, that it has no effect in this design (a warning is logged when it is set to
+a non-default value, saying why), or that it is refused.
 """
 
 
@@ -111,8 +113,11 @@ def _section(path: str, model: type[BaseModel], out: list[str], nested: list[tup
     doc = " ".join((model.__doc__ or "").split())
     if doc and path:
         out.append(f"{doc}\n")
-    out.append("| Key | Type | Default | Description |")
-    out.append("|---|---|---|---|")
+    from ds_engine.config.effects import table_for
+
+    effects = table_for(model)  # Note [key effects]: sections with a table get an "Effect" column
+    out.append("| Key | Type | Default | Description |" + (" Effect |" if effects else ""))
+    out.append("|---|---|---|---|" + ("---|" if effects else ""))
     for name, field in model.model_fields.items():
         key, others = _keys(name, field)
         child = _submodel(field.annotation)
@@ -120,7 +125,10 @@ def _section(path: str, model: type[BaseModel], out: list[str], nested: list[tup
         shown = f"[`{key}`](#{_anchor(full)})" if child is not None else f"`{key}`"
         if others:
             shown += " (also " + ", ".join(f"`{o}`" for o in others) + ")"
-        out.append(f"| {shown} | {_type_name(field.annotation)} | {_default(field)} | {_description(field)} |")
+        row = f"| {shown} | {_type_name(field.annotation)} | {_default(field)} | {_description(field)} |"
+        if effects:
+            row += " " + effects[name].describe().replace("|", "\\|") + " |"
+        out.append(row)
         if child is not None:
             nested.append((full, child))
     out.append("")

@@ -66,10 +66,9 @@ def zero_trainer(model: torch.nn.Module, stage: int, *, bucket: int, overlap: bo
         stage=stage,
         mixed_precision=MixedPrecisionPolicy(param_dtype=dtype),
         loss_scale=LossScalePolicy(dynamic=False, static_scale=fp16_scale) if fp16_scale else None,
-        reduce=ReducePolicy(bucket_numel=bucket),
+        reduce=ReducePolicy(bucket_numel=bucket, overlap=overlap),
         offload=OffloadPolicy(optimizer_device="cpu" if offload else "none"),
         clip_grad=clip,
-        overlap_comm=overlap,
     )
     return wrap(model, opt, policy=policy)
 

@@ -6,6 +6,7 @@ import torch
 
 from ds_engine.autocast import autocast_dtype_of
 from ds_engine.config import DeepSpeedConfig, DeepSpeedConfigError
+from ds_engine.config.zero import ZeroConfig
 from ds_zero import LossScalePolicy, MixedPrecisionPolicy, OffloadPolicy, ReducePolicy, ZeroPolicy
 
 _DTYPES = {
@@ -73,6 +74,15 @@ def _autocast_loss_scale(cfg: DeepSpeedConfig) -> LossScalePolicy | None:
                            raise_at_min_scale=False)
 
 
+def _pin_memory(zero: ZeroConfig) -> bool:
+    """Page-locked offload buffers: the optimizer section's flag, else the parameter section's (stage 3
+    offloads both through one placement, Note in ds_zero.stage3.policy), else DeepSpeed's default."""
+    for section in (zero.offload_optimizer, zero.offload_param):
+        if section is not None and section.device != "none":
+            return bool(section.pin_memory)
+    return True
+
+
 def policy_from_config(cfg: DeepSpeedConfig) -> ZeroPolicy:
     """The ZeRO policy a config describes (stage, precision, loss scaling, reduction, offload, clipping)."""
     zero = cfg.zero_optimization
@@ -104,16 +114,14 @@ def policy_from_config(cfg: DeepSpeedConfig) -> ZeroPolicy:
             predivide_factor=cfg.gradient_predivide_factor,
             # Stage 0 always overlaps its all-reduce with backward: same numbers, earlier communication.
             overlap=True if stage == 0 else bool(zero.overlap_comm),
+            reduce_scatter=zero.reduce_scatter,
         ),
         offload=OffloadPolicy(
             optimizer_device=zero.offload_optimizer_device,
             param_device=zero.offload_param_device,
-            pin_memory=bool(zero.offload_optimizer.pin_memory) if zero.offload_optimizer else True,
+            pin_memory=_pin_memory(zero),
         ),
         clip_grad=cfg.gradient_clipping,
         # Note [non-finite gradients] in ds_zero.trainer: every precision; bf16 may opt out explicitly.
         check_overflow=not (cfg.bf16.enabled and not cfg.bf16.check_grad_overflow),
-        allgather_bucket_numel=zero.allgather_bucket_size,
-        contiguous_gradients=zero.contiguous_gradients,
-        overlap_comm=bool(zero.overlap_comm),
     )

@@ -120,11 +120,8 @@ class BucketedAllReduce:
 
     def _factors(self) -> tuple[float, float]:
         """(before the sum, after the sum), per Note [scaling]."""
-        if not self.policy.average:
-            return 1.0, 1.0
-        if self.policy.prescale:
-            return 1.0 / self.world_size, 1.0
-        pre, post = 1.0 / self.policy.predivide_factor, self.policy.predivide_factor / self.world_size
+        before, after = self.policy.averaging_factors(self.world_size)  # the one rule, as multipliers
+        pre, post = 1.0 / before, 1.0 / after
         if _power_of_two(post):
             return pre * post, 1.0
         return pre, post

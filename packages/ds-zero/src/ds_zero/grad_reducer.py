@@ -6,8 +6,8 @@ reduce-scattered (asynchronously with ``overlap_comm``) so each rank keeps only 
 keeps full gradients in ``p.grad`` through accumulation and reduces them all at the step. Both add
 into ``grad_shards[unit]``, so accumulation works the same way for both.
 
-Averaging follows DeepSpeed's rule (see :class:`ds_zero.policy.ReducePolicy`): gradients are divided
-by a pre-factor before the sum and by a post-factor after it (on the shard, so it costs 1/N).
+Averaging follows DeepSpeed's rule (:meth:`ds_zero.policy.ReducePolicy.averaging_factors`): gradients
+are divided by a pre-factor before the sum and by a post-factor after it (on the shard, so it costs 1/N).
 """
 
 from __future__ import annotations
@@ -21,27 +21,19 @@ from ds_zero.policy import ReducePolicy
 from ds_zero.units import FlatUnit
 
 
-def averaging_factors(policy: ReducePolicy, world_size: int) -> tuple[float, float]:
-    """(divide before the sum, divide after it) for ``policy`` on ``world_size`` ranks."""
-    if not policy.average:
-        return 1.0, 1.0
-    if policy.prescale:
-        return float(world_size), 1.0
-    return policy.predivide_factor, world_size / policy.predivide_factor
-
-
 class GradReducer:
     """Owns the gradient buckets and shards of a list of units."""
 
     def __init__(self, units: list[FlatUnit], *, grad_dtype: torch.dtype, group: Any, policy: ReducePolicy,
-                 overlap_comm: bool, reduce_dtype: torch.dtype | None = None) -> None:
+                 reduce_dtype: torch.dtype | None = None) -> None:
         self.units = units
         self.group = group
-        self.overlap_comm = overlap_comm
+        self.overlap_comm = policy.overlap
+        self.reduce_scatter = policy.reduce_scatter
         self.grad_dtype = grad_dtype
         self.reduce_dtype = reduce_dtype or grad_dtype
         world = units[0].world_size if units else 1
-        self.pre, self.post = averaging_factors(policy, world)
+        self.pre, self.post = policy.averaging_factors(world)
         self.grad_shards: list[torch.Tensor | None] = [None] * len(units)
         self._buckets: dict[int, torch.Tensor] = {}
         # in-flight reductions: (work, unit, output shard, bucket kept alive until the work completes)
@@ -81,8 +73,13 @@ class GradReducer:
         if self.units[u].world_size == 1:  # the bucket is already the whole sum: no collective to wait on
             self._accumulate(u, bucket)
             return
-        out = torch.empty(self.units[u].shard_numel, dtype=bucket.dtype, device=bucket.device)
-        work = ds_comm.reduce_scatter_tensor(out, bucket, group=self.group, async_op=self.overlap_comm)
+        unit = self.units[u]
+        if self.reduce_scatter:
+            out = torch.empty(unit.shard_numel, dtype=bucket.dtype, device=bucket.device)
+            work = ds_comm.reduce_scatter_tensor(out, bucket, group=self.group, async_op=self.overlap_comm)
+        else:  # reduce_scatter=false: the whole sum on every rank, of which this rank keeps its chunk
+            work = ds_comm.all_reduce(bucket, group=self.group, async_op=self.overlap_comm)
+            out = bucket.narrow(0, unit.rank * unit.shard_numel, unit.shard_numel)
         if self.overlap_comm:
             self._pending.append((work, u, out, bucket))
         else:

@@ -72,6 +72,19 @@ class ReducePolicy:
     prescale: bool = False
     predivide_factor: float = 1.0
     overlap: bool = True
+    """Start reductions asynchronously while backward runs (the engine's ``overlap_comm``; stage 0 always)."""
+    reduce_scatter: bool = True
+    """Stages 1-2: reduce-scatter each unit's gradients; ``False`` all-reduces them and keeps this rank's
+    chunk (DeepSpeed's ``reduce_scatter: false``: same numbers, N times the traffic)."""
+
+    def averaging_factors(self, world_size: int) -> tuple[float, float]:
+        """(divide before the sum, divide after it) on ``world_size`` ranks: the one averaging rule
+        every stage applies."""
+        if not self.average:
+            return 1.0, 1.0
+        if self.prescale:
+            return float(world_size), 1.0
+        return self.predivide_factor, world_size / self.predivide_factor
 
 
 @dataclass(frozen=True)
@@ -98,6 +111,3 @@ class ZeroPolicy:
     offload: OffloadPolicy = field(default_factory=OffloadPolicy)
     clip_grad: float = 0.0
     check_overflow: bool = True
-    allgather_bucket_numel: int = 500_000_000
-    contiguous_gradients: bool = True
-    overlap_comm: bool = False

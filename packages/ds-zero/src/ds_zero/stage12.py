@@ -37,7 +37,7 @@ class ShardedParams:
     def __init__(self, module: nn.Module, optimizer: torch.optim.Optimizer, policy: ZeroPolicy, group: Any) -> None:
         self.optimizer = optimizer
         self.group = group
-        self.overlap = policy.overlap_comm
+        self.overlap = policy.reduce.overlap
         self.model_params = trainable_in_backward_order(module, optimizer)
         world, rank = ds_comm.get_world_size(group), ds_comm.get_rank(group)
         trainable = [[p for p in g["params"] if p.requires_grad] for g in optimizer.param_groups]
@@ -201,7 +201,7 @@ def compose_sharded(*, module: nn.Module, optimizer: torch.optim.Optimizer, poli
     params = ShardedParams(module, optimizer, policy, group)
     mp = policy.mixed_precision
     reducer = GradReducer(params.units, grad_dtype=mp.param_dtype, group=group, policy=policy.reduce,
-                          overlap_comm=policy.overlap_comm, reduce_dtype=mp.reduce_dtype)
+                          reduce_dtype=mp.reduce_dtype)
     params.attach(reducer)
     reduction = ShardedReduction(reducer, policy.stage)
     scaler = make_loss_scaler(policy.loss_scale, rank=ds_comm.get_rank())

@@ -13,6 +13,7 @@ from pydantic import Field, field_validator, model_validator
 from ds_engine.config.auto import resolve_auto
 from ds_engine.config.base import ConfigModel
 from ds_engine.config.batch import BatchSizes, reconcile_batch
+from ds_engine.config.effects import no_effect_settings, refused_settings
 from ds_engine.config.errors import DeepSpeedConfigError, config_error_from
 from ds_engine.config.features import (
     ActivationCheckpointingConfig,
@@ -246,13 +247,8 @@ def unsupported_features(model: DeepSpeedConfigModel) -> list[str]:
         "expert_parallel": bool(model.expert_parallel) and loose_section_enabled(model.expert_parallel),
         "datastates_ckpt": bool(model.datastates_ckpt) and loose_section_enabled(model.datastates_ckpt),
         "tensor_parallel.autotp_size>1": model.tensor_parallel.autotp_size > 1 or model.tensor_parallel.tp_size > 1,
-        "zero_optimization.zenflow": model.zero_optimization.zenflow is not None,
-        # ZeRO++'s hpZ (zero_hpz_partition_size) is built at stage 3 (ds_zero.stage3, Note [hpZ]); qwZ/qgZ are not.
-        **({f"zero_optimization.{key} (ZeRO++)": True for key in zero_plus_plus(model) if key in _ZERO_PLUS_PLUS}
-           if model.zero_optimization.stage == 3 else {}),
-        "zero_optimization.mics_shard_size>0": model.zero_optimization.mics_shard_size > 0,
-        "zero_optimization.offload_optimizer.device=nvme": model.zero_optimization.offload_optimizer_device == "nvme",
-        "zero_optimization.offload_param.device=nvme": model.zero_optimization.offload_param_device == "nvme",
+        # zero_optimization: refusals come from its key-effect table (Note [key effects]).
+        **{key: True for key in refused_settings(model)},
     }
     for key, on in gates.items():
         if on:
@@ -276,10 +272,11 @@ def ignored_settings(model: DeepSpeedConfigModel) -> list[str]:
     ZeRO++ keys below stage 3: DeepSpeed builds ZeRO++ only for stage 3 and ignores them otherwise
     (open-instruct's default config sends ``zero_hpz_partition_size: 8`` at stage 0)."""
     stage = model.zero_optimization.stage
+    no_effect = no_effect_settings(model)  # Note [key effects]
     if stage == 3:
-        return []
+        return no_effect
     return [f"'zero_optimization.{key}' takes effect only at ZeRO stage 3; ignored at stage {stage}"
-            for key in zero_plus_plus(model)]
+            for key in zero_plus_plus(model)] + no_effect
 
 
 def _global_rank() -> int:

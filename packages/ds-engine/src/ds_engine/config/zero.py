@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from ds_engine.config.base import ConfigModel
+from ds_engine.config.effects import Effect, applied, no_effect, refused
 
 OffloadDevice = Literal["none", "cpu", "nvme"]
 
@@ -117,7 +118,7 @@ class ZeroConfig(ConfigModel):
     contiguous_gradients: bool = True
     """Copy gradients into a contiguous buffer as they are produced."""
     reduce_scatter: bool = True
-    """Average gradients with reduce-scatter (stages 2-3) instead of all-reduce."""
+    """Average gradients with reduce-scatter (stages 1-2) instead of all-reduce."""
     reduce_bucket_size: int = Field(500_000_000, gt=0)
     """Elements reduced at a time; also the gradient bucket size of stage 0."""
     use_multi_rank_bucket_allreduce: bool = True
@@ -213,6 +214,10 @@ class ZeroConfig(ConfigModel):
             self.offload_param = OffloadParamConfig(device="cpu")
         if self.stage3_gather_fp16_weights_on_model_save:
             self.gather_16bit_weights_on_model_save = True
+        if self.cpu_offload_use_pin_memory is not None:
+            for section in (self.offload_optimizer, self.offload_param):
+                if section is not None and "pin_memory" not in section.model_fields_set:
+                    section.pin_memory = self.cpu_offload_use_pin_memory
         if self.overlap_comm is None:
             self.overlap_comm = self.stage == 3
         if self.offload_optimizer is not None and self.offload_optimizer.ratio < 1.0 and self.stage != 3:
@@ -230,3 +235,100 @@ class ZeroConfig(ConfigModel):
     def offload_param_device(self) -> str:
         """``none``, ``cpu`` or ``nvme``."""
         return self.offload_param.device if self.offload_param else "none"
+
+
+# Note [key effects] in ds_engine.config.effects: what every key of these sections does here. An applied
+# key names each place that reads it (``module:qualname``, ``#attr`` when the reader's name differs).
+_POLICY = "ds_engine.zero_policy:policy_from_config"
+_NVME = "NVMe offload is not built (device 'nvme' is refused)"
+_FSDP2 = "stage-3 gathers are FSDP2's, one all-gather per shard unit into one buffer (ds_zero.stage3.policy)"
+
+ZERO_KEYS: dict[str, Effect] = {
+    "stage": applied(_POLICY),
+    "contiguous_gradients": no_effect("gradients are always copied into one contiguous buffer per unit "
+                                      "(stages 1-2) or per shard unit (stage 3)"),
+    "reduce_scatter": applied(_POLICY, "ds_zero.grad_reducer:GradReducer.__init__",
+                              why="stages 1-2 (false: all-reduce, keep this rank's chunk); stage 3 units "
+                                  "always reduce-scatter through FSDP2"),
+    "reduce_bucket_size": applied(_POLICY, "ds_zero.stage12:ShardedParams.__init__#bucket_numel",
+                                  "ds_zero.allreduce:BucketedAllReduce.__init__#bucket_numel"),
+    "use_multi_rank_bucket_allreduce": no_effect("with reduce_scatter=false each unit's bucket is already one "
+                                                 "all-reduce that covers every rank's chunk"),
+    "allgather_partitions": no_effect("updated shards are always published with one all-gather per unit"),
+    "allgather_bucket_size": no_effect("the stages 1-2 publish all-gather moves one unit at a time and units "
+                                       "are sized by reduce_bucket_size; stage 3 gathers are bounded by "
+                                       "stage3_prefetch_bucket_size"),
+    "overlap_comm": applied(_POLICY, "ds_zero.stage12:ShardedParams.__init__#overlap",
+                            "ds_zero.grad_reducer:GradReducer.__init__#overlap",
+                            why="stages 1-2, and stage 3's persistent parameters; stage 0 always overlaps"),
+    "compute_grad_norm": no_effect("the global gradient norm is also the non-finite-gradient check (Note "
+                                   "[non-finite gradients] in ds_zero.trainer), so it is computed every step"),
+    "load_from_fp32_weights": no_effect("a ZeRO checkpoint always restores the fp32 master shards it saved"),
+    "elastic_checkpoint": no_effect("sharded checkpoints always reshard to the loading world size "
+                                    "(ds_zero.sharded_state)"),
+    "offload_param": applied("ds_engine.config.zero:ZeroConfig.offload_param_device"),
+    "offload_optimizer": applied("ds_engine.config.zero:ZeroConfig.offload_optimizer_device"),
+    "zenflow": refused("ZenFlow is not built", when=lambda z: z.zenflow is not None),
+    "sub_group_size": no_effect("the optimizer steps each shard in place, with no fp32 staging buffer for "
+                                "sub-groups to bound"),
+    "cpu_offload_param": applied("ds_engine.config.zero:ZeroConfig._resolve_deprecated"),
+    "cpu_offload_use_pin_memory": applied("ds_engine.config.zero:ZeroConfig._resolve_deprecated"),
+    "cpu_offload": applied("ds_engine.config.zero:ZeroConfig._resolve_deprecated"),
+    "prefetch_bucket_size": applied(_POLICY, why="stage 3"),
+    "param_persistence_threshold": applied(_POLICY, why="stage 3"),
+    "model_persistence_threshold": applied(_POLICY, why="stage 3"),
+    "max_live_parameters": applied(_POLICY, why="stage 3"),
+    "max_reuse_distance": applied(_POLICY, why="stage 3"),
+    "gather_16bit_weights_on_model_save": applied(_POLICY, why="stage 3"),
+    "module_granularity_threshold": applied(_POLICY, why="stage 3"),
+    "use_all_reduce_for_fetch_params": no_effect(_FSDP2),
+    "allgather_sequential": no_effect(_FSDP2),
+    "stage3_gather_fp16_weights_on_model_save": applied("ds_engine.config.zero:ZeroConfig._resolve_deprecated"),
+    "ignore_unused_parameters": no_effect("parameters without a gradient are always tolerated (their gradient "
+                                          "counts as zero)"),
+    "legacy_stage1": no_effect("there is one stage-1 implementation"),
+    "round_robin_gradients": no_effect("each rank copies only its own gradient shard to the CPU"),
+    "parameter_alignment": no_effect("flat units are padded to a multiple of the world size, not per parameter"),
+    "zero_hpz_partition_size": applied(_POLICY, why="stage 3 (ZeRO++ hpZ); ignored with a warning below it"),
+    "zero_quantized_weights": refused("ZeRO++ qwZ is not built (ignored with a warning below stage 3)",
+                                      when=lambda z: z.stage == 3 and z.zero_quantized_weights, gate=" (ZeRO++)"),
+    "zero_quantized_nontrainable_weights": refused(
+        "ZeRO++ quantised frozen weights are not built (ignored with a warning below stage 3)",
+        when=lambda z: z.stage == 3 and z.zero_quantized_nontrainable_weights, gate=" (ZeRO++)"),
+    "zero_quantized_gradients": refused("ZeRO++ qgZ is not built (ignored with a warning below stage 3)",
+                                        when=lambda z: z.stage == 3 and z.zero_quantized_gradients, gate=" (ZeRO++)"),
+    "memory_efficient_linear": no_effect("linear layers need no special autograd function under FSDP2"),
+    "pipeline_loading_checkpoint": no_effect("checkpoints load through ds_zero.sharded_state in one pass"),
+    "override_module_apply": no_effect("stage 3 does not patch nn.Module.apply"),
+    "log_trace_cache_warnings": no_effect("stage 3 keeps no trace cache"),
+    "enable_sanity_checks": no_effect("there are no optional sanity checks"),
+    "save_muon_momentum_buffer_in_memory": no_effect(_NVME),
+    "leaf_module": applied("ds_engine.engine:DeepSpeedEngine.__init__"),
+    "mics_shard_size": refused("MiCS is not built", when=lambda z: z.mics_shard_size > 0, gate=">0"),
+    "mics_hierarchical_params_gather": no_effect("MiCS is not built"),
+}
+
+OFFLOAD_OPTIMIZER_KEYS: dict[str, Effect] = {
+    "device": applied("ds_engine.config.zero:ZeroConfig.offload_optimizer_device", refuse_why=_NVME,
+                      refuse_when=lambda o: o.device == "nvme", gate="=nvme"),
+    "nvme_path": no_effect(_NVME),
+    "buffer_count": no_effect(_NVME),
+    "pin_memory": applied("ds_engine.zero_policy:_pin_memory"),
+    "pipeline_read": no_effect(_NVME),
+    "pipeline_write": no_effect(_NVME),
+    "fast_init": no_effect(_NVME),
+    "ratio": no_effect("partial offload is not built: the whole optimizer state is offloaded"),
+    "super_offload": no_effect("the CPU step is torch's fused AdamW; DeepSpeed's SuperOffload pipeline is not built"),
+    "cpuadam_cores_perc": no_effect("the CPU step runs on torch's intra-op thread pool (OMP_NUM_THREADS, "
+                                    "torch.set_num_threads)"),
+}
+
+OFFLOAD_PARAM_KEYS: dict[str, Effect] = {
+    "device": applied("ds_engine.config.zero:ZeroConfig.offload_param_device", refuse_why=_NVME,
+                      refuse_when=lambda o: o.device == "nvme", gate="=nvme"),
+    "nvme_path": no_effect(_NVME),
+    "buffer_count": no_effect(_NVME),
+    "buffer_size": no_effect(_NVME),
+    "max_in_cpu": no_effect(_NVME),
+    "pin_memory": applied("ds_engine.zero_policy:_pin_memory"),
+}

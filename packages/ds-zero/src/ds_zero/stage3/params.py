@@ -134,7 +134,7 @@ class Stage3Params:
         part = ShardedParams(holder, view, policy, group)  # type: ignore[arg-type]
         mp = policy.mixed_precision
         part.attach(GradReducer(part.units, grad_dtype=mp.param_dtype, group=group, policy=policy.reduce,
-                                overlap_comm=policy.overlap_comm, reduce_dtype=mp.reduce_dtype))
+                                reduce_dtype=mp.reduce_dtype))
         part.names = {slot.index: self.sharded.names[id(p)]
                       for unit in part.units for slot, p in zip(unit.slots, unit.params)}
         self._persistent_view = view
