@@ -34,8 +34,9 @@ def _check(results: list[dict], steps: int, dp: int) -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("stage", [2, 3])
+@pytest.mark.parametrize("stage", [0, 2, 3])
 def test_sp2_on_2_ranks_equals_no_sp(stage: int) -> None:
+    """Stage 0 too: gradients are averaged over the sequence+data group at every stage (Note [sp groups])."""
     results = run_distributed(sp_workers.train_sp, world_size=2, timeout=240, args=(stage, 2, STEPS))
     assert [(r["dp"], r["seq_dp"], r["sp"], r["train_batch_size"]) for r in results] == [(1, 2, 2, 2)] * 2
     _check(results, STEPS, dp=1)

@@ -4,7 +4,9 @@ Note: [sp groups] With ``sequence_parallel_size`` = sp (from the config, or from
 ``UlyssesSPAttentionHF.register_with_transformers`` returns) the world of ``W`` ranks is a mesh of
 ``W / sp`` data-parallel x ``sp`` sequence-parallel ranks. ZeRO shards over, and averages gradients over,
 the sequence+data group (all ``sp * dp`` ranks), as DeepSpeed does; with the sequence-parallel loss of
-Note [sp loss] that average equals the run without sequence parallelism. Batch sizes are reconciled
+Note [sp loss] that average equals the run without sequence parallelism. (At stage 0 DeepSpeed divides by
+the data-parallel size only, which with that loss gives sp times the gradient; here every stage averages
+over the same group, so switching stages changes nothing.) Batch sizes are reconciled
 with the data-parallel size ``W / sp`` (ranks of one sequence-parallel group share their samples).
 
 Engine attributes (DeepSpeed's names): ``dp_world_size`` (data axis), ``seq_dp_world_size`` and
