@@ -39,7 +39,14 @@ def initialize(
         raise NotImplementedError("deepspeed.initialize(mesh_param=...) (tensor/sequence parallel meshes) is not "
                                   "supported yet")
     ds_comm.init_distributed(distributed_port=distributed_port, dist_init_required=dist_init_required, verbose=False)
-    engine = DeepSpeedEngine(
+    engine_class = DeepSpeedEngine
+    from ds_parallel.pipe import PipelineModule
+
+    if isinstance(model, PipelineModule):  # DeepSpeed returns its PipelineEngine for a PipelineModule
+        from ds_engine.pipe_engine import PipelineEngine
+
+        engine_class = PipelineEngine
+    engine = engine_class(
         args=args, model=model, optimizer=optimizer, model_parameters=model_parameters,
         training_data=training_data, lr_scheduler=lr_scheduler, mpu=mpu, dist_init_required=dist_init_required,
         collate_fn=collate_fn, config=config, config_params=config_params,

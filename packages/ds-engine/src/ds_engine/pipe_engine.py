@@ -1,0 +1,214 @@
+"""``PipelineEngine``: ``deepspeed.initialize`` on a ``PipelineModule`` (``train_batch``, ``eval_batch``).
+
+Note: [pipeline step] ``train_batch`` runs ``gradient_accumulation_steps`` micro-batches in the 1F1B order
+(ds_parallel.pipe.schedule) with point-to-point sends between adjacent stages, all with the data-parallel
+reduction off; then it sums tied weights' gradients over their tie groups (Note [tied layers]), and steps
+the ZeRO trainer, which averages over the stage's data-parallel group and clips by the whole pipeline's
+norm (ds_parallel.pipe.norm). The tie reduction cannot run inside backward: the other copy's stage is
+still waiting for this stage's gradient send, so a collective there would deadlock.
+
+Why not ``torch.distributed.pipelining``: its stages own the loss and the backward, while DeepSpeed's
+semantics need the engine's trainer in between (loss scaling, ZeRO hooks, no reduction until the tie
+sums are done), the data iterator read on both the first and the last stage, and DeepSpeed's
+``loss_fn(outputs, labels)``; the schedule itself is twenty lines (ds_parallel.pipe.schedule).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+import ds_comm
+from ds_engine.config import DeepSpeedConfigError
+from ds_engine.engine import DeepSpeedEngine
+from ds_parallel.pipe import PipelineModule, p2p
+from ds_parallel.pipe.norm import pipeline_norm
+from ds_parallel.pipe.schedule import one_f_one_b
+
+
+class PipelineEngine(DeepSpeedEngine):
+    """The engine of a ``PipelineModule``: one stage per rank, ``train_batch`` drives the whole pipeline."""
+
+    def __init__(self, *, has_bool_tensors: bool = False, **kwargs: Any) -> None:
+        model = kwargs.get("model")
+        if not isinstance(model, PipelineModule):
+            raise TypeError("PipelineEngine needs a deepspeed.pipe.PipelineModule")
+        kwargs["mpu"] = model.mpu()
+        super().__init__(**kwargs)
+        stage = self.zero_optimization_stage()
+        if stage >= 2:
+            raise DeepSpeedConfigError(f"'zero_optimization.stage' {stage}: ZeRO-2 and ZeRO-3 are incompatible with "
+                                       "pipeline parallelism (as in DeepSpeed); use stage 0 or 1")
+        self.grid = model.mpu()
+        self.num_stages, self.stage_id = model.num_stages, self.grid.get_stage_id()
+        self.micro_batches = self.gradient_accumulation_steps()
+        self.data_iterator: Any = None
+        self.has_bool_tensors = has_bool_tensors
+        if self.optimizer is not None:
+            self.optimizer.norm_fn = pipeline_norm(self.optimizer, self.grid.get_pipe_parallel_group(),
+                                                   model.replicated_tied_params())
+        self.agg_train_loss: torch.Tensor | None = None
+
+    # --- stage facts ---------------------------------------------------------------------------------
+    def is_first_stage(self) -> bool:
+        """Whether this rank runs the first stage (reads inputs)."""
+        return self.stage_id == 0
+
+    def is_last_stage(self) -> bool:
+        """Whether this rank runs the last stage (computes the loss)."""
+        return self.stage_id == self.num_stages - 1
+
+    def set_dataiterator(self, iterator: Any) -> None:
+        """The iterator ``train_batch``/``eval_batch`` read ``(inputs, labels)`` micro-batches from."""
+        self.data_iterator = iterator
+
+    def _peer(self, stage: int) -> int:
+        return self.grid.stage_to_global(stage)
+
+    # --- the schedule (Note [pipeline step]) -------------------------------------------------------------
+    def _fail(self, what: str, mb: int, exc: BaseException) -> RuntimeError:
+        return RuntimeError(f"pipeline stage {self.stage_id} (rank {self.global_rank}), micro-batch {mb}: "
+                            f"{what} failed: {exc}")
+
+    def _inputs(self, mb: int, batch: Any, train: bool) -> Any:
+        if self.is_first_stage():
+            x = batch[0]
+            if isinstance(x, (tuple, list)):
+                return tuple(t.to(self.device) if isinstance(t, torch.Tensor) else t for t in x)
+            return x.to(self.device)
+        got = p2p.recv(self._peer(self.stage_id - 1))
+        got = tuple(t.to(self.device).requires_grad_(train and t.is_floating_point()) for t in got)
+        return got[0] if len(got) == 1 else got
+
+    def _forward(self, mb: int, train: bool, state: dict[int, Any], works: list[Any]) -> None:
+        needs_batch = self.is_first_stage() or self.is_last_stage()
+        batch = next(self.data_iterator) if needs_batch else None
+        inputs = self._inputs(mb, batch, train)
+        try:
+            out = self.module(inputs)
+            if self.is_last_stage() and self.module.loss_fn is not None:
+                labels = batch[1]
+                labels = labels.to(self.device) if isinstance(labels, torch.Tensor) else labels
+                out = self.module.loss_fn(out, labels)
+        except Exception as exc:  # name the stage and micro-batch (Note [pipeline step])
+            raise self._fail("forward", mb, exc) from exc
+        if not self.is_last_stage():
+            p2p.send(p2p.as_tuple(out), self._peer(self.stage_id + 1), works)
+        state[mb] = (inputs, out)
+
+    def _backward(self, mb: int, state: dict[int, Any], works: list[Any]) -> None:
+        inputs, out = state.pop(mb)
+        try:
+            if self.is_last_stage():
+                loss = out / self.micro_batches if self.micro_batches > 1 else out
+                torch.autograd.backward(self.optimizer.scale_if_loss(loss))
+            else:
+                grads = p2p.recv(self._peer(self.stage_id + 1))
+                outs = [o for o in p2p.as_tuple(out) if o.is_floating_point()]
+                if len(outs) != len(grads):
+                    raise RuntimeError(f"{len(grads)} gradients received for {len(outs)} floating-point outputs")
+                pairs = [(o, g.to(o.device)) for o, g in zip(outs, grads) if o.requires_grad]
+                if pairs:
+                    torch.autograd.backward([o for o, _ in pairs], [g for _, g in pairs])
+        except Exception as exc:
+            raise self._fail("backward", mb, exc) from exc
+        if not self.is_first_stage():
+            ins = [t for t in p2p.as_tuple(inputs) if t.is_floating_point()]
+            p2p.send(tuple(t.grad if t.grad is not None else torch.zeros_like(t) for t in ins),
+                     self._peer(self.stage_id - 1), works)
+
+    def _reduce_tied_grads(self) -> None:
+        for param, group in self.module.get_tied_weights_and_groups():
+            if group is None:
+                continue
+            holder = self.optimizer.masters.holder(param)
+            if holder.grad is None:
+                holder.grad = torch.zeros_like(holder)
+            ds_comm.all_reduce(holder.grad, group=group)
+
+    def _aggregate_loss(self, losses: list[torch.Tensor]) -> torch.Tensor:
+        """The batch's mean loss on every rank: averaged over data-parallel replicas, sent from the last stage."""
+        if self.is_last_stage():
+            loss = torch.stack([x.detach().float().reshape(()) for x in losses]).mean().reshape(1).cpu()
+            if self.dp_world_size > 1:
+                ds_comm.all_reduce(loss, group=self.dp_group)
+                loss /= self.dp_world_size
+        else:
+            loss = torch.zeros(1)
+        if self.num_stages > 1:
+            ds_comm.broadcast(loss, self._peer(self.num_stages - 1), group=self.grid.get_pipe_parallel_group())
+        return loss[0]
+
+    def train_batch(self, data_iter: Any = None) -> torch.Tensor:
+        """Train on one global batch (``gradient_accumulation_steps`` micro-batches); returns its mean loss."""
+        self._require_optimizer("train_batch")
+        if data_iter is not None:
+            self.set_dataiterator(data_iter)
+        if self.data_iterator is None and (self.is_first_stage() or self.is_last_stage()):
+            raise ValueError("train_batch() needs a data iterator: train_batch(data_iter=...) or set_dataiterator()")
+        self.module.train()
+        self.optimizer.set_gradient_accumulation_boundary(False)  # Note [pipeline step]: no reduction yet
+        state: dict[int, Any] = {}
+        works: list[Any] = []
+        losses = []
+        for kind, mb in one_f_one_b(self.stage_id, self.num_stages, self.micro_batches):
+            if kind == "F":
+                self._forward(mb, True, state, works)
+                if self.is_last_stage():
+                    losses.append(state[mb][1])
+            else:
+                self._backward(mb, state, works)
+        p2p.wait_all(works)
+        self._reduce_tied_grads()
+        self.optimizer.set_gradient_accumulation_boundary(True)
+        applied = self.optimizer.step()
+        if applied and self.lr_scheduler is not None:
+            self.lr_scheduler.step()
+        self.skipped_steps += 0 if applied else 1
+        self.global_steps += 1
+        self.micro_steps += self.micro_batches
+        self.global_samples += self.train_batch_size()
+        self.agg_train_loss = self._aggregate_loss(losses)
+        return self.agg_train_loss
+
+    def eval_batch(self, data_iter: Any, return_logits: bool = False, compute_loss: bool = True,
+                   reduce_output: str | None = "avg", bcast_loss: bool = True,
+                   num_micro_batches: int | None = None) -> Any:
+        """Forward ``num_micro_batches`` (default: accumulation steps) micro-batches; the mean loss
+        (every rank gets it with ``bcast_loss``), and the last stage's outputs with ``return_logits``."""
+        self.module.eval()
+        self.set_dataiterator(data_iter)
+        micro = num_micro_batches or self.micro_batches
+        state: dict[int, Any] = {}
+        works: list[Any] = []
+        outs = []
+        saved_fn = self.module.loss_fn
+        if not compute_loss:
+            self.module.loss_fn = None
+        try:
+            with torch.no_grad():
+                for mb in range(micro):
+                    self._forward(mb, False, state, works)
+                    outs.append(state.pop(mb)[1])
+        finally:
+            self.module.loss_fn = saved_fn
+        p2p.wait_all(works)
+        result: Any = outs if self.is_last_stage() else None
+        if compute_loss and reduce_output == "avg":
+            result = self._aggregate_loss(outs) if bcast_loss else (
+                torch.stack([o.float() for o in outs]).mean() if self.is_last_stage() else None)
+        return (result, outs if self.is_last_stage() else None) if return_logits else result
+
+    # --- what a pipeline does not offer ----------------------------------------------------------------
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """Refused: a pipeline runs whole batches (``train_batch``/``eval_batch``), as in DeepSpeed."""
+        raise RuntimeError("Only train_batch() is accessible in pipeline mode.")
+
+    def backward(self, *args: Any, **kwargs: Any) -> Any:
+        """Refused (see :meth:`forward`)."""
+        raise RuntimeError("Only train_batch() is accessible in pipeline mode.")
+
+    def step(self, *args: Any, **kwargs: Any) -> None:
+        """Refused (see :meth:`forward`)."""
+        raise RuntimeError("Only train_batch() is accessible in pipeline mode.")

@@ -1,0 +1,104 @@
+"""Rank functions and the single-process reference for the pipeline tests.
+
+Every run trains the same layers on the same global batches: ``GLOBAL`` samples per step, ``MICRO`` per
+micro-batch; data-parallel replica ``d`` takes micro-batch ``k`` = samples ``[(k * dp + d) * MICRO, ...)``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+import deepspeed
+from deepspeed.pipe import PipelineModule, TiedLayerSpec
+
+GLOBAL, MICRO, STEPS, DIM = 8, 2, 10, 6
+CLIP = 0.5  # inside the range of this run's gradient norms: clipping acts on some steps
+
+
+def tied_head(module: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """The tied last layer: ``x @ W`` with the first layer's weight."""
+    return x @ module.weight
+
+
+def layers(tied: bool, seed: int = 0) -> list[Any]:
+    """The layer list (plain modules, built identically on every rank) and, with ``tied``, a shared first/last."""
+    torch.manual_seed(seed)
+    body = [nn.Linear(DIM, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, DIM)]
+    if not tied:
+        return [nn.Linear(DIM, DIM), *body, nn.Linear(DIM, 3)]
+    torch.manual_seed(seed + 1)
+    emb = nn.Linear(DIM, DIM, bias=False)
+    state = {k: v.clone() for k, v in emb.state_dict().items()}
+
+    class Tied(nn.Linear):  # every TiedLayerSpec builds the same initial weights
+        def __init__(self) -> None:
+            super().__init__(DIM, DIM, bias=False)
+            self.load_state_dict(state)
+
+    return [TiedLayerSpec("emb", Tied), *body, TiedLayerSpec("emb", Tied, forward_fn=tied_head)]
+
+
+def data(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(100 + step)
+    x = torch.randn(GLOBAL, DIM, generator=g)
+    return x, torch.randn(GLOBAL, DIM, generator=g)
+
+
+def loss_fn(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return ((out - y[:, :out.shape[1]]) ** 2).mean()
+
+
+def config(gas: int, stage: int = 0) -> dict:
+    return {"train_micro_batch_size_per_gpu": MICRO, "gradient_accumulation_steps": gas,
+            "optimizer": {"type": "SGD", "params": {"lr": 0.1, "momentum": 0.9}},
+            "gradient_clipping": CLIP, "zero_optimization": {"stage": stage}, "steps_per_print": 1000}
+
+
+def reference(tied: bool) -> tuple[list[float], dict[str, torch.Tensor]]:
+    """The same layers as one module, on the whole global batch each step."""
+    specs = layers(tied)
+    mods = [s.build() if isinstance(s, TiedLayerSpec) else s for s in specs]
+    if tied:
+        mods[-1] = mods[0]
+    params = list({id(p): p for m in mods if isinstance(m, nn.Module) for p in m.parameters()}.values())
+    opt = torch.optim.SGD(params, lr=0.1, momentum=0.9)
+    losses = []
+    for step in range(STEPS):
+        x, y = data(step)
+        h = x
+        for i, m in enumerate(mods):
+            h = tied_head(m, h) if tied and i == len(mods) - 1 else m(h)
+        loss = loss_fn(h, y)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, CLIP)
+        opt.step()
+        losses.append(loss.item())
+    out = {}
+    for i, m in enumerate(mods):
+        if isinstance(m, nn.Module):
+            for k, v in m.state_dict().items():
+                out[("tied_modules.emb." if tied and i in (0, len(mods) - 1) else f"{i}.") + k] = v.clone()
+    return losses, out
+
+
+def train(num_stages: int, tied: bool, ckpt_interval: int, stage: int) -> dict:
+    """Rank function: ``STEPS`` of ``train_batch``; returns losses and this stage's weights."""
+    world = torch.distributed.get_world_size()
+    dp = world // num_stages
+    gas = GLOBAL // (MICRO * dp)
+    model = PipelineModule(layers(tied), num_stages=num_stages, loss_fn=loss_fn, partition_method="uniform",
+                           activation_checkpoint_interval=ckpt_interval)
+    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=config(gas, stage))
+    d = engine.grid.get_data_parallel_id()
+    losses = []
+    for step in range(STEPS):
+        x, y = data(step)
+        micro = [(x[(k * dp + d) * MICRO:(k * dp + d + 1) * MICRO], y[(k * dp + d) * MICRO:(k * dp + d + 1) * MICRO])
+                 for k in range(gas)]
+        losses.append(float(engine.train_batch(iter(micro))))
+    return {"losses": losses, "state": {k: v.detach().clone() for k, v in engine.module.state_dict().items()},
+            "stage": engine.stage_id, "first": engine.is_first_stage(), "last": engine.is_last_stage()}

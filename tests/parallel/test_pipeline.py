@@ -1,0 +1,28 @@
+"""Pipeline parallelism on gloo ranks equals the same layers as one module (fp32, 1e-5, 10 steps)."""
+
+from __future__ import annotations
+
+import pipe_workers as w
+import pytest
+import torch
+
+from ds_comm.testing import run_distributed
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("world,tied,ckpt,stage", [
+    (2, False, 0, 0), (2, True, 0, 0), (2, True, 2, 0), (4, False, 0, 1), (4, True, 2, 1), (4, True, 0, 0),
+])
+def test_pipeline_equals_one_module(world: int, tied: bool, ckpt: int, stage: int) -> None:
+    results = run_distributed(w.train, world_size=world, timeout=200, args=(2, tied, ckpt, stage))
+    ref_losses, ref_state = w.reference(tied)
+    for r in results:
+        assert r["losses"] == pytest.approx(ref_losses, rel=1e-5, abs=1e-6)
+    seen = set()
+    for r in results:
+        for name, value in r["state"].items():
+            assert torch.allclose(value, ref_state[name], rtol=1e-5, atol=1e-6), name
+            seen.add(name)
+    assert seen == set(ref_state)
+    assert [r["first"] for r in results[:: world // 2]] == [True, False]
+    assert [r["last"] for r in results[:: world // 2]] == [False, True]
