@@ -166,7 +166,8 @@ def test_git_version_info_reports_the_op_table():
     assert info.version == deepspeed.__version__ and info.git_hash == deepspeed.__git_hash__
     assert isinstance(info.git_branch, str)
     assert set(info.installed_ops) == set(ALL_OPS) == set(info.compatible_ops)
-    assert info.installed_ops["cpu_adam"] and not info.installed_ops["async_io"]
+    assert info.installed_ops["cpu_adam"] and info.installed_ops["async_io"]
+    assert not info.installed_ops["transformer_inference"]
     assert {"version", "bf16_support", "cuda_version", "nccl_version", "hip_version"} <= set(info.torch_info)
 
 

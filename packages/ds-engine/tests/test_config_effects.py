@@ -57,10 +57,6 @@ FORMERLY_IGNORED = [
     ({"allgather_partitions": False}, "zero_optimization.allgather_partitions"),
     ({"allgather_bucket_size": 5_000}, "zero_optimization.allgather_bucket_size"),
     ({"stage": 2, "compute_grad_norm": False}, "zero_optimization.compute_grad_norm"),
-    ({"stage": 3, "offload_optimizer": {"device": "cpu", "pipeline_read": True}},
-     "zero_optimization.offload_optimizer.pipeline_read"),
-    ({"stage": 3, "offload_optimizer": {"device": "cpu", "pipeline_write": True}},
-     "zero_optimization.offload_optimizer.pipeline_write"),
     ({"offload_optimizer": {"device": "cpu", "fast_init": True}}, "zero_optimization.offload_optimizer.fast_init"),
     ({"stage": 3, "offload_optimizer": {"device": "cpu", "ratio": 0.3}}, "zero_optimization.offload_optimizer.ratio"),
     ({"offload_optimizer": {"device": "cpu", "super_offload": True}},
@@ -101,7 +97,7 @@ def test_formerly_ignored_keys_are_classified() -> None:
                  "allgather_bucket_size", "compute_grad_norm"):
         assert ZERO_KEYS[name].kind == "no effect" and ZERO_KEYS[name].why
     assert ZERO_KEYS["reduce_scatter"].kind == "applied"
-    for name in ("pipeline_read", "pipeline_write", "fast_init", "ratio", "super_offload", "cpuadam_cores_perc"):
+    for name in ("fast_init", "ratio", "super_offload", "cpuadam_cores_perc"):
         assert OFFLOAD_OPTIMIZER_KEYS[name].kind == "no effect"
 
 

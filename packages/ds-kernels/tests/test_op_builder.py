@@ -25,7 +25,7 @@ def test_implemented_ops_load_a_working_optimizer(builder, optimizer):
     assert op.jit_load() is module
 
 
-@pytest.mark.parametrize("builder", [ob.AsyncIOBuilder, ob.InferenceBuilder, ob.TransformerBuilder,
+@pytest.mark.parametrize("builder", [ob.InferenceBuilder, ob.TransformerBuilder,
                                      ob.QuantizerBuilder, ob.SparseAttnBuilder])
 def test_missing_ops_refuse_naming_the_op(builder):
     op = builder()

@@ -8,6 +8,7 @@ from ds_engine.autocast import autocast_dtype_of
 from ds_engine.config import DeepSpeedConfig, DeepSpeedConfigError
 from ds_engine.config.zero import ZeroConfig
 from ds_zero import LossScalePolicy, MixedPrecisionPolicy, OffloadPolicy, ReducePolicy, ZeroPolicy
+from ds_zero.policy import NvmePolicy
 
 _DTYPES = {
     "fp32": torch.float32, "float32": torch.float32, "float": torch.float32,
@@ -83,6 +84,17 @@ def _pin_memory(zero: ZeroConfig) -> bool:
     return True
 
 
+def _nvme(cfg: DeepSpeedConfig) -> NvmePolicy | None:
+    """Where and how optimizer states are swapped with ``offload_optimizer.device: nvme`` (with ``aio``)."""
+    section = cfg.zero_optimization.offload_optimizer
+    if section is None or section.device != "nvme":
+        return None
+    aio = cfg.aio
+    return NvmePolicy(path=str(section.nvme_path or ""), buffer_count=section.buffer_count,
+                      pipeline_read=section.pipeline_read, pipeline_write=section.pipeline_write,
+                      block_size=aio.block_size, queue_depth=aio.queue_depth, threads=aio.intra_op_parallelism)
+
+
 def policy_from_config(cfg: DeepSpeedConfig) -> ZeroPolicy:
     """The ZeRO policy a config describes (stage, precision, loss scaling, reduction, offload, clipping)."""
     zero = cfg.zero_optimization
@@ -120,6 +132,7 @@ def policy_from_config(cfg: DeepSpeedConfig) -> ZeroPolicy:
             optimizer_device=zero.offload_optimizer_device,
             param_device=zero.offload_param_device,
             pin_memory=_pin_memory(zero),
+            nvme=_nvme(cfg),
         ),
         clip_grad=cfg.gradient_clipping,
         # Note [non-finite gradients] in ds_zero.trainer: every precision; bf16 may opt out explicitly.

@@ -108,10 +108,11 @@ class FusedLionBuilder(OpBuilder):
 
 
 class AsyncIOBuilder(OpBuilder):
-    """libaio-backed NVMe I/O (ZeRO-Infinity's NVMe offload)."""
+    """NVMe I/O for ZeRO-Infinity and DeepNVMe clients: a thread pool of O_DIRECT preads/pwrites
+    (:mod:`ds_kernels.aio`), no libaio to compile."""
 
     NAME = "async_io"
-    MISSING_REASON = "NVMe offload (libaio) is not implemented; offload to the CPU instead"
+    IMPLEMENTATION = "ds_kernels.aio"
 
 
 class InferenceBuilder(OpBuilder):

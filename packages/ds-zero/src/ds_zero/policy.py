@@ -88,12 +88,27 @@ class ReducePolicy:
 
 
 @dataclass(frozen=True)
+class NvmePolicy:
+    """Optimizer states swapped to files under ``path`` (``offload_optimizer.device: nvme``) through the
+    asynchronous I/O engine (:mod:`ds_kernels.aio`, the ``aio`` config section)."""
+
+    path: str = ""
+    buffer_count: int = 4
+    pipeline_read: bool = False
+    pipeline_write: bool = False
+    block_size: int = 1 << 20
+    queue_depth: int = 8
+    threads: int = 1
+
+
+@dataclass(frozen=True)
 class OffloadPolicy:
     """Where optimizer states (and, at stage 3, parameters) live."""
 
     optimizer_device: OffloadDevice = "none"
     param_device: OffloadDevice = "none"
     pin_memory: bool = True
+    nvme: NvmePolicy | None = None  # with optimizer_device "nvme"
 
 
 @dataclass(frozen=True)

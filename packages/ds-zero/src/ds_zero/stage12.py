@@ -161,7 +161,8 @@ class ShardedTrainer(ZeroTrainer):
     sharded_state = True  # the engine writes one optimizer-state file per rank
 
     def state_dict(self) -> dict[str, Any]:
-        state = shard_state_dict(self._shards(), self.masters.names)
+        with self.states_resident():
+            state = shard_state_dict(self._shards(), self.masters.names)
         state["loss_scaler"] = self.loss_scaler.state_dict()
         state["dynamic_loss_scale"] = self.loss_scaler.dynamic
         state["overflow"] = self.overflow
@@ -170,7 +171,9 @@ class ShardedTrainer(ZeroTrainer):
     def load_state_dict(self, state_dict: Any, load_optimizer_states: bool = True) -> None:
         """Load slices saved at any world size and stage: one rank's dict or a list of every rank's."""
         shards = state_dict if isinstance(state_dict, list) else [state_dict]
-        load_shard_state_dict(self._shards(), shards, self.masters.names, load_optimizer_states=load_optimizer_states)
+        with self.states_resident():
+            load_shard_state_dict(self._shards(), shards, self.masters.names,
+                                  load_optimizer_states=load_optimizer_states)
         if shards[0].get("loss_scaler") is not None:
             self.loss_scaler.load_state_dict(shards[0]["loss_scaler"])
 
@@ -206,7 +209,18 @@ def compose_sharded(*, module: nn.Module, optimizer: torch.optim.Optimizer, poli
     reduction = ShardedReduction(reducer, policy.stage)
     scaler = make_loss_scaler(policy.loss_scale, rank=ds_comm.get_rank())
     return ShardedTrainer(module=module, optimizer=optimizer, policy=policy, masters=params, reducer=reduction,
-                          scaler=scaler, shard_group=group, sharded_grads=True)
+                          scaler=scaler, shard_group=group, sharded_grads=True, swapper=nvme_swapper(optimizer, policy))
+
+
+def nvme_swapper(optimizer: torch.optim.Optimizer, policy: ZeroPolicy) -> Any:
+    """The optimizer-state swapper ``offload_optimizer.device: nvme`` asks for (stages 1-3), else None."""
+    if policy.offload.optimizer_device != "nvme":
+        return None
+    from ds_zero.nvme_swapper import OptimizerStateSwapper
+    from ds_zero.policy import NvmePolicy
+
+    return OptimizerStateSwapper(optimizer, policy=policy.offload.nvme or NvmePolicy(), rank=ds_comm.get_rank(),
+                                 pin=policy.offload.pin_memory and torch.cuda.is_available())
 
 
 register_stage(1, compose_sharded)

@@ -114,8 +114,12 @@ class ZeroTrainer(ZeROOptimizer):
         scaler: StaticLossScaler,
         shard_group: Any = None,
         sharded_grads: bool = False,
+        swapper: Any = None,
     ) -> None:
         self.module = module
+        # stages 1-3 with offload_optimizer.device nvme: steps the inner optimizer with its states
+        # swapped from files (ds_zero.nvme_swapper.OptimizerStateSwapper); None: states stay in memory
+        self.swapper = swapper
         self.optimizer = optimizer
         self.policy = policy
         self.masters = masters
@@ -239,7 +243,7 @@ class ZeroTrainer(ZeROOptimizer):
             clip_(grads, self.policy.clip_grad, norm)
         mp = self.policy.mixed_precision
         with fp32_step(self.optimizer) if mp.master_dtype != mp.optimizer_state_dtype else nullcontext():
-            self.optimizer.step()  # Note [low-precision masters]
+            (self.swapper.step if self.swapper is not None else self.optimizer.step)()  # Note [low-precision masters]
         self.masters.publish()
         self._global_grad_norm = norm
         self._finish_step(applied=True)
@@ -328,8 +332,14 @@ class ZeroTrainer(ZeROOptimizer):
         if refresh is not None:
             refresh()
 
+    def states_resident(self) -> Any:
+        """A context inside which every optimizer state is in memory (NVMe offload swaps them in)."""
+        return self.swapper.resident() if self.swapper is not None else nullcontext()
+
     def close(self) -> None:
-        """Remove the gradient hooks (the trainer stops reacting to backward)."""
+        """Remove the gradient hooks (the trainer stops reacting to backward); delete NVMe swap files."""
+        if self.swapper is not None:
+            self.swapper.close()
         for handle in self._hooks:
             handle.remove()
         self._hooks.clear()

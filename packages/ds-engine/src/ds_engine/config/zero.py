@@ -240,7 +240,7 @@ class ZeroConfig(ConfigModel):
 # Note [key effects] in ds_engine.config.effects: what every key of these sections does here. An applied
 # key names each place that reads it (``module:qualname``, ``#attr`` when the reader's name differs).
 _POLICY = "ds_engine.zero_policy:policy_from_config"
-_NVME = "NVMe offload is not built (device 'nvme' is refused)"
+_NVME = "NVMe parameter offload is not built (offload_param.device 'nvme' is refused)"
 _FSDP2 = "stage-3 gathers are FSDP2's, one all-gather per shard unit into one buffer (ds_zero.stage3.policy)"
 
 ZERO_KEYS: dict[str, Effect] = {
@@ -308,15 +308,17 @@ ZERO_KEYS: dict[str, Effect] = {
     "mics_hierarchical_params_gather": no_effect("MiCS is not built"),
 }
 
+_NVME_OPT = "ds_engine.zero_policy:_nvme"
 OFFLOAD_OPTIMIZER_KEYS: dict[str, Effect] = {
-    "device": applied("ds_engine.config.zero:ZeroConfig.offload_optimizer_device", refuse_why=_NVME,
-                      refuse_when=lambda o: o.device == "nvme", gate="=nvme"),
-    "nvme_path": no_effect(_NVME),
-    "buffer_count": no_effect(_NVME),
+    "device": applied("ds_engine.config.zero:ZeroConfig.offload_optimizer_device",
+                      why="nvme: optimizer states swapped per sub-group (ds_zero.nvme_swapper)"),
+    "nvme_path": applied(_NVME_OPT),
+    "buffer_count": applied(_NVME_OPT),
     "pin_memory": applied("ds_engine.zero_policy:_pin_memory"),
-    "pipeline_read": no_effect(_NVME),
-    "pipeline_write": no_effect(_NVME),
-    "fast_init": no_effect(_NVME),
+    "pipeline_read": applied(_NVME_OPT),
+    "pipeline_write": applied(_NVME_OPT),
+    "fast_init": no_effect("optimizer states are created by the optimizer's first step and written then "
+                           "(Note [first step] in ds_zero.nvme_swapper): there is no slow init to speed up"),
     "ratio": no_effect("partial offload is not built: the whole optimizer state is offloaded"),
     "super_offload": no_effect("the CPU step is torch's fused AdamW; DeepSpeed's SuperOffload pipeline is not built"),
     "cpuadam_cores_perc": no_effect("the CPU step runs on torch's intra-op thread pool (OMP_NUM_THREADS, "

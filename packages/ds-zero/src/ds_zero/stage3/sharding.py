@@ -102,9 +102,12 @@ def _fsdp_policies(policy: ZeroPolicy) -> tuple[MixedPrecisionPolicy, OffloadPol
     else:
         mixed = MixedPrecisionPolicy(reduce_dtype=mp.reduce_dtype)
     devices = {policy.offload.optimizer_device, policy.offload.param_device}
-    if "nvme" in devices:
-        raise StageNotAvailable("offload to nvme is not built; use offload_param/offload_optimizer {device: cpu}")
-    if "cpu" in devices:
+    if policy.offload.param_device == "nvme":
+        raise StageNotAvailable("offload_param to nvme is not built (offload_optimizer {device: nvme} is); "
+                                "use offload_param {device: cpu}")
+    # offload_optimizer nvme: the shards (the masters) live in CPU memory as with cpu; the optimizer
+    # states go to NVMe (ds_zero.nvme_swapper)
+    if "cpu" in devices or "nvme" in devices:
         return mixed, CPUOffloadPolicy(pin_memory=policy.offload.pin_memory and torch.cuda.is_available())
     return mixed, OffloadPolicy()
 

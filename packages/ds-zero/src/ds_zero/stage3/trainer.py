@@ -28,7 +28,7 @@ from ds_zero.stage3.offload_view import ParameterOffload
 from ds_zero.stage3.params import Stage3Params
 from ds_zero.stage3.policy import stage3_of
 from ds_zero.stage3.sharding import ShardedModel, shard_model
-from ds_zero.stage12 import ShardedReduction, ShardedTrainer
+from ds_zero.stage12 import ShardedReduction, ShardedTrainer, nvme_swapper
 
 
 class Stage3Reduction:
@@ -119,7 +119,7 @@ def compose_stage3(*, module: nn.Module, optimizer: torch.optim.Optimizer, polic
     return Stage3Trainer(module=module, optimizer=optimizer, policy=policy, masters=params,
                          reducer=Stage3Reduction(params.reduction()), scaler=make_loss_scaler(policy.loss_scale,
                          rank=ds_comm.get_rank()), shard_group=group, sharded_grads=True, sharded=sharded,
-                         hooks=hooks)
+                         hooks=hooks, swapper=nvme_swapper(optimizer, policy))
 
 
 def consolidated_16bit_state_dict(trainer: Stage3Trainer, exclude_frozen_parameters: bool = False) -> dict[str, Tensor] | None:
