@@ -31,9 +31,10 @@ _ALIASES: dict[str, tuple[str, str]] = {
     "DeepSpeedConfigError": ("ds_engine", "DeepSpeedConfigError"),
     "init_distributed": ("ds_comm", "init_distributed"),
     "get_accelerator": ("ds_accel", "get_accelerator"),
+    "tp_model_init": ("ds_parallel.tensor", "tp_model_init"),
 }
 _SUBMODULES = {"accelerator", "autotuning", "checkpoint", "checkpointing", "comm", "compression", "elasticity",
-               "git_version_info", "launcher", "ops", "runtime", "utils", "zero"}
+               "git_version_info", "launcher", "moe", "ops", "runtime", "utils", "zero"}
 
 __all__ = ["__version__", "version", *_ALIASES]
 

@@ -73,12 +73,14 @@ def lr_scheduler(client: Any, cfg: DeepSpeedConfig, engine_optimizer: Any, basic
     return build_scheduler(cfg.scheduler, engine_optimizer)
 
 
-def broadcast_module(module: nn.Module, *, group: Any = None) -> None:
-    """Make every rank start from rank 0's parameters and buffers (one broadcast per dtype and device)."""
+def broadcast_module(module: nn.Module, *, group: Any = None, exclude: set[int] | None = None) -> None:
+    """Make every rank start from rank 0's parameters and buffers (one broadcast per dtype and device);
+    tensors whose ``id`` is in ``exclude`` (expert parameters, which differ by rank) are left alone."""
     if ds_comm.get_world_size(group) == 1:
         return
     src = ds_comm.get_global_rank(group, 0) if group is not None else 0
-    tensors = [t for t in (*module.parameters(), *module.buffers()) if t.numel() > 0]
+    skip = exclude or set()
+    tensors = [t for t in (*module.parameters(), *module.buffers()) if t.numel() > 0 and id(t) not in skip]
     buckets: dict[tuple[torch.dtype, torch.device], list[torch.Tensor]] = {}
     for t in tensors:
         buckets.setdefault((t.dtype, t.device), []).append(t)

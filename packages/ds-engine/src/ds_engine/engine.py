@@ -21,7 +21,7 @@ from torch import nn
 
 import ds_comm
 from ds_accel import get_accelerator
-from ds_engine import checkpoint, components, lazy_dynamo
+from ds_engine import checkpoint, components, lazy_dynamo, moe
 from ds_engine.accessors import EngineAccessors
 from ds_engine.autocast import autocast_if_enabled, init_autocast_params
 from ds_engine.autotuning_probe import AutotuningProbe
@@ -87,7 +87,13 @@ class DeepSpeedEngine(EngineAccessors, EngineCompile, nn.Module):
             init_autocast_params(model, self.torch_autocast_dtype(), self.torch_autocast_lower_precision_safe_modules())
         leaf = self._config.zero_optimization.leaf_module  # flags only; stage 3 reads them (as DeepSpeed)
         apply_leaf_config(model, classes=leaf.classes, names=leaf.names, name_suffixes=leaf.name_suffixes)
-        components.broadcast_module(model, group=self.dp_group)
+        # Note [engine and experts] in ds_engine.moe: expert groups first, experts broadcast in their own groups.
+        self.moe_layers = moe.setup_expert_parallel(model, sequence_parallel_size=self.sequence_parallel_size)
+        self.has_moe_layers, self.num_experts = bool(self.moe_layers), [m.num_experts for m in self.moe_layers]
+        components.broadcast_module(model, group=self.dp_group, exclude=moe.expert_param_ids(model))
+        moe.broadcast_experts(model)
+        if self.has_moe_layers and not isinstance(optimizer, torch.optim.Optimizer):
+            model_parameters = moe.moe_model_parameters(model_parameters, model)
         self.checkpoint_group = checkpoint.make_checkpoint_group()
         self.client_optimizer, self.client_lr_scheduler = optimizer, lr_scheduler
         self.basic_optimizer = components.basic_optimizer(optimizer, model_parameters, model, self._config, self.device)
@@ -137,7 +143,9 @@ class DeepSpeedEngine(EngineAccessors, EngineCompile, nn.Module):
             return None
         policy = policy_from_config(self._config)
         try:
-            return wrap(self.module, self.basic_optimizer, policy=policy, group=self.dp_group)
+            reductions = (moe.group_reductions(self.basic_optimizer, self.dp_world_size)
+                          if self.has_moe_layers else None)  # Note [engine and experts]
+            return wrap(self.module, self.basic_optimizer, policy=policy, group=self.dp_group, reductions=reductions)
         except StageNotAvailable as exc:
             raise DeepSpeedConfigError(f"'zero_optimization.stage' {policy.stage}: {exc}") from None
 

@@ -35,8 +35,6 @@ NOT_PROVIDED: dict[str, dict[str, str]] = {
 #: ModuleNotFoundError / AttributeError): listed on the API-surface page with the reason, while absent.
 ABSENT: dict[str, str] = {
     "deepspeed.init_inference": "the inference engine (DeepSpeed-Inference) is not built: this project trains",
-    "deepspeed.pipe": "pipeline parallelism (PipelineModule, LayerSpec, the pipeline engine) is not built",
-    "deepspeed.moe": "mixture-of-experts layers (deepspeed.moe.layer.MoE) are not built",
 }
 
 

@@ -88,9 +88,13 @@ class BucketedAllReduce:
     """Average the ``.grad`` of ``holders`` across ``group`` in buckets (see the module notes)."""
 
     def __init__(self, holders: list[Tensor], *, policy: ReducePolicy, group: Any = None,
-                 reduce_dtype: torch.dtype | None = None, transport: str = "auto") -> None:
+                 reduce_dtype: torch.dtype | None = None, transport: str = "auto",
+                 average_over: int | None = None) -> None:
         self.group = group
         self.world_size = ds_comm.get_world_size(group)
+        # Ranks to average over; more than the group holds for expert gradients (ds_zero.group_reduction).
+        self.average_over = average_over or self.world_size
+        self.holders = holders
         self.policy = policy
         self.sync = True
         self.transport = "c10d"
@@ -120,7 +124,7 @@ class BucketedAllReduce:
 
     def _factors(self) -> tuple[float, float]:
         """(before the sum, after the sum), per Note [scaling]."""
-        before, after = self.policy.averaging_factors(self.world_size)  # the one rule, as multipliers
+        before, after = self.policy.averaging_factors(self.average_over)  # the one rule, as multipliers
         pre, post = 1.0 / before, 1.0 / after
         if _power_of_two(post):
             return pre * post, 1.0
@@ -168,6 +172,10 @@ class BucketedAllReduce:
     def finish(self) -> None:
         """Reduce every bucket not yet reduced and make the averaged gradients the holders' ``.grad``."""
         if not self.active:
+            if self.sync and self.policy.average and self.average_over != self.world_size:
+                for h in self.holders:  # alone in the group, yet averaged over more ranks (expert gradients)
+                    if h.grad is not None:
+                        h.grad.div_(self.average_over)
             return
         for bucket in self.buckets:
             if bucket.started and bucket.stale:

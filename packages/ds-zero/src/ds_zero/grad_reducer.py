@@ -34,6 +34,9 @@ class GradReducer:
         self.reduce_dtype = reduce_dtype or grad_dtype
         world = units[0].world_size if units else 1
         self.pre, self.post = policy.averaging_factors(world)
+        # Units reduced over another group (Note [group reductions]) average over their own count of ranks.
+        self._factors = [(self.pre, self.post) if unit.reduction is None
+                         else policy.averaging_factors(unit.reduction.average_over) for unit in units]
         self.grad_shards: list[torch.Tensor | None] = [None] * len(units)
         self._buckets: dict[int, torch.Tensor] = {}
         # in-flight reductions: (work, unit, output shard, bucket kept alive until the work completes)
@@ -68,17 +71,19 @@ class GradReducer:
     def _reduce(self, u: int) -> None:
         bucket = self._buckets.pop(u)
         self.units[u].ready = 0
-        if self.pre != 1.0:
-            bucket.div_(self.pre)
+        pre = self._factors[u][0]
+        if pre != 1.0:
+            bucket.div_(pre)
         if self.units[u].world_size == 1:  # the bucket is already the whole sum: no collective to wait on
             self._accumulate(u, bucket)
             return
         unit = self.units[u]
+        group = self.group if unit.reduction is None else unit.reduction.group
         if self.reduce_scatter:
             out = torch.empty(unit.shard_numel, dtype=bucket.dtype, device=bucket.device)
-            work = ds_comm.reduce_scatter_tensor(out, bucket, group=self.group, async_op=self.overlap_comm)
+            work = ds_comm.reduce_scatter_tensor(out, bucket, group=group, async_op=self.overlap_comm)
         else:  # reduce_scatter=false: the whole sum on every rank, of which this rank keeps its chunk
-            work = ds_comm.all_reduce(bucket, group=self.group, async_op=self.overlap_comm)
+            work = ds_comm.all_reduce(bucket, group=group, async_op=self.overlap_comm)
             out = bucket.narrow(0, unit.rank * unit.shard_numel, unit.shard_numel)
         if self.overlap_comm:
             self._pending.append((work, u, out, bucket))
@@ -86,8 +91,9 @@ class GradReducer:
             self._accumulate(u, out)
 
     def _accumulate(self, u: int, reduced: torch.Tensor) -> None:
-        if self.post != 1.0:
-            reduced.div_(self.post)
+        post = self._factors[u][1]
+        if post != 1.0:
+            reduced.div_(post)
         shard = self.grad_shards[u]
         if shard is None:
             self.grad_shards[u] = reduced.to(self.grad_dtype) if reduced.dtype != self.grad_dtype else reduced

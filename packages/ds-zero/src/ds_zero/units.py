@@ -13,10 +13,13 @@ copy, and (in full precision) the rank's chunk of the buffer *is* its master sha
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
+
+import ds_comm
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,9 @@ class FlatUnit:
     rank: int
     group_index: int  # which optimizer param group the unit's parameters belong to
     ready: int = field(default=0)  # gradients accumulated this backward (see the reducer)
+    # Another process group than the trainer's for this unit's param group (expert parameters), or None:
+    # a ds_zero.group_reduction.GroupReduction (Note [group reductions]); world_size/rank are within it.
+    reduction: Any = None
 
     @property
     def padded_numel(self) -> int:
@@ -100,16 +106,21 @@ def build_units(
     bucket_numel: int,
     world_size: int,
     rank: int,
+    reductions: Mapping[int, Any] | None = None,
 ) -> list[FlatUnit]:
     """Flatten each param group's parameters into sharded units and rebind ``p.data`` to views.
 
     Parameters are numbered across groups in the given order; that numbering (``ParamSlot.index``)
-    is what checkpoints use, so it must not depend on the world size or the bucket size.
+    is what checkpoints use, so it must not depend on the world size or the bucket size. A param group
+    listed in ``reductions`` (``GroupReduction``, keyed by group index) is sharded over that group instead.
     """
     units: list[FlatUnit] = []
     index_base = 0
     for group_index, params in enumerate(param_groups):
         params = list(params)
+        reduction = (reductions or {}).get(group_index)
+        g_world, g_rank = ((world_size, rank) if reduction is None else
+                           (ds_comm.get_world_size(reduction.group), ds_comm.get_rank(reduction.group)))
         for positions in plan_units([p.numel() for p in params], bucket_numel):
             members = [params[i] for i in positions]
             kinds = {(p.dtype, p.device) for p in members}
@@ -120,15 +131,15 @@ def build_units(
                 )
             total = sum(p.numel() for p in members)
             ref = members[0]
-            flat = torch.zeros(_padded(total, world_size), dtype=ref.dtype, device=ref.device)
+            flat = torch.zeros(_padded(total, g_world), dtype=ref.dtype, device=ref.device)
             slots, offset = [], 0
             for i, p in zip(positions, members):
                 flat[offset:offset + p.numel()].copy_(p.detach().reshape(-1))
                 slots.append(ParamSlot(index=index_base + i, offset=offset, numel=p.numel(), shape=p.shape))
                 p.data = flat[offset:offset + p.numel()].view(p.shape)
                 offset += p.numel()
-            units.append(FlatUnit(params=members, slots=slots, flat=flat, world_size=world_size, rank=rank,
-                                  group_index=group_index))
+            units.append(FlatUnit(params=members, slots=slots, flat=flat, world_size=g_world, rank=g_rank,
+                                  group_index=group_index, reduction=reduction))
         index_base += len(params)
     return units
 
