@@ -117,9 +117,18 @@ def test_reduce_scatter_and_pin_memory_reach_the_policy() -> None:
 @pytest.mark.parametrize(("zero", "gate"), [
     ({"zenflow": {}}, "'zero_optimization.zenflow'"),
     ({"mics_shard_size": 2}, "'zero_optimization.mics_shard_size>0'"),
-    ({"offload_optimizer": {"device": "nvme"}}, "'zero_optimization.offload_optimizer.device=nvme'"),
+    ({"offload_param": {"device": "nvme"}}, "'zero_optimization.offload_param.device=nvme'"),
     ({"stage": 3, "zero_quantized_gradients": True}, "'zero_optimization.zero_quantized_gradients (ZeRO++)'"),
 ])
 def test_refusals_come_from_the_table(zero: dict, gate: str) -> None:
     with pytest.raises(DeepSpeedConfigError, match=re.escape(gate)):
         _cfg(zero)
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_grad_accum_dtype_warns_where_it_is_not_followed(stage: int, engine_log) -> None:
+    # stages 1-2 accumulate in the model's dtype (Note [gradient dtypes] in ds_zero.dtypes): say so
+    DeepSpeedConfig({"train_micro_batch_size_per_gpu": 1, "bf16": {"enabled": True},
+                     "data_types": {"grad_accum_dtype": "fp32"}, "zero_optimization": {"stage": stage}}, world_size=1)
+    assert any(f"'data_types.grad_accum_dtype' has no effect at ZeRO stage {stage}" in r.getMessage()
+               for r in engine_log.records)

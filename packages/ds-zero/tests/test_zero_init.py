@@ -62,10 +62,10 @@ def _built_under_init():
     from _stage3_models import stage3_policy
 
     from ds_zero import wrap
-    from ds_zero.stage3 import GatheredParameters, Init, ZeroParamStatus, full_state_dict
+    from ds_zero.stage3 import GatheredParameters, Init, InitConfig, ZeroParamStatus, full_state_dict
 
     world, rank = ds_comm.get_world_size(), ds_comm.get_rank()
-    with Init(config_dict_or_path={"zero_optimization": {"stage": 3}}):
+    with Init(config_dict_or_path=InitConfig()):
         model = build()
     params = list(model.parameters())
     layout = [(p.numel(), p.ds_tensor.numel(), tuple(p.ds_shape), p.ds_numel, p.ds_status) for p in params]
@@ -151,9 +151,9 @@ def test_building_under_init_peaks_well_below_the_model(monkeypatch):
 
 
 def _options():
-    from ds_zero.stage3 import Init
+    from ds_zero.stage3 import Init, InitConfig
 
-    with Init(config_dict_or_path={"bf16": {"enabled": True}}, remote_device="cpu"):
+    with Init(config_dict_or_path=InitConfig(dtype=torch.bfloat16), remote_device="cpu"):
         bf16 = nn.Linear(4, 6)
     with Init(dtype=torch.float16):
         fp16 = nn.Linear(4, 6)

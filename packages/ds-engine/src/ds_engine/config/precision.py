@@ -142,8 +142,10 @@ class DataTypesConfig(ConfigModel):
     """``data_types``: dtypes of gradient accumulation, parameters and buffers."""
 
     grad_accum_dtype: DtypeName | None = None
-    """Dtype that gradients accumulate in across micro-batches. Under fp16/bf16 this project accumulates
-    in fp32 unless this names the model's low-precision dtype."""
+    """Dtype that gradients accumulate in across micro-batches (DeepSpeed's default: the model's dtype). Here
+    each stage accumulates where it keeps gradients: stage 0 in the fp32 master gradients (a low-precision
+    value is refused), stages 1-2 in the model's dtype, stage 3 in the shard (master) dtype (a low-precision
+    value is refused); Note [gradient dtypes] in ds_zero.dtypes."""
 
     param_dtype: DtypeName | None = None
     """Dtype of the model parameters. Only a value matching the fp16/bf16 sections is accepted."""

@@ -109,7 +109,8 @@ class DeepSpeedConfigModel(ConfigModel):
     (fp16's loss-scale overflows included); a run that keeps skipping is not training. DeepSpeed ignores
     unknown top-level keys, so configs stay portable."""
     communication_data_type: CommDtype | None = None
-    """Dtype gradients are averaged in (default: fp32 accumulators under fp16/bf16, else the grad dtype)."""
+    """Dtype gradients are averaged in across ranks, at every ZeRO stage (default, as in DeepSpeed: the model's
+    dtype, i.e. bf16 under bf16 and fp16 under fp16; Note [gradient dtypes] in ds_zero.dtypes)."""
     seq_parallel_communication_data_type: CommDtype = "fp32"
     """Dtype of sequence-parallel communication."""
     prescale_gradients: bool = False
@@ -274,6 +275,9 @@ def ignored_settings(model: DeepSpeedConfigModel) -> list[str]:
     (open-instruct's default config sends ``zero_hpz_partition_size: 8`` at stage 0)."""
     stage = model.zero_optimization.stage
     no_effect = no_effect_settings(model)  # Note [key effects]
+    if stage in (1, 2) and model.data_types.grad_accum_dtype is not None:  # Note [gradient dtypes] in ds_zero
+        no_effect.append(f"'data_types.grad_accum_dtype' has no effect at ZeRO stage {stage}: gradients accumulate "
+                         "in the model's dtype")
     if stage == 3:
         return no_effect
     return [f"'zero_optimization.{key}' takes effect only at ZeRO stage 3; ignored at stage {stage}"

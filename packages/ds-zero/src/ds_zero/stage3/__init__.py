@@ -25,6 +25,7 @@ _LAZY = {
     "GatheredParameters": "ds_zero.stage3.gathered",
     "full_state_dict": "ds_zero.stage3.gathered",
     "Init": "ds_zero.stage3.zero_init",
+    "InitConfig": "ds_zero.stage3.zero_init",
     "Stage3Trainer": "ds_zero.stage3.trainer",
     "compose_stage3": "ds_zero.stage3.trainer",
     "consolidated_16bit_state_dict": "ds_zero.stage3.trainer",

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from torch.distributed.tensor import DTensor
 
 import ds_comm
+from ds_zero.dtypes import grad_dtypes
 from ds_zero.grad_reducer import GradReducer
 from ds_zero.policy import ZeroPolicy
 from ds_zero.stage3 import shards
@@ -134,7 +135,7 @@ class Stage3Params:
         part = ShardedParams(holder, view, policy, group)  # type: ignore[arg-type]
         mp = policy.mixed_precision
         part.attach(GradReducer(part.units, grad_dtype=mp.param_dtype, group=group, policy=policy.reduce,
-                                reduce_dtype=mp.reduce_dtype))
+                                reduce_dtype=grad_dtypes(mp, 3).reduce))
         part.names = {slot.index: self.sharded.names[id(p)]
                       for unit in part.units for slot, p in zip(unit.slots, unit.params)}
         self._persistent_view = view

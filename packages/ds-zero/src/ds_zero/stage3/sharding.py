@@ -9,8 +9,8 @@ full tensors into the shards.
 Note: [shards are masters] A unit's sharded parameters are kept in fp32 whatever the compute dtype
 (in ``master_dtype`` with ``bf16_master_weights_and_grads``, Note [low-precision masters]):
 FSDP2 casts them to ``param_dtype`` as it gathers. So the shard is at once the parameter's only
-persistent copy and the optimizer's fp32 master (no second copy), and gradients come back in
-``reduce_dtype`` (fp32 under bf16/fp16), shard-sized.
+persistent copy and the optimizer's fp32 master (no second copy), and gradients, reduced in
+``reduce_dtype`` (Note [gradient dtypes] in :mod:`ds_zero.dtypes`), come back shard-sized in the shard's dtype.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from torch.distributed.fsdp import (
 from torch.distributed.tensor import DTensor
 
 import ds_comm
+from ds_zero.dtypes import grad_dtypes
 from ds_zero.entry import StageNotAvailable
 from ds_zero.policy import ZeroPolicy
 from ds_zero.stage3 import shards
@@ -97,10 +98,11 @@ def make_mesh(group: Any) -> DeviceMesh:
 
 def _fsdp_policies(policy: ZeroPolicy) -> tuple[MixedPrecisionPolicy, OffloadPolicy]:
     mp = policy.mixed_precision
+    reduce = grad_dtypes(mp, 3).reduce  # Note [gradient dtypes]: as at every stage
     if mp.low_precision:
-        mixed = MixedPrecisionPolicy(param_dtype=mp.param_dtype, reduce_dtype=mp.reduce_dtype or mp.accum_dtype)
+        mixed = MixedPrecisionPolicy(param_dtype=mp.param_dtype, reduce_dtype=reduce)
     else:
-        mixed = MixedPrecisionPolicy(reduce_dtype=mp.reduce_dtype)
+        mixed = MixedPrecisionPolicy(reduce_dtype=reduce)
     devices = {policy.offload.optimizer_device, policy.offload.param_device}
     if policy.offload.param_device == "nvme":
         raise StageNotAvailable("offload_param to nvme is not built (offload_optimizer {device: nvme} is); "

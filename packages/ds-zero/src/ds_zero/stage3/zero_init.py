@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import functools
 import inspect
-import json
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -73,32 +73,30 @@ def get_new_tensor_fn_for_dtype(dtype: torch.dtype, device: torch.device | None 
 
 
 # --- config ---------------------------------------------------------------------------------------
-def _load_config(source: Any) -> dict[str, Any] | None:
-    if source is None:
-        return None
-    if isinstance(source, (str, os.PathLike)):
-        try:
-            with open(source, encoding="utf-8") as handle:
-                return json.load(handle)
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ValueError(f"zero.Init(config_dict_or_path={source!r}): cannot read a JSON config: {exc}") from None
-    if isinstance(source, dict):
+@dataclass(frozen=True)
+class InitConfig:
+    """What ``zero.Init`` takes from a DeepSpeed config, already validated.
+
+    Note: [zero.Init config] ds_zero never reads config JSON (it cannot import ds-engine, whose pydantic
+    models are the one validator): ``deepspeed.zero.Init`` (:class:`ds_engine.zero_init.Init`) validates
+    ``config_dict_or_path`` with the engine's models and passes this value in. ``dtype``: the fp16/bf16
+    sections' dtype (fp32 when neither is on); ``offload_device``: ``zero_optimization.offload_param.device``
+    when that section is present (it then overrides ``remote_device`` and ``pin_memory``, as in DeepSpeed).
+    """
+
+    dtype: torch.dtype = torch.float32
+    offload_device: str | None = None
+    pin_memory: bool = True
+
+
+def _config_of(source: Any) -> InitConfig | None:
+    if source is None or isinstance(source, InitConfig):
         return source
-    as_dict = getattr(source, "config", None)  # a DeepSpeedConfig-like object
-    if isinstance(as_dict, dict):
-        return as_dict
-    raise TypeError(f"zero.Init config must be a dict or a path to a JSON file, got {type(source).__name__}")
+    raise TypeError(f"ds_zero's zero.Init takes a validated InitConfig, got {type(source).__name__}: pass a "
+                    "config dict or path through deepspeed.zero.Init, which validates it (Note [zero.Init config])")
 
 
-def _enabled(cfg: dict[str, Any], *keys: str) -> bool:
-    for key in keys:
-        section = cfg.get(key)
-        if isinstance(section, dict) and section.get("enabled", False):
-            return True
-    return False
-
-
-def choose_dtype(dtype: torch.dtype | None, cfg: dict[str, Any] | None) -> torch.dtype:
+def choose_dtype(dtype: torch.dtype | None, cfg: InitConfig | None) -> torch.dtype:
     """DeepSpeed's rule: ``dtype`` if given; else the config's precision; else fp16/bf16/fp32, the
     first the accelerator supports."""
     if dtype is not None:
@@ -106,11 +104,7 @@ def choose_dtype(dtype: torch.dtype | None, cfg: dict[str, Any] | None) -> torch
             raise ValueError(f"zero.Init(dtype={dtype}): expected torch.float16, torch.bfloat16 or torch.float32")
         return dtype
     if cfg is not None:
-        if _enabled(cfg, "bf16", "bfloat16") and _enabled(cfg, "fp16"):
-            raise ValueError("zero.Init config: 'bf16.enabled' and 'fp16.enabled' cannot both be true")
-        if _enabled(cfg, "bf16", "bfloat16"):
-            return torch.bfloat16
-        return torch.float16 if _enabled(cfg, "fp16") else torch.float32
+        return cfg.dtype
     from ds_accel import get_accelerator
 
     accel = get_accelerator()
@@ -119,13 +113,12 @@ def choose_dtype(dtype: torch.dtype | None, cfg: dict[str, Any] | None) -> torch
     return torch.bfloat16 if accel.is_bf16_supported() else torch.float32
 
 
-def choose_placement(remote_device: Any, pin_memory: bool, cfg: dict[str, Any] | None,
+def choose_placement(remote_device: Any, pin_memory: bool, cfg: InitConfig | None,
                      group: Any) -> tuple[torch.device, bool]:
-    """Where partitions live (``remote_device``, else the config's ``offload_param``) and whether pinned."""
-    offload = ((cfg or {}).get("zero_optimization") or {}).get("offload_param") or {}
-    if remote_device is None:
-        remote_device = offload.get("device")
-        pin_memory = pin_memory or bool(offload.get("pin_memory", False))
+    """Where partitions live and whether pinned: the config's ``offload_param`` when present (as in
+    DeepSpeed, it overrides the arguments), else ``remote_device`` and ``pin_memory``."""
+    if cfg is not None and cfg.offload_device is not None:
+        remote_device, pin_memory = cfg.offload_device, cfg.pin_memory
     name = str(remote_device) if remote_device is not None else "none"
     if name == "nvme":
         raise NotImplementedError("zero.Init(remote_device='nvme'): NVMe offload is not built; use 'cpu'")
@@ -203,7 +196,7 @@ class Init:
                 raise NotImplementedError(f"zero.Init({name}=...) is not supported")
         if not ds_comm.is_initialized():
             ds_comm.init_distributed(verbose=False)
-        cfg = _load_config(config_dict_or_path if config_dict_or_path is not None else config)
+        cfg = _config_of(config_dict_or_path if config_dict_or_path is not None else config)
         if mpu is not None and data_parallel_group is None:
             data_parallel_group = mpu.get_data_parallel_group()
         self.ds_process_group = data_parallel_group or sequence_data_parallel_group
