@@ -8,7 +8,7 @@ gradient reducer, the norm group — and hands them to :class:`ds_zero.trainer.Z
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -16,6 +16,7 @@ from torch import nn
 
 import ds_comm
 from ds_zero.allreduce import BucketedAllReduce
+from ds_zero.group_reduction import GroupReduction, RoutedReduce, replicated_norm, split_by_reduction
 from ds_zero.loss_scaler import make_loss_scaler
 from ds_zero.masters import Fp32Masters, ModelMasters
 from ds_zero.param_access import link_parameters
@@ -37,7 +38,7 @@ def register_stage(stage: int, composer: Composer) -> None:
 
 
 def compose_stage0(*, module: nn.Module, optimizer: torch.optim.Optimizer, policy: ZeroPolicy,
-                   group: Any = None) -> ZeroTrainer:
+                   group: Any = None, reductions: Mapping[int, GroupReduction] | None = None) -> ZeroTrainer:
     """Replicated data parallel: full masters on every rank, bucketed all-reduce of gradients."""
     if policy.offload.optimizer_device != "none" or policy.offload.param_device != "none":
         raise StageNotAvailable("offload needs ZeRO stage 1 or higher (zero_optimization.offload_*)")
@@ -48,8 +49,15 @@ def compose_stage0(*, module: nn.Module, optimizer: torch.optim.Optimizer, polic
         masters: ModelMasters = Fp32Masters(module, optimizer, mp.param_dtype)
     else:
         masters = ModelMasters(module, optimizer)
-    reducer = BucketedAllReduce(masters.holders, policy=policy.reduce, group=group, reduce_dtype=mp.reduce_dtype)
     scaler = make_loss_scaler(policy.loss_scale, rank=ds_comm.get_rank())
+    if reductions:  # Note [group reductions] in ds_zero.group_reduction
+        parts = split_by_reduction(masters.holders, optimizer, reductions)
+        routed = RoutedReduce([
+            (BucketedAllReduce(hs, policy=policy.reduce, group=r.group if r else group, reduce_dtype=mp.reduce_dtype,
+                               average_over=r.average_over if r else None), hs) for r, hs in parts])
+        return ZeroTrainer(module=module, optimizer=optimizer, policy=policy, masters=masters, reducer=routed,
+                           scaler=scaler, norm_fn=replicated_norm(parts))
+    reducer = BucketedAllReduce(masters.holders, policy=policy.reduce, group=group, reduce_dtype=mp.reduce_dtype)
     return ZeroTrainer(module=module, optimizer=optimizer, policy=policy, masters=masters, reducer=reducer,
                        scaler=scaler)
 
@@ -63,17 +71,25 @@ def available_stages() -> list[int]:
 
 
 def wrap(module: nn.Module, optimizer: torch.optim.Optimizer, *, policy: ZeroPolicy,
-         group: Any = None) -> ZeroTrainer:
+         group: Any = None, reductions: Mapping[int, GroupReduction] | None = None) -> ZeroTrainer:
     """Wrap ``module`` and ``optimizer`` into the trainer ``policy.stage`` composes.
 
     ``group`` is the data-parallel process group (None: the world). The module must already be on its
-    device; under fp16/bf16 it is cast to ``policy.mixed_precision.param_dtype`` here.
+    device; under fp16/bf16 it is cast to ``policy.mixed_precision.param_dtype`` here. ``reductions``
+    maps optimizer param-group indices to other reductions (expert parameters: Note [group reductions]).
     """
     composer = STAGES.get(policy.stage)
     if composer is None:
         raise StageNotAvailable(
             f"ZeRO stage {policy.stage} is not available in this installation (available: {available_stages()})"
         )
-    trainer = composer(module=module, optimizer=optimizer, policy=policy, group=group)
+    extra = {"reductions": reductions} if reductions else {}
+    try:
+        trainer = composer(module=module, optimizer=optimizer, policy=policy, group=group, **extra)
+    except TypeError as exc:
+        if extra and "reductions" in str(exc):
+            raise StageNotAvailable(f"ZeRO stage {policy.stage} cannot reduce param groups over other process "
+                                    "groups (mixture-of-experts parameter groups)") from None
+        raise
     link_parameters(trainer)  # deepspeed.utils.safe_get_full_* find the trainer from a parameter
     return trainer

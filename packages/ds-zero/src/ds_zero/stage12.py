@@ -15,6 +15,7 @@ parameters and gradients are 2 bytes each and the fp32 masters add 4Ψ/N.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -23,6 +24,7 @@ from torch import Tensor, nn
 import ds_comm
 from ds_zero.entry import register_stage
 from ds_zero.grad_reducer import GradReducer
+from ds_zero.group_reduction import GroupReduction
 from ds_zero.loss_scaler import make_loss_scaler
 from ds_zero.masters import trainable_in_backward_order
 from ds_zero.policy import ZeroPolicy
@@ -34,7 +36,8 @@ from ds_zero.units import FlatUnit, build_units, cast_units
 class ShardedParams:
     """Master weights for stages 1 and 2: one fp32 master shard per flat unit."""
 
-    def __init__(self, module: nn.Module, optimizer: torch.optim.Optimizer, policy: ZeroPolicy, group: Any) -> None:
+    def __init__(self, module: nn.Module, optimizer: torch.optim.Optimizer, policy: ZeroPolicy, group: Any,
+                 reductions: Mapping[int, GroupReduction] | None = None) -> None:
         self.optimizer = optimizer
         self.group = group
         self.overlap = policy.reduce.overlap
@@ -43,7 +46,7 @@ class ShardedParams:
         trainable = [[p for p in g["params"] if p.requires_grad] for g in optimizer.param_groups]
         # Units are built before any cast, so the fp32 masters start from the exact fp32 weights.
         self.units: list[FlatUnit] = build_units(trainable, bucket_numel=policy.reduce.bucket_numel,
-                                                 world_size=world, rank=rank)
+                                                 world_size=world, rank=rank, reductions=reductions)
         offload = policy.offload.optimizer_device != "none"
         param_dtype, master_dtype = policy.mixed_precision.param_dtype, policy.mixed_precision.master_dtype
         # Alias the parameter buffer when the masters share its dtype and device; else keep a copy.
@@ -93,7 +96,8 @@ class ShardedParams:
                 shard.copy_(master.detach())
             if unit.world_size == 1:  # the shard is the whole flat buffer
                 continue
-            works.append(ds_comm.all_gather_into_tensor(unit.flat, shard, group=self.group, async_op=self.overlap))
+            group = self.group if unit.reduction is None else unit.reduction.group  # Note [group reductions]
+            works.append(ds_comm.all_gather_into_tensor(unit.flat, shard, group=group, async_op=self.overlap))
         for work in works:
             if work is not None:
                 work.wait()
@@ -199,9 +203,9 @@ def _param_names(module: nn.Module, units: list[FlatUnit]) -> dict[int, str]:
 
 
 def compose_sharded(*, module: nn.Module, optimizer: torch.optim.Optimizer, policy: ZeroPolicy,
-                    group: Any = None) -> ShardedTrainer:
+                    group: Any = None, reductions: Mapping[int, GroupReduction] | None = None) -> ShardedTrainer:
     """Stage 1 (sharded optimizer state) or 2 (and sharded gradients), per ``policy.stage``."""
-    params = ShardedParams(module, optimizer, policy, group)
+    params = ShardedParams(module, optimizer, policy, group, reductions)
     mp = policy.mixed_precision
     reducer = GradReducer(params.units, grad_dtype=mp.param_dtype, group=group, policy=policy.reduce,
                           reduce_dtype=mp.reduce_dtype)

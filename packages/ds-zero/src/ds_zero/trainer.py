@@ -115,6 +115,7 @@ class ZeroTrainer(ZeROOptimizer):
         shard_group: Any = None,
         sharded_grads: bool = False,
         swapper: Any = None,
+        norm_fn: Callable[[list[Tensor]], Tensor] | None = None,
     ) -> None:
         self.module = module
         # stages 1-3 with offload_optimizer.device nvme: steps the inner optimizer with its states
@@ -130,6 +131,7 @@ class ZeroTrainer(ZeROOptimizer):
         # None, so a trainer for the world group holds no group object at all.
         self.shard_group = shard_group
         self.sharded_grads = sharded_grads  # True: each rank holds part of the gradient (stages 1-3)
+        self.norm_fn = norm_fn  # the global norm when parts of the gradients differ by rank (ds_zero.group_reduction)
         self.overflow = False
         self.gradients_arrived = False  # a gradient hook fired since the last step attempt
         self.offloaded = StateOffload()  # what offload_states moved (ds_zero.state_offload)
@@ -233,7 +235,8 @@ class ZeroTrainer(ZeROOptimizer):
         scale = self.loss_scaler.cur_scale
         if scale != 1.0:
             unscale_(grads, 1.0 / scale)
-        norm = global_norm(grads, group=self.shard_group, sharded=self.sharded_grads)
+        norm = (self.norm_fn(grads) if self.norm_fn is not None
+                else global_norm(grads, group=self.shard_group, sharded=self.sharded_grads))
         overflow = (self.policy.check_overflow or scale != 1.0) and not is_finite(norm)  # Note [non-finite gradients]
         self.overflow = overflow
         if overflow:
