@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,7 @@ from typing import Any
 from ds_launch.autotuning.settings import TuningSettings
 from ds_launch.errors import LaunchError
 
+logger = logging.getLogger("ds_launch")
 ALL_STAGES = (0, 1, 2, 3)
 _BUCKETS = [50_000_000, 500_000_000, 1_000_000_000]
 # DeepSpeed's default knobs per stage, less those that have no effect in this design (ds-engine's key-effect
@@ -36,6 +38,17 @@ DEFAULT_KNOBS: dict[int, dict[str, list[Any]]] = {
     2: {"overlap_comm": [True, False], "reduce_scatter": [False, True], "reduce_bucket_size": _BUCKETS},
     3: {"overlap_comm": [True, False], "reduce_bucket_size": _BUCKETS},
 }
+# zero_optimization keys that have no effect in this design (the engine's key-effect table; the same
+# cross-package test keeps this set equal to it): a list given for one is not tuned (its first value is used).
+NO_EFFECT_KEYS = frozenset({
+    "allgather_bucket_size", "allgather_partitions", "compute_grad_norm", "contiguous_gradients",
+    "elastic_checkpoint", "enable_sanity_checks", "ignore_unused_parameters", "legacy_stage1",
+    "load_from_fp32_weights", "log_trace_cache_warnings", "memory_efficient_linear",
+    "mics_hierarchical_params_gather", "override_module_apply", "parameter_alignment",
+    "pipeline_loading_checkpoint", "round_robin_gradients", "save_muon_momentum_buffer_in_memory",
+    "stage3_allgather_sequential", "stage3_use_all_reduce_for_fetch_params", "sub_group_size",
+    "use_multi_rank_bucket_allreduce",
+})
 _SHORT = {"reduce_bucket_size": "rbs", "allgather_bucket_size": "abs", "overlap_comm": "oc",
           "reduce_scatter": "rs", "contiguous_gradients": "cg", "allgather_partitions": "ap"}
 
@@ -154,6 +167,10 @@ def knob_grid(stage: int, user_config: Mapping[str, Any], *, fast: bool) -> list
     space: dict[str, list[Any]] = {} if fast else {k: list(v) for k, v in DEFAULT_KNOBS[stage].items()}
     for key, value in zero.items():
         if key == "stage":
+            continue
+        if isinstance(value, list) and key in NO_EFFECT_KEYS:
+            logger.warning("autotuning: 'zero_optimization.%s' has no effect in this engine; not tuned "
+                           "(its first value is used)", key)
             continue
         if isinstance(value, list) and not fast:
             space[key] = list(value)
