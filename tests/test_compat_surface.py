@@ -55,9 +55,12 @@ def test_zero3_names_at_deepspeed_paths():
 
     import deepspeed.runtime.zero.partition_parameters as pp
     import deepspeed.zero as zero
-    from ds_zero.stage3 import GatheredParameters, Init
+    from ds_engine.zero_init import Init  # ds_zero's Init, fed configs the engine validated
+    from ds_zero.stage3 import GatheredParameters
+    from ds_zero.stage3 import Init as ZeroInit
 
     assert zero.Init is Init and zero.GatheredParameters is GatheredParameters and pp.Init is Init
+    assert issubclass(Init, ZeroInit)
     assert pp._orig_torch_arange is torch.arange and pp._orig_torch_empty is torch.empty
     make = pp.zero_wrapper_for_fp_tensor_constructor(torch.ones, torch.bfloat16, torch.device("cpu"))
     assert make(3).dtype == torch.bfloat16 and make(3, dtype=torch.int64).dtype == torch.int64
