@@ -85,8 +85,10 @@ def reference(tied: bool) -> tuple[list[float], dict[str, torch.Tensor]]:
     return losses, out
 
 
-def train(num_stages: int, tied: bool, ckpt_interval: int, stage: int) -> dict:
-    """Rank function: ``STEPS`` of ``train_batch``; returns losses and this stage's weights."""
+def train(num_stages: int, tied: bool, ckpt_interval: int, stage: int, start: int = 0, stop: int = STEPS,
+          save_dir: str | None = None, load_dir: str | None = None) -> dict:
+    """Rank function: steps ``start..stop`` of ``train_batch`` (after loading ``load_dir``, then saving to
+    ``save_dir``); returns losses and this stage's weights."""
     world = torch.distributed.get_world_size()
     dp = world // num_stages
     gas = GLOBAL // (MICRO * dp)
@@ -94,11 +96,16 @@ def train(num_stages: int, tied: bool, ckpt_interval: int, stage: int) -> dict:
                            activation_checkpoint_interval=ckpt_interval)
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=config(gas, stage))
     d = engine.grid.get_data_parallel_id()
+    if load_dir is not None:
+        path, client = engine.load_checkpoint(load_dir)
+        assert path is not None and client == {"next": start} and engine.global_steps == start
     losses = []
-    for step in range(STEPS):
+    for step in range(start, stop):
         x, y = data(step)
         micro = [(x[(k * dp + d) * MICRO:(k * dp + d + 1) * MICRO], y[(k * dp + d) * MICRO:(k * dp + d + 1) * MICRO])
                  for k in range(gas)]
         losses.append(float(engine.train_batch(iter(micro))))
+    if save_dir is not None:
+        engine.save_checkpoint(save_dir, client_state={"next": stop})
     return {"losses": losses, "state": {k: v.detach().clone() for k, v in engine.module.state_dict().items()},
             "stage": engine.stage_id, "first": engine.is_first_stage(), "last": engine.is_last_stage()}

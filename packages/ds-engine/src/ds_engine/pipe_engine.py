@@ -34,7 +34,7 @@ class PipelineEngine(DeepSpeedEngine):
         model = kwargs.get("model")
         if not isinstance(model, PipelineModule):
             raise TypeError("PipelineEngine needs a deepspeed.pipe.PipelineModule")
-        kwargs["mpu"] = model.mpu()
+        kwargs["mpu"] = _StageMpu(model.mpu())
         super().__init__(**kwargs)
         stage = self.zero_optimization_stage()
         if stage >= 2:
@@ -200,6 +200,26 @@ class PipelineEngine(DeepSpeedEngine):
                 torch.stack([o.float() for o in outs]).mean() if self.is_last_stage() else None)
         return (result, outs if self.is_last_stage() else None) if return_logits else result
 
+    # --- checkpoints (ds_engine.pipe_checkpoint: one file per layer) ------------------------------------
+    def save_checkpoint(self, save_dir: str, tag: Any = None, client_state: dict[str, Any] | None = None,
+                        save_latest: bool = True, exclude_frozen_parameters: bool = False) -> bool:
+        """Save in DeepSpeed's pipeline layout (``layer_NN-model_states.pt``); every rank must call it."""
+        from ds_engine import pipe_checkpoint
+
+        return pipe_checkpoint.save(self, save_dir, tag, client_state or {}, save_latest)
+
+    def load_checkpoint(self, load_dir: str, tag: Any = None, load_module_strict: bool = True,
+                        load_optimizer_states: bool = True, load_lr_scheduler_states: bool = True,
+                        load_module_only: bool = False, custom_load_fn: Any = None) -> tuple[Any, Any]:
+        """Load a pipeline checkpoint saved at any number of stages; returns ``(path, client_state)``."""
+        from ds_engine import pipe_checkpoint
+
+        if custom_load_fn is not None:
+            raise NotImplementedError("load_checkpoint(custom_load_fn=...) with a PipelineModule")
+        return pipe_checkpoint.load(self, load_dir, tag, load_optimizer_states=load_optimizer_states,
+                                    load_lr_scheduler_states=load_lr_scheduler_states,
+                                    load_module_only=load_module_only, strict=load_module_strict)
+
     # --- what a pipeline does not offer ----------------------------------------------------------------
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """Refused: a pipeline runs whole batches (``train_batch``/``eval_batch``), as in DeepSpeed."""
@@ -212,3 +232,29 @@ class PipelineEngine(DeepSpeedEngine):
     def step(self, *args: Any, **kwargs: Any) -> None:
         """Refused (see :meth:`forward`)."""
         raise RuntimeError("Only train_batch() is accessible in pipeline mode.")
+
+
+class _StageMpu:
+    """What the base engine reads from an ``mpu``, for one stage: its data-parallel group, and no model
+    parallelism within the stage (the grid's "model parallel" spans the stages, which hold different layers)."""
+
+    def __init__(self, grid: Any) -> None:
+        self.grid = grid
+
+    def get_data_parallel_group(self) -> Any:
+        return self.grid.get_data_parallel_group()
+
+    def get_data_parallel_world_size(self) -> int:
+        return self.grid.get_data_parallel_world_size()
+
+    def get_data_parallel_rank(self) -> int:
+        return self.grid.get_data_parallel_rank()
+
+    def get_model_parallel_world_size(self) -> int:
+        return 1
+
+    def get_model_parallel_rank(self) -> int:
+        return 0
+
+    def get_model_parallel_group(self) -> Any:
+        return self.grid.get_slice_parallel_group()

@@ -179,21 +179,38 @@ class PipelineParallelGrid:
         """The group of this stage's data-parallel replicas."""
         return self.mesh.group("data")
 
+    # DeepSpeed's "model parallel" of a grid is every kind of model parallelism together: the ranks of
+    # one pipeline and its tensor slices (pipeline x tensor); Megatron's tensor slicing is "slice".
     def get_model_parallel_rank(self) -> int:
-        """This rank in its tensor (model) parallel group."""
-        return self.mesh.rank("tensor")
+        """This rank in its pipeline x tensor group."""
+        return self.mesh.rank("pipeline+tensor")
 
     def get_model_parallel_world_size(self) -> int:
-        """Tensor (model) parallel size."""
-        return self.model_parallel_size
+        """Stages x tensor-parallel size."""
+        return self.pipe_parallel_size * self.model_parallel_size
 
     def get_model_parallel_group(self) -> Any:
-        """The tensor (model) parallel group."""
+        """The pipeline x tensor group."""
+        return self.mesh.group("pipeline+tensor")
+
+    def get_slice_parallel_rank(self) -> int:
+        """This rank in its tensor (Megatron slice) group."""
+        return self.mesh.rank("tensor")
+
+    def get_slice_parallel_world_size(self) -> int:
+        """Tensor (slice) parallel size."""
+        return self.model_parallel_size
+
+    def get_slice_parallel_group(self) -> Any:
+        """The tensor (slice) parallel group."""
         return self.mesh.group("tensor")
 
-    get_slice_parallel_rank = get_model_parallel_rank
-    get_slice_parallel_world_size = get_model_parallel_world_size
-    get_slice_parallel_group = get_model_parallel_group
-    get_tensor_model_parallel_rank = get_model_parallel_rank
-    get_tensor_model_parallel_world_size = get_model_parallel_world_size
-    get_tensor_model_parallel_group = get_model_parallel_group
+    get_tensor_model_parallel_rank = get_slice_parallel_rank
+    get_tensor_model_parallel_world_size = get_slice_parallel_world_size
+    get_tensor_model_parallel_group = get_slice_parallel_group
+    get_pipeline_model_parallel_rank = get_pipe_parallel_rank
+    get_pipeline_model_parallel_world_size = get_pipe_parallel_world_size
+
+    def get_data_parallel_group_ranks(self) -> list[int]:
+        """Global ranks of this stage's data-parallel group."""
+        return self.dp_group

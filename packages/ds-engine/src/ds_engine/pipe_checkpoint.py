@@ -1,0 +1,159 @@
+"""Pipeline checkpoints in DeepSpeed's layout: one file per layer, so any stage count can load them.
+
+``<dir>/<tag>/layer_NN-model_states.pt`` holds layer ``NN``'s weights (written by data-parallel rank 0 of
+the stage owning it; a tied module is written at every position that uses it, as DeepSpeed does), and
+``mp_rank_SS_model_states.pt`` (per stage ``SS``) holds ``module: None``, the counters, the LR schedule and,
+below ZeRO 1, the optimizer state keyed by the parameters' stage-independent names (``"3.weight"``,
+``"tied_modules.emb.weight"``). A run saved with P stages therefore resumes with P' stages, optimizer
+state included: each stage picks its parameters' entries from whichever stage file holds them.
+At ZeRO 1 each rank also writes its optimizer slice (``zero_pp_rank_D_mp_rank_SS_optim_states.pt``),
+which loads only at the same stage and data-parallel sizes; elsewhere the load says so.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from typing import Any
+
+import torch
+
+import ds_comm
+from ds_engine.checkpoint import atomic_torch_save, atomic_write_text
+from ds_engine.checkpoint.files import check_safe
+
+LATEST = "latest"
+
+
+def _layer_module(layer: Any) -> Any:
+    """The module holding a layer's state (a tied layer with ``forward_fn`` is a ``partial``)."""
+    if hasattr(layer, "state_dict"):
+        return layer
+    inner = getattr(layer, "args", ())
+    return inner[0] if inner and hasattr(inner[0], "state_dict") else None
+
+
+def _holder_names(engine: Any) -> dict[int, str]:
+    masters = engine.optimizer.masters
+    return {id(masters.holder(p)): name for name, p in engine.module.named_parameters()}
+
+
+def _named_optimizer_state(engine: Any) -> dict[str, Any]:
+    names = _holder_names(engine)
+    inner = engine.basic_optimizer
+    state = {names[id(p)]: {k: (v.detach().clone() if isinstance(v, torch.Tensor) else v) for k, v in s.items()}
+             for p, s in inner.state.items() if id(p) in names}
+    groups = [{k: v for k, v in g.items() if k != "params"} for g in inner.param_groups]
+    return {"state": state, "param_groups": groups}
+
+
+def save(engine: Any, save_dir: str, tag: Any, client_state: dict[str, Any], save_latest: bool) -> bool:
+    """Write the pipeline checkpoint (every rank must call it)."""
+    tag = str(tag) if tag is not None else f"global_step{engine.global_steps}"
+    client_state = dict(client_state or {})
+    check_safe(client_state)
+    tag_dir = os.path.join(os.fspath(save_dir), tag)
+    os.makedirs(tag_dir, exist_ok=True)
+    ds_comm.barrier()
+    module, stage, dp_rank = engine.module, engine.stage_id, engine.grid.get_data_parallel_id()
+    if dp_rank == 0:
+        for local, (_, layer) in enumerate(module.local_layers()):
+            owner = _layer_module(layer)
+            if owner is not None:
+                sd = {k: v.detach().cpu().clone() for k, v in owner.state_dict().items()}
+                atomic_torch_save(sd, module.ckpt_layer_path(tag_dir, local))
+        sharded = engine.optimizer is not None and engine.optimizer.sharded_state
+        state = {"module": None, "global_steps": engine.global_steps, "global_samples": engine.global_samples,
+                 "skipped_steps": engine.skipped_steps, "num_stages": engine.num_stages,
+                 "dp_world_size": engine.dp_world_size, "ds_config": engine.config,
+                 "lr_scheduler": engine.lr_scheduler.state_dict() if engine.lr_scheduler is not None else None,
+                 "optimizer": (_named_optimizer_state(engine) if engine.optimizer is not None and not sharded
+                               else None), **client_state}
+        atomic_torch_save(state, os.path.join(tag_dir, f"mp_rank_{stage:02d}_model_states.pt"))
+    if engine.optimizer is not None and engine.optimizer.sharded_state:
+        atomic_torch_save({"optimizer_state_dict": engine.optimizer.state_dict()},
+                          os.path.join(tag_dir, f"zero_pp_rank_{dp_rank}_mp_rank_{stage:02d}_optim_states.pt"))
+    ds_comm.barrier()
+    if save_latest and ds_comm.get_rank() == 0:
+        atomic_write_text(os.path.join(os.fspath(save_dir), LATEST), tag)
+    ds_comm.barrier()
+    return True
+
+
+def _load(path: str) -> Any:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _load_named_optimizer(engine: Any, files: list[str]) -> None:
+    merged: dict[str, Any] = {}
+    groups = None
+    for path in files:
+        saved = _load(path).get("optimizer")
+        if saved is None:
+            raise RuntimeError(f"{path} holds no named optimizer state (saved at ZeRO 1?)")
+        merged.update(saved["state"])
+        groups = saved["param_groups"]
+    inner = engine.basic_optimizer
+    names = _holder_names(engine)
+    for group in inner.param_groups:
+        for p in group["params"]:
+            name = names.get(id(p))
+            if name is None or name not in merged:
+                raise RuntimeError(f"the checkpoint has no optimizer state for parameter {name!r}")
+            inner.state[p] = {k: (v.to(p.device) if isinstance(v, torch.Tensor) and v.dim() > 0 else v)
+                              for k, v in merged[name].items()}
+    if groups:
+        for group, saved_group in zip(inner.param_groups, groups):
+            group.update(saved_group)
+
+
+def load(engine: Any, load_dir: str, tag: Any, *, load_optimizer_states: bool, load_lr_scheduler_states: bool,
+         load_module_only: bool, strict: bool = True) -> tuple[str | None, dict[str, Any] | None]:
+    """Restore a pipeline checkpoint saved at any stage count; returns ``(path, client_state)``."""
+    load_dir = os.fspath(load_dir)
+    if tag is None:
+        latest = os.path.join(load_dir, LATEST)
+        if not os.path.isfile(latest):
+            return None, None
+        with open(latest, encoding="utf-8") as handle:
+            tag = handle.read().strip()
+    tag_dir = os.path.join(load_dir, str(tag))
+    module = engine.module
+    for local, (idx, layer) in enumerate(module.local_layers()):
+        owner = _layer_module(layer)
+        if owner is None:
+            continue
+        path = module.ckpt_layer_path(tag_dir, local)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"pipeline checkpoint {tag_dir} has no file for layer {idx} ({path})")
+        owner.load_state_dict(_load(path), strict=strict)
+    stage_files = sorted(glob.glob(os.path.join(tag_dir, "mp_rank_*_model_states.pt")))
+    if not stage_files:
+        raise FileNotFoundError(f"pipeline checkpoint {tag_dir} has no mp_rank_*_model_states.pt")
+    first = _load(stage_files[0])
+    optimizer = engine.optimizer
+    if optimizer is not None:
+        optimizer.refresh_fp32_params()  # masters follow the loaded weights
+    if load_module_only:
+        return tag_dir, {}
+    if optimizer is not None and load_optimizer_states:
+        if optimizer.sharded_state:
+            same = first.get("num_stages") == engine.num_stages and first.get("dp_world_size") == engine.dp_world_size
+            if not same:
+                raise RuntimeError(f"{tag_dir} holds ZeRO-1 optimizer slices for {first.get('num_stages')} stages x "
+                                   f"{first.get('dp_world_size')} data-parallel ranks; this run has {engine.num_stages} "
+                                   f"x {engine.dp_world_size}. Load with load_optimizer_states=False, or resume at "
+                                   "the saved sizes")
+            path = os.path.join(tag_dir, f"zero_pp_rank_{engine.grid.get_data_parallel_id()}_mp_rank_"
+                                         f"{engine.stage_id:02d}_optim_states.pt")
+            optimizer.load_state_dict(_load(path)["optimizer_state_dict"])
+        else:
+            _load_named_optimizer(engine, stage_files)
+    if load_lr_scheduler_states and engine.lr_scheduler is not None and first.get("lr_scheduler") is not None:
+        engine.lr_scheduler.load_state_dict(first["lr_scheduler"])
+    engine.global_steps = int(first.get("global_steps", 0))
+    engine.global_samples = int(first.get("global_samples", 0))
+    engine.skipped_steps = int(first.get("skipped_steps", 0))
+    keys = {"module", "global_steps", "global_samples", "skipped_steps", "num_stages", "dp_world_size", "ds_config",
+            "lr_scheduler", "optimizer"}
+    return tag_dir, {k: v for k, v in first.items() if k not in keys}

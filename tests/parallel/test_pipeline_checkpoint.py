@@ -1,0 +1,39 @@
+"""Pipeline checkpoints: DeepSpeed's one-file-per-layer layout, and resume at another number of stages."""
+
+from __future__ import annotations
+
+import os
+
+import pipe_workers as w
+import pytest
+import torch
+
+from ds_comm.testing import run_distributed
+
+HALF = w.STEPS // 2
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("tied", [False, True])
+@pytest.mark.parametrize("saved,resumed", [((4, 4), (2, 2)), ((2, 2), (4, 4)), ((4, 2), (2, 1))])  # (world, stages) -> (world, stages)
+def test_resume_at_another_stage_count_equals_uninterrupted(tmp_path, tied: bool, saved, resumed) -> None:
+    (w1, p1), (w2, p2) = saved, resumed
+    first = run_distributed(w.train, world_size=w1, timeout=200, args=(p1, tied, 0, 0, 0, HALF, str(tmp_path)))
+    tag = tmp_path / f"global_step{HALF}"
+    assert (tmp_path / "latest").read_text() == tag.name
+    names = sorted(os.listdir(tag))
+    layers = [n for n in names if n.startswith("layer_")]
+    assert layers == [f"layer_{i:02d}-model_states.pt" for i in range(7)]  # parameterless layers too, as DeepSpeed
+    assert [n for n in names if n.startswith("mp_rank_")] == [f"mp_rank_{s:02d}_model_states.pt" for s in range(p1)]
+    second = run_distributed(w.train, world_size=w2, timeout=200,
+                             args=(p2, tied, 0, 0, HALF, w.STEPS, None, str(tmp_path)))
+    ref_losses, ref_state = w.reference(tied)
+    assert first[-1]["losses"] == pytest.approx(ref_losses[:HALF], rel=1e-5, abs=1e-6)
+    for r in second:
+        assert r["losses"] == pytest.approx(ref_losses[HALF:], rel=1e-5, abs=1e-6)
+    seen = set()
+    for r in second:
+        for name, value in r["state"].items():
+            assert torch.allclose(value, ref_state[name], rtol=1e-5, atol=1e-6), name
+            seen.add(name)
+    assert seen == set(ref_state)
