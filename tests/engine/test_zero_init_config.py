@@ -32,10 +32,16 @@ def test_offload_param_pin_memory_defaults_to_true(tmp_path) -> None:
         InitConfig(offload_device="cpu", pin_memory=False)
     assert init_config({"fp16": {"enabled": True}}) == InitConfig(dtype=torch.float16)
 
-    class HfStyle:  # transformers' HfDeepSpeedConfig keeps the dict in .config
-        config = {"train_batch_size": "auto", "zero_optimization": {"stage": 3}}
+    class HfStyle:  # transformers' HfDeepSpeedConfig keeps the dict in .config; from_pretrained calls
+        # zero.Init before the Trainer fills the "auto" values zero.Init does not read
+        config = {"train_batch_size": "auto", "gradient_clipping": "auto",
+                  "optimizer": {"type": "AdamW", "params": {"lr": "auto"}},
+                  "scheduler": {"type": "WarmupDecayLR", "params": {"total_num_steps": "auto"}},
+                  "bf16": {"enabled": True},
+                  "zero_optimization": {"stage": 3, "reduce_bucket_size": "auto", "offload_param": {"device": "cpu"},
+                                        "stage3_prefetch_bucket_size": "auto"}}
 
-    assert init_config(HfStyle()) == InitConfig()
+    assert init_config(HfStyle()) == InitConfig(dtype=torch.bfloat16, offload_device="cpu", pin_memory=True)
 
 
 @pytest.mark.faults

@@ -23,15 +23,27 @@ from ds_engine.config.unknown import strict_mode, validate_lenient
 from ds_zero.stage3.zero_init import Init as _ZeroInit
 from ds_zero.stage3.zero_init import InitConfig
 
+# The sections zero.Init reads. Only they are validated here: transformers calls zero.Init from
+# from_pretrained with the user's config before its Trainer has filled "auto" values elsewhere (scheduler
+# steps, learning rate), which deepspeed.initialize validates later.
+_SECTIONS = ("fp16", "bf16", "bfloat16", "zero_optimization")
+
+
+def _without_auto(value: Any) -> Any:
+    # An "auto" zero.Init does not read (e.g. reduce_bucket_size before the model exists) keeps its default.
+    if isinstance(value, dict):
+        return {k: _without_auto(v) for k, v in value.items() if v != "auto"}
+    return value
+
 
 def validated_model(source: Any) -> DeepSpeedConfigModel:
-    """``source`` validated as ``deepspeed.initialize`` validates it (without batch-size reconciliation,
-    which zero.Init does not need; unknown keys are accepted here and warned about by the engine)."""
+    """The sections of ``source`` that zero.Init reads, validated by the models, ``"auto"`` rules and
+    error messages of ``deepspeed.initialize`` (unknown keys are accepted here and warned about by the engine)."""
     if isinstance(source, DeepSpeedConfig):
         return source.model
     as_dict = getattr(source, "config", None)  # transformers' HfDeepSpeedConfig and the like
     raw = read_config_source(as_dict if isinstance(as_dict, dict) else source)
-    resolved, _notes = resolve_auto(raw)
+    resolved, _notes = resolve_auto(_without_auto({k: v for k, v in raw.items() if k in _SECTIONS}))
     model, _unknown = validate_lenient(
         DeepSpeedConfigModel, resolved, strict=strict_mode(raw), renamed={"bf16": "bfloat16"},
         on_error=lambda exc: config_error_from(exc, DeepSpeedConfigModel))
