@@ -16,6 +16,7 @@ from torch import nn
 
 import ds_comm
 from ds_zero.allreduce import BucketedAllReduce
+from ds_zero.dtypes import grad_dtypes
 from ds_zero.group_reduction import GroupReduction, RoutedReduce, replicated_norm, split_by_reduction
 from ds_zero.loss_scaler import make_loss_scaler
 from ds_zero.masters import Fp32Masters, ModelMasters
@@ -53,11 +54,11 @@ def compose_stage0(*, module: nn.Module, optimizer: torch.optim.Optimizer, polic
     if reductions:  # Note [group reductions] in ds_zero.group_reduction
         parts = split_by_reduction(masters.holders, optimizer, reductions)
         routed = RoutedReduce([
-            (BucketedAllReduce(hs, policy=policy.reduce, group=r.group if r else group, reduce_dtype=mp.reduce_dtype,
+            (BucketedAllReduce(hs, policy=policy.reduce, group=r.group if r else group, reduce_dtype=grad_dtypes(mp, 0).reduce,
                                average_over=r.average_over if r else None), hs) for r, hs in parts])
         return ZeroTrainer(module=module, optimizer=optimizer, policy=policy, masters=masters, reducer=routed,
                            scaler=scaler, norm_fn=replicated_norm(parts))
-    reducer = BucketedAllReduce(masters.holders, policy=policy.reduce, group=group, reduce_dtype=mp.reduce_dtype)
+    reducer = BucketedAllReduce(masters.holders, policy=policy.reduce, group=group, reduce_dtype=grad_dtypes(mp, 0).reduce)
     return ZeroTrainer(module=module, optimizer=optimizer, policy=policy, masters=masters, reducer=reducer,
                        scaler=scaler)
 

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 import ds_comm
+from ds_zero.dtypes import grad_dtypes
 from ds_zero.entry import register_stage
 from ds_zero.grad_reducer import GradReducer
 from ds_zero.group_reduction import GroupReduction
@@ -208,7 +209,7 @@ def compose_sharded(*, module: nn.Module, optimizer: torch.optim.Optimizer, poli
     params = ShardedParams(module, optimizer, policy, group, reductions)
     mp = policy.mixed_precision
     reducer = GradReducer(params.units, grad_dtype=mp.param_dtype, group=group, policy=policy.reduce,
-                          reduce_dtype=mp.reduce_dtype)
+                          reduce_dtype=grad_dtypes(mp, policy.stage).reduce)  # Note [gradient dtypes]
     params.attach(reducer)
     reduction = ShardedReduction(reducer, policy.stage)
     scaler = make_loss_scaler(policy.loss_scale, rank=ds_comm.get_rank())
