@@ -86,7 +86,11 @@ class PipelineEngine(DeepSpeedEngine):
         batch = next(self.data_iterator) if needs_batch else None
         inputs = self._inputs(mb, batch, train)
         try:
-            out = self.module(inputs)
+            # A received activation is a leaf; the stage gets a non-leaf copy so that a first in-place layer
+            # (ReLU(inplace=True)) works, while the leaf collects the gradient to send back.
+            fed = inputs if self.is_first_stage() or not train else (
+                tuple(t.clone() for t in inputs) if isinstance(inputs, tuple) else inputs.clone())
+            out = self.module(fed)
             if self.is_last_stage() and self.module.loss_fn is not None:
                 labels = batch[1]
                 labels = labels.to(self.device) if isinstance(labels, torch.Tensor) else labels
@@ -145,6 +149,11 @@ class PipelineEngine(DeepSpeedEngine):
         self._require_optimizer("train_batch")
         if data_iter is not None:
             self.set_dataiterator(data_iter)
+        if self.data_iterator is None and self.training_dataloader is not None:
+            # DeepSpeed: initialize(training_data=...) feeds train_batch() when no iterator is given
+            from ds_engine.dataloader import RepeatingLoader
+
+            self.set_dataiterator(iter(RepeatingLoader(self.training_dataloader)))
         if self.data_iterator is None and (self.is_first_stage() or self.is_last_stage()):
             raise ValueError("train_batch() needs a data iterator: train_batch(data_iter=...) or set_dataiterator()")
         self.module.train()

@@ -119,3 +119,17 @@ def empty_cache() -> None:
 
     get_accelerator().empty_cache()
     get_accelerator().reset_peak_memory_stats()
+
+
+def set_random_seed(seed: int) -> None:
+    """Seed Python's, NumPy's (when installed) and torch's generators (DeepSpeed's ``runtime.utils`` helper)."""
+    import random
+
+    random.seed(seed)
+    try:
+        import numpy
+
+        numpy.random.seed(seed)
+    except ImportError:  # numpy is optional here
+        pass
+    torch.manual_seed(seed)
