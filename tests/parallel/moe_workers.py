@@ -109,3 +109,74 @@ def reference(dp: int) -> dict[str, Any]:
         opt.step()
     return {"losses": losses, "aux": auxes, "norm": float(norm),
             "weights": {n: p.detach().clone() for n, p in model.named_parameters()}}
+
+
+def tutorial_rank(stage: int, moe_param_group: bool) -> dict[str, Any]:
+    """The CIFAR tutorial's use of the API, without its script: a small conv net whose head is a list of
+    ``deepspeed.moe.layer.MoE`` layers (ep 2), ``split_params_into_different_moe_groups_for_optimizer``,
+    ``deepspeed.initialize(args=..., training_data=..., config=...)`` with the tutorial's config shape,
+    a few training steps from the engine's data loader, then evaluation."""
+    import argparse
+
+    import torch.distributed as dist
+
+    from deepspeed.moe.utils import (
+        has_moe_layers,
+        is_moe_param,
+        split_params_into_different_moe_groups_for_optimizer,
+    )
+
+    torch.manual_seed(0)
+    args = argparse.Namespace(local_rank=-1, moe=True, ep_world_size=2, num_experts=[2, 4], top_k=1,
+                              min_capacity=0, noisy_gate_policy="RSample", mlp_type="standard",
+                              moe_param_group=moe_param_group, deepspeed=True, deepspeed_config=None)
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 5)
+            self.fc = nn.Linear(4 * 14 * 14, 16)
+            expert = nn.Linear(16, 16)
+            self.moe_layer_list = nn.ModuleList([
+                deepspeed.moe.layer.MoE(hidden_size=16, expert=expert, num_experts=n, ep_size=args.ep_world_size,
+                                        use_residual=args.mlp_type == "residual", k=args.top_k,
+                                        min_capacity=args.min_capacity, noisy_gate_policy=args.noisy_gate_policy)
+                for n in args.num_experts])
+            self.out = nn.Linear(16, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = F.max_pool2d(F.relu(self.conv(x)), 2).flatten(1)
+            x = F.relu(self.fc(x))
+            for layer in self.moe_layer_list:
+                x, _, _ = layer(x)
+            return self.out(x)
+
+    net = Net()
+    g = torch.Generator().manual_seed(5)
+    data = torch.utils.data.TensorDataset(torch.randn(64, 3, 32, 32, generator=g), torch.arange(64) % 10)
+    params: Any = filter(lambda p: p.requires_grad, net.parameters())
+    if moe_param_group:
+        params = split_params_into_different_moe_groups_for_optimizer({"params": list(params), "name": "parameters"})
+    cfg = {"train_batch_size": 16, "steps_per_print": 2000,
+           "optimizer": {"type": "Adam", "params": {"lr": 0.001, "betas": [0.8, 0.999], "eps": 1e-8,
+                                                    "weight_decay": 3e-7}},
+           "scheduler": {"type": "WarmupLR", "params": {"warmup_min_lr": 0, "warmup_max_lr": 0.001,
+                                                        "warmup_num_steps": 1000}},
+           "gradient_clipping": 1.0, "prescale_gradients": False,
+           "zero_optimization": {"stage": stage, "reduce_bucket_size": 50000000, "overlap_comm": True}}
+    engine, optimizer, loader, _ = deepspeed.initialize(args=args, model=net, model_parameters=params,
+                                                        training_data=data, config=cfg)
+    losses = []
+    for x, y in loader:
+        loss = F.cross_entropy(engine(x), y)
+        engine.backward(loss)
+        engine.step()
+        losses.append(loss.item())
+    engine.eval()
+    with torch.no_grad():
+        predicted = engine(torch.randn(4, 3, 32, 32, generator=g)).argmax(dim=1)
+    groups = [(pg.get("name"), bool(pg.get("moe")), len(pg["params"])) for pg in optimizer.param_groups]
+    return {"losses": losses, "predicted": predicted.tolist(), "groups": groups, "rank": dist.get_rank(),
+            "has_moe": has_moe_layers(net), "engine_has_moe": engine.has_moe_layers, "num_experts": engine.num_experts,
+            "shared": {n: p.detach().clone() for n, p in net.named_parameters() if not is_moe_param(p)},
+            "experts": {n: p.detach().clone() for n, p in net.named_parameters() if is_moe_param(p)}}
