@@ -109,3 +109,12 @@ def train(num_stages: int, tied: bool, ckpt_interval: int, stage: int, start: in
         engine.save_checkpoint(save_dir, client_state={"next": stop})
     return {"losses": losses, "state": {k: v.detach().clone() for k, v in engine.module.state_dict().items()},
             "stage": engine.stage_id, "first": engine.is_first_stage(), "last": engine.is_last_stage()}
+
+
+def mismatched(stage: int = 0) -> None:
+    """Rank function: stage 1's first layer expects 7 features, stage 0 sends ``DIM``; or a ZeRO ``stage``."""
+    model = PipelineModule([nn.Linear(DIM, DIM), nn.Linear(7, 3)], num_stages=2, loss_fn=loss_fn,
+                           partition_method="uniform")
+    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=config(2, stage))
+    x, y = data(0)
+    engine.train_batch(iter([(x[:MICRO], y[:MICRO])] * 2))
