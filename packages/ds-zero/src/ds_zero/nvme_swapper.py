@@ -16,6 +16,11 @@ So at most ``buffer_count`` sub-groups' states are in memory at once, however la
 optimizer's state as usual) and swaps it all out again after, so a checkpoint of an NVMe run is the
 same file as any other run's and loads with or without NVMe offload.
 
+Note: [lost states] A sub-group's states leave memory as its write starts. If the write fails (a full
+disk, an I/O error) they are gone: every later step or ``state_dict`` of this swapper raises
+:class:`NvmeStatesLost` naming the file, so no checkpoint is ever written from them and the last one
+stays as it was.
+
 Note: [first step] The optimizer creates its states lazily at its first step (torch's Adam: zeros
 like the parameter); they are copied once into a pool buffer and written. From then on they only
 ever exist as views of pool buffers.
@@ -44,6 +49,11 @@ _serial = itertools.count()
 
 class NvmePathError(OSError):
     """``nvme_path`` is missing, not a directory, or not writable."""
+
+
+class NvmeStatesLost(RuntimeError):
+    """A swap write failed, so some optimizer states exist nowhere any more: training and saving from
+    this engine are refused (Note [lost states]); restore from the last checkpoint."""
 
 
 @dataclass(frozen=True)
@@ -110,6 +120,7 @@ class OptimizerStateSwapper:
         self._free: list[Tensor] = []  # pool buffers not in use
         self._made = 0
         self._writes: deque[tuple[Future, Tensor]] = deque()
+        self._lost: str | None = None  # Note [lost states]
         self._finalizer = weakref.finalize(self, _cleanup, self.engine, self.folder)
 
     # --- the pool -------------------------------------------------------------------------------------
@@ -130,8 +141,16 @@ class OptimizerStateSwapper:
         fut, buf = self._writes.popleft()
         try:
             fut.result()
+        except BaseException as exc:
+            self._lost = self._lost or str(exc)
+            raise
         finally:
             self._release(buf)
+
+    def _check_intact(self) -> None:
+        if self._lost is not None:
+            raise NvmeStatesLost(f"optimizer states swapped to NVMe were lost ({self._lost}); this engine can "
+                                 "neither step nor save: restart from the last checkpoint")
 
     def _finish_writes(self) -> None:
         while self._writes:
@@ -189,6 +208,7 @@ class OptimizerStateSwapper:
     # --- what the trainer calls -----------------------------------------------------------------------
     def step(self) -> None:
         """The inner optimizer's step, one sub-group at a time, states read before and written after."""
+        self._check_intact()
         opt = self.optimizer
         groups = opt.param_groups
         subs = [(g, p) for g in groups for p in g["params"] if p.grad is not None]
@@ -222,6 +242,7 @@ class OptimizerStateSwapper:
     def swap_in_all(self) -> None:
         """Read every sub-group's states into memory (fresh buffers, not the pool)."""
         self._finish_writes()
+        self._check_intact()
         for group in self.optimizer.param_groups:
             for p in group["params"]:
                 layout = self.layouts.get(id(p))
@@ -249,8 +270,10 @@ class OptimizerStateSwapper:
 
     def close(self) -> None:
         """Stop the I/O threads and delete this rank's swap files."""
-        self._finish_writes()
-        self._finalizer()
+        try:
+            self._finish_writes()
+        finally:
+            self._finalizer()
 
 
 def _cleanup(engine: AioEngine, folder: str) -> None:
