@@ -164,3 +164,20 @@ def train_under_limit(device: str, nvme_path: str | None, headroom: int, steps: 
     finally:
         resource.setrlimit(resource.RLIMIT_DATA, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
     return None, states, headroom
+
+
+def exp_avgs(stage: int, device: str, nvme_path: str | None, steps: int = 2):
+    """``safe_get_full_optimizer_state(p, 'exp_avg')`` for every parameter after ``steps`` steps, and the
+    error ``safe_set_full_optimizer_state`` raises (None if it works)."""
+    from deepspeed.utils import safe_get_full_optimizer_state, safe_set_full_optimizer_state
+
+    engine = _engine(stage, device, nvme_path)
+    _train(engine, steps, deepspeed.comm.get_world_size())
+    out = {n: safe_get_full_optimizer_state(p, "exp_avg") for n, p in engine.module.named_parameters()}
+    first = next(iter(engine.module.parameters()))
+    try:
+        safe_set_full_optimizer_state(first, out[next(iter(out))], "exp_avg")
+        err = None
+    except NotImplementedError as exc:
+        err = str(exc)
+    return out, err

@@ -41,6 +41,15 @@ def test_nvme_offload_equals_cpu_offload(stage, tmp_path):
     assert not os.listdir(tmp_path / "ds_zero_optimizer"), "swap files are removed when the engine goes"
 
 
+@pytest.mark.timeout(200)
+def test_full_optimizer_state_getter_reads_the_swapped_states(tmp_path):
+    cpu, cpu_err = run_distributed(w.exp_avgs, 2, 150, args=(2, "cpu", None))[0]
+    nvme, nvme_err = run_distributed(w.exp_avgs, 2, 150, args=(2, "nvme", str(tmp_path)))[0]
+    assert all(v is not None for v in nvme.values())
+    _close(cpu, nvme)
+    assert cpu_err is None and "nvme" in nvme_err  # writing the states on NVMe is refused, not lost
+
+
 @pytest.mark.timeout(400)
 @pytest.mark.parametrize("stage", [2, 3])
 def test_nvme_checkpoints_resume_with_and_without_nvme(stage, tmp_path):

@@ -259,6 +259,21 @@ class OptimizerStateSwapper:
         self._finish_writes()
         self._free.clear()  # buffers sized for the whole model go back to the allocator
 
+    def peek(self, p: Tensor) -> dict:
+        """``p``'s optimizer state with its swapped tensors read into fresh memory (a copy: writing to it
+        changes nothing on NVMe). What ``safe_get_*_optimizer_state`` read."""
+        self._finish_writes()
+        self._check_intact()
+        state = dict(self.optimizer.state.get(p, {}))
+        layout = self.layouts.get(id(p))
+        if layout is None or swappable(state, p):
+            return state
+        buf = aligned_empty(layout.nbytes)
+        self.engine.submit(buf[:layout.nbytes], self.paths[id(p)], 0, write=False).result()
+        for e in layout.entries:
+            state[e.key] = buf[e.offset:e.offset + e.nbytes].view(e.dtype).view(e.shape)
+        return state
+
     @contextmanager
     def resident(self) -> Iterator[None]:
         """Every optimizer state in memory inside (checkpoint save/load), back on NVMe after."""

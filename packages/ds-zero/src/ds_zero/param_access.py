@@ -238,7 +238,8 @@ def safe_set_full_fp32_param(param: Tensor, value: Tensor) -> None:
 
 # --- optimizer state ------------------------------------------------------------------------------------------
 def _state_tensor(place: _Place, key: str) -> Tensor | None:
-    state = place.trainer.optimizer.state.get(place.holder, {})
+    swapper = getattr(place.trainer, "swapper", None)  # NVMe offload: the states live in files
+    state = swapper.peek(place.holder) if swapper is not None else place.trainer.optimizer.state.get(place.holder, {})
     value = state.get(key)
     return value if torch.is_tensor(value) else None
 
@@ -265,10 +266,17 @@ def safe_get_full_optimizer_state(param: Tensor, optim_state_key: str) -> Tensor
 def safe_set_full_optimizer_state(param: Tensor, value: Tensor, optim_state_key: str) -> None:
     """Write ``value`` (full-parameter sized) into this rank's slice of the optimizer state."""
     place = _require(param)
+    _refuse_nvme(place, "safe_set_full_optimizer_state")
     tensor = _state_tensor(place, optim_state_key)
     if tensor is None:
         raise KeyError(f"the optimizer holds no state {optim_state_key!r} for this parameter (has it stepped yet?)")
     _write_slices(place, tensor, value)
+
+
+def _refuse_nvme(place: _Place, call: str) -> None:
+    if getattr(place.trainer, "swapper", None) is not None:
+        raise NotImplementedError(f"{call} with offload_optimizer.device 'nvme' is not built (the states live in "
+                                  "files; the getters read a copy)")
 
 
 # --- gradients (Note [when gradients are valid]) -----------------------------------------------------------
@@ -380,6 +388,7 @@ def safe_get_local_optimizer_state(param: Tensor, optim_state_key: str) -> Tenso
 
 def safe_set_local_optimizer_state(param: Tensor, value: Tensor, optim_state_key: str) -> None:
     """Overwrite this rank's partition of the optimizer state ``optim_state_key``."""
+    _refuse_nvme(_require_stage3(param), "safe_set_local_optimizer_state")
     view = safe_get_local_optimizer_state(param, optim_state_key)
     if view is None:
         raise KeyError(f"the optimizer holds no state {optim_state_key!r} for this parameter (has it stepped yet?)")
