@@ -34,12 +34,7 @@ REFERENCE_REFUSES = {
 REFERENCE = {name: REFERENCE_REFUSES.get(name, "accepted") for name in FILES}
 
 # Accepted by DeepSpeed, refused here with a clear error: features this project does not build yet.
-REFUSED_HERE = {
-    "deepspeedexamples__tensor_parallel_hf_ds_config.json":
-        ("tensor_parallel.autotp_size>1", "AutoTP through the config is not built"),
-    "llamafactory__ds_z2_autotp_config.json":
-        ("tensor_parallel.autotp_size>1", "AutoTP through the config is not built"),
-}
+REFUSED_HERE: dict[str, tuple[str, str]] = {}  # AutoTP (tensor_parallel.autotp_size > 1) is built now
 
 
 def _as_hf_hands_it_over(raw: dict) -> dict:

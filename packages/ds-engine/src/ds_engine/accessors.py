@@ -135,8 +135,9 @@ class EngineAccessors:
         return getattr(self, "seq_parallel_group", None)
 
     def get_model_parallel_rank(self) -> int:
-        """Always 0: no model parallelism."""
-        return 0
+        """This rank in the tensor-parallel group (AutoTP), else 0."""
+        group = getattr(self, "tp_group", None)
+        return ds_comm.get_rank(group) if group is not None else 0
 
     def elasticity_enabled(self) -> bool:
         """``elasticity.enabled``: the batch triple came from the elastic computation."""

@@ -21,7 +21,7 @@ from torch import nn
 
 import ds_comm
 from ds_accel import get_accelerator
-from ds_engine import checkpoint, components, lazy_dynamo, moe
+from ds_engine import autotp, checkpoint, components, lazy_dynamo, moe
 from ds_engine.accessors import EngineAccessors
 from ds_engine.autocast import autocast_if_enabled, init_autocast_params
 from ds_engine.autotuning_probe import AutotuningProbe
@@ -72,9 +72,12 @@ class DeepSpeedEngine(EngineAccessors, EngineCompile, nn.Module):
                                                                              config_params=config_params)
         config_sp = (config_class.sequence_parallel_size if config_class is not None
                      else sequence_parallel_size_of(read_config_source(source)))
-        self._setup_topology(mpu, args, config_sp)
+        config_tp = autotp.tensor_parallel_size(model, config_class, source)  # Note [autotp in the engine]
+        self._setup_topology(mpu, args, config_sp, config_tp)
         if config_class is None:
-            config_class = DeepSpeedConfig(source, mpu, world_size=self.dp_world_size)
+            # DeepSpeed 0.19 counts AutoTP ranks in train_batch_size (its config sees the whole world; the HF
+            # Trainer fills it so): micro * accumulation * dp * tp. Data still splits over dp ranks only.
+            config_class = DeepSpeedConfig(source, mpu, world_size=self.dp_world_size * self.tp_world_size)
         self._config = config_class
         self.config: dict[str, Any] = config_class.config_dict
         get_logger(self._config.log_level)
@@ -83,6 +86,7 @@ class DeepSpeedEngine(EngineAccessors, EngineCompile, nn.Module):
         if not dont_change_device:
             model.to(self.device)
         self.module = model
+        autotp.split_model(self)  # before the broadcast and ZeRO: both see the local shards
         if self.torch_autocast_enabled():  # Note [torch autocast] in ds_engine.autocast
             init_autocast_params(model, self.torch_autocast_dtype(), self.torch_autocast_lower_precision_safe_modules())
         leaf = self._config.zero_optimization.leaf_module  # flags only; stage 3 reads them (as DeepSpeed)
@@ -98,6 +102,7 @@ class DeepSpeedEngine(EngineAccessors, EngineCompile, nn.Module):
         self.client_optimizer, self.client_lr_scheduler = optimizer, lr_scheduler
         self.basic_optimizer = components.basic_optimizer(optimizer, model_parameters, model, self._config, self.device)
         self.optimizer = self._wrap_optimizer()
+        autotp.attach_norm(self)  # the gradient norm over the whole split model
         self._inference_shards = self._shard_inference_only() if self.optimizer is None else None
         self.lr_scheduler = components.lr_scheduler(lr_scheduler, self._config, self.optimizer, self.basic_optimizer)
         self.collate_fn = collate_fn
@@ -126,15 +131,16 @@ class DeepSpeedEngine(EngineAccessors, EngineCompile, nn.Module):
             logger.info("DeepSpeedEngine config: %s", self._config.model.model_dump_json(by_alias=True))
 
     # --- construction helpers --------------------------------------------------------------------------
-    def _setup_topology(self, mpu: Any, args: Any, config_sp: int = 1) -> None:
+    def _setup_topology(self, mpu: Any, args: Any, config_sp: int = 1, config_tp: int = 1) -> None:
         self.global_rank = ds_comm.get_rank()
         self.world_size = ds_comm.get_world_size()
-        topo = build_topology(mpu, config_sp)  # Note [sp groups] in ds_engine.topology
+        topo = build_topology(mpu, config_sp, config_tp)  # Note [sp groups] in ds_engine.topology
         self.mesh, self.dp_group, self.dp_rank = topo.mesh, topo.shard_group, topo.dp_rank
         self.dp_world_size, self.seq_dp_world_size = topo.dp_world_size, topo.seq_dp_world_size
         self.seq_data_parallel_group = topo.shard_group
         self.sequence_parallel_size, self.seq_parallel_group = topo.sequence_parallel_size, topo.seq_parallel_group
-        self.mp_world_size = 1
+        self.mp_world_size = topo.tensor_parallel_size
+        self.tp_world_size, self.tp_group = topo.tensor_parallel_size, topo.tensor_parallel_group
         arg_rank = getattr(args, "local_rank", None) if args is not None else None
         self.local_rank = arg_rank if isinstance(arg_rank, int) and arg_rank >= 0 else ds_comm.get_local_rank()
 
@@ -367,7 +373,10 @@ class DeepSpeedEngine(EngineAccessors, EngineCompile, nn.Module):
     def _consolidated_16bit_state_dict(self, exclude_frozen_parameters: bool = False) -> dict[str, Any] | None:
         """DeepSpeed's name for the gathered 16-bit state dict where weights are partitioned (stage 3):
         rank 0 gets it, the others None; every rank must call it. Below stage 3 it is an error, as in
-        DeepSpeed (every rank already holds the weights: use ``module_state_dict()``)."""
+        DeepSpeed (every rank already holds the weights: use ``module_state_dict()``). With AutoTP the split
+        weights are all-gathered into the plain model's state dict (Note [autotp in the engine])."""
+        if getattr(self, "tp_world_size", 1) > 1:
+            return autotp.consolidated_state_dict(self, exclude_frozen_parameters)
         if self.zero_optimization_stage() != 3:
             raise ValueError("_consolidated_16bit_state_dict() applies only where weights are partitioned (ZeRO "
                              f"stage 3); this engine runs stage {self.zero_optimization_stage()}: use "
@@ -398,7 +407,10 @@ class DeepSpeedEngine(EngineAccessors, EngineCompile, nn.Module):
             logger.warning("save_16bit_model: stage 3 without stage3_gather_16bit_weights_on_model_save; "
                            "nothing saved (use zero_to_fp32 on a checkpoint)")
             return False
-        state = self._zero3_consolidated_16bit_state_dict(exclude_frozen_parameters)
+        if getattr(self, "tp_world_size", 1) > 1:  # full weights, loadable into the plain model
+            state = autotp.consolidated_state_dict(self, exclude_frozen_parameters)
+        else:
+            state = self._zero3_consolidated_16bit_state_dict(exclude_frozen_parameters)
         if self.global_rank == 0:
             checkpoint.atomic_torch_save(state, os.path.join(save_dir, save_filename))
         return True

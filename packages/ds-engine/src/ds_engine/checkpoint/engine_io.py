@@ -86,7 +86,7 @@ def model_states(engine: Any, exclude_frozen_parameters: bool, sharded_optimizer
         layout.GLOBAL_STEPS: engine.global_steps,
         layout.GLOBAL_SAMPLES: engine.global_samples,
         layout.DP_WORLD_SIZE: engine.seq_dp_world_size,  # ranks holding optimizer shards (DeepSpeed's too)
-        layout.MP_WORLD_SIZE: 1,
+        layout.MP_WORLD_SIZE: getattr(engine, "mp_world_size", 1),  # AutoTP: one model file per tensor rank
         layout.DS_CONFIG: engine.config,
         layout.DS_VERSION: ds_version(),
         layout.MANIFEST_KEY: layout.MANIFEST,  # this save ends with a manifest (Note [complete or refused])
@@ -137,6 +137,9 @@ def _write_files(engine: Any, save_dir: str, tag: str, client_state: dict[str, A
     """This rank's files of the checkpoint, written atomically; returns its manifest entries."""
     sharded = bool(getattr(engine.optimizer, "sharded_state", False))
     written: list[tuple[WrittenFile, str]] = []
+    # AutoTP: each tensor-parallel rank's data-parallel rank 0 writes mp_rank_<tp>_model_states.pt, and the
+    # optimizer files carry the tensor rank too (zero_pp_rank_<dp>_mp_rank_<tp>), DeepSpeed's layout.
+    mp, mp_size = engine.get_model_parallel_rank(), getattr(engine, "mp_world_size", 1)
     if engine.zero_optimization_stage() == 3 and engine.optimizer is not None:
         # Stage 3: gathering the module is collective (every rank), and only rank 0 keeps it.
         dtype = engine.optimizer.policy.mixed_precision.param_dtype
@@ -145,14 +148,15 @@ def _write_files(engine: Any, save_dir: str, tag: str, client_state: dict[str, A
         state.update(client_state)
         path = layout.zero3_model_states_path(save_dir, tag, engine.get_data_parallel_rank())
         written.append((atomic_torch_save(state, path), manifest.MODEL_STATES))
-    elif rank == 0:
+    elif rank == 0 if mp_size == 1 else engine.get_data_parallel_rank() == 0:
         state = model_states(engine, exclude_frozen_parameters, sharded)
         state.update(client_state)
-        written.append((atomic_torch_save(state, layout.model_states_path(save_dir, tag)), manifest.MODEL_STATES))
+        written.append((atomic_torch_save(state, layout.model_states_path(save_dir, tag, mp)),
+                        manifest.MODEL_STATES))
     if sharded:  # every rank writes its own slice of the optimizer state (Note [one slice format])
         shard = {layout.OPTIMIZER_STATE_DICT: engine.optimizer.state_dict(), layout.DS_CONFIG: engine.config,
                  layout.DS_VERSION: ds_version()}
-        path = layout.zero_optim_states_path(save_dir, tag, engine.get_data_parallel_rank())
+        path = layout.zero_optim_states_path(save_dir, tag, engine.get_data_parallel_rank(), mp)
         written.append((atomic_torch_save(shard, path), manifest.OPTIM_STATES))
     return [manifest.entry(w, kind=kind, node_local=node_local) for w, kind in written]
 
@@ -184,11 +188,18 @@ def load(engine: Any, load_dir: str, tag: Any, *, load_module_strict: bool, load
         return None, None
     optimizer = engine.optimizer
     wants_optimizer = optimizer is not None and load_optimizer_states and not load_module_only
-    opened = integrity.open_tag(load_dir, tag, wants_optimizer=wants_optimizer)  # refuses an incomplete tag
+    mp = engine.get_model_parallel_rank()  # AutoTP: this tensor rank's files
+    opened = integrity.open_tag(load_dir, tag, wants_optimizer=wants_optimizer, mp_rank=mp)  # refuses an incomplete tag
     if opened is None:
         logger.warning("no checkpoint to load: %s does not exist", layout.model_states_path(load_dir, tag))
         return None, None
     path, state = opened.path, opened.state
+    saved_mp, mp_size = int(state.get(layout.MP_WORLD_SIZE) or 1), getattr(engine, "mp_world_size", 1)
+    if saved_mp != mp_size:
+        raise deepspeed_format.DeepSpeedCheckpointError(
+            f"{path} was saved with tensor-parallel size {saved_mp} (tensor_parallel.autotp_size); this engine "
+            f"runs {mp_size}. Resume at the same size, or export full weights with save_16bit_model and start "
+            "from those")
     placeholders = deepspeed_format.partitioned_placeholders(state[layout.MODULE], state.get(layout.PARAM_SHAPES))
     shards = _optimizer_shards(state, path, opened.optimizer_files) if wants_optimizer or placeholders else []
     if placeholders:  # a DeepSpeed stage-3 save: its weights live only in the optimizer partitions

@@ -55,7 +55,7 @@ def _saved_zero_stage(ds_config: Any) -> int:
     return 0
 
 
-def open_tag(load_dir: str, tag: str, *, wants_optimizer: bool) -> OpenedTag | None:
+def open_tag(load_dir: str, tag: str, *, wants_optimizer: bool, mp_rank: int = 0) -> OpenedTag | None:
     """Check ``<load_dir>/<tag>`` for a load and read its model states; None when the tag does not exist.
 
     Raises :class:`IncompleteCheckpointError` (or ``CorruptCheckpointError``) naming the tag and each
@@ -64,7 +64,7 @@ def open_tag(load_dir: str, tag: str, *, wants_optimizer: bool) -> OpenedTag | N
     folder = layout.tag_dir(load_dir, tag)
     saved = manifest.read(load_dir, tag)
     if saved is not None:
-        return _open_with_manifest(load_dir, tag, saved, wants_optimizer)
+        return _open_with_manifest(load_dir, tag, saved, wants_optimizer, mp_rank)
     path = layout.find_model_states(load_dir, tag)
     if path is None:
         if _visible_files(folder):
@@ -80,14 +80,18 @@ def open_tag(load_dir: str, tag: str, *, wants_optimizer: bool) -> OpenedTag | N
     return OpenedTag(path, state, _deepspeed_optimizer_files(folder, state, wants_optimizer))
 
 
-def _open_with_manifest(load_dir: str, tag: str, saved: dict[str, Any], wants_optimizer: bool) -> OpenedTag:
-    # the model states a load reads: rank 0's (stages 0-2, or stage 3's with the gathered module)
-    candidates = (layout.model_states_path(load_dir, tag), layout.zero3_model_states_path(load_dir, tag, 0))
+def _open_with_manifest(load_dir: str, tag: str, saved: dict[str, Any], wants_optimizer: bool,
+                        mp_rank: int = 0) -> OpenedTag:
+    # the model states a load reads: rank 0's (stages 0-2, or stage 3's with the gathered module); with
+    # AutoTP, this tensor rank's (mp_rank_<tp>) and only its optimizer files
+    candidates = (layout.model_states_path(load_dir, tag, mp_rank), layout.zero3_model_states_path(load_dir, tag, 0),
+                  layout.model_states_path(load_dir, tag))  # a save at another tensor size: the load refuses it
     model = next((os.path.basename(p) for p in candidates if os.path.basename(p) in saved["files"]), None)
     if model is None:
         raise CorruptCheckpointError(f"{layout.manifest_path(load_dir, tag)} lists no model states file")
     manifest.verify(load_dir, tag, saved, [model], advice=EARLIER_TAG)
     optim = manifest.names_of(saved, manifest.OPTIM_STATES) if wants_optimizer else []
+    optim = [n for n in optim if f"_mp_rank_{mp_rank:02d}_" in n]
     manifest.verify(load_dir, tag, saved, optim, advice=WEIGHTS_ONLY)
     folder = layout.tag_dir(load_dir, tag)
     return OpenedTag(os.path.join(folder, model), safe_load(os.path.join(folder, model)),

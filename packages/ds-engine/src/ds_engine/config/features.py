@@ -363,7 +363,7 @@ class CompileConfig(ConfigModel):
 
 
 class TensorParallelConfig(ConfigModel):
-    """``tensor_parallel``: AutoTP. Only ``autotp_size`` 0 or 1 (no tensor parallelism) is supported yet."""
+    """``tensor_parallel``: AutoTP training (``autotp_size`` > 1 splits the model; ds_parallel.tensor)."""
 
     autotp_size: int = Field(0, ge=0)
     """AutoTP degree."""

@@ -247,7 +247,8 @@ def unsupported_features(model: DeepSpeedConfigModel) -> list[str]:
         "weight_quantization": bool(model.weight_quantization) and loose_section_enabled(model.weight_quantization),
         "expert_parallel": bool(model.expert_parallel) and loose_section_enabled(model.expert_parallel),
         "datastates_ckpt": bool(model.datastates_ckpt) and loose_section_enabled(model.datastates_ckpt),
-        "tensor_parallel.autotp_size>1": model.tensor_parallel.autotp_size > 1 or model.tensor_parallel.tp_size > 1,
+        # AutoTP (autotp_size > 1) is built (ds_parallel.tensor); the inference-style tp.tp_size is not.
+        "tensor_parallel.tp_size>1": model.tensor_parallel.tp_size > 1,
         "aio.use_gds": model.aio.use_gds,  # GPUDirect Storage: the NVMe engine reads into host memory
         # zero_optimization: refusals come from its key-effect table (Note [key effects]).
         **{key: True for key in refused_settings(model)},

@@ -1,0 +1,161 @@
+"""Tensor-parallel linear layers (DeepSpeed's ``deepspeed.module_inject.layers`` names).
+
+A layer takes over an ``nn.Linear``'s own ``Parameter`` objects and narrows their ``.data`` to this rank's
+slice, so an optimizer built on ``model.parameters()`` before the split (the HF Trainer does that) still
+holds the right tensors. Each split parameter carries ``tensor_model_parallel=True``, ``partition_dim``,
+``ds_is_replaced_module=True`` and DeepSpeed's ``gather_params``/``_tp_partition`` methods, which
+:class:`GatherReplacedLayerParams` calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ds_parallel.tensor.comm import copy_to_tensor_region, reduce_from_tensor_region
+
+DS_IS_REPLACED_MODULE = "ds_is_replaced_module"
+DS_TENSOR_MODEL_PARALLEL = "tensor_model_parallel"
+
+
+class PartitionError(ValueError):
+    """A module AutoTP cannot split (sizes not divisible, a fused layout, an unknown layer type)."""
+
+
+def _split(full: Tensor, dim: int, rank: int, size: int, name: str) -> Tensor:
+    if full.shape[dim] % size:
+        raise PartitionError(f"AutoTP cannot partition '{name}': dimension {dim} of shape {tuple(full.shape)} "
+                             f"is not divisible by the tensor-parallel size {size}")
+    return full.chunk(size, dim=dim)[rank].clone().contiguous()
+
+
+def _gather(shard: Tensor, dim: int, group: Any) -> Tensor:
+    size = dist.get_world_size(group)
+    if size == 1:
+        return shard.detach().clone()
+    parts = [torch.empty_like(shard) for _ in range(size)]
+    dist.all_gather(parts, shard.detach().contiguous(), group=group)
+    return torch.cat(parts, dim=dim)
+
+
+class TensorParallelLayer(nn.Module):
+    """A linear layer whose weight is split over the tensor-parallel ``mp_group``."""
+
+    partition_dim = 0  # weight dim split: 0 (output features, column) or 1 (input features, row)
+
+    def __init__(self, module: nn.Module, mp_group: Any, name: str | None = None, **kwargs: Any) -> None:
+        super().__init__()
+        if not isinstance(module, nn.Linear):
+            raise PartitionError(f"AutoTP cannot partition '{name}': {type(module).__name__} is not an nn.Linear "
+                                 "(fused or custom layers need a partition_config layer spec)")
+        self.mp_group = mp_group
+        self.tp_world_size = dist.get_world_size(mp_group) if dist.is_initialized() else 1
+        self.tp_index = dist.get_rank(mp_group) if dist.is_initialized() else 0
+        self.name = name
+        self.in_features, self.out_features = module.in_features, module.out_features
+        self.weight = module.weight
+        self.bias = module.bias
+        self._tp_partition([p for p in (self.weight, self.bias) if p is not None])
+        for p in (self.weight, self.bias):
+            if p is not None:
+                setattr(p, DS_IS_REPLACED_MODULE, True)
+                p.gather_params = self.gather_params
+                p._tp_partition = self._tp_partition
+
+    def _dim_of(self, param: Tensor) -> int | None:
+        """The dimension of ``param`` that is split (``None``: replicated)."""
+        return self.partition_dim if param is self.weight or param.dim() > 1 else 0
+
+    def _tp_partition(self, params_list: list[Tensor]) -> None:
+        """Narrow each (full) parameter in ``params_list`` to this rank's slice, in place."""
+        for p in params_list:
+            dim = self._dim_of(p)
+            if dim is None:
+                setattr(p, DS_TENSOR_MODEL_PARALLEL, False)
+                continue
+            local = _split(p.data, dim, self.tp_index, self.tp_world_size, f"{self.name}")
+            home = p.__dict__.pop("_ds_local", None)
+            if home is not None:  # back from a gather: write into the storage ZeRO's flat buffer aliases
+                with torch.no_grad():
+                    home.copy_(local)
+                local = home
+            p.data = local
+            setattr(p, DS_TENSOR_MODEL_PARALLEL, True)
+            p.partition_dim = dim
+
+    @torch.no_grad()
+    def gather_params(self, params_list: list[Tensor]) -> None:
+        """Replace each split parameter's data by the full tensor (all-gather over ``mp_group``)."""
+        for p in params_list:
+            if getattr(p, DS_TENSOR_MODEL_PARALLEL, False):
+                p._ds_local = p.data  # the local storage (a view into ZeRO's flat buffer) to return to
+                p.data = _gather(p.data, p.partition_dim, self.mp_group)
+
+    def full_tensor(self, param: Tensor) -> Tensor:
+        """The unsplit value of ``param`` (a collective over ``mp_group``); the parameter is left as it is."""
+        if getattr(param, DS_TENSOR_MODEL_PARALLEL, False):
+            return _gather(param.data, param.partition_dim, self.mp_group)
+        return param.detach().clone()
+
+    def extra_repr(self) -> str:  # noqa: D102
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"tp={self.tp_index}/{self.tp_world_size}, split_dim={self.partition_dim}")
+
+
+class LinearLayer(TensorParallelLayer):
+    """Column parallel: output features split; input replicated (its gradient summed over the group)."""
+
+    partition_dim = 0
+
+    def forward(self, input: Tensor) -> Tensor:  # noqa: D102
+        return F.linear(copy_to_tensor_region(input, self.mp_group), self.weight, self.bias)
+
+
+class LinearAllreduce(TensorParallelLayer):
+    """Row parallel: input features split (input already split); one all-reduce of the output; bias replicated."""
+
+    partition_dim = 1
+
+    def _dim_of(self, param: Tensor) -> int | None:
+        return 1 if param is self.weight else None  # the bias is added once, after the sum
+
+    def forward(self, input: Tensor) -> Tensor:  # noqa: D102
+        out = reduce_from_tensor_region(F.linear(input, self.weight), self.mp_group)
+        return out + self.bias if self.bias is not None else out
+
+
+class LmHeadLinearAllreduce(LinearAllreduce):
+    """Row-parallel LM head (DeepSpeed splits ``lm_head`` by input features): the replicated hidden state
+    is sliced here, so its gradient is summed over the group first."""
+
+    def forward(self, input: Tensor) -> Tensor:  # noqa: D102
+        x = copy_to_tensor_region(input, self.mp_group)
+        x = x.chunk(self.tp_world_size, dim=-1)[self.tp_index]
+        return super().forward(x)
+
+
+class GatherReplacedLayerParams:
+    """Context manager: inside, the parameters of a replaced (split) layer hold their full tensors; on exit
+    they are split again. A no-op for parameters of layers AutoTP did not replace."""
+
+    def __init__(self, params: Iterable[Tensor] | Tensor, module: nn.Module, enabled: bool = True) -> None:
+        self.module = module
+        self.params = [params] if isinstance(params, Tensor) else list(params)
+        self.enabled = enabled and any(getattr(p, DS_IS_REPLACED_MODULE, False) for p in self.params)
+
+    def __enter__(self) -> None:
+        if self.enabled:
+            self.params[0].gather_params(self.params)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.enabled:
+            self.params[0]._tp_partition(self.params)
+
+
+__all__ = ["DS_IS_REPLACED_MODULE", "DS_TENSOR_MODEL_PARALLEL", "GatherReplacedLayerParams", "LinearAllreduce",
+           "LinearLayer", "LmHeadLinearAllreduce", "PartitionError", "TensorParallelLayer"]
