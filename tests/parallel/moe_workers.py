@@ -180,3 +180,33 @@ def tutorial_rank(stage: int, moe_param_group: bool) -> dict[str, Any]:
             "has_moe": has_moe_layers(net), "engine_has_moe": engine.has_moe_layers, "num_experts": engine.num_experts,
             "shared": {n: p.detach().clone() for n, p in net.named_parameters() if not is_moe_param(p)},
             "experts": {n: p.detach().clone() for n, p in net.named_parameters() if is_moe_param(p)}}
+
+
+def checkpoint_rank(stage: int, ep_size: int, save_dir: str, phase: str) -> dict[str, Any]:
+    """``save``: train 3 steps and save; ``load``: build at ``ep_size`` and load the weights back.
+    Returns the weights keyed by global expert index."""
+    import torch.distributed as dist
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    ep_rank = rank % ep_size
+    model = MoENet(ep_size, ep_rank if phase == "save" else (ep_rank + 1) % ep_size)  # load: other experts first
+    engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=config(stage, world))
+    if phase == "save":
+        for step in range(3):
+            x, y = batch(step, world)
+            logits, l_aux = engine(x[rank * MICRO:(rank + 1) * MICRO])
+            engine.backward(F.cross_entropy(logits, y[rank * MICRO:(rank + 1) * MICRO]) + AUX * l_aux)
+            engine.step()
+        engine.save_checkpoint(save_dir, tag="t3")
+        out: dict[str, Any] = {}
+    else:
+        try:
+            engine.load_checkpoint(save_dir, tag="t3")
+        except Exception as exc:  # noqa: BLE001 - the refusal's message is what the test checks
+            out = {"refused": str(exc)}
+        else:
+            out = {"refused": None}
+        engine.load_checkpoint(save_dir, tag="t3", load_optimizer_states=False)
+        out["global_steps"] = engine.global_steps
+    out["weights"] = _global_weights(engine.module, ep_size, ep_rank)
+    return out

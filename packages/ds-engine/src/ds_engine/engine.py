@@ -21,7 +21,7 @@ from torch import nn
 
 import ds_comm
 from ds_accel import get_accelerator
-from ds_engine import autotp, checkpoint, components, lazy_dynamo, moe
+from ds_engine import autotp, checkpoint, components, lazy_dynamo, moe, moe_checkpoint
 from ds_engine.accessors import EngineAccessors
 from ds_engine.autocast import autocast_if_enabled, init_autocast_params
 from ds_engine.autotuning_probe import AutotuningProbe
@@ -311,6 +311,8 @@ class DeepSpeedEngine(EngineAccessors, EngineCompile, nn.Module):
     def save_checkpoint(self, save_dir: str, tag: Any = None, client_state: dict[str, Any] | None = None,
                         save_latest: bool = True, exclude_frozen_parameters: bool = False) -> bool:
         """Save model, optimizer, LR schedule and counters (plus ``client_state``); every rank must call it."""
+        if getattr(self, "has_moe_layers", False):  # Note [expert files]: before the manifest and `latest`
+            moe_checkpoint.save_experts(self, save_dir, tag)
         return checkpoint.save(self, save_dir, tag, client_state or {}, save_latest, exclude_frozen_parameters)
 
     def load_checkpoint(self, load_dir: str, tag: Any = None, load_module_strict: bool = True,
@@ -318,10 +320,19 @@ class DeepSpeedEngine(EngineAccessors, EngineCompile, nn.Module):
                         load_module_only: bool = False, custom_load_fn: Any = None) -> tuple[Any, Any]:
         """Restore a checkpoint; returns ``(path, client_state)``, or ``(None, None)`` if there is none.
         ``custom_load_fn(src=module_state_dict, dst=module)``, if given, loads the module's weights."""
-        return checkpoint.load(self, load_dir, tag, load_module_strict=load_module_strict,
-                               load_optimizer_states=load_optimizer_states,
-                               load_lr_scheduler_states=load_lr_scheduler_states, load_module_only=load_module_only,
-                               custom_load_fn=custom_load_fn)
+        if getattr(self, "has_moe_layers", False):
+            moe_checkpoint.refuse_expert_optimizer_states(self, load_optimizer_states, load_module_only)
+            if custom_load_fn is None:  # experts come from their own files (Note [expert files])
+                custom_load_fn = moe_checkpoint.shared_weights_loader(load_module_strict)
+        path, client_state = checkpoint.load(self, load_dir, tag, load_module_strict=load_module_strict,
+                                             load_optimizer_states=load_optimizer_states,
+                                             load_lr_scheduler_states=load_lr_scheduler_states,
+                                             load_module_only=load_module_only, custom_load_fn=custom_load_fn)
+        if path is not None and getattr(self, "has_moe_layers", False):  # Note [expert files]
+            moe_checkpoint.load_experts(self, path)
+            if self.optimizer is not None:
+                self.optimizer.refresh_fp32_params()  # masters follow the experts' weights
+        return path, client_state
 
     def module_state_dict(self, destination: Any = None, prefix: str = "", keep_vars: bool = False,
                           exclude_frozen_parameters: bool = False) -> dict[str, Any]:
