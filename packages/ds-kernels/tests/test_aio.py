@@ -64,8 +64,8 @@ def test_a_failed_read_names_the_file(tmp_path):
     path.write_bytes(b"\0" * 4096)
     with pytest.raises(aio.AioError, match="short.bin"):
         h.sync_pread(torch.empty(8192, dtype=torch.uint8), str(path))
-    h.async_pread(torch.empty(10, dtype=torch.uint8), str(tmp_path / "missing.bin"))
-    with pytest.raises(aio.AioError, match="missing.bin"):
+    with pytest.raises(aio.AioError, match="missing.bin"):  # at the call, as the file cannot be opened
+        h.async_pread(torch.empty(10, dtype=torch.uint8), str(tmp_path / "missing.bin"))
         h.wait()
 
 

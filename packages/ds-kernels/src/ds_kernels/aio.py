@@ -102,30 +102,36 @@ class AioEngine:
         self._slots = threading.BoundedSemaphore(intra_op_parallelism * queue_depth)
 
     def _pieces(self, nbytes: int) -> list[tuple[int, int]]:
-        # Split one request so every thread has work; pieces stay block-aligned (O_DIRECT).
-        piece = max(self.block_size, align_up(-(-nbytes // self.threads)))
-        return [(start, min(piece, nbytes - start)) for start in range(0, nbytes, piece)] or [(0, 0)]
+        # One request per block_size bytes (aligned, so O_DIRECT holds for each); the threads take them
+        # in turn, at most queue_depth per thread queued at once.
+        step = self.block_size
+        return [(start, min(step, nbytes - start)) for start in range(0, nbytes, step)] or [(0, 0)]
 
     def submit(self, t: torch.Tensor, path: str, offset: int, *, write: bool) -> Future:
-        """Start moving ``t``'s bytes to/from ``path`` at ``offset``; the future yields the byte count."""
+        """Start moving ``t``'s bytes to/from ``path`` at ``offset``; the future yields the byte count.
+        The file is opened once per call; every block request shares the descriptor (pread/pwrite take
+        their own offsets)."""
         view = _as_bytes(t)
         direct = self.use_direct and _is_direct_ok(t, offset)
-        if write and not os.path.exists(path):
-            os.close(_open(path, True, False)[0])  # create it once, not racing in several threads
-        futures = []
-        for start, length in self._pieces(len(view)):
-            self._slots.acquire()  # queue_depth: bound the requests in flight
-            fut = self._pool.submit(self._io, view[start:start + length], path, offset + start, write, direct)
-            fut.add_done_callback(lambda _f: self._slots.release())
-            futures.append(fut)
-        return _gather(futures)
-
-    def _io(self, view: memoryview, path: str, offset: int, write: bool, direct: bool) -> int:
         try:
             fd, _ = _open(path, write, direct)
         except OSError as exc:
             raise AioError(exc.errno, f"cannot open {path} for {'writing' if write else 'reading'}: "
                                       f"{exc.strerror}", path) from exc
+        futures = []
+        try:
+            for start, length in self._pieces(len(view)):
+                self._slots.acquire()  # queue_depth: bound the requests in flight
+                fut = self._pool.submit(self._io, fd, view[start:start + length], path, offset + start, write)
+                fut.add_done_callback(lambda _f: self._slots.release())
+                futures.append(fut)
+        finally:
+            out = _gather(futures)
+            out.add_done_callback(lambda _f: os.close(fd))
+        return out
+
+    @staticmethod
+    def _io(fd: int, view: memoryview, path: str, offset: int, write: bool) -> int:
         try:
             done = 0
             while done < len(view):
@@ -141,8 +147,6 @@ class AioEngine:
         except OSError as exc:
             raise AioError(exc.errno, f"{'write to' if write else 'read from'} {path} failed: {exc.strerror}",
                            path) from exc
-        finally:
-            os.close(fd)
 
     def close(self) -> None:
         """Finish queued requests and stop the threads."""
@@ -152,6 +156,9 @@ class AioEngine:
 def _gather(futures: list[Future]) -> Future:
     """One future for several: the summed result, or the first exception."""
     out: Future = Future()
+    if not futures:
+        out.set_result(0)
+        return out
     remaining = [len(futures)]
     lock = threading.Lock()
 
