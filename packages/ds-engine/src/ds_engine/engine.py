@@ -36,8 +36,7 @@ from ds_engine.step_guard import StepGuard
 from ds_engine.timers import EngineTimers, NoopTimer, SynchronizedWallClockTimer, ThroughputTimer
 from ds_engine.topology import build_topology, sequence_parallel_size_of
 from ds_engine.zero_policy import model_dtype, policy_from_config
-from ds_zero import StageNotAvailable, wrap
-from ds_zero.stage3.leaf import apply_leaf_config
+from ds_zero import StageNotAvailable, Trainer, apply_leaf_config, wrap
 
 logger = get_logger()
 
@@ -101,7 +100,7 @@ class DeepSpeedEngine(EngineAccessors, EngineCompile, nn.Module):
         self.checkpoint_group = checkpoint.make_checkpoint_group()
         self.client_optimizer, self.client_lr_scheduler = optimizer, lr_scheduler
         self.basic_optimizer = components.basic_optimizer(optimizer, model_parameters, model, self._config, self.device)
-        self.optimizer = self._wrap_optimizer()
+        self.optimizer: Trainer | None = self._wrap_optimizer()
         autotp.attach_norm(self)  # the gradient norm over the whole split model
         self._inference_shards = self._shard_inference_only() if self.optimizer is None else None
         self.lr_scheduler = components.lr_scheduler(lr_scheduler, self._config, self.optimizer, self.basic_optimizer)
@@ -164,7 +163,7 @@ class DeepSpeedEngine(EngineAccessors, EngineCompile, nn.Module):
             if dtype != torch.float32:
                 self.module.to(dtype)
             return None
-        from ds_zero.stage3.inference import shard_for_inference
+        from ds_zero import shard_for_inference
 
         return shard_for_inference(self.module, policy=policy_from_config(self._config), group=self.dp_group)
 
@@ -350,10 +349,10 @@ class DeepSpeedEngine(EngineAccessors, EngineCompile, nn.Module):
     def _zero3_consolidated_16bit_state_dict(self, exclude_frozen_parameters: bool = False) -> dict[str, Any] | None:
         """The full model state dict in the training dtype. Below stage 3 every rank holds it; at stage 3
         it is gathered (every rank must call this) and only rank 0 gets it, others None."""
-        if self.zero_optimization_stage() == 3 and self.optimizer is None:
-            return self._inference_shards.full_state_dict(exclude_frozen_parameters=exclude_frozen_parameters)
-        if self.zero_optimization_stage() == 3:
+        if self.optimizer is not None:
             return self.optimizer.consolidated_16bit_state_dict(exclude_frozen_parameters=exclude_frozen_parameters)
+        if self._inference_shards is not None:
+            return self._inference_shards.full_state_dict(exclude_frozen_parameters=exclude_frozen_parameters)
         return self.module_state_dict(exclude_frozen_parameters=exclude_frozen_parameters)
 
     # --- moving states off the accelerator between phases (RLHF loops) ------------------------------
@@ -399,10 +398,10 @@ class DeepSpeedEngine(EngineAccessors, EngineCompile, nn.Module):
         the next forward gathers again. Below stage 3 there is nothing to drop."""
         import gc
 
-        shards = getattr(self.optimizer, "sharded", None) or getattr(self._inference_shards, "sharded", None)
-        if shards is None:
+        owner = self.optimizer if self.optimizer is not None else self._inference_shards
+        if owner is None or self.zero_optimization_stage() != 3:
             return
-        shards.reshard()
+        owner.empty_partition_cache()
         gc.collect()
         get_accelerator().empty_cache()
 

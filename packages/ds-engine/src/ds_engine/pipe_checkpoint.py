@@ -34,8 +34,7 @@ def _layer_module(layer: Any) -> Any:
 
 
 def _holder_names(engine: Any) -> dict[int, str]:
-    masters = engine.optimizer.masters
-    return {id(masters.holder(p)): name for name, p in engine.module.named_parameters()}
+    return {id(engine.optimizer.master_of(p)): name for name, p in engine.module.named_parameters()}
 
 
 def _named_optimizer_state(engine: Any) -> dict[str, Any]:

@@ -126,7 +126,7 @@ class PipelineEngine(DeepSpeedEngine):
         for param, group in self.module.get_tied_weights_and_groups():
             if group is None:
                 continue
-            holder = self.optimizer.masters.holder(param)
+            holder = self.optimizer.master_of(param)
             if holder.grad is None:
                 holder.grad = torch.zeros_like(holder)
             ds_comm.all_reduce(holder.grad, group=group)

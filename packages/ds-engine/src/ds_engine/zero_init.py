@@ -20,8 +20,8 @@ from ds_engine.config.auto import resolve_auto
 from ds_engine.config.errors import config_error_from
 from ds_engine.config.loading import read_config_source
 from ds_engine.config.unknown import strict_mode, validate_lenient
-from ds_zero.stage3.zero_init import Init as _ZeroInit
-from ds_zero.stage3.zero_init import InitConfig
+from ds_zero import Init as _ZeroInit
+from ds_zero import InitConfig
 
 # The sections zero.Init reads. Only they are validated here: transformers calls zero.Init from
 # from_pretrained with the user's config before its Trainer has filled "auto" values elsewhere (scheduler

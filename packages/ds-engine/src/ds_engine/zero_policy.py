@@ -101,7 +101,7 @@ def policy_from_config(cfg: DeepSpeedConfig) -> ZeroPolicy:
     stage = int(zero.stage)
     policy_class, extra = ZeroPolicy, {}
     if stage == 3:
-        from ds_zero.stage3 import Stage3Policy, Zero3Policy
+        from ds_zero import Stage3Policy, Zero3Policy
 
         policy_class = Zero3Policy
         extra["stage3"] = Stage3Policy(

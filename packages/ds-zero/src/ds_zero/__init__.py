@@ -20,6 +20,8 @@ from ds_zero.trainer import Trainer, ZeroTrainer
 # Stage-3 names the engine uses, imported on first use (Note [lazy] in ds_zero.stage3).
 _LAZY = {
     "GatheredParameters": "ds_zero.stage3.gathered",
+    "Init": "ds_zero.stage3.zero_init",
+    "InitConfig": "ds_zero.stage3.zero_init",
     "apply_leaf_config": "ds_zero.stage3.leaf",
     "shard_for_inference": "ds_zero.stage3.inference",
 }
@@ -36,6 +38,8 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "DeepSpeedOptimizer",
     "GatheredParameters",
+    "Init",
+    "InitConfig",
     "Stage3Policy",
     "Trainer",
     "Zero3Policy",

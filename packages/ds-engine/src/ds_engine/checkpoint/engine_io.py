@@ -135,7 +135,7 @@ def save(engine: Any, save_dir: str, tag: Any, client_state: dict[str, Any], sav
 def _write_files(engine: Any, save_dir: str, tag: str, client_state: dict[str, Any], exclude_frozen_parameters: bool,
                  rank: int, *, node_local: bool) -> list[dict[str, Any]]:
     """This rank's files of the checkpoint, written atomically; returns its manifest entries."""
-    sharded = bool(getattr(engine.optimizer, "sharded_state", False))
+    sharded = engine.optimizer is not None and engine.optimizer.sharded_state
     written: list[tuple[WrittenFile, str]] = []
     # AutoTP: each tensor-parallel rank's data-parallel rank 0 writes mp_rank_<tp>_model_states.pt, and the
     # optimizer files carry the tensor rank too (zero_pp_rank_<dp>_mp_rank_<tp>), DeepSpeed's layout.
@@ -213,7 +213,7 @@ def load(engine: Any, load_dir: str, tag: Any, *, load_module_strict: bool, load
         restored = False
         if wants_optimizer:
             restored = _load_optimizer(engine, shards, load_dir, tag)
-        if not restored and hasattr(optimizer, "refresh_fp32_params"):
+        if not restored:
             optimizer.refresh_fp32_params()  # masters follow the loaded weights
     if load_module_only:
         return path, {}
@@ -231,7 +231,7 @@ def _every_parameter_gathered(module: Any) -> AbstractContextManager[Any]:
     params = list(module.parameters())
     if not any(hasattr(p, "ds_id") for p in params):  # no stage-3 parameter: skip importing FSDP
         return nullcontext()
-    from ds_zero.stage3 import GatheredParameters
+    from ds_zero import GatheredParameters
 
     return GatheredParameters(params, modifier_rank=0)
 
