@@ -27,7 +27,7 @@ def _close(a: dict, b: dict) -> None:
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("stage", [2, 3])
+@pytest.mark.parametrize("stage", [1, 2, 3])
 def test_nvme_offload_equals_cpu_offload(stage, tmp_path):
     cpu = run_distributed(w.train, 2, 240, args=(stage, "cpu", None, 10))
     nvme = run_distributed(w.train, 2, 240, args=(stage, "nvme", str(tmp_path), 10))
@@ -120,3 +120,17 @@ def test_states_larger_than_the_memory_cap_train_only_with_nvme(tmp_path):
     assert err is None, err
     err, *_ = run_distributed(w.train_under_limit, 1, 150, args=("cpu", None, 32 << 20))[0]
     assert err is not None and "can't allocate memory" in err, err
+
+
+def test_what_stays_refused_says_so():
+    from ds_engine.config import DeepSpeedConfig, DeepSpeedConfigError
+
+    base = {"train_batch_size": 2, "optimizer": {"type": "AdamW", "params": {"lr": 1e-3}}}
+    nvme = {"device": "nvme", "nvme_path": "/tmp"}
+    DeepSpeedConfig({**base, "zero_optimization": {"stage": 2, "offload_optimizer": nvme}}, world_size=1)
+    with pytest.raises(DeepSpeedConfigError, match="aio.use_gds"):
+        DeepSpeedConfig({**base, "aio": {"use_gds": True}}, world_size=1)
+    with pytest.raises(DeepSpeedConfigError, match="offload_param.device=nvme"):
+        DeepSpeedConfig({**base, "zero_optimization": {"stage": 3, "offload_param": nvme}}, world_size=1)
+    with pytest.raises(DeepSpeedConfigError, match="zenflow"):
+        DeepSpeedConfig({**base, "zero_optimization": {"stage": 2, "zenflow": {"topk_ratio": 0.1}}}, world_size=1)
