@@ -77,6 +77,11 @@ def reference(tied: bool) -> tuple[list[float], dict[str, torch.Tensor]]:
         torch.nn.utils.clip_grad_norm_(params, CLIP)
         opt.step()
         losses.append(loss.item())
+    with torch.no_grad():  # the eval loss on the next batch, after training (eval_batch's counterpart)
+        h, y = data(STEPS)
+        for i, m in enumerate(mods):
+            h = tied_head(m, h) if tied and i == len(mods) - 1 else m(h)
+        losses.append(loss_fn(h, y).item())
     out = {}
     for i, m in enumerate(mods):
         if isinstance(m, nn.Module):
@@ -105,6 +110,11 @@ def train(num_stages: int, tied: bool, ckpt_interval: int, stage: int, start: in
         micro = [(x[(k * dp + d) * MICRO:(k * dp + d + 1) * MICRO], y[(k * dp + d) * MICRO:(k * dp + d + 1) * MICRO])
                  for k in range(gas)]
         losses.append(float(engine.train_batch(iter(micro))))
+    if stop == STEPS:  # eval_batch on the next global batch, split as for training
+        x, y = data(STEPS)
+        micro = [(x[(k * dp + d) * MICRO:(k * dp + d + 1) * MICRO], y[(k * dp + d) * MICRO:(k * dp + d + 1) * MICRO])
+                 for k in range(gas)]
+        losses.append(float(engine.eval_batch(iter(micro))))
     if save_dir is not None:
         engine.save_checkpoint(save_dir, client_state={"next": stop})
     return {"losses": losses, "state": {k: v.detach().clone() for k, v in engine.module.state_dict().items()},
@@ -118,3 +128,17 @@ def mismatched(stage: int = 0) -> None:
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=config(2, stage))
     x, y = data(0)
     engine.train_batch(iter([(x[:MICRO], y[:MICRO])] * 2))
+
+
+def train_low_precision(precision: str) -> list[float]:
+    """Rank function: 2 stages, ``STEPS`` steps in ``precision`` ("bf16" or "fp16"); returns the losses."""
+    model = PipelineModule(layers(True), num_stages=2, loss_fn=loss_fn, partition_method="uniform")
+    cfg = {**config(GLOBAL // MICRO), precision: {"enabled": True}}
+    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=cfg)
+    losses = []
+    for step in range(STEPS):
+        x, y = data(step)
+        x = x.to(torch.bfloat16 if precision == "bf16" else torch.float16)  # the client casts, as with DeepSpeed
+        micro = [(x[k * MICRO:(k + 1) * MICRO], y[k * MICRO:(k + 1) * MICRO]) for k in range(GLOBAL // MICRO)]
+        losses.append(float(engine.train_batch(iter(micro))))
+    return losses

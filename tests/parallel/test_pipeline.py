@@ -16,7 +16,7 @@ from ds_comm.testing import run_distributed
 def test_pipeline_equals_one_module(world: int, tied: bool, ckpt: int, stage: int) -> None:
     results = run_distributed(w.train, world_size=world, timeout=200, args=(2, tied, ckpt, stage))
     ref_losses, ref_state = w.reference(tied)
-    for r in results:
+    for r in results:  # 10 training losses, then eval_batch's on the next batch
         assert r["losses"] == pytest.approx(ref_losses, rel=1e-5, abs=1e-6)
     seen = set()
     for r in results:
@@ -26,3 +26,15 @@ def test_pipeline_equals_one_module(world: int, tied: bool, ckpt: int, stage: in
     assert seen == set(ref_state)
     assert [r["first"] for r in results[:: world // 2]] == [True, False]
     assert [r["last"] for r in results[:: world // 2]] == [False, True]
+
+
+@pytest.mark.timeout(200)
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_pipeline_trains_in_low_precision(precision: str) -> None:
+    """bf16 activations and gradients cross stages; fp16's loss scale is the same on every stage (the
+    overflow check reads the whole pipeline's norm), so losses track fp32 within half-precision error."""
+    results = run_distributed(w.train_low_precision, world_size=2, timeout=150, args=(precision,))
+    ref_losses, _ = w.reference(True)
+    ref_losses = ref_losses[:w.STEPS]  # without the eval loss
+    assert results[0] == results[1]
+    assert results[0] == pytest.approx(ref_losses, rel=3e-2, abs=1e-2)

@@ -29,7 +29,7 @@ def test_resume_at_another_stage_count_equals_uninterrupted(tmp_path, tied: bool
                              args=(p2, tied, 0, 0, HALF, w.STEPS, None, str(tmp_path)))
     ref_losses, ref_state = w.reference(tied)
     assert first[-1]["losses"] == pytest.approx(ref_losses[:HALF], rel=1e-5, abs=1e-6)
-    for r in second:
+    for r in second:  # steps HALF.. and the eval loss after them
         assert r["losses"] == pytest.approx(ref_losses[HALF:], rel=1e-5, abs=1e-6)
     seen = set()
     for r in second:
