@@ -98,8 +98,11 @@ def train(num_stages: int, tied: bool, ckpt_interval: int, stage: int, start: in
     dp = world // num_stages
     gas = GLOBAL // (MICRO * dp)
     model = PipelineModule(layers(tied), num_stages=num_stages, loss_fn=loss_fn, partition_method="uniform",
-                           activation_checkpoint_interval=ckpt_interval)
-    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=config(gas, stage))
+                           activation_checkpoint_interval=max(ckpt_interval, 0))
+    cfg = config(gas, stage)
+    if ckpt_interval < 0:  # the interval from the config's pipeline section instead
+        cfg["pipeline"] = {"activation_checkpoint_interval": -ckpt_interval}
+    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=cfg)
     d = engine.grid.get_data_parallel_id()
     if load_dir is not None:
         path, client = engine.load_checkpoint(load_dir)
@@ -118,7 +121,8 @@ def train(num_stages: int, tied: bool, ckpt_interval: int, stage: int, start: in
     if save_dir is not None:
         engine.save_checkpoint(save_dir, client_state={"next": stop})
     return {"losses": losses, "state": {k: v.detach().clone() for k, v in engine.module.state_dict().items()},
-            "stage": engine.stage_id, "first": engine.is_first_stage(), "last": engine.is_last_stage()}
+            "stage": engine.stage_id, "first": engine.is_first_stage(), "last": engine.is_last_stage(),
+            "interval": engine.module.activation_checkpoint_interval}
 
 
 def mismatched(stage: int = 0) -> None:

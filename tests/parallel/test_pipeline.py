@@ -12,6 +12,7 @@ from ds_comm.testing import run_distributed
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("world,tied,ckpt,stage", [
     (2, False, 0, 0), (2, True, 0, 0), (2, True, 2, 0), (4, False, 0, 1), (4, True, 2, 1), (4, True, 0, 0),
+    (2, False, -1, 1),  # -1: pipeline.activation_checkpoint_interval 1 from the config
 ])
 def test_pipeline_equals_one_module(world: int, tied: bool, ckpt: int, stage: int) -> None:
     results = run_distributed(w.train, world_size=world, timeout=200, args=(2, tied, ckpt, stage))
@@ -24,6 +25,7 @@ def test_pipeline_equals_one_module(world: int, tied: bool, ckpt: int, stage: in
             assert torch.allclose(value, ref_state[name], rtol=1e-5, atol=1e-6), name
             seen.add(name)
     assert seen == set(ref_state)
+    assert all(r["interval"] == abs(ckpt) for r in results)
     assert [r["first"] for r in results[:: world // 2]] == [True, False]
     assert [r["last"] for r in results[:: world // 2]] == [False, True]
 

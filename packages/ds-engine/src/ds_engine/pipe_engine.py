@@ -34,6 +34,9 @@ class PipelineEngine(DeepSpeedEngine):
         model = kwargs.get("model")
         if not isinstance(model, PipelineModule):
             raise TypeError("PipelineEngine needs a deepspeed.pipe.PipelineModule")
+        if model.mpu().get_slice_parallel_world_size() > 1:
+            raise NotImplementedError("a pipeline topology with a 'model' (tensor-slicing) axis > 1 is not supported "
+                                      "yet; use PipeDataParallelTopology")
         kwargs["mpu"] = _StageMpu(model.mpu())
         super().__init__(**kwargs)
         stage = self.zero_optimization_stage()
@@ -45,6 +48,9 @@ class PipelineEngine(DeepSpeedEngine):
         self.micro_batches = self.gradient_accumulation_steps()
         self.data_iterator: Any = None
         self.has_bool_tensors = has_bool_tensors
+        interval = self._config.model.pipeline.activation_checkpoint_interval  # DeepSpeed: the config wins when > 0
+        if interval > 0:
+            model.set_checkpoint_interval(interval)
         if self.optimizer is not None:
             self.optimizer.norm_fn = pipeline_norm(self.optimizer, self.grid.get_pipe_parallel_group(),
                                                    model.replicated_tied_params())
