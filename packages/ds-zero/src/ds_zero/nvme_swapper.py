@@ -7,7 +7,8 @@ file under ``<nvme_path>/ds_zero_optimizer/``; the scalar ``step`` stays in memo
 
 * read: the sub-group's file into an aligned buffer from a reused pool (``buffer_count``), the state
   tensors bound as views of that buffer, so the optimizer updates them in place (no copy);
-  ``pipeline_read`` starts the next sub-group's read before this one steps;
+  ``pipeline_read`` starts the next sub-groups' reads (``buffer_count - 2`` of them, at least one)
+  before this one steps;
 * write: the buffer back to the file (direct I/O, Note [aligned buffers] in :mod:`ds_kernels.aio`) and
   the state tensors dropped; ``pipeline_write`` lets the write finish behind the next sub-group's step.
 
@@ -121,6 +122,8 @@ class OptimizerStateSwapper:
         self._made = 0
         self._writes: deque[tuple[Future, Tensor]] = deque()
         self._lost: str | None = None  # Note [lost states]
+        # one buffer for the sub-group stepping, one for the write behind it, the rest read ahead
+        self._read_ahead = max(1, policy.buffer_count - 2)
         self._finalizer = weakref.finalize(self, _cleanup, self.engine, self.folder)
 
     # --- the pool -------------------------------------------------------------------------------------
@@ -218,8 +221,10 @@ class OptimizerStateSwapper:
             for i, (group, p) in enumerate(subs):
                 if i not in reads:
                     reads[i] = self._start_read(p)
-                if self.policy.pipeline_read and i + 1 < len(subs):
-                    reads[i + 1] = self._start_read(subs[i + 1][1])  # read ahead of the next sub-group
+                if self.policy.pipeline_read:  # read ahead: as many sub-groups as the pool leaves room for
+                    for j in range(i + 1, min(i + 1 + self._read_ahead, len(subs))):
+                        if j not in reads:
+                            reads[j] = self._start_read(subs[j][1])
                 buf = self._bind(p, reads.pop(i))
                 # The inner step sees one group holding one parameter; per-group settings (lr, betas)
                 # are the group's own dict, so a scheduler's writes and the optimizer's reads agree.
