@@ -43,13 +43,13 @@ def _split_parts(trainer: Any, grads: list[Tensor]) -> tuple[list[Tensor], list[
     return split, rep
 
 
-def _power_sum(ts: list[Tensor], norm_type: float) -> Tensor:
+def _power_sum(ts: list[Tensor], norm_type: float, device: torch.device) -> Tensor:
+    """sum(|t|_p ** p) over ``ts`` (max for the inf-norm), one multi-tensor pass, on ``device``."""
+    ts = [t for t in ts if t.numel()]
     if not ts:
-        return torch.zeros((), dtype=torch.float32)
-    if math.isinf(norm_type):
-        return torch.stack([t.detach().float().abs().max() if t.numel() else torch.zeros(()) for t in ts]).max().cpu()
-    return torch.stack([torch.linalg.vector_norm(t.detach().float(), norm_type).pow(norm_type).cpu()
-                        for t in ts]).sum()
+        return torch.zeros((), dtype=torch.float32, device=device)
+    norms = torch.stack([n.float().to(device) for n in torch._foreach_norm([t.detach() for t in ts], norm_type)])
+    return norms.max() if math.isinf(norm_type) else norms.pow(norm_type).sum()
 
 
 def tensor_parallel_norm(trainer: Any, tp_group: Any, norm_type: float = 2.0) -> Callable[[list[Tensor]], Tensor]:
@@ -60,7 +60,7 @@ def tensor_parallel_norm(trainer: Any, tp_group: Any, norm_type: float = 2.0) ->
     def norm(grads: list[Tensor]) -> Tensor:
         split, rep = _split_parts(trainer, grads)
         device = grads[0].device if grads else torch.device("cpu")
-        both = torch.stack([_power_sum(split, norm_type), _power_sum(rep, norm_type)]).to(device)
+        both = torch.stack([_power_sum(split, norm_type, device), _power_sum(rep, norm_type, device)])
         if trainer.sharded_grads and ds_comm.get_world_size(trainer.shard_group) > 1:
             ds_comm.all_reduce(both, op=op, group=trainer.shard_group)
         split_total = both[:1].clone()
