@@ -25,6 +25,13 @@ def test_resume_at_another_stage_count_equals_uninterrupted(tmp_path, tied: bool
     layers = [n for n in names if n.startswith("layer_")]
     assert layers == [f"layer_{i:02d}-model_states.pt" for i in range(7)]  # parameterless layers too, as DeepSpeed
     assert [n for n in names if n.startswith("mp_rank_")] == [f"mp_rank_{s:02d}_model_states.pt" for s in range(p1)]
+    # zero_to_fp32 consolidates the per-layer files under PipelineModule's names (any stage count loads it)
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    full = get_fp32_state_dict_from_zero_checkpoint(str(tmp_path))
+    saved_state = {k: v for r in first for k, v in r["state"].items()}
+    assert set(full) == set(saved_state)
+    assert all(torch.equal(full[k], saved_state[k]) for k in full)
     second = run_distributed(w.train, world_size=w2, timeout=200,
                              args=(p2, tied, 0, 0, HALF, w.STEPS, None, str(tmp_path)))
     ref_losses, ref_state = w.reference(tied)

@@ -33,6 +33,17 @@ def _layer_module(layer: Any) -> Any:
     return inner[0] if inner and hasattr(inner[0], "state_dict") else None
 
 
+def _layer_prefixes(module: Any) -> dict[int, str]:
+    """This stage's layer index -> its name prefix in the PipelineModule (``"3."``, ``"tied_modules.k."``)."""
+    tied = {id(m): f"tied_modules.{k}." for k, m in module.tied_modules.items()}
+    out = {}
+    for idx, layer in module.local_layers():
+        owner = _layer_module(layer)
+        if owner is not None:
+            out[idx] = tied.get(id(owner), f"{idx}.")
+    return out
+
+
 def _holder_names(engine: Any) -> dict[int, str]:
     return {id(engine.optimizer.master_of(p)): name for name, p in engine.module.named_parameters()}
 
@@ -65,6 +76,7 @@ def save(engine: Any, save_dir: str, tag: Any, client_state: dict[str, Any], sav
         state = {"module": None, "global_steps": engine.global_steps, "global_samples": engine.global_samples,
                  "skipped_steps": engine.skipped_steps, "num_stages": engine.num_stages,
                  "dp_world_size": engine.dp_world_size, "ds_config": engine.config,
+                 "pipe_layer_prefixes": _layer_prefixes(module),
                  "lr_scheduler": engine.lr_scheduler.state_dict() if engine.lr_scheduler is not None else None,
                  "optimizer": (_named_optimizer_state(engine) if engine.optimizer is not None and not sharded
                                else None), **client_state}
@@ -154,5 +166,5 @@ def load(engine: Any, load_dir: str, tag: Any, *, load_optimizer_states: bool, l
     engine.global_samples = int(first.get("global_samples", 0))
     engine.skipped_steps = int(first.get("skipped_steps", 0))
     keys = {"module", "global_steps", "global_samples", "skipped_steps", "num_stages", "dp_world_size", "ds_config",
-            "lr_scheduler", "optimizer"}
+            "lr_scheduler", "optimizer", "pipe_layer_prefixes"}
     return tag_dir, {k: v for k, v in first.items() if k not in keys}

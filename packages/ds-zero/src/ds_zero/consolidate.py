@@ -98,6 +98,10 @@ def get_fp32_state_dict_from_zero_checkpoint(checkpoint_dir: str | os.PathLike, 
     if given, is told about each file before it is read.
     """
     tag_dir = resolve_tag_dir(checkpoint_dir, tag)
+    from ds_zero.pipe_consolidate import is_pipeline_checkpoint, pipeline_fp32_state_dict
+
+    if is_pipeline_checkpoint(tag_dir):  # one file per layer (a PipelineModule's checkpoint)
+        return pipeline_fp32_state_dict(tag_dir)
     model_files = sorted(glob.glob(str(tag_dir / "*model_states.pt")), key=_natural)
     if not model_files:
         raise FileNotFoundError(f"can't find *model_states.pt files in directory '{tag_dir}'")
