@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pipe_workers as w
 import pytest
 
-from ds_comm.testing import DistributedTestError, run_distributed
+from ds_comm.testing import DistributedTestError, free_port, run_distributed
 
 pytestmark = pytest.mark.faults
 
@@ -25,3 +29,21 @@ def test_shape_mismatch_between_stages_names_stage_and_micro_batch() -> None:
 def test_zero_2_and_3_are_refused_with_pipelines(stage: int) -> None:
     with pytest.raises(DistributedTestError, match=f"'zero_optimization.stage' {stage}: ZeRO-2 and ZeRO-3"):
         run_distributed(w.mismatched, world_size=2, timeout=100, args=(stage,))
+
+
+@pytest.mark.timeout(150)
+def test_shape_mismatch_ends_the_launched_job(tmp_path: Path) -> None:
+    """Under the real launcher every rank ends: stage 1 names the mismatch, stage 0 (waiting for its
+    gradient) fails on the closed connection naming its own stage, and the job exits non-zero."""
+    launcher = Path(sys.executable).parent / "deepspeed"
+    if not launcher.exists():
+        pytest.skip("the deepspeed console script is not installed")
+    script = Path(__file__).parent / "scripts" / "pipe_mismatch.py"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
+    start = time.monotonic()
+    proc = subprocess.run([str(launcher), "--num_gpus", "2", "--master_port", str(free_port()), str(script)],
+                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=140)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "pipeline stage 1 (rank 1), micro-batch 0: forward failed: mat1 and mat2 shapes cannot be multiplied" in out
+    assert time.monotonic() - start < 120
