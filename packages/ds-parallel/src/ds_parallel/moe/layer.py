@@ -135,7 +135,13 @@ class MOELayer(nn.Module):
         tokens = input[0].reshape(-1, d_model)
         used = input[1] if len(input) > 1 else None
         self.l_aux, combine, dispatch_mask, self.exp_counts = self.gate(tokens, used)
-        dispatched = torch.einsum("sec,sm->ecm", dispatch_mask.to(tokens.dtype), tokens)
+        # Sparse dispatch: each kept route copies one token into its slot (a dense einsum over the one-hot
+        # [s, e, c] mask would cost s * e * c * m multiply-adds to move s * k * m numbers).
+        num_experts, cap = dispatch_mask.shape[1], dispatch_mask.shape[2]
+        token_idx, expert_idx, slot_idx = dispatch_mask.nonzero(as_tuple=True)
+        flat_slot = expert_idx * cap + slot_idx
+        dispatched = tokens.new_zeros(num_experts * cap, d_model).index_copy(0, flat_slot, tokens[token_idx])
+        dispatched = dispatched.view(num_experts, cap, d_model)
         if self.ep_size > 1:
             if self.ep_group is None:
                 raise RuntimeError(f"MoE layer with ep_size={self.ep_size} has no expert parallel group: build it "
@@ -145,7 +151,9 @@ class MOELayer(nn.Module):
         out = self.experts(dispatched).reshape(self.ep_size * self.num_local_experts, -1, d_model)
         if self.ep_size > 1:
             out = _AllToAll.apply(self.ep_group, out)
-        combined = torch.einsum("sec,ecm->sm", combine.to(out.dtype), out)
+        weights = combine[token_idx, expert_idx, slot_idx].to(out.dtype).unsqueeze(1)
+        routed = out.reshape(num_experts * cap, d_model).index_select(0, flat_slot) * weights
+        combined = tokens.new_zeros(tokens.shape[0], d_model, dtype=out.dtype).index_add(0, token_idx, routed)
         return combined.reshape(input[0].shape)
 
 
