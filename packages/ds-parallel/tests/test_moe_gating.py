@@ -138,6 +138,7 @@ def test_residual_moe_mixes_dense_and_experts() -> None:
     torch.testing.assert_close(out, moe_out * coef[..., :1] + layer.mlp(x) * coef[..., 1:])
 
 
+@pytest.mark.faults
 def test_layer_errors() -> None:
     with pytest.raises(ValueError, match="divisible"):
         MoE(8, torch.nn.Linear(8, 8), num_experts=3, ep_size=2)
