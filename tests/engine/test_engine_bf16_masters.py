@@ -35,10 +35,10 @@ def _config(stage: int, bf16_states: bool) -> dict:
             "zero_optimization": {"stage": stage, "reduce_bucket_size": 500, "stage3_param_persistence_threshold": 50}}
 
 
-def _train(stage: int, bf16_states: bool) -> dict:
+def _steps(engine, *, mean_over_ranks: bool) -> list[float]:
+    """STEPS optimizer steps, each rank on its half of the global batch; the losses (mean over ranks or this rank's)."""
     import deepspeed
 
-    engine, *_ = deepspeed.initialize(model=_model(), config=_config(stage, bf16_states))
     rank = deepspeed.comm.get_rank()
     half = slice(rank * GLOBAL // 2, (rank + 1) * GLOBAL // 2)
     losses = []
@@ -48,8 +48,18 @@ def _train(stage: int, bf16_states: bool) -> dict:
         engine.backward(loss)
         engine.step()
         total = loss.detach().clone()
-        deepspeed.comm.all_reduce(total)
-        losses.append(total.item() / 2)
+        if mean_over_ranks:
+            deepspeed.comm.all_reduce(total)
+            total /= 2
+        losses.append(total.item())
+    return losses
+
+
+def _train(stage: int, bf16_states: bool) -> dict:
+    import deepspeed
+
+    engine, *_ = deepspeed.initialize(model=_model(), config=_config(stage, bf16_states))
+    losses = _steps(engine, mean_over_ranks=True)
     trainer = engine.optimizer
     states = {v.dtype for s in trainer.optimizer.state.values() for k, v in s.items() if k != "step"}
     with deepspeed.zero.GatheredParameters(list(engine.module.parameters())):
@@ -118,15 +128,7 @@ def _train_with_corpus_config(name: str) -> dict:
     config["train_micro_batch_size_per_gpu"] = GLOBAL // 2  # the example's own config, on this tiny model
     model = _model()
     engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=config)
-    rank = deepspeed.comm.get_rank()
-    half = slice(rank * GLOBAL // 2, (rank + 1) * GLOBAL // 2)
-    losses = []
-    for step in range(STEPS):
-        x, y = _batch(step)
-        loss = torch.nn.functional.cross_entropy(engine(x[half].bfloat16()).float(), y[half])
-        engine.backward(loss)
-        engine.step()
-        losses.append(loss.item())
+    losses = _steps(engine, mean_over_ranks=False)
     masters = {h.dtype for h in engine.optimizer.masters.holders}
     states = {v.dtype for s in engine.optimizer.optimizer.state.values() for k, v in s.items() if k != "step"}
     return {"losses": losses, "masters": masters, "states": states}

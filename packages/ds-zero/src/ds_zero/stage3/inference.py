@@ -22,13 +22,12 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.distributed.tensor import DTensor
 
 from ds_zero.policy import ZeroPolicy
 from ds_zero.stage3.gathered import full_state_dict
 from ds_zero.stage3.hooks import UnitHooks
 from ds_zero.stage3.policy import stage3_of
-from ds_zero.stage3.sharding import ShardedModel, shard_model
+from ds_zero.stage3.sharding import ShardedModel, cast_whole_tensors, shard_model
 
 
 @dataclass
@@ -64,18 +63,6 @@ class InferenceSharding:
             self._reshard_handle = None
 
 
-def _cast_whole(module: nn.Module, dtype: torch.dtype) -> None:
-    """Buffers and the parameters that stay whole (persistent ones) follow the model's dtype."""
-    with torch.no_grad():
-        for m in module.modules():
-            for name, buf in m._buffers.items():
-                if buf is not None and buf.is_floating_point() and buf.dtype != dtype:
-                    m._buffers[name] = buf.to(dtype)
-            for p in m._parameters.values():
-                if p is not None and not isinstance(p, DTensor) and p.is_floating_point() and p.dtype != dtype:
-                    p.data = p.data.to(dtype)
-
-
 def shard_for_inference(module: nn.Module, *, policy: ZeroPolicy, group: Any = None) -> InferenceSharding:
     """Shard ``module`` as ZeRO stage 3 does, for forward passes only (see the module docstring).
 
@@ -88,7 +75,7 @@ def shard_for_inference(module: nn.Module, *, policy: ZeroPolicy, group: Any = N
     dtype = policy.mixed_precision.param_dtype
     sharded = shard_model(module, policy=policy, group=group, shard_dtype=dtype,  # Note [inference shards]
                           secondary=False)
-    _cast_whole(module, dtype)
+    cast_whole_tensors(module, dtype)
     hooks = UnitHooks(sharded, group=group, prefetch_numel=s3.prefetch_bucket_numel, check=s3.detect_divergence)
     units = list(sharded.units)
 

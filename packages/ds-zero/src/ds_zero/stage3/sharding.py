@@ -208,6 +208,20 @@ def shard_model(module: nn.Module, *, policy: ZeroPolicy, group: Any = None,
     return ShardedModel(module=module, plan=plan, mesh=mesh, group=group, replaced=replaced, names=names)
 
 
+def cast_whole_tensors(module: nn.Module, dtype: torch.dtype, *, keep: set[int] = frozenset()) -> None:
+    """After sharding: floating buffers and the parameters that stay whole (persistent ones), except those
+    in ``keep`` (ids), follow the model's dtype; the shards keep theirs (Note [shards are masters])."""
+    with torch.no_grad():
+        for m in module.modules():
+            for name, buf in m._buffers.items():
+                if buf is not None and buf.is_floating_point() and buf.dtype != dtype:
+                    m._buffers[name] = buf.to(dtype)
+            for p in m._parameters.values():
+                if (p is not None and not isinstance(p, DTensor) and id(p) not in keep and p.is_floating_point()
+                        and p.dtype != dtype):
+                    p.data = p.data.to(dtype)
+
+
 def _after_forward(root: bool, kept: bool, hpz: int) -> bool | int | None:
     """``fully_shard``'s ``reshard_after_forward`` for a unit: the root and kept units stay gathered
     into backward; the others reshard to all ranks, or to hpZ's secondary group (Note [hpZ])."""

@@ -16,7 +16,6 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.distributed.tensor import DTensor
 
 import ds_comm
 from ds_zero.entry import StageNotAvailable
@@ -27,7 +26,7 @@ from ds_zero.stage3.hooks import BACKWARD, UnitHooks
 from ds_zero.stage3.offload_view import ParameterOffload
 from ds_zero.stage3.params import Stage3Params
 from ds_zero.stage3.policy import stage3_of
-from ds_zero.stage3.sharding import ShardedModel, shard_model
+from ds_zero.stage3.sharding import ShardedModel, cast_whole_tensors, shard_model
 from ds_zero.stage12 import ShardedReduction, ShardedTrainer, nvme_swapper
 
 
@@ -92,17 +91,6 @@ class Stage3Trainer(ShardedTrainer):
         self.hooks.close()
 
 
-def _cast_rest(module: nn.Module, dtype: torch.dtype, keep: set[int]) -> None:
-    """Floating buffers and whole (persistent) parameters not in ``keep`` follow the model's dtype."""
-    with torch.no_grad():
-        for m in module.modules():
-            for name, buf in m._buffers.items():
-                if buf is not None and buf.is_floating_point() and buf.dtype != dtype:
-                    m._buffers[name] = buf.to(dtype)
-            for p in m._parameters.values():
-                if p is not None and not isinstance(p, DTensor) and id(p) not in keep and p.is_floating_point():
-                    p.data = p.data.to(dtype)
-
 
 def compose_stage3(*, module: nn.Module, optimizer: torch.optim.Optimizer, policy: ZeroPolicy,
                    group: Any = None) -> Stage3Trainer:
@@ -114,7 +102,7 @@ def compose_stage3(*, module: nn.Module, optimizer: torch.optim.Optimizer, polic
     # Note [shards are masters]: the shards are kept in the masters' dtype
     sharded = shard_model(module, policy=policy, group=group, shard_dtype=mp.master_dtype)
     params = Stage3Params(sharded, optimizer, policy, group)
-    _cast_rest(module, mp.param_dtype, keep={id(p) for p in params.persistent_params})
+    cast_whole_tensors(module, mp.param_dtype, keep={id(p) for p in params.persistent_params})
     hooks = UnitHooks(sharded, group=group, prefetch_numel=s3.prefetch_bucket_numel, check=s3.detect_divergence)
     return Stage3Trainer(module=module, optimizer=optimizer, policy=policy, masters=params,
                          reducer=Stage3Reduction(params.reduction()), scaler=make_loss_scaler(policy.loss_scale,
