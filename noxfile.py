@@ -168,10 +168,17 @@ def cuda(session: nox.Session) -> None:
 @nox.session(tags=["ci"])
 def clients(session: nox.Session) -> None:
     """Hugging Face Trainer, Accelerate and PyTorch Lightning run unchanged on this `deepspeed`
-    (`tests/clients`: 2 CPU ranks each, launched as users launch them)."""
+    (`tests/clients`: 2 CPU ranks each, launched as users launch them), and the parallelism tests built on
+    transformers' models (they skip in the sessions without it, faults included, so they all run here)."""
     _install_everything(session)
     session.install("-c", "constraints.txt", *CLIENT_DEPS)
     _pytest(session, "tests/clients")
+    _pytest(session, *_needing_transformers(ROOT / "tests" / "parallel"), marker="not cuda and not multinode")
+
+
+def _needing_transformers(folder: Path) -> list[str]:
+    """Test files in ``folder`` that skip without transformers (``pytest.importorskip("transformers")``)."""
+    return [str(p) for p in sorted(folder.glob("test_*.py")) if 'importorskip("transformers")' in p.read_text()]
 
 
 @nox.session(tags=["ci"])
