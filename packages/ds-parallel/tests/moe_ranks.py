@@ -50,7 +50,7 @@ def ep_layer_outputs(k: int) -> dict[str, Any]:
 
 def group_layout(ep_size: int, data_first: bool) -> dict[str, Any]:
     """The expert groups this rank is in, and what an all-reduce of global ranks sums to over each."""
-    from deepspeed.utils import groups
+    from ds_parallel import groups
 
     groups._create_expert_and_data_parallel(ep_size, use_data_before_expert_parallel_=data_first)
     name = f"ep_size_{ep_size}"
