@@ -92,15 +92,18 @@ def _offload_on_units():
         offload._register_deepspeed_module(model[0])
     offload._register_deepspeed_module(model)
     restored = [_tables(m) for m in model.modules()] == before
-    return len(trainer.sharded.units), found, externals, active, bare, restored, len(offload.forward_hooks)
+    return (len(trainer.sharded.units), found, externals, active, bare, restored, len(offload.forward_hooks),
+            len(trainer.sharded.status_hooks))
 
 
 @pytest.mark.timeout(120)
 def test_fsdp_forward_hooks_are_found_taken_out_and_restored():
-    for units, found, externals, active, bare, restored, listed in run_distributed(_offload_on_units, world_size=2,
-                                                                                   timeout=90):
+    for units, found, externals, active, bare, restored, listed, tagged in run_distributed(
+            _offload_on_units, world_size=2, timeout=90):
         assert units > 1 and all(found), "FSDP2 keeps its forward hooks elsewhere: update fsdp_forward_handles"
         assert externals and active
         assert bare, "a unit hook stayed in the forward path"
         assert restored
-        assert listed == 2 * units + units + 1 + 1  # FSDP2 pre+post, ours per unit, our end-of-root, the dtype views
+        # FSDP2 pre+post, ours per unit, the ds_status tag per unit that owns parameters (the root here owns
+        # none), our end-of-root, the dtype views
+        assert tagged == units - 1 and listed == 2 * units + units + tagged + 1 + 1

@@ -42,13 +42,16 @@ def output_embeddings(module: nn.Module) -> list[nn.Module]:
     return [head] if isinstance(head, nn.Module) else []
 
 
-def tag_gathered_parameters(units: list[nn.Module], owned: dict[nn.Module, dict[str, DTensor]]) -> None:
-    """After each unit's gather, mark its full parameters ``AVAILABLE`` (Note [gathered status])."""
+def tag_gathered_parameters(units: list[nn.Module], owned: dict[nn.Module, dict[str, DTensor]]) -> list[Any]:
+    """After each unit's gather, mark its full parameters ``AVAILABLE`` (Note [gathered status]); returns
+    the hook handles (generation takes them out with the other forward hooks: ds_zero.stage3.offload_view)."""
+    handles = []
     for unit in units:
         entries = [(weakref.ref(owner), name) for owner in unit.modules() for name in owned.get(owner, {})
                    if owned[owner][name]._ds_unit is unit]
-        if entries:
-            unit.register_forward_pre_hook(_tagger(entries, owned))  # runs after FSDP2's gather (not prepended)
+        if entries:  # runs after FSDP2's gather (not prepended)
+            handles.append(unit.register_forward_pre_hook(_tagger(entries, owned)))
+    return handles
 
 
 def _tagger(entries: list[tuple[Any, str]], owned: dict[nn.Module, dict[str, DTensor]]) -> Callable[..., None]:

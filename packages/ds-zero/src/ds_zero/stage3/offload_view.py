@@ -205,6 +205,7 @@ class ParameterOffload:
             for unit in self._sharded.units:
                 handles += fsdp_forward_handles(unit)
             handles += self._unit_hooks.handles
+            handles += self._sharded.status_hooks  # Note [gathered status] in ds_zero.stage3.gathered_status
             self._all = [*(SuspendableHook(h) for h in handles), ComputeDtypeViews(self.module, self._param_dtype)]
         return self._all
 

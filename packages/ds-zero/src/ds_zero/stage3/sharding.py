@@ -18,7 +18,7 @@ from __future__ import annotations
 import inspect
 import weakref
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -77,6 +77,7 @@ class ShardedModel:
     group: Any
     replaced: dict[int, nn.Parameter]  # id(parameter before) -> parameter after (for the optimizer)
     names: dict[int, str]  # id(parameter after) -> its name in the model
+    status_hooks: list[Any] = field(default_factory=list)  # Note [gathered status]: one per unit
 
     @property
     def units(self) -> list[FSDPModule]:
@@ -204,8 +205,9 @@ def shard_model(module: nn.Module, *, policy: ZeroPolicy, group: Any = None,
             divide(1.0)
     replaced, names = _rebind(module, before, plan, group)
     _mark_leaf_parameters(module)  # on the parameters fully_shard put in place
-    tag_gathered_parameters(plan.units, OWNED)  # Note [gathered status]
-    return ShardedModel(module=module, plan=plan, mesh=mesh, group=group, replaced=replaced, names=names)
+    status_hooks = tag_gathered_parameters(plan.units, OWNED)  # Note [gathered status]
+    return ShardedModel(module=module, plan=plan, mesh=mesh, group=group, replaced=replaced, names=names,
+                        status_hooks=status_hooks)
 
 
 def cast_whole_tensors(module: nn.Module, dtype: torch.dtype, *, keep: set[int] = frozenset()) -> None:
