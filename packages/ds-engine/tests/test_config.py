@@ -88,26 +88,6 @@ UNKNOWN_KEYS = [
 ]
 
 
-@pytest.fixture
-def config_log(caplog: pytest.LogCaptureFixture):
-    """Records of the ``ds_engine`` logger (which may not propagate to the root logger), with the
-    once-per-process memory of unknown-key warnings cleared, so an earlier test's config cannot hide them."""
-    import logging
-
-    from ds_engine.config import unknown
-
-    unknown._WARNED.clear()
-    log = logging.getLogger("ds_engine")
-    log.addHandler(caplog.handler)
-    old = log.level
-    log.setLevel(logging.DEBUG)
-    try:
-        yield caplog
-    finally:
-        log.removeHandler(caplog.handler)
-        log.setLevel(old)
-
-
 @pytest.mark.parametrize(("fragment", "path", "error", "closest"), UNKNOWN_KEYS, ids=[u[1] for u in UNKNOWN_KEYS])
 def test_unknown_key_is_one_warning_by_default(fragment, path, error, closest, config_log, monkeypatch) -> None:
     monkeypatch.delenv("DS_CONFIG_STRICT", raising=False)
