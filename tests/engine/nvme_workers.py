@@ -76,13 +76,14 @@ def fill_then_step(stage: int, nvme_path: str, save_dir: str):
     deepspeed.comm.barrier()
     before = digest(save_dir)
     filler = os.path.join(nvme_path, f"filler{deepspeed.comm.get_rank()}")
-    with open(filler, "wb") as f:  # fill the disk
-        try:
+    # Fill the disk. Unbuffered, and the whole block guarded: a buffered file would raise ENOSPC again
+    # from close() when it flushes what the failed write left in its buffer.
+    try:
+        with open(filler, "wb", buffering=0) as f:
             while True:
                 f.write(b"\0" * 65536)
-                f.flush()
-        except OSError:
-            pass
+    except OSError:
+        pass
     errors = []
     try:
         _train(engine, 1, world)
