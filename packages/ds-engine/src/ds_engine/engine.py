@@ -91,7 +91,9 @@ class DeepSpeedEngine(EngineAccessors, EngineCompile, nn.Module):
         leaf = self._config.zero_optimization.leaf_module  # flags only; stage 3 reads them (as DeepSpeed)
         apply_leaf_config(model, classes=leaf.classes, names=leaf.names, name_suffixes=leaf.name_suffixes)
         # Note [engine and experts] in ds_engine.moe: expert groups first, experts broadcast in their own groups.
-        self.moe_layers = moe.setup_expert_parallel(model, sequence_parallel_size=self.sequence_parallel_size)
+        self.moe_layers = moe.setup_expert_parallel(
+            model, sequence_parallel_size=self.sequence_parallel_size,
+            use_data_before_expert_parallel_=self._config.use_data_before_expert_parallelism)
         self.has_moe_layers, self.num_experts = bool(self.moe_layers), [m.num_experts for m in self.moe_layers]
         components.broadcast_module(model, group=self.dp_group, exclude=moe.expert_param_ids(model))
         moe.broadcast_experts(model)

@@ -8,6 +8,12 @@ Note: [key effects] A config section that has an effect table (``KEYS`` next to 
 * :func:`no_effect` -- accepted for DeepSpeed compatibility but meaningless in this design; setting it to
   anything but its default logs one warning with ``why``.
 * :func:`refused` -- a feature not built; a config for which ``when(section)`` holds is an error.
+* :func:`section` -- the field holds a config section, whose own table declares each of its keys.
+
+Every section of the config, at every level, has a table (the root's is
+:data:`ds_engine.config.top_keys.TOP_KEYS`); a test walks the models and fails on a field without an entry.
+Refusals and "no effect" warnings of a section are only checked when the section is present (a section
+field that is ``None`` has nothing set).
 
 The config reference (docs/gen_config_reference.py), the engine's warnings (:func:`no_effect_settings`)
 and errors (:func:`refused_settings`), and the autotuner's search space all derive from these tables, so
@@ -39,9 +45,14 @@ class Effect:
     refuse_why: str = ""
     gate: str = ""
     """Appended to the key path in the refusal (``=nvme``, `` (ZeRO++)``): which value is refused."""
+    nested: bool = False
+    """The field is a section; its keys are declared in the section's own table."""
 
     def describe(self) -> str:
         """One line for the config reference."""
+        if self.nested:
+            return "section: each key's effect is in its own table" + (f"; refused: {self.refuse_why}"
+                                                                       if self.refuse_why else "")
         if self.kind == "applied":
             places = ", ".join(w.split("#")[0] for w in self.where)
             text = f"applied ({places})" + (f": {self.why}" if self.why else "")
@@ -57,9 +68,11 @@ def applied(*where: str, why: str = "", refuse_when: Callable[[Any], bool] | Non
     return Effect("applied", where=where, why=why, when=refuse_when, refuse_why=refuse_why, gate=gate)
 
 
-def no_effect(why: str) -> Effect:
-    """The key is accepted and does nothing here; a non-default value warns with ``why``."""
-    return Effect("no effect", why=why)
+def no_effect(why: str, *, refuse_when: Callable[[Any], bool] | None = None, refuse_why: str = "",
+              gate: str = "") -> Effect:
+    """The key is accepted and does nothing here; a non-default value warns with ``why``. Values for which
+    ``refuse_when(section)`` holds (a not-built feature switched on) are refused with ``refuse_why``."""
+    return Effect("no effect", why=why, when=refuse_when, refuse_why=refuse_why, gate=gate)
 
 
 def refused(why: str, when: Callable[[Any], bool], gate: str = "") -> Effect:
@@ -67,14 +80,27 @@ def refused(why: str, when: Callable[[Any], bool], gate: str = "") -> Effect:
     return Effect("refused", why=why, when=when, refuse_why=why, gate=gate)
 
 
+def section(*, refuse_when: Callable[[Any], bool] | None = None, refuse_why: str = "", gate: str = "") -> Effect:
+    """The field is a config section: its keys are declared in the section's own table. ``refuse_when(parent)``
+    refuses the section as a whole (a feature tree that switches something on)."""
+    return Effect("applied", when=refuse_when, refuse_why=refuse_why, gate=gate, nested=True)
+
+
 def _tables() -> dict[type[BaseModel], tuple[str, Mapping[str, Effect]]]:
     # Imported here: the section modules import this one for the helpers above.
-    from ds_engine.config import zero
+    from ds_engine.config import feature_keys, monitoring, optim, precision, top_keys, zero
 
     return {
+        **top_keys.TABLES,
         zero.ZeroConfig: ("zero_optimization", zero.ZERO_KEYS),
         zero.OffloadOptimizerConfig: ("zero_optimization.offload_optimizer", zero.OFFLOAD_OPTIMIZER_KEYS),
         zero.OffloadParamConfig: ("zero_optimization.offload_param", zero.OFFLOAD_PARAM_KEYS),
+        zero.ZenFlowConfig: ("zero_optimization.zenflow", zero.ZENFLOW_KEYS),
+        zero.LeafModuleConfig: ("zero_optimization.leaf_module", zero.LEAF_MODULE_KEYS),
+        **optim.TABLES,
+        **precision.TABLES,
+        **monitoring.TABLES,
+        **feature_keys.TABLES,
     }
 
 
@@ -90,14 +116,18 @@ def tables() -> dict[type[BaseModel], tuple[str, Mapping[str, Effect]]]:
 
 
 def _sections(root: BaseModel) -> Iterator[tuple[str, BaseModel, Mapping[str, Effect]]]:
-    """(path, section instance, table) for every section of ``root`` present with a table."""
-    zero = getattr(root, "zero_optimization", None)
-    for section in (zero, getattr(zero, "offload_optimizer", None), getattr(zero, "offload_param", None)):
-        if section is None:
+    """(path, section instance, table) for ``root`` and every section below it that is present, depth first."""
+    known = _tables()
+    pending: list[tuple[str, BaseModel]] = [("", root)]
+    while pending:
+        path, node = pending.pop(0)
+        found = known.get(type(node))
+        if found is None:
             continue
-        found = _tables().get(type(section))
-        if found is not None:
-            yield found[0], section, found[1]
+        yield found[0], node, found[1]
+        children = [(f"{path}.{_key(node, n)}" if path else _key(node, n), getattr(node, n))
+                    for n in type(node).model_fields]
+        pending[0:0] = [(p, child) for p, child in children if isinstance(child, BaseModel)]
 
 
 def _default(model: type[BaseModel], name: str) -> Any:
@@ -114,7 +144,7 @@ def no_effect_settings(root: BaseModel) -> list[str]:
         for name, effect in table.items():
             if effect.kind == "no effect" and name in section.model_fields_set \
                     and getattr(section, name) != _default(type(section), name):
-                out.append(f"'{path}.{_key(section, name)}' has no effect here: {effect.why}")
+                out.append(f"'{_join(path, _key(section, name))}' has no effect here: {effect.why}")
     return out
 
 
@@ -125,8 +155,12 @@ def refused_settings(root: BaseModel) -> list[str]:
     for path, section, table in _sections(root):
         for name, effect in table.items():
             if effect.when is not None and effect.when(section):
-                out.append(f"{path}.{_key(section, name)}{effect.gate}")
+                out.append(f"{_join(path, _key(section, name))}{effect.gate}")
     return out
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
 
 
 def _key(section: BaseModel, name: str) -> str:

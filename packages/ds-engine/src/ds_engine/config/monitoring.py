@@ -6,6 +6,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from ds_engine.config.base import ConfigModel
+from ds_engine.config.effects import Effect, applied, section
 
 
 class TensorBoardConfig(ConfigModel):
@@ -117,3 +118,52 @@ class TimersConfig(ConfigModel):
 
     throughput: ThroughputTimerConfig = Field(default_factory=ThroughputTimerConfig)
     """Throughput timer."""
+
+
+# Note [key effects] in ds_engine.config.effects.
+_MONITOR = "ds_engine.monitor:Monitor.__init__"
+TENSORBOARD_KEYS: dict[str, Effect] = {
+    "enabled": applied(_MONITOR),
+    "output_path": applied("ds_engine.monitor:TensorBoardMonitor.__init__"),
+    "job_name": applied("ds_engine.monitor:TensorBoardMonitor.__init__"),
+}
+CSV_MONITOR_KEYS: dict[str, Effect] = {
+    "enabled": applied(_MONITOR),
+    "output_path": applied("ds_engine.monitor:csvMonitor.__init__"),
+    "job_name": applied("ds_engine.monitor:csvMonitor.__init__"),
+}
+WANDB_KEYS: dict[str, Effect] = {
+    "enabled": applied(_MONITOR),
+    **{name: applied("ds_engine.monitor:WandbMonitor.__init__") for name in ("group", "team", "project")},
+}
+COMET_KEYS: dict[str, Effect] = {
+    "enabled": applied(_MONITOR),
+    **{name: applied("ds_engine.monitor:CometMonitor.__init__") for name in CometConfig.model_fields
+       if name != "enabled"},
+}
+COMMS_LOGGER_KEYS: dict[str, Effect] = {
+    name: applied("ds_comm.logging_api:configure", why="the engine passes the config to ds_comm.configure")
+    for name in CommsLoggerConfig.model_fields
+}
+_PROFILE = "ds_engine.profiling.engine_hook:EngineProfile"
+FLOPS_PROFILER_KEYS: dict[str, Effect] = {
+    "enabled": applied(f"{_PROFILE}.for_engine"),
+    "recompute_fwd_factor": applied(f"{_PROFILE}.__init__"),
+    "profile_step": applied(f"{_PROFILE}.before_forward"),
+    **{name: applied(f"{_PROFILE}.after_step") for name in ("module_depth", "top_modules", "detailed",
+                                                              "output_file")},
+}
+THROUGHPUT_KEYS: dict[str, Effect] = {
+    "enabled": applied("ds_engine.timers:ThroughputTimer.start"),
+    "synchronized": applied("ds_engine.timers:ThroughputTimer._sync"),
+}
+TABLES = {
+    TensorBoardConfig: ("tensorboard", TENSORBOARD_KEYS),
+    CSVMonitorConfig: ("csv_monitor", CSV_MONITOR_KEYS),
+    WandbConfig: ("wandb", WANDB_KEYS),
+    CometConfig: ("comet", COMET_KEYS),
+    CommsLoggerConfig: ("comms_logger", COMMS_LOGGER_KEYS),
+    FlopsProfilerConfig: ("flops_profiler", FLOPS_PROFILER_KEYS),
+    TimersConfig: ("timers", {"throughput": section()}),
+    ThroughputTimerConfig: ("timers.throughput", THROUGHPUT_KEYS),
+}

@@ -18,6 +18,7 @@ from pydantic import Field, field_validator
 from pydantic_core import PydanticCustomError
 
 from ds_engine.config.base import ConfigModel
+from ds_engine.config.effects import Effect, applied, no_effect
 
 
 class OptimizerConfig(ConfigModel):
@@ -97,3 +98,17 @@ class SchedulerConfig(ConfigModel):
 
     params: dict[str, Any] = Field(default_factory=dict)
     """Keyword arguments of the schedule (e.g. ``warmup_num_steps``)."""
+
+
+# Note [key effects] in ds_engine.config.effects.
+OPTIMIZER_KEYS: dict[str, Effect] = {
+    "type": applied("ds_engine.builders:build_optimizer", why="when the client passes no optimizer"),
+    "params": applied("ds_engine.builders:build_optimizer"),
+    "legacy_fusion": no_effect("the optimizer step is chosen per device (ds_kernels); there is no legacy fused "
+                               "fp16 path"),
+}
+SCHEDULER_KEYS: dict[str, Effect] = {
+    "type": applied("ds_engine.builders:build_scheduler", why="when the client passes no scheduler"),
+    "params": applied("ds_engine.builders:build_scheduler"),
+}
+TABLES = {OptimizerConfig: ("optimizer", OPTIMIZER_KEYS), SchedulerConfig: ("scheduler", SCHEDULER_KEYS)}

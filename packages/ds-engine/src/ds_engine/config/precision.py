@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from ds_engine.config.base import ConfigModel, FeatureGate
+from ds_engine.config.effects import Effect, applied, no_effect, refused
 
 DtypeName = Literal["fp32", "fp16", "bf16", "float32", "float16", "bfloat16", "half", "float"]
 
@@ -155,3 +156,55 @@ class DataTypesConfig(ConfigModel):
 
     keep_in_fp32_modules: Literal["auto"] | list[str] = "auto"
     """Name patterns of modules kept in fp32 under fp16/bf16 ("auto": none). Not supported yet."""
+
+
+# Note [key effects] in ds_engine.config.effects.
+_LOSS_SCALE = "ds_engine.zero_policy:_loss_scale"
+_MIXED = "ds_engine.zero_policy:_mixed_precision"
+FP16_KEYS: dict[str, Effect] = {
+    "enabled": applied("ds_engine.zero_policy:model_dtype"),
+    "auto_cast": applied("ds_engine.engine:DeepSpeedEngine.forward"),
+    "loss_scale": applied(_LOSS_SCALE),
+    "initial_scale_power": applied(_LOSS_SCALE),
+    "loss_scale_window": applied(_LOSS_SCALE),
+    "hysteresis": applied(_LOSS_SCALE),
+    "consecutive_hysteresis": applied(_LOSS_SCALE),
+    "min_loss_scale": applied(_LOSS_SCALE),
+    "fp16_master_weights_and_grads": refused("fp16 master weights are not built",
+                                             when=lambda s: s.fp16_master_weights_and_grads),
+}
+BF16_KEYS: dict[str, Effect] = {
+    "enabled": applied("ds_engine.zero_policy:model_dtype"),
+    "immediate_grad_update": no_effect("gradients are accumulated where each stage keeps them, as they arrive "
+                                       "(Note [gradient dtypes] in ds_zero.dtypes); there is no deferred update "
+                                       "to switch"),
+    "check_grad_overflow": applied("ds_engine.zero_policy:policy_from_config"),
+    "bf16_master_weights_and_grads": applied(_MIXED),
+    "bf16_optimizer_states": applied(_MIXED),
+}
+_APEX = "Apex AMP is not used ('amp.enabled' is refused)"
+AMP_KEYS: dict[str, Effect] = {
+    name: no_effect(_APEX) for name in AmpConfig.model_fields if name != "enabled"
+}
+AMP_KEYS["enabled"] = refused("Apex AMP is not used; use fp16, bf16 or torch_autocast", when=lambda s: s.enabled)
+_ACCESSORS = "ds_engine.accessors:EngineAccessors"
+TORCH_AUTOCAST_KEYS: dict[str, Effect] = {
+    "enabled": applied(f"{_ACCESSORS}.torch_autocast_enabled"),
+    "dtype": applied(f"{_ACCESSORS}.torch_autocast_dtype"),
+    "lower_precision_safe_modules": applied(f"{_ACCESSORS}.torch_autocast_lower_precision_safe_modules"),
+}
+DATA_TYPES_KEYS: dict[str, Effect] = {
+    "grad_accum_dtype": applied(_MIXED, why="stages 0 and 3 (warned at stages 1-2: Note [gradient dtypes] in "
+                                            "ds_zero.dtypes)"),
+    "param_dtype": applied(_MIXED, why="must match the fp16/bf16 sections"),
+    "buffer_dtype": refused("casting buffers is not built", when=lambda s: s.buffer_dtype is not None),
+    "keep_in_fp32_modules": refused("keeping modules in fp32 is not built",
+                                    when=lambda s: s.keep_in_fp32_modules != "auto"),
+}
+TABLES = {
+    FP16Config: ("fp16", FP16_KEYS),
+    BF16Config: ("bf16", BF16_KEYS),
+    AmpConfig: ("amp", AMP_KEYS),
+    TorchAutocastConfig: ("torch_autocast", TORCH_AUTOCAST_KEYS),
+    DataTypesConfig: ("data_types", DATA_TYPES_KEYS),
+}

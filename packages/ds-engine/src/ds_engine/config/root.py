@@ -30,7 +30,6 @@ from ds_engine.config.features import (
     PipelineConfig,
     ProgressiveLayerDropConfig,
     TensorParallelConfig,
-    loose_section_enabled,
 )
 from ds_engine.config.loading import read_config_source
 from ds_engine.config.monitoring import (
@@ -226,37 +225,9 @@ _UNSUPPORTED = "is not supported yet by this project; set it to false or remove 
 
 
 def unsupported_features(model: DeepSpeedConfigModel) -> list[str]:
-    """Each switched-on feature this project does not build yet, as ``'key.path': reason``."""
-    out: list[str] = []
-    gates = {
-        "amp.enabled": model.amp.enabled,
-        "data_efficiency": model.data_efficiency.switched_on(),
-        "curriculum_learning.enabled": model.curriculum_learning.enabled,
-        "hybrid_engine.enabled": model.hybrid_engine.enabled,
-        "nebula.enabled": model.nebula.enabled,
-        "progressive_layer_drop.enabled": model.progressive_layer_drop.enabled,
-        "eigenvalue.enabled": model.eigenvalue.enabled,
-        "compile.deepcompile": model.compile.deepcompile,
-        "sparse_gradients": model.sparse_gradients,
-        "managed_gradient_accumulation=false": not model.managed_gradient_accumulation,
-        "fp16.fp16_master_weights_and_grads": model.fp16.fp16_master_weights_and_grads,
-        "data_types.buffer_dtype": model.data_types.buffer_dtype is not None,
-        "data_types.keep_in_fp32_modules": model.data_types.keep_in_fp32_modules != "auto",
-        "compression_training": loose_section_enabled(model.compression_training),
-        "quantize_training": loose_section_enabled(model.quantize_training),
-        "weight_quantization": bool(model.weight_quantization) and loose_section_enabled(model.weight_quantization),
-        "expert_parallel": bool(model.expert_parallel) and loose_section_enabled(model.expert_parallel),
-        "datastates_ckpt": bool(model.datastates_ckpt) and loose_section_enabled(model.datastates_ckpt),
-        # AutoTP (autotp_size > 1) is built (ds_parallel.tensor); the inference-style tp.tp_size is not.
-        "tensor_parallel.tp_size>1": model.tensor_parallel.tp_size > 1,
-        "aio.use_gds": model.aio.use_gds,  # GPUDirect Storage: the NVMe engine reads into host memory
-        # zero_optimization: refusals come from its key-effect table (Note [key effects]).
-        **{key: True for key in refused_settings(model)},
-    }
-    for key, on in gates.items():
-        if on:
-            out.append(f"'{key}' {_UNSUPPORTED}")
-    return out
+    """Each switched-on feature this project does not build yet, as ``'key.path': reason``. The refusals
+    come from the key-effect tables of every section (Note [key effects] in ds_engine.config.effects)."""
+    return [f"'{key}' {_UNSUPPORTED}" for key in refused_settings(model)]
 
 
 _ZERO_PLUS_PLUS = ("zero_quantized_weights", "zero_quantized_nontrainable_weights", "zero_quantized_gradients")

@@ -334,3 +334,13 @@ OFFLOAD_PARAM_KEYS: dict[str, Effect] = {
     "max_in_cpu": no_effect(_NVME),
     "pin_memory": applied("ds_engine.zero_policy:_pin_memory"),
 }
+
+_ZENFLOW = "ZenFlow is not built (a zenflow section is refused)"
+ZENFLOW_KEYS: dict[str, Effect] = {name: no_effect(_ZENFLOW) for name in ZenFlowConfig.model_fields}
+
+_LEAF = "ds_engine.engine:DeepSpeedEngine.__init__"
+LEAF_MODULE_KEYS: dict[str, Effect] = {
+    "classes": applied(_LEAF, why="stage 3 gathers each leaf module as one piece (ds_zero.stage3.leaf)"),
+    "names": applied(_LEAF, why="stage 3"),
+    "name_suffixes": applied(_LEAF, why="stage 3"),
+}
