@@ -4,7 +4,8 @@ its DeepSpeed config on this project's ``deepspeed``, 2 CPU ranks (the ``deepspe
 A first run trains 6 steps of a tiny Llama (saving at 3 and 6, then ``save_model``); a second resumes from
 ``checkpoint-3`` and must reproduce steps 4-6. Both ranks (one tensor-parallel group) see the same batches
 and hold the same loss; the first loss equals the plain model's; the saved model loads into a plain
-``LlamaForCausalLM`` and computes the trained split model's logits.
+``LlamaForCausalLM`` and computes the trained split model's logits. A tiny Phi-3 (fused ``qkv_proj`` with GQA,
+fused ``gate_up_proj``) trains and saves the same way, its saved model in the plain fused layout.
 """
 
 from __future__ import annotations
@@ -56,3 +57,26 @@ def test_trainer_with_autotp_trains_saves_resumes(launch, stage: int) -> None:
                      "--resume_from_checkpoint", str(full.out / "checkpoint-3"))
     for rank in range(2):
         assert resumed.results[rank]["losses"] == pytest.approx(full.results[rank]["losses"][3:], abs=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_trainer_with_autotp_saves_fused_phi3(launch) -> None:
+    """Phi-3's fused qkv_proj (GQA) and gate_up_proj split per block: the Trainer's saved model is the plain
+    fused layout with the full head counts in its config, and computes the trained split model's logits."""
+    import hf_trainer_tp
+    from transformers import Phi3ForCausalLM
+
+    full = launch("deepspeed", "hf_trainer_tp.py", "phi3", "--stage", "2", "--model", "phi3")
+    for result in full.results:
+        assert (result["tp"], result["dp"], result["global_step"]) == (2, 1, 6)
+        assert result["q_proj_shape"] == [32, 32]  # qkv_proj: half of q (32) + half of k (16) + half of v (16)
+    assert full.results[0]["losses"] == pytest.approx(full.results[1]["losses"], abs=1e-6)
+    plain_loss = hf_trainer_tp.tiny_phi3()(input_ids=torch.tensor(full.results[0]["first_input_ids"]),
+                                           labels=torch.tensor(full.results[0]["first_input_ids"])).loss.item()
+    assert full.results[0]["losses"][0] == pytest.approx(plain_loss, abs=1e-5)
+    plain = Phi3ForCausalLM.from_pretrained(str(full.out / "final"))
+    assert (plain.config.num_attention_heads, plain.config.num_key_value_heads) == (4, 2)
+    with torch.no_grad():
+        logits = plain(input_ids=hf_trainer_tp.probe()).logits
+    assert (logits - torch.tensor(full.results[0]["logits"])).abs().max().item() < 1e-5

@@ -46,6 +46,17 @@ def tiny_llama() -> torch.nn.Module:
                                         max_position_embeddings=_common.SEQ, tie_word_embeddings=False))
 
 
+def tiny_phi3() -> torch.nn.Module:
+    """Phi-3 (fused ``qkv_proj`` with GQA, fused ``gate_up_proj``): hidden 32, 4 heads, 2 KV heads, 2 layers."""
+    from transformers import Phi3Config, Phi3ForCausalLM
+
+    torch.manual_seed(0)
+    return Phi3ForCausalLM(Phi3Config(vocab_size=_common.VOCAB, hidden_size=32, intermediate_size=64,
+                                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                      max_position_embeddings=_common.SEQ, pad_token_id=0, bos_token_id=1,
+                                      eos_token_id=2, tie_word_embeddings=False))
+
+
 def probe() -> torch.Tensor:
     """A fixed batch of token ids the test also feeds the saved model."""
     return _common.TokenDataset(4, seed=9).ids
@@ -58,6 +69,7 @@ def main() -> None:
     parser.add_argument("--result", required=True)
     parser.add_argument("--resume_from_checkpoint", default=None)
     parser.add_argument("--local_rank", type=int, default=-1)
+    parser.add_argument("--model", choices=["llama", "phi3"], default="llama")
     args = parser.parse_args()
 
     _common.stand_in_for_accelerator()
@@ -75,14 +87,16 @@ def main() -> None:
         gradient_accumulation_steps=1, learning_rate=5e-3, max_steps=6, save_steps=3, save_strategy="steps",
         logging_steps=1, report_to=[], seed=0, dataloader_num_workers=0, disable_tqdm=True,
     )
-    trainer = RecordingTrainer(model=tiny_llama(), args=training_args, train_dataset=_common.TokenDataset(32))
+    model = tiny_phi3() if args.model == "phi3" else tiny_llama()
+    trainer = RecordingTrainer(model=model, args=training_args, train_dataset=_common.TokenDataset(32))
     trainer.losses = []
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     trainer.save_model(str(Path(args.output_dir) / "final"))
     engine = trainer.model_wrapped
     with torch.no_grad():
         logits = engine.module(input_ids=probe()).logits
-    q = engine.module.model.layers[0].self_attn.q_proj.weight
+    attn = engine.module.model.layers[0].self_attn
+    q = attn.qkv_proj.weight if args.model == "phi3" else attn.q_proj.weight
     _common.write_result(args.output_dir, args.result, {
         "losses": trainer.losses, "global_step": trainer.state.global_step, "engine": type(engine).__name__,
         "zero_stage": engine.zero_optimization_stage(), "tp": engine.mp_world_size, "dp": engine.dp_world_size,

@@ -6,8 +6,11 @@ Falcon/GPT-NeoX-style blocks use):
 - row (input features split, one all-reduce): attention output, MLP down/fc2;
 - ``lm_head``/``embed_out``: row parallel, as DeepSpeed (replicated when tied to the input embedding);
 - embeddings, norms and every other layer stay replicated.
-Fused projections (``qkv_proj``, ``gate_up_proj``, ``c_attn``, ``query_key_value``, ``Wqkv``) would need a
-per-sub-matrix split; they raise :class:`PartitionError` naming the module.
+transformers' ``Conv1D`` (GPT-2: weight stored ``[in, out]``) is split like an ``nn.Linear`` by the same names
+(``c_fc`` column, ``c_proj`` row).
+Fused projections (``qkv_proj``, ``gate_up_proj``, ``c_attn``, ``query_key_value``, ``Wqkv``, ``W_pack``) are split
+block by block where fused.py knows their layout (GPT-2 ``c_attn``, Phi-3 ``qkv_proj`` and ``gate_up_proj``); any
+other raises :class:`PartitionError` naming the module.
 
 Attention modules get their head counts (``num_heads``, ``num_key_value_heads``...) divided by the
 tensor-parallel size, so forwards that read them reshape the local q/k/v correctly.
@@ -21,17 +24,19 @@ from typing import Any
 
 from torch import nn
 
+from ds_parallel.tensor.fused import FusedLayout, check_sections, fused_layout
 from ds_parallel.tensor.layers import (
     LinearAllreduce,
     LinearLayer,
     LmHeadLinearAllreduce,
     PartitionError,
     TensorParallelLayer,
+    is_conv1d,
 )
 
 COLUMN_NAMES = frozenset({"q_proj", "k_proj", "v_proj", "gate_proj", "up_proj", "fc1", "w1", "w3", "query", "key",
                           "value", "dense_h_to_4h", "wi", "wi_0", "wi_1", "c_fc"})
-ROW_NAMES = frozenset({"o_proj", "down_proj", "dense", "fc2", "w2", "out_proj", "wo", "dense_4h_to_h"})
+ROW_NAMES = frozenset({"o_proj", "down_proj", "dense", "fc2", "w2", "out_proj", "wo", "dense_4h_to_h", "c_proj"})
 HEAD_NAMES = frozenset({"lm_head", "embed_out"})
 FUSED_NAMES = frozenset({"qkv_proj", "gate_up_proj", "c_attn", "query_key_value", "Wqkv", "W_pack"})
 HEAD_ATTRS = ("num_heads", "num_key_value_heads", "num_attention_heads", "num_kv_heads", "n_heads", "n_head",
@@ -77,20 +82,18 @@ class PartitionPlan:
         return cls(specs, bool(partition_config.get("use_default_specs", True)))
 
     def decide(self, name: str, module: nn.Module) -> str:
-        """``"column"``, ``"row"``, ``"head"`` or ``"skip"`` for the module at ``name``."""
+        """``"column"``, ``"row"``, ``"head"``, ``"fused"`` (a fused projection's name) or ``"skip"``."""
         for spec in self.specs:
             if spec.matches(f"{name}.weight"):
                 if spec.shape is not None:
                     raise PartitionError(f"AutoTP cannot partition '{name}': sub-parameter layer specs (shape="
                                          f"{spec.shape}) for fused projections are not supported here")
                 return spec.partition_type
-        if not self.use_default_specs or not isinstance(module, nn.Linear):
+        if not self.use_default_specs or not _is_projection(module):
             return "skip"
         leaf = name.rsplit(".", 1)[-1]
         if leaf in FUSED_NAMES:
-            raise PartitionError(f"AutoTP cannot partition '{name}': fused projection '{leaf}' needs a per-sub-matrix "
-                                 "split, which is not supported; give tensor_parallel.partition_config layer_specs "
-                                 "that skip it or unfuse the model")
+            return "fused"
         if leaf in HEAD_NAMES:
             return "head"
         if leaf in COLUMN_NAMES:
@@ -98,6 +101,28 @@ class PartitionPlan:
         if leaf in ROW_NAMES:
             return "row"
         return "skip"
+
+
+def _is_projection(module: nn.Module) -> bool:
+    return isinstance(module, nn.Linear) or is_conv1d(module)
+
+
+def _features(module: nn.Module) -> tuple[int, int]:
+    """``(in_features, out_features)`` of an ``nn.Linear`` or a ``Conv1D``."""
+    return (module.nx, module.nf) if is_conv1d(module) else (module.in_features, module.out_features)
+
+
+def _resolve_fused(model: nn.Module, name: str, module: nn.Module) -> FusedLayout:
+    """The known layout of the fused projection at ``name``, or the error naming it."""
+    parent, _, leaf = name.rpartition(".")
+    holder = model.get_submodule(parent) if parent else model
+    layout = fused_layout(holder, leaf, _features(module)[1], name) if _is_projection(module) else None
+    if layout is None:
+        raise PartitionError(f"AutoTP cannot partition '{name}': fused projection '{leaf}' in "
+                             f"{type(holder).__name__} has no known per-sub-matrix layout (known: GPT-2 c_attn, "
+                             "Phi-3 qkv_proj and gate_up_proj); give tensor_parallel.partition_config layer_specs "
+                             "that skip it or unfuse the model")
+    return layout
 
 
 def _tied_to_input_embedding(model: nn.Module, module: nn.Module) -> bool:
@@ -139,10 +164,14 @@ def partition_model(model: nn.Module, tp_group: Any, tp_size: int,
     _check_heads(model, tp_size)
     plan = PartitionPlan.from_config(partition_config)
     decisions: list[tuple[str, str]] = []
+    layouts: dict[str, FusedLayout] = {}
     for name, module in model.named_modules():
         if not name or isinstance(module, TensorParallelLayer):
             continue
         kind = plan.decide(name, module)
+        if kind == "fused":
+            layouts[name] = _resolve_fused(model, name, module)
+            kind = "column"
         if kind == "head" and _tied_to_input_embedding(model, module):
             kind = "skip"  # DeepSpeed leaves a head tied to the embedding replicated
         if kind != "skip":
@@ -150,14 +179,18 @@ def partition_model(model: nn.Module, tp_group: Any, tp_size: int,
     # Check every division before changing anything, so a failure leaves the model whole.
     for name, kind in decisions:
         module = model.get_submodule(name)
-        if not isinstance(module, nn.Linear):
+        if not _is_projection(module):
             raise PartitionError(f"AutoTP cannot partition '{name}': {type(module).__name__} is not an nn.Linear")
-        features = module.out_features if kind == "column" else module.in_features
+        in_features, out_features = _features(module)
+        features = out_features if kind == "column" else in_features
+        if name in layouts:
+            check_sections(layouts[name], tp_size, name)
         if features % tp_size:
             raise PartitionError(f"AutoTP cannot partition '{name}': {'out' if kind == 'column' else 'in'}_features="
                                  f"{features} is not divisible by the tensor-parallel size {tp_size}")
     touched = {name.rpartition(".")[0] for name, kind in decisions
-               if name.rsplit(".", 1)[-1] in ("q_proj", "k_proj", "v_proj", "query", "key", "value")}
+               if name.rsplit(".", 1)[-1] in ("q_proj", "k_proj", "v_proj", "query", "key", "value")
+               or (name in layouts and layouts[name].attention)}
     for parent in touched:  # validate before the split
         mod = model.get_submodule(parent) if parent else model
         for attr in HEAD_ATTRS:
@@ -169,6 +202,11 @@ def partition_model(model: nn.Module, tp_group: Any, tp_size: int,
     for name, kind in decisions:
         parent, _, leaf = name.rpartition(".")
         holder = model.get_submodule(parent) if parent else model
-        setattr(holder, leaf, cls_of[kind](getattr(holder, leaf), tp_group, name=name))
+        sections = layouts[name].sections if name in layouts else None
+        setattr(holder, leaf, cls_of[kind](getattr(holder, leaf), tp_group, name=name, sections=sections))
     _adjust_heads(model, touched, tp_size)
+    for name, layout in layouts.items():
+        if layout.localize is not None:
+            parent = name.rpartition(".")[0]
+            layout.localize(model.get_submodule(parent) if parent else model, tp_size)
     return [name for name, _ in decisions]
