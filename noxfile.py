@@ -183,9 +183,13 @@ def _needing_transformers(folder: Path) -> list[str]:
 
 @nox.session(tags=["ci"])
 def lint(session: nox.Session) -> None:
-    """ruff over the whole tree."""
+    """ruff over the whole tree; mypy over the packages listed in pyproject.toml's [tool.mypy]."""
     session.install("ruff>=0.6")
     session.run("ruff", "check", ".")
+    # torch and pydantic are installed so mypy checks against their real types (and loads pydantic's plugin).
+    _install_torch(session)
+    session.install("-c", "constraints.txt", "mypy>=1.10", "pydantic>=2.5", "typer>=0.12")
+    session.run("mypy")
 
 
 @nox.session

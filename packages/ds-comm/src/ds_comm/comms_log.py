@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from types import FrameType
 from typing import Any
 
 from ds_comm.bandwidth import bandwidth_gbps, convert_size
@@ -140,7 +141,7 @@ def timed(op: str, nbytes: int, group_size: int, async_op: bool, call: Callable[
 
 def _caller() -> str:
     """The first function outside ds_comm on the stack (who asked for the collective)."""
-    frame = sys._getframe(1)
+    frame: FrameType | None = sys._getframe(1)
     while frame is not None and frame.f_globals.get("__name__", "").startswith("ds_comm"):
         frame = frame.f_back
     return frame.f_code.co_name if frame is not None else "?"

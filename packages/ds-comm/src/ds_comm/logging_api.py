@@ -24,7 +24,9 @@ def _section(deepspeed_config: Any) -> dict[str, Any]:
     raw = getattr(deepspeed_config, "comms_logger", None)
     if raw is None and isinstance(deepspeed_config, dict):
         raw = deepspeed_config.get("comms_logger")
-    return raw if isinstance(raw, dict) else (raw.model_dump() if hasattr(raw, "model_dump") else {})
+    if isinstance(raw, dict):
+        return raw
+    return raw.model_dump() if raw is not None and hasattr(raw, "model_dump") else {}
 
 
 def configure(deepspeed_config: Any = None, enabled: bool | None = None, prof_all: bool | None = None,

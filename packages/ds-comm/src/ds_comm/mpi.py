@@ -27,7 +27,7 @@ def host_address() -> str:
         infos = socket.getaddrinfo(hostname, None, family=socket.AF_INET)
     except OSError:
         return "127.0.0.1"
-    addresses = [info[4][0] for info in infos]
+    addresses = [str(info[4][0]) for info in infos]  # an AF_INET sockaddr's host is a str
     routable = [a for a in addresses if not a.startswith("127.")]
     return (routable or addresses or ["127.0.0.1"])[0]
 

@@ -84,7 +84,7 @@ def _open(path: str, write: bool, direct: bool) -> tuple[int, bool]:
 def _as_bytes(t: torch.Tensor) -> memoryview:
     if not t.is_contiguous() or t.device.type != "cpu":
         raise ValueError("aio buffers must be contiguous CPU tensors")
-    return memoryview(t.view(torch.uint8).reshape(-1).numpy())
+    return t.view(torch.uint8).reshape(-1).numpy().data  # the array's own buffer, as a memoryview
 
 
 class AioEngine:

@@ -19,7 +19,7 @@ from ._torch.lion import lion_torch
 from .backend import BackendName, resolve_backend
 from .hyper import AdamHyper, LambHyper, LionHyper, Precision, Scalar
 from .policy import DEFAULT_POLICY, KernelPolicy
-from .tensor_lists import validate_lists
+from .tensor_lists import required, validate_lists
 
 __all__ = [
     "adamw_step_flat",
@@ -40,7 +40,7 @@ def _triton(module: str) -> ModuleType:
 
 def _prepare(op: str, columns: dict[str, TensorList | None], backend: BackendName) -> tuple[dict, str]:
     cols = validate_lists(op, columns, read_only=frozenset({"grads"}))
-    return cols, resolve_backend(cols["params"], backend=backend, op=op)
+    return cols, resolve_backend(required(cols, "params"), backend=backend, op=op)
 
 
 def adamw_step_flat(

@@ -39,6 +39,14 @@ class LaunchGroup:
     rows: tuple[int, ...]
 
 
+def required(columns: dict[str, list[torch.Tensor] | None], role: str) -> list[torch.Tensor]:
+    """The list of ``role`` from :func:`validate_lists`' result, for a role the caller always passes."""
+    found = columns[role]
+    if found is None:
+        raise ValueError(f"the tensor list '{role}' is required")
+    return found
+
+
 def validate_lists(
     op: str, columns: dict[str, Sequence[torch.Tensor] | None], *, read_only: frozenset[str]
 ) -> dict[str, list[torch.Tensor] | None]:
@@ -86,7 +94,7 @@ def validate_lists(
     return {role: present.get(role) for role in columns}
 
 
-def group_rows(columns: Sequence[list[torch.Tensor] | None]) -> list[LaunchGroup]:
+def group_rows(columns: Sequence[Sequence[torch.Tensor] | None]) -> list[LaunchGroup]:
     """Split rows into launch groups by (device, dtype of each column); empty tensors are dropped."""
     anchor = next(c for c in columns if c is not None)
     dtype_columns = [[None] * len(anchor) if c is None else [t.dtype for t in c] for c in columns]
@@ -128,7 +136,9 @@ def pointer_table(columns: Sequence[Sequence[torch.Tensor] | None], rows: Sequen
     """
     width = len(columns) + 1
     per_column = [[0] * len(rows) if col is None else [col[i].data_ptr() for i in rows] for col in columns]
-    per_column.append([columns[0][i].numel() for i in rows])
+    sizes = columns[0]
+    assert sizes is not None  # column 0 is the parameters, always present
+    per_column.append([sizes[i].numel() for i in rows])
     key = (device, width, *map(tuple, per_column))
 
     def build() -> tuple[torch.Tensor, bool]:

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from collections.abc import Mapping
+
+from pydantic import BaseModel, Field
 
 from ds_engine.config.base import ConfigModel
 from ds_engine.config.effects import Effect, applied, section
@@ -157,7 +159,7 @@ THROUGHPUT_KEYS: dict[str, Effect] = {
     "enabled": applied("ds_engine.timers:ThroughputTimer.start"),
     "synchronized": applied("ds_engine.timers:ThroughputTimer._sync"),
 }
-TABLES = {
+TABLES: dict[type[BaseModel], tuple[str, Mapping[str, Effect]]] = {
     TensorBoardConfig: ("tensorboard", TENSORBOARD_KEYS),
     CSVMonitorConfig: ("csv_monitor", CSV_MONITOR_KEYS),
     WandbConfig: ("wandb", WANDB_KEYS),

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import BaseModel, Field, field_validator
 from pydantic_core import PydanticCustomError
 
 from ds_engine.config.base import ConfigModel
@@ -111,4 +111,4 @@ SCHEDULER_KEYS: dict[str, Effect] = {
     "type": applied("ds_engine.builders:build_scheduler", why="when the client passes no scheduler"),
     "params": applied("ds_engine.builders:build_scheduler"),
 }
-TABLES = {OptimizerConfig: ("optimizer", OPTIMIZER_KEYS), SchedulerConfig: ("scheduler", SCHEDULER_KEYS)}
+TABLES: dict[type[BaseModel], tuple[str, Mapping[str, Effect]]] = {OptimizerConfig: ("optimizer", OPTIMIZER_KEYS), SchedulerConfig: ("scheduler", SCHEDULER_KEYS)}

@@ -4,9 +4,10 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from ds_engine.config.base import ConfigModel, FeatureGate
 from ds_engine.config.effects import Effect, applied, no_effect, refused
@@ -201,7 +202,7 @@ DATA_TYPES_KEYS: dict[str, Effect] = {
     "keep_in_fp32_modules": refused("keeping modules in fp32 is not built",
                                     when=lambda s: s.keep_in_fp32_modules != "auto"),
 }
-TABLES = {
+TABLES: dict[type[BaseModel], tuple[str, Mapping[str, Effect]]] = {
     FP16Config: ("fp16", FP16_KEYS),
     BF16Config: ("bf16", BF16_KEYS),
     AmpConfig: ("amp", AMP_KEYS),

@@ -30,11 +30,11 @@ def adagrad_torch(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor],
     by_dtype: dict[torch.dtype, list[int]] = {}
     for i in direct:
         by_dtype.setdefault(params[i].dtype, []).append(i)
-    kw = dict(lr=lr, eps=eps, weight_decay=weight_decay)
     for rows in by_dtype.values():
         p, g, s = ([col[i] for i in rows] for col in columns)
-        _fused(p, g, s, [step_t] * len(rows), **kw)
+        _fused(p, g, s, [step_t] * len(rows), lr=lr, eps=eps, weight_decay=weight_decay)
     if staged:
         check_staged_dtypes(op, {"params": params, "grads": grads, "exp_avg_sq": sums}, staged)
-        run_staged(lambda cols: _fused(*cols, [step_t] * len(cols[0]), **kw), columns,
+        run_staged(lambda cols: _fused(cols[0], cols[1], cols[2], [step_t] * len(cols[0]), lr=lr, eps=eps,
+                                       weight_decay=weight_decay), columns,
                    written=(True, False, True), grad_col=1, inv_scale=1.0, out_lowp=None, rows=staged)

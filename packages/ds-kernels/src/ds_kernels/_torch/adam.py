@@ -53,11 +53,12 @@ def adam_torch(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], ex
     for i in direct:
         by_dtype.setdefault(params[i].dtype, []).append(i)
     for rows in by_dtype.values():
-        _fused(*([col[i] for i in rows] for col in columns), hyper, step_t)
+        p, g, m, v = ([col[i] for i in rows] for col in columns)
+        _fused(p, g, m, v, hyper, step_t)
     if not staged:
         return
     check_staged_dtypes(op, {"params": params, "grads": grads, "exp_avgs": exp_avgs, "exp_avg_sqs": exp_avg_sqs,
                              "out_lowp": out_lowp}, staged)
     inv_scale = inverse_scale(precision, op)
-    run_staged(lambda cols: _fused(*cols, hyper, step_t), columns, written=(True, False, True, True),
+    run_staged(lambda cols: _fused(cols[0], cols[1], cols[2], cols[3], hyper, step_t), columns, written=(True, False, True, True),
                grad_col=1, inv_scale=inv_scale, out_lowp=out_lowp, rows=staged)

@@ -41,6 +41,7 @@ def lamb_torch(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], ex
     check_staged_dtypes(op, {"params": params, "grads": grads, "exp_avgs": exp_avgs, "exp_avg_sqs": exp_avg_sqs,
                              "out_lowp": out_lowp}, live)
     step_value = host_scalar(step, torch.device("cpu"))
+    assert step_value is not None  # on the CPU every step is a host value
     bc1, bc2 = bias_corrections(hyper.beta1, hyper.beta2, float(step_value), hyper.bias_correction)
     step_size = hyper.lr * bc2 ** 0.5 / bc1
     inv_scale = inverse_scale(precision, op)

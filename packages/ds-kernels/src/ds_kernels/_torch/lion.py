@@ -37,10 +37,11 @@ def lion_torch(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], ex
     for i in direct:
         by_dtype.setdefault(params[i].dtype, []).append(i)
     for rows in by_dtype.values():
-        _lion_lists(*([col[i] for i in rows] for col in columns), hyper)
+        p, g, m = ([col[i] for i in rows] for col in columns)
+        _lion_lists(p, g, m, hyper)
     if not staged:
         return
     check_staged_dtypes(op, {"params": params, "grads": grads, "exp_avgs": exp_avgs, "out_lowp": out_lowp}, staged)
     inv_scale = inverse_scale(precision, op)
-    run_staged(lambda cols: _lion_lists(*cols, hyper), columns, written=(True, False, True), grad_col=1,
+    run_staged(lambda cols: _lion_lists(cols[0], cols[1], cols[2], hyper), columns, written=(True, False, True), grad_col=1,
                inv_scale=inv_scale, out_lowp=out_lowp, rows=staged)

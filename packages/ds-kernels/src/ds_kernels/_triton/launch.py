@@ -91,6 +91,8 @@ def device_scalars(op: str, *, step: Scalar, precision: Precision, device: torch
     scale_dev = device_scalar(precision.grad_scale, device)
     host_step = host_scalar(step, device) if step_dev is None else 1.0
     host_scale = host_scalar(precision.grad_scale, device) if scale_dev is None else 1.0
+    # host_scalar is None only for a tensor on this accelerator, i.e. exactly when the device_scalar is set
+    assert host_step is not None and host_scale is not None
     if host_scale == 0 or not math.isfinite(host_scale):
         raise ValueError(f"{op}: grad_scale={host_scale!r}; expected a finite non-zero loss scale")
     return DeviceScalars(

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from .._torch.adagrad import adagrad_torch
-from ..tensor_lists import validate_lists
+from ..tensor_lists import required, validate_lists
 from .base import CPUOnly, StepOptimizer
 
 __all__ = ["DeepSpeedCPUAdagrad"]
@@ -57,6 +57,7 @@ class DeepSpeedCPUAdagrad(CPUOnly, StepOptimizer):
                 cols = validate_lists(op, {"params": batch.params, "grads": batch.grads,
                                            "exp_avg_sq": batch.column("exp_avg_sq")},
                                       read_only=frozenset({"grads"}))
-                adagrad_torch(cols["params"], cols["grads"], cols["exp_avg_sq"], lr=float(group["lr"]),
+                adagrad_torch(required(cols, "params"), required(cols, "grads"), required(cols, "exp_avg_sq"),
+                              lr=float(group["lr"]),
                               eps=group["eps"], weight_decay=group["weight_decay"], step=batch.step, op=op)
         return loss

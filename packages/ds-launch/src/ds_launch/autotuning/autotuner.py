@@ -184,7 +184,10 @@ class Autotuner:
                 since_best += 1
             if record.result.status == OOM:
                 reason = f"micro batch {exp.micro_batch} already ran out of memory at stage {exp.stage}"
-                for gone in tuner.discard(lambda c, e=exp: c.micro_batch >= e.micro_batch):
+                def at_least(c: space.Experiment, at: int = exp.micro_batch) -> bool:
+                    return c.micro_batch >= at
+
+                for gone in tuner.discard(at_least):
                     self.progress.planned -= 1
                     self._prune(gone, reason)
 

@@ -44,7 +44,9 @@ def instantiation_bytes(*, num_params: int, stage: int, dp_world_size: int, half
                         mp_size: int = 1) -> float:
     """Parameters + gradients + optimizer state per rank at ``stage`` (Note [zero memory])."""
     width = 2 if half_precision else 4
-    params, grads, optimizer = num_params * width, num_params * width, num_params * (16 if half_precision else 8)
+    params: float = num_params * width
+    grads: float = num_params * width
+    optimizer: float = num_params * (16 if half_precision else 8)
     if stage >= 1:
         optimizer /= dp_world_size
     if stage >= 2:

@@ -31,7 +31,7 @@ def best_of(records: Sequence[Record], *, lower_is_better: bool) -> Record | Non
     if not measured:
         return None
     pick = min if lower_is_better else max
-    return pick(measured, key=lambda r: r.value)
+    return pick(measured, key=lambda r: r.value if r.value is not None else 0.0)  # all measured here
 
 
 class Progress:
