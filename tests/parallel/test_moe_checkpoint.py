@@ -27,7 +27,7 @@ def test_expert_files_and_resume(tmp_path: Path, stage: int, save_ep: int, load_
     loaded = run_distributed(W.checkpoint_rank, world_size=2, timeout=200, args=(stage, load_ep, str(tmp_path), "load"))
     for res in loaded:
         assert res["global_steps"] == 3
-        assert "load_optimizer_states=False" in res["refused"]  # optimizer states per expert: not built
+        assert res["refused"] is None  # expert optimizer states are saved per global expert: any ep size loads
         for name, w in res["weights"].items():
             torch.testing.assert_close(w, want[name], rtol=0, atol=0, msg=name)
 

@@ -321,17 +321,16 @@ class DeepSpeedEngine(EngineAccessors, EngineCompile, nn.Module):
                         load_module_only: bool = False, custom_load_fn: Any = None) -> tuple[Any, Any]:
         """Restore a checkpoint; returns ``(path, client_state)``, or ``(None, None)`` if there is none.
         ``custom_load_fn(src=module_state_dict, dst=module)``, if given, loads the module's weights."""
-        if getattr(self, "has_moe_layers", False):
-            moe_checkpoint.refuse_expert_optimizer_states(self, load_optimizer_states, load_module_only)
-            if custom_load_fn is None:  # experts come from their own files (Note [expert files])
-                custom_load_fn = moe_checkpoint.shared_weights_loader(load_module_strict)
+        self.moe_optimizer_loaded = False  # set by the MoE optimizer-state load (Note [expert optimizer state])
+        if getattr(self, "has_moe_layers", False) and custom_load_fn is None:
+            custom_load_fn = moe_checkpoint.shared_weights_loader(load_module_strict)  # Note [expert files]
         path, client_state = checkpoint.load(self, load_dir, tag, load_module_strict=load_module_strict,
                                              load_optimizer_states=load_optimizer_states,
                                              load_lr_scheduler_states=load_lr_scheduler_states,
                                              load_module_only=load_module_only, custom_load_fn=custom_load_fn)
         if path is not None and getattr(self, "has_moe_layers", False):  # Note [expert files]
             moe_checkpoint.load_experts(self, path)
-            if self.optimizer is not None:
+            if self.optimizer is not None and not self.moe_optimizer_loaded:
                 self.optimizer.refresh_fp32_params()  # masters follow the experts' weights
         return path, client_state
 

@@ -9,9 +9,8 @@ checkpoint resumes at the same or another expert-parallel size as long as the nu
 is unchanged (as in DeepSpeed); a missing expert file is a clear error. The model-states file still holds
 rank 0's module state; its expert entries are overwritten from the expert files on load.
 
-Optimizer states of expert parameters are not saved per expert yet: a load that asks for optimizer states
-of a model with MoE layers is refused with a message (``load_optimizer_states=False`` restores every
-weight), rather than handing one rank's expert moments to another rank's experts.
+Optimizer states of expert parameters are saved keyed by global expert too (Note [expert optimizer state]
+in :mod:`ds_engine.moe_optimizer_checkpoint`).
 """
 
 from __future__ import annotations
@@ -106,14 +105,4 @@ def shared_weights_loader(strict: bool) -> Any:
     return load
 
 
-def refuse_expert_optimizer_states(engine: Any, load_optimizer_states: bool, load_module_only: bool) -> None:
-    """Refuse (before reading anything) an optimizer-state load of a model with MoE layers (module note)."""
-    if engine.has_moe_layers and engine.optimizer is not None and load_optimizer_states and not load_module_only:
-        raise DeepSpeedCheckpointError(
-            "optimizer states of MoE models are not saved per expert yet: load this checkpoint with "
-            "load_optimizer_states=False (every expert's weights and the LR schedule are restored; the optimizer "
-            "starts fresh)")
-
-
-__all__ = ["expert_ckpt_name", "load_experts", "refuse_expert_optimizer_states", "save_experts",
-           "shared_weights_loader"]
+__all__ = ["expert_ckpt_name", "load_experts", "save_experts", "shared_weights_loader"]

@@ -102,7 +102,9 @@ def get_fp32_state_dict_from_zero_checkpoint(checkpoint_dir: str | os.PathLike, 
 
     if is_pipeline_checkpoint(tag_dir):  # one file per layer (a PipelineModule's checkpoint)
         return pipeline_fp32_state_dict(tag_dir)
-    model_files = sorted(glob.glob(str(tag_dir / "*model_states.pt")), key=_natural)
+    # an MoE checkpoint's per-expert files (layer_<L>_expert_<E>_...) hold no module: skip them
+    model_files = sorted((p for p in glob.glob(str(tag_dir / "*model_states.pt"))
+                          if not os.path.basename(p).startswith("layer_")), key=_natural)
     if not model_files:
         raise FileNotFoundError(f"can't find *model_states.pt files in directory '{tag_dir}'")
     model_state = _load(model_files[0])

@@ -202,6 +202,8 @@ def read_optimizer_shards(paths: Iterable[str], param_shapes: Any) -> list[dict[
             shards.append(slices_from_deepspeed(path, content, param_shapes))
             continue
         osd = content.get(OPTIMIZER_STATE_DICT) if isinstance(content, dict) else None
+        if osd is None and isinstance(content, dict):  # an MoE stage-0 save's expp_rank_<ep> file: {"optimizer": ...}
+            osd = content.get("optimizer")
         if not isinstance(osd, dict) or osd.get("format") != SLICES_FORMAT:
             raise DeepSpeedCheckpointError(f"{path}: holds no optimizer state that this project or DeepSpeed wrote")
         shards.append(osd)

@@ -74,7 +74,8 @@ def model_states(engine: Any, exclude_frozen_parameters: bool, sharded_optimizer
     return {
         layout.MODULE: module if module is not None else module_state(engine, exclude_frozen_parameters),
         layout.BUFFER_NAMES: _buffer_names(engine.module),
-        layout.OPTIMIZER: None if (engine.optimizer is None or sharded_optimizer) else engine.optimizer.state_dict(),
+        layout.OPTIMIZER: None if (engine.optimizer is None or sharded_optimizer or _has_moe(engine))
+        else engine.optimizer.state_dict(),  # MoE at stage 0: in the expp_rank files (Note [expert optimizer state])
         layout.PARAM_SHAPES: None,
         layout.FROZEN_PARAM_SHAPES: None,
         layout.SHARED_PARAMS: None,
@@ -154,11 +155,34 @@ def _write_files(engine: Any, save_dir: str, tag: str, client_state: dict[str, A
         written.append((atomic_torch_save(state, layout.model_states_path(save_dir, tag, mp)),
                         manifest.MODEL_STATES))
     if sharded:  # every rank writes its own slice of the optimizer state (Note [one slice format])
-        shard = {layout.OPTIMIZER_STATE_DICT: engine.optimizer.state_dict(), layout.DS_CONFIG: engine.config,
+        shard = {layout.OPTIMIZER_STATE_DICT: _optimizer_state(engine), layout.DS_CONFIG: engine.config,
                  layout.DS_VERSION: ds_version()}
         path = layout.zero_optim_states_path(save_dir, tag, engine.get_data_parallel_rank(), mp)
         written.append((atomic_torch_save(shard, path), manifest.OPTIM_STATES))
+    elif engine.optimizer is not None and _has_moe(engine):  # Note [expert optimizer state]
+        from ds_engine import moe_optimizer_checkpoint
+
+        path = moe_optimizer_checkpoint.expp_path(save_dir, tag, mp)
+        if path is not None:
+            content = {layout.OPTIMIZER: _optimizer_state(engine), layout.DS_CONFIG: engine.config,
+                       layout.DS_VERSION: ds_version()}
+            written.append((atomic_torch_save(content, path), manifest.OPTIM_STATES))
     return [manifest.entry(w, kind=kind, node_local=node_local) for w, kind in written]
+
+
+def _has_moe(engine: Any) -> bool:
+    return bool(getattr(engine, "has_moe_layers", False))
+
+
+def _optimizer_state(engine: Any) -> dict[str, Any]:
+    """The optimizer's slices; a MoE model's with expert keys global (Note [expert optimizer state] in
+    :mod:`ds_engine.moe_optimizer_checkpoint`)."""
+    state = engine.optimizer.state_dict()
+    if not _has_moe(engine):
+        return state
+    from ds_engine import moe_optimizer_checkpoint
+
+    return moe_optimizer_checkpoint.globalize(engine, state)
 
 
 def resolve_tag(load_dir: str, tag: Any) -> str | None:
@@ -201,7 +225,12 @@ def load(engine: Any, load_dir: str, tag: Any, *, load_module_strict: bool, load
             f"runs {mp_size}. Resume at the same size, or export full weights with save_16bit_model and start "
             "from those")
     placeholders = deepspeed_format.partitioned_placeholders(state[layout.MODULE], state.get(layout.PARAM_SHAPES))
-    shards = _optimizer_shards(state, path, opened.optimizer_files) if wants_optimizer or placeholders else []
+    if wants_optimizer and _has_moe(engine):  # expert slices to this rank's experts (Note [expert optimizer state])
+        from ds_engine import moe_optimizer_checkpoint
+
+        shards = moe_optimizer_checkpoint.optimizer_shards(engine, state, path, opened.optimizer_files)
+    else:
+        shards = _optimizer_shards(state, path, opened.optimizer_files) if wants_optimizer or placeholders else []
     if placeholders:  # a DeepSpeed stage-3 save: its weights live only in the optimizer partitions
         deepspeed_format.fill_partitioned_weights(state[layout.MODULE], placeholders, consolidate_fp32(shards))
     if custom_load_fn is None:
