@@ -24,7 +24,7 @@ expert in token order, first choices before second choices. Top-k (``drop_policy
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -64,14 +64,32 @@ def _combine(gates_se: Tensor, mask_se: Tensor, locations_se: Tensor, cap: int) 
     return (gates_se * mask_se).unsqueeze(-1) * slots
 
 
-def top1gating(logits: Tensor, capacity_factor: float, min_capacity: int, used_token: Tensor | None = None,
-               noisy_gate_policy: str | None = None, drop_tokens: bool = True, use_rts: bool = True,
-               ep_group: Any = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Top-1 gating (Notes [capacity], [aux loss], [which tokens are kept])."""
+class Routes(NamedTuple):
+    """The kept routes of a gate, one entry each: token ``token[i]`` goes to slot ``slot[i]`` of expert
+    ``expert[i]`` and gets ``weight[i]`` of its output (the nonzeros of the dense combine weights)."""
+
+    token: Tensor
+    expert: Tensor
+    slot: Tensor
+    weight: Tensor
+
+
+def dense_combine(routes: Routes, num_tokens: int, num_experts: int, cap: int) -> Tensor:
+    """The ``[s, e, c]`` combine weights of ``routes`` (differentiable in their weights)."""
+    zeros = routes.weight.new_zeros(num_tokens, num_experts, cap)
+    return zeros.index_put((routes.token, routes.expert, routes.slot), routes.weight)
+
+
+def top1_routes(logits: Tensor, capacity_factor: float, min_capacity: int, used_token: Tensor | None = None,
+                noisy_gate_policy: str | None = None, drop_tokens: bool = True, use_rts: bool = True,
+                ep_group: Any = None) -> tuple[Tensor, Routes, Tensor, int]:
+    """Top-1 gating as ``(l_aux, routes, exp_counts, capacity)``, without the dense ``[s, e, c]`` tensors
+    (Notes [capacity], [aux loss], [which tokens are kept]); :func:`top1gating` is its dense form."""
     gates = F.softmax(logits, dim=1)
     num_tokens, num_experts = gates.shape
     chooser = logits + gumbel_rsample(logits.shape, logits.device) if noisy_gate_policy == "RSample" else gates
-    mask1 = F.one_hot(chooser.argmax(dim=1), num_experts)
+    choice = chooser.argmax(dim=1)
+    mask1 = F.one_hot(choice, num_experts)
     if used_token is not None:
         mask1 = mask1 * used_token.reshape(-1, 1).to(mask1.dtype)
     exp_counts = mask1.sum(dim=0).detach()
@@ -87,7 +105,18 @@ def top1gating(logits: Tensor, capacity_factor: float, min_capacity: int, used_t
     keep = torch.topk(priority, k=min(cap, num_tokens), dim=0).indices
     mask1 = mask1 * torch.zeros_like(mask1).scatter_(0, keep, 1)
     locations = torch.cumsum(mask1, dim=0) - 1
-    combine = _combine(gates, mask1, locations, cap)
+    token = mask1.sum(dim=1).nonzero().squeeze(1)  # at most one route per token: token order is route order
+    expert = choice.index_select(0, token)
+    return l_aux, Routes(token, expert, locations[token, expert], gates[token, expert]), exp_counts, cap
+
+
+def top1gating(logits: Tensor, capacity_factor: float, min_capacity: int, used_token: Tensor | None = None,
+               noisy_gate_policy: str | None = None, drop_tokens: bool = True, use_rts: bool = True,
+               ep_group: Any = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Top-1 gating (Notes [capacity], [aux loss], [which tokens are kept])."""
+    l_aux, routes, exp_counts, cap = top1_routes(logits, capacity_factor, min_capacity, used_token,
+                                                 noisy_gate_policy, drop_tokens, use_rts, ep_group)
+    combine = dense_combine(routes, logits.shape[0], logits.shape[1], cap)
     return l_aux, combine, combine.bool(), exp_counts
 
 
@@ -145,4 +174,5 @@ def topkgating(logits: Tensor, k: int, capacity_factor: float, min_capacity: int
     return l_aux, combine, combine.bool(), exp_counts
 
 
-__all__ = ["capacity", "gumbel_rsample", "multiplicative_jitter", "top1gating", "top2gating", "topkgating"]
+__all__ = ["Routes", "capacity", "dense_combine", "gumbel_rsample", "multiplicative_jitter", "top1_routes", "top1gating",
+           "top2gating", "topkgating"]

@@ -20,7 +20,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ds_parallel.moe import expert_groups
-from ds_parallel.moe.gating import multiplicative_jitter, top1gating, top2gating, topkgating
+from ds_parallel.moe.gating import (
+    Routes,
+    multiplicative_jitter,
+    top1_routes,
+    top1gating,
+    top2gating,
+    topkgating,
+)
 
 
 class _AllToAll(torch.autograd.Function):
@@ -89,13 +96,26 @@ class TopKGate(nn.Module):
             raise RuntimeError("this gate's expert parallel group is already set")
         self.ep_group = ep_group
 
-    def forward(self, input: Tensor, used_token: Tensor | None = None,
-                use_tutel: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """``(l_aux, combine_weights, dispatch_mask, exp_counts)`` for ``input`` of shape ``[s, m]``."""
+    def _logits(self, input: Tensor) -> Tensor:
         x = input.float()
         if self.noisy_gate_policy == "Jitter" and self.training:
             x = multiplicative_jitter(x)
-        logits = F.linear(x, self.wg.weight.float())
+        return F.linear(x, self.wg.weight.float())
+
+    def routes(self, input: Tensor, used_token: Tensor | None = None) -> tuple[Tensor, Routes, Tensor, int]:
+        """``(l_aux, routes, exp_counts, capacity)``: the kept routes as index lists (what the layer uses;
+        top-1 never builds the dense ``[s, e, c]`` weights, which cost more than the dispatch they drive)."""
+        if self.k == 1:
+            factor = self.capacity_factor if self.training else self.eval_capacity_factor
+            return top1_routes(self._logits(input), factor, self.min_capacity, used_token,
+                               self.noisy_gate_policy if self.training else None, self.drop_tokens, self.use_rts,
+                               self.ep_group)
+        return _dense_routes(*self(input, used_token))
+
+    def forward(self, input: Tensor, used_token: Tensor | None = None,
+                use_tutel: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``(l_aux, combine_weights, dispatch_mask, exp_counts)`` for ``input`` of shape ``[s, m]``."""
+        logits = self._logits(input)
         factor = self.capacity_factor if self.training else self.eval_capacity_factor
         if self.k == 1:
             return top1gating(logits, factor, self.min_capacity, used_token,
@@ -105,6 +125,13 @@ class TopKGate(nn.Module):
             return top2gating(logits, factor, self.min_capacity, self.drop_tokens, self.ep_group,
                               self.top2_2nd_expert_sampling)
         return topkgating(logits, self.k, factor, self.min_capacity, self.drop_tokens, self.ep_group)
+
+
+def _dense_routes(l_aux: Tensor, combine: Tensor, dispatch_mask: Tensor,
+                  exp_counts: Tensor) -> tuple[Tensor, Routes, Tensor, int]:
+    """A gate's dense ``(l_aux, combine, dispatch_mask, exp_counts)`` as routes (its nonzeros)."""
+    token, expert, slot = dispatch_mask.nonzero(as_tuple=True)
+    return l_aux, Routes(token, expert, slot, combine[token, expert, slot]), exp_counts, combine.shape[2]
 
 
 class MOELayer(nn.Module):
@@ -134,11 +161,14 @@ class MOELayer(nn.Module):
         d_model = input[0].shape[-1]
         tokens = input[0].reshape(-1, d_model)
         used = input[1] if len(input) > 1 else None
-        self.l_aux, combine, dispatch_mask, self.exp_counts = self.gate(tokens, used)
+        # a gate of another class (or one overriding forward) is read through its dense weights
+        sparse = isinstance(self.gate, TopKGate) and type(self.gate).forward is TopKGate.forward
+        self.l_aux, routes, self.exp_counts, cap = (self.gate.routes(tokens, used) if sparse
+                                                    else _dense_routes(*self.gate(tokens, used)))
         # Sparse dispatch: each kept route copies one token into its slot (a dense einsum over the one-hot
         # [s, e, c] mask would cost s * e * c * m multiply-adds to move s * k * m numbers).
-        num_experts, cap = dispatch_mask.shape[1], dispatch_mask.shape[2]
-        token_idx, expert_idx, slot_idx = dispatch_mask.nonzero(as_tuple=True)
+        num_experts = self.num_local_experts * self.ep_size
+        token_idx, expert_idx, slot_idx = routes.token, routes.expert, routes.slot
         flat_slot = expert_idx * cap + slot_idx
         dispatched = tokens.new_zeros(num_experts * cap, d_model).index_copy(0, flat_slot, tokens[token_idx])
         dispatched = dispatched.view(num_experts, cap, d_model)
@@ -151,7 +181,7 @@ class MOELayer(nn.Module):
         out = self.experts(dispatched).reshape(self.ep_size * self.num_local_experts, -1, d_model)
         if self.ep_size > 1:
             out = _AllToAll.apply(self.ep_group, out)
-        weights = combine[token_idx, expert_idx, slot_idx].to(out.dtype).unsqueeze(1)
+        weights = routes.weight.to(out.dtype).unsqueeze(1)
         routed = out.reshape(num_experts * cap, d_model).index_select(0, flat_slot) * weights
         combined = tokens.new_zeros(tokens.shape[0], d_model, dtype=out.dtype).index_add(0, token_idx, routed)
         return combined.reshape(input[0].shape)
