@@ -72,3 +72,25 @@ def roundtrip_rank(save_dir: str, stage: int, save_ep: int, load_stage: int, loa
     engine at ``load_stage`` / ``load_ep`` that resumes from its checkpoint."""
     return {"reference": resume_rank(stage, save_ep, save_dir, "reference", bf16=bf16),
             "resumed": resume_rank(load_stage, load_ep, save_dir, "resume", bf16=bf16)}
+
+
+def reshard_rank(save_dir: str, stage: int, ep_size: int, phase: str) -> list[dict[str, Any]]:
+    """``save``: train ``SAVED`` steps and save at this world size; ``load``: load at this world size and
+    return the optimizer state this rank now holds, expert keys global (the slices a save would write)."""
+    import torch.distributed as dist
+
+    from ds_engine import moe_optimizer_checkpoint
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    ep_rank = rank % ep_size
+    model = W.MoENet(ep_size, ep_rank if phase == "save" else (ep_rank + 1) % ep_size)
+    engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(),
+                                      config=_config(stage, world, False))
+    if phase == "save":
+        _steps(engine, 0, SAVED, rank, world)
+        engine.save_checkpoint(save_dir, tag="t")
+        return []
+    engine.load_checkpoint(save_dir, tag="t")
+    state = moe_optimizer_checkpoint.globalize(engine, engine.optimizer.state_dict())
+    return [{"key": p["key"], "start": p["start"], "end": p["end"], "fp32": p["fp32"], "state": p["state"],
+             "step": state["group_scalars"][p["group"]]["step"]} for p in state["slices"]]

@@ -15,6 +15,8 @@ import torch
 
 from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 from ds_comm.testing import run_distributed
+from ds_zero.deepspeed_format import read_optimizer_shards
+from ds_zero.sharded_state import consolidate_fp32, full_optimizer_state
 
 
 def _by_rank(results: list[dict[str, Any]]) -> tuple[list[list[float]], dict[str, torch.Tensor]]:
@@ -73,6 +75,29 @@ def test_resume_at_another_ep_size(tmp_path: Path, stage: int, save_ep: int, loa
     """Each expert's moments follow it to the rank that holds it at the new ep size (and ZeRO stage)."""
     ref, got = _roundtrip(tmp_path, 2, stage, save_ep, load_stage, load_ep)
     _assert_same(ref, got, 1e-5)
+
+
+@pytest.mark.timeout(240)
+def test_resume_at_another_ep_and_dp_size_holds_each_experts_state(tmp_path: Path) -> None:
+    """Saved at ep 2 on 2 ranks (ZeRO 1), loaded at ep 4 on 4 ranks: each rank holds exactly the saved fp32
+    masters, Adam moments and step of its experts (one each) and of its quarter of the shared parameters."""
+    run_distributed(R.reshard_rank, world_size=2, timeout=200, args=(str(tmp_path), 1, 2, "save"))
+    files = sorted(str(p) for p in (tmp_path / "t").glob("zero_pp_rank_*_optim_states.pt"))
+    saved_shards = read_optimizer_shards(files, None)
+    saved, fp32 = full_optimizer_state(saved_shards), consolidate_fp32(saved_shards)
+    held = run_distributed(R.reshard_rank, world_size=4, timeout=200, args=(str(tmp_path), 1, 4, "load"))
+    covered: dict[str, int] = {}
+    for rank, pieces in enumerate(held):
+        experts = {p["key"] for p in pieces if "deepspeed_experts." in p["key"]}
+        assert experts == {f"moe.deepspeed_moe.experts.deepspeed_experts.{rank}.{n}" for n in ("weight", "bias")}
+        for p in pieces:
+            a, b = p["start"], p["end"]
+            torch.testing.assert_close(p["fp32"], fp32[p["key"]].flatten()[a:b], rtol=0, atol=0)
+            for k in ("exp_avg", "exp_avg_sq"):
+                torch.testing.assert_close(p["state"][k], saved[p["key"]][k].flatten()[a:b], rtol=0, atol=0)
+            assert p["step"] == R.SAVED
+            covered[p["key"]] = covered.get(p["key"], 0) + b - a
+    assert covered == {k: v.numel() for k, v in fp32.items()}  # every element held once, nothing missing
 
 
 @pytest.mark.faults
