@@ -34,6 +34,7 @@ def test_rank_specs_carry_every_variable():
             "MASTER_ADDR": "10.1.1.1", "MASTER_PORT": "1234", "CROSS_RANK": "1", "CROSS_SIZE": "2",
             "FROM_FILE": "1", "PATH": "/bin"}
         assert "CUDA_VISIBLE_DEVICES" not in s.env and s.log_path is None and s.cpu_affinity is None
+        assert s.env["OMP_NUM_THREADS"] == str(max(1, len(os.sched_getaffinity(0)) // 3))
 
 
 def test_visible_devices_are_the_nodes_selected_slots():
@@ -52,6 +53,16 @@ def test_logs_affinity_and_flags():
     assert specs[0].log_path == Path("/logs/20250101_rank0.log")
     assert specs[0].cpu_affinity == tuple(cores) and specs[0].env["OMP_NUM_THREADS"] == str(len(cores))
     assert specs[0].argv == ("/py", "-u", "-m", "t.py", "--deepspeed")
+
+
+def test_ranks_share_the_cores_unless_the_user_set_threads():
+    # Note [threads per rank]: 3 local ranks each get an equal share of this process's cores, at least 1.
+    share = max(1, len(os.sched_getaffinity(0)) // 3)
+    assert {s.env["OMP_NUM_THREADS"] for s in build_rank_specs(launch(), base_env={})} == {str(share)}
+    chosen = build_rank_specs(launch(), base_env={"OMP_NUM_THREADS": "7"})
+    assert {s.env["OMP_NUM_THREADS"] for s in chosen} == {"7"}
+    alone = build_rank_specs(launch(world_info={"n": [0]}, node_rank=0), base_env={})
+    assert "OMP_NUM_THREADS" not in alone[0].env  # one rank: torch's own default already fits
 
 
 def test_bad_node_rank_and_log_dir(tmp_path):

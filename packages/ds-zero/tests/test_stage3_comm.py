@@ -38,7 +38,14 @@ class _Collectives(TorchDispatchMode):
 
 
 def _one_step(reuse: int):
-    from ds_zero import wrap
+    import os
+
+    from ds_zero import shm_collectives, wrap
+
+    # Counted at the c10d dispatcher, so the ranks take c10d's collectives rather than the shared-memory
+    # ones (those log themselves: test_shm_collectives.py and test_comm_volume.py count what they move).
+    os.environ["DS_ZERO_SHM_ALLREDUCE"] = "0"
+    shm_collectives.reset()
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(*[torch.nn.Linear(WIDTH, WIDTH, bias=False) for _ in range(DEPTH)])

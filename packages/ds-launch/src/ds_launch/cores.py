@@ -49,6 +49,17 @@ def resolve_core_list(bind_core_list: str | None) -> list[int]:
     return cores
 
 
+def default_threads_per_rank(num_local_procs: int, cores: int | None = None) -> int:
+    """Intra-op threads for each of ``num_local_procs`` ranks of a node that set no ``OMP_NUM_THREADS``.
+
+    Note: [threads per rank] Left alone, every rank's torch starts one thread per core of the node, so N
+    ranks run N times as many compute threads as there are cores and spend their time preempting each
+    other (torchrun sets 1 for the same reason). An equal share of the cores keeps them all busy without
+    oversubscription. ``OMP_NUM_THREADS`` in the environment, or ``--bind_cores_to_rank``, always wins."""
+    total = len(available_cores()) if cores is None else cores
+    return max(1, total // max(1, num_local_procs))
+
+
 def cores_for_rank(cores: list[int], *, num_local_procs: int, local_rank: int) -> list[int]:
     """The contiguous share of ``cores`` for ``local_rank`` out of ``num_local_procs`` ranks."""
     per_rank = len(cores) // num_local_procs

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ds_launch.commands import user_command
-from ds_launch.cores import cores_for_rank, resolve_core_list
+from ds_launch.cores import cores_for_rank, default_threads_per_rank, resolve_core_list
 from ds_launch.elastic import ElasticPolicy, elastic_agent_command, elastic_policy
 from ds_launch.errors import LaunchError, report_user_error
 from ds_launch.resources import Resources, decode_world_info, global_rank_mapping
@@ -107,6 +107,8 @@ def build_rank_specs(
         if cores is not None:
             affinity = tuple(cores_for_rank(cores, num_local_procs=len(ranks), local_rank=local_rank))
             env["OMP_NUM_THREADS"] = str(len(affinity))
+        elif "OMP_NUM_THREADS" not in shared and len(ranks) > 1:  # Note [threads per rank] in ds_launch.cores
+            env["OMP_NUM_THREADS"] = str(default_threads_per_rank(len(ranks)))
         argv = user_command(
             python=None if launch.no_python else launch.python,
             module=launch.module,

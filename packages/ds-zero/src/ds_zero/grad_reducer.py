@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 import ds_comm
+from ds_zero import shm_collectives
 from ds_zero.policy import ReducePolicy
 from ds_zero.units import FlatUnit
 
@@ -45,6 +46,8 @@ class GradReducer:
         for u, unit in enumerate(units):
             for slot, p in zip(unit.slots, unit.params):
                 self._unit_of[id(p)] = (u, slot.offset)
+            if self.reduce_scatter and unit.world_size > 1:  # set up now (collective), not inside a step
+                shm_collectives.for_group(group if unit.reduction is None else unit.reduction.group, unit.flat.device)
 
     # --- stage 2: reduce during backward ------------------------------------------------------------
     def on_grad(self, p: torch.Tensor) -> None:
@@ -79,6 +82,11 @@ class GradReducer:
             return
         unit = self.units[u]
         group = self.group if unit.reduction is None else unit.reduction.group
+        host = shm_collectives.for_group(group, bucket.device) if self.reduce_scatter else None
+        if host is not None:  # Note [shared-memory collectives]: synchronous, and no socket copies to overlap
+            out = host.reduce_scatter(torch.empty(unit.shard_numel, dtype=bucket.dtype), bucket)
+            self._accumulate(u, out)
+            return
         if self.reduce_scatter:
             out = torch.empty(unit.shard_numel, dtype=bucket.dtype, device=bucket.device)
             work = ds_comm.reduce_scatter_tensor(out, bucket, group=group, async_op=self.overlap_comm)

@@ -26,7 +26,7 @@ import ds_comm
 from ds_comm import comms_log
 
 SHM_DIR = "/dev/shm"
-ENV_SWITCH = "DS_ZERO_SHM_ALLREDUCE"  # "0" turns the shared-memory path off
+ENV_SWITCH = "DS_ZERO_SHM_ALLREDUCE"  # "0" turns every shared-memory collective off (this and shm_collectives)
 
 
 def _host_id() -> str:
@@ -40,10 +40,12 @@ def single_host(group: Any) -> bool:
     return len(set(names)) == 1
 
 
-def usable(group: Any, nbytes: int) -> bool:
-    """Whether the shared-memory path can serve ``group`` for a segment of ``nbytes`` (same answer on
-    every rank: rank 0 decides from its filesystem and host check, and tells the others)."""
-    if os.environ.get(ENV_SWITCH, "1") == "0" or not 2 <= ds_comm.get_world_size(group) <= MAX_RANKS:
+def usable(group: Any, nbytes: int, max_ranks: int | None = None) -> bool:
+    """Whether the shared-memory path can serve ``group`` (at most ``max_ranks`` ranks, default
+    :data:`MAX_RANKS`) for a segment of ``nbytes`` (same answer on every rank: rank 0 decides from its
+    filesystem and host check, and tells the others)."""
+    limit = MAX_RANKS if max_ranks is None else max_ranks
+    if os.environ.get(ENV_SWITCH, "1") == "0" or not 2 <= ds_comm.get_world_size(group) <= limit:
         return False
     local = single_host(group)
     decision = [False]
@@ -112,6 +114,26 @@ class PipeBarrier:
                     self.early[peer] = self.early.get(peer, 0) + 1
 
 
+def shared_segment(numel: int, dtype: torch.dtype, *, group: Any = None, name: str = "ds_zero_shm") -> Tensor:
+    """A ``numel``-element tensor that every rank of ``group`` maps from one ``/dev/shm`` file (collective).
+
+    Rank 0 creates the file, every rank maps it, and rank 0 unlinks it once all have: the memory lives
+    as long as the last mapping and no file outlives the job."""
+    path = [os.path.join(SHM_DIR if os.path.isdir(SHM_DIR) else tempfile.gettempdir(), f"{name}_{uuid.uuid4().hex}")]
+    src = ds_comm.get_global_rank(group, 0) if group is not None else 0
+    ds_comm.broadcast_object_list(path, src=src, group=group)
+    rank = ds_comm.get_rank(group)
+    if rank == 0:
+        with open(path[0], "wb") as handle:
+            os.ftruncate(handle.fileno(), numel * torch.empty((), dtype=dtype).element_size())
+    ds_comm.barrier(group=group)
+    memory = torch.from_file(path[0], shared=True, size=numel, dtype=dtype)
+    ds_comm.barrier(group=group)
+    if rank == 0:
+        os.unlink(path[0])
+    return memory
+
+
 class SharedMemoryAllReduce:
     """A ``numel``-element sum across ``group`` through one shared segment (see the module note).
 
@@ -127,20 +149,7 @@ class SharedMemoryAllReduce:
         self.world = ds_comm.get_world_size(group)
         self.rank = ds_comm.get_rank(group)
         self.numel = numel
-        total = 2 * self.world * numel
-        path = [os.path.join(SHM_DIR if os.path.isdir(SHM_DIR) else tempfile.gettempdir(),
-                             f"ds_zero_allreduce_{uuid.uuid4().hex}")]
-        src = ds_comm.get_global_rank(group, 0) if group is not None else 0
-        ds_comm.broadcast_object_list(path, src=src, group=group)
-        if self.rank == 0:
-            with open(path[0], "wb") as handle:
-                os.ftruncate(handle.fileno(), total * torch.empty((), dtype=dtype).element_size())
-        ds_comm.barrier(group=group)
-        memory = torch.from_file(path[0], shared=True, size=total, dtype=dtype)
-        ds_comm.barrier(group=group)
-        if self.rank == 0:
-            os.unlink(path[0])
-        self.sets = memory.view(2, self.world, numel)
+        self.sets = shared_segment(2 * self.world * numel, dtype, group=group).view(2, self.world, numel)
         self.output = torch.empty(numel, dtype=dtype)
         self.round = 0
         self.barrier = PipeBarrier(group=group, timeout=ds_comm.DEFAULT_TIMEOUT.total_seconds())

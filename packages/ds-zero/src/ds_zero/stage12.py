@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 import ds_comm
+from ds_zero import shm_collectives
 from ds_zero.dtypes import grad_dtypes
 from ds_zero.entry import register_stage
 from ds_zero.grad_reducer import GradReducer
@@ -98,6 +99,10 @@ class ShardedParams:
             if unit.world_size == 1:  # the shard is the whole flat buffer
                 continue
             group = self.group if unit.reduction is None else unit.reduction.group  # Note [group reductions]
+            host = shm_collectives.for_group(group, unit.flat.device)  # Note [shared-memory collectives]
+            if host is not None:
+                host.all_gather(unit.flat, shard)
+                continue
             works.append(ds_comm.all_gather_into_tensor(unit.flat, shard, group=group, async_op=self.overlap))
         for work in works:
             if work is not None:

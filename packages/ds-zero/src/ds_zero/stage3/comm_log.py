@@ -1,4 +1,5 @@
-"""FSDP2's collectives in the project's log of collectives (:mod:`ds_comm.comms_log`).
+"""FSDP2's collectives in the project's log of collectives (:mod:`ds_comm.comms_log`), and through shared
+memory where every rank is on this host (Note [shared-memory collectives] in :mod:`ds_zero.shm_collectives`).
 
 FSDP2 calls ``torch.distributed`` directly, so without this the ``comms_logger`` section and
 ``ds_comm.comms_log`` would not see stage 3's parameter gathers and gradient reduce-scatters, which are
@@ -18,6 +19,7 @@ import torch
 import torch.distributed as dist
 
 from ds_comm import comms_log
+from ds_zero import shm_collectives
 
 try:  # FSDP2's default collectives (their allocation included); absent before torch 2.8's custom-comm hooks
     from torch.distributed.fsdp._fully_shard._fsdp_collectives import DefaultAllGather, DefaultReduceScatter
@@ -27,6 +29,7 @@ except ImportError:  # pragma: no cover - older torch: FSDP2's collectives stay 
 # torch 2.13 renamed the tensor-in, tensor-out collectives; FSDP2 calls whichever its version has.
 _all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
 _reduce_scatter_single = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+_SUM, _AVG = dist.ReduceOp.SUM, dist.ReduceOp.AVG
 
 
 def _synchronize() -> None:
@@ -44,6 +47,11 @@ class LoggedAllGather(DefaultAllGather):
 
     def __call__(self, output_tensor: torch.Tensor, input_tensor: torch.Tensor, group: dist.ProcessGroup,
                  async_op: bool = False) -> Any:
+        host = shm_collectives.for_group(group, input_tensor.device)  # Note [shared-memory collectives]
+        if host is not None:
+            host.all_gather(output_tensor, input_tensor)
+            return None  # done: FSDP2 waits only on a returned Work
+
         def call() -> Any:
             return _all_gather_single(output_tensor, input_tensor, group=group, async_op=async_op)
 
@@ -58,6 +66,12 @@ class LoggedReduceScatter(DefaultReduceScatter):
 
     def __call__(self, output_tensor: torch.Tensor, input_tensor: torch.Tensor, group: dist.ProcessGroup,
                  op: Any, async_op: bool = False) -> Any:
+        average = {_SUM: False, _AVG: True}.get(op) if isinstance(op, dist.ReduceOp.RedOpType) else None
+        host = shm_collectives.for_group(group, input_tensor.device) if average is not None else None
+        if host is not None:  # Note [shared-memory collectives]; a pre-multiplied sum stays with c10d
+            host.reduce_scatter(output_tensor, input_tensor, average=average)
+            return None
+
         def call() -> Any:
             return _reduce_scatter_single(output_tensor, input_tensor, op=op, group=group, async_op=async_op)
 

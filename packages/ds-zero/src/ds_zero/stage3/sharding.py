@@ -35,6 +35,7 @@ from torch.distributed.fsdp import (
 from torch.distributed.tensor import DTensor
 
 import ds_comm
+from ds_zero import shm_collectives
 from ds_zero.dtypes import grad_dtypes
 from ds_zero.entry import StageNotAvailable
 from ds_zero.policy import ZeroPolicy
@@ -175,6 +176,7 @@ def shard_model(module: nn.Module, *, policy: ZeroPolicy, group: Any = None,
                       external=external_parameters, keep_in_root=output_embeddings(module))
     mesh = make_mesh(group)
     device = shards.comm_device(group)
+    shm_collectives.for_group(mesh.get_group(), device)  # set up now, not inside the first gather (collective)
     mixed, offload = _fsdp_policies(policy)
     persistent = {id(p) for p in plan.persistent}
     for p in plan.persistent:

@@ -1,0 +1,136 @@
+"""Reduce-scatter and all-gather through shared memory for the ranks of one host.
+
+Note: [shared-memory collectives] ZeRO stages 1-3 move every gradient through a reduce-scatter and
+every parameter through an all-gather. Between processes of one host gloo sends those bytes through
+loopback TCP, several copies and a handshake per chunk; here they go through one ``/dev/shm`` segment
+that every rank maps (:func:`ds_zero.shm_allreduce.shared_segment`). The segment has two sets of
+rows, one row of :data:`ROW_BYTES` per rank in each; a collective runs in rounds over chunks of its
+tensor, alternating the sets, with one barrier (:class:`ds_zero.shm_allreduce.PipeBarrier`) a round:
+
+* reduce-scatter, ``out`` = this rank's ``1/N`` of the sum: each rank copies chunk ``c`` of every
+  rank's share of its input into its row, then, past the barrier, adds up its own share's chunk from
+  every row, in rank order (so the sum's bits do not depend on which rank computes it);
+* all-gather: each rank copies chunk ``c`` of its shard into its row, then reads chunk ``c`` of every
+  rank's row into its place in ``out``.
+
+Each rank writes and reads about the size of the tensor once, whatever the number of ranks. One
+barrier a round is enough because rounds alternate sets: a rank can run at most one round ahead of
+the slowest (its next barrier waits), so it never overwrites a row that another rank still reads. The
+fixed segment bounds the shared memory whatever the model size. ``DS_ZERO_SHM_ALLREDUCE=0`` turns the
+path off (c10d's collectives then serve); ``benchmarks/dp_step_phases.py`` measures the difference.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+from torch import Tensor
+
+import ds_comm
+from ds_comm import comms_log
+from ds_zero import shm_allreduce
+
+ROW_BYTES = 8 << 20  # per rank and set: chunks this size stay in cache between the write and the reads
+MAX_RANKS = 64  # each rank writes and reads ~the tensor's size once, so ranks cost only barrier messages
+
+
+class HostCollectives:
+    """Reduce-scatter and all-gather across ``group`` through one shared segment (see the module note).
+
+    Collective to construct: every rank of ``group`` builds it at the same point."""
+
+    def __init__(self, group: Any = None, *, row_bytes: int = ROW_BYTES) -> None:
+        self.group = group
+        self.world = ds_comm.get_world_size(group)
+        self.rank = ds_comm.get_rank(group)
+        self.row_bytes = row_bytes
+        self.sets = shm_allreduce.shared_segment(2 * self.world * row_bytes, torch.uint8, group=group,
+                                                 name="ds_zero_collectives").view(2, self.world, row_bytes)
+        self.barrier = shm_allreduce.PipeBarrier(group=group, timeout=ds_comm.DEFAULT_TIMEOUT.total_seconds())
+        self.round = 0
+
+    def _rows(self, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """(every rank's row, this rank's row) of this round's set, as ``dtype`` elements."""
+        rows = self.sets[self.round % 2].view(dtype)
+        return rows, rows[self.rank]
+
+    def _chunk(self, dtype: torch.dtype, per_row: int) -> int:
+        """Elements of each of ``per_row`` pieces that fit a row together."""
+        return max(1, self.row_bytes // torch.empty((), dtype=dtype).element_size() // per_row)
+
+    def reduce_scatter(self, out: Tensor, inp: Tensor, *, average: bool = False) -> Tensor:
+        """``out`` (``inp.numel() / N`` elements) = this rank's share of the sum (or mean) of ``inp``."""
+        start = time.perf_counter()
+        shard = out.numel()
+        if inp.numel() != shard * self.world or inp.dtype != out.dtype:
+            raise ValueError(f"reduce_scatter: input of {inp.numel()} {inp.dtype} for an output of {shard} "
+                             f"{out.dtype} across {self.world} ranks")
+        src = inp.reshape(self.world, shard)
+        dst = out.reshape(-1)
+        chunk = self._chunk(inp.dtype, self.world)
+        for begin in range(0, shard, chunk):
+            n = min(chunk, shard - begin)
+            rows, mine = self._rows(inp.dtype)
+            mine[: self.world * n].view(self.world, n).copy_(src[:, begin:begin + n])
+            self.barrier.wait()  # every rank's chunk of this round is written
+            part = rows[:, self.rank * n:(self.rank + 1) * n]
+            target = dst[begin:begin + n]
+            torch.add(part[0], part[1], out=target)
+            for r in range(2, self.world):
+                target.add_(part[r])
+            self.round += 1
+        if average:
+            dst.div_(self.world)
+        self._log("reduce_scatter_tensor", inp, start)
+        return out
+
+    def all_gather(self, out: Tensor, inp: Tensor) -> Tensor:
+        """``out`` (``N * inp.numel()`` elements) = every rank's ``inp``, in rank order."""
+        start = time.perf_counter()
+        shard = inp.numel()
+        if out.numel() != shard * self.world or inp.dtype != out.dtype:
+            raise ValueError(f"all_gather: output of {out.numel()} {out.dtype} for an input of {shard} "
+                             f"{inp.dtype} across {self.world} ranks")
+        src = inp.reshape(-1)
+        dst = out.reshape(self.world, shard)
+        chunk = self._chunk(inp.dtype, 1)
+        for begin in range(0, shard, chunk):
+            n = min(chunk, shard - begin)
+            rows, mine = self._rows(inp.dtype)
+            mine[:n].copy_(src[begin:begin + n])
+            self.barrier.wait()  # every rank's chunk of this round is written
+            dst[:, begin:begin + n].copy_(rows[:, :n])
+            self.round += 1
+        self._log("all_gather_into_tensor", out, start)
+        return out
+
+    def _log(self, name: str, tensor: Tensor, start: float) -> None:
+        if comms_log.LOG.enabled:
+            nbytes = tensor.numel() * tensor.element_size()
+            comms_log.LOG.add(comms_log.CommRecord(name, nbytes, time.perf_counter() - start, self.world))
+
+
+_BY_GROUP: dict[Any, HostCollectives | None] = {}
+
+
+def for_group(group: Any, tensors_on: torch.device | str = "cpu") -> HostCollectives | None:
+    """The shared-memory collectives of ``group``, or None where c10d must serve (tensors not on the CPU,
+    ranks on several hosts, one rank, the switch off). Collective on the first call for a group: every
+    rank of ``group`` calls it at the same point; later calls are a lookup."""
+    if torch.device(tensors_on).type != "cpu":
+        return None
+    key = group if group is not None else ds_comm.get_world_group()
+    if key not in _BY_GROUP:
+        ok = shm_allreduce.usable(group, 2 * ds_comm.get_world_size(group) * ROW_BYTES, max_ranks=MAX_RANKS)
+        _BY_GROUP[key] = HostCollectives(group) if ok else None
+    return _BY_GROUP[key]
+
+
+def reset() -> None:
+    """Forget every group's collectives (after ``destroy_process_group``: the groups are gone)."""
+    _BY_GROUP.clear()
+
+
+__all__ = ["HostCollectives", "MAX_RANKS", "ROW_BYTES", "for_group", "reset"]
