@@ -41,9 +41,9 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.distributed.tensor import DTensor
 
 import ds_comm
+from ds_zero.dtensor_check import is_dtensor
 
 _BACKREF = "_ds_zero_trainer"
 
@@ -303,7 +303,7 @@ def safe_get_full_grad(param: Tensor) -> Tensor | None:
             return None
         from ds_zero.stage3.shards import gather_rows
 
-        full = gather_rows(grad) if isinstance(grad, DTensor) else grad.detach()
+        full = gather_rows(grad) if is_dtensor(grad) else grad.detach()
         return full.float().to(_result_device(place))
     if _reduced_at_backward(place):
         shard = _grad_shard(place)
@@ -328,7 +328,7 @@ def safe_set_full_grad(param: Tensor, value: Tensor) -> None:
             holder.grad.copy_(unreduced.view_as(holder.grad))
         _mark_stale(trainer.reducer, holder)
     elif place.kind == "rows":
-        if not isinstance(param.grad, DTensor):
+        if not is_dtensor(param.grad):
             raise ValueError("this parameter has no gradient to set (call after backward, before step)")
         from ds_zero.stage3.shards import write_rows
 

@@ -33,9 +33,9 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.distributed.tensor import DTensor
 
 from ds_accel import get_accelerator
+from ds_zero.dtensor_check import is_dtensor
 
 
 class OffloadStateTypeEnum(str, enum.Enum):
@@ -239,11 +239,13 @@ def _stage3_shards(masters: Any, mover: _Mover) -> None:
 
 
 def _local_of(p: Tensor) -> Tensor:
-    return p._local_tensor if isinstance(p, DTensor) else p
+    return p._local_tensor if is_dtensor(p) else p
 
 
 def _dtensor_to(t: Tensor, copy: Callable[[Tensor], Tensor]) -> Tensor:
-    if isinstance(t, DTensor):
+    if is_dtensor(t):
+        from torch.distributed.tensor import DTensor  # imported already: t is one (ds_zero.dtensor_check)
+
         return DTensor.from_local(copy(t._local_tensor), t.device_mesh, t.placements, run_check=False,
                                   shape=t.shape, stride=t.stride())
     return copy(t)
