@@ -30,7 +30,6 @@ from ds_engine.config import DeepSpeedConfig, DeepSpeedConfigError, choose_confi
 from ds_engine.dataloader import DeepSpeedDataLoader
 from ds_engine.log import get_logger
 from ds_engine.monitor import MonitorMaster
-from ds_engine.profiling.engine_hook import EngineProfile
 from ds_engine.progress import ProgressReporter
 from ds_engine.step_guard import StepGuard
 from ds_engine.timers import EngineTimers, NoopTimer, SynchronizedWallClockTimer, ThroughputTimer
@@ -121,7 +120,7 @@ class DeepSpeedEngine(EngineAccessors, EngineCompile, nn.Module):
         # DeepSpeed's named timers (wall_clock_breakdown), driven per phase by one small object.
         self.timers = SynchronizedWallClockTimer() if self._config.wall_clock_breakdown else NoopTimer()
         self._walltime = EngineTimers(self.timers)
-        self.flops_profiler = EngineProfile.for_engine(self)
+        self.flops_profiler = _flops_profile(self)
         # DeepSpeed's samples/s timer, which clients read (DeepSpeed-Chat) and which prints DeepSpeed's
         # RunningAvgSamplesPerSec line on rank 0 every steps_per_print (``timers.throughput``).
         self.tput_timer = ThroughputTimer(self._config.timers.throughput, batch_size=self.train_batch_size(),
@@ -464,3 +463,13 @@ def _token_count(inputs: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
         if not t.is_floating_point() and t.dtype != torch.bool:
             return t.numel()
     return int(tensors[0].shape[0]) if tensors and tensors[0].dim() > 0 else 1
+
+
+def _flops_profile(engine: DeepSpeedEngine) -> Any:
+    """The ``flops_profiler`` section's profile, or None; its module (torch's flop counter, which pulls in
+    triton: ~0.2 s) is imported only when the section is enabled."""
+    if not engine._config.flops_profiler.enabled:
+        return None
+    from ds_engine.profiling.engine_hook import EngineProfile
+
+    return EngineProfile.for_engine(engine)
