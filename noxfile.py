@@ -24,14 +24,25 @@ PACKAGES = ["ds-accel", "ds-comm", "ds-parallel", "ds-kernels", "ds-zero", "ds-e
 PACKAGE_TEST_EXTRAS = {"ds-accel": "torch", "ds-comm": "mpi", "ds-kernels": "test", "ds-zero": "safetensors"}
 TEST_DEPS = ["pytest>=8", "pytest-timeout>=2.3", "numpy", "packaging"]
 # The third-party clients `tests/clients` drives (test-only dependencies), at the versions verified.
-CLIENT_DEPS = ["transformers==5.24.0", "accelerate==1.15.0", "lightning==2.6.6", "safetensors", "trl==1.16.0",
-               "peft==0.21.2"]
+CLIENT_DEPS = [
+    "transformers==5.24.0",
+    "accelerate==1.15.0",
+    "lightning==2.6.6",
+    "safetensors",
+    "trl==1.16.0",
+    "peft==0.21.2",
+]
 # Monitors the engine's monitoring tests read back (TensorBoard, W&B offline, Comet offline): test-only.
 MONITOR_DEPS = ["tensorboard>=2.10", "wandb>=0.15", "comet_ml>=3.41.0"]
 # Debian packages the real-process tests use: binary -> package.
 # The paths are files, not PATH lookups: sshd and ip live in sbin, which a CI user's PATH may lack.
-SYSTEM_PACKAGES = {"mpirun": "openmpi-bin", "pdsh": "pdsh", "/usr/sbin/sshd": "openssh-server", "/usr/bin/ssh": "openssh-client",
-                   "/usr/sbin/ip": "iproute2"}
+SYSTEM_PACKAGES = {
+    "mpirun": "openmpi-bin",
+    "pdsh": "pdsh",
+    "/usr/sbin/sshd": "openssh-server",
+    "/usr/bin/ssh": "openssh-client",
+    "/usr/sbin/ip": "iproute2",
+}
 
 nox.options.default_venv_backend = "venv"
 nox.options.sessions = ["tests", "lint"]  # plain `nox`: the whole suite in one venv, and lint
@@ -79,8 +90,11 @@ def _install_everything(session: nox.Session) -> None:
 
 def _ensure_system_packages(session: nox.Session) -> None:
     """Install the Debian packages of SYSTEM_PACKAGES with apt-get when missing and we are root (as in CI)."""
-    missing = [pkg for binary, pkg in SYSTEM_PACKAGES.items()
-               if (not os.path.exists(binary) if binary.startswith("/") else shutil.which(binary) is None)]
+    missing = [
+        pkg
+        for binary, pkg in SYSTEM_PACKAGES.items()
+        if (not os.path.exists(binary) if binary.startswith("/") else shutil.which(binary) is None)
+    ]
     if not missing:
         return
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
@@ -88,12 +102,24 @@ def _ensure_system_packages(session: nox.Session) -> None:
         return
     env = {"DEBIAN_FRONTEND": "noninteractive"}
     session.run("apt-get", "update", "-qq", external=True, env=env)
-    session.run("apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing, external=True, env=env)
+    session.run(
+        "apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing, external=True, env=env
+    )
 
 
-def _pytest(session: nox.Session, *paths: str, marker: str = "not cuda and not faults and not multinode") -> None:
-    session.run("python", "-m", "pytest", "-m", marker, *paths, *session.posargs,
-                env={"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
+def _pytest(
+    session: nox.Session, *paths: str, marker: str = "not cuda and not faults and not multinode"
+) -> None:
+    session.run(
+        "python",
+        "-m",
+        "pytest",
+        "-m",
+        marker,
+        *paths,
+        *session.posargs,
+        env={"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"},
+    )
 
 
 @nox.session
@@ -135,7 +161,12 @@ def faults(session: nox.Session) -> None:
     non-finite gradients, misuse of the training API and bad input, each injected for real."""
     _ensure_system_packages(session)
     _install_everything(session)
-    _pytest(session, *[f"packages/{p}/tests" for p in PACKAGES], "tests", marker="faults and not cuda and not multinode")
+    _pytest(
+        session,
+        *[f"packages/{p}/tests" for p in PACKAGES],
+        "tests",
+        marker="faults and not cuda and not multinode",
+    )
 
 
 @nox.session(tags=["ci"])
@@ -178,14 +209,18 @@ def clients(session: nox.Session) -> None:
 
 def _needing_transformers(folder: Path) -> list[str]:
     """Test files in ``folder`` that skip without transformers (``pytest.importorskip("transformers")``)."""
-    return [str(p) for p in sorted(folder.glob("test_*.py")) if 'importorskip("transformers")' in p.read_text()]
+    return [
+        str(p) for p in sorted(folder.glob("test_*.py")) if 'importorskip("transformers")' in p.read_text()
+    ]
 
 
 @nox.session(tags=["ci"])
 def lint(session: nox.Session) -> None:
-    """ruff over the whole tree; mypy over the packages listed in pyproject.toml's [tool.mypy]."""
+    """ruff (lint rules and the formatter's check) over the whole tree; mypy over the packages listed in
+    pyproject.toml's [tool.mypy]."""
     session.install("ruff>=0.6")
     session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")  # `ruff format .` rewrites a file that fails this
     # torch and pydantic are installed so mypy checks against their real types (and loads pydantic's plugin).
     _install_torch(session)
     session.install("-c", "constraints.txt", "mypy>=1.10", "pydantic>=2.5", "typer>=0.12")
@@ -198,8 +233,17 @@ def demo(session: nox.Session) -> None:
     checkpoint saved at the end; then the same 2 ranks resume from it."""
     _install_everything(session)
     ckpt = session.create_tmp() + "/gpt_ckpt"
-    train = ["deepspeed", "--num_gpus", "2", "examples/gpt/train.py", "--deepspeed",
-             "--deepspeed_config", "examples/gpt/ds_config.json", "--save_dir", ckpt]
+    train = [
+        "deepspeed",
+        "--num_gpus",
+        "2",
+        "examples/gpt/train.py",
+        "--deepspeed",
+        "--deepspeed_config",
+        "examples/gpt/ds_config.json",
+        "--save_dir",
+        ckpt,
+    ]
     env = {"OMP_NUM_THREADS": "1"}
     session.run(*train, "--steps", "40", env=env)
     session.run(*train, "--steps", "60", "--resume", env=env)

@@ -37,8 +37,11 @@ def reference_python() -> Path:
     subprocess.run([*pip, "torch", "numpy", "setuptools", "wheel"], check=True)
     # DeepSpeed's setup.py imports torch, so it must build against the venv's torch (no isolation);
     # DS_BUILD_OPS=0 keeps it a pure-Python install whose ops JIT-build only if used.
-    subprocess.run([*pip, "--no-build-isolation", f"deepspeed=={REFERENCE_VERSION}"], check=True,
-                   env={**os.environ, "DS_BUILD_OPS": "0"})
+    subprocess.run(
+        [*pip, "--no-build-isolation", f"deepspeed=={REFERENCE_VERSION}"],
+        check=True,
+        env={**os.environ, "DS_BUILD_OPS": "0"},
+    )
     return python
 
 

@@ -71,8 +71,13 @@ def rank_fn(hidden: int, blocks: int, iters: int, rounds: int) -> dict:
         ours.append(t)
         t, dt_sum = _time(dt_model, x, iters)
         dtensor.append(t)
-    return {"ours_ms": 1000 * statistics.median(ours), "dtensor_ms": 1000 * statistics.median(dtensor),
-            "rounds_ours": ours, "rounds_dtensor": dtensor, "same_output": abs(ours_sum - dt_sum) < 1e-3 * abs(dt_sum)}
+    return {
+        "ours_ms": 1000 * statistics.median(ours),
+        "dtensor_ms": 1000 * statistics.median(dtensor),
+        "rounds_ours": ours,
+        "rounds_dtensor": dtensor,
+        "same_output": abs(ours_sum - dt_sum) < 1e-3 * abs(dt_sum),
+    }
 
 
 def main() -> None:
@@ -83,12 +88,18 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     a = parser.parse_args()
     r = run_distributed(rank_fn, 2, 900, (a.hidden, a.blocks, a.iters, a.rounds))[0]
-    print(f"TP 2 on 2 CPU ranks (gloo), {a.blocks} MLP blocks hidden {a.hidden} (4x inner), tokens 4 x 128, "
-          f"forward+backward, median of {a.iters} iterations per round, {a.rounds} rounds")
-    print(f"per round ms: ours {[round(1000 * t, 2) for t in r['rounds_ours']]}  "
-          f"DTensor {[round(1000 * t, 2) for t in r['rounds_dtensor']]}")
-    print(f"ds_parallel.tensor layers {r['ours_ms']:.2f} ms, DTensor parallelize_module {r['dtensor_ms']:.2f} ms, "
-          f"ratio {r['ours_ms'] / r['dtensor_ms']:.3f}; same output: {r['same_output']}")
+    print(
+        f"TP 2 on 2 CPU ranks (gloo), {a.blocks} MLP blocks hidden {a.hidden} (4x inner), tokens 4 x 128, "
+        f"forward+backward, median of {a.iters} iterations per round, {a.rounds} rounds"
+    )
+    print(
+        f"per round ms: ours {[round(1000 * t, 2) for t in r['rounds_ours']]}  "
+        f"DTensor {[round(1000 * t, 2) for t in r['rounds_dtensor']]}"
+    )
+    print(
+        f"ds_parallel.tensor layers {r['ours_ms']:.2f} ms, DTensor parallelize_module {r['dtensor_ms']:.2f} ms, "
+        f"ratio {r['ours_ms'] / r['dtensor_ms']:.3f}; same output: {r['same_output']}"
+    )
 
 
 if __name__ == "__main__":

@@ -57,8 +57,22 @@ def _free_port() -> int:
 def launch(launcher: Path, size: str, ranks: int, work: Path, steps: int, omp: int | None = None) -> dict:
     """One launch of the workload: per stage, each phase's median over timed steps and ranks."""
     out = work / f"{launcher.parent.parent.name}-{size}-{ranks}-{time.monotonic_ns()}"
-    cmd = [str(launcher), "--num_gpus", str(ranks), "--master_port", str(_free_port()), str(SCRIPT),
-           "--size", size, "--seq", str(SEQ[size]), "--steps", str(steps), "--out", str(out)]
+    cmd = [
+        str(launcher),
+        "--num_gpus",
+        str(ranks),
+        "--master_port",
+        str(_free_port()),
+        str(SCRIPT),
+        "--size",
+        size,
+        "--seq",
+        str(SEQ[size]),
+        "--steps",
+        str(steps),
+        "--out",
+        str(out),
+    ]
     env = dict(os.environ, GLOO_SOCKET_IFNAME="lo", PYTHONWARNINGS="ignore")
     env.pop("CUDA_VISIBLE_DEVICES", None)
     env.pop("OMP_NUM_THREADS", None)
@@ -68,35 +82,50 @@ def launch(launcher: Path, size: str, ranks: int, work: Path, steps: int, omp: i
     done = subprocess.run(cmd, env=env, cwd=work, capture_output=True, text=True, timeout=1800)
     files = [Path(f"{out}.rank{r}") for r in range(ranks)]
     if not all(f.exists() for f in files):
-        raise SystemExit(f"{launcher} failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+        raise SystemExit(
+            f"{launcher} failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+        )
     reports = [json.loads(f.read_text()) for f in files]
-    result: dict = {"first_step_s": reports[0]["first_step_at"] - launched, "params": reports[0]["params"],
-                    "peak_rss_mb": max(r["peak_rss_kb"] for r in reports) / 1024, "stages": {}}
+    result: dict = {
+        "first_step_s": reports[0]["first_step_at"] - launched,
+        "params": reports[0]["params"],
+        "peak_rss_mb": max(r["peak_rss_kb"] for r in reports) / 1024,
+        "stages": {},
+    }
     for stage in STAGES:
         per = [r["stages"][str(stage)] for r in reports]
-        result["stages"][stage] = {name: statistics.median(v for p in per for v in p["phases"][name])
-                                   for name in PHASES}
+        result["stages"][stage] = {
+            name: statistics.median(v for p in per for v in p["phases"][name]) for name in PHASES
+        }
         result["stages"][stage]["final_loss"] = per[0]["final_loss"]
     return result
 
 
 def summarise(runs: list[dict]) -> dict:
     """Median over rounds of every number a launch reports."""
-    out: dict = {"first_step_s": statistics.median(r["first_step_s"] for r in runs),
-                 "params": runs[0]["params"], "stages": {}}
+    out: dict = {
+        "first_step_s": statistics.median(r["first_step_s"] for r in runs),
+        "params": runs[0]["params"],
+        "stages": {},
+    }
     for stage in STAGES:
-        out["stages"][stage] = {k: statistics.median(r["stages"][stage][k] for r in runs)
-                                for k in runs[0]["stages"][stage]}
+        out["stages"][stage] = {
+            k: statistics.median(r["stages"][stage][k] for r in runs) for k in runs[0]["stages"][stage]
+        }
     return out
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--sizes", default="1M,5M,25M,100M")
     parser.add_argument("--ranks", default="2,4")
-    parser.add_argument("--omp", type=int, default=None, help="OMP_NUM_THREADS for both sides (default: unset)")
+    parser.add_argument(
+        "--omp", type=int, default=None, help="OMP_NUM_THREADS for both sides (default: unset)"
+    )
     args = parser.parse_args()
     launchers = _launchers()
     combos = [(s, int(n)) for n in args.ranks.split(",") for s in args.sizes.split(",")]
@@ -109,34 +138,63 @@ def main() -> None:
             for size, ranks in combos:
                 sides = list(launchers.items())
                 for side, launcher in sides if rnd % 2 == 0 else sides[::-1]:
-                    runs[(size, ranks, side)].append(launch(launcher, size, ranks, work, args.steps, args.omp))
+                    runs[(size, ranks, side)].append(
+                        launch(launcher, size, ranks, work, args.steps, args.omp)
+                    )
                     r = runs[(size, ranks, side)][-1]
-                    print(f"round {rnd + 1} {size:>4} x{ranks} {side:<9} first_step_s={r['first_step_s']:.2f} "
-                          + " ".join(f"z{s}={r['stages'][s]['total'] * 1e3:.0f}ms" for s in STAGES), flush=True)
+                    print(
+                        f"round {rnd + 1} {size:>4} x{ranks} {side:<9} first_step_s={r['first_step_s']:.2f} "
+                        + " ".join(f"z{s}={r['stages'][s]['total'] * 1e3:.0f}ms" for s in STAGES),
+                        flush=True,
+                    )
     threads = "unset (each launcher's default)" if args.omp is None else str(args.omp)
     report: dict = {"rounds": args.rounds, "steps": args.steps, "omp_num_threads": threads, "results": []}
     print(f"\nOMP_NUM_THREADS: {threads}; {os.cpu_count()} cores")
     print("\nper-phase medians (ms); ratio = ours / reference step time (total)")
-    print(f"{'model':>5} {'ranks':>5} {'stage':>5} {'side':<9} " + " ".join(f"{p:>8}" for p in PHASES)
-          + f" {'ratio':>6} {'loss':>9}")
+    print(
+        f"{'model':>5} {'ranks':>5} {'stage':>5} {'side':<9} "
+        + " ".join(f"{p:>8}" for p in PHASES)
+        + f" {'ratio':>6} {'loss':>9}"
+    )
     for size, ranks in combos:
         ours, ref = summarise(runs[(size, ranks, "ours")]), summarise(runs[(size, ranks, "reference")])
         for stage in STAGES:
             ratio = ours["stages"][stage]["total"] / ref["stages"][stage]["total"]
             for side, s in (("ours", ours), ("reference", ref)):
                 ph = s["stages"][stage]
-                print(f"{size:>5} {ranks:>5} {stage:>5} {side:<9} " + " ".join(f"{ph[p] * 1e3:8.1f}" for p in PHASES)
-                      + (f" {ratio:6.3f}" if side == "ours" else " " * 7) + f" {ph['final_loss']:9.5f}")
+                print(
+                    f"{size:>5} {ranks:>5} {stage:>5} {side:<9} "
+                    + " ".join(f"{ph[p] * 1e3:8.1f}" for p in PHASES)
+                    + (f" {ratio:6.3f}" if side == "ours" else " " * 7)
+                    + f" {ph['final_loss']:9.5f}"
+                )
             met = "met" if ratio <= TARGET_STEP else "NOT met"
-            report["results"].append({"size": size, "ranks": ranks, "stage": stage, "step_ratio": ratio,
-                                      "target": f"<= {TARGET_STEP} ({met})", "ours": ours["stages"][stage],
-                                      "reference": ref["stages"][stage]})
+            report["results"].append(
+                {
+                    "size": size,
+                    "ranks": ranks,
+                    "stage": stage,
+                    "step_ratio": ratio,
+                    "target": f"<= {TARGET_STEP} ({met})",
+                    "ours": ours["stages"][stage],
+                    "reference": ref["stages"][stage],
+                }
+            )
         first = ours["first_step_s"] / ref["first_step_s"]
-        print(f"{size:>5} {ranks:>5} first step: ours {ours['first_step_s']:.2f} s, reference "
-              f"{ref['first_step_s']:.2f} s, ratio {first:.3f} (target <= {TARGET_FIRST}: "
-              f"{'met' if first <= TARGET_FIRST else 'NOT met'})")
-        report["results"].append({"size": size, "ranks": ranks, "first_step_ratio": first,
-                                  "ours_first_step_s": ours["first_step_s"], "ref_first_step_s": ref["first_step_s"]})
+        print(
+            f"{size:>5} {ranks:>5} first step: ours {ours['first_step_s']:.2f} s, reference "
+            f"{ref['first_step_s']:.2f} s, ratio {first:.3f} (target <= {TARGET_FIRST}: "
+            f"{'met' if first <= TARGET_FIRST else 'NOT met'})"
+        )
+        report["results"].append(
+            {
+                "size": size,
+                "ranks": ranks,
+                "first_step_ratio": first,
+                "ours_first_step_s": ours["first_step_s"],
+                "ref_first_step_s": ref["first_step_s"],
+            }
+        )
     print(json.dumps(report))
 
 

@@ -56,19 +56,38 @@ def config_for_stage(stage: int, work: Path) -> Path:
     return path
 
 
-def run_once(launcher: Path, steps: int, work: Path, extra: list[str], config: Path = CONFIG) -> dict[str, float]:
+def run_once(
+    launcher: Path, steps: int, work: Path, extra: list[str], config: Path = CONFIG
+) -> dict[str, float]:
     """Launch 2 ranks of the example and summarise what they recorded."""
     metrics = work / f"metrics-{time.monotonic_ns()}"
-    cmd = [str(launcher), "--num_gpus", "2", "--master_port", str(_free_port()), str(SCRIPT),
-           "--deepspeed", "--deepspeed_config", str(config), "--steps", str(steps), "--log_interval", str(steps),
-           "--metrics_json", str(metrics), *extra]
+    cmd = [
+        str(launcher),
+        "--num_gpus",
+        "2",
+        "--master_port",
+        str(_free_port()),
+        str(SCRIPT),
+        "--deepspeed",
+        "--deepspeed_config",
+        str(config),
+        "--steps",
+        str(steps),
+        "--log_interval",
+        str(steps),
+        "--metrics_json",
+        str(metrics),
+        *extra,
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo", PYTHONWARNINGS="ignore")
     env.pop("CUDA_VISIBLE_DEVICES", None)
     launched = time.time()
     done = subprocess.run(cmd, env=env, cwd=work, capture_output=True, text=True, timeout=1800)
     files = [Path(f"{metrics}.rank{r}") for r in range(2)]
     if not all(f.exists() for f in files):
-        raise SystemExit(f"{launcher} failed ({done.returncode}):\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
+        raise SystemExit(
+            f"{launcher} failed ({done.returncode}):\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
+        )
     if done.returncode != 0:  # both ranks finished and reported; only the shutdown failed
         print(f"note: {launcher} exited with {done.returncode} after every rank reported", file=sys.stderr)
     ranks = [json.loads(f.read_text()) for f in files]
@@ -87,7 +106,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--no-warmup", action="store_true")
-    parser.add_argument("--stage", type=int, default=0, choices=[0, 1, 2, 3], help="ZeRO stage for both sides")
+    parser.add_argument(
+        "--stage", type=int, default=0, choices=[0, 1, 2, 3], help="ZeRO stage for both sides"
+    )
     parser.add_argument("script_args", nargs="*", help="extra arguments for train.py (after --)")
     args = parser.parse_args()
     sides = {"ours": Path(sys.executable).parent / "deepspeed", "reference": reference_launcher()}
@@ -101,10 +122,17 @@ def main() -> None:
         for round_ in range(args.rounds):
             for name, launcher in sides.items():
                 results[name].append(run_once(launcher, args.steps, work, args.script_args, config))
-                print(f"round {round_ + 1} {name:<9} " + "  ".join(
-                    f"{k}={v:.4g}" for k, v in results[name][-1].items()), flush=True)
-    summary = {name: {k: statistics.median(r[k] for r in runs) for k in runs[0]} for name, runs in results.items()}
-    ratios = {k: summary["ours"][k] / summary["reference"][k] for k in ("first_step_s", "step_s", "peak_rss_mb")}
+                print(
+                    f"round {round_ + 1} {name:<9} "
+                    + "  ".join(f"{k}={v:.4g}" for k, v in results[name][-1].items()),
+                    flush=True,
+                )
+    summary = {
+        name: {k: statistics.median(r[k] for r in runs) for k in runs[0]} for name, runs in results.items()
+    }
+    ratios = {
+        k: summary["ours"][k] / summary["reference"][k] for k in ("first_step_s", "step_s", "peak_rss_mb")
+    }
     targets = TARGETS if args.stage == 0 else SHARDED_TARGETS
     print(f"\nZeRO stage {args.stage}, 2 CPU ranks")
     print(f"{'metric':<16}{'ours':>12}{'reference':>12}{'ratio':>9}  target")
@@ -112,9 +140,20 @@ def main() -> None:
         ratio = summary["ours"][key] / summary["reference"][key]
         target = targets.get(key)
         verdict = "" if target is None else f"<= {target}  {'met' if ratio <= target else 'NOT met'}"
-        print(f"{key:<16}{summary['ours'][key]:>12.4g}{summary['reference'][key]:>12.4g}{ratio:>9.3f}  {verdict}")
-    print(json.dumps({"stage": args.stage, "summary": summary, "ratios": ratios, "rounds": args.rounds,
-                      "steps": args.steps}))
+        print(
+            f"{key:<16}{summary['ours'][key]:>12.4g}{summary['reference'][key]:>12.4g}{ratio:>9.3f}  {verdict}"
+        )
+    print(
+        json.dumps(
+            {
+                "stage": args.stage,
+                "summary": summary,
+                "ratios": ratios,
+                "rounds": args.rounds,
+                "steps": args.steps,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -48,8 +48,9 @@ def main() -> None:
     args = parser.parse_args()
     from ds_comm.testing import run_distributed
 
-    results = run_distributed(_measure, world_size=2, args=(args.sizes, args.repeats), timeout=600,
-                              env={"OMP_NUM_THREADS": "1"})
+    results = run_distributed(
+        _measure, world_size=2, args=(args.sizes, args.repeats), timeout=600, env={"OMP_NUM_THREADS": "1"}
+    )
     print(f"{'elements':>12}{'MB':>8}{'gloo ms':>10}{'shm ms':>10}{'shm/gloo':>10}")
     for numel in args.sizes:
         gloo = max(r[numel]["gloo"] for r in results)

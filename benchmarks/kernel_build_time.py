@@ -72,7 +72,11 @@ def _run(python: str, code: str, env: dict[str, str]) -> dict:
     if done.returncode == 77:
         return {"skipped": "Triton's NVIDIA backend is not installed"}
     if done.returncode != 0:
-        return {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"}
+        return {
+            "error": done.stderr.strip().splitlines()[-1]
+            if done.stderr.strip()
+            else f"exit {done.returncode}"
+        }
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -93,14 +97,21 @@ def reference_python(explicit: str | None) -> str:
     probe = "import importlib.metadata as m, torch; print(m.version('deepspeed'), torch.version.cuda)"
     if python.exists():
         out = subprocess.run([str(python), "-c", probe], capture_output=True, text=True)
-        if out.returncode == 0 and out.stdout.split()[0] == REFERENCE_VERSION and out.stdout.split()[1] != "None":
+        if (
+            out.returncode == 0
+            and out.stdout.split()[0] == REFERENCE_VERSION
+            and out.stdout.split()[1] != "None"
+        ):
             return str(python)
     print(f"[bench] building {CUDA_VENV} ({CUDA_TORCH}, deepspeed {REFERENCE_VERSION}) ...", file=sys.stderr)
     subprocess.run([sys.executable, "-m", "venv", str(CUDA_VENV)], check=True)
     pip = [str(python), "-m", "pip", "install", "-q"]
     subprocess.run([*pip, CUDA_TORCH, "numpy", "ninja", "setuptools", "wheel"], check=True)
-    subprocess.run([*pip, "--no-build-isolation", f"deepspeed=={REFERENCE_VERSION}"], check=True,
-                   env={**os.environ, "DS_BUILD_OPS": "0"})
+    subprocess.run(
+        [*pip, "--no-build-isolation", f"deepspeed=={REFERENCE_VERSION}"],
+        check=True,
+        env={**os.environ, "DS_BUILD_OPS": "0"},
+    )
     return str(python)
 
 
@@ -108,13 +119,24 @@ def reference_env(python: str, cuda_home: str, arch: str, extensions: str) -> di
     """The environment a user of a GPU machine would build in, minus the GPU: DS_ACCELERATOR=cuda
     (DeepSpeed would otherwise pick its CPU builders here), and the pip CUDA wheels' headers on
     CPATH (torch's CUDA headers include cusparse.h, which a bare nvcc install lacks)."""
-    site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                          capture_output=True, text=True, check=True).stdout.strip()
+    site = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     includes = [str(p) for p in sorted(Path(site, "nvidia").glob("cu*/include"))]
-    env = dict(os.environ, DS_ACCELERATOR="cuda", CUDA_HOME=cuda_home, TORCH_CUDA_ARCH_LIST=arch,
-               TORCH_EXTENSIONS_DIR=extensions)
+    env = dict(
+        os.environ,
+        DS_ACCELERATOR="cuda",
+        CUDA_HOME=cuda_home,
+        TORCH_CUDA_ARCH_LIST=arch,
+        TORCH_EXTENSIONS_DIR=extensions,
+    )
     env["CPATH"] = os.pathsep.join([*includes, *filter(None, [os.environ.get("CPATH")])])
-    env["PATH"] = os.pathsep.join([str(Path(cuda_home) / "bin"), str(Path(python).parent), env.get("PATH", "")])
+    env["PATH"] = os.pathsep.join(
+        [str(Path(cuda_home) / "bin"), str(Path(python).parent), env.get("PATH", "")]
+    )
     return env
 
 
@@ -131,7 +153,9 @@ def main() -> int:
     cuda_home = os.environ.get("CUDA_HOME", "/usr/local/cuda")
     have_nvcc = (Path(cuda_home) / "bin" / "nvcc").exists()
     ref = reference_python(args.ref_python) if have_nvcc else None
-    print(f"processor: {os.cpu_count()} cores; nvcc: {shutil.which('nvcc') or 'missing'}; reference python: {ref}")
+    print(
+        f"processor: {os.cpu_count()} cores; nvcc: {shutil.which('nvcc') or 'missing'}; reference python: {ref}"
+    )
 
     ours, theirs = [], []
     for r in range(args.rounds):
@@ -145,15 +169,21 @@ def main() -> int:
         return 1
     first = statistics.median(o["import"] + o["variants"]["adam_multi_fp32"] for o in ours)
     every = statistics.median(o["import"] + sum(o["variants"].values()) for o in ours)
-    print(f"\nours, cold, sm_90: FusedAdam's first kernel {first:.2f} s (import + compile), "
-          f"all {len(ours[0]['variants'])} variants {every:.2f} s (median of {len(ours)})")
+    print(
+        f"\nours, cold, sm_90: FusedAdam's first kernel {first:.2f} s (import + compile), "
+        f"all {len(ours[0]['variants'])} variants {every:.2f} s (median of {len(ours)})"
+    )
     if ref:
         built = [t["import"] + t["build"] for t in theirs if "build" in t]
         if built:
             build = statistics.median(built)
-            print(f"reference FusedAdam nvcc build (TORCH_CUDA_ARCH_LIST=9.0): {build:.2f} s (median of {len(built)})")
-            print(f"ratio: reference build / our first-use compile = {build / first:.1f}x; "
-                  f"/ all our variants = {build / every:.1f}x")
+            print(
+                f"reference FusedAdam nvcc build (TORCH_CUDA_ARCH_LIST=9.0): {build:.2f} s (median of {len(built)})"
+            )
+            print(
+                f"ratio: reference build / our first-use compile = {build / first:.1f}x; "
+                f"/ all our variants = {build / every:.1f}x"
+            )
         else:
             print("reference build failed:", theirs)
         hopper_a = reference_once(ref, cuda_home, "9.0a")

@@ -43,7 +43,20 @@ LR, WD = 1e-3, 0.01
 def layouts() -> dict[str, list[tuple[int, ...]]]:
     """Parameter shapes: one large flat tensor, and a small transformer's 12-tensor layers."""
     d = 512
-    layer = [(3 * d, d), (3 * d,), (d, d), (d,), (4 * d, d), (4 * d,), (d, 4 * d), (d,), (d,), (d,), (d,), (d,)]
+    layer = [
+        (3 * d, d),
+        (3 * d,),
+        (d, d),
+        (d,),
+        (4 * d, d),
+        (4 * d,),
+        (d, 4 * d),
+        (d,),
+        (d,),
+        (d,),
+        (d,),
+        (d,),
+    ]
     return {
         "flat 4M": [(1 << 22,)],
         "flat 32M": [(1 << 25,)],
@@ -61,8 +74,9 @@ def _params(shapes, dtype=torch.float32, seed=0):
     return params
 
 
-def interleaved_steps(optimizers: dict[str, torch.optim.Optimizer], reps: int, warmup: int = 2
-                      ) -> dict[str, tuple[float, float]]:
+def interleaved_steps(
+    optimizers: dict[str, torch.optim.Optimizer], reps: int, warmup: int = 2
+) -> dict[str, tuple[float, float]]:
     """(best, median) seconds per step of each optimizer, timing them in rotation so that load from
     other processes on a shared machine falls on all of them alike."""
     for opt in optimizers.values():
@@ -101,9 +115,14 @@ def reference_step(shapes, threads: int, reps: int) -> tuple[float, float] | Non
     try:
         sys.path.insert(0, str(ROOT / "benchmarks"))
         from _reference import reference_python
+
         python = reference_python()
-        out = subprocess.run([str(python), "-c", REFERENCE_SCRIPT, str(threads), json.dumps(shapes), str(reps)],
-                             capture_output=True, text=True, timeout=900)
+        out = subprocess.run(
+            [str(python), "-c", REFERENCE_SCRIPT, str(threads), json.dumps(shapes), str(reps)],
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
         if out.returncode != 0:
             print(f"  (reference DeepSpeedCPUAdam unavailable: {out.stderr.strip().splitlines()[-1:]})")
             return None
@@ -118,7 +137,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--reps", type=int, default=9)
-    parser.add_argument("--reference", action="store_true", help="also time DeepSpeed 0.19.8's DeepSpeedCPUAdam")
+    parser.add_argument(
+        "--reference", action="store_true", help="also time DeepSpeed 0.19.8's DeepSpeedCPUAdam"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, ds_kernels {K.__version__}, {torch.get_num_threads()} threads")
@@ -129,7 +150,9 @@ def main() -> int:
             "torch AdamW for-loop": torch.optim.AdamW(_params(shapes), lr=LR, weight_decay=WD, foreach=False),
             "torch AdamW foreach": torch.optim.AdamW(_params(shapes), lr=LR, weight_decay=WD, foreach=True),
             "ds DeepSpeedCPUAdam": K.DeepSpeedCPUAdam(_params(shapes), lr=LR, weight_decay=WD),
-            "ds CPUAdam bf16 params": K.DeepSpeedCPUAdam(_params(shapes, torch.bfloat16), lr=LR, weight_decay=WD),
+            "ds CPUAdam bf16 params": K.DeepSpeedCPUAdam(
+                _params(shapes, torch.bfloat16), lr=LR, weight_decay=WD
+            ),
         }
         rows = interleaved_steps(optimizers, args.reps)
         del optimizers
@@ -140,8 +163,10 @@ def main() -> int:
         ours = rows["ds DeepSpeedCPUAdam"][0]
         print(f"  {'':<28} {'best':>9}     {'median':>9}     {'best GB/s':>9}  {'ds speedup (best)':>17}")
         for label, (best, median) in rows.items():
-            print(f"  {label:<28} {best * 1e3:9.2f} ms  {median * 1e3:9.2f} ms  {28 * count / best / 1e9:9.2f}  "
-                  f"{best / ours:16.2f}x")
+            print(
+                f"  {label:<28} {best * 1e3:9.2f} ms  {median * 1e3:9.2f} ms  {28 * count / best / 1e9:9.2f}  "
+                f"{best / ours:16.2f}x"
+            )
     return 0
 
 

@@ -54,7 +54,20 @@ def transformer_shapes() -> list[tuple[int, ...]]:
     """289 shapes, ~1.31B parameters: 24 layers x 12 tensors (qkv, out, mlp up/down with biases,
     two layernorms' weights and biases) plus the token embedding."""
     d = D_MODEL
-    layer = [(3 * d, d), (3 * d,), (d, d), (d,), (4 * d, d), (4 * d,), (d, 4 * d), (d,), (d,), (d,), (d,), (d,)]
+    layer = [
+        (3 * d, d),
+        (3 * d,),
+        (d, d),
+        (d,),
+        (4 * d, d),
+        (4 * d,),
+        (d, 4 * d),
+        (d,),
+        (d,),
+        (d,),
+        (d,),
+        (d,),
+    ]
     return [(VOCAB, d)] + layer * LAYERS
 
 
@@ -95,12 +108,16 @@ def section(title: str):
                 return fn(*args, **kwargs)
             except Exception as exc:  # one failed section must not lose the others' figures
                 traceback.print_exc()
-                RESULTS.append(dict(section=title, name="FAILED", value=float("nan"), unit="", note=repr(exc)))
+                RESULTS.append(
+                    dict(section=title, name="FAILED", value=float("nan"), unit="", note=repr(exc))
+                )
                 print(f"  FAILED: {exc!r}", flush=True)
                 return None
             finally:
                 torch.cuda.empty_cache()
+
         return run
+
     return wrap
 
 
@@ -130,8 +147,9 @@ def _check_flat(p, g, m, v, out, kw) -> float:
     step, wd = kw["step"], kw["weight_decay"]
     rm = 0.9 * rm + 0.1 * rg
     rv = 0.999 * rv + 0.001 * rg * rg
-    ref = rp * (1 - kw["lr"] * wd) - kw["lr"] / (1 - 0.9 ** step) * rm / (
-        (rv / (1 - 0.999 ** step)).sqrt() + kw["eps"])
+    ref = rp * (1 - kw["lr"] * wd) - kw["lr"] / (1 - 0.9**step) * rm / (
+        (rv / (1 - 0.999**step)).sqrt() + kw["eps"]
+    )
     K.adamw_step_flat(p, g, m, v, out_lowp=out, **kw)
     torch.cuda.synchronize()
     return float(((p[s].double() - ref).abs().max() / ref.abs().max()).item())
@@ -140,17 +158,26 @@ def _check_flat(p, g, m, v, out, kw) -> float:
 @section("flat AdamW (one buffer, as a ZeRO shard)")
 def bench_flat(copy_bw: float, reps: int, n: int) -> None:
     kw = dict(ADAM, step=10)
-    for label, gdtype in (("fp32 p/g/m/v", torch.float32), ("fp32 master+states, bf16 grad + bf16 copy", torch.bfloat16)):
+    for label, gdtype in (
+        ("fp32 p/g/m/v", torch.float32),
+        ("fp32 master+states, bf16 grad + bf16 copy", torch.bfloat16),
+    ):
         p, g, m, v = _flat_inputs(n, gdtype)
         out = None if gdtype == torch.float32 else torch.empty(n, device="cuda", dtype=torch.bfloat16)
         err = _check_flat(p, g, m, v, out, kw)
-        seconds = timeit(lambda p=p, g=g, m=m, v=v, out=out: K.adamw_step_flat(p, g, m, v, out_lowp=out, **kw),
-                         reps=reps)
+        seconds = timeit(
+            lambda p=p, g=g, m=m, v=v, out=out: K.adamw_step_flat(p, g, m, v, out_lowp=out, **kw), reps=reps
+        )
         bandwidth = 28 * n / seconds / 1e12
         report("flat", f"{label}: {n / 1e6:.0f}M params, step time", seconds * 1e3, "ms")
         report("flat", f"{label}: bandwidth (28 B/param)", bandwidth, "TB/s", f"check rel err {err:.1e}")
-        report("flat", f"{label}: fraction of copy bandwidth", 100 * bandwidth / copy_bw, "%",
-               "target >= 95%" + (" PASS" if bandwidth / copy_bw >= 0.95 else " MISS"))
+        report(
+            "flat",
+            f"{label}: fraction of copy bandwidth",
+            100 * bandwidth / copy_bw,
+            "%",
+            "target >= 95%" + (" PASS" if bandwidth / copy_bw >= 0.95 else " MISS"),
+        )
         del p, g, m, v, out
         torch.cuda.empty_cache()
 
@@ -163,8 +190,12 @@ def bench_sweep(copy_bw: float, reps: int, n: int) -> None:
         policy = K.KernelPolicy(block=block, num_warps=warps)
         seconds = timeit(lambda policy=policy: K.adamw_step_flat(p, g, m, v, policy=policy, **kw), reps=reps)
         default = " (default)" if policy == K.DEFAULT_POLICY else ""
-        report("sweep", f"block={block} warps={warps}{default}", 100 * 28 * n / seconds / 1e12 / copy_bw,
-               "% copy")
+        report(
+            "sweep",
+            f"block={block} warps={warps}{default}",
+            100 * 28 * n / seconds / 1e12 / copy_bw,
+            "% copy",
+        )
 
 
 def _transformer_params(dtype: torch.dtype) -> list[torch.nn.Parameter]:
@@ -189,12 +220,22 @@ def bench_list(copy_bw: float, reps: int) -> None:
     host = _host_time(ours.step)
     for name, seconds in (("ds_kernels FusedAdam", t_ours), ("torch AdamW(fused=True)", t_theirs)):
         bandwidth = 28 * count / seconds / 1e12
-        report("list", f"{name}: step time", seconds * 1e3, "ms",
-               f"{bandwidth:.2f} TB/s = {100 * bandwidth / copy_bw:.1f}% of copy")
+        report(
+            "list",
+            f"{name}: step time",
+            seconds * 1e3,
+            "ms",
+            f"{bandwidth:.2f} TB/s = {100 * bandwidth / copy_bw:.1f}% of copy",
+        )
     report("list", "FusedAdam host time per step (launch side, no sync)", host * 1e3, "ms")
     speedup = t_theirs / t_ours
-    report("list", "speedup over torch fused AdamW", speedup, "x",
-           "target >= 1.1x" + (" PASS" if speedup >= 1.1 else " MISS"))
+    report(
+        "list",
+        "speedup over torch fused AdamW",
+        speedup,
+        "x",
+        "target >= 1.1x" + (" PASS" if speedup >= 1.1 else " MISS"),
+    )
     del ours, theirs, params
 
 
@@ -218,11 +259,16 @@ def bench_multi_sweep(copy_bw: float, reps: int) -> None:
     kw = dict(ADAM, step=10)
     for block, warps in ((1024, 4), (2048, 8), (4096, 8), (8192, 16)):
         policy = K.KernelPolicy(block=block, num_warps=warps)
-        seconds = timeit(lambda policy=policy: K.adamw_step_multi(params, grads, m, v, policy=policy, **kw),
-                         reps=reps)
+        seconds = timeit(
+            lambda policy=policy: K.adamw_step_multi(params, grads, m, v, policy=policy, **kw), reps=reps
+        )
         default = " (default)" if policy == K.DEFAULT_POLICY else ""
-        report("multi-sweep", f"block={block} warps={warps}{default}", 100 * 28 * count / seconds / 1e12 / copy_bw,
-               "% copy")
+        report(
+            "multi-sweep",
+            f"block={block} warps={warps}{default}",
+            100 * 28 * count / seconds / 1e12 / copy_bw,
+            "% copy",
+        )
 
 
 @section("mixed precision on the 289-tensor list")
@@ -237,9 +283,16 @@ def bench_mixed(reps: int) -> None:
     count = sum(p.numel() for p in master)
     flag = torch.zeros(1, device="cuda")
     kw = dict(ADAM, step=10, grad_scale=1.0, found_inf=flag)
-    t_ours = timeit(lambda m=m, v=v: K.adamw_step_multi(master, grads16, m, v, out_lowp=out16, **kw), reps=reps)
-    report("mixed", "ds_kernels one pass (fp32 master/states, bf16 grad -> bf16 copy)", t_ours * 1e3, "ms",
-           f"28 B/param = {28 * count / t_ours / 1e12:.2f} TB/s")
+    t_ours = timeit(
+        lambda m=m, v=v: K.adamw_step_multi(master, grads16, m, v, out_lowp=out16, **kw), reps=reps
+    )
+    report(
+        "mixed",
+        "ds_kernels one pass (fp32 master/states, bf16 grad -> bf16 copy)",
+        t_ours * 1e3,
+        "ms",
+        f"28 B/param = {28 * count / t_ours / 1e12:.2f} TB/s",
+    )
     del m, v
     torch.cuda.empty_cache()
 
@@ -249,8 +302,13 @@ def bench_mixed(reps: int) -> None:
         p.grad = g
     bf16_opt = torch.optim.AdamW(p16, lr=ADAM["lr"], weight_decay=ADAM["weight_decay"], fused=True)
     t_bf16 = timeit(bf16_opt.step, reps=reps)
-    report("mixed", "torch AdamW(fused) on bf16 params + bf16 states", t_bf16 * 1e3, "ms",
-           f"ours/this time ratio {t_ours / t_bf16:.2f} (it moves half the bytes)")
+    report(
+        "mixed",
+        "torch AdamW(fused) on bf16 params + bf16 states",
+        t_bf16 * 1e3,
+        "ms",
+        f"ours/this time ratio {t_ours / t_bf16:.2f} (it moves half the bytes)",
+    )
     del bf16_opt, p16
     torch.cuda.empty_cache()
 
@@ -267,8 +325,13 @@ def bench_mixed(reps: int) -> None:
         torch._foreach_copy_(out16, params32)
 
     t_recipe = timeit(recipe, reps=reps)
-    report("mixed", "torch recipe: upcast grads + AdamW(fused) fp32 + copy to bf16", t_recipe * 1e3, "ms",
-           f"speedup of ours {t_recipe / t_ours:.2f}x")
+    report(
+        "mixed",
+        "torch recipe: upcast grads + AdamW(fused) fp32 + copy to bf16",
+        t_recipe * 1e3,
+        "ms",
+        f"speedup of ours {t_recipe / t_ours:.2f}x",
+    )
 
 
 @section("first-use Triton compile time (cold cache)")
@@ -276,8 +339,13 @@ def bench_compile() -> None:
     records = K.compile_records()
     for record in records:
         report("compile", record.kernel[:58], record.seconds, "s")
-    report("compile", f"total over {len(records)} kernel variants", sum(r.seconds for r in records), "s",
-           "reference FusedAdam nvcc build: not measured here (deepspeed is not installed on this machine)")
+    report(
+        "compile",
+        f"total over {len(records)} kernel variants",
+        sum(r.seconds for r in records),
+        "s",
+        "reference FusedAdam nvcc build: not measured here (deepspeed is not installed on this machine)",
+    )
 
 
 def main() -> int:
@@ -293,8 +361,10 @@ def main() -> int:
     import triton
 
     start = time.perf_counter()
-    print(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}  triton {triton.__version__}  "
-          f"ds_kernels {K.__version__}  default policy {K.DEFAULT_POLICY}")
+    print(
+        f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}  triton {triton.__version__}  "
+        f"ds_kernels {K.__version__}  default policy {K.DEFAULT_POLICY}"
+    )
     copy_bw = bench_copy(args.reps) or float("nan")
     bench_flat(copy_bw, args.reps, args.flat_params)
     if not args.skip_sweeps:
@@ -306,8 +376,13 @@ def main() -> int:
     bench_compile()
     print(f"\ntotal wall time {time.perf_counter() - start:.1f} s")
     if args.json:
-        args.json.write_text(json.dumps(dict(device=torch.cuda.get_device_name(), results=RESULTS), indent=1,
-                                        default=lambda x: None if isinstance(x, float) and math.isnan(x) else x))
+        args.json.write_text(
+            json.dumps(
+                dict(device=torch.cuda.get_device_name(), results=RESULTS),
+                indent=1,
+                default=lambda x: None if isinstance(x, float) and math.isnan(x) else x,
+            )
+        )
     return 0
 
 

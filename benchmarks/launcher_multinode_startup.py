@@ -43,17 +43,22 @@ def reference_deepspeed() -> Path:
 def time_once(argv: list[str], env: dict[str, str], cwd: Path) -> float:
     """Wall seconds of one launch; a failed launch aborts the benchmark (its time would mean nothing)."""
     start = time.perf_counter()
-    done = subprocess.run(argv, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                          timeout=300, check=False)
+    done = subprocess.run(
+        argv, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=300, check=False
+    )
     elapsed = time.perf_counter() - start
     if done.returncode != 0:
-        raise SystemExit(f"{argv[0]} failed with exit code {done.returncode}:\n{done.stderr.decode()[-2000:]}")
+        raise SystemExit(
+            f"{argv[0]} failed with exit code {done.returncode}:\n{done.stderr.decode()[-2000:]}"
+        )
     return elapsed
 
 
 def bench_hosts(count: int, repeats: int, work: Path) -> dict[str, list[float]]:
     """Interleaved launches of both launchers over ``count`` fresh namespace hosts."""
-    cluster = NetnsCluster(root=work / f"hosts{count}", octet=free_subnet(), tag=f"{os.getpid()}x{count}", ports=(22,))
+    cluster = NetnsCluster(
+        root=work / f"hosts{count}", octet=free_subnet(), tag=f"{os.getpid()}x{count}", ports=(22,)
+    )
     try:
         cluster.build(count)
         (work / "hostfile").write_text(cluster.hostfile(1))
@@ -61,8 +66,10 @@ def bench_hosts(count: int, repeats: int, work: Path) -> dict[str, list[float]]:
         (work / ".deepspeed_env").write_text("DS_ACCELERATOR=cpu\n")
         env = cluster.env(dict(os.environ, PYTHONWARNINGS="ignore"))
         common = ["--hostfile", "hostfile", "--master_addr", cluster.hosts[0].addr, "noop.py"]
-        commands = {"ours": [str(Path(sys.executable).parent / "deepspeed"), *common],
-                    "reference deepspeed": [str(reference_deepspeed()), *common]}
+        commands = {
+            "ours": [str(Path(sys.executable).parent / "deepspeed"), *common],
+            "reference deepspeed": [str(reference_deepspeed()), *common],
+        }
         times: dict[str, list[float]] = {name: [] for name in commands}
         for argv in commands.values():  # warm-up: page cache, .pyc files
             time_once(argv, env, work)
@@ -84,7 +91,9 @@ def main() -> None:
         print(f"skipped: {reason}")
         return
     remove_stale()
-    print(f"multi-node launcher start-up over pdsh + ssh, 1 no-op rank per host, {args.repeats} repetitions (seconds)")
+    print(
+        f"multi-node launcher start-up over pdsh + ssh, 1 no-op rank per host, {args.repeats} repetitions (seconds)"
+    )
     print(f"{'hosts':<7}{'launcher':<22}{'median':>9}{'best':>9}")
     for count in args.hosts:
         with tempfile.TemporaryDirectory() as tmp:

@@ -52,11 +52,14 @@ def launchers(noop: Path) -> dict[str, list[str]]:
 def time_once(argv: list[str], env: dict[str, str], cwd: Path) -> float:
     """Wall seconds of one launch; a failed launch aborts the benchmark (its time would mean nothing)."""
     start = time.perf_counter()
-    done = subprocess.run(argv, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                          timeout=300, check=False)
+    done = subprocess.run(
+        argv, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=300, check=False
+    )
     elapsed = time.perf_counter() - start
     if done.returncode != 0:
-        raise SystemExit(f"{argv[0]} failed with exit code {done.returncode}:\n{done.stderr.decode()[-2000:]}")
+        raise SystemExit(
+            f"{argv[0]} failed with exit code {done.returncode}:\n{done.stderr.decode()[-2000:]}"
+        )
     return elapsed
 
 

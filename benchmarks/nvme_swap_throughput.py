@@ -58,7 +58,9 @@ def _engine_rate(path: str, buf: torch.Tensor, threads: int, block: int, write: 
         engine.close()
 
 
-def io_bench(folder: str, mib: int, block_mib: int, threads: list[int], rounds: int) -> list[tuple[str, float, float]]:
+def io_bench(
+    folder: str, mib: int, block_mib: int, threads: list[int], rounds: int
+) -> list[tuple[str, float, float]]:
     path = os.path.join(folder, "swap.bin")
     buf = aio.aligned_empty(mib << 20)
     buf.copy_(torch.randint(0, 255, (buf.numel(),), dtype=torch.uint8))
@@ -68,14 +70,26 @@ def io_bench(folder: str, mib: int, block_mib: int, threads: list[int], rounds: 
         print(f"[bench] note: {folder}'s file system refuses O_DIRECT: both sides fall back", file=sys.stderr)
     best: dict[str, list[float]] = {}
     for _ in range(rounds):
-        dd_w = _dd(["if=/dev/zero", f"of={path}", f"bs={block_mib}M", f"count={mib // block_mib}",
-                    "oflag=direct", "conv=fsync"])
+        dd_w = _dd(
+            [
+                "if=/dev/zero",
+                f"of={path}",
+                f"bs={block_mib}M",
+                f"count={mib // block_mib}",
+                "oflag=direct",
+                "conv=fsync",
+            ]
+        )
         dd_r = _dd([f"if={path}", "of=/dev/null", f"bs={block_mib}M", "iflag=direct"])
         for name, rate in (("dd write", dd_w), ("dd read", dd_r)):
             best.setdefault(name, []).append(rate)
         for t in threads:
-            best.setdefault(f"engine write t={t}", []).append(_engine_rate(path, buf, t, block_mib << 20, True))
-            best.setdefault(f"engine read t={t}", []).append(_engine_rate(path, buf, t, block_mib << 20, False))
+            best.setdefault(f"engine write t={t}", []).append(
+                _engine_rate(path, buf, t, block_mib << 20, True)
+            )
+            best.setdefault(f"engine read t={t}", []).append(
+                _engine_rate(path, buf, t, block_mib << 20, False)
+            )
     os.remove(path)
     rows = []
     for t in threads:
@@ -94,8 +108,9 @@ def _free_port() -> int:
 def step_bench(folder: str, steps: int) -> dict[str, float]:
     import deepspeed
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), RANK="0", WORLD_SIZE="1",
-                      LOCAL_RANK="0")
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0"
+    )
     out = {}
     for device in ("cpu", "nvme"):
         torch.manual_seed(0)
@@ -103,9 +118,12 @@ def step_bench(folder: str, steps: int) -> dict[str, float]:
         section = {"device": device}
         if device == "nvme":
             section.update(nvme_path=folder, buffer_count=4, pipeline_read=True, pipeline_write=True)
-        cfg = {"train_batch_size": 8, "optimizer": {"type": "AdamW", "params": {"lr": 1e-4}},
-               "aio": {"block_size": 1 << 20, "queue_depth": 8, "intra_op_parallelism": 4},
-               "zero_optimization": {"stage": 2, "reduce_bucket_size": 2_000_000, "offload_optimizer": section}}
+        cfg = {
+            "train_batch_size": 8,
+            "optimizer": {"type": "AdamW", "params": {"lr": 1e-4}},
+            "aio": {"block_size": 1 << 20, "queue_depth": 8, "intra_op_parallelism": 4},
+            "zero_optimization": {"stage": 2, "reduce_bucket_size": 2_000_000, "offload_optimizer": section},
+        }
         engine, *_ = deepspeed.initialize(model=model, config=cfg)
         x = torch.randn(8, 1024)
         times = []
@@ -123,7 +141,9 @@ def step_bench(folder: str, steps: int) -> dict[str, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--dir", default=None, help="a folder on the file system to measure (default: under /work)")
+    ap.add_argument(
+        "--dir", default=None, help="a folder on the file system to measure (default: under /work)"
+    )
     ap.add_argument("--mib", type=int, default=1024)
     ap.add_argument("--block-mib", type=int, default=1)
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 4])
@@ -133,14 +153,22 @@ def main() -> None:
     folder = args.dir or tempfile.mkdtemp(prefix="nvme-bench-", dir=str(ROOT.parent))
     os.makedirs(folder, exist_ok=True)
     try:
-        fs = subprocess.run(["df", "-T", folder], capture_output=True, text=True).stdout.splitlines()[-1].split()
-        print(f"file system: {fs[0]} ({fs[1]}), folder {folder}, file {args.mib} MiB, block {args.block_mib} MiB")
+        fs = (
+            subprocess.run(["df", "-T", folder], capture_output=True, text=True)
+            .stdout.splitlines()[-1]
+            .split()
+        )
+        print(
+            f"file system: {fs[0]} ({fs[1]}), folder {folder}, file {args.mib} MiB, block {args.block_mib} MiB"
+        )
         print(f"{'I/O':<22}{'engine MiB/s':>14}{'dd MiB/s':>12}{'engine/dd':>11}")
         for name, ours, theirs in io_bench(folder, args.mib, args.block_mib, args.threads, args.rounds):
             print(f"{name:<22}{ours:>14.0f}{theirs:>12.0f}{ours / theirs:>10.0%}")
         steps = step_bench(folder, args.steps)
-        print(f"step, ZeRO 2, 16.8M params, 1 rank: cpu offload {steps['cpu'] * 1e3:.0f} ms, nvme offload "
-              f"{steps['nvme'] * 1e3:.0f} ms ({steps['nvme'] / steps['cpu']:.2f}x)")
+        print(
+            f"step, ZeRO 2, 16.8M params, 1 rank: cpu offload {steps['cpu'] * 1e3:.0f} ms, nvme offload "
+            f"{steps['nvme'] * 1e3:.0f} ms ({steps['nvme'] / steps['cpu']:.2f}x)"
+        )
     finally:
         if args.dir is None:
             shutil.rmtree(folder, ignore_errors=True)

@@ -53,9 +53,17 @@ def _micro_time(module: torch.nn.Module, x: torch.Tensor, first: bool, reps: int
 
 
 def _rank(rank: int, world: int, port: int, args: argparse.Namespace, out: str) -> None:
-    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
-                       "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": str(world),
-                       "DS_ACCELERATOR": "cpu"})
+    os.environ.update(
+        {
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            "RANK": str(rank),
+            "WORLD_SIZE": str(world),
+            "LOCAL_RANK": str(rank),
+            "LOCAL_WORLD_SIZE": str(world),
+            "DS_ACCELERATOR": "cpu",
+        }
+    )
     torch.set_num_threads(1)
     import deepspeed
     from deepspeed.pipe import PipelineModule
@@ -63,13 +71,24 @@ def _rank(rank: int, world: int, port: int, args: argparse.Namespace, out: str) 
     deepspeed.init_distributed(dist_backend="gloo")
     results = {}
     for m in MICRO_COUNTS:
-        model = PipelineModule(_layers(args.hidden, args.layers), num_stages=2, partition_method="uniform",
-                               loss_fn=lambda o, y: ((o - y) ** 2).mean())
-        config = {"train_micro_batch_size_per_gpu": args.micro, "gradient_accumulation_steps": m,
-                  "optimizer": {"type": "SGD", "params": {"lr": 1e-3}}, "steps_per_print": 10 ** 9}
+        model = PipelineModule(
+            _layers(args.hidden, args.layers),
+            num_stages=2,
+            partition_method="uniform",
+            loss_fn=lambda o, y: ((o - y) ** 2).mean(),
+        )
+        config = {
+            "train_micro_batch_size_per_gpu": args.micro,
+            "gradient_accumulation_steps": m,
+            "optimizer": {"type": "SGD", "params": {"lr": 1e-3}},
+            "steps_per_print": 10**9,
+        }
         engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=config)
         gen = torch.Generator().manual_seed(1)
-        batch = (torch.randn(args.micro, args.hidden, generator=gen), torch.randn(args.micro, args.hidden, generator=gen))
+        batch = (
+            torch.randn(args.micro, args.hidden, generator=gen),
+            torch.randn(args.micro, args.hidden, generator=gen),
+        )
         times = []
         for _ in range(args.steps):
             torch.distributed.barrier()
@@ -95,8 +114,21 @@ def _worker(args: argparse.Namespace) -> None:
 
 def _run(python: str, args: argparse.Namespace, out: Path) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo")
-    cmd = [python, __file__, "--worker", "--out", str(out), "--steps", str(args.steps), "--hidden", str(args.hidden),
-           "--layers", str(args.layers), "--micro", str(args.micro)]
+    cmd = [
+        python,
+        __file__,
+        "--worker",
+        "--out",
+        str(out),
+        "--steps",
+        str(args.steps),
+        "--hidden",
+        str(args.hidden),
+        "--layers",
+        str(args.layers),
+        "--micro",
+        str(args.micro),
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1200)
     if proc.returncode != 0:
         return {"error": (proc.stdout + proc.stderr)[-2000:]}
@@ -109,7 +141,9 @@ def _table(name: str, res: dict) -> list[str]:
     lines = [f"{name} {res['version']}:  m | step s | bubble stage0 | bubble stage1 | theory (p-1)/(m+p-1)"]
     for m in MICRO_COUNTS:
         r0, r1 = res["ranks"][0][str(m)], res["ranks"][1][str(m)]
-        lines.append(f"  {m:2d} | {r0['step_s']:.4f} | {r0['bubble']:.3f} | {r1['bubble']:.3f} | {1 / (m + 1):.3f}")
+        lines.append(
+            f"  {m:2d} | {r0['step_s']:.4f} | {r0['bubble']:.3f} | {r1['bubble']:.3f} | {1 / (m + 1):.3f}"
+        )
     return lines
 
 
@@ -128,7 +162,9 @@ def main() -> None:
         return
     out_dir = Path(os.environ.get("TMPDIR", "/tmp"))
     ours = _run(sys.executable, args, out_dir / "pipe_bench_ours.json")
-    lines = [f"pipeline_cpu: 2 stages on 2 gloo ranks, {args.layers} x Linear({args.hidden})+GELU, micro {args.micro}"]
+    lines = [
+        f"pipeline_cpu: 2 stages on 2 gloo ranks, {args.layers} x Linear({args.hidden})+GELU, micro {args.micro}"
+    ]
     lines += _table("this project", ours)
     if not args.ours_only:
         sys.path.insert(0, str(Path(__file__).parent))

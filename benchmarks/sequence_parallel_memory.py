@@ -35,6 +35,7 @@ def _model(tiled: bool) -> torch.nn.Module:
     from ds_parallel.ulysses import TiledMLP
 
     if tiled:
+
         def tiled_forward(self: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
             shards = max(1, math.ceil(x.shape[-2] / HIDDEN))
 
@@ -45,9 +46,16 @@ def _model(tiled: bool) -> torch.nn.Module:
 
         modeling_llama.LlamaMLP.forward = tiled_forward
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=INNER, num_hidden_layers=LAYERS,
-                      num_attention_heads=HEADS, num_key_value_heads=KV, max_position_embeddings=1 << 16,
-                      attn_implementation="sdpa")
+    cfg = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=HIDDEN,
+        intermediate_size=INNER,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS,
+        num_key_value_heads=KV,
+        max_position_embeddings=1 << 16,
+        attn_implementation="sdpa",
+    )
     return LlamaForCausalLM(cfg)
 
 
@@ -56,18 +64,24 @@ def _loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], tiled: bool) -
 
     if not tiled:
         logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits
-        return torch.nn.functional.cross_entropy(logits.reshape(-1, VOCAB), batch["shift_labels"].reshape(-1),
-                                                 ignore_index=-100)
+        return torch.nn.functional.cross_entropy(
+            logits.reshape(-1, VOCAB), batch["shift_labels"].reshape(-1), ignore_index=-100
+        )
     hidden = model.model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).last_hidden_state
     valid = (batch["shift_labels"] != -100).sum().clamp(min=1)
 
     def loss_fn(head: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.cross_entropy(head(x).reshape(-1, VOCAB), y.reshape(-1), ignore_index=-100,
-                                                 reduction="sum")
+        return torch.nn.functional.cross_entropy(
+            head(x).reshape(-1, VOCAB), y.reshape(-1), ignore_index=-100, reduction="sum"
+        )
 
     shards = max(1, math.ceil(hidden.shape[1] / 256))
-    return TiledFusedLogitsLoss.apply(loss_fn, model.lm_head, hidden, batch["shift_labels"], None, shards, None,
-                                      "sum") / valid
+    return (
+        TiledFusedLogitsLoss.apply(
+            loss_fn, model.lm_head, hidden, batch["shift_labels"], None, shards, None, "sum"
+        )
+        / valid
+    )
 
 
 def step_peak(seq: int, sp: int, tiled: bool) -> int:
@@ -78,11 +92,14 @@ def step_peak(seq: int, sp: int, tiled: bool) -> int:
     model = _model(tiled)
     rank, group = 0, None
     if sp > 1:
-        mpu = UlyssesSPAttentionHF.register_with_transformers(model, "sdpa", sp, 1, seq_length=seq,
-                                                              seq_length_is_variable=False)
+        mpu = UlyssesSPAttentionHF.register_with_transformers(
+            model, "sdpa", sp, 1, seq_length=seq, seq_length_is_variable=False
+        )
         rank, group = mpu.get_sequence_parallel_rank(), mpu.get_sequence_parallel_group()
     ids = torch.randint(0, VOCAB, (1, seq), generator=torch.Generator().manual_seed(0))
-    batch = shift_and_shard({"input_ids": ids, "labels": ids, "position_ids": torch.arange(seq)[None]}, rank, sp)
+    batch = shift_and_shard(
+        {"input_ids": ids, "labels": ids, "position_ids": torch.arange(seq)[None]}, rank, sp
+    )
     with LiveTensorBytes() as mode:
         loss = _loss(model, batch, tiled)
         if group is not None:
@@ -116,10 +133,15 @@ def main(argv: list[str] | None = None) -> int:
         print("sequence_parallel_memory: transformers is not installed (the clients' dependency); skipped")
         return 0
     budget = int(args.budget_mib * 2**20)
-    print(f"budget {args.budget_mib:g} MiB per rank; Llama hidden {HIDDEN}, inner {INNER}, vocab {VOCAB}, "
-          f"{LAYERS} layers, {HEADS} heads / {KV} KV heads; peak live bytes of forward+backward")
-    rows = [("no SP (1 rank)", 1, False), ("Ulysses SP 2 (2 ranks)", 2, False),
-            ("SP 2 + TiledMLP + TiledFusedLogitsLoss", 2, True)]
+    print(
+        f"budget {args.budget_mib:g} MiB per rank; Llama hidden {HIDDEN}, inner {INNER}, vocab {VOCAB}, "
+        f"{LAYERS} layers, {HEADS} heads / {KV} KV heads; peak live bytes of forward+backward"
+    )
+    rows = [
+        ("no SP (1 rank)", 1, False),
+        ("Ulysses SP 2 (2 ranks)", 2, False),
+        ("SP 2 + TiledMLP + TiledFusedLogitsLoss", 2, True),
+    ]
     base = None
     for name, sp, tiled in rows:
         best, peaks = longest(sp, tiled, budget, args.max_seq)

@@ -142,8 +142,11 @@ def zero3_step(data, device, seq: int, **stage3):
 
     model = fresh_model(seq, device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1, fused=True)
-    policy = Zero3Policy(mixed_precision=MixedPrecisionPolicy(param_dtype=torch.bfloat16), clip_grad=1.0,
-                         stage3=Stage3Policy(**stage3))
+    policy = Zero3Policy(
+        mixed_precision=MixedPrecisionPolicy(param_dtype=torch.bfloat16),
+        clip_grad=1.0,
+        stage3=Stage3Policy(**stage3),
+    )
     trainer = wrap(model, opt, policy=policy)
 
     def step():
@@ -196,7 +199,9 @@ def init_world() -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(
+        RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
     ds_comm.init_distributed(dist_backend="nccl", verbose=False)
 
 
@@ -207,9 +212,17 @@ def measure(name, fn, args, data, device, results):
     t0 = time.perf_counter()
     out = fn(args, data, device)
     ms, loss = out[0], out[1]
-    row = {"run": name, "ms_per_step": round(ms, 3), "loss": round(loss, 4),
-           "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2), "wall_s": round(time.perf_counter() - t0, 1)}
-    row.update(host_ms_per_step=round(HOST.get("ms", 0.0), 3), queued_ms_per_step=round(HOST.get("queued_ms", 0.0), 3))
+    row = {
+        "run": name,
+        "ms_per_step": round(ms, 3),
+        "loss": round(loss, 4),
+        "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
+        "wall_s": round(time.perf_counter() - t0, 1),
+    }
+    row.update(
+        host_ms_per_step=round(HOST.get("ms", 0.0), 3),
+        queued_ms_per_step=round(HOST.get("queued_ms", 0.0), 3),
+    )
     if name.startswith("zero3"):
         row.update(units=out[2], persistent_params=out[3])
     results.append(row)
@@ -224,8 +237,11 @@ def main() -> int:
     parser.add_argument("--seq", type=int, default=512)
     parser.add_argument("--json", default=None, help="also write the results here")
     parser.add_argument("--profile", default=None, help="profile three zero3 steps; tables go to this folder")
-    parser.add_argument("--variants", action="store_true",
-                        help="also time zero3 with a live-parameter bound (per-block units) and with no persistent parameters")
+    parser.add_argument(
+        "--variants",
+        action="store_true",
+        help="also time zero3 with a live-parameter bound (per-block units) and with no persistent parameters",
+    )
     args = parser.parse_args()
     if not torch.cuda.is_available():
         print("zero3_gpu: no CUDA device; this benchmark needs one", file=sys.stderr)
@@ -238,14 +254,19 @@ def main() -> int:
     x = torch.randint(0, VOCAB, (args.micro_batch, args.seq), generator=gen).to(device)
     y = torch.randint(0, VOCAB, (args.micro_batch, args.seq), generator=gen).to(device)
     params = sum(p.numel() for p in GPT(args.seq).parameters())
-    print(f"torch {torch.__version__}, {torch.cuda.get_device_name(device)}, {params / 1e6:.1f}M parameters, "
-          f"micro batch {args.micro_batch}, seq {args.seq}", flush=True)
+    print(
+        f"torch {torch.__version__}, {torch.cuda.get_device_name(device)}, {params / 1e6:.1f}M parameters, "
+        f"micro batch {args.micro_batch}, seq {args.seq}",
+        flush=True,
+    )
     results: list[dict] = []
     runs = [("plain_bf16", run_plain_bf16), ("plain_amp", run_plain_amp), ("zero3", run_zero3)]
     if args.variants:
         # a live-parameter bound below the model size: per-block units (16), some re-gathered in backward
-        runs += [("zero3_bounded_live", lambda a, d, dev: run_zero3(a, d, dev, max_live_parameters=100_000_000)),
-                 ("zero3_no_persistent", lambda a, d, dev: run_zero3(a, d, dev, param_persistence_threshold=0))]
+        runs += [
+            ("zero3_bounded_live", lambda a, d, dev: run_zero3(a, d, dev, max_live_parameters=100_000_000)),
+            ("zero3_no_persistent", lambda a, d, dev: run_zero3(a, d, dev, param_persistence_threshold=0)),
+        ]
     for name, fn in runs:
         try:
             measure(name, fn, args, (x, y), device, results)

@@ -53,20 +53,29 @@ def main() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(
+        RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
     ds_comm.init_distributed(dist_backend="gloo", verbose=False)
     gen = torch.Generator().manual_seed(1)
-    data = (torch.randint(0, gpt.VOCAB, (MICRO, SEQ), generator=gen), torch.randint(0, gpt.VOCAB, (MICRO, SEQ), generator=gen))
+    data = (
+        torch.randint(0, gpt.VOCAB, (MICRO, SEQ), generator=gen),
+        torch.randint(0, gpt.VOCAB, (MICRO, SEQ), generator=gen),
+    )
     cpu = torch.device("cpu")
     plain = gpt.plain_step(data, cpu, SEQ, amp=False)
     zero3, trainer = gpt.zero3_step(data, cpu, SEQ)
-    print(f"zero3: {len(trainer.sharded.units)} unit(s), {len(trainer.sharded.plan.persistent)} whole parameters")
+    print(
+        f"zero3: {len(trainer.sharded.units)} unit(s), {len(trainer.sharded.plan.persistent)} whole parameters"
+    )
     ratios = []
     for r in range(args.rounds):
         a, b = median_ms(plain, args.steps), median_ms(zero3, args.steps)
         ratios.append(b / a)
         print(f"round {r}: plain_bf16 {a:.2f} ms, zero3 {b:.2f} ms, ratio {b / a:.3f}", flush=True)
-    print(f"zero3 / plain_bf16 host time per step: median {statistics.median(ratios):.3f}x over {args.rounds} rounds")
+    print(
+        f"zero3 / plain_bf16 host time per step: median {statistics.median(ratios):.3f}x over {args.rounds} rounds"
+    )
     return 0
 
 

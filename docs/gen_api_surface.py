@@ -54,9 +54,14 @@ def _modules() -> list[ModuleType]:
 def _public_names(module: ModuleType) -> list[str]:
     names = getattr(module, "__all__", None)
     if names is None:  # no __all__: what the module defines or aliases, not its own imports of helpers
-        names = [n for n, v in vars(module).items() if not n.startswith("_") and not isinstance(v, ModuleType)
-                 and getattr(v, "__module__", None) not in ("typing", "__future__")
-                 and type(v).__name__ != "_Feature"]
+        names = [
+            n
+            for n, v in vars(module).items()
+            if not n.startswith("_")
+            and not isinstance(v, ModuleType)
+            and getattr(v, "__module__", None) not in ("typing", "__future__")
+            and type(v).__name__ != "_Feature"
+        ]
     return sorted(set(names), key=lambda n: (n.lstrip("_").lower(), n))
 
 
@@ -90,7 +95,11 @@ def _target(value: Any) -> str:
     if not isinstance(value, str | int | float | bool | type(None)):
         # containers and objects: their type only (a dict such as torch_info differs between machines)
         kind = type(value)
-        return kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__} object"
+        return (
+            kind.__qualname__
+            if kind.__module__ == "builtins"
+            else f"{kind.__module__}.{kind.__qualname__} object"
+        )
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
@@ -107,7 +116,11 @@ def _signature(value: Any) -> str:
     # parameter names and defaults only: annotations would tie the page to typing details
     parts = []
     for p in sig.parameters.values():
-        text = p.name if p.default is inspect.Parameter.empty else f"{p.name}={_ADDRESS.sub('', repr(p.default))}"
+        text = (
+            p.name
+            if p.default is inspect.Parameter.empty
+            else f"{p.name}={_ADDRESS.sub('', repr(p.default))}"
+        )
         prefix = {inspect.Parameter.VAR_POSITIONAL: "*", inspect.Parameter.VAR_KEYWORD: "**"}.get(p.kind, "")
         parts.append(prefix + text)
     return "(" + ", ".join(parts) + ")"
@@ -123,7 +136,12 @@ def _provided(modules: list[ModuleType]) -> list[str]:
         names = _public_names(module)
         if not names:
             continue
-        lines += [f"### `{module.__name__}`", "", "| name | kind | defined in | signature |", "|---|---|---|---|"]
+        lines += [
+            f"### `{module.__name__}`",
+            "",
+            "| name | kind | defined in | signature |",
+            "|---|---|---|---|",
+        ]
         for name in names:
             try:
                 value = getattr(module, name)
@@ -131,7 +149,9 @@ def _provided(modules: list[ModuleType]) -> list[str]:
                 lines.append(f"| `{name}` | **error** | {_cell(str(exc))} | |")
                 continue
             sig = _signature(value)
-            lines.append(f"| `{name}` | {_kind(value)} | `{_cell(_target(value))}` | {f'`{_cell(sig)}`' if sig else ''} |")
+            lines.append(
+                f"| `{name}` | {_kind(value)} | `{_cell(_target(value))}` | {f'`{_cell(sig)}`' if sig else ''} |"
+            )
         lines.append("")
     return lines
 
@@ -142,7 +162,12 @@ def _accelerator_methods() -> list[str]:
     from ds_accel.accelerators.base import TorchDeviceAccelerator
     from ds_accel.accelerators.cpu import CPUAccelerator
 
-    lines = ["### `get_accelerator()` (the accelerator object)", "", "| name | kind | signature |", "|---|---|---|"]
+    lines = [
+        "### `get_accelerator()` (the accelerator object)",
+        "",
+        "| name | kind | signature |",
+        "|---|---|---|",
+    ]
     names = {n for cls in (CPUAccelerator, TorchDeviceAccelerator) for n in dir(cls) if not n.startswith("_")}
     for name in sorted(names, key=lambda n: (n.lower(), n)):
         cls = CPUAccelerator if hasattr(CPUAccelerator, name) else TorchDeviceAccelerator
@@ -190,8 +215,10 @@ def _not_provided() -> list[str]:
             lines.append(f"| `{dotted}` | {_cell(reason)} |")
     for builder in BUILDERS:
         if builder.IMPLEMENTATION is None:
-            lines.append(f"| op `{builder.NAME}` (`deepspeed.ops.op_builder.{builder.__name__}().load()`) | "
-                         f"{_cell(builder.MISSING_REASON)}; the builder imports, `is_compatible()` is False |")
+            lines.append(
+                f"| op `{builder.NAME}` (`deepspeed.ops.op_builder.{builder.__name__}().load()`) | "
+                f"{_cell(builder.MISSING_REASON)}; the builder imports, `is_compatible()` is False |"
+            )
     return lines + [""]
 
 

@@ -107,7 +107,9 @@ def _description(field: FieldInfo) -> str:
     return text.replace("|", "\\|")
 
 
-def _section(path: str, model: type[BaseModel], out: list[str], nested: list[tuple[str, type[BaseModel]]]) -> None:
+def _section(
+    path: str, model: type[BaseModel], out: list[str], nested: list[tuple[str, type[BaseModel]]]
+) -> None:
     title = f"`{path}`" if path else "Top-level keys"
     out.append(f"## {title}\n")
     doc = " ".join((model.__doc__ or "").split())

@@ -13,8 +13,14 @@ import socket
 
 
 def rank_main(rank: int, world_size: int, port: int) -> None:
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo")
+    os.environ.update(
+        RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        LOCAL_RANK=str(rank),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        GLOO_SOCKET_IFNAME="lo",
+    )
     import torch
 
     import deepspeed
@@ -29,12 +35,17 @@ def rank_main(rank: int, world_size: int, port: int) -> None:
         dist.reduce_scatter_tensor(shard, torch.arange(4.0) * (me + 1))
         full = torch.empty(2 * world)
         dist.all_gather_into_tensor(full, shard)
-    print(f"rank {me}/{world}: all_reduce={grad.tolist()} my reduce_scatter shard={shard.tolist()} "
-          f"all_gather={full.tolist()}", flush=True)
+    print(
+        f"rank {me}/{world}: all_reduce={grad.tolist()} my reduce_scatter shard={shard.tolist()} "
+        f"all_gather={full.tolist()}",
+        flush=True,
+    )
     dist.barrier()
     if me == 0:
         for rec in log.records():
-            print(f"  logged {rec.op}: {rec.nbytes} bytes over {rec.group_size} ranks in {rec.seconds * 1e3:.2f} ms")
+            print(
+                f"  logged {rec.op}: {rec.nbytes} bytes over {rec.group_size} ranks in {rec.seconds * 1e3:.2f} ms"
+            )
     dist.destroy_process_group()
 
 

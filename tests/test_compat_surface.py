@@ -47,7 +47,9 @@ def test_feature_modules_resolve_as_attributes():
     assert deepspeed.runtime.zero.partition_parameters.Init is deepspeed.zero.Init
     from deepspeed.runtime.lr_schedules import VALID_LR_SCHEDULES
 
-    assert {"WarmupLR", "WarmupDecayLR", "WarmupCosineLR", "OneCycle", "LRRangeTest"} <= set(VALID_LR_SCHEDULES)
+    assert {"WarmupLR", "WarmupDecayLR", "WarmupCosineLR", "OneCycle", "LRRangeTest"} <= set(
+        VALID_LR_SCHEDULES
+    )
 
 
 def test_zero3_names_at_deepspeed_paths():
@@ -75,13 +77,19 @@ SIGNATURES = [
     ("deepspeed.runtime.utils", "get_global_norm", ["norm_list"]),
     ("deepspeed.runtime.utils", "noop_decorator", ["func"]),
     ("deepspeed.utils.timer", "SynchronizedWallClockTimer", []),
-    ("deepspeed.utils.timer", "SynchronizedWallClockTimer.log",
-     ["self", "names", "normalizer", "reset", "memory_breakdown", "ranks"]),
+    (
+        "deepspeed.utils.timer",
+        "SynchronizedWallClockTimer.log",
+        ["self", "names", "normalizer", "reset", "memory_breakdown", "ranks"],
+    ),
     ("deepspeed.utils.timer", "SynchronizedWallClockTimer.Timer.start", ["self"]),
     ("deepspeed.utils.timer", "SynchronizedWallClockTimer.Timer.stop", ["self", "reset", "record"]),
     ("deepspeed.utils.timer", "SynchronizedWallClockTimer.Timer.elapsed", ["self", "reset"]),
-    ("deepspeed.utils.timer", "ThroughputTimer",
-     ["config", "batch_size", "start_step", "steps_per_output", "monitor_memory", "logging_fn"]),
+    (
+        "deepspeed.utils.timer",
+        "ThroughputTimer",
+        ["config", "batch_size", "start_step", "steps_per_output", "monitor_memory", "logging_fn"],
+    ),
     ("deepspeed.utils.timer", "ThroughputTimer.start", ["self"]),
     ("deepspeed.utils.timer", "ThroughputTimer.stop", ["self", "global_step", "report_speed"]),
     ("deepspeed.runtime.checkpoint_engine", "CheckpointEngine", ["config_params"]),
@@ -114,15 +122,34 @@ SIGNATURES = [
 ]
 
 ACCELERATOR_SIGNATURES = {
-    "range_push": ["msg", "domain", "category"], "range_pop": ["domain"], "lazy_call": ["callback"],
-    "get_op_builder": ["class_name"], "create_op_builder": ["class_name"], "op_builder_dir": [],
-    "default_generator": ["device_index"], "stream": ["stream"], "current_stream": ["device_index"],
-    "memory_reserved": ["device_index"], "max_memory_reserved": ["device_index"], "empty_cache": [],
-    "manual_seed": ["seed"], "manual_seed_all": ["seed"], "is_fp16_supported": [], "supported_dtypes": [],
+    "range_push": ["msg", "domain", "category"],
+    "range_pop": ["domain"],
+    "lazy_call": ["callback"],
+    "get_op_builder": ["class_name"],
+    "create_op_builder": ["class_name"],
+    "op_builder_dir": [],
+    "default_generator": ["device_index"],
+    "stream": ["stream"],
+    "current_stream": ["device_index"],
+    "memory_reserved": ["device_index"],
+    "max_memory_reserved": ["device_index"],
+    "empty_cache": [],
+    "manual_seed": ["seed"],
+    "manual_seed_all": ["seed"],
+    "is_fp16_supported": [],
+    "supported_dtypes": [],
     "on_accelerator": ["tensor"],
 }
-ACCELERATOR_PROPERTIES = ["LongTensor", "FloatTensor", "HalfTensor", "BFloat16Tensor", "IntTensor", "ByteTensor",
-                          "Stream", "Event"]
+ACCELERATOR_PROPERTIES = [
+    "LongTensor",
+    "FloatTensor",
+    "HalfTensor",
+    "BFloat16Tensor",
+    "IntTensor",
+    "ByteTensor",
+    "Stream",
+    "Event",
+]
 
 
 def _resolve(module: str, path: str):
@@ -138,7 +165,7 @@ def _resolve(module: str, path: str):
 def test_client_names_have_deepspeeds_parameters(module, path, params):
     import inspect
 
-    assert list(inspect.signature(_resolve(module, path)).parameters)[:len(params) or None] == params
+    assert list(inspect.signature(_resolve(module, path)).parameters)[: len(params) or None] == params
 
 
 def test_accelerator_methods_have_deepspeeds_parameters():
@@ -155,9 +182,11 @@ def test_version_is_a_string_and_the_module_path_still_imports():
     import subprocess
     import sys
 
-    code = ("import deepspeed; assert deepspeed.version == deepspeed.__version__ and isinstance(deepspeed.version, str); "
-            "from deepspeed.version import __version__; assert __version__ == deepspeed.version; "
-            "import deepspeed.version; assert isinstance(deepspeed.version, str); print('ok')")
+    code = (
+        "import deepspeed; assert deepspeed.version == deepspeed.__version__ and isinstance(deepspeed.version, str); "
+        "from deepspeed.version import __version__; assert __version__ == deepspeed.version; "
+        "import deepspeed.version; assert isinstance(deepspeed.version, str); print('ok')"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "ok", out.stderr
 
@@ -178,13 +207,34 @@ def test_op_builders_at_deepspeeds_paths():
     from deepspeed.accelerator import get_accelerator
     from deepspeed.ops import op_builder
 
-    names = ["CPUAdamBuilder", "FusedAdamBuilder", "FusedLambBuilder", "CPUAdagradBuilder", "CPULionBuilder",
-             "FusedLionBuilder", "AsyncIOBuilder", "InferenceBuilder", "TransformerBuilder", "QuantizerBuilder",
-             "SparseAttnBuilder"]
+    names = [
+        "CPUAdamBuilder",
+        "FusedAdamBuilder",
+        "FusedLambBuilder",
+        "CPUAdagradBuilder",
+        "CPULionBuilder",
+        "FusedLionBuilder",
+        "AsyncIOBuilder",
+        "InferenceBuilder",
+        "TransformerBuilder",
+        "QuantizerBuilder",
+        "SparseAttnBuilder",
+    ]
     for name in names:
         assert get_accelerator().get_op_builder(name) is getattr(op_builder, name)
-    assert {"cpu_adam", "fused_adam", "fused_lamb", "cpu_adagrad", "cpu_lion", "fused_lion", "async_io",
-            "transformer_inference", "transformer", "quantizer", "sparse_attn"} == set(op_builder.ALL_OPS)
+    assert {
+        "cpu_adam",
+        "fused_adam",
+        "fused_lamb",
+        "cpu_adagrad",
+        "cpu_lion",
+        "fused_lion",
+        "async_io",
+        "transformer_inference",
+        "transformer",
+        "quantizer",
+        "sparse_attn",
+    } == set(op_builder.ALL_OPS)
 
 
 def test_checkpoint_constants_are_deepspeeds_values():
@@ -192,10 +242,19 @@ def test_checkpoint_constants_are_deepspeeds_values():
     from ds_engine.checkpoint import layout
 
     assert (c.OPTIMIZER_STATE_DICT, c.FP32_FLAT_GROUPS, c.SINGLE_PARTITION_OF_FP32_GROUPS) == (
-        "optimizer_state_dict", "fp32_flat_groups", "single_partition_of_fp32_groups")
+        "optimizer_state_dict",
+        "fp32_flat_groups",
+        "single_partition_of_fp32_groups",
+    )
     assert (c.ZERO_FILE_PREFIX, c.BF16_ZERO_FILE_PREFIX, c.OPTIM_FILE_SUFFIX, c.MODEL_FILE_SUFFIX) == (
-        "zero_pp_rank_", "bf16_zero_pp_rank_", "_optim_states.pt", "_model_states.pt")
-    assert c.PARAM_SHAPES is layout.PARAM_SHAPES and c.UNIVERSAL_CHECKPOINT_INFO == "universal_checkpoint_info"
+        "zero_pp_rank_",
+        "bf16_zero_pp_rank_",
+        "_optim_states.pt",
+        "_model_states.pt",
+    )
+    assert (
+        c.PARAM_SHAPES is layout.PARAM_SHAPES and c.UNIVERSAL_CHECKPOINT_INFO == "universal_checkpoint_info"
+    )
     # the constants agree with the file names the engine writes
     path = layout.zero_optim_states_path("d", "t", 3)
     assert path.endswith(f"{c.ZERO_FILE_PREFIX}3_{c.MODEL_FILE_PREFIX}00{c.OPTIM_FILE_SUFFIX}")
@@ -215,7 +274,11 @@ def test_rng_tracker_and_offload_names():
         OffloadStateTypeEnum,
     )
 
-    assert _MODEL_PARALLEL_RNG_TRACKER_NAME == "model-parallel-rng" == checkpointing._MODEL_PARALLEL_RNG_TRACKER_NAME
+    assert (
+        _MODEL_PARALLEL_RNG_TRACKER_NAME
+        == "model-parallel-rng"
+        == checkpointing._MODEL_PARALLEL_RNG_TRACKER_NAME
+    )
     assert _CUDA_RNG_STATE_TRACKER is get_cuda_rng_tracker()
     assert DeepSpeedZeroOffloadOptimizerConfig(device=OffloadDeviceEnum.cpu).device == "cpu"
     assert DeepSpeedZeroOffloadParamConfig(device="cpu").pin_memory is True

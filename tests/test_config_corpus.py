@@ -77,9 +77,11 @@ def test_what_deepspeed_accepts_is_accepted(name: str, monkeypatch: pytest.Monke
 def test_keys_deepspeed_ignores_are_reported_not_applied(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("DS_CONFIG_STRICT", raising=False)
     trl = _load("trl__prepare_deepspeed_zero3.json")
-    assert sorted(trl.unknown_keys) == ["zero_optimization.reduce_bucket_size",
-                                        "zero_optimization.stage3_param_persistence_threshold",
-                                        "zero_optimization.stage3_prefetch_bucket_size"]
+    assert sorted(trl.unknown_keys) == [
+        "zero_optimization.reduce_bucket_size",
+        "zero_optimization.stage3_param_persistence_threshold",
+        "zero_optimization.stage3_prefetch_bucket_size",
+    ]
     assert trl.zero_optimization.reduce_bucket_size == 500_000_000  # not applied, as in DeepSpeed
     llama = _load("llamafactory__ds_z3_fp8_config.json")
     assert sorted(llama.unknown_keys) == ["comms_config", "monitor_config"]

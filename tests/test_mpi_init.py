@@ -26,10 +26,30 @@ def test_mpirun_deepspeed_init_distributed(tmp_path):
     if shutil.which("mpirun") is None:
         pytest.skip("mpirun (Debian's openmpi-bin) is not installed")
     pytest.importorskip("mpi4py")
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
-    cmd = ["mpirun", "--allow-run-as-root", "--oversubscribe", "-n", "2", "--mca", "btl", "self,tcp",
-           "--mca", "btl_tcp_if_include", "lo", "-x", "GLOO_SOCKET_IFNAME=lo",
-           sys.executable, "-c", "import os, sys; " + CODE, str(tmp_path)]
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    }
+    cmd = [
+        "mpirun",
+        "--allow-run-as-root",
+        "--oversubscribe",
+        "-n",
+        "2",
+        "--mca",
+        "btl",
+        "self,tcp",
+        "--mca",
+        "btl_tcp_if_include",
+        "lo",
+        "-x",
+        "GLOO_SOCKET_IFNAME=lo",
+        sys.executable,
+        "-c",
+        "import os, sys; " + CODE,
+        str(tmp_path),
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=150)
     assert out.returncode == 0, out.stdout + out.stderr
     lines = [(tmp_path / f"rank{rank}.txt").read_text() for rank in range(2)]

@@ -58,7 +58,9 @@ class GPT(nn.Module):
         self.pos = nn.Parameter(torch.zeros(seq, width))
         self.blocks = nn.ModuleList(Block(width) for _ in range(layers))
         self.ln = nn.LayerNorm(width)
-        nn.init.normal_(self.tok.weight, std=0.02)  # GPT-2's scale: a tied head of N(0, 1) rows starts at loss ~70
+        nn.init.normal_(
+            self.tok.weight, std=0.02
+        )  # GPT-2's scale: a tied head of N(0, 1) rows starts at loss ~70
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         x = self.tok(idx[:, :-1]) + self.pos[: idx.shape[1] - 1]
@@ -74,8 +76,10 @@ def config(stage: int, micro_batch: int) -> dict:
         "gradient_accumulation_steps": 1,
         "steps_per_print": 1_000_000,
         "optimizer": {"type": "AdamW", "params": {"lr": 1e-3, "weight_decay": 0.01}},
-        "scheduler": {"type": "WarmupLR", "params": {"warmup_min_lr": 0, "warmup_max_lr": 1e-3,
-                                                     "warmup_num_steps": 10}},
+        "scheduler": {
+            "type": "WarmupLR",
+            "params": {"warmup_min_lr": 0, "warmup_max_lr": 1e-3, "warmup_num_steps": 10},
+        },
         "gradient_clipping": 1.0,
         "zero_optimization": {"stage": stage},
     }
@@ -107,8 +111,9 @@ def main() -> None:
         model = GPT(vocab, width, layers, args.seq)
         model.load_state_dict(initial)
         report["params"] = sum(p.numel() for p in model.parameters())
-        engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(),
-                                          config=config(stage, micro))
+        engine, *_ = deepspeed.initialize(
+            model=model, model_parameters=model.parameters(), config=config(stage, micro)
+        )
         phases: dict[str, list[float]] = {"forward": [], "backward": [], "step": [], "gap": [], "total": []}
         loss = torch.tensor(math.nan)
         for i in range(args.warmup + args.steps):
@@ -124,8 +129,13 @@ def main() -> None:
             if "first_step_at" not in report:
                 report["first_step_at"] = time.time()
             if i >= args.warmup:
-                for name, value in (("gap", t1 - t0), ("forward", t2 - t1), ("backward", t3 - t2),
-                                    ("step", t4 - t3), ("total", t4 - t0)):
+                for name, value in (
+                    ("gap", t1 - t0),
+                    ("forward", t2 - t1),
+                    ("backward", t3 - t2),
+                    ("step", t4 - t3),
+                    ("total", t4 - t0),
+                ):
                     phases[name].append(value)
         report["stages"][stage] = {"phases": phases, "final_loss": loss.item()}
         del engine, model

@@ -50,9 +50,16 @@ class MarkovText(torch.utils.data.Dataset):
 
 
 def main() -> None:
-    model_args, training_args = HfArgumentParser((ModelArguments, TrainingArguments)).parse_args_into_dataclasses()
-    config = GPT2Config(vocab_size=model_args.vocab_size, n_positions=model_args.seq_len, n_embd=model_args.n_embd,
-                        n_layer=model_args.n_layer, n_head=model_args.n_head)
+    model_args, training_args = HfArgumentParser(
+        (ModelArguments, TrainingArguments)
+    ).parse_args_into_dataclasses()
+    config = GPT2Config(
+        vocab_size=model_args.vocab_size,
+        n_positions=model_args.seq_len,
+        n_embd=model_args.n_embd,
+        n_layer=model_args.n_layer,
+        n_head=model_args.n_head,
+    )
     trainer = Trainer(model=GPT2LMHeadModel(config), args=training_args, train_dataset=MarkovText(model_args))
     result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model()  # at ZeRO stage 3 this needs stage3_gather_16bit_weights_on_model_save: true

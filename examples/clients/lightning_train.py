@@ -29,7 +29,9 @@ class Regressor(pl.LightningModule):
     def __init__(self, width: int = 512) -> None:
         super().__init__()
         self.first = torch.nn.Sequential(torch.nn.Linear(16, width), torch.nn.GELU())
-        self.middle = torch.nn.Sequential(torch.nn.Linear(width, width), torch.nn.GELU(), torch.nn.Linear(width, width))
+        self.middle = torch.nn.Sequential(
+            torch.nn.Linear(width, width), torch.nn.GELU(), torch.nn.Linear(width, width)
+        )
         self.last = torch.nn.Linear(width, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -43,8 +45,12 @@ class Regressor(pl.LightningModule):
 
     def configure_optimizers(self):  # noqa: ANN201
         optimizer = torch.optim.AdamW(self.parameters(), lr=1e-3)
-        return {"optimizer": optimizer,
-                "lr_scheduler": torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self.trainer.max_epochs)}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": torch.optim.lr_scheduler.CosineAnnealingLR(
+                optimizer, T_max=self.trainer.max_epochs
+            ),
+        }
 
 
 def dataset(samples: int = 8192) -> torch.utils.data.TensorDataset:
@@ -61,14 +67,23 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--save_dir", default="out/lightning")
     parser.add_argument("--resume_from", default=None, help="a checkpoint folder written by an earlier run")
-    parser.add_argument("--consolidate", action="store_true", help="write <save_dir>/model_fp32.pt at the end")
+    parser.add_argument(
+        "--consolidate", action="store_true", help="write <save_dir>/model_fp32.pt at the end"
+    )
     parser.add_argument("--local_rank", type=int, default=-1, help="set by the deepspeed launcher, if used")
     args = parser.parse_args()
 
     pl.seed_everything(0)
     checkpoints = ModelCheckpoint(dirpath=args.save_dir, filename="{epoch}", save_top_k=-1, every_n_epochs=1)
-    trainer = pl.Trainer(accelerator="gpu", devices=args.devices, max_epochs=args.epochs, callbacks=[checkpoints],
-                         strategy=DeepSpeedStrategy(stage=args.stage), gradient_clip_val=1.0, logger=False)
+    trainer = pl.Trainer(
+        accelerator="gpu",
+        devices=args.devices,
+        max_epochs=args.epochs,
+        callbacks=[checkpoints],
+        strategy=DeepSpeedStrategy(stage=args.stage),
+        gradient_clip_val=1.0,
+        logger=False,
+    )
     loader = torch.utils.data.DataLoader(dataset(), batch_size=64, shuffle=True)
     trainer.fit(Regressor(), loader, ckpt_path=args.resume_from)
     if args.consolidate and trainer.is_global_zero:

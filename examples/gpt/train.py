@@ -37,7 +37,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--log_interval", type=int, default=10)
     parser.add_argument("--save_dir", type=str, default=None, help="save a checkpoint here at the end")
-    parser.add_argument("--resume", action="store_true", help="load the latest checkpoint from --save_dir first")
+    parser.add_argument(
+        "--resume", action="store_true", help="load the latest checkpoint from --save_dir first"
+    )
     parser.add_argument("--metrics_json", type=str, default=None)
     parser = deepspeed.add_config_arguments(parser)
     return parser.parse_args()
@@ -116,10 +118,15 @@ def main() -> None:
         engine.load_checkpoint(args.save_dir)
     data = MarkovText(args.samples, args.seq_len, args.vocab, args.seed)
     sampler = DistributedSampler(data, num_replicas=world, rank=rank, shuffle=True, seed=args.seed)
-    loader = DataLoader(data, batch_size=engine.train_micro_batch_size_per_gpu(), sampler=sampler, drop_last=True)
+    loader = DataLoader(
+        data, batch_size=engine.train_micro_batch_size_per_gpu(), sampler=sampler, drop_last=True
+    )
     if rank == 0:
         params = sum(p.numel() for p in model.parameters())
-        print(f"GPT: {params / 1e6:.2f}M parameters, {world} ranks, batch {engine.train_batch_size()}", flush=True)
+        print(
+            f"GPT: {params / 1e6:.2f}M parameters, {world} ranks, batch {engine.train_batch_size()}",
+            flush=True,
+        )
 
     step_times, losses, first_step_at, epoch = [], [], None, 0
     last = time.perf_counter()
@@ -143,7 +150,10 @@ def main() -> None:
                 mean = global_mean(loss)
                 losses.append((engine.global_steps, mean))
                 if rank == 0:
-                    print(f"step {engine.global_steps:4d}  loss {mean:.4f}  lr {engine.get_lr()[0]:.2e}", flush=True)
+                    print(
+                        f"step {engine.global_steps:4d}  loss {mean:.4f}  lr {engine.get_lr()[0]:.2e}",
+                        flush=True,
+                    )
             if engine.global_steps >= args.steps:
                 break
         epoch += 1
@@ -155,8 +165,12 @@ def main() -> None:
         print(f"final loss {final:.4f} (uniform would be {math.log(args.vocab):.4f})", flush=True)
     if args.metrics_json:
         metrics = {
-            "rank": rank, "first_step_at": first_step_at, "step_times": step_times, "losses": losses,
-            "final_loss": final, "peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+            "rank": rank,
+            "first_step_at": first_step_at,
+            "step_times": step_times,
+            "losses": losses,
+            "final_loss": final,
+            "peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
         }
         with open(f"{args.metrics_json}.rank{rank}", "w") as handle:
             json.dump(metrics, handle)

@@ -33,8 +33,22 @@ _ALIASES: dict[str, tuple[str, str]] = {
     "get_accelerator": ("ds_accel", "get_accelerator"),
     "tp_model_init": ("ds_parallel.tensor", "tp_model_init"),
 }
-_SUBMODULES = {"accelerator", "autotuning", "checkpoint", "checkpointing", "comm", "compression", "elasticity",
-               "git_version_info", "launcher", "moe", "ops", "runtime", "utils", "zero"}
+_SUBMODULES = {
+    "accelerator",
+    "autotuning",
+    "checkpoint",
+    "checkpointing",
+    "comm",
+    "compression",
+    "elasticity",
+    "git_version_info",
+    "launcher",
+    "moe",
+    "ops",
+    "runtime",
+    "utils",
+    "zero",
+}
 
 __all__ = ["__version__", "version", *_ALIASES]
 

@@ -19,7 +19,9 @@ from ds_engine.autotuning_probe import SavedTensorCounter
 
 HERE = Path(__file__).parent
 SCRIPT = HERE / "scripts" / "train_tiny.py"
-LISTING = HERE.parent / "launch" / "scripts" / "launch_listing_modules.py"  # runs the CLI, lists torch modules
+LISTING = (
+    HERE.parent / "launch" / "scripts" / "launch_listing_modules.py"
+)  # runs the CLI, lists torch modules
 DEEPSPEED = [sys.executable, "-c", "from ds_launch.cli import main; main()"]
 STAGES, MICRO_BATCHES = (0, 1, 2, 3), (1, 2, 4)
 
@@ -52,9 +54,18 @@ def _memory_budget() -> tuple[int, int, int]:
 
 
 def _write_config(tmp_path: Path, budget: int) -> None:
-    config = {"train_micro_batch_size_per_gpu": 1, "optimizer": {"type": "AdamW", "params": {"lr": 1e-3}},
-              "autotuning": {"enabled": True, "overwrite": False, "start_profile_step": 2, "end_profile_step": 6,
-                             "max_train_micro_batch_size_per_gpu": 4, "memory_per_device": budget}}
+    config = {
+        "train_micro_batch_size_per_gpu": 1,
+        "optimizer": {"type": "AdamW", "params": {"lr": 1e-3}},
+        "autotuning": {
+            "enabled": True,
+            "overwrite": False,
+            "start_profile_step": 2,
+            "end_profile_step": 6,
+            "max_train_micro_batch_size_per_gpu": 4,
+            "memory_per_device": budget,
+        },
+    }
     (tmp_path / "ds_config.json").write_text(json.dumps(config))
 
 
@@ -65,8 +76,20 @@ def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
 
 
 def _args(mode: str) -> list[str]:
-    return ["--autotuning", mode, "--num_gpus", "2", "--master_port", str(_free_port()), str(SCRIPT), "--deepspeed",
-            "--deepspeed_config", "ds_config.json", "--steps", "10"]
+    return [
+        "--autotuning",
+        mode,
+        "--num_gpus",
+        "2",
+        "--master_port",
+        str(_free_port()),
+        str(SCRIPT),
+        "--deepspeed",
+        "--deepspeed_config",
+        "ds_config.json",
+        "--steps",
+        "10",
+    ]
 
 
 @pytest.mark.timeout(600)
@@ -75,8 +98,14 @@ def test_tune_then_run_with_the_best_config(tmp_path):
     _write_config(tmp_path, budget)
     env = _env(tmp_path, AT_FAIL="1:2", AT_RECORD=str(tmp_path / "trained.json"))
     modules = tmp_path / "modules.json"
-    tune = subprocess.run([sys.executable, str(LISTING), str(modules), *_args("tune")], env=env, cwd=tmp_path,
-                          capture_output=True, text=True, timeout=540)
+    tune = subprocess.run(
+        [sys.executable, str(LISTING), str(modules), *_args("tune")],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=540,
+    )
     assert tune.returncode == 0, tune.stdout[-4000:] + tune.stderr[-4000:]
     assert json.loads(modules.read_text()) == []  # the tuning process never imported torch
     results = tmp_path / "autotuning_results"
@@ -95,7 +124,10 @@ def test_tune_then_run_with_the_best_config(tmp_path):
 
     # The experiment made to fail is reported and skipped; stage 3 runs (or fails, recorded) like the others.
     failed = exp("z1_gas1_tmbspg2")
-    assert failed["status"] == "failed" and "RuntimeError: deliberate failure at stage:micro batch 1:2" in failed["error"]
+    assert (
+        failed["status"] == "failed"
+        and "RuntimeError: deliberate failure at stage:micro batch 1:2" in failed["error"]
+    )
     assert "z1_gas1_tmbspg2: FAILED: exit code 1: RuntimeError: deliberate failure" in tune.stdout
     launched = {n: exp(n) for n in names if n != "z0_gas1_tmbspg4"}
     assert all(e["status"] in ("ok", "failed") for e in launched.values())
@@ -109,7 +141,11 @@ def test_tune_then_run_with_the_best_config(tmp_path):
         metrics = json.loads((results / name / "metrics.json").read_text())
         stage, micro = names[name]
         assert (metrics["zero_stage"], metrics["train_micro_batch_size_per_gpu"]) == (stage, micro)
-        assert (metrics["profiled_steps"], metrics["world_size"], metrics["train_batch_size"]) == (5, 2, 2 * micro)
+        assert (metrics["profiled_steps"], metrics["world_size"], metrics["train_batch_size"]) == (
+            5,
+            2,
+            2 * micro,
+        )
         throughput[name] = metrics["throughput"]
         assert (tmp_path / "autotuning_exps" / f"{name}.json").exists()
         assert (results / name / "cmd.txt").read_text().startswith("deepspeed --num_gpus 2 --master_port ")
@@ -124,11 +160,18 @@ def test_tune_then_run_with_the_best_config(tmp_path):
     assert not (tmp_path / "trained.json").exists()  # tune does not train
 
     # run: the finished experiments are reused (overwrite: false), then training runs with the best config.
-    run = subprocess.run([*DEEPSPEED, *_args("run")], env=env, cwd=tmp_path, capture_output=True, text=True,
-                         timeout=300)
+    run = subprocess.run(
+        [*DEEPSPEED, *_args("run")], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
     assert run.stdout.count("(previous result reused)") == len(launched)
     trained = json.loads((tmp_path / "trained.json").read_text())
     stage, micro = names[best]
-    assert trained == {**trained, "zero_stage": stage, "train_micro_batch_size_per_gpu": micro,
-                       "train_batch_size": 2 * micro, "global_steps": 10, "world_size": 2}
+    assert trained == {
+        **trained,
+        "zero_stage": stage,
+        "train_micro_batch_size_per_gpu": micro,
+        "train_batch_size": 2 * micro,
+        "global_steps": 10,
+        "world_size": 2,
+    }

@@ -22,10 +22,19 @@ def test_deepspeed_paths():
         ElasticityIncompatibleWorldSize,
     )
 
-    assert issubclass(ElasticityConfigError, ElasticityError) and issubclass(ElasticityIncompatibleWorldSize,
-                                                                             ElasticityError)
+    assert issubclass(ElasticityConfigError, ElasticityError) and issubclass(
+        ElasticityIncompatibleWorldSize, ElasticityError
+    )
     assert DeepSpeedAutotuningConfig is AutotuningConfig
-    config = {"elasticity": {"enabled": True, "max_train_batch_size": 2000, "micro_batch_sizes": [2, 4, 6],
-                             "min_gpus": 1, "max_gpus": 10000, "version": 0.1}}
+    config = {
+        "elasticity": {
+            "enabled": True,
+            "max_train_batch_size": 2000,
+            "micro_batch_sizes": [2, 4, 6],
+            "min_gpus": 1,
+            "max_gpus": 10000,
+            "version": 0.1,
+        }
+    }
     batch, valid = compute_elastic_config(config, deepspeed.__version__)
     assert batch <= 2000 and all(batch % g == 0 for g in valid) and 1 in valid

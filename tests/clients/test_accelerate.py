@@ -18,11 +18,14 @@ STEPS, SAVE_AFTER, MICRO_PER_STEP = 6, 3, 2
 
 
 @pytest.mark.timeout(420)
-@pytest.mark.parametrize(("stage", "offload", "optimizer"), [
-    pytest.param(2, False, "AdamW", id="stage2"),
-    pytest.param(3, False, "AdamW", id="stage3"),
-    pytest.param(2, True, "DeepSpeedCPUAdam", id="stage2-offload-optimizer"),
-])
+@pytest.mark.parametrize(
+    ("stage", "offload", "optimizer"),
+    [
+        pytest.param(2, False, "AdamW", id="stage2"),
+        pytest.param(3, False, "AdamW", id="stage3"),
+        pytest.param(2, True, "DeepSpeedCPUAdam", id="stage2-offload-optimizer"),
+    ],
+)
 def test_save_state_and_load_state_resume_exactly(launch, stage: int, offload: bool, optimizer: str) -> None:
     args = ["--stage", str(stage), *(["--offload_optimizer"] if offload else [])]
     full = launch("accelerate", "accelerate_train.py", "full", *args)
@@ -32,7 +35,9 @@ def test_save_state_and_load_state_resume_exactly(launch, stage: int, offload: b
         assert len(result["losses"]) == STEPS * MICRO_PER_STEP
         assert sum(result["losses"][-4:]) < sum(result["losses"][:4]), result["losses"]
         assert (result["partitioned_params"] > 0) == (stage == 3)
-        assert (result["leaf_modules"] > 0) == (stage == 3)  # transformer_moe_cls_names reached our leaf flags
+        assert (result["leaf_modules"] > 0) == (
+            stage == 3
+        )  # transformer_moe_cls_names reached our leaf flags
 
     state = full.out / "state_step3"  # Accelerate saves the engine's checkpoint under the tag "pytorch_model"
     tag = (state / "latest").read_text().strip()
@@ -45,6 +50,7 @@ def test_save_state_and_load_state_resume_exactly(launch, stage: int, offload: b
 
     resumed = launch("accelerate", "accelerate_train.py", "resumed", *args, "--resume")
     for rank in range(2):
-        assert resumed.results[rank]["losses"] == full.results[rank]["losses"][SAVE_AFTER * MICRO_PER_STEP:], \
-            f"rank {rank}"
+        assert (
+            resumed.results[rank]["losses"] == full.results[rank]["losses"][SAVE_AFTER * MICRO_PER_STEP :]
+        ), f"rank {rank}"
         assert resumed.results[rank]["lr"] == full.results[rank]["lr"]

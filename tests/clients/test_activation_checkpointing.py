@@ -30,8 +30,9 @@ def _fresh_policy() -> Iterator[None]:
 
 def _block(seed: int = 0, dropout: float = 0.0) -> torch.nn.Module:
     torch.manual_seed(seed)
-    return torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.GELU(), torch.nn.Dropout(dropout),
-                               torch.nn.Linear(16, 6))
+    return torch.nn.Sequential(
+        torch.nn.Linear(6, 16), torch.nn.GELU(), torch.nn.Dropout(dropout), torch.nn.Linear(16, 6)
+    )
 
 
 def _grads(block: torch.nn.Module, run) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:  # noqa: ANN001
@@ -60,9 +61,15 @@ def test_configure_marks_configured_and_keeps_explicit_options() -> None:
 
 
 def test_configure_reads_the_config_section_and_arguments_override_it(tmp_path) -> None:  # noqa: ANN001
-    config = {"train_batch_size": 8, "activation_checkpointing": {
-        "partition_activations": True, "cpu_checkpointing": True, "synchronize_checkpoint_boundary": True,
-        "number_checkpoints": 4}}
+    config = {
+        "train_batch_size": 8,
+        "activation_checkpointing": {
+            "partition_activations": True,
+            "cpu_checkpointing": True,
+            "synchronize_checkpoint_boundary": True,
+            "number_checkpoints": 4,
+        },
+    }
     ckpt.configure(None, deepspeed_config=config, synchronize=False)
     policy = ckpt.current_policy()
     assert (policy.partition_activations, policy.checkpoint_in_cpu, policy.num_checkpoints) == (True, True, 4)
@@ -74,14 +81,23 @@ def test_configure_reads_the_config_section_and_arguments_override_it(tmp_path) 
     assert ckpt.current_policy().profile and not ckpt.current_policy().partition_activations
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    ({"deepspeed_config": {"activation_checkpointing": {"cpu_checkpoint": True}}},
-     "unknown key 'activation_checkpointing.cpu_checkpoint'; did you mean 'activation_checkpointing.cpu_checkpointing'?"),
-    ({"contiguous_checkpointing": True, "num_checkpoints": 2},
-     "'activation_checkpointing.contiguous_memory_optimization' needs 'activation_checkpointing.partition_activations: true'"),
-    ({"contiguous_checkpointing": True, "partition_activations": True},
-     "needs 'activation_checkpointing.number_checkpoints'"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (
+            {"deepspeed_config": {"activation_checkpointing": {"cpu_checkpoint": True}}},
+            "unknown key 'activation_checkpointing.cpu_checkpoint'; did you mean 'activation_checkpointing.cpu_checkpointing'?",
+        ),
+        (
+            {"contiguous_checkpointing": True, "num_checkpoints": 2},
+            "'activation_checkpointing.contiguous_memory_optimization' needs 'activation_checkpointing.partition_activations: true'",
+        ),
+        (
+            {"contiguous_checkpointing": True, "partition_activations": True},
+            "needs 'activation_checkpointing.number_checkpoints'",
+        ),
+    ],
+)
 def test_configure_rejects_bad_options_naming_the_key(kwargs: dict, message: str) -> None:
     with pytest.raises(DeepSpeedConfigError, match=message.replace("(", r"\(").replace("?", r"\?")):
         ckpt.configure(None, **kwargs)

@@ -25,26 +25,33 @@ def test_utils_logger_is_the_engines_logger() -> None:
     assert deepspeed.utils.logging.logger is logger  # Lightning's spelling
 
 
-@pytest.mark.parametrize(("path", "name", "source"), [
-    ("deepspeed.ops.adam.fused_adam", "FusedAdam", "ds_kernels"),
-    ("deepspeed.ops.adam.cpu_adam", "DeepSpeedCPUAdam", "ds_kernels"),
-    ("deepspeed.ops.lamb.fused_lamb", "FusedLamb", "ds_kernels"),
-    ("deepspeed.ops.lion.fused_lion", "FusedLion", "ds_kernels"),
-    ("deepspeed.ops.lion.cpu_lion", "DeepSpeedCPULion", "ds_kernels"),
-    ("deepspeed.ops.adagrad.cpu_adagrad", "DeepSpeedCPUAdagrad", "ds_kernels"),
-    ("deepspeed.utils.zero_to_fp32", "get_fp32_state_dict_from_zero_checkpoint", "ds_zero.consolidate"),
-    ("deepspeed.utils.zero_to_fp32", "convert_zero_checkpoint_to_fp32_state_dict", "ds_zero.consolidate"),
-    ("deepspeed.utils.zero_to_fp32", "load_state_dict_from_zero_checkpoint", "ds_zero.consolidate"),
-    ("deepspeed.utils.zero_to_fp32", "get_optim_files", "ds_zero.consolidate"),
-    ("deepspeed.utils.zero_to_fp32", "get_model_state_file", "ds_zero.consolidate"),
-])
+@pytest.mark.parametrize(
+    ("path", "name", "source"),
+    [
+        ("deepspeed.ops.adam.fused_adam", "FusedAdam", "ds_kernels"),
+        ("deepspeed.ops.adam.cpu_adam", "DeepSpeedCPUAdam", "ds_kernels"),
+        ("deepspeed.ops.lamb.fused_lamb", "FusedLamb", "ds_kernels"),
+        ("deepspeed.ops.lion.fused_lion", "FusedLion", "ds_kernels"),
+        ("deepspeed.ops.lion.cpu_lion", "DeepSpeedCPULion", "ds_kernels"),
+        ("deepspeed.ops.adagrad.cpu_adagrad", "DeepSpeedCPUAdagrad", "ds_kernels"),
+        ("deepspeed.utils.zero_to_fp32", "get_fp32_state_dict_from_zero_checkpoint", "ds_zero.consolidate"),
+        ("deepspeed.utils.zero_to_fp32", "convert_zero_checkpoint_to_fp32_state_dict", "ds_zero.consolidate"),
+        ("deepspeed.utils.zero_to_fp32", "load_state_dict_from_zero_checkpoint", "ds_zero.consolidate"),
+        ("deepspeed.utils.zero_to_fp32", "get_optim_files", "ds_zero.consolidate"),
+        ("deepspeed.utils.zero_to_fp32", "get_model_state_file", "ds_zero.consolidate"),
+    ],
+)
 def test_deepspeed_paths_alias_the_implementation(path: str, name: str, source: str) -> None:
     assert getattr(importlib.import_module(path), name) is getattr(importlib.import_module(source), name)
 
 
 def test_zero_to_fp32_runs_as_a_module_and_reports_a_missing_checkpoint(tmp_path) -> None:  # noqa: ANN001
-    proc = subprocess.run([sys.executable, "-m", "deepspeed.utils.zero_to_fp32", str(tmp_path / "nope"),
-                           str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "deepspeed.utils.zero_to_fp32", str(tmp_path / "nope"), str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("zero_to_fp32: error:") and "Traceback" not in proc.stderr
     assert not (tmp_path / "out").exists()

@@ -28,8 +28,9 @@ def test_gpt2_profile_matches_deepspeed() -> None:
     config = transformers.GPT2Config(n_positions=1024, n_embd=768, n_layer=12, n_head=12, vocab_size=50257)
     model = transformers.GPT2LMHeadModel(config)
     ids = torch.randint(0, 50257, (2, 128), generator=torch.Generator().manual_seed(0))
-    flops, macs, params = get_model_profile(model, kwargs={"input_ids": ids}, print_profile=False,
-                                            as_string=False)
+    flops, macs, params = get_model_profile(
+        model, kwargs={"input_ids": ids}, print_profile=False, as_string=False
+    )
     assert params == REFERENCE_GPT2["params"]
     assert macs == REFERENCE_GPT2["macs"]
     assert abs(flops - REFERENCE_GPT2["flops"]) / REFERENCE_GPT2["flops"] < 0.01

@@ -39,4 +39,7 @@ def test_zero_keys_carry_their_effect_from_the_table() -> None:
     assert section.count("\n| `") + section.count("\n| [`") == len(ZERO_KEYS)
     assert "| `contiguous_gradients` | bool | `true` |" in section
     assert "no effect: gradients are always copied into one contiguous buffer" in section
-    assert "applied (ds_engine.zero_policy:policy_from_config, ds_zero.grad_reducer:GradReducer.__init__)" in section
+    assert (
+        "applied (ds_engine.zero_policy:policy_from_config, ds_zero.grad_reducer:GradReducer.__init__)"
+        in section
+    )

@@ -40,21 +40,37 @@ def test_trainer_with_autotp_trains_saves_resumes(launch, stage: int) -> None:
 
     full = launch("deepspeed", "hf_trainer_tp.py", "full", "--stage", str(stage))
     for result in full.results:
-        assert (result["engine"], result["zero_stage"], result["tp"], result["dp"]) == ("DeepSpeedEngine", stage, 2, 1)
-        assert result["train_batch_size"] == 4  # DeepSpeed counts tensor ranks: micro 2 x 2 ranks (dp 1 x tp 2)
+        assert (result["engine"], result["zero_stage"], result["tp"], result["dp"]) == (
+            "DeepSpeedEngine",
+            stage,
+            2,
+            1,
+        )
+        assert (
+            result["train_batch_size"] == 4
+        )  # DeepSpeed counts tensor ranks: micro 2 x 2 ranks (dp 1 x tp 2)
         assert result["q_proj_shape"] == [16, 32]  # split: half the rows
         assert result["global_step"] == 6 and len(result["losses"]) == 6
     assert full.results[0]["losses"] == pytest.approx(full.results[1]["losses"], abs=1e-6)
     assert full.results[0]["first_input_ids"] == full.results[1]["first_input_ids"]  # one batch per TP group
-    assert full.results[0]["losses"][0] == pytest.approx(_plain_loss(full.results[0]["first_input_ids"]), abs=1e-5)
+    assert full.results[0]["losses"][0] == pytest.approx(
+        _plain_loss(full.results[0]["first_input_ids"]), abs=1e-5
+    )
 
     plain = LlamaForCausalLM.from_pretrained(str(full.out / "final"))
     with torch.no_grad():
         logits = plain(input_ids=hf_trainer_tp.probe()).logits
     assert (logits - torch.tensor(full.results[0]["logits"])).abs().max().item() < 1e-5
 
-    resumed = launch("deepspeed", "hf_trainer_tp.py", "resumed", "--stage", str(stage),
-                     "--resume_from_checkpoint", str(full.out / "checkpoint-3"))
+    resumed = launch(
+        "deepspeed",
+        "hf_trainer_tp.py",
+        "resumed",
+        "--stage",
+        str(stage),
+        "--resume_from_checkpoint",
+        str(full.out / "checkpoint-3"),
+    )
     for rank in range(2):
         assert resumed.results[rank]["losses"] == pytest.approx(full.results[rank]["losses"][3:], abs=1e-6)
 
@@ -70,10 +86,15 @@ def test_trainer_with_autotp_saves_fused_phi3(launch) -> None:
     full = launch("deepspeed", "hf_trainer_tp.py", "phi3", "--stage", "2", "--model", "phi3")
     for result in full.results:
         assert (result["tp"], result["dp"], result["global_step"]) == (2, 1, 6)
-        assert result["q_proj_shape"] == [32, 32]  # qkv_proj: half of q (32) + half of k (16) + half of v (16)
+        assert result["q_proj_shape"] == [
+            32,
+            32,
+        ]  # qkv_proj: half of q (32) + half of k (16) + half of v (16)
     assert full.results[0]["losses"] == pytest.approx(full.results[1]["losses"], abs=1e-6)
-    plain_loss = hf_trainer_tp.tiny_phi3()(input_ids=torch.tensor(full.results[0]["first_input_ids"]),
-                                           labels=torch.tensor(full.results[0]["first_input_ids"])).loss.item()
+    plain_loss = hf_trainer_tp.tiny_phi3()(
+        input_ids=torch.tensor(full.results[0]["first_input_ids"]),
+        labels=torch.tensor(full.results[0]["first_input_ids"]),
+    ).loss.item()
     assert full.results[0]["losses"][0] == pytest.approx(plain_loss, abs=1e-5)
     plain = Phi3ForCausalLM.from_pretrained(str(full.out / "final"))
     assert (plain.config.num_attention_heads, plain.config.num_key_value_heads) == (4, 2)

@@ -24,8 +24,11 @@ def _first_loss_without_sp() -> float:
 
     sample = hf_trainer_sp.PositionedTokens()[0]
     model = hf_trainer_sp.tiny_llama_sdpa()
-    out = model(input_ids=sample["input_ids"][None], labels=sample["labels"][None],
-                position_ids=sample["position_ids"][None])
+    out = model(
+        input_ids=sample["input_ids"][None],
+        labels=sample["labels"][None],
+        position_ids=sample["position_ids"][None],
+    )
     return out.loss.item()
 
 
@@ -36,14 +39,25 @@ def test_trainer_with_ulysses_trains_and_resumes(launch, stage: int) -> None:
     full = launch("deepspeed", "hf_trainer_sp.py", "full", "--stage", str(stage))
     for result in full.results:
         assert (result["engine"], result["zero_stage"], result["sp"], result["seq_dp"]) == (
-            "DeepSpeedEngine", stage, 2, 2)
+            "DeepSpeedEngine",
+            stage,
+            2,
+            2,
+        )
         assert result["global_step"] == 6 and len(result["losses"]) == 6
         assert sum(result["losses"][-2:]) < sum(result["losses"][:2]), result["losses"]  # it learns
         assert (result["partitioned_params"] > 0) == (stage == 3)
     assert full.results[0]["losses"] == pytest.approx(full.results[1]["losses"], abs=1e-6)
     assert full.results[0]["losses"][0] == pytest.approx(_first_loss_without_sp(), abs=1e-5)
 
-    resumed = launch("deepspeed", "hf_trainer_sp.py", "resumed", "--stage", str(stage),
-                     "--resume_from_checkpoint", str(full.out / "checkpoint-3"))
+    resumed = launch(
+        "deepspeed",
+        "hf_trainer_sp.py",
+        "resumed",
+        "--stage",
+        str(stage),
+        "--resume_from_checkpoint",
+        str(full.out / "checkpoint-3"),
+    )
     for rank in range(2):
         assert resumed.results[rank]["losses"] == pytest.approx(full.results[rank]["losses"][3:], abs=1e-6)

@@ -24,14 +24,23 @@ def _check_layout(checkpoint: Path, step: int, stage: int) -> None:
     tag = checkpoint / f"global_step{step}"
     model_states = "zero_pp_rank_0_mp_rank_00_model_states.pt" if stage == 3 else "mp_rank_00_model_states.pt"
     state = torch.load(tag / model_states, map_location="cpu", weights_only=True)
-    for key in ("module", "lr_scheduler", "global_steps", "skipped_steps", "dp_world_size", "mp_world_size",
-                "ds_config", "ds_version"):
+    for key in (
+        "module",
+        "lr_scheduler",
+        "global_steps",
+        "skipped_steps",
+        "dp_world_size",
+        "mp_world_size",
+        "ds_config",
+        "ds_version",
+    ):
         assert key in state, f"{model_states} lacks '{key}'"
     assert state["global_steps"] == step and state["dp_world_size"] == 2 and state["mp_world_size"] == 1
     assert state["ds_config"]["zero_optimization"]["stage"] == stage
     for rank in range(2):
-        optim = torch.load(tag / f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt", map_location="cpu",
-                           weights_only=True)
+        optim = torch.load(
+            tag / f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt", map_location="cpu", weights_only=True
+        )
         assert optim["optimizer_state_dict"]["zero_stage"] == stage
 
 
@@ -54,14 +63,21 @@ def _check_saved_model(checkpoint: Path) -> None:
 
 
 @pytest.mark.timeout(420)
-@pytest.mark.parametrize(("stage", "extra"), [
-    pytest.param(2, [], id="stage2-config-optimizer"),
-    pytest.param(3, ["--trainer_optimizer"], id="stage3-trainer-optimizer"),
-])
+@pytest.mark.parametrize(
+    ("stage", "extra"),
+    [
+        pytest.param(2, [], id="stage2-config-optimizer"),
+        pytest.param(3, ["--trainer_optimizer"], id="stage3-trainer-optimizer"),
+    ],
+)
 def test_trainer_trains_saves_and_resumes_exactly(launch, stage: int, extra: list[str]) -> None:
     full = launch("deepspeed", "hf_trainer.py", "full", "--stage", str(stage), *extra)
     for result in full.results:
-        assert (result["engine"], result["zero_stage"], result["global_step"]) == ("DeepSpeedEngine", stage, STEPS)
+        assert (result["engine"], result["zero_stage"], result["global_step"]) == (
+            "DeepSpeedEngine",
+            stage,
+            STEPS,
+        )
         assert len(result["losses"]) == STEPS * MICRO_PER_STEP
         first, last = result["losses"][:4], result["losses"][-4:]
         assert sum(last) < sum(first), result["losses"]  # it learns
@@ -71,9 +87,17 @@ def test_trainer_trains_saves_and_resumes_exactly(launch, stage: int, extra: lis
         _check_layout(full.out / f"checkpoint-{step}", step, stage)
     _check_saved_model(full.out / "checkpoint-6")
 
-    resumed = launch("deepspeed", "hf_trainer.py", "resumed", "--stage", str(stage), *extra,
-                     "--resume_from_checkpoint", str(full.out / "checkpoint-3"))
+    resumed = launch(
+        "deepspeed",
+        "hf_trainer.py",
+        "resumed",
+        "--stage",
+        str(stage),
+        *extra,
+        "--resume_from_checkpoint",
+        str(full.out / "checkpoint-3"),
+    )
     for rank in range(2):
-        after_save = full.results[rank]["losses"][3 * MICRO_PER_STEP:]
+        after_save = full.results[rank]["losses"][3 * MICRO_PER_STEP :]
         assert resumed.results[rank]["losses"] == after_save, f"rank {rank}"
         assert resumed.results[rank]["lr"] == full.results[rank]["lr"]

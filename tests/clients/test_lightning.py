@@ -65,17 +65,24 @@ def _launch(launch, *args: str):  # noqa: ANN001, ANN202
 def test_strategy_trains_resumes_and_consolidates(launch, stage: int, tmp_path: Path) -> None:
     full = _launch(launch, "full", "--stage", str(stage))
     for result in full.results:
-        assert (result["engine"], result["zero_stage"], result["global_step"]) == ("DeepSpeedEngine", stage,
-                                                                                    2 * STEPS_PER_EPOCH)
+        assert (result["engine"], result["zero_stage"], result["global_step"]) == (
+            "DeepSpeedEngine",
+            stage,
+            2 * STEPS_PER_EPOCH,
+        )
         assert result["checkpointing_configured"] and result["checkpoint_in_cpu"]
         assert result["checkpoints"] == ["epoch=0.ckpt", "epoch=1.ckpt"]
         assert (result["partitioned_params"] > 0) == (stage == 3)
     ckpt_dir = full.out / "full_ckpt"
     assert (ckpt_dir / "epoch=1.ckpt" / "latest").read_text().strip() == "checkpoint"  # Lightning's tag
 
-    resumed = _launch(launch, "resumed", "--stage", str(stage), "--resume_from", str(ckpt_dir / "epoch=0.ckpt"))
+    resumed = _launch(
+        launch, "resumed", "--stage", str(stage), "--resume_from", str(ckpt_dir / "epoch=0.ckpt")
+    )
     for rank in range(2):
-        assert resumed.results[rank]["losses"] == full.results[rank]["losses"][STEPS_PER_EPOCH:], f"rank {rank}"
+        assert resumed.results[rank]["losses"] == full.results[rank]["losses"][STEPS_PER_EPOCH:], (
+            f"rank {rank}"
+        )
     final = torch.load(full.out / "full_weights.pt", map_location="cpu", weights_only=True)
     after_resume = torch.load(full.out / "resumed_weights.pt", map_location="cpu", weights_only=True)
     assert final.keys() == after_resume.keys()

@@ -24,10 +24,15 @@ STEPS = 4
 def test_dpo_at_zero3_with_a_sharded_reference_model(launch) -> None:
     run = launch("deepspeed", "trl_dpo.py", "dpo")
     for result in run.results:
-        assert (result["ref_engine"], result["ref_optimizer"], result["ref_training"]) == ("DeepSpeedEngine", "None",
-                                                                                           False)
+        assert (result["ref_engine"], result["ref_optimizer"], result["ref_training"]) == (
+            "DeepSpeedEngine",
+            "None",
+            False,
+        )
         assert result["ref_born_partitioned"] == result["ref_params"]  # built under zero.Init
-        assert 0 < result["ref_partitioned"] < result["ref_params"]  # the head and projections sharded, norms whole
+        assert (
+            0 < result["ref_partitioned"] < result["ref_params"]
+        )  # the head and projections sharded, norms whole
         assert result["policy_zero_stage"] == 3 and result["global_step"] == STEPS
         losses = result["losses"]
         assert len(losses) == STEPS

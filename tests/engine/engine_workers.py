@@ -25,19 +25,31 @@ CLIP = {"sgd": 1.8, "adamw": 0.05}  # sgd: inside the range of this run's gradie
 def make_model(seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
     return torch.nn.Sequential(
-        torch.nn.Embedding(17, 8), torch.nn.Flatten(), torch.nn.Linear(8 * 3, 32), torch.nn.GELU(),
-        torch.nn.LayerNorm(32), torch.nn.Linear(32, 5),
+        torch.nn.Embedding(17, 8),
+        torch.nn.Flatten(),
+        torch.nn.Linear(8 * 3, 32),
+        torch.nn.GELU(),
+        torch.nn.LayerNorm(32),
+        torch.nn.Linear(32, 5),
     )
 
 
 def config(world: int, optimizer: str, stage: int = 0, **extra) -> dict:
     section = OPTIMIZERS[optimizer]
     return {
-        "train_batch_size": GLOBAL, "train_micro_batch_size_per_gpu": MICRO, "gradient_clipping": CLIP[optimizer],
+        "train_batch_size": GLOBAL,
+        "train_micro_batch_size_per_gpu": MICRO,
+        "gradient_clipping": CLIP[optimizer],
         "optimizer": section,
-        "scheduler": {"type": "WarmupDecayLR", "params": {"warmup_num_steps": 3, "total_num_steps": 12,
-                                                          "warmup_max_lr": section["params"]["lr"],
-                                                          "warmup_type": "linear"}},
+        "scheduler": {
+            "type": "WarmupDecayLR",
+            "params": {
+                "warmup_num_steps": 3,
+                "total_num_steps": 12,
+                "warmup_max_lr": section["params"]["lr"],
+                "warmup_type": "linear",
+            },
+        },
         "zero_optimization": {"stage": stage, "reduce_bucket_size": 300},  # several buckets
         **extra,
     }
@@ -115,5 +127,9 @@ def load_and_train(steps: int, save_dir: str, optimizer: str, stage: int = 0):
     assert path is not None, "checkpoint not found"
     assert engine.global_steps == len(client_state["losses"])
     losses = _train(engine, steps, world)
-    return ([p.detach().clone() for p in engine.module.parameters()], client_state["losses"] + losses,
-            engine.global_steps, engine.get_lr())
+    return (
+        [p.detach().clone() for p in engine.module.parameters()],
+        client_state["losses"] + losses,
+        engine.global_steps,
+        engine.get_lr(),
+    )

@@ -13,23 +13,44 @@ import deepspeed
 
 def train_with_monitors(out: str, steps: int) -> dict:
     """``steps`` optimizer steps with TensorBoard, CSV, W&B (offline) and Comet (offline) on; rank 0 writes."""
-    os.environ.update({"WANDB_MODE": "offline", "WANDB_DIR": out, "WANDB_SILENT": "true",
-                       "COMET_OFFLINE_DIRECTORY": os.path.join(out, "comet")})
+    os.environ.update(
+        {
+            "WANDB_MODE": "offline",
+            "WANDB_DIR": out,
+            "WANDB_SILENT": "true",
+            "COMET_OFFLINE_DIRECTORY": os.path.join(out, "comet"),
+        }
+    )
     world = deepspeed.comm.get_world_size()
-    cfg = w.config(world, "adamw", stage=2, steps_per_print=2, wall_clock_breakdown=True, memory_breakdown=True,
-                   tensorboard={"enabled": True, "output_path": os.path.join(out, "tb"), "job_name": "run"},
-                   csv_monitor={"enabled": True, "output_path": os.path.join(out, "csv"), "job_name": "run"},
-                   wandb={"enabled": True, "project": "ds-monitor-test", "group": "two-ranks"},
-                   comet={"enabled": True, "online": False, "project": "ds-monitor-test",
-                          "samples_log_interval": w.GLOBAL})
+    cfg = w.config(
+        world,
+        "adamw",
+        stage=2,
+        steps_per_print=2,
+        wall_clock_breakdown=True,
+        memory_breakdown=True,
+        tensorboard={"enabled": True, "output_path": os.path.join(out, "tb"), "job_name": "run"},
+        csv_monitor={"enabled": True, "output_path": os.path.join(out, "csv"), "job_name": "run"},
+        wandb={"enabled": True, "project": "ds-monitor-test", "group": "two-ranks"},
+        comet={
+            "enabled": True,
+            "online": False,
+            "project": "ds-monitor-test",
+            "samples_log_interval": w.GLOBAL,
+        },
+    )
     engine, *_ = deepspeed.initialize(model=w.make_model(), config=cfg)
     lrs = []
     for _ in range(steps):
         w._train(engine, 1, world)
         lrs.append(engine.get_lr()[0])
     engine.monitor.write_events([("Client/accuracy", 0.75, engine.global_samples)])
-    result = {"lrs": lrs, "samples": engine.global_samples, "has_monitors": bool(engine.monitor.monitors),
-              "timers": engine.get_wall_clock_timers()}
+    result = {
+        "lrs": lrs,
+        "samples": engine.global_samples,
+        "has_monitors": bool(engine.monitor.monitors),
+        "timers": engine.get_wall_clock_timers(),
+    }
     engine.destroy()  # finishes the W&B run and writes the Comet archive
     return result
 
@@ -49,6 +70,11 @@ def one_step_comm_log() -> tuple[int, int, int, dict]:
     stats = deepspeed.comm.log_summary(return_dict=True)["summary"]
     deepspeed.comm.configure(enabled=False)
     padded = sum(u.padded_numel for u in engine.optimizer.masters.units)
-    totals = {op: {"count": sum(r["count"] for r in rows.values()),
-                   "bytes": sum(size * r["count"] for size, r in rows.items())} for op, rows in stats.items()}
+    totals = {
+        op: {
+            "count": sum(r["count"] for r in rows.values()),
+            "bytes": sum(size * r["count"] for size, r in rows.items()),
+        }
+        for op, rows in stats.items()
+    }
     return padded, len(engine.optimizer.masters.units), gas, totals

@@ -15,8 +15,11 @@ import deepspeed
 from ds_engine.step_guard import NonFiniteGradientsError, TrainingCallError
 
 MICRO, STEPS, BAD = 2, 5, 2
-PRECISIONS = {"fp32": {}, "bf16": {"bf16": {"enabled": True}},
-              "fp16": {"fp16": {"enabled": True, "initial_scale_power": 8}}}
+PRECISIONS = {
+    "fp32": {},
+    "bf16": {"bf16": {"enabled": True}},
+    "fp16": {"fp16": {"enabled": True, "initial_scale_power": 8}},
+}
 
 
 def make_model() -> torch.nn.Module:
@@ -26,12 +29,17 @@ def make_model() -> torch.nn.Module:
 
 def config(stage: int, precision: str, **extra) -> dict:
     return {
-        "train_micro_batch_size_per_gpu": MICRO, "gradient_accumulation_steps": 1, "gradient_clipping": 1.0,
+        "train_micro_batch_size_per_gpu": MICRO,
+        "gradient_accumulation_steps": 1,
+        "gradient_clipping": 1.0,
         "optimizer": {"type": "AdamW", "params": {"lr": 1e-2, "weight_decay": 0.01}},
-        "scheduler": {"type": "WarmupLR", "params": {"warmup_min_lr": 0.0, "warmup_max_lr": 1e-2,
-                                                     "warmup_num_steps": 10}},
+        "scheduler": {
+            "type": "WarmupLR",
+            "params": {"warmup_min_lr": 0.0, "warmup_max_lr": 1e-2, "warmup_num_steps": 10},
+        },
         "zero_optimization": {"stage": stage, "reduce_bucket_size": 40},
-        **PRECISIONS[precision], **extra,
+        **PRECISIONS[precision],
+        **extra,
     }
 
 
@@ -58,8 +66,12 @@ def _run(stage: int, precision: str, steps: list[int], poison: str | None) -> di
         engine.step()
     with deepspeed.zero.GatheredParameters(list(engine.module.parameters())):
         params = [p.detach().float().clone() for p in engine.module.parameters()]
-    out = {"params": params, "skipped": engine.skipped_steps, "global_steps": engine.global_steps,
-           "lr": engine.get_lr()}
+    out = {
+        "params": params,
+        "skipped": engine.skipped_steps,
+        "global_steps": engine.global_steps,
+        "lr": engine.get_lr(),
+    }
     engine.destroy()
     return out
 
@@ -90,8 +102,9 @@ def poisoned_and_clean(stage: int) -> dict:
 
 def keeps_skipping(stage: int) -> dict:
     """NaN on every step: the run stops after ``max_consecutive_skipped_steps`` with the weights untouched."""
-    engine, *_ = deepspeed.initialize(model=make_model(), config=config(stage, "fp32",
-                                                                        max_consecutive_skipped_steps=3))
+    engine, *_ = deepspeed.initialize(
+        model=make_model(), config=config(stage, "fp32", max_consecutive_skipped_steps=3)
+    )
     with deepspeed.zero.GatheredParameters(list(engine.module.parameters())):
         before = [p.detach().clone() for p in engine.module.parameters()]
     error = None
@@ -105,7 +118,11 @@ def keeps_skipping(stage: int) -> dict:
     with deepspeed.zero.GatheredParameters(list(engine.module.parameters())):
         after = [p.detach().clone() for p in engine.module.parameters()]
     engine.destroy()
-    return {"error": error, "at_step": step, "unchanged": all(torch.equal(a, b) for a, b in zip(before, after))}
+    return {
+        "error": error,
+        "at_step": step,
+        "unchanged": all(torch.equal(a, b) for a, b in zip(before, after)),
+    }
 
 
 def call_order(stage: int) -> dict:

@@ -32,8 +32,14 @@ def _full(engine) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in engine.optimizer.full_state_dict(rank0_only=False).items()}
 
 
-def train(stage: int, device: str, nvme_path: str | None, steps: int, save_dir: str | None = None,
-          pipeline: bool = True):
+def train(
+    stage: int,
+    device: str,
+    nvme_path: str | None,
+    steps: int,
+    save_dir: str | None = None,
+    pipeline: bool = True,
+):
     """``steps`` steps; optionally save a checkpoint; returns (full parameters, losses, swap files seen)."""
     engine = _engine(stage, device, nvme_path, pipeline=pipeline)
     world = deepspeed.comm.get_world_size()
@@ -62,8 +68,12 @@ def _swap_files(nvme_path: str) -> list[tuple[str, int]]:
 
 def states_in_memory(engine) -> int:
     """Bytes of optimizer-state tensors held in memory now."""
-    return sum(v.numel() * v.element_size() for s in engine.optimizer.optimizer.state.values()
-               for v in s.values() if torch.is_tensor(v) and v.dim() > 0)
+    return sum(
+        v.numel() * v.element_size()
+        for s in engine.optimizer.optimizer.state.values()
+        for v in s.values()
+        if torch.is_tensor(v) and v.dim() > 0
+    )
 
 
 def fill_then_step(stage: int, nvme_path: str, save_dir: str):
@@ -143,10 +153,14 @@ def train_under_limit(device: str, nvme_path: str | None, headroom: int, steps: 
     torch.manual_seed(0)
     model = torch.nn.Sequential(*[torch.nn.Linear(512, 512) for _ in range(16)])
     states = 2 * 4 * sum(p.numel() for p in model.parameters())
-    cfg = {"train_batch_size": 4, "train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 2,
-           "optimizer": {"type": "AdamW", "params": {"lr": 1e-3}},
-           "aio": {"block_size": 1 << 20, "queue_depth": 4, "intra_op_parallelism": 1},
-           "zero_optimization": {"stage": 2, "reduce_bucket_size": 300_000, **_offload(device, nvme_path)}}
+    cfg = {
+        "train_batch_size": 4,
+        "train_micro_batch_size_per_gpu": 2,
+        "gradient_accumulation_steps": 2,
+        "optimizer": {"type": "AdamW", "params": {"lr": 1e-3}},
+        "aio": {"block_size": 1 << 20, "queue_depth": 4, "intra_op_parallelism": 1},
+        "zero_optimization": {"stage": 2, "reduce_bucket_size": 300_000, **_offload(device, nvme_path)},
+    }
     engine, *_ = deepspeed.initialize(model=model, config=cfg)
     x = torch.randn(2, 512)
     # one micro-step before the cap (not a boundary: no optimizer step, which would create the states),

@@ -13,16 +13,28 @@ PRECISIONS = {"fp32": {}, "bf16": {"bf16": {"enabled": True}}}
 
 def make_model() -> torch.nn.Module:
     torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Linear(6, 48), torch.nn.Tanh(), torch.nn.Linear(48, 40), torch.nn.Tanh(),
-                               torch.nn.Linear(40, 3))
+    return torch.nn.Sequential(
+        torch.nn.Linear(6, 48),
+        torch.nn.Tanh(),
+        torch.nn.Linear(48, 40),
+        torch.nn.Tanh(),
+        torch.nn.Linear(40, 3),
+    )
 
 
 def config(stage: int, precision: str) -> dict:
-    return {"train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 2, "gradient_clipping": 1.0,
-            "optimizer": {"type": "AdamW", "params": {"lr": 1e-2}},
-            "zero_optimization": {"stage": stage, "reduce_bucket_size": 300,
-                                  "stage3_param_persistence_threshold": 50},
-            **PRECISIONS[precision]}
+    return {
+        "train_micro_batch_size_per_gpu": 2,
+        "gradient_accumulation_steps": 2,
+        "gradient_clipping": 1.0,
+        "optimizer": {"type": "AdamW", "params": {"lr": 1e-2}},
+        "zero_optimization": {
+            "stage": stage,
+            "reduce_bucket_size": 300,
+            "stage3_param_persistence_threshold": 50,
+        },
+        **PRECISIONS[precision],
+    }
 
 
 def _micro(engine, step: int, k: int) -> torch.Tensor:
@@ -56,7 +68,9 @@ def run(stage: int, precision: str, offload: list | None) -> dict:
             engine.reload_states()
         if stage == 3:  # OpenRLHF's ZeRO-3 save between phases: the gathered 16-bit weights, on rank 0
             saved = engine._consolidated_16bit_state_dict()
-            exports.append(None if saved is None else sorted((k, float(v.float().sum())) for k, v in saved.items()))
+            exports.append(
+                None if saved is None else sorted((k, float(v.float().sum())) for k, v in saved.items())
+            )
     with deepspeed.zero.GatheredParameters(list(engine.module.parameters())):
         params = [p.detach().float().clone() for p in engine.module.parameters()]
     return {"losses": losses, "params": params, "errors": errors, "exports": exports}

@@ -13,13 +13,21 @@ MICRO, WORLD = 2, 2
 
 def make_model() -> torch.nn.Module:
     torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.GELU(), torch.nn.Linear(16, 16), torch.nn.GELU(),
-                               torch.nn.Linear(16, 3))
+    return torch.nn.Sequential(
+        torch.nn.Linear(6, 16),
+        torch.nn.GELU(),
+        torch.nn.Linear(16, 16),
+        torch.nn.GELU(),
+        torch.nn.Linear(16, 3),
+    )
 
 
 def batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
     gen = torch.Generator().manual_seed(3)
-    return [(torch.randn(MICRO * WORLD, 6, generator=gen), torch.randn(MICRO * WORLD, 3, generator=gen)) for _ in range(2)]
+    return [
+        (torch.randn(MICRO * WORLD, 6, generator=gen), torch.randn(MICRO * WORLD, 3, generator=gen))
+        for _ in range(2)
+    ]
 
 
 def reference() -> dict[str, dict[str, torch.Tensor]]:
@@ -31,18 +39,26 @@ def reference() -> dict[str, dict[str, torch.Tensor]]:
     opt.step()
     opt.zero_grad()
     torch.nn.functional.mse_loss(model(x1), y1).backward()
-    return {"param": {n: p.detach().clone() for n, p in model.named_parameters()},
-            "grad": {n: p.grad.clone() for n, p in model.named_parameters()},
-            "exp_avg": {n: opt.state[p]["exp_avg"].clone() for n, p in model.named_parameters()}}
+    return {
+        "param": {n: p.detach().clone() for n, p in model.named_parameters()},
+        "grad": {n: p.grad.clone() for n, p in model.named_parameters()},
+        "exp_avg": {n: opt.state[p]["exp_avg"].clone() for n, p in model.named_parameters()},
+    }
 
 
 def engine_accessors(stage: int) -> tuple[dict[str, dict[str, torch.Tensor]], bool]:
     from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_grad, safe_get_full_optimizer_state
 
-    config = {"train_batch_size": MICRO * WORLD, "train_micro_batch_size_per_gpu": MICRO,
-              "optimizer": {"type": "AdamW", "params": {"lr": 1e-2, "weight_decay": 0.0}},
-              "zero_optimization": {"stage": stage, "reduce_bucket_size": 200,
-                                    "stage3_param_persistence_threshold": 20}}
+    config = {
+        "train_batch_size": MICRO * WORLD,
+        "train_micro_batch_size_per_gpu": MICRO,
+        "optimizer": {"type": "AdamW", "params": {"lr": 1e-2, "weight_decay": 0.0}},
+        "zero_optimization": {
+            "stage": stage,
+            "reduce_bucket_size": 200,
+            "stage3_param_persistence_threshold": 20,
+        },
+    }
     model = make_model()
     engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=config)
     rank = deepspeed.comm.get_rank()

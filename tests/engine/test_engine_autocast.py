@@ -14,7 +14,9 @@ GLOBAL, STEPS = 8, 4
 
 def _model() -> torch.nn.Module:
     torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Linear(6, 32), torch.nn.LayerNorm(32), torch.nn.GELU(), torch.nn.Linear(32, 3))
+    return torch.nn.Sequential(
+        torch.nn.Linear(6, 32), torch.nn.LayerNorm(32), torch.nn.GELU(), torch.nn.Linear(32, 3)
+    )
 
 
 def _batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -23,9 +25,14 @@ def _batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _config(stage: int, dtype: str) -> dict:
-    return {"train_batch_size": GLOBAL, "train_micro_batch_size_per_gpu": GLOBAL // 2,
-            "optimizer": {"type": "AdamW", "params": {"lr": 1e-2}}, "gradient_clipping": 0.0,
-            "zero_optimization": {"stage": stage}, "torch_autocast": {"enabled": True, "dtype": dtype}}
+    return {
+        "train_batch_size": GLOBAL,
+        "train_micro_batch_size_per_gpu": GLOBAL // 2,
+        "optimizer": {"type": "AdamW", "params": {"lr": 1e-2}},
+        "gradient_clipping": 0.0,
+        "zero_optimization": {"stage": stage},
+        "torch_autocast": {"enabled": True, "dtype": dtype},
+    }
 
 
 def _train(stage: int, dtype: str) -> dict:
@@ -49,8 +56,14 @@ def _train(stage: int, dtype: str) -> dict:
     tags = {name: (has_comm_dtype(p), get_comm_dtype(p)) for name, p in engine.module.named_parameters()}
     with deepspeed.zero.GatheredParameters(list(engine.module.parameters())):
         params = [p.detach().clone() for p in engine.module.parameters()]
-    return {"losses": losses, "out_dtypes": out_dtypes, "tags": tags, "params": params,
-            "param_dtypes": {p.dtype for p in engine.module.parameters()}, "scale": engine.optimizer.cur_scale}
+    return {
+        "losses": losses,
+        "out_dtypes": out_dtypes,
+        "tags": tags,
+        "params": params,
+        "param_dtypes": {p.dtype for p in engine.module.parameters()},
+        "scale": engine.optimizer.cur_scale,
+    }
 
 
 def _reference(dtype: torch.dtype) -> tuple[list[float], list[torch.Tensor]]:
@@ -96,8 +109,11 @@ def test_fp16_autocast_scales_the_loss() -> None:
 def test_engine_without_the_section_turns_an_outer_autocast_off() -> None:
     import deepspeed
 
-    engine, *_ = deepspeed.initialize(model=_model(), dist_init_required=False, config={
-        "train_batch_size": 2, "optimizer": {"type": "AdamW", "params": {"lr": 1e-2}}})
+    engine, *_ = deepspeed.initialize(
+        model=_model(),
+        dist_init_required=False,
+        config={"train_batch_size": 2, "optimizer": {"type": "AdamW", "params": {"lr": 1e-2}}},
+    )
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert engine(torch.randn(2, 6)).dtype == torch.float32
         assert engine.module(torch.randn(2, 6)).dtype == torch.bfloat16  # the plain module follows autocast

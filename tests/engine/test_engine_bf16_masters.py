@@ -19,8 +19,13 @@ CORPUS = Path(__file__).parents[1] / "config_corpus" / "deepspeedexamples__bf16_
 
 def _model() -> torch.nn.Module:
     torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Linear(6, 48), torch.nn.Tanh(), torch.nn.Linear(48, 40), torch.nn.Tanh(),
-                               torch.nn.Linear(40, 3))
+    return torch.nn.Sequential(
+        torch.nn.Linear(6, 48),
+        torch.nn.Tanh(),
+        torch.nn.Linear(48, 40),
+        torch.nn.Tanh(),
+        torch.nn.Linear(40, 3),
+    )
 
 
 def _batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -29,10 +34,22 @@ def _batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _config(stage: int, bf16_states: bool) -> dict:
-    return {"train_batch_size": GLOBAL, "train_micro_batch_size_per_gpu": GLOBAL // 2, "gradient_clipping": 0.0,
-            "optimizer": {"type": "AdamW", "params": {"lr": LR, "weight_decay": 0.0}},
-            "bf16": {"enabled": True, "bf16_master_weights_and_grads": True, "bf16_optimizer_states": bf16_states},
-            "zero_optimization": {"stage": stage, "reduce_bucket_size": 500, "stage3_param_persistence_threshold": 50}}
+    return {
+        "train_batch_size": GLOBAL,
+        "train_micro_batch_size_per_gpu": GLOBAL // 2,
+        "gradient_clipping": 0.0,
+        "optimizer": {"type": "AdamW", "params": {"lr": LR, "weight_decay": 0.0}},
+        "bf16": {
+            "enabled": True,
+            "bf16_master_weights_and_grads": True,
+            "bf16_optimizer_states": bf16_states,
+        },
+        "zero_optimization": {
+            "stage": stage,
+            "reduce_bucket_size": 500,
+            "stage3_param_persistence_threshold": 50,
+        },
+    }
 
 
 def _steps(engine, *, mean_over_ranks: bool) -> list[float]:
@@ -64,8 +81,12 @@ def _train(stage: int, bf16_states: bool) -> dict:
     states = {v.dtype for s in trainer.optimizer.state.values() for k, v in s.items() if k != "step"}
     with deepspeed.zero.GatheredParameters(list(engine.module.parameters())):
         params = [p.detach().float().clone() for p in engine.module.parameters()]
-    return {"losses": losses, "params": params, "masters": {h.dtype for h in trainer.masters.holders},
-            "states": states}
+    return {
+        "losses": losses,
+        "params": params,
+        "masters": {h.dtype for h in trainer.masters.holders},
+        "states": states,
+    }
 
 
 def _reference(bf16_states: bool) -> tuple[list[float], list[torch.Tensor]]:
@@ -116,9 +137,16 @@ def test_the_deepspeed_examples_config_is_accepted_and_stage_0_is_refused() -> N
     assert config["bf16"]["bf16_master_weights_and_grads"] and config["zero_optimization"]["stage"] == 3
     deepspeed.DeepSpeedConfig(config, world_size=1)
     with pytest.raises(DeepSpeedConfigError, match="needs ZeRO stage 1, 2 or 3"):
-        deepspeed.initialize(model=_model(), dist_init_required=False, config={**_config(1, False),
-                             "train_batch_size": 4, "train_micro_batch_size_per_gpu": 4,
-                             "zero_optimization": {"stage": 0}})
+        deepspeed.initialize(
+            model=_model(),
+            dist_init_required=False,
+            config={
+                **_config(1, False),
+                "train_batch_size": 4,
+                "train_micro_batch_size_per_gpu": 4,
+                "zero_optimization": {"stage": 0},
+            },
+        )
 
 
 def _train_with_corpus_config(name: str) -> dict:
@@ -138,9 +166,15 @@ def _train_with_corpus_config(name: str) -> dict:
 def test_deepspeed_examples_bf16_master_weight_configs_train() -> None:
     """DeepSpeedExamples' training/bf16_master_weight configs (baseline and bf16_full: ZeRO-3, torch_autocast,
     bf16 masters and states). Its train.py calls torch.cuda.set_device, so it runs unchanged only on a GPU."""
-    for name, masters in [("deepspeedexamples__bf16_master_weight_baseline.json", torch.float32),
-                          (CORPUS.name, torch.bfloat16)]:
+    for name, masters in [
+        ("deepspeedexamples__bf16_master_weight_baseline.json", torch.float32),
+        (CORPUS.name, torch.bfloat16),
+    ]:
         for result in run_distributed(_train_with_corpus_config, world_size=2, args=(name,), timeout=280):
             assert result["masters"] == {masters} and result["states"] == {masters}, name
             losses = result["losses"]  # batches alternate: compare the same batch early and late
-            assert all(torch.isfinite(torch.tensor(losses))) and losses[-2] < losses[0] and losses[-1] < losses[1]
+            assert (
+                all(torch.isfinite(torch.tensor(losses)))
+                and losses[-2] < losses[0]
+                and losses[-1] < losses[1]
+            )

@@ -45,8 +45,9 @@ def ckpt(saved: Path, tmp_path: Path) -> Path:
 
 
 def _load(checkpoint: Path, **kw) -> tuple[str | None, dict[str, torch.Tensor], deepspeed.DeepSpeedEngine]:
-    engine, *_ = deepspeed.initialize(model=w.make_model(seed=99), config=w.config(1, "adamw", STAGE),
-                                      dist_init_required=False)
+    engine, *_ = deepspeed.initialize(
+        model=w.make_model(seed=99), config=w.config(1, "adamw", STAGE), dist_init_required=False
+    )
     path, _ = engine.load_checkpoint(str(checkpoint), **kw)
     return path, {k: v.detach().clone() for k, v in engine.module.state_dict().items()}, engine
 
@@ -58,8 +59,12 @@ def _saved_weights(checkpoint: Path) -> dict[str, torch.Tensor]:
 @pytest.mark.timeout(240)
 def test_manifest_names_every_ranks_files(ckpt: Path) -> None:
     manifest = json.loads((ckpt / TAG / "ds_manifest.json").read_text())
-    assert (manifest["world_size"], manifest["dp_world_size"], manifest["zero_stage"],
-            manifest["optimizer_states"]) == (2, 2, STAGE, True)
+    assert (
+        manifest["world_size"],
+        manifest["dp_world_size"],
+        manifest["zero_stage"],
+        manifest["optimizer_states"],
+    ) == (2, 2, STAGE, True)
     files = manifest["files"]
     assert sorted(files) == sorted(["mp_rank_00_model_states.pt", *OPTIM])
     assert [files[name]["rank"] for name in OPTIM] == [0, 1]
@@ -116,8 +121,12 @@ def test_damaged_optimizer_files_are_named(ckpt: Path) -> None:
 @pytest.mark.timeout(300)
 def test_saving_again_removes_stale_temporaries_and_uses_the_umask(ckpt: Path) -> None:
     folder = ckpt / TAG
-    stale = [folder / f".{OPTIM[1]}.x1y2z3w4.tmp", folder / ".mp_rank_00_model_states.pt.a9b8c7d6.tmp",
-             folder / ".ds_manifest.json.q0w9e8r7.tmp", ckpt / ".latest.m1n2b3v4.tmp"]
+    stale = [
+        folder / f".{OPTIM[1]}.x1y2z3w4.tmp",
+        folder / ".mp_rank_00_model_states.pt.a9b8c7d6.tmp",
+        folder / ".ds_manifest.json.q0w9e8r7.tmp",
+        ckpt / ".latest.m1n2b3v4.tmp",
+    ]
     for path in stale:  # what ranks killed between writing and renaming leave
         path.write_bytes(b"partial")
     assert _load(ckpt)[0] is not None  # never read
@@ -135,27 +144,40 @@ def test_saving_again_removes_stale_temporaries_and_uses_the_umask(ckpt: Path) -
 def _load_deepspeed_fixture(checkpoint: Path, **kw) -> str | None:
     """Load at stage 2 (a DeepSpeed stage-3 save loads there too; stage 3 here would need a process group)."""
     model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3))
-    config = {"train_micro_batch_size_per_gpu": 4, "optimizer": {"type": "AdamW", "params": {"lr": 1e-2}},
-              "zero_optimization": {"stage": STAGE}}
+    config = {
+        "train_micro_batch_size_per_gpu": 4,
+        "optimizer": {"type": "AdamW", "params": {"lr": 1e-2}},
+        "zero_optimization": {"stage": STAGE},
+    }
     engine, *_ = deepspeed.initialize(model=model, config=config, dist_init_required=False)
     return engine.load_checkpoint(str(checkpoint), **kw)[0]
 
 
 @pytest.mark.faults
 @pytest.mark.timeout(240)
-@pytest.mark.parametrize(("fixture", "removed", "weights_only"), [
-    ("ds0.19.8-stage2", "zero_pp_rank_1_mp_rank_00_optim_states.pt", True),
-    ("ds0.19.8-bf16-stage1", "bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt", True),
-    ("ds0.19.8-stage3", "zero_pp_rank_1_mp_rank_00_optim_states.pt", False),  # its weights live in those files
-])
-def test_deepspeed_checkpoint_missing_a_rank_file_is_named(tmp_path, fixture: str, removed: str,
-                                                           weights_only: bool) -> None:
+@pytest.mark.parametrize(
+    ("fixture", "removed", "weights_only"),
+    [
+        ("ds0.19.8-stage2", "zero_pp_rank_1_mp_rank_00_optim_states.pt", True),
+        ("ds0.19.8-bf16-stage1", "bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt", True),
+        (
+            "ds0.19.8-stage3",
+            "zero_pp_rank_1_mp_rank_00_optim_states.pt",
+            False,
+        ),  # its weights live in those files
+    ],
+)
+def test_deepspeed_checkpoint_missing_a_rank_file_is_named(
+    tmp_path, fixture: str, removed: str, weights_only: bool
+) -> None:
     checkpoint = tmp_path / "ckpt"
     shutil.copytree(FIXTURES / fixture, checkpoint)
     assert _load_deepspeed_fixture(checkpoint) is not None  # intact: it loads
     missing = checkpoint / "global_step3" / removed
     missing.unlink()
-    with pytest.raises(IncompleteCheckpointError, match=rf"{missing} is missing \(1 of the 2 optimizer files"):
+    with pytest.raises(
+        IncompleteCheckpointError, match=rf"{missing} is missing \(1 of the 2 optimizer files"
+    ):
         _load_deepspeed_fixture(checkpoint)
     if weights_only:
         assert _load_deepspeed_fixture(checkpoint, load_optimizer_states=False) is not None

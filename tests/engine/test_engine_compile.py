@@ -16,15 +16,29 @@ from ds_comm.testing import run_distributed
 
 def _model() -> torch.nn.Module:
     torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.GELU(), torch.nn.LayerNorm(32), torch.nn.Linear(32, 32),
-                               torch.nn.GELU(), torch.nn.Linear(32, 3))
+    return torch.nn.Sequential(
+        torch.nn.Linear(8, 32),
+        torch.nn.GELU(),
+        torch.nn.LayerNorm(32),
+        torch.nn.Linear(32, 32),
+        torch.nn.GELU(),
+        torch.nn.Linear(32, 3),
+    )
 
 
 def _config(stage: int) -> dict:
-    return {"train_batch_size": 8, "train_micro_batch_size_per_gpu": 4, "gradient_clipping": 1.0,
-            "optimizer": {"type": "AdamW", "params": {"lr": 1e-2}},
-            "zero_optimization": {"stage": stage, "stage3_param_persistence_threshold": 40,  # several units
-                                  "stage3_prefetch_bucket_size": 600, "reduce_bucket_size": 600}}
+    return {
+        "train_batch_size": 8,
+        "train_micro_batch_size_per_gpu": 4,
+        "gradient_clipping": 1.0,
+        "optimizer": {"type": "AdamW", "params": {"lr": 1e-2}},
+        "zero_optimization": {
+            "stage": stage,
+            "stage3_param_persistence_threshold": 40,  # several units
+            "stage3_prefetch_bucket_size": 600,
+            "reduce_bucket_size": 600,
+        },
+    }
 
 
 def _train_rank(stage: int, backend: str | None):
@@ -54,8 +68,14 @@ def _train_rank(stage: int, backend: str | None):
         from torch._dynamo.utils import counters
 
         breaks = sum(counters["graph_break"].values())
-    return {"losses": losses, "flags": flags, "graph_breaks": breaks, "same_keys": list(engine.module.state_dict()) == keys,
-            "compiled_call": getattr(engine.module, "_compiled_call_impl", None) is not None, "unit_calls": unit_calls}
+    return {
+        "losses": losses,
+        "flags": flags,
+        "graph_breaks": breaks,
+        "same_keys": list(engine.module.state_dict()) == keys,
+        "compiled_call": getattr(engine.module, "_compiled_call_impl", None) is not None,
+        "unit_calls": unit_calls,
+    }
 
 
 @pytest.mark.timeout(300)

@@ -35,17 +35,40 @@ print("done", deepspeed.comm.get_rank(), flush=True)
 @pytest.mark.parametrize("stage", [1, 2, 3])
 def test_run_without_destroy_exits_cleanly(tmp_path: Path, stage: int):
     (tmp_path / "train.py").write_text(SCRIPT)
-    config = {"train_micro_batch_size_per_gpu": 4, "optimizer": {"type": "AdamW", "params": {"lr": 1e-3}},
-              "zero_optimization": {"stage": stage, "overlap_comm": True, "reduce_bucket_size": 200}}
+    config = {
+        "train_micro_batch_size_per_gpu": 4,
+        "optimizer": {"type": "AdamW", "params": {"lr": 1e-3}},
+        "zero_optimization": {"stage": stage, "overlap_comm": True, "reduce_bucket_size": 200},
+    }
     (tmp_path / "ds.json").write_text(json.dumps(config))
     launcher = Path(sys.executable).parent / "deepspeed"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
     for attempt in range(4):  # the abort it guards against struck about one run in three
-        out = subprocess.run([str(launcher), "--num_gpus", "2", "--master_port", str(29700 + attempt + 10 * stage),
-                              "train.py", "--deepspeed", "--deepspeed_config", "ds.json"],
-                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
-        assert out.returncode == 0, f"attempt {attempt}: exit {out.returncode}\n{out.stdout[-1500:]}\n{out.stderr[-1500:]}"
-        assert sorted(line for line in out.stdout.splitlines() if line.startswith("done")) == ["done 0", "done 1"]
+        out = subprocess.run(
+            [
+                str(launcher),
+                "--num_gpus",
+                "2",
+                "--master_port",
+                str(29700 + attempt + 10 * stage),
+                "train.py",
+                "--deepspeed",
+                "--deepspeed_config",
+                "ds.json",
+            ],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert out.returncode == 0, (
+            f"attempt {attempt}: exit {out.returncode}\n{out.stdout[-1500:]}\n{out.stderr[-1500:]}"
+        )
+        assert sorted(line for line in out.stdout.splitlines() if line.startswith("done")) == [
+            "done 0",
+            "done 1",
+        ]
 
 
 RAISING_SCRIPT = """
@@ -69,19 +92,39 @@ def test_rank_raising_after_initialize_exits_with_code_1_every_time(tmp_path: Pa
     (134, "terminate called without an active exception") at stages 1 and 2 with overlap_comm: a gloo
     worker dropped its last Work reference, taking the GIL while the interpreter finalised."""
     (tmp_path / "train.py").write_text(RAISING_SCRIPT)
-    config = {"train_micro_batch_size_per_gpu": 4, "optimizer": {"type": "AdamW", "params": {"lr": 1e-3}},
-              "zero_optimization": {"stage": 2, "overlap_comm": True, "reduce_bucket_size": 200}}
+    config = {
+        "train_micro_batch_size_per_gpu": 4,
+        "optimizer": {"type": "AdamW", "params": {"lr": 1e-3}},
+        "zero_optimization": {"stage": 2, "overlap_comm": True, "reduce_bucket_size": 200},
+    }
     (tmp_path / "ds.json").write_text(json.dumps(config))
     launcher = Path(sys.executable).parent / "deepspeed"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
     env.pop("DS_DEBUG", None)
     codes = []
     for attempt in range(20):
-        out = subprocess.run([str(launcher), "--num_gpus", "2", "--master_port", str(free_port()),
-                              "train.py", "--deepspeed", "--deepspeed_config", "ds.json"],
-                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+        out = subprocess.run(
+            [
+                str(launcher),
+                "--num_gpus",
+                "2",
+                "--master_port",
+                str(free_port()),
+                "train.py",
+                "--deepspeed",
+                "--deepspeed_config",
+                "ds.json",
+            ],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         codes.append(out.returncode)
-        assert out.returncode == 1, f"attempt {attempt}: exit {out.returncode} (so far {codes})\n{out.stderr[-2000:]}"
+        assert out.returncode == 1, (
+            f"attempt {attempt}: exit {out.returncode} (so far {codes})\n{out.stderr[-2000:]}"
+        )
         assert "terminate called" not in out.stderr
         last = out.stderr.strip().splitlines()[-1]
         assert "exited with code 1: ValueError: user bug on rank" in last, last

@@ -22,8 +22,14 @@ def _config(world: int, hpz: int) -> dict:
     # every weight sharded (no persistent ones), each layer its own unit and none kept gathered from its
     # forward to its backward (DeepSpeed's default reuse distance would keep this tiny model's), so
     # backward gathers
-    cfg["zero_optimization"].update({"reduce_bucket_size": 1000, "stage3_param_persistence_threshold": 0,
-                                     "stage3_max_reuse_distance": 0, "zero_hpz_partition_size": hpz})
+    cfg["zero_optimization"].update(
+        {
+            "reduce_bucket_size": 1000,
+            "stage3_param_persistence_threshold": 0,
+            "stage3_max_reuse_distance": 0,
+            "zero_hpz_partition_size": hpz,
+        }
+    )
     return cfg
 
 
@@ -50,13 +56,19 @@ def _last_step_by_phase(engine, world: int):
         mine = slice((k * world + rank) * MICRO, (k * world + rank + 1) * MICRO)
         comms_log.clear()
         loss = torch.nn.functional.cross_entropy(engine(x[mine]), y[mine])
-        seen.setdefault("forward", [(r.group_size, r.nbytes) for r in comms_log.records()
-                                    if r.op == "all_gather_into_tensor"])
+        seen.setdefault(
+            "forward",
+            [(r.group_size, r.nbytes) for r in comms_log.records() if r.op == "all_gather_into_tensor"],
+        )
         comms_log.clear()
         total += engine.backward(loss).detach()
-        seen.setdefault("backward", [(r.group_size, r.nbytes) for r in comms_log.records()
-                                     if r.op == "all_gather_into_tensor"])
-        seen.setdefault("scatters", {r.group_size for r in comms_log.records() if r.op == "reduce_scatter_tensor"})
+        seen.setdefault(
+            "backward",
+            [(r.group_size, r.nbytes) for r in comms_log.records() if r.op == "all_gather_into_tensor"],
+        )
+        seen.setdefault(
+            "scatters", {r.group_size for r in comms_log.records() if r.op == "reduce_scatter_tensor"}
+        )
         engine.step()
     deepspeed.comm.all_reduce(total)
     return total.item() / world, seen
@@ -122,14 +134,23 @@ def test_hpz_engine_numbers_comms_log_and_checkpoint(tmp_path):
 def test_hpz_size_that_does_not_divide_the_ranks_is_an_error_naming_the_key():
     import deepspeed
 
-    cfg = {"train_batch_size": 2, "optimizer": {"type": "AdamW", "params": {"lr": 1e-2}},
-           "zero_optimization": {"stage": 3, "zero_hpz_partition_size": 2}}
-    with pytest.raises(ValueError, match=r"zero_optimization.zero_hpz_partition_size \(2\) must divide the "
-                                         r"data-parallel world size \(1\)"):
+    cfg = {
+        "train_batch_size": 2,
+        "optimizer": {"type": "AdamW", "params": {"lr": 1e-2}},
+        "zero_optimization": {"stage": 3, "zero_hpz_partition_size": 2},
+    }
+    with pytest.raises(
+        ValueError,
+        match=r"zero_optimization.zero_hpz_partition_size \(2\) must divide the "
+        r"data-parallel world size \(1\)",
+    ):
         deepspeed.initialize(model=make_model(), config=cfg, dist_init_required=False)
 
     from ds_engine.zero_policy import policy_from_config
 
     for sent, applied in ((0, 1), (1, 1), (8, 8)):  # 0, like 1, is off (as in DeepSpeed)
         cfg["zero_optimization"]["zero_hpz_partition_size"] = sent
-        assert policy_from_config(deepspeed.DeepSpeedConfig(cfg, world_size=1)).stage3.hpz_partition_size == applied
+        assert (
+            policy_from_config(deepspeed.DeepSpeedConfig(cfg, world_size=1)).stage3.hpz_partition_size
+            == applied
+        )

@@ -24,9 +24,13 @@ import deepspeed
 from ds_comm.testing import run_distributed
 
 STEPS = 3
-TIMER_EVENTS = ["Train/Samples/elapsed_time_ms_forward", "Train/Samples/elapsed_time_ms_backward",
-                "Train/Samples/elapsed_time_ms_backward_inner", "Train/Samples/elapsed_time_ms_backward_allreduce",
-                "Train/Samples/elapsed_time_ms_step"]
+TIMER_EVENTS = [
+    "Train/Samples/elapsed_time_ms_forward",
+    "Train/Samples/elapsed_time_ms_backward",
+    "Train/Samples/elapsed_time_ms_backward_inner",
+    "Train/Samples/elapsed_time_ms_backward_allreduce",
+    "Train/Samples/elapsed_time_ms_step",
+]
 
 
 def _wandb_history(path: str) -> list[dict]:
@@ -40,8 +44,8 @@ def _wandb_history(path: str) -> list[dict]:
         if block - pos % block < 7:  # a block's tail too short for a record header is padding
             pos += block - pos % block
             continue
-        length, kind = struct.unpack("<HB", raw[pos + 4:pos + 7])
-        data, pos = raw[pos + 7:pos + 7 + length], pos + 7 + length
+        length, kind = struct.unpack("<HB", raw[pos + 4 : pos + 7])
+        data, pos = raw[pos + 7 : pos + 7 + length], pos + 7 + length
         if kind == 0:
             continue
         chunk = data if kind in (1, 2) else chunk + data  # FULL/FIRST start a record, MIDDLE/LAST extend it
@@ -49,7 +53,9 @@ def _wandb_history(path: str) -> list[dict]:
             record = pb.Record()
             record.ParseFromString(chunk)
             if record.WhichOneof("record_type") == "history":
-                rows.append({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in record.history.item})
+                rows.append(
+                    {i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in record.history.item}
+                )
     return rows
 
 
@@ -92,8 +98,10 @@ def test_csv_files_have_deepspeeds_layout(monitored_run) -> None:
     assert rows[0] == ["step", "lr"]
     assert [int(r[0]) for r in rows[1:]] == [w.GLOBAL * (i + 1) for i in range(STEPS)]
     assert [float(r[1]) for r in rows[1:]] == pytest.approx(results[0]["lrs"])
-    assert list(csv.reader((directory / "Client_accuracy.csv").open())) == [["step", "accuracy"],
-                                                                            [str(results[0]["samples"]), "0.75"]]
+    assert list(csv.reader((directory / "Client_accuracy.csv").open())) == [
+        ["step", "accuracy"],
+        [str(results[0]["samples"]), "0.75"],
+    ]
 
 
 @pytest.mark.timeout(300)
@@ -104,7 +112,9 @@ def test_wandb_offline_run_holds_the_events(monitored_run) -> None:
     history = _wandb_history(files[0])
     lrs = [row["Train/Samples/lr"] for row in history if "Train/Samples/lr" in row]
     assert lrs == pytest.approx(results[0]["lrs"])
-    assert [row["_step"] for row in history if "Train/Samples/lr" in row] == [w.GLOBAL * (i + 1) for i in range(STEPS)]
+    assert [row["_step"] for row in history if "Train/Samples/lr" in row] == [
+        w.GLOBAL * (i + 1) for i in range(STEPS)
+    ]
     assert any("Train/Samples/elapsed_time_ms_forward" in row for row in history)
 
 
@@ -135,8 +145,11 @@ def test_comm_summary_bytes_equal_the_zero2_volumes() -> None:
 def _engine(cfg: dict):
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
-    engine, *_ = deepspeed.initialize(model=model, config={"train_batch_size": 2, "optimizer": {
-        "type": "AdamW", "params": {"lr": 1e-3}}, **cfg}, dist_init_required=False)
+    engine, *_ = deepspeed.initialize(
+        model=model,
+        config={"train_batch_size": 2, "optimizer": {"type": "AdamW", "params": {"lr": 1e-3}}, **cfg},
+        dist_init_required=False,
+    )
     return engine
 
 
@@ -149,8 +162,18 @@ def _steps(engine, n: int) -> None:
 
 def test_flops_profiler_section_prints_the_profiled_step(tmp_path) -> None:
     out = tmp_path / "flops.txt"
-    engine = _engine({"wall_clock_breakdown": True, "flops_profiler": {
-        "enabled": True, "profile_step": 2, "module_depth": -1, "top_modules": 2, "output_file": str(out)}})
+    engine = _engine(
+        {
+            "wall_clock_breakdown": True,
+            "flops_profiler": {
+                "enabled": True,
+                "profile_step": 2,
+                "module_depth": -1,
+                "top_modules": 2,
+                "output_file": str(out),
+            },
+        }
+    )
     _steps(engine, 2)
     assert not out.exists()  # not yet: global step 2's forward comes next
     _steps(engine, 2)
@@ -181,7 +204,14 @@ def test_timers_and_memory_in_the_step_log_and_no_timers_when_off() -> None:
     # DeepSpeed's throughput line once past ThroughputTimer's two warm-up steps (rank 0, steps_per_print)
     speed = [r for r in records if "RunningAvgSamplesPerSec=" in r]
     assert len(speed) == 1 and speed[0].startswith("epoch=0/micro_step=3/global_step=3, ")
-    assert set(engine.get_wall_clock_timers()) >= {"fwd", "bwd", "bwd_inner", "bwd_allreduce", "step", "fwd_microstep"}
+    assert set(engine.get_wall_clock_timers()) >= {
+        "fwd",
+        "bwd",
+        "bwd_inner",
+        "bwd_allreduce",
+        "step",
+        "fwd_microstep",
+    }
     assert engine.get_wall_clock_timers()["fwd"] > 0
     assert isinstance(quiet.timers, deepspeed.utils.timer.NoopTimer) and quiet.get_wall_clock_timers() == {}
 

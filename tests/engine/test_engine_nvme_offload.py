@@ -72,7 +72,9 @@ def test_missing_or_unwritable_nvme_path_names_it(tmp_path):
     assert "nvme_path is not set" in run_distributed(w.build_error, 2, 60, args=(2, None))[0]
     ro = tmp_path / "ro"
     ro.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(ro)], capture_output=True).returncode:
+    if subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(ro)], capture_output=True
+    ).returncode:
         pytest.skip("cannot mount a read-only tmpfs here (needs root)")
     try:
         err = run_distributed(w.build_error, 2, 60, args=(3, str(ro)))[0]
@@ -86,7 +88,9 @@ def test_missing_or_unwritable_nvme_path_names_it(tmp_path):
 def test_full_disk_names_the_path_and_leaves_the_checkpoint(tmp_path):
     disk, ckpt = tmp_path / "small", tmp_path / "ckpt"
     disk.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], capture_output=True).returncode:
+    if subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], capture_output=True
+    ).returncode:
         pytest.skip("cannot mount a tmpfs here (needs root)")
     try:
         results = run_distributed(w.fill_then_step, 2, 150, args=(2, str(disk), str(ckpt)))
@@ -115,7 +119,9 @@ def test_states_larger_than_the_memory_cap_train_only_with_nvme(tmp_path):
     then plus as many bytes as the Adam states take (32 MiB). CPU offload must hold all the states
     (and the masters' gradient copies) at once and cannot step; NVMe offload holds two sub-groups'
     states (buffer_count) at a time and trains."""
-    err, states, headroom = run_distributed(w.train_under_limit, 1, 150, args=("nvme", str(tmp_path), 32 << 20))[0]
+    err, states, headroom = run_distributed(
+        w.train_under_limit, 1, 150, args=("nvme", str(tmp_path), 32 << 20)
+    )[0]
     assert states >= headroom == 32 << 20  # the states (weights and biases) exceed the allowance
     assert err is None, err
     err, *_ = run_distributed(w.train_under_limit, 1, 150, args=("cpu", None, 32 << 20))[0]
@@ -133,4 +139,6 @@ def test_what_stays_refused_says_so():
     with pytest.raises(DeepSpeedConfigError, match="offload_param.device=nvme"):
         DeepSpeedConfig({**base, "zero_optimization": {"stage": 3, "offload_param": nvme}}, world_size=1)
     with pytest.raises(DeepSpeedConfigError, match="zenflow"):
-        DeepSpeedConfig({**base, "zero_optimization": {"stage": 2, "zenflow": {"topk_ratio": 0.1}}}, world_size=1)
+        DeepSpeedConfig(
+            {**base, "zero_optimization": {"stage": 2, "zenflow": {"topk_ratio": 0.1}}}, world_size=1
+        )

@@ -36,8 +36,11 @@ def test_offload_states_arguments() -> None:
     import deepspeed
     from deepspeed.runtime.zero.offload_config import OffloadDeviceEnum, OffloadStateTypeEnum
 
-    engine, *_ = deepspeed.initialize(model=w.make_model(), dist_init_required=False, config={
-        "train_batch_size": 2, "optimizer": {"type": "AdamW", "params": {"lr": 1e-2}}})
+    engine, *_ = deepspeed.initialize(
+        model=w.make_model(),
+        dist_init_required=False,
+        config={"train_batch_size": 2, "optimizer": {"type": "AdamW", "params": {"lr": 1e-2}}},
+    )
     with pytest.raises(ValueError, match="nvme"):
         engine.offload_states(device=OffloadDeviceEnum.nvme)
     with pytest.raises(ValueError):

@@ -14,12 +14,20 @@ from ds_comm.testing import run_distributed
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize(("save_stage", "save_world", "load_stage", "load_world"), [(0, 2, 2, 4), (2, 2, 0, 1), (3, 2, 1, 1), (1, 2, 3, 2)])
-def test_save_at_one_stage_and_world_load_at_another(tmp_path, save_stage, save_world, load_stage, load_world):
+@pytest.mark.parametrize(
+    ("save_stage", "save_world", "load_stage", "load_world"),
+    [(0, 2, 2, 4), (2, 2, 0, 1), (3, 2, 1, 1), (1, 2, 3, 2)],
+)
+def test_save_at_one_stage_and_world_load_at_another(
+    tmp_path, save_stage, save_world, load_stage, load_world
+):
     save_dir = str(tmp_path / "ckpt")
-    run_distributed(w.train_and_save, world_size=save_world, args=(5, save_dir, "sgd", save_stage), timeout=200)
-    resumed = run_distributed(w.load_and_train, world_size=load_world, args=(5, save_dir, "sgd", load_stage),
-                              timeout=200)
+    run_distributed(
+        w.train_and_save, world_size=save_world, args=(5, save_dir, "sgd", save_stage), timeout=200
+    )
+    resumed = run_distributed(
+        w.load_and_train, world_size=load_world, args=(5, save_dir, "sgd", load_stage), timeout=200
+    )
     ref_params, ref_losses, _ = w.reference(10, "sgd")
     for params, losses, steps, _lr in resumed:
         assert steps == 10

@@ -49,7 +49,9 @@ def test_killed_rank_mid_save_leaves_previous_checkpoint(tmp_path):
 
     # Fresh processes resume from the previous checkpoint and train on as if nothing happened.
     resumed = run_distributed(w.load_and_train, world_size=2, args=(2, save_dir, "adamw", STAGE))[0]
-    straight = run_distributed(w.train_and_save, world_size=2, args=(4, str(tmp_path / "straight"), "adamw", STAGE))[0]
+    straight = run_distributed(
+        w.train_and_save, world_size=2, args=(4, str(tmp_path / "straight"), "adamw", STAGE)
+    )[0]
     params, losses, global_steps, _ = resumed
     assert global_steps == 4
     assert losses[:2] == first

@@ -15,10 +15,16 @@ def _train_save_export(ckpt: str, gather: bool):
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(8, 64), torch.nn.ReLU(), torch.nn.Linear(64, 2))
-    cfg = {"train_micro_batch_size_per_gpu": 2, "bf16": {"enabled": True},
-           "optimizer": {"type": "AdamW", "params": {"lr": 1e-2}},
-           "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 10,
-                                 "stage3_gather_16bit_weights_on_model_save": gather}}
+    cfg = {
+        "train_micro_batch_size_per_gpu": 2,
+        "bf16": {"enabled": True},
+        "optimizer": {"type": "AdamW", "params": {"lr": 1e-2}},
+        "zero_optimization": {
+            "stage": 3,
+            "stage3_param_persistence_threshold": 10,
+            "stage3_gather_16bit_weights_on_model_save": gather,
+        },
+    }
     engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=cfg)
     for _ in range(3):
         engine.backward(engine(torch.randn(2, 8, dtype=torch.bfloat16)).float().pow(2).mean())
@@ -27,7 +33,9 @@ def _train_save_export(ckpt: str, gather: bool):
     exported = engine.save_16bit_model(f"{ckpt}/export")
     full = engine._zero3_consolidated_16bit_state_dict()
     again = engine._consolidated_16bit_state_dict()  # DeepSpeed's other name (OpenRLHF's ZeRO-3 save)
-    assert (again is None) == (full is None) and (full is None or all(torch.equal(full[k], again[k]) for k in full))
+    assert (again is None) == (full is None) and (
+        full is None or all(torch.equal(full[k], again[k]) for k in full)
+    )
     x = torch.randn(2, 8, dtype=torch.bfloat16, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         before = engine(x)
@@ -39,8 +47,11 @@ def _train_save_export(ckpt: str, gather: bool):
 def test_consolidated_16bit_state_dict_needs_partitioned_weights():
     import deepspeed
 
-    engine, *_ = deepspeed.initialize(model=torch.nn.Linear(3, 3), dist_init_required=False, config={
-        "train_batch_size": 1, "optimizer": {"type": "Adam", "params": {"lr": 0.1}}})
+    engine, *_ = deepspeed.initialize(
+        model=torch.nn.Linear(3, 3),
+        dist_init_required=False,
+        config={"train_batch_size": 1, "optimizer": {"type": "Adam", "params": {"lr": 0.1}}},
+    )
     with pytest.raises(ValueError, match="stage 3"):
         engine._consolidated_16bit_state_dict()
     engine.empty_partition_cache()  # nothing to drop below stage 3
@@ -51,10 +62,16 @@ def test_consolidated_16bit_state_dict_needs_partitioned_weights():
 def test_stage3_layout_consolidation_and_16bit_export(tmp_path, gather):
     from ds_zero.consolidate import get_fp32_state_dict_from_zero_checkpoint
 
-    (exported0, full0), (exported1, full1) = run_distributed(_train_save_export, world_size=2, args=(str(tmp_path), gather))
+    (exported0, full0), (exported1, full1) = run_distributed(
+        _train_save_export, world_size=2, args=(str(tmp_path), gather)
+    )
     assert sorted(os.listdir(tmp_path / "global_step3")) == [
-        "ds_manifest.json", "zero_pp_rank_0_mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_optim_states.pt",
-        "zero_pp_rank_1_mp_rank_00_model_states.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt"]
+        "ds_manifest.json",
+        "zero_pp_rank_0_mp_rank_00_model_states.pt",
+        "zero_pp_rank_0_mp_rank_00_optim_states.pt",
+        "zero_pp_rank_1_mp_rank_00_model_states.pt",
+        "zero_pp_rank_1_mp_rank_00_optim_states.pt",
+    ]
     assert full1 is None and set(full0) == {"0.weight", "0.bias", "2.weight", "2.bias"}
     assert all(v.dtype == torch.bfloat16 for v in full0.values())
     fp32 = get_fp32_state_dict_from_zero_checkpoint(tmp_path)
@@ -92,16 +109,23 @@ def _train_with_leaf_section(how: str):
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(8, 8), _Router(), torch.nn.Linear(8, 2))
-    zero = {"stage": 3, "stage3_param_persistence_threshold": 0, "stage3_prefetch_bucket_size": 64,
-            "reduce_bucket_size": 64}
+    zero = {
+        "stage": 3,
+        "stage3_param_persistence_threshold": 0,
+        "stage3_prefetch_bucket_size": 64,
+        "reduce_bucket_size": 64,
+    }
     if how == "config":
         zero["leaf_module"] = {"classes": ["_Router"]}
     elif how == "api":
         set_z3_leaf_modules(model, [_Router])
     elif how == "granularity":  # the router: 144 elements over 3 layers (its experts and itself)
         zero["stage3_module_granularity_threshold"] = 48
-    cfg = {"train_micro_batch_size_per_gpu": 2, "optimizer": {"type": "AdamW", "params": {"lr": 1e-2}},
-           "zero_optimization": zero}
+    cfg = {
+        "train_micro_batch_size_per_gpu": 2,
+        "optimizer": {"type": "AdamW", "params": {"lr": 1e-2}},
+        "zero_optimization": zero,
+    }
     engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=cfg)
     rank = deepspeed.comm.get_rank()
     for _ in range(3):
@@ -109,7 +133,9 @@ def _train_with_leaf_section(how: str):
         x[:, 0] += 10.0 if rank else -10.0  # rank 0 uses expert 0 only, rank 1 expert 1 only
         engine.backward(engine(x).pow(2).mean())
         engine.step()
-    return [m is model[1] for m in get_z3_leaf_modules(model)], all(z3_leaf_parameter(p) for p in model[1].parameters())
+    return [m is model[1] for m in get_z3_leaf_modules(model)], all(
+        z3_leaf_parameter(p) for p in model[1].parameters()
+    )
 
 
 @pytest.mark.timeout(240)
@@ -122,8 +148,11 @@ def test_leaf_module_by_config_api_or_granularity_trains_divergent_experts(how):
 def _custom_load_at_stage3(ckpt: str):
     import deepspeed
 
-    cfg = {"train_micro_batch_size_per_gpu": 2, "optimizer": {"type": "AdamW", "params": {"lr": 1e-2}},
-           "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0}}
+    cfg = {
+        "train_micro_batch_size_per_gpu": 2,
+        "optimizer": {"type": "AdamW", "params": {"lr": 1e-2}},
+        "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0},
+    }
 
     def build(seed: int):
         torch.manual_seed(seed)

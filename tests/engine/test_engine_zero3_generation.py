@@ -28,8 +28,14 @@ class TinyLM(torch.nn.Module):
         super().__init__()
         self.embed = torch.nn.Embedding(VOCAB, WIDTH)
         self.blocks = torch.nn.ModuleList(
-            torch.nn.Sequential(torch.nn.Linear(WIDTH, 2 * WIDTH), torch.nn.GELU(), torch.nn.Linear(2 * WIDTH, WIDTH),
-                                torch.nn.LayerNorm(WIDTH)) for _ in range(2))
+            torch.nn.Sequential(
+                torch.nn.Linear(WIDTH, 2 * WIDTH),
+                torch.nn.GELU(),
+                torch.nn.Linear(2 * WIDTH, WIDTH),
+                torch.nn.LayerNorm(WIDTH),
+            )
+            for _ in range(2)
+        )
         self.head = torch.nn.Linear(WIDTH, VOCAB)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -65,10 +71,18 @@ class _Collectives(TorchDispatchMode):
 
 def _config(precision: str) -> dict:
     # persistence threshold 40: biases and LayerNorm stay whole, the matrices are sharded
-    return {"train_batch_size": 8, "train_micro_batch_size_per_gpu": 4, "gradient_clipping": 1.0,
-            "bf16": {"enabled": precision == "bf16"}, "optimizer": {"type": "AdamW", "params": {"lr": 1e-2}},
-            "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 40,
-                                  "stage3_prefetch_bucket_size": 2000}}
+    return {
+        "train_batch_size": 8,
+        "train_micro_batch_size_per_gpu": 4,
+        "gradient_clipping": 1.0,
+        "bf16": {"enabled": precision == "bf16"},
+        "optimizer": {"type": "AdamW", "params": {"lr": 1e-2}},
+        "zero_optimization": {
+            "stage": 3,
+            "stage3_param_persistence_threshold": 40,
+            "stage3_prefetch_bucket_size": 2000,
+        },
+    }
 
 
 def _batch(step: int, rank: int) -> torch.Tensor:
@@ -88,8 +102,15 @@ def _train(engine, steps: range, rank: int) -> list[float]:
 
 
 def _hook_tables(module: torch.nn.Module) -> list:
-    return [(list(m._forward_pre_hooks.items()), list(m._forward_pre_hooks_with_kwargs),
-             list(m._forward_hooks.items()), list(m._forward_hooks_with_kwargs)) for m in module.modules()]
+    return [
+        (
+            list(m._forward_pre_hooks.items()),
+            list(m._forward_pre_hooks_with_kwargs),
+            list(m._forward_hooks.items()),
+            list(m._forward_hooks_with_kwargs),
+        )
+        for m in module.modules()
+    ]
 
 
 def _trl_hooks():
@@ -97,6 +118,7 @@ def _trl_hooks():
     try:
         from trl.models.utils import add_hooks, remove_hooks
     except ImportError:
+
         def remove_hooks(engine):
             offload = engine.optimizer.parameter_offload
             params = [p for _, p in offload.module.named_parameters(recurse=True)]
@@ -110,6 +132,7 @@ def _trl_hooks():
         def add_hooks(engine):
             offload = engine.optimizer.parameter_offload
             offload._register_deepspeed_module(offload.module)
+
     return remove_hooks, add_hooks
 
 

@@ -17,14 +17,26 @@ _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def _model() -> torch.nn.Module:
-    return torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.GELU(), torch.nn.Linear(32, 32), torch.nn.GELU(),
-                               torch.nn.Linear(32, 4))
+    return torch.nn.Sequential(
+        torch.nn.Linear(16, 32),
+        torch.nn.GELU(),
+        torch.nn.Linear(32, 32),
+        torch.nn.GELU(),
+        torch.nn.Linear(32, 4),
+    )
 
 
 def _config(precision: str) -> dict:
-    return {"train_micro_batch_size_per_gpu": 2, "bf16": {"enabled": precision == "bf16"},
-            "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0,
-                                  "stage3_prefetch_bucket_size": 600, "reduce_bucket_size": 600}}
+    return {
+        "train_micro_batch_size_per_gpu": 2,
+        "bf16": {"enabled": precision == "bf16"},
+        "zero_optimization": {
+            "stage": 3,
+            "stage3_param_persistence_threshold": 0,
+            "stage3_prefetch_bucket_size": 600,
+            "reduce_bucket_size": 600,
+        },
+    }
 
 
 def _param_bytes(module: torch.nn.Module) -> int:
@@ -62,9 +74,18 @@ def _inference_rank(precision: str, zero_init: bool):
     with deepspeed.zero.GatheredParameters(list(engine.module.parameters())):
         gathered = {name: p.detach().to(dtype).clone() for name, p in engine.module.named_parameters()}
     full = engine._zero3_consolidated_16bit_state_dict()
-    return {"optimizer": optimizer, "out": out, "again": again, "expected": expected, "before": before,
-            "after": after, "full_bytes": full_bytes, "gathered": gathered, "reference": reference.state_dict(),
-            "consolidated": full}
+    return {
+        "optimizer": optimizer,
+        "out": out,
+        "again": again,
+        "expected": expected,
+        "before": before,
+        "after": after,
+        "full_bytes": full_bytes,
+        "gathered": gathered,
+        "reference": reference.state_dict(),
+        "consolidated": full,
+    }
 
 
 @pytest.mark.timeout(240)

@@ -18,8 +18,22 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "examples" / "gpt" / "train.py"
 CONSOLE = Path(sys.executable).parent / "deepspeed"
-TINY = ["--vocab", "64", "--seq_len", "16", "--n_layer", "1", "--n_head", "2", "--n_embd", "32",
-        "--samples", "512", "--log_interval", "4"]
+TINY = [
+    "--vocab",
+    "64",
+    "--seq_len",
+    "16",
+    "--n_layer",
+    "1",
+    "--n_head",
+    "2",
+    "--n_embd",
+    "32",
+    "--samples",
+    "512",
+    "--log_interval",
+    "4",
+]
 
 
 def _free_port() -> int:
@@ -35,9 +49,23 @@ def _launch(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
     path = tmp_path / "ds_config.json"
     path.write_text(json.dumps(config))
     env = dict(os.environ, GLOO_SOCKET_IFNAME="lo", HOME=str(tmp_path), OMP_NUM_THREADS="1")
-    cmd = [str(CONSOLE), "--num_gpus", "2", "--master_port", str(_free_port()), str(SCRIPT),
-           "--deepspeed", "--deepspeed_config", str(path), *TINY, "--save_dir", str(tmp_path / "ckpt"),
-           "--metrics_json", str(tmp_path / "metrics"), *extra]
+    cmd = [
+        str(CONSOLE),
+        "--num_gpus",
+        "2",
+        "--master_port",
+        str(_free_port()),
+        str(SCRIPT),
+        "--deepspeed",
+        "--deepspeed_config",
+        str(path),
+        *TINY,
+        "--save_dir",
+        str(tmp_path / "ckpt"),
+        "--metrics_json",
+        str(tmp_path / "metrics"),
+        *extra,
+    ]
     return subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=240)
 
 

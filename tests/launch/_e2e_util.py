@@ -15,7 +15,9 @@ from pathlib import Path
 
 SCRIPTS = Path(__file__).parent / "scripts"
 _CONSOLE = Path(sys.executable).parent / "deepspeed"
-DEEPSPEED = [str(_CONSOLE)] if _CONSOLE.exists() else [sys.executable, "-c", "from ds_launch.cli import main; main()"]
+DEEPSPEED = (
+    [str(_CONSOLE)] if _CONSOLE.exists() else [sys.executable, "-c", "from ds_launch.cli import main; main()"]
+)
 MPI_ROOT_ENV = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
 
 
@@ -25,17 +27,24 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def run_deepspeed(args: list[str], *, env: dict[str, str], cwd: Path, timeout: float = 90) -> subprocess.CompletedProcess:
-    return subprocess.run([*DEEPSPEED, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+def run_deepspeed(
+    args: list[str], *, env: dict[str, str], cwd: Path, timeout: float = 90
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*DEEPSPEED, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def start_deepspeed(args: list[str], *, env: dict[str, str], cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen([*DEEPSPEED, *args], env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    return subprocess.Popen(
+        [*DEEPSPEED, *args], env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def read_ranks(out_dir: Path) -> dict[int, dict]:
-    return {int(data["RANK"]): data for data in (json.loads(p.read_text()) for p in out_dir.glob("rank*.json"))}
+    return {
+        int(data["RANK"]): data for data in (json.loads(p.read_text()) for p in out_dir.glob("rank*.json"))
+    }
 
 
 def pid_alive(pid: int) -> bool:

@@ -42,8 +42,9 @@ _COUNTER = itertools.count()
 
 
 def _run(argv: Sequence[str], *, timeout: float = 30, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, check=check,
-                          stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        list(argv), capture_output=True, text=True, timeout=timeout, check=check, stdin=subprocess.DEVNULL
+    )
 
 
 def netns_unavailable() -> str | None:
@@ -200,8 +201,9 @@ class NetnsCluster:
         """``base`` with the ssh wrapper first on PATH (pdsh, mpirun and the launcher find it there)."""
         return dict(base, PATH=f"{self.bin_dir}:{base.get('PATH', os.defpath)}")
 
-    def ssh(self, host: NetnsHost, command: str, *, port: int | None = None, timeout: float = 30
-            ) -> subprocess.CompletedProcess:
+    def ssh(
+        self, host: NetnsHost, command: str, *, port: int | None = None, timeout: float = 30
+    ) -> subprocess.CompletedProcess:
         """Run ``command`` on ``host`` through the wrapper."""
         port_args = ["-p", str(port)] if port is not None else []
         return _run([str(self.ssh_wrapper), *port_args, host.addr, command], timeout=timeout, check=False)
@@ -220,7 +222,9 @@ class NetnsCluster:
             self._start_sshd(host)
 
     def _add_host(self, index: int) -> NetnsHost:
-        host = NetnsHost(ns=f"dsn{self.tag}h{index}", addr=f"{SUBNET_PREFIX}.{self.octet}.{index + 2}", index=index)
+        host = NetnsHost(
+            ns=f"dsn{self.tag}h{index}", addr=f"{SUBNET_PREFIX}.{self.octet}.{index + 2}", index=index
+        )
         _run(["ip", "netns", "add", host.ns])
         outer, inner = f"v{self.tag}h{index}", f"i{self.tag}h{index}"
         _run(["ip", "link", "add", outer, "type", "veth", "peer", "name", inner])
@@ -236,7 +240,20 @@ class NetnsCluster:
     def _write_client_files(self) -> None:
         keys = self.root / "keys"
         keys.mkdir()
-        _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "ds-netns-test", "-f", str(keys / "id_ed25519")])
+        _run(
+            [
+                "ssh-keygen",
+                "-q",
+                "-t",
+                "ed25519",
+                "-N",
+                "",
+                "-C",
+                "ds-netns-test",
+                "-f",
+                str(keys / "id_ed25519"),
+            ]
+        )
         (keys / "authorized_keys").write_text((keys / "id_ed25519.pub").read_text())
         known = []
         for host in self.hosts:
@@ -255,7 +272,7 @@ class NetnsCluster:
             "  StrictHostKeyChecking yes\n  BatchMode yes\n  PasswordAuthentication no\n"
             "  LogLevel ERROR\n"
         )
-        self.ssh_wrapper.write_text(f"#!/bin/sh\nexec /usr/bin/ssh -F {self.root / 'ssh_config'} \"$@\"\n")
+        self.ssh_wrapper.write_text(f'#!/bin/sh\nexec /usr/bin/ssh -F {self.root / "ssh_config"} "$@"\n')
         self.ssh_wrapper.chmod(0o755)
 
     def _start_sshd(self, host: NetnsHost) -> None:
@@ -263,8 +280,7 @@ class NetnsCluster:
         config = self.root / f"sshd_{host.index}.conf"
         pidfile = self.root / f"sshd_{host.index}.pid"
         config.write_text(
-            "".join(f"Port {port}\n" for port in self.ports)
-            + f"ListenAddress {host.addr}\n"
+            "".join(f"Port {port}\n" for port in self.ports) + f"ListenAddress {host.addr}\n"
             f"HostKey {keys / f'host_{host.index}'}\n"
             f"PidFile {pidfile}\n"
             f"AuthorizedKeysFile {keys / 'authorized_keys'}\n"
@@ -276,8 +292,10 @@ class NetnsCluster:
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # sshd's privilege-separation directory
         # Without -D sshd returns once its daemon listens: no polling. The daemon writes its pid file
         # after that, so its pid is taken from the namespace, where it is the only process yet.
-        started = _run(host.exec_argv([SSHD, "-f", str(config), "-E", str(self.root / f"sshd_{host.index}.log")]),
-                       check=False)
+        started = _run(
+            host.exec_argv([SSHD, "-f", str(config), "-E", str(self.root / f"sshd_{host.index}.log")]),
+            check=False,
+        )
         pids = host.pids()
         if started.returncode != 0 or len(pids) != 1:
             raise RuntimeError(f"sshd on {host.ns} did not start ({pids}): {started.stderr.strip()}")
@@ -302,8 +320,12 @@ def netns_cluster(tmp_path: Path) -> Iterator[Callable[..., NetnsCluster]]:
     clusters: list[NetnsCluster] = []
 
     def make(count: int, *, ports: tuple[int, ...] = (22,)) -> NetnsCluster:
-        cluster = NetnsCluster(root=tmp_path / f"netns{len(clusters)}", octet=free_subnet(),
-                               tag=f"{os.getpid()}x{next(_COUNTER)}", ports=ports)
+        cluster = NetnsCluster(
+            root=tmp_path / f"netns{len(clusters)}",
+            octet=free_subnet(),
+            tag=f"{os.getpid()}x{next(_COUNTER)}",
+            ports=ports,
+        )
         clusters.append(cluster)
         cluster.build(count)
         return cluster

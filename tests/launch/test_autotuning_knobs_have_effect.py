@@ -20,7 +20,9 @@ def test_default_knobs_are_all_applied_keys() -> None:
     for stage, knobs in DEFAULT_KNOBS.items():
         for key in knobs:
             effect = ZERO_KEYS[_field(key)]
-            assert effect.kind == "applied", f"stage {stage} tunes {key!r}, which has {effect.kind}: {effect.why}"
+            assert effect.kind == "applied", (
+                f"stage {stage} tunes {key!r}, which has {effect.kind}: {effect.why}"
+            )
             assert not (stage == 3 and "stage 3 units always" in effect.why), (stage, key)
 
 
@@ -30,7 +32,9 @@ def test_launcher_no_effect_keys_equal_the_table() -> None:
 
 
 def test_user_lists_of_no_effect_keys_are_not_tuned() -> None:
-    user = {"zero_optimization": {"stage": 2, "contiguous_gradients": [True, False], "reduce_bucket_size": [1, 2]}}
+    user = {
+        "zero_optimization": {"stage": 2, "contiguous_gradients": [True, False], "reduce_bucket_size": [1, 2]}
+    }
     grid = space.knob_grid(2, user, fast=False)
     assert len(grid) == 2 * 2 * 2  # overlap_comm x reduce_scatter x the user's two bucket sizes
     assert all("contiguous_gradients" not in dict(knobs) for knobs in grid)

@@ -36,14 +36,18 @@ def fault_env(launch_env, out_dir, mode: str, crash_rank: int = -1) -> dict[str,
 @pytest.mark.timeout(120)
 def test_crashing_rank_ends_the_job_with_its_code_and_output(tmp_path, out_dir, launch_env):
     env = fault_env(launch_env, out_dir, "crash", crash_rank=1)
-    done = run_deepspeed(["--num_gpus", "3", "--master_port", str(free_port()), FAULT], env=env, cwd=tmp_path, timeout=60)
+    done = run_deepspeed(
+        ["--num_gpus", "3", "--master_port", str(free_port()), FAULT], env=env, cwd=tmp_path, timeout=60
+    )
     assert done.returncode == 3
     report = done.stderr.splitlines()
     # The rank's own lines were relayed once; the closing report names who, the code and the error line.
     assert "rank 1 is failing on purpose" in done.stdout.splitlines()
     assert report.count("Traceback (simulated): ValueError: boom") == 1
-    assert report[-1] == ("[deepspeed] rank 1 (local rank 1) on node localhost exited with code 3: "
-                          "Traceback (simulated): ValueError: boom")
+    assert report[-1] == (
+        "[deepspeed] rank 1 (local rank 1) on node localhost exited with code 3: "
+        "Traceback (simulated): ValueError: boom"
+    )
     pids = recorded_pids(out_dir)
     assert len(pids) == 2 and wait_gone(pids) == []
 
@@ -101,8 +105,12 @@ def test_failing_node_stops_the_other_nodes(tmp_path, out_dir, launch_env):
     """A rank on the second host crashes; the first host's rank waits forever and must be stopped."""
     (tmp_path / "hostfile").write_text("localhost slots=1\n127.0.0.1 slots=1\n")
     env = fault_env(launch_env, out_dir, "crash", crash_rank=1)
-    done = run_deepspeed(["-H", "hostfile", "--launcher_args", "-R exec", "--master_addr", "127.0.0.1", FAULT],
-                         env=env, cwd=tmp_path, timeout=60)
+    done = run_deepspeed(
+        ["-H", "hostfile", "--launcher_args", "-R exec", "--master_addr", "127.0.0.1", FAULT],
+        env=env,
+        cwd=tmp_path,
+        timeout=60,
+    )
     assert done.returncode == 3
     assert "127.0.0.1: [deepspeed] rank 1 (local rank 0) on node 127.0.0.1 exited with code 3" in done.stderr
     assert "[deepspeed] node 127.0.0.1 exited with code 3" in done.stderr
@@ -115,8 +123,11 @@ def test_failing_node_stops_the_other_nodes(tmp_path, out_dir, launch_env):
 def test_sigterm_to_a_pdsh_launch_stops_every_node(tmp_path, out_dir, launch_env):
     (tmp_path / "hostfile").write_text("localhost slots=1\n127.0.0.1 slots=1\n")
     env = fault_env(launch_env, out_dir, "wait")
-    launcher = start_deepspeed(["-H", "hostfile", "--launcher_args", "-R exec", "--master_addr", "127.0.0.1", FAULT],
-                               env=env, cwd=tmp_path)
+    launcher = start_deepspeed(
+        ["-H", "hostfile", "--launcher_args", "-R exec", "--master_addr", "127.0.0.1", FAULT],
+        env=env,
+        cwd=tmp_path,
+    )
     try:
         wait_ready(out_dir / "ready.fifo", 2)
         launcher.terminate()

@@ -84,18 +84,30 @@ def test_pdsh_over_ssh_two_hosts_with_exports(netns_cluster, tmp_path, out_dir, 
     (Path(launch_env["HOME"]) / ".deepspeed_env").write_text("FROM_HOME=home value\n")
     env = job_env(cluster, launch_env, NCCL_SOCKET_IFNAME=IFNAME, PYTHONHASHSEED="7", NOT_EXPORTED="1")
     # No --master_addr: the launcher asks the first host ('hostname -I' over ssh).
-    done = run_deepspeed(["--hostfile=hostfile", f"--master_port={free_port()}", REPORT, "--deepspeed"],
-                         env=env, cwd=tmp_path, timeout=200)
+    done = run_deepspeed(
+        ["--hostfile=hostfile", f"--master_port={free_port()}", REPORT, "--deepspeed"],
+        env=env,
+        cwd=tmp_path,
+        timeout=200,
+    )
     assert done.returncode == 0, done.stderr
     seen = read_ranks(out_dir)
     assert_placed(cluster, seen, {0: 0, 1: 0, 2: 1, 3: 1})
     for rank, data in seen.items():
         assert (data["LOCAL_RANK"], data["CROSS_RANK"], data["WORLD_SIZE"], data["MASTER_ADDR"]) == (
-            str(rank % 2), str(rank // 2), "4", a.addr)
+            str(rank % 2),
+            str(rank // 2),
+            "4",
+            a.addr,
+        )
         assert (data["dist_rank"], data["dist_world"], data["all_reduce"]) == (rank, 4, 10.0)
         # NCCL*/PYTHON* from the launching shell, both .deepspeed_env files; nothing else crosses ssh.
         assert (data["NCCL_SOCKET_IFNAME"], data["PYTHONHASHSEED"]) == (IFNAME, "7")
-        assert (data["CUSTOM"], data["FROM_HOME"], data["NOT_EXPORTED"]) == ("from .deepspeed_env", "home value", None)
+        assert (data["CUSTOM"], data["FROM_HOME"], data["NOT_EXPORTED"]) == (
+            "from .deepspeed_env",
+            "home value",
+            None,
+        )
     # pdsh prefixes each line with the host that printed it
     assert {line.split(":")[0] for line in done.stdout.splitlines()} == {a.addr, b.addr}
     assert_hosts_clean(cluster, [d["pid"] for d in seen.values()])
@@ -111,18 +123,40 @@ def test_openmpi_mpirun_over_ssh_two_hosts(netns_cluster, tmp_path, out_dir, lau
     write_deepspeed_env(tmp_path, OUT_DIR=str(out_dir), ALLREDUCE="1")
     env = job_env(cluster, launch_env, **MPI_ROOT_ENV)
     # mpirun starts its daemons through the ssh wrapper; its own traffic stays on the test subnet.
-    mca = (f"--mca plm_rsh_agent {cluster.ssh_wrapper} --mca btl_tcp_if_include {IFNAME} "
-           f"--mca oob_tcp_if_include {cluster.subnet}")
-    done = run_deepspeed(["-H", "hostfile", "--launcher", "openmpi", "--master_addr", a.addr,
-                          "--master_port", str(free_port()), "--launcher_args", mca, REPORT, "x"],
-                         env=env, cwd=tmp_path, timeout=200)
+    mca = (
+        f"--mca plm_rsh_agent {cluster.ssh_wrapper} --mca btl_tcp_if_include {IFNAME} "
+        f"--mca oob_tcp_if_include {cluster.subnet}"
+    )
+    done = run_deepspeed(
+        [
+            "-H",
+            "hostfile",
+            "--launcher",
+            "openmpi",
+            "--master_addr",
+            a.addr,
+            "--master_port",
+            str(free_port()),
+            "--launcher_args",
+            mca,
+            REPORT,
+            "x",
+        ],
+        env=env,
+        cwd=tmp_path,
+        timeout=200,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     seen = read_ranks(out_dir)
     assert_placed(cluster, seen, {0: 0, 1: 0, 2: 1, 3: 1})
     for rank, data in seen.items():
         assert (data["LOCAL_RANK"], data["WORLD_SIZE"], data["MASTER_ADDR"]) == (str(rank % 2), "4", a.addr)
         assert (data["dist_rank"], data["dist_world"], data["all_reduce"], data["argv"]) == (
-            rank, 4, 10.0, [f"--local_rank={rank % 2}", "x"])
+            rank,
+            4,
+            10.0,
+            [f"--local_rank={rank % 2}", "x"],
+        )
     assert_hosts_clean(cluster, [d["pid"] for d in seen.values()])
 
 
@@ -143,8 +177,19 @@ def test_include_and_exclude_across_hosts(netns_cluster, tmp_path, out_dir, laun
         for old in out_dir.glob("rank*.json"):
             old.unlink()
         master = b.addr if 0 not in placement.values() else a.addr
-        done = run_deepspeed(["--hostfile=hostfile", *flags.split(), "--master_addr", master,
-                              f"--master_port={free_port()}", REPORT], env=env, cwd=tmp_path, timeout=120)
+        done = run_deepspeed(
+            [
+                "--hostfile=hostfile",
+                *flags.split(),
+                "--master_addr",
+                master,
+                f"--master_port={free_port()}",
+                REPORT,
+            ],
+            env=env,
+            cwd=tmp_path,
+            timeout=120,
+        )
         assert done.returncode == 0, (flags, done.stderr)
         seen = read_ranks(out_dir)
         assert_placed(cluster, seen, placement)
@@ -160,9 +205,25 @@ def test_no_ssh_node_rank_per_host(netns_cluster, tmp_path, out_dir, launch_env)
     env = dict(job_env(cluster, launch_env), GLOO_SOCKET_IFNAME=IFNAME, OUT_DIR=str(out_dir), ALLREDUCE="1")
     port = str(free_port())
     nodes = [
-        subprocess.Popen(host.exec_argv([*DEEPSPEED, "--hostfile", "hostfile", "--no_ssh", f"--node_rank={n}",
-                                         f"--master_addr={a.addr}", f"--master_port={port}", REPORT]),
-                         env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            host.exec_argv(
+                [
+                    *DEEPSPEED,
+                    "--hostfile",
+                    "hostfile",
+                    "--no_ssh",
+                    f"--node_rank={n}",
+                    f"--master_addr={a.addr}",
+                    f"--master_port={port}",
+                    REPORT,
+                ]
+            ),
+            env=env,
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for n, host in enumerate(cluster.hosts)
     ]
     try:
@@ -177,7 +238,11 @@ def test_no_ssh_node_rank_per_host(netns_cluster, tmp_path, out_dir, launch_env)
     assert_placed(cluster, seen, {0: 0, 1: 0, 2: 1, 3: 1})
     for rank, data in seen.items():
         assert (data["CROSS_RANK"], data["LOCAL_RANK"], data["all_reduce"], data["dist_world"]) == (
-            str(rank // 2), str(rank % 2), 10.0, 4)
+            str(rank // 2),
+            str(rank % 2),
+            10.0,
+            4,
+        )
     assert_hosts_clean(cluster, [d["pid"] for d in seen.values()])
 
 
@@ -189,8 +254,12 @@ def test_ssh_port_reaches_hosts_on_another_port(netns_cluster, tmp_path, out_dir
     (tmp_path / "hostfile").write_text(cluster.hostfile(1))
     write_deepspeed_env(tmp_path, OUT_DIR=str(out_dir))
     # The ssh check and the 'hostname -I' probe go through the port too.
-    done = run_deepspeed(["--hostfile=hostfile", "--ssh_port", "2222", f"--master_port={free_port()}", REPORT],
-                         env=job_env(cluster, launch_env), cwd=tmp_path, timeout=120)
+    done = run_deepspeed(
+        ["--hostfile=hostfile", "--ssh_port", "2222", f"--master_port={free_port()}", REPORT],
+        env=job_env(cluster, launch_env),
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     seen = read_ranks(out_dir)
     assert_placed(cluster, seen, {0: 0, 1: 1})
@@ -209,8 +278,12 @@ def test_rank_failing_on_one_host_ends_every_host(netns_cluster, tmp_path, out_d
     # Rank 3 (on host b) exits 3 once the others are up; they ignore SIGTERM and each has a child.
     write_deepspeed_env(tmp_path, OUT_DIR=str(out_dir), FAULT="hang", CRASH_RANK="3")
     started = time.monotonic()
-    done = run_deepspeed(["--hostfile=hostfile", "--master_addr", a.addr, f"--master_port={free_port()}", FAULT],
-                         env=job_env(cluster, launch_env), cwd=tmp_path, timeout=150)
+    done = run_deepspeed(
+        ["--hostfile=hostfile", "--master_addr", a.addr, f"--master_port={free_port()}", FAULT],
+        env=job_env(cluster, launch_env),
+        cwd=tmp_path,
+        timeout=150,
+    )
     assert done.returncode == 3, done.stderr
     closing = done.stderr.strip().splitlines()[-1]
     assert b.addr in closing and "code 3" in closing and "ValueError: boom" in closing, done.stderr
@@ -228,8 +301,11 @@ def test_lost_host_fails_the_job_naming_it(netns_cluster, tmp_path, out_dir, lau
     (tmp_path / "hostfile").write_text(cluster.hostfile(2))
     fifo = make_ready_fifo(out_dir)
     write_deepspeed_env(tmp_path, OUT_DIR=str(out_dir), COLLECTIVE_TIMEOUT=str(collective_timeout))
-    job = start_deepspeed(["--hostfile=hostfile", "--master_addr", a.addr, f"--master_port={free_port()}", LOOP],
-                          env=job_env(cluster, launch_env), cwd=tmp_path)
+    job = start_deepspeed(
+        ["--hostfile=hostfile", "--master_addr", a.addr, f"--master_port={free_port()}", LOOP],
+        env=job_env(cluster, launch_env),
+        cwd=tmp_path,
+    )
     try:
         wait_ready(fifo, 4, timeout=150)
         lost_at = time.monotonic()
@@ -249,16 +325,25 @@ def test_lost_host_fails_the_job_naming_it(netns_cluster, tmp_path, out_dir, lau
 
 
 def _losses(directory: Path) -> dict[int, dict[str, float]]:
-    return {int(p.name.split("rank")[1].split(".")[0]): json.loads(p.read_text()) for p in directory.glob("loss.rank*.json")}
+    return {
+        int(p.name.split("rank")[1].split(".")[0]): json.loads(p.read_text())
+        for p in directory.glob("loss.rank*.json")
+    }
 
 
 @pytest.mark.timeout(420)
 @pytest.mark.parametrize("stage", [2, 3])
-def test_zero_across_hosts_equals_one_host_and_resumes_on_one_host(netns_cluster, tmp_path, launch_env, stage):
+def test_zero_across_hosts_equals_one_host_and_resumes_on_one_host(
+    netns_cluster, tmp_path, launch_env, stage
+):
     cluster = netns_cluster(2)
     a, _ = cluster.hosts
-    config = {"train_batch_size": 8, "train_micro_batch_size_per_gpu": 2,
-              "optimizer": {"type": "AdamW", "params": {"lr": 1e-2}}, "zero_optimization": {"stage": stage}}
+    config = {
+        "train_batch_size": 8,
+        "train_micro_batch_size_per_gpu": 2,
+        "optimizer": {"type": "AdamW", "params": {"lr": 1e-2}},
+        "zero_optimization": {"stage": stage},
+    }
     (tmp_path / "ds.json").write_text(json.dumps(config))
     (tmp_path / "hostfile").write_text(cluster.hostfile(2))
     runs = {name: tmp_path / name for name in ("hosts", "local", "resumed")}
@@ -268,8 +353,20 @@ def test_zero_across_hosts_equals_one_host_and_resumes_on_one_host(netns_cluster
     train = [TRAIN, "--deepspeed", "--deepspeed_config", "ds.json", "--steps", "6", "--save_dir", str(ckpt)]
 
     write_deepspeed_env(tmp_path, LOSS_DIR=str(runs["hosts"]), OMP_NUM_THREADS="1")
-    done = run_deepspeed(["--hostfile=hostfile", "--master_addr", a.addr, f"--master_port={free_port()}",
-                          *train, "--save_at", "3"], env=job_env(cluster, launch_env), cwd=tmp_path, timeout=300)
+    done = run_deepspeed(
+        [
+            "--hostfile=hostfile",
+            "--master_addr",
+            a.addr,
+            f"--master_port={free_port()}",
+            *train,
+            "--save_at",
+            "3",
+        ],
+        env=job_env(cluster, launch_env),
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     (tmp_path / ".deepspeed_env").unlink()
 
@@ -277,7 +374,9 @@ def test_zero_across_hosts_equals_one_host_and_resumes_on_one_host(netns_cluster
     local = ["--num_gpus", "4", *train]
     for name, extra in (("local", []), ("resumed", ["--resume"])):
         env = dict(launch_env, LOSS_DIR=str(runs[name]), OMP_NUM_THREADS="1")
-        done = run_deepspeed([f"--master_port={free_port()}", *local, *extra], env=env, cwd=tmp_path, timeout=300)
+        done = run_deepspeed(
+            [f"--master_port={free_port()}", *local, *extra], env=env, cwd=tmp_path, timeout=300
+        )
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
     across, alone, resumed = (_losses(runs[name]) for name in ("hosts", "local", "resumed"))

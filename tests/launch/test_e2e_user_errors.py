@@ -55,29 +55,68 @@ class Case:
 
 
 CASES = [
-    Case("betas-one-number", "DeepSpeedConfigError: invalid DeepSpeed config: 'optimizer.params.betas': "
-         "expected two numbers in [0, 1), like [0.9, 0.999] (got [0.9])",
-         config={"train_batch_size": 4, "optimizer": {"type": "Adam", "params": {"lr": 1e-3, "betas": [0.9]}}}),
-    Case("lr-not-a-number", "DeepSpeedConfigError: invalid DeepSpeed config: 'optimizer.params.lr': "
-         "expected a number >= 0 (got 'fast')",
-         config={"train_batch_size": 4, "optimizer": {"type": "Adam", "params": {"lr": "fast"}}}),
-    Case("negative-lr-with-scheduler", "'optimizer.params.lr': expected a number >= 0 (got -1)",
-         config={"train_batch_size": 4, "optimizer": {"type": "AdamW", "params": {"lr": -1}}, "scheduler": WARMUP}),
-    Case("unknown-optimizer", "DeepSpeedConfigError: 'optimizer.type': unknown optimizer 'Adamm'; did you mean 'Adam'?",
-         config={"train_batch_size": 4, "optimizer": {"type": "Adamm", "params": {"lr": 1e-3}}}),
-    Case("batch-not-divisible", "DeepSpeedConfigError: gradient_accumulation_steps cannot be derived: "
-         "train_batch_size 5 / (micro 2 * world_size 2) does not divide evenly",
-         config={"train_batch_size": 5, "train_micro_batch_size_per_gpu": 2, "optimizer": ADAM}),
-    Case("bad-hostfile-line", "deepspeed: error: hostfile 'hostfile' line 2: slots must be a positive integer, "
-         "got 'slots=two'", hostfile="localhost slots=1\nworker-1 slots=two\n", ranks_print=False),
-    Case("bad-include", "deepspeed: error: --include: slot 'a' in 'localhost:a' is not a non-negative integer",
-         flags=("--include", "localhost:a"), ranks_print=False),
-    Case("master-port-in-use", "already in use on this machine (master 127.0.0.1); pass a free port with "
-         "--master_port", hold_port=True, ranks_print=False),
-    Case("missing-script", "deepspeed: error: user script 'missing.py' not found", script="missing.py",
-         ranks_print=False),
-    Case("rank-side-port-in-use", "[rank0] MasterPortInUseError: cannot start the rendezvous on 127.0.0.1:",
-         hold_port=True, direct=True),
+    Case(
+        "betas-one-number",
+        "DeepSpeedConfigError: invalid DeepSpeed config: 'optimizer.params.betas': "
+        "expected two numbers in [0, 1), like [0.9, 0.999] (got [0.9])",
+        config={"train_batch_size": 4, "optimizer": {"type": "Adam", "params": {"lr": 1e-3, "betas": [0.9]}}},
+    ),
+    Case(
+        "lr-not-a-number",
+        "DeepSpeedConfigError: invalid DeepSpeed config: 'optimizer.params.lr': "
+        "expected a number >= 0 (got 'fast')",
+        config={"train_batch_size": 4, "optimizer": {"type": "Adam", "params": {"lr": "fast"}}},
+    ),
+    Case(
+        "negative-lr-with-scheduler",
+        "'optimizer.params.lr': expected a number >= 0 (got -1)",
+        config={
+            "train_batch_size": 4,
+            "optimizer": {"type": "AdamW", "params": {"lr": -1}},
+            "scheduler": WARMUP,
+        },
+    ),
+    Case(
+        "unknown-optimizer",
+        "DeepSpeedConfigError: 'optimizer.type': unknown optimizer 'Adamm'; did you mean 'Adam'?",
+        config={"train_batch_size": 4, "optimizer": {"type": "Adamm", "params": {"lr": 1e-3}}},
+    ),
+    Case(
+        "batch-not-divisible",
+        "DeepSpeedConfigError: gradient_accumulation_steps cannot be derived: "
+        "train_batch_size 5 / (micro 2 * world_size 2) does not divide evenly",
+        config={"train_batch_size": 5, "train_micro_batch_size_per_gpu": 2, "optimizer": ADAM},
+    ),
+    Case(
+        "bad-hostfile-line",
+        "deepspeed: error: hostfile 'hostfile' line 2: slots must be a positive integer, got 'slots=two'",
+        hostfile="localhost slots=1\nworker-1 slots=two\n",
+        ranks_print=False,
+    ),
+    Case(
+        "bad-include",
+        "deepspeed: error: --include: slot 'a' in 'localhost:a' is not a non-negative integer",
+        flags=("--include", "localhost:a"),
+        ranks_print=False,
+    ),
+    Case(
+        "master-port-in-use",
+        "already in use on this machine (master 127.0.0.1); pass a free port with --master_port",
+        hold_port=True,
+        ranks_print=False,
+    ),
+    Case(
+        "missing-script",
+        "deepspeed: error: user script 'missing.py' not found",
+        script="missing.py",
+        ranks_print=False,
+    ),
+    Case(
+        "rank-side-port-in-use",
+        "[rank0] MasterPortInUseError: cannot start the rendezvous on 127.0.0.1:",
+        hold_port=True,
+        direct=True,
+    ),
 ]
 
 
@@ -95,9 +134,12 @@ def _run(case: Case, tmp_path: Path, env: dict[str, str], port: int) -> subproce
     (tmp_path / "ds.json").write_text(json.dumps(case.config or {"train_batch_size": 4, "optimizer": ADAM}))
     user = [case.script, "--deepspeed", "--deepspeed_config", "ds.json"]
     if case.direct:
-        rank_env = dict(env, RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-        return subprocess.run([sys.executable, *user], env=rank_env, cwd=tmp_path, capture_output=True, text=True,
-                              timeout=120)
+        rank_env = dict(
+            env, RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+        )
+        return subprocess.run(
+            [sys.executable, *user], env=rank_env, cwd=tmp_path, capture_output=True, text=True, timeout=120
+        )
     flags = list(case.flags)
     if case.hostfile is not None:
         (tmp_path / "hostfile").write_text(case.hostfile)
@@ -127,7 +169,9 @@ def _check_one_line(case: Case, out: subprocess.CompletedProcess) -> None:
 
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
-def test_user_error_is_one_line_and_debug_shows_the_traceback(case: Case, tmp_path: Path, launch_env, held_port):
+def test_user_error_is_one_line_and_debug_shows_the_traceback(
+    case: Case, tmp_path: Path, launch_env, held_port
+):
     env = dict(launch_env, OMP_NUM_THREADS="1")
     env.pop("DS_DEBUG", None)
     port = held_port if case.hold_port else free_port()

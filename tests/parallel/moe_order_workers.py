@@ -16,8 +16,13 @@ def expert_group_ranks(use_data_before: bool | None) -> dict[str, Any]:
     import torch.distributed as dist
 
     torch.manual_seed(0)
-    model = nn.Sequential(deepspeed.moe.layer.MoE(hidden_size=4, expert=nn.Linear(4, 4), num_experts=2, ep_size=2))
-    config: dict[str, Any] = {"train_micro_batch_size_per_gpu": 1, "optimizer": {"type": "SGD", "params": {"lr": 0.1}}}
+    model = nn.Sequential(
+        deepspeed.moe.layer.MoE(hidden_size=4, expert=nn.Linear(4, 4), num_experts=2, ep_size=2)
+    )
+    config: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": 1,
+        "optimizer": {"type": "SGD", "params": {"lr": 0.1}},
+    }
     if use_data_before is not None:
         config["use_data_before_expert_parallelism"] = use_data_before
     engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=config)

@@ -29,8 +29,16 @@ class MoENet(nn.Module):
         super().__init__()
         torch.manual_seed(0)
         self.inp = nn.Linear(IN, HIDDEN)
-        self.moe = deepspeed.moe.layer.MoE(hidden_size=HIDDEN, expert=nn.Linear(HIDDEN, HIDDEN), num_experts=EXPERTS,
-                                           ep_size=ep_size, k=k, drop_tokens=False, use_rts=False, min_capacity=0)
+        self.moe = deepspeed.moe.layer.MoE(
+            hidden_size=HIDDEN,
+            expert=nn.Linear(HIDDEN, HIDDEN),
+            num_experts=EXPERTS,
+            ep_size=ep_size,
+            k=k,
+            drop_tokens=False,
+            use_rts=False,
+            min_capacity=0,
+        )
         self.head = nn.Linear(HIDDEN, CLASSES)
         local = EXPERTS // ep_size
         for i, expert in enumerate(self.moe.deepspeed_moe.experts.deepspeed_experts):
@@ -51,9 +59,13 @@ def batch(step: int, dp: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def config(stage: int, dp: int) -> dict[str, Any]:
-    return {"train_micro_batch_size_per_gpu": MICRO, "train_batch_size": MICRO * dp,
-            "optimizer": {"type": "SGD", "params": {"lr": LR, "momentum": 0.9}},
-            "zero_optimization": {"stage": stage}, "gradient_clipping": CLIP}
+    return {
+        "train_micro_batch_size_per_gpu": MICRO,
+        "train_batch_size": MICRO * dp,
+        "optimizer": {"type": "SGD", "params": {"lr": LR, "momentum": 0.9}},
+        "zero_optimization": {"stage": stage},
+        "gradient_clipping": CLIP,
+    }
 
 
 def train_rank(stage: int, ep_size: int) -> dict[str, Any]:
@@ -63,19 +75,25 @@ def train_rank(stage: int, ep_size: int) -> dict[str, Any]:
     rank, world = dist.get_rank(), dist.get_world_size()
     ep_rank = rank % ep_size
     model = MoENet(ep_size, ep_rank)
-    engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=config(stage, world))
+    engine, *_ = deepspeed.initialize(
+        model=model, model_parameters=model.parameters(), config=config(stage, world)
+    )
     losses, auxes = [], []
     for step in range(STEPS):
         x, y = batch(step, world)
-        x, y = x[rank * MICRO:(rank + 1) * MICRO], y[rank * MICRO:(rank + 1) * MICRO]
+        x, y = x[rank * MICRO : (rank + 1) * MICRO], y[rank * MICRO : (rank + 1) * MICRO]
         logits, l_aux = engine(x)
         loss = F.cross_entropy(logits, y) + AUX * l_aux
         engine.backward(loss)
         engine.step()
         losses.append(loss.item())
         auxes.append(l_aux.item())
-    return {"losses": losses, "aux": auxes, "weights": _global_weights(engine.module, ep_size, ep_rank),
-            "norm": engine.get_global_grad_norm()}
+    return {
+        "losses": losses,
+        "aux": auxes,
+        "weights": _global_weights(engine.module, ep_size, ep_rank),
+        "norm": engine.get_global_grad_norm(),
+    }
 
 
 def _global_weights(model: nn.Module, ep_size: int, ep_rank: int) -> dict[str, torch.Tensor]:
@@ -84,7 +102,7 @@ def _global_weights(model: nn.Module, ep_size: int, ep_rank: int) -> dict[str, t
     out = {}
     for name, p in model.named_parameters():
         if name.startswith(prefix):
-            i, rest = name[len(prefix):].split(".", 1)
+            i, rest = name[len(prefix) :].split(".", 1)
             name = f"{prefix}{ep_rank * local + int(i)}.{rest}"
         out[name] = p.detach().float().clone()
     return out
@@ -100,15 +118,19 @@ def reference(dp: int) -> dict[str, Any]:
         x, y = batch(step, dp)
         opt.zero_grad()
         for r in range(dp):
-            logits, l_aux = model(x[r * MICRO:(r + 1) * MICRO])
-            loss = F.cross_entropy(logits, y[r * MICRO:(r + 1) * MICRO]) + AUX * l_aux
+            logits, l_aux = model(x[r * MICRO : (r + 1) * MICRO])
+            loss = F.cross_entropy(logits, y[r * MICRO : (r + 1) * MICRO]) + AUX * l_aux
             (loss / dp).backward()
             losses[r].append(loss.item())
             auxes[r].append(l_aux.item())
         norm = torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP)
         opt.step()
-    return {"losses": losses, "aux": auxes, "norm": float(norm),
-            "weights": {n: p.detach().clone() for n, p in model.named_parameters()}}
+    return {
+        "losses": losses,
+        "aux": auxes,
+        "norm": float(norm),
+        "weights": {n: p.detach().clone() for n, p in model.named_parameters()},
+    }
 
 
 def tutorial_rank(stage: int, moe_param_group: bool) -> dict[str, Any]:
@@ -127,9 +149,19 @@ def tutorial_rank(stage: int, moe_param_group: bool) -> dict[str, Any]:
     )
 
     torch.manual_seed(0)
-    args = argparse.Namespace(local_rank=-1, moe=True, ep_world_size=2, num_experts=[2, 4], top_k=1,
-                              min_capacity=0, noisy_gate_policy="RSample", mlp_type="standard",
-                              moe_param_group=moe_param_group, deepspeed=True, deepspeed_config=None)
+    args = argparse.Namespace(
+        local_rank=-1,
+        moe=True,
+        ep_world_size=2,
+        num_experts=[2, 4],
+        top_k=1,
+        min_capacity=0,
+        noisy_gate_policy="RSample",
+        mlp_type="standard",
+        moe_param_group=moe_param_group,
+        deepspeed=True,
+        deepspeed_config=None,
+    )
 
     class Net(nn.Module):
         def __init__(self) -> None:
@@ -137,11 +169,21 @@ def tutorial_rank(stage: int, moe_param_group: bool) -> dict[str, Any]:
             self.conv = nn.Conv2d(3, 4, 5)
             self.fc = nn.Linear(4 * 14 * 14, 16)
             expert = nn.Linear(16, 16)
-            self.moe_layer_list = nn.ModuleList([
-                deepspeed.moe.layer.MoE(hidden_size=16, expert=expert, num_experts=n, ep_size=args.ep_world_size,
-                                        use_residual=args.mlp_type == "residual", k=args.top_k,
-                                        min_capacity=args.min_capacity, noisy_gate_policy=args.noisy_gate_policy)
-                for n in args.num_experts])
+            self.moe_layer_list = nn.ModuleList(
+                [
+                    deepspeed.moe.layer.MoE(
+                        hidden_size=16,
+                        expert=expert,
+                        num_experts=n,
+                        ep_size=args.ep_world_size,
+                        use_residual=args.mlp_type == "residual",
+                        k=args.top_k,
+                        min_capacity=args.min_capacity,
+                        noisy_gate_policy=args.noisy_gate_policy,
+                    )
+                    for n in args.num_experts
+                ]
+            )
             self.out = nn.Linear(16, 10)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -156,16 +198,27 @@ def tutorial_rank(stage: int, moe_param_group: bool) -> dict[str, Any]:
     data = torch.utils.data.TensorDataset(torch.randn(64, 3, 32, 32, generator=g), torch.arange(64) % 10)
     params: Any = filter(lambda p: p.requires_grad, net.parameters())
     if moe_param_group:
-        params = split_params_into_different_moe_groups_for_optimizer({"params": list(params), "name": "parameters"})
-    cfg = {"train_batch_size": 16, "steps_per_print": 2000,
-           "optimizer": {"type": "Adam", "params": {"lr": 0.001, "betas": [0.8, 0.999], "eps": 1e-8,
-                                                    "weight_decay": 3e-7}},
-           "scheduler": {"type": "WarmupLR", "params": {"warmup_min_lr": 0, "warmup_max_lr": 0.001,
-                                                        "warmup_num_steps": 1000}},
-           "gradient_clipping": 1.0, "prescale_gradients": False,
-           "zero_optimization": {"stage": stage, "reduce_bucket_size": 50000000, "overlap_comm": True}}
-    engine, optimizer, loader, _ = deepspeed.initialize(args=args, model=net, model_parameters=params,
-                                                        training_data=data, config=cfg)
+        params = split_params_into_different_moe_groups_for_optimizer(
+            {"params": list(params), "name": "parameters"}
+        )
+    cfg = {
+        "train_batch_size": 16,
+        "steps_per_print": 2000,
+        "optimizer": {
+            "type": "Adam",
+            "params": {"lr": 0.001, "betas": [0.8, 0.999], "eps": 1e-8, "weight_decay": 3e-7},
+        },
+        "scheduler": {
+            "type": "WarmupLR",
+            "params": {"warmup_min_lr": 0, "warmup_max_lr": 0.001, "warmup_num_steps": 1000},
+        },
+        "gradient_clipping": 1.0,
+        "prescale_gradients": False,
+        "zero_optimization": {"stage": stage, "reduce_bucket_size": 50000000, "overlap_comm": True},
+    }
+    engine, optimizer, loader, _ = deepspeed.initialize(
+        args=args, model=net, model_parameters=params, training_data=data, config=cfg
+    )
     losses = []
     for x, y in loader:
         loss = F.cross_entropy(engine(x), y)
@@ -176,10 +229,17 @@ def tutorial_rank(stage: int, moe_param_group: bool) -> dict[str, Any]:
     with torch.no_grad():
         predicted = engine(torch.randn(4, 3, 32, 32, generator=g)).argmax(dim=1)
     groups = [(pg.get("name"), bool(pg.get("moe")), len(pg["params"])) for pg in optimizer.param_groups]
-    return {"losses": losses, "predicted": predicted.tolist(), "groups": groups, "rank": dist.get_rank(),
-            "has_moe": has_moe_layers(net), "engine_has_moe": engine.has_moe_layers, "num_experts": engine.num_experts,
-            "shared": {n: p.detach().clone() for n, p in net.named_parameters() if not is_moe_param(p)},
-            "experts": {n: p.detach().clone() for n, p in net.named_parameters() if is_moe_param(p)}}
+    return {
+        "losses": losses,
+        "predicted": predicted.tolist(),
+        "groups": groups,
+        "rank": dist.get_rank(),
+        "has_moe": has_moe_layers(net),
+        "engine_has_moe": engine.has_moe_layers,
+        "num_experts": engine.num_experts,
+        "shared": {n: p.detach().clone() for n, p in net.named_parameters() if not is_moe_param(p)},
+        "experts": {n: p.detach().clone() for n, p in net.named_parameters() if is_moe_param(p)},
+    }
 
 
 def checkpoint_rank(stage: int, ep_size: int, save_dir: str, phase: str) -> dict[str, Any]:
@@ -189,13 +249,17 @@ def checkpoint_rank(stage: int, ep_size: int, save_dir: str, phase: str) -> dict
 
     rank, world = dist.get_rank(), dist.get_world_size()
     ep_rank = rank % ep_size
-    model = MoENet(ep_size, ep_rank if phase == "save" else (ep_rank + 1) % ep_size)  # load: other experts first
-    engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=config(stage, world))
+    model = MoENet(
+        ep_size, ep_rank if phase == "save" else (ep_rank + 1) % ep_size
+    )  # load: other experts first
+    engine, *_ = deepspeed.initialize(
+        model=model, model_parameters=model.parameters(), config=config(stage, world)
+    )
     if phase == "save":
         for step in range(3):
             x, y = batch(step, world)
-            logits, l_aux = engine(x[rank * MICRO:(rank + 1) * MICRO])
-            engine.backward(F.cross_entropy(logits, y[rank * MICRO:(rank + 1) * MICRO]) + AUX * l_aux)
+            logits, l_aux = engine(x[rank * MICRO : (rank + 1) * MICRO])
+            engine.backward(F.cross_entropy(logits, y[rank * MICRO : (rank + 1) * MICRO]) + AUX * l_aux)
             engine.step()
         engine.save_checkpoint(save_dir, tag="t3")
         out: dict[str, Any] = {}

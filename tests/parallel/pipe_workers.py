@@ -48,13 +48,18 @@ def data(step: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def loss_fn(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return ((out - y[:, :out.shape[1]]) ** 2).mean()
+    return ((out - y[:, : out.shape[1]]) ** 2).mean()
 
 
 def config(gas: int, stage: int = 0) -> dict:
-    return {"train_micro_batch_size_per_gpu": MICRO, "gradient_accumulation_steps": gas,
-            "optimizer": {"type": "SGD", "params": {"lr": 0.1, "momentum": 0.9}},
-            "gradient_clipping": CLIP, "zero_optimization": {"stage": stage}, "steps_per_print": 1000}
+    return {
+        "train_micro_batch_size_per_gpu": MICRO,
+        "gradient_accumulation_steps": gas,
+        "optimizer": {"type": "SGD", "params": {"lr": 0.1, "momentum": 0.9}},
+        "gradient_clipping": CLIP,
+        "zero_optimization": {"stage": stage},
+        "steps_per_print": 1000,
+    }
 
 
 def reference(tied: bool) -> tuple[list[float], dict[str, torch.Tensor]]:
@@ -90,15 +95,28 @@ def reference(tied: bool) -> tuple[list[float], dict[str, torch.Tensor]]:
     return losses, out
 
 
-def train(num_stages: int, tied: bool, ckpt_interval: int, stage: int, start: int = 0, stop: int = STEPS,
-          save_dir: str | None = None, load_dir: str | None = None) -> dict:
+def train(
+    num_stages: int,
+    tied: bool,
+    ckpt_interval: int,
+    stage: int,
+    start: int = 0,
+    stop: int = STEPS,
+    save_dir: str | None = None,
+    load_dir: str | None = None,
+) -> dict:
     """Rank function: steps ``start..stop`` of ``train_batch`` (after loading ``load_dir``, then saving to
     ``save_dir``); returns losses and this stage's weights."""
     world = torch.distributed.get_world_size()
     dp = world // num_stages
     gas = GLOBAL // (MICRO * dp)
-    model = PipelineModule(layers(tied), num_stages=num_stages, loss_fn=loss_fn, partition_method="uniform",
-                           activation_checkpoint_interval=max(ckpt_interval, 0))
+    model = PipelineModule(
+        layers(tied),
+        num_stages=num_stages,
+        loss_fn=loss_fn,
+        partition_method="uniform",
+        activation_checkpoint_interval=max(ckpt_interval, 0),
+    )
     cfg = config(gas, stage)
     if ckpt_interval < 0:  # the interval from the config's pipeline section instead
         cfg["pipeline"] = {"activation_checkpoint_interval": -ckpt_interval}
@@ -110,26 +128,44 @@ def train(num_stages: int, tied: bool, ckpt_interval: int, stage: int, start: in
     losses = []
     for step in range(start, stop):
         x, y = data(step)
-        micro = [(x[(k * dp + d) * MICRO:(k * dp + d + 1) * MICRO], y[(k * dp + d) * MICRO:(k * dp + d + 1) * MICRO])
-                 for k in range(gas)]
+        micro = [
+            (
+                x[(k * dp + d) * MICRO : (k * dp + d + 1) * MICRO],
+                y[(k * dp + d) * MICRO : (k * dp + d + 1) * MICRO],
+            )
+            for k in range(gas)
+        ]
         losses.append(float(engine.train_batch(iter(micro))))
     if stop == STEPS:  # eval_batch on the next global batch, split as for training
         x, y = data(STEPS)
-        micro = [(x[(k * dp + d) * MICRO:(k * dp + d + 1) * MICRO], y[(k * dp + d) * MICRO:(k * dp + d + 1) * MICRO])
-                 for k in range(gas)]
+        micro = [
+            (
+                x[(k * dp + d) * MICRO : (k * dp + d + 1) * MICRO],
+                y[(k * dp + d) * MICRO : (k * dp + d + 1) * MICRO],
+            )
+            for k in range(gas)
+        ]
         losses.append(float(engine.eval_batch(iter(micro))))
     if save_dir is not None:
         engine.save_checkpoint(save_dir, client_state={"next": stop})
-    return {"losses": losses, "state": {k: v.detach().clone() for k, v in engine.module.state_dict().items()},
-            "stage": engine.stage_id, "first": engine.is_first_stage(), "last": engine.is_last_stage(),
-            "interval": engine.module.activation_checkpoint_interval}
+    return {
+        "losses": losses,
+        "state": {k: v.detach().clone() for k, v in engine.module.state_dict().items()},
+        "stage": engine.stage_id,
+        "first": engine.is_first_stage(),
+        "last": engine.is_last_stage(),
+        "interval": engine.module.activation_checkpoint_interval,
+    }
 
 
 def mismatched(stage: int = 0) -> None:
     """Rank function: stage 1's first layer expects 7 features, stage 0 sends ``DIM``; or a ZeRO ``stage``."""
-    model = PipelineModule([nn.Linear(DIM, DIM), nn.Linear(7, 3)], num_stages=2, loss_fn=loss_fn,
-                           partition_method="uniform")
-    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=config(2, stage))
+    model = PipelineModule(
+        [nn.Linear(DIM, DIM), nn.Linear(7, 3)], num_stages=2, loss_fn=loss_fn, partition_method="uniform"
+    )
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, model_parameters=model.parameters(), config=config(2, stage)
+    )
     x, y = data(0)
     engine.train_batch(iter([(x[:MICRO], y[:MICRO])] * 2))
 
@@ -142,7 +178,11 @@ def train_low_precision(precision: str) -> list[float]:
     losses = []
     for step in range(STEPS):
         x, y = data(step)
-        x = x.to(torch.bfloat16 if precision == "bf16" else torch.float16)  # the client casts, as with DeepSpeed
-        micro = [(x[k * MICRO:(k + 1) * MICRO], y[k * MICRO:(k + 1) * MICRO]) for k in range(GLOBAL // MICRO)]
+        x = x.to(
+            torch.bfloat16 if precision == "bf16" else torch.float16
+        )  # the client casts, as with DeepSpeed
+        micro = [
+            (x[k * MICRO : (k + 1) * MICRO], y[k * MICRO : (k + 1) * MICRO]) for k in range(GLOBAL // MICRO)
+        ]
         losses.append(float(engine.train_batch(iter(micro))))
     return losses

@@ -22,17 +22,26 @@ def make_model(seed: int = 0) -> torch.nn.Module:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                      attn_implementation="sdpa")
+    cfg = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        attn_implementation="sdpa",
+    )
     return LlamaForCausalLM(cfg).float()
 
 
 def config(stage: int, dp: int, sp: int | None = None) -> dict[str, Any]:
     cfg: dict[str, Any] = {
-        "train_micro_batch_size_per_gpu": MICRO, "train_batch_size": MICRO * dp,
+        "train_micro_batch_size_per_gpu": MICRO,
+        "train_batch_size": MICRO * dp,
         "optimizer": {"type": "SGD", "params": {"lr": LR, "momentum": 0.9, "weight_decay": 0.01}},
-        "zero_optimization": {"stage": stage}, "gradient_clipping": CLIP,  # the global norm spans every shard
+        "zero_optimization": {"stage": stage},
+        "gradient_clipping": CLIP,  # the global norm spans every shard
     }
     if sp is not None:
         cfg["sequence_parallel_size"] = sp
@@ -44,14 +53,19 @@ def global_batch(step: int, dp: int) -> dict[str, torch.Tensor]:
     ids = torch.randint(0, VOCAB, (MICRO * dp, SEQ), generator=gen)
     labels = ids.clone()
     labels[:, :3] = -100  # prompt tokens: not trained on (shards then hold different token counts)
-    return {"input_ids": ids, "labels": labels, "position_ids": torch.arange(SEQ).expand(MICRO * dp, SEQ).clone()}
+    return {
+        "input_ids": ids,
+        "labels": labels,
+        "position_ids": torch.arange(SEQ).expand(MICRO * dp, SEQ).clone(),
+    }
 
 
 def shard_loss(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Mean cross-entropy of a (sharded) batch that carries ``shift_labels``."""
     logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits
-    return torch.nn.functional.cross_entropy(logits.float().reshape(-1, VOCAB), batch["shift_labels"].reshape(-1),
-                                             ignore_index=-100)
+    return torch.nn.functional.cross_entropy(
+        logits.float().reshape(-1, VOCAB), batch["shift_labels"].reshape(-1), ignore_index=-100
+    )
 
 
 def reference(steps: int, dp: int | list[int]) -> tuple[list[float], dict[str, torch.Tensor]]:
@@ -69,7 +83,7 @@ def reference(steps: int, dp: int | list[int]) -> tuple[list[float], dict[str, t
         batch = global_batch(step, dp)
         total = 0.0
         for d in range(dp):
-            part = shift_and_shard({k: v[d * MICRO:(d + 1) * MICRO] for k, v in batch.items()}, 0, 1)
+            part = shift_and_shard({k: v[d * MICRO : (d + 1) * MICRO] for k, v in batch.items()}, 0, 1)
             loss = shard_loss(model, part) / dp
             loss.backward()
             total += loss.item()
@@ -95,18 +109,25 @@ def _sp_engine(stage: int, sp: int, via: str, ckpt: bool = False, bf16: bool = F
         model.gradient_checkpointing_enable()
     dp = get_world_size() // sp
     mpu = UlyssesSPAttentionHF.register_with_transformers(
-        model, core_attn_implementation="sdpa", sequence_parallel_size=sp, micro_batch_size=MICRO,
-        seq_length=SEQ, seq_length_is_variable=False)
+        model,
+        core_attn_implementation="sdpa",
+        sequence_parallel_size=sp,
+        micro_batch_size=MICRO,
+        seq_length=SEQ,
+        seq_length_is_variable=False,
+    )
     cfg = config(stage, dp, sp if via == "config" else None)  # "config": the config alone says sp, no mpu
     if bf16:
         cfg["bf16"] = {"enabled": True}
-    engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=cfg,
-                                      mpu=None if via == "config" else mpu)
+    engine, *_ = deepspeed.initialize(
+        model=model, model_parameters=model.parameters(), config=cfg, mpu=None if via == "config" else mpu
+    )
     return engine, mpu
 
 
-def train_sp(stage: int, sp: int, steps: int, via: str = "mpu", ckpt: bool = False,
-             bf16: bool = False) -> dict[str, Any]:
+def train_sp(
+    stage: int, sp: int, steps: int, via: str = "mpu", ckpt: bool = False, bf16: bool = False
+) -> dict[str, Any]:
     """Train with sequence parallelism ``sp``; every rank's losses, and the full weights."""
     from deepspeed.utils import groups
     from ds_parallel.ulysses import sequence_parallel_loss, shift_and_shard
@@ -117,15 +138,20 @@ def train_sp(stage: int, sp: int, steps: int, via: str = "mpu", ckpt: bool = Fal
     losses = []
     for step in range(steps):
         batch = global_batch(step, dp)
-        mine = {k: v[dp_rank * MICRO:(dp_rank + 1) * MICRO] for k, v in batch.items()}
+        mine = {k: v[dp_rank * MICRO : (dp_rank + 1) * MICRO] for k, v in batch.items()}
         shard = shift_and_shard(mine, sp_rank, sp)
         loss = sequence_parallel_loss(shard_loss(engine, shard), shard["shift_labels"], sp_group)
         engine.backward(loss)
         engine.step()
         losses.append(loss.item())
-    return {"losses": losses, "params": full_params(engine), "dp": engine.dp_world_size,
-            "seq_dp": engine.seq_dp_world_size, "sp": engine.sequence_parallel_size,
-            "train_batch_size": engine.train_batch_size()}
+    return {
+        "losses": losses,
+        "params": full_params(engine),
+        "dp": engine.dp_world_size,
+        "seq_dp": engine.seq_dp_world_size,
+        "sp": engine.sequence_parallel_size,
+        "train_batch_size": engine.train_batch_size(),
+    }
 
 
 def error_of(fn_name: str, *args: Any) -> str:
@@ -142,17 +168,31 @@ def _register(heads: int, kv: int, sp: int, seq: int | None) -> None:
 
     from ds_parallel.ulysses import UlyssesSPAttentionHF
 
-    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=8 * heads, intermediate_size=16, num_hidden_layers=1,
-                      num_attention_heads=heads, num_key_value_heads=kv, attn_implementation="sdpa")
-    UlyssesSPAttentionHF.register_with_transformers(LlamaForCausalLM(cfg), "sdpa", sp, 1, seq_length=seq,
-                                                    seq_length_is_variable=seq is None)
+    cfg = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=8 * heads,
+        intermediate_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=heads,
+        num_key_value_heads=kv,
+        attn_implementation="sdpa",
+    )
+    UlyssesSPAttentionHF.register_with_transformers(
+        LlamaForCausalLM(cfg), "sdpa", sp, 1, seq_length=seq, seq_length_is_variable=seq is None
+    )
 
 
 def _initialize_sp(sp: int) -> None:
     model = torch.nn.Linear(2, 2)
-    deepspeed.initialize(model=model, model_parameters=model.parameters(), config={
-        "train_micro_batch_size_per_gpu": 1, "sequence_parallel_size": sp,
-        "optimizer": {"type": "SGD", "params": {"lr": 0.1}}})
+    deepspeed.initialize(
+        model=model,
+        model_parameters=model.parameters(),
+        config={
+            "train_micro_batch_size_per_gpu": 1,
+            "sequence_parallel_size": sp,
+            "optimizer": {"type": "SGD", "params": {"lr": 0.1}},
+        },
+    )
 
 
 def _shard_odd_length(sp: int) -> None:
@@ -167,8 +207,15 @@ def _eager(sp: int) -> None:
 
     from ds_parallel.ulysses import UlyssesSPAttentionHF
 
-    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=16, num_hidden_layers=1,
-                      num_attention_heads=4, num_key_value_heads=2, attn_implementation="eager")
+    cfg = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        attn_implementation="eager",
+    )
     UlyssesSPAttentionHF.register_with_transformers(LlamaForCausalLM(cfg), "eager", sp, 1)
 
 
@@ -201,8 +248,9 @@ def save_then_resume(stage: int, sp_save: int, sp_load: int, save_dir: str) -> d
             engine, _ = _sp_engine(stage, sp, "mpu")
         else:
             model = make_model()
-            engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(),
-                                              config=config(stage, engine_dp(1)))  # sp 1: every rank is data-parallel
+            engine, *_ = deepspeed.initialize(
+                model=model, model_parameters=model.parameters(), config=config(stage, engine_dp(1))
+            )  # sp 1: every rank is data-parallel
         if phase == "load":
             engine.load_checkpoint(save_dir)
         dp, dp_rank = engine.dp_world_size, engine.dp_rank
@@ -210,11 +258,14 @@ def save_then_resume(stage: int, sp_save: int, sp_load: int, save_dir: str) -> d
         losses = []
         for step in steps:
             batch = global_batch(step, dp)
-            mine = shift_and_shard({k: v[dp_rank * MICRO:(dp_rank + 1) * MICRO] for k, v in batch.items()},
-                                   sp_rank, sp)
+            mine = shift_and_shard(
+                {k: v[dp_rank * MICRO : (dp_rank + 1) * MICRO] for k, v in batch.items()}, sp_rank, sp
+            )
             loss = shard_loss(engine, mine)
             if sp > 1:
-                loss = sequence_parallel_loss(loss, mine["shift_labels"], groups._get_sequence_parallel_group())
+                loss = sequence_parallel_loss(
+                    loss, mine["shift_labels"], groups._get_sequence_parallel_group()
+                )
             engine.backward(loss)
             engine.step()
             losses.append(loss.item())
@@ -240,13 +291,15 @@ def activation_bytes(seq: int, sp: int) -> int:
     model = make_model()
     rank, group = 0, None
     if sp > 1:
-        mpu = UlyssesSPAttentionHF.register_with_transformers(model, "sdpa", sp, MICRO, seq_length=seq,
-                                                              seq_length_is_variable=False)
+        mpu = UlyssesSPAttentionHF.register_with_transformers(
+            model, "sdpa", sp, MICRO, seq_length=seq, seq_length_is_variable=False
+        )
         rank, group = mpu.get_sequence_parallel_rank(), mpu.get_sequence_parallel_group()
     gen = torch.Generator().manual_seed(5)
     ids = torch.randint(0, VOCAB, (MICRO, seq), generator=gen)
-    batch = shift_and_shard({"input_ids": ids, "labels": ids, "position_ids": torch.arange(seq).expand(MICRO, seq)},
-                            rank, sp)
+    batch = shift_and_shard(
+        {"input_ids": ids, "labels": ids, "position_ids": torch.arange(seq).expand(MICRO, seq)}, rank, sp
+    )
 
     def step() -> None:
         loss = shard_loss(model, batch)
@@ -278,8 +331,12 @@ def second_engine_keeps_groups() -> dict[str, Any]:
 
     engine, _ = _sp_engine(2, 2, "mpu")
     ref = make_model()
-    ref_engine, *_ = deepspeed.initialize(model=ref, config={"train_micro_batch_size_per_gpu": MICRO,
-                                                             "zero_optimization": {"stage": 3}})
-    return {"sp_after": groups._get_sequence_parallel_world_size(),
-            "main_group": engine.get_sequence_parallel_group() is groups._get_sequence_parallel_group(),
-            "ref_group": ref_engine.get_sequence_parallel_group(), "ref_dp": ref_engine.dp_world_size}
+    ref_engine, *_ = deepspeed.initialize(
+        model=ref, config={"train_micro_batch_size_per_gpu": MICRO, "zero_optimization": {"stage": 3}}
+    )
+    return {
+        "sp_after": groups._get_sequence_parallel_world_size(),
+        "main_group": engine.get_sequence_parallel_group() is groups._get_sequence_parallel_group(),
+        "ref_group": ref_engine.get_sequence_parallel_group(),
+        "ref_dp": ref_engine.dp_world_size,
+    }

@@ -29,7 +29,9 @@ def _script(tmp_path: Path) -> Path:
         shutil.copy(MIRROR / SCRIPT, dest)
         return dest
     if MIRROR.is_dir():
-        shown = subprocess.run(["git", "-C", str(MIRROR), "show", f"HEAD:{SCRIPT}"], capture_output=True, text=True)
+        shown = subprocess.run(
+            ["git", "-C", str(MIRROR), "show", f"HEAD:{SCRIPT}"], capture_output=True, text=True
+        )
         if shown.returncode == 0:
             dest.write_text(shown.stdout)
             return dest
@@ -40,11 +42,34 @@ def _run(tmp_path: Path, extra: list[str]) -> subprocess.CompletedProcess:
     from ds_comm.testing import free_port
 
     script = _script(tmp_path)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(STANDIN), os.environ.get("PYTHONPATH", "")]),
-           "OMP_NUM_THREADS": "1", "CIFAR_STANDIN_TRAIN": "64", "CIFAR_STANDIN_TEST": "20"}
-    launcher = [str(CONSOLE)] if CONSOLE.exists() else [sys.executable, "-c", "from ds_launch.cli import main; main()"]
-    cmd = [*launcher, "--num_gpus", "2", "--master_port", str(free_port()), str(script), "--deepspeed",
-           "--epochs", "1", "--log-interval", "2", "--dtype", "fp32", *extra]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(STANDIN), os.environ.get("PYTHONPATH", "")]),
+        "OMP_NUM_THREADS": "1",
+        "CIFAR_STANDIN_TRAIN": "64",
+        "CIFAR_STANDIN_TEST": "20",
+    }
+    launcher = (
+        [str(CONSOLE)]
+        if CONSOLE.exists()
+        else [sys.executable, "-c", "from ds_launch.cli import main; main()"]
+    )
+    cmd = [
+        *launcher,
+        "--num_gpus",
+        "2",
+        "--master_port",
+        str(free_port()),
+        str(script),
+        "--deepspeed",
+        "--epochs",
+        "1",
+        "--log-interval",
+        "2",
+        "--dtype",
+        "fp32",
+        *extra,
+    ]
     return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
 
 
@@ -62,12 +87,41 @@ def test_cifar_example_plain(tmp_path: Path) -> None:
 
 
 def test_cifar_example_moe_ep2(tmp_path: Path) -> None:
-    done = _run(tmp_path, ["--moe", "--ep-world-size", "2", "--num-experts", "2", "--top-k", "1",
-                           "--noisy-gate-policy", "RSample", "--moe-param-group"])
+    done = _run(
+        tmp_path,
+        [
+            "--moe",
+            "--ep-world-size",
+            "2",
+            "--num-experts",
+            "2",
+            "--top-k",
+            "1",
+            "--noisy-gate-policy",
+            "RSample",
+            "--moe-param-group",
+        ],
+    )
     _check(done)
 
 
 def test_cifar_example_moe_zero2_residual_top2(tmp_path: Path) -> None:
-    done = _run(tmp_path, ["--moe", "--ep-world-size", "2", "--num-experts", "2", "4", "--top-k", "2",
-                           "--mlp-type", "residual", "--moe-param-group", "--stage", "2"])
+    done = _run(
+        tmp_path,
+        [
+            "--moe",
+            "--ep-world-size",
+            "2",
+            "--num-experts",
+            "2",
+            "4",
+            "--top-k",
+            "2",
+            "--mlp-type",
+            "residual",
+            "--moe-param-group",
+            "--stage",
+            "2",
+        ],
+    )
     _check(done)

@@ -11,8 +11,12 @@ from ds_comm.testing import run_distributed
 
 def _check(results: list[dict], ref: dict) -> None:
     for rank, res in enumerate(results):
-        torch.testing.assert_close(torch.tensor(res["losses"]), torch.tensor(ref["losses"][rank]), rtol=0, atol=1e-5)
-        torch.testing.assert_close(torch.tensor(res["aux"]), torch.tensor(ref["aux"][rank]), rtol=0, atol=1e-5)
+        torch.testing.assert_close(
+            torch.tensor(res["losses"]), torch.tensor(ref["losses"][rank]), rtol=0, atol=1e-5
+        )
+        torch.testing.assert_close(
+            torch.tensor(res["aux"]), torch.tensor(ref["aux"][rank]), rtol=0, atol=1e-5
+        )
         assert res["weights"].keys() <= ref["weights"].keys()
         for name, w in res["weights"].items():
             torch.testing.assert_close(w, ref["weights"][name], rtol=0, atol=1e-5, msg=f"rank {rank} {name}")

@@ -27,10 +27,15 @@ def _by_rank(results: list[dict[str, Any]]) -> tuple[list[list[float]], dict[str
     return [res["losses"] for res in results], weights
 
 
-def _roundtrip(tmp_path: Path, world: int, stage: int, save_ep: int, load_stage: int, load_ep: int,
-               bf16: bool = False) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    res = run_distributed(R.roundtrip_rank, world_size=world, timeout=200,
-                          args=(str(tmp_path), stage, save_ep, load_stage, load_ep, bf16))
+def _roundtrip(
+    tmp_path: Path, world: int, stage: int, save_ep: int, load_stage: int, load_ep: int, bf16: bool = False
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    res = run_distributed(
+        R.roundtrip_rank,
+        world_size=world,
+        timeout=200,
+        args=(str(tmp_path), stage, save_ep, load_stage, load_ep, bf16),
+    )
     return [r["reference"] for r in res], [r["resumed"] for r in res]
 
 
@@ -44,8 +49,9 @@ def _assert_same(ref: list[dict[str, Any]], got: list[dict[str, Any]], tol: floa
 
 
 @pytest.mark.timeout(240)
-@pytest.mark.parametrize(("world", "stage", "bf16"), [(2, 0, False), (2, 1, False), (2, 2, False), (4, 1, False),
-                                                     (2, 1, True)])
+@pytest.mark.parametrize(
+    ("world", "stage", "bf16"), [(2, 0, False), (2, 1, False), (2, 2, False), (4, 1, False), (2, 1, True)]
+)
 def test_resume_continues_the_uninterrupted_run(tmp_path: Path, world: int, stage: int, bf16: bool) -> None:
     """ep 2 on 2 ranks (ZeRO 0, 1, 2; bf16 at 1: fp32 masters from the checkpoint, not from the bf16 weights)
     and ep 2 x dp 2 on 4 ranks (ZeRO 1, expert states sharded over the expert-data-parallel pair): load
@@ -56,11 +62,16 @@ def test_resume_continues_the_uninterrupted_run(tmp_path: Path, world: int, stag
     names = sorted(p.name for p in (tmp_path / "t").iterdir())
     if stage == 0:  # DeepSpeed's per-ep-rank optimizer files; the model states hold no optimizer
         assert [n for n in names if n.endswith("_optim_states.pt")] == [
-            "expp_rank_0_mp_rank_00_optim_states.pt", "expp_rank_1_mp_rank_00_optim_states.pt"]
-        assert torch.load(tmp_path / "t" / "mp_rank_00_model_states.pt", weights_only=True)["optimizer"] is None
+            "expp_rank_0_mp_rank_00_optim_states.pt",
+            "expp_rank_1_mp_rank_00_optim_states.pt",
+        ]
+        assert (
+            torch.load(tmp_path / "t" / "mp_rank_00_model_states.pt", weights_only=True)["optimizer"] is None
+        )
     else:
         assert [n for n in names if n.endswith("_optim_states.pt")] == [
-            f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in range(world)]
+            f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in range(world)
+        ]
     # zero_to_fp32: the whole model, every expert under its global index, from the fp32 masters
     full = get_fp32_state_dict_from_zero_checkpoint(str(tmp_path), tag="t")
     saved = {name: w for res in ref for name, w in res["saved_weights"].items()}
@@ -71,7 +82,9 @@ def test_resume_continues_the_uninterrupted_run(tmp_path: Path, world: int, stag
 
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize(("stage", "save_ep", "load_stage", "load_ep"), [(1, 2, 1, 1), (0, 1, 2, 2)])
-def test_resume_at_another_ep_size(tmp_path: Path, stage: int, save_ep: int, load_stage: int, load_ep: int) -> None:
+def test_resume_at_another_ep_size(
+    tmp_path: Path, stage: int, save_ep: int, load_stage: int, load_ep: int
+) -> None:
     """Each expert's moments follow it to the rank that holds it at the new ep size (and ZeRO stage)."""
     ref, got = _roundtrip(tmp_path, 2, stage, save_ep, load_stage, load_ep)
     _assert_same(ref, got, 1e-5)
@@ -89,7 +102,9 @@ def test_resume_at_another_ep_and_dp_size_holds_each_experts_state(tmp_path: Pat
     covered: dict[str, int] = {}
     for rank, pieces in enumerate(held):
         experts = {p["key"] for p in pieces if "deepspeed_experts." in p["key"]}
-        assert experts == {f"moe.deepspeed_moe.experts.deepspeed_experts.{rank}.{n}" for n in ("weight", "bias")}
+        assert experts == {
+            f"moe.deepspeed_moe.experts.deepspeed_experts.{rank}.{n}" for n in ("weight", "bias")
+        }
         for p in pieces:
             a, b = p["start"], p["end"]
             torch.testing.assert_close(p["fp32"], fp32[p["key"]].flatten()[a:b], rtol=0, atol=0)
@@ -120,6 +135,10 @@ def test_local_expert_keys_are_refused_and_weights_only_loads(tmp_path: Path) ->
     for res in refused:
         assert "not keyed by global expert" in res["error"] and "ep_size [2]" in res["error"]
         assert "load_optimizer_states=False" in res["error"]
-    loaded = run_distributed(R.resume_rank, world_size=2, timeout=200,
-                             args=(1, 2, str(tmp_path), "resume", {"load_optimizer_states": False}))
+    loaded = run_distributed(
+        R.resume_rank,
+        world_size=2,
+        timeout=200,
+        args=(1, 2, str(tmp_path), "resume", {"load_optimizer_states": False}),
+    )
     assert all(res["global_steps"] == R.SAVED for res in loaded)

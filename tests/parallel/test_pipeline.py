@@ -10,10 +10,18 @@ from ds_comm.testing import run_distributed
 
 
 @pytest.mark.timeout(240)
-@pytest.mark.parametrize("world,tied,ckpt,stage", [
-    (2, False, 0, 0), (2, True, 0, 0), (2, True, 2, 0), (4, False, 0, 1), (4, True, 2, 1), (4, True, 0, 0),
-    (2, False, -1, 1),  # -1: pipeline.activation_checkpoint_interval 1 from the config
-])
+@pytest.mark.parametrize(
+    "world,tied,ckpt,stage",
+    [
+        (2, False, 0, 0),
+        (2, True, 0, 0),
+        (2, True, 2, 0),
+        (4, False, 0, 1),
+        (4, True, 2, 1),
+        (4, True, 0, 0),
+        (2, False, -1, 1),  # -1: pipeline.activation_checkpoint_interval 1 from the config
+    ],
+)
 def test_pipeline_equals_one_module(world: int, tied: bool, ckpt: int, stage: int) -> None:
     results = run_distributed(w.train, world_size=world, timeout=200, args=(2, tied, ckpt, stage))
     ref_losses, ref_state = w.reference(tied)
@@ -37,6 +45,6 @@ def test_pipeline_trains_in_low_precision(precision: str) -> None:
     overflow check reads the whole pipeline's norm), so losses track fp32 within half-precision error."""
     results = run_distributed(w.train_low_precision, world_size=2, timeout=150, args=(precision,))
     ref_losses, _ = w.reference(True)
-    ref_losses = ref_losses[:w.STEPS]  # without the eval loss
+    ref_losses = ref_losses[: w.STEPS]  # without the eval loss
     assert results[0] == results[1]
     assert results[0] == pytest.approx(ref_losses, rel=3e-2, abs=1e-2)

@@ -15,16 +15,24 @@ HALF = w.STEPS // 2
 
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("tied", [False, True])
-@pytest.mark.parametrize("saved,resumed", [((4, 4), (2, 2)), ((2, 2), (4, 4)), ((4, 2), (2, 1))])  # (world, stages) -> (world, stages)
+@pytest.mark.parametrize(
+    "saved,resumed", [((4, 4), (2, 2)), ((2, 2), (4, 4)), ((4, 2), (2, 1))]
+)  # (world, stages) -> (world, stages)
 def test_resume_at_another_stage_count_equals_uninterrupted(tmp_path, tied: bool, saved, resumed) -> None:
     (w1, p1), (w2, p2) = saved, resumed
-    first = run_distributed(w.train, world_size=w1, timeout=200, args=(p1, tied, 0, 0, 0, HALF, str(tmp_path)))
+    first = run_distributed(
+        w.train, world_size=w1, timeout=200, args=(p1, tied, 0, 0, 0, HALF, str(tmp_path))
+    )
     tag = tmp_path / f"global_step{HALF}"
     assert (tmp_path / "latest").read_text() == tag.name
     names = sorted(os.listdir(tag))
     layers = [n for n in names if n.startswith("layer_")]
-    assert layers == [f"layer_{i:02d}-model_states.pt" for i in range(7)]  # parameterless layers too, as DeepSpeed
-    assert [n for n in names if n.startswith("mp_rank_")] == [f"mp_rank_{s:02d}_model_states.pt" for s in range(p1)]
+    assert layers == [
+        f"layer_{i:02d}-model_states.pt" for i in range(7)
+    ]  # parameterless layers too, as DeepSpeed
+    assert [n for n in names if n.startswith("mp_rank_")] == [
+        f"mp_rank_{s:02d}_model_states.pt" for s in range(p1)
+    ]
     # zero_to_fp32 consolidates the per-layer files under PipelineModule's names (any stage count loads it)
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
@@ -32,8 +40,9 @@ def test_resume_at_another_stage_count_equals_uninterrupted(tmp_path, tied: bool
     saved_state = {k: v for r in first for k, v in r["state"].items()}
     assert set(full) == set(saved_state)
     assert all(torch.equal(full[k], saved_state[k]) for k in full)
-    second = run_distributed(w.train, world_size=w2, timeout=200,
-                             args=(p2, tied, 0, 0, HALF, w.STEPS, None, str(tmp_path)))
+    second = run_distributed(
+        w.train, world_size=w2, timeout=200, args=(p2, tied, 0, 0, HALF, w.STEPS, None, str(tmp_path))
+    )
     ref_losses, ref_state = w.reference(tied)
     assert first[-1]["losses"] == pytest.approx(ref_losses[:HALF], rel=1e-5, abs=1e-6)
     for r in second:  # steps HALF.. and the eval loss after them

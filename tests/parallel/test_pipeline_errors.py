@@ -19,7 +19,9 @@ pytestmark = pytest.mark.faults
 @pytest.mark.timeout(180)
 def test_shape_mismatch_between_stages_names_stage_and_micro_batch() -> None:
     start = time.monotonic()
-    with pytest.raises(DistributedTestError, match=r"pipeline stage 1 \(rank 1\), micro-batch 0: forward failed"):
+    with pytest.raises(
+        DistributedTestError, match=r"pipeline stage 1 \(rank 1\), micro-batch 0: forward failed"
+    ):
         run_distributed(w.mismatched, world_size=2, timeout=150)
     assert time.monotonic() - start < 120  # the other stage does not wait for a collective timeout
 
@@ -41,9 +43,18 @@ def test_shape_mismatch_ends_the_launched_job(tmp_path: Path) -> None:
     script = Path(__file__).parent / "scripts" / "pipe_mismatch.py"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
     start = time.monotonic()
-    proc = subprocess.run([str(launcher), "--num_gpus", "2", "--master_port", str(free_port()), str(script)],
-                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=140)
+    proc = subprocess.run(
+        [str(launcher), "--num_gpus", "2", "--master_port", str(free_port()), str(script)],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=140,
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0
-    assert "pipeline stage 1 (rank 1), micro-batch 0: forward failed: mat1 and mat2 shapes cannot be multiplied" in out
+    assert (
+        "pipeline stage 1 (rank 1), micro-batch 0: forward failed: mat1 and mat2 shapes cannot be multiplied"
+        in out
+    )
     assert time.monotonic() - start < 120

@@ -28,7 +28,11 @@ def _check(results: list[dict], steps: int, dp: int) -> None:
     sp = len(results) // dp
     for step in range(steps):
         per_group = [results[g * sp]["losses"][step] for g in range(dp)]
-        assert all(abs(results[g * sp + s]["losses"][step] - per_group[g]) < 1e-6 for g in range(dp) for s in range(sp))
+        assert all(
+            abs(results[g * sp + s]["losses"][step] - per_group[g]) < 1e-6
+            for g in range(dp)
+            for s in range(sp)
+        )
         assert abs(sum(per_group) / dp - ref_losses[step]) < 1e-5, step
 
 
@@ -71,10 +75,15 @@ def test_activation_checkpointing_with_sp_equals_no_sp() -> None:
 @pytest.mark.timeout(300)
 def test_bf16_with_sp_tracks_bf16_without_sp() -> None:
     """bf16 rounds differently when attention runs on head shards; losses stay within bf16's precision."""
-    results = run_distributed(sp_workers.train_sp, world_size=2, timeout=240, args=(2, 2, 5, "mpu", False, True))
+    results = run_distributed(
+        sp_workers.train_sp, world_size=2, timeout=240, args=(2, 2, 5, "mpu", False, True)
+    )
     (plain,) = run_distributed(sp_workers.train_plain_bf16, world_size=1, timeout=240, args=(2, 5))
     for step in range(5):
-        assert results[0]["losses"][step] == pytest.approx(plain[step], rel=2e-2), (results[0]["losses"], plain)
+        assert results[0]["losses"][step] == pytest.approx(plain[step], rel=2e-2), (
+            results[0]["losses"],
+            plain,
+        )
 
 
 @pytest.mark.timeout(200)

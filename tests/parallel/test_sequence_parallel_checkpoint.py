@@ -20,9 +20,12 @@ from ds_comm.testing import run_distributed  # noqa: E402
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("stage", [2, 3])
 @pytest.mark.parametrize(("sp_save", "sp_load"), [(2, 1), (1, 2)])
-def test_resume_across_sequence_parallel_sizes(tmp_path: Path, stage: int, sp_save: int, sp_load: int) -> None:
-    results = run_distributed(sp_workers.save_then_resume, world_size=2, timeout=240,
-                              args=(stage, sp_save, sp_load, str(tmp_path)))
+def test_resume_across_sequence_parallel_sizes(
+    tmp_path: Path, stage: int, sp_save: int, sp_load: int
+) -> None:
+    results = run_distributed(
+        sp_workers.save_then_resume, world_size=2, timeout=240, args=(stage, sp_save, sp_load, str(tmp_path))
+    )
     dp_save, dp_load = 2 // sp_save, 2 // sp_load
     ref_losses, ref_params = sp_workers.reference(6, [dp_save] * 3 + [dp_load] * 3)
     for phase, steps in (("save", range(3)), ("load", range(3, 6))):

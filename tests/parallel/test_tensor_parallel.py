@@ -67,8 +67,13 @@ def test_save_resume_full_weights_and_gather(tmp_path) -> None:
     results = run_distributed(tp_workers.save_resume_rank, world_size=2, timeout=240, args=(str(tmp_path), 2))
     for r in results:
         assert r["resumed"] == pytest.approx(r["after"], abs=1e-6)  # the resume repeats steps 4-6
-        assert r["files"] == ["ds_manifest.json", "mp_rank_00_model_states.pt", "mp_rank_01_model_states.pt",
-                              "zero_pp_rank_0_mp_rank_00_optim_states.pt", "zero_pp_rank_0_mp_rank_01_optim_states.pt"]
+        assert r["files"] == [
+            "ds_manifest.json",
+            "mp_rank_00_model_states.pt",
+            "mp_rank_01_model_states.pt",
+            "zero_pp_rank_0_mp_rank_00_optim_states.pt",
+            "zero_pp_rank_0_mp_rank_01_optim_states.pt",
+        ]
         assert r["gathered_shape"] == (32, 32) and r["local_shape"] == (16, 32)
         assert r["restored"] and r["moved"]
         assert "saved with tensor-parallel size 2" in r["refused"] and "runs 1" in r["refused"]

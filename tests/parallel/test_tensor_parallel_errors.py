@@ -18,7 +18,9 @@ pytestmark = pytest.mark.faults
 def test_heads_not_divisible_names_the_key_and_leaves_the_model_whole() -> None:
     model = tp_workers.make_model(kv_heads=1)
     before = {n: p.shape for n, p in model.named_parameters()}
-    with pytest.raises(PartitionError, match=r"num_key_value_heads=1 is not divisible by the tensor-parallel size 2"):
+    with pytest.raises(
+        PartitionError, match=r"num_key_value_heads=1 is not divisible by the tensor-parallel size 2"
+    ):
         partition_model(model, None, 2)
     assert {n: p.shape for n, p in model.named_parameters()} == before
 
@@ -35,7 +37,9 @@ def test_fused_projection_is_named() -> None:
     with pytest.raises(PartitionError, match=r"AutoTP cannot partition '0\.qkv_proj': fused projection"):
         partition_model(model, None, 2)
     # a user spec that skips it lets the rest split
-    plan = PartitionPlan.from_config({"layer_specs": [{"patterns": [r".*qkv_proj\.weight$"], "partition_type": "skip"}]})
+    plan = PartitionPlan.from_config(
+        {"layer_specs": [{"patterns": [r".*qkv_proj\.weight$"], "partition_type": "skip"}]}
+    )
     assert plan.decide("0.qkv_proj", model[0].qkv_proj) == "skip"
     assert plan.decide("0.o_proj", model[0].o_proj) == "row"
 
@@ -46,12 +50,19 @@ def test_bad_partition_type_names_the_entry() -> None:
 
 
 def test_user_specs_without_defaults() -> None:
-    plan = PartitionPlan.from_config({"use_default_specs": False, "layer_specs": [
-        {"patterns": [r".*\.down_proj\.weight$"], "partition_type": "row"},
-        {"patterns": [r".*\.(gate|up)_proj\.weight$"], "partition_type": "column"}]})
+    plan = PartitionPlan.from_config(
+        {
+            "use_default_specs": False,
+            "layer_specs": [
+                {"patterns": [r".*\.down_proj\.weight$"], "partition_type": "row"},
+                {"patterns": [r".*\.(gate|up)_proj\.weight$"], "partition_type": "column"},
+            ],
+        }
+    )
     lin = nn.Linear(4, 4)
-    assert [plan.decide(n, lin) for n in ("m.mlp.down_proj", "m.mlp.up_proj", "m.self_attn.q_proj", "lm_head")] == [
-        "row", "column", "skip", "skip"]
+    assert [
+        plan.decide(n, lin) for n in ("m.mlp.down_proj", "m.mlp.up_proj", "m.self_attn.q_proj", "lm_head")
+    ] == ["row", "column", "skip", "skip"]
 
 
 @pytest.mark.slow
@@ -68,9 +79,13 @@ def test_initialize_refuses_clearly() -> None:
 @pytest.mark.timeout(300)
 def test_user_partition_specs_train_like_tp1() -> None:
     """Only the MLP split (attention replicated, use_default_specs false): still the single-process numbers."""
-    specs = {"use_default_specs": False, "layer_specs": [
-        {"patterns": [r".*\.down_proj\.weight$"], "partition_type": "row"},
-        {"patterns": [r".*\.(gate|up)_proj\.weight$"], "partition_type": "column"}]}
+    specs = {
+        "use_default_specs": False,
+        "layer_specs": [
+            {"patterns": [r".*\.down_proj\.weight$"], "partition_type": "row"},
+            {"patterns": [r".*\.(gate|up)_proj\.weight$"], "partition_type": "column"},
+        ],
+    }
     results = run_distributed(tp_workers.train_rank, world_size=2, timeout=240, args=(2, 2, 4, specs))
     ref_losses, ref_params, _ = tp_workers.reference(4, 1)
     for r in results:

@@ -17,7 +17,13 @@ import tp_workers
 
 import deepspeed
 
-MICRO, SEQ, VOCAB, LR, CLIP = tp_workers.MICRO, tp_workers.SEQ, tp_workers.VOCAB, tp_workers.LR, tp_workers.CLIP
+MICRO, SEQ, VOCAB, LR, CLIP = (
+    tp_workers.MICRO,
+    tp_workers.SEQ,
+    tp_workers.VOCAB,
+    tp_workers.LR,
+    tp_workers.CLIP,
+)
 
 
 def make_model(kind: str, seed: int = 0) -> torch.nn.Module:
@@ -27,14 +33,34 @@ def make_model(kind: str, seed: int = 0) -> torch.nn.Module:
     if kind == "gpt2":
         from transformers import GPT2Config, GPT2LMHeadModel
 
-        cfg = GPT2Config(vocab_size=VOCAB, n_positions=64, n_embd=32, n_layer=2, n_head=4, resid_pdrop=0.0,
-                         embd_pdrop=0.0, attn_pdrop=0.0, attn_implementation="eager")
+        cfg = GPT2Config(
+            vocab_size=VOCAB,
+            n_positions=64,
+            n_embd=32,
+            n_layer=2,
+            n_head=4,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+            attn_implementation="eager",
+        )
         return GPT2LMHeadModel(cfg).float()
     from transformers import Phi3Config, Phi3ForCausalLM
 
-    cfg = Phi3Config(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                     num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, pad_token_id=0,
-                     bos_token_id=1, eos_token_id=2, tie_word_embeddings=False, attn_implementation="eager")
+    cfg = Phi3Config(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        tie_word_embeddings=False,
+        attn_implementation="eager",
+    )
     return Phi3ForCausalLM(cfg).float()
 
 
@@ -81,7 +107,7 @@ def train_rank(kind: str, stage: int, tp: int, steps: int, save_dir: str) -> dic
     d = engine.dp_rank
     losses, norms = [], []
     for step in range(steps):
-        batch = {k: v[d * MICRO:(d + 1) * MICRO] for k, v in tp_workers.global_batch(step, dp).items()}
+        batch = {k: v[d * MICRO : (d + 1) * MICRO] for k, v in tp_workers.global_batch(step, dp).items()}
         loss = engine(**batch).loss
         engine.backward(loss)
         engine.step()
@@ -101,8 +127,14 @@ def train_rank(kind: str, stage: int, tp: int, steps: int, save_dir: str) -> dic
     with GatherReplacedLayerParams([owner.weight], owner, enabled=True):
         gathered = owner.weight.detach().clone()
     restored = torch.equal(owner.weight.detach(), before)
-    return {"losses": losses, "norms": norms, "state": state, "blocks_ok": blocks_ok,
-            "gathered": (fused_name, gathered), "restored": restored,
-            "full_numel": {n: p.numel() for n, p in plain.items()},
-            "local_numel": {n: p.numel() for n, p in local.items()},
-            "saved": sorted(os.listdir(save_dir)) if engine.global_rank == 0 else None}
+    return {
+        "losses": losses,
+        "norms": norms,
+        "state": state,
+        "blocks_ok": blocks_ok,
+        "gathered": (fused_name, gathered),
+        "restored": restored,
+        "full_numel": {n: p.numel() for n, p in plain.items()},
+        "local_numel": {n: p.numel() for n, p in local.items()},
+        "saved": sorted(os.listdir(save_dir)) if engine.global_rank == 0 else None,
+    }

@@ -24,9 +24,17 @@ def make_model(seed: int = 0, heads: int = 4, kv_heads: int = 2) -> torch.nn.Mod
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=64,
-                      attn_implementation="eager", tie_word_embeddings=False)
+    cfg = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=64,
+        attn_implementation="eager",
+        tie_word_embeddings=False,
+    )
     return LlamaForCausalLM(cfg).float()
 
 
@@ -34,9 +42,11 @@ def config(stage: int, dp: int, tp: int) -> dict[str, Any]:
     """The DeepSpeed config of a run with ``dp`` data-parallel and ``tp`` tensor-parallel ranks."""
     return {
         # DeepSpeed 0.19 counts tensor-parallel ranks in train_batch_size (micro x accumulation x world)
-        "train_micro_batch_size_per_gpu": MICRO, "train_batch_size": MICRO * dp * tp,
+        "train_micro_batch_size_per_gpu": MICRO,
+        "train_batch_size": MICRO * dp * tp,
         "optimizer": {"type": "SGD", "params": {"lr": LR, "momentum": 0.9, "weight_decay": 0.01}},
-        "zero_optimization": {"stage": stage}, "gradient_clipping": CLIP,
+        "zero_optimization": {"stage": stage},
+        "gradient_clipping": CLIP,
         "tensor_parallel": {"autotp_size": tp},
     }
 
@@ -65,7 +75,9 @@ def reference(steps: int, dp: int) -> tuple[list[float], dict[str, torch.Tensor]
     return losses, {n: p.detach().clone() for n, p in model.named_parameters()}, norms
 
 
-def train_rank(stage: int, tp: int, steps: int, partition_config: dict[str, Any] | None = None) -> dict[str, Any]:
+def train_rank(
+    stage: int, tp: int, steps: int, partition_config: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Train with AutoTP ``tp`` under ZeRO ``stage``; per-step losses (mean over data-parallel ranks), the
     full weights on rank 0 (``_consolidated_16bit_state_dict``), norms and per-rank parameter sizes."""
     world = torch.distributed.get_world_size()
@@ -80,7 +92,7 @@ def train_rank(stage: int, tp: int, steps: int, partition_config: dict[str, Any]
     d = engine.dp_rank
     losses, norms = [], []
     for step in range(steps):
-        batch = {k: v[d * MICRO:(d + 1) * MICRO] for k, v in global_batch(step, dp).items()}
+        batch = {k: v[d * MICRO : (d + 1) * MICRO] for k, v in global_batch(step, dp).items()}
         loss = engine(**batch).loss
         engine.backward(loss)
         engine.step()
@@ -89,15 +101,26 @@ def train_rank(stage: int, tp: int, steps: int, partition_config: dict[str, Any]
         losses.append(mean.item() / world)
         norms.append(float(engine.get_global_grad_norm()))
     state = engine._consolidated_16bit_state_dict()
-    return {"losses": losses, "norms": norms, "state": state, "full_numel": full_numel, "local_numel": local_numel,
-            "dp": engine.dp_world_size, "mp": engine.mp_world_size, "tp_rank": engine.get_model_parallel_rank(),
-            "q_heads_attr": getattr(engine.module.model.layers[0].self_attn, "num_heads", None)}
+    return {
+        "losses": losses,
+        "norms": norms,
+        "state": state,
+        "full_numel": full_numel,
+        "local_numel": local_numel,
+        "dp": engine.dp_world_size,
+        "mp": engine.mp_world_size,
+        "tp_rank": engine.get_model_parallel_rank(),
+        "q_heads_attr": getattr(engine.module.model.layers[0].self_attn, "num_heads", None),
+    }
 
 
 def _steps(engine: Any, first: int, count: int, dp: int) -> list[float]:
     out = []
     for step in range(first, first + count):
-        batch = {k: v[engine.dp_rank * MICRO:(engine.dp_rank + 1) * MICRO] for k, v in global_batch(step, dp).items()}
+        batch = {
+            k: v[engine.dp_rank * MICRO : (engine.dp_rank + 1) * MICRO]
+            for k, v in global_batch(step, dp).items()
+        }
         loss = engine(**batch).loss
         engine.backward(loss)
         engine.step()
@@ -135,8 +158,16 @@ def save_resume_rank(save_dir: str, stage: int) -> dict[str, Any]:
         engine3.load_checkpoint(save_dir, tag="t3")
     except Exception as exc:  # noqa: BLE001 - the message is what the test checks
         refused = f"{type(exc).__name__}: {exc}"
-    return {"after": after, "resumed": resumed, "files": files, "gathered_shape": gathered_shape,
-            "local_shape": tuple(local.shape), "restored": restored, "moved": moved, "refused": refused}
+    return {
+        "after": after,
+        "resumed": resumed,
+        "files": files,
+        "gathered_shape": gathered_shape,
+        "local_shape": tuple(local.shape),
+        "restored": restored,
+        "moved": moved,
+        "refused": refused,
+    }
 
 
 def refusals_rank() -> dict[str, str]:

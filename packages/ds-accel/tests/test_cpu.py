@@ -46,9 +46,15 @@ def test_rng_round_trip():
 
 def test_typed_tensor_constructors_bind_dtype_and_device():
     cpu = CPUAccelerator()
-    for name, dtype in [("LongTensor", torch.int64), ("FloatTensor", torch.float32), ("HalfTensor", torch.float16),
-                        ("BFloat16Tensor", torch.bfloat16), ("IntTensor", torch.int32), ("ByteTensor", torch.uint8),
-                        ("DoubleTensor", torch.float64)]:
+    for name, dtype in [
+        ("LongTensor", torch.int64),
+        ("FloatTensor", torch.float32),
+        ("HalfTensor", torch.float16),
+        ("BFloat16Tensor", torch.bfloat16),
+        ("IntTensor", torch.int32),
+        ("ByteTensor", torch.uint8),
+        ("DoubleTensor", torch.float64),
+    ]:
         t = getattr(cpu, name)([1, 2, 3])
         assert t.dtype == dtype and t.device == torch.device("cpu") and t.tolist() == [1, 2, 3]
 

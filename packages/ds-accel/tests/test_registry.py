@@ -47,7 +47,9 @@ def test_cuda_override_without_gpu_is_clear(monkeypatch):
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
     monkeypatch.setenv("DS_ACCELERATOR", "cuda")
-    with pytest.raises(AcceleratorError, match="'cuda' was requested but its runtime reports no usable device"):
+    with pytest.raises(
+        AcceleratorError, match="'cuda' was requested but its runtime reports no usable device"
+    ):
         ds_accel.get_accelerator()
 
 
@@ -55,8 +57,11 @@ def test_vendor_accelerator_imports_its_runtime_only_when_selected(monkeypatch):
     # No Gaudi here: a stand-in `habana_frameworks.torch.hpu` module and `torch.hpu` namespace let
     # the HPU class be exercised; everything it does goes through that namespace.
     fake_hpu = types.SimpleNamespace(
-        is_available=lambda: True, device_count=lambda: 8, current_device=lambda: 0,
-        set_device=lambda i: None, synchronize=lambda i=None: None,
+        is_available=lambda: True,
+        device_count=lambda: 8,
+        current_device=lambda: 0,
+        set_device=lambda i: None,
+        synchronize=lambda i=None: None,
     )
     for mod in ("habana_frameworks", "habana_frameworks.torch", "habana_frameworks.torch.hpu"):
         monkeypatch.setitem(sys.modules, mod, types.ModuleType(mod))

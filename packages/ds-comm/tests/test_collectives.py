@@ -74,7 +74,9 @@ def test_log_is_off_by_default_and_summarises():
     ds_comm.comms_log.LOG.add(ds_comm.comms_log.CommRecord("all_reduce", 50, 0.25, 2))
     assert ds_comm.comms_log.summary() == {"all_reduce": {"count": 2, "bytes": 150, "seconds": 0.75}}
     stats = ds_comm.log_summary(return_dict=True)
-    assert stats["summary"]["all_reduce"][100]["count"] == 1 and stats["summary"]["all_reduce"][50]["count"] == 1
+    assert (
+        stats["summary"]["all_reduce"][100]["count"] == 1 and stats["summary"]["all_reduce"][50]["count"] == 1
+    )
     ds_comm.comms_log.clear()
 
 

@@ -48,18 +48,36 @@ def test_switches_and_summary_on_two_ranks(capfd) -> None:
     assert list(only) == ["broadcast | [Caller Func: _logged_ops]"]
     out = capfd.readouterr().out
     assert "comm op: all_reduce | time (ms):" in out and "| busbw (Gbps):" in out  # verbose lines
-    header = out[out.index("Comm. Op"):].splitlines()
-    assert header[0].split() == ["Comm.", "Op", "Message", "Size", "Count", "Total", "Latency(ms)", "Avg",
-                                 "Latency(ms)", "tput_avg", "(Gbps)", "busbw_avg", "(Gbps)"]
+    header = out[out.index("Comm. Op") :].splitlines()
+    assert header[0].split() == [
+        "Comm.",
+        "Op",
+        "Message",
+        "Size",
+        "Count",
+        "Total",
+        "Latency(ms)",
+        "Avg",
+        "Latency(ms)",
+        "tput_avg",
+        "(Gbps)",
+        "busbw_avg",
+        "(Gbps)",
+    ]
     assert header[1] == "all_reduce"  # then one row per message size, smallest first
     assert header[2].split()[:3] == ["256.0", "B", "1"] and header[3].split()[:3] == ["1.0", "KB", "1"]
 
 
 def test_configure_reads_every_switch_from_a_config() -> None:
-    ds_comm.configure({"comms_logger": {"enabled": True, "prof_all": False, "prof_ops": ["all_reduce"],
-                                        "debug": True}})
+    ds_comm.configure(
+        {"comms_logger": {"enabled": True, "prof_all": False, "prof_ops": ["all_reduce"], "debug": True}}
+    )
     try:
-        assert (comms_log.LOG.prof_all, comms_log.LOG.prof_ops, comms_log.LOG.debug) == (False, ["all_reduce"], True)
+        assert (comms_log.LOG.prof_all, comms_log.LOG.prof_ops, comms_log.LOG.debug) == (
+            False,
+            ["all_reduce"],
+            True,
+        )
         assert comms_log.LOG.wants("all_reduce") and not comms_log.LOG.wants("broadcast")
     finally:
         ds_comm.configure(enabled=False)

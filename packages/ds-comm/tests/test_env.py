@@ -6,18 +6,44 @@ import pytest
 
 from ds_comm.env import DistEnvironmentError, discover, first_slurm_host
 
-TORCHRUN = {"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "1234"}
-OMPI = {"OMPI_COMM_WORLD_RANK": "5", "OMPI_COMM_WORLD_SIZE": "8", "OMPI_COMM_WORLD_LOCAL_RANK": "1",
-        "OMPI_COMM_WORLD_LOCAL_SIZE": "4"}
-SLURM = {"SLURM_PROCID": "6", "SLURM_NTASKS": "8", "SLURM_LOCALID": "2", "SLURM_NODELIST": "gpu[07-08,11]",
-         "SLURM_NTASKS_PER_NODE": "4(x2)"}
+TORCHRUN = {
+    "RANK": "3",
+    "WORLD_SIZE": "8",
+    "LOCAL_RANK": "1",
+    "MASTER_ADDR": "10.0.0.1",
+    "MASTER_PORT": "1234",
+}
+OMPI = {
+    "OMPI_COMM_WORLD_RANK": "5",
+    "OMPI_COMM_WORLD_SIZE": "8",
+    "OMPI_COMM_WORLD_LOCAL_RANK": "1",
+    "OMPI_COMM_WORLD_LOCAL_SIZE": "4",
+}
+SLURM = {
+    "SLURM_PROCID": "6",
+    "SLURM_NTASKS": "8",
+    "SLURM_LOCALID": "2",
+    "SLURM_NODELIST": "gpu[07-08,11]",
+    "SLURM_NTASKS_PER_NODE": "4(x2)",
+}
 
 
 def test_torchrun_environment():
     env = discover(environ=TORCHRUN)
-    assert (env.rank, env.world_size, env.local_rank, env.master_addr, env.master_port) == (3, 8, 1, "10.0.0.1", 1234)
-    assert env.sources == {"rank": "RANK", "world_size": "WORLD_SIZE", "local_rank": "LOCAL_RANK",
-                           "master_addr": "MASTER_ADDR", "master_port": "MASTER_PORT"}
+    assert (env.rank, env.world_size, env.local_rank, env.master_addr, env.master_port) == (
+        3,
+        8,
+        1,
+        "10.0.0.1",
+        1234,
+    )
+    assert env.sources == {
+        "rank": "RANK",
+        "world_size": "WORLD_SIZE",
+        "local_rank": "LOCAL_RANK",
+        "master_addr": "MASTER_ADDR",
+        "master_port": "MASTER_PORT",
+    }
     assert env.launcher == "launcher"
 
 
@@ -30,7 +56,9 @@ def test_torchrun_port_defaults_to_distributed_port():
 @pytest.mark.parametrize("missing", ["RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR"])
 def test_torchrun_missing_variable_is_named(missing):
     environ = {k: v for k, v in TORCHRUN.items() if k != missing}
-    with pytest.raises(DistEnvironmentError, match=rf"incomplete torchrun/launcher environment: {missing} missing"):
+    with pytest.raises(
+        DistEnvironmentError, match=rf"incomplete torchrun/launcher environment: {missing} missing"
+    ):
         discover(environ=environ)
 
 
@@ -47,7 +75,10 @@ def test_openmpi_with_master_addr():
 
 
 def test_openmpi_without_master_and_without_mpi4py_is_clear():
-    with pytest.raises(DistEnvironmentError, match=r"OpenMPI environment: MASTER_ADDR missing.*set MASTER_ADDR or install mpi4py"):
+    with pytest.raises(
+        DistEnvironmentError,
+        match=r"OpenMPI environment: MASTER_ADDR missing.*set MASTER_ADDR or install mpi4py",
+    ):
         discover(environ=OMPI, auto_mpi_discovery=False)
 
 
@@ -64,8 +95,12 @@ def test_azureml_multi_node_master():
 
 
 def test_azureml_single_node_master():
-    single = {**OMPI, "OMPI_COMM_WORLD_LOCAL_SIZE": "8", "AZ_BATCHAI_MPI_MASTER_NODE": "aml-node-0",
-              "AZ_BATCH_MASTER_NODE": "10.1.2.3:6105"}
+    single = {
+        **OMPI,
+        "OMPI_COMM_WORLD_LOCAL_SIZE": "8",
+        "AZ_BATCHAI_MPI_MASTER_NODE": "aml-node-0",
+        "AZ_BATCH_MASTER_NODE": "10.1.2.3:6105",
+    }
     env = discover(environ=single, auto_mpi_discovery=False)
     assert env.master_addr == "aml-node-0" and env.sources["master_addr"] == "AZ_BATCHAI_MPI_MASTER_NODE"
 

@@ -39,8 +39,17 @@ def test_plain_script_forms_a_single_process_world():
     )
     env = {**_clean_env(), "GLOO_SOCKET_IFNAME": "lo"}
     port = free_port()
-    out = subprocess.run([sys.executable, "-c", code.replace("init_distributed()", f"init_distributed(distributed_port={port})")],
-                         capture_output=True, text=True, env=env, timeout=100)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            code.replace("init_distributed()", f"init_distributed(distributed_port={port})"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=100,
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["1", "gloo", "single-process", "distributed_port", "argument"]
 
@@ -48,7 +57,9 @@ def test_plain_script_forms_a_single_process_world():
 @pytest.mark.timeout(60)
 def test_dist_init_required_false_skips():
     code = "import ds_comm, torch.distributed as dist\nds_comm.init_distributed(dist_init_required=False)\nprint(dist.is_initialized())"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_clean_env(), timeout=50)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=_clean_env(), timeout=50
+    )
     assert out.stdout.strip() == "False", out.stderr
 
 

@@ -28,9 +28,24 @@ with open(f"{sys.argv[1]}/rank{ds_comm.get_rank()}.txt", "w") as report:
 
 def mpirun_command(n: int, *argv: str) -> list[str]:
     """mpirun with what this machine needs: root allowed, more ranks than cores, loopback only."""
-    return ["mpirun", "--allow-run-as-root", "--oversubscribe", "-n", str(n),
-            "--mca", "btl", "self,tcp", "--mca", "btl_tcp_if_include", "lo",
-            "-x", "GLOO_SOCKET_IFNAME=lo", "-x", "PATH", *argv]
+    return [
+        "mpirun",
+        "--allow-run-as-root",
+        "--oversubscribe",
+        "-n",
+        str(n),
+        "--mca",
+        "btl",
+        "self,tcp",
+        "--mca",
+        "btl_tcp_if_include",
+        "lo",
+        "-x",
+        "GLOO_SOCKET_IFNAME=lo",
+        "-x",
+        "PATH",
+        *argv,
+    ]
 
 
 @pytest.fixture
@@ -45,8 +60,13 @@ def mpi_env():
 def test_mpirun_forms_a_gloo_world_through_mpi4py(mpi_env, tmp_path):
     script = tmp_path / "rank.py"
     script.write_text(RANK_SCRIPT)
-    out = subprocess.run(mpirun_command(2, sys.executable, str(script), str(tmp_path)), capture_output=True, text=True,
-                         env=mpi_env, timeout=150)
+    out = subprocess.run(
+        mpirun_command(2, sys.executable, str(script), str(tmp_path)),
+        capture_output=True,
+        text=True,
+        env=mpi_env,
+        timeout=150,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     lines = [(tmp_path / f"rank{rank}.txt").read_text() for rank in range(2)]
     assert lines == [

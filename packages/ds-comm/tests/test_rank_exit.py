@@ -27,10 +27,14 @@ atexit.register(lambda: print("atexit ran", flush=True))
 """
 
 
-def _run(body: str, *, debug: bool = False, port: int | None = None,
-         extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "DS_DEBUG")}
+def _run(
+    body: str, *, debug: bool = False, port: int | None = None, extra_env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "DS_DEBUG")
+    }
     env.update(GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1", **(extra_env or {}))
     if debug:
         env["DS_DEBUG"] = "1"
@@ -52,7 +56,9 @@ def test_user_error_marker_and_one_line(monkeypatch):
 
 @pytest.mark.timeout(120)
 def test_user_error_with_a_group_is_one_line_and_exits_1_without_finalising():
-    out = _run("ds_comm.init_distributed(distributed_port=PORT)\nraise Mistake(\"'optimizer.params.lr': bad\")")
+    out = _run(
+        "ds_comm.init_distributed(distributed_port=PORT)\nraise Mistake(\"'optimizer.params.lr': bad\")"
+    )
     assert out.returncode == 1, out.stderr
     assert out.stderr == "[rank0] Mistake: 'optimizer.params.lr': bad\n"
     # Note [failing exit]: atexit callbacks run, interpreter finalisation (where gloo threads abort) does not.
@@ -85,7 +91,9 @@ def test_keyboard_interrupt_ends_as_python_ends_it():
 
 @pytest.mark.timeout(120)
 def test_without_a_group_python_exits_normally():
-    out = _run("from ds_comm.rank_exit import install_exit_hook\ninstall_exit_hook()\nraise Mistake('no group yet')")
+    out = _run(
+        "from ds_comm.rank_exit import install_exit_hook\ninstall_exit_hook()\nraise Mistake('no group yet')"
+    )
     assert out.returncode == 1
     assert out.stderr == "Mistake: no group yet\n"
     assert out.stdout.splitlines() == ["atexit ran", "finalised"]
@@ -97,10 +105,19 @@ def test_master_port_in_use_is_one_line_naming_the_port():
         sock.bind(("127.0.0.1", 0))
         sock.listen()
         port = sock.getsockname()[1]
-        launcher_env = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
-                        "MASTER_PORT": str(port)}
-        out = _run("from ds_comm.rank_exit import install_exit_hook\ninstall_exit_hook()\nds_comm.init_distributed()",
-                   extra_env=launcher_env)
+        launcher_env = {
+            "RANK": "0",
+            "WORLD_SIZE": "1",
+            "LOCAL_RANK": "0",
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+        }
+        out = _run(
+            "from ds_comm.rank_exit import install_exit_hook\ninstall_exit_hook()\nds_comm.init_distributed()",
+            extra_env=launcher_env,
+        )
     assert out.returncode == 1
-    assert out.stderr == (f"[rank0] MasterPortInUseError: cannot start the rendezvous on 127.0.0.1:{port}: the port is "
-                          "already in use (another job?); pass a free port with --master_port (launcher) or MASTER_PORT\n")
+    assert out.stderr == (
+        f"[rank0] MasterPortInUseError: cannot start the rendezvous on 127.0.0.1:{port}: the port is "
+        "already in use (another job?); pass a free port with --master_port (launcher) or MASTER_PORT\n"
+    )

@@ -21,7 +21,13 @@ def _backend_collectives():
     backend.all_reduce(t)
     out = torch.empty(2 * backend.get_world_size())
     backend.get_all_gather_function()(out, torch.full((2,), float(backend.get_rank())))
-    return backend.is_initialized(), backend.backend, t.tolist(), out.tolist(), backend.has_all_gather_into_tensor()
+    return (
+        backend.is_initialized(),
+        backend.backend,
+        t.tolist(),
+        out.tolist(),
+        backend.has_all_gather_into_tensor(),
+    )
 
 
 @pytest.mark.timeout(120)
@@ -59,13 +65,21 @@ def test_mpi_discovery_exports_the_torchrun_variables(tmp_path):
     pytest.importorskip("mpi4py")
     from test_mpi import mpirun_command
 
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
-                                                                 "MASTER_PORT")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    }
     script = tmp_path / "rank.py"
     script.write_text(RANK_SCRIPT)
     port = free_port()
-    out = subprocess.run(mpirun_command(2, sys.executable, str(script), str(tmp_path), str(port)),
-                         capture_output=True, text=True, env=env, timeout=150)
+    out = subprocess.run(
+        mpirun_command(2, sys.executable, str(script), str(tmp_path), str(port)),
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=150,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     reports = [(tmp_path / f"rank{r}.txt").read_text() for r in range(2)]
     assert reports == [f"0 2 0 {port} 3", f"1 2 1 {port} 3"]

@@ -23,9 +23,13 @@ def _model() -> torch.nn.Module:
 
 
 def _run(autotuning: dict, stage: int = 1, max_steps: int = 20) -> dict:
-    config = {"train_micro_batch_size_per_gpu": 4, "gradient_accumulation_steps": 2,
-              "zero_optimization": {"stage": stage}, "optimizer": {"type": "AdamW", "params": {"lr": 1e-3}},
-              "autotuning": autotuning}
+    config = {
+        "train_micro_batch_size_per_gpu": 4,
+        "gradient_accumulation_steps": 2,
+        "zero_optimization": {"stage": stage},
+        "optimizer": {"type": "AdamW", "params": {"lr": 1e-3}},
+        "autotuning": autotuning,
+    }
     engine, *_ = initialize(model=_model(), config=config)
     forwards = 0
     try:
@@ -35,8 +39,12 @@ def _run(autotuning: dict, stage: int = 1, max_steps: int = 20) -> dict:
             engine.backward(loss)
             engine.step()
     except SystemExit as stop:
-        ended = {"ended": stop.code, "steps": engine.global_steps, "forwards": forwards,
-                 "group_closed": not dist.is_initialized()}
+        ended = {
+            "ended": stop.code,
+            "steps": engine.global_steps,
+            "forwards": forwards,
+            "group_closed": not dist.is_initialized(),
+        }
         # The run took its process group down, as an experiment does before exiting; the test harness
         # tears one down after this function returns, so give it a private single-rank one.
         dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
@@ -49,7 +57,9 @@ def test_metrics_cover_the_profile_window_then_the_run_ends(tmp_path):
     path = tmp_path / "metrics.json"
     section = {"enabled": True, "start_profile_step": 2, "end_profile_step": 4, "metric_path": str(path)}
     ranks = run_distributed(_run, world_size=2, args=(section,))
-    assert ranks == [{"ended": 0, "steps": 5, "forwards": 10, "group_closed": True}] * 2  # ends right after step end_profile_step + 1
+    assert (
+        ranks == [{"ended": 0, "steps": 5, "forwards": 10, "group_closed": True}] * 2
+    )  # ends right after step end_profile_step + 1
     metrics = json.loads(path.read_text())
     assert (metrics["profiled_steps"], metrics["train_batch_size"], metrics["zero_stage"]) == (3, 16, 1)
     assert (metrics["train_micro_batch_size_per_gpu"], metrics["gradient_accumulation_steps"]) == (4, 2)
@@ -63,7 +73,10 @@ def test_metrics_cover_the_profile_window_then_the_run_ends(tmp_path):
 def test_window_from_the_first_forward(tmp_path):
     path = tmp_path / "m.json"
     section = {"enabled": True, "start_profile_step": 0, "end_profile_step": 1, "metric_path": str(path)}
-    assert run_distributed(_run, world_size=2, args=(section, 0)) == [{"ended": 0, "steps": 2, "forwards": 4, "group_closed": True}] * 2
+    assert (
+        run_distributed(_run, world_size=2, args=(section, 0))
+        == [{"ended": 0, "steps": 2, "forwards": 4, "group_closed": True}] * 2
+    )
     assert json.loads(path.read_text())["profiled_steps"] == 2
 
 
@@ -72,7 +85,10 @@ def test_model_info_after_the_first_forward(tmp_path):
     path = tmp_path / "info" / "model_info.json"
     section = {"enabled": True, "model_info": {"profile": True}, "model_info_path": str(path)}
     # The run ends inside the first forward: it never returns to the script.
-    assert run_distributed(_run, world_size=2, args=(section, 2)) == [{"ended": 0, "steps": 0, "forwards": 0, "group_closed": True}] * 2
+    assert (
+        run_distributed(_run, world_size=2, args=(section, 2))
+        == [{"ended": 0, "steps": 0, "forwards": 0, "group_closed": True}] * 2
+    )
     info = json.loads(path.read_text())
     assert info["num_params"] == info["trainable_num_params"] == 8 * 32 + 32 + 32 * 4 + 4
     # Saved for backward: the input (4 x 8 floats) and the ReLU output (4 x 32 floats), parameters excluded.
@@ -84,7 +100,8 @@ def test_model_info_after_the_first_forward(tmp_path):
 @pytest.mark.timeout(180)
 def test_disabled_section_trains_normally(tmp_path):
     assert run_distributed(_run, world_size=1, args=({"enabled": False}, 1, 3)) == [
-        {"ended": None, "steps": 3, "forwards": 6}]
+        {"ended": None, "steps": 3, "forwards": 6}
+    ]
     assert os.listdir(tmp_path) == []
 
 
@@ -101,7 +118,9 @@ def test_saved_tensor_counter_counts_each_storage_once():
 
 def test_profile_window_is_validated():
     with pytest.raises(DeepSpeedConfigError, match="end_profile_step 1 is before start_profile_step 3"):
-        DeepSpeedConfig({"train_batch_size": 1, "autotuning": {"start_profile_step": 3, "end_profile_step": 1}},
-                        world_size=1)
+        DeepSpeedConfig(
+            {"train_batch_size": 1, "autotuning": {"start_profile_step": 3, "end_profile_step": 1}},
+            world_size=1,
+        )
     with pytest.raises(DeepSpeedConfigError, match="'autotuning.memory_per_device'"):
         DeepSpeedConfig({"train_batch_size": 1, "autotuning": {"memory_per_device": 0}}, world_size=1)

@@ -58,9 +58,17 @@ def test_without_ds_kernels_torch_adamw_is_fused_on_cpu(monkeypatch: pytest.Monk
     assert isinstance(_opt("Lamb", lr=0.1), Lamb) and isinstance(_opt("Lion", lr=0.1), Lion)
 
 
-@pytest.mark.parametrize(("name", "cls"), [("SGD", torch.optim.SGD), ("sgd", torch.optim.SGD),
-                                           ("Adagrad", torch.optim.Adagrad), ("RMSprop", torch.optim.RMSprop),
-                                           ("Lamb", FusedLamb), ("lion", FusedLion)])
+@pytest.mark.parametrize(
+    ("name", "cls"),
+    [
+        ("SGD", torch.optim.SGD),
+        ("sgd", torch.optim.SGD),
+        ("Adagrad", torch.optim.Adagrad),
+        ("RMSprop", torch.optim.RMSprop),
+        ("Lamb", FusedLamb),
+        ("lion", FusedLion),
+    ],
+)
 def test_named_optimizers(name: str, cls: type) -> None:
     kwargs = {"lr": 0.01, "momentum": 0.9} if name.lower() == "sgd" else {"lr": 0.01}
     opt = _opt(name, **kwargs)
@@ -68,14 +76,21 @@ def test_named_optimizers(name: str, cls: type) -> None:
     assert opt.param_groups[0]["lr"] == 0.01
 
 
-@pytest.mark.parametrize(("type_", "params", "message"), [
-    ("AdamW", {"lrr": 0.1}, "'optimizer.params.lrr' is not a parameter of FusedAdam; did you mean 'optimizer.params.lr'?"),
-    ("SGD", {"lr": 0.1, "beta": 0.9}, "'optimizer.params.beta' is not a parameter of SGD"),
-    ("AdamWW", {}, "'optimizer.type': unknown optimizer 'AdamWW'; did you mean 'AdamW'?"),
-    ("OneBitAdam", {}, "OneBitAdam is not supported yet"),
-    # A value the optimizer itself refuses (lr/betas/eps/weight_decay are refused earlier, by the config).
-    ("SGD", {"lr": 0.1, "momentum": -1.0}, "'optimizer' (SGD): Invalid momentum value"),
-])
+@pytest.mark.parametrize(
+    ("type_", "params", "message"),
+    [
+        (
+            "AdamW",
+            {"lrr": 0.1},
+            "'optimizer.params.lrr' is not a parameter of FusedAdam; did you mean 'optimizer.params.lr'?",
+        ),
+        ("SGD", {"lr": 0.1, "beta": 0.9}, "'optimizer.params.beta' is not a parameter of SGD"),
+        ("AdamWW", {}, "'optimizer.type': unknown optimizer 'AdamWW'; did you mean 'AdamW'?"),
+        ("OneBitAdam", {}, "OneBitAdam is not supported yet"),
+        # A value the optimizer itself refuses (lr/betas/eps/weight_decay are refused earlier, by the config).
+        ("SGD", {"lr": 0.1, "momentum": -1.0}, "'optimizer' (SGD): Invalid momentum value"),
+    ],
+)
 def test_optimizer_errors(type_: str, params: dict, message: str) -> None:
     with pytest.raises(DeepSpeedConfigError) as info:
         _opt(type_, **params)
@@ -90,12 +105,15 @@ def test_schedulers_by_deepspeed_and_torch_name() -> None:
     assert isinstance(theirs, torch.optim.lr_scheduler.StepLR)
 
 
-@pytest.mark.parametrize(("type_", "params", "message"), [
-    ("WarmupLRR", {}, "unknown LR schedule 'WarmupLRR'; did you mean 'WarmupLR'?"),
-    ("WarmupLR", {"warmup_num_step": 5}, "did you mean 'scheduler.params.warmup_num_steps'?"),
-    ("WarmupDecayLR", {}, "'scheduler' (WarmupDecayLR):"),
-    ("WarmupLR", {"warmup_num_steps": -3}, "warmup_num_steps must be a positive integer"),
-])
+@pytest.mark.parametrize(
+    ("type_", "params", "message"),
+    [
+        ("WarmupLRR", {}, "unknown LR schedule 'WarmupLRR'; did you mean 'WarmupLR'?"),
+        ("WarmupLR", {"warmup_num_step": 5}, "did you mean 'scheduler.params.warmup_num_steps'?"),
+        ("WarmupDecayLR", {}, "'scheduler' (WarmupDecayLR):"),
+        ("WarmupLR", {"warmup_num_steps": -3}, "warmup_num_steps must be a positive integer"),
+    ],
+)
 def test_scheduler_errors(type_: str, params: dict, message: str) -> None:
     with pytest.raises(DeepSpeedConfigError) as info:
         build_scheduler(SchedulerConfig(type=type_, params=params), torch.optim.SGD(_params(), lr=0.1))

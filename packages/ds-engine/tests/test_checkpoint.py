@@ -23,9 +23,13 @@ from ds_engine.checkpoint import (
     safe_load,
 )
 
-CONFIG = {"train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 2, "gradient_clipping": 0.5,
-          "optimizer": {"type": "AdamW", "params": {"lr": 1e-2}},
-          "scheduler": {"type": "WarmupLR", "params": {"warmup_num_steps": 4, "warmup_max_lr": 1e-2}}}
+CONFIG = {
+    "train_micro_batch_size_per_gpu": 2,
+    "gradient_accumulation_steps": 2,
+    "gradient_clipping": 0.5,
+    "optimizer": {"type": "AdamW", "params": {"lr": 1e-2}},
+    "scheduler": {"type": "WarmupLR", "params": {"warmup_num_steps": 4, "warmup_max_lr": 1e-2}},
+}
 
 
 def _model(seed: int = 0) -> torch.nn.Module:
@@ -60,11 +64,26 @@ def test_layout_and_keys(tmp_path) -> None:
     files = sorted(os.listdir(tmp_path / "global_step3"))
     assert files == ["ds_manifest.json", "mp_rank_00_model_states.pt"]  # no temporary files left behind
     state = safe_load(str(tmp_path / "global_step3" / "mp_rank_00_model_states.pt"))
-    for key in ("module", "optimizer", "lr_scheduler", "global_steps", "global_samples", "skipped_steps",
-                "dp_world_size", "mp_world_size", "ds_config", "ds_version", "ds_manifest", "epoch", "note"):
+    for key in (
+        "module",
+        "optimizer",
+        "lr_scheduler",
+        "global_steps",
+        "global_samples",
+        "skipped_steps",
+        "dp_world_size",
+        "mp_world_size",
+        "ds_config",
+        "ds_version",
+        "ds_manifest",
+        "epoch",
+        "note",
+    ):
         assert key in state, key
     assert state["global_steps"] == 3 and state["global_samples"] == 12 and state["dp_world_size"] == 1
-    assert state["ds_config"] == CONFIG and state["optimizer"]["zero_stage"] == 0  # one slice format for all stages
+    assert (
+        state["ds_config"] == CONFIG and state["optimizer"]["zero_stage"] == 0
+    )  # one slice format for all stages
     assert {piece["key"] for piece in state["optimizer"]["slices"]} == set(state["module"])
     assert state["lr_scheduler"] == {"last_batch_iteration": 2}
 

@@ -24,7 +24,9 @@ def test_round_trip(tmp_path):
     path = str(tmp_path / "t1" / "mp_rank_00_model_states.pt")
     engine.save(state, path)
     loaded = engine.load(path)
-    assert torch.equal(loaded["w"], state["w"]) and loaded["step"] == 3 and loaded["nested"] == state["nested"]
+    assert (
+        torch.equal(loaded["w"], state["w"]) and loaded["step"] == 3 and loaded["nested"] == state["nested"]
+    )
     assert engine.commit(info) is True
     assert os.listdir(tmp_path / "t1") == ["mp_rank_00_model_states.pt"]  # no temporary left behind
     assert engine.load(path, map_location="meta")["w"].device.type == "meta"

@@ -55,8 +55,14 @@ def _weights(engine) -> dict[str, torch.Tensor]:
 def test_manifest_lists_what_the_save_wrote(tmp_path) -> None:
     _, folder = _saved(tmp_path)
     manifest = json.loads((folder / "ds_manifest.json").read_text())
-    assert (manifest["format"], manifest["tag"], manifest["world_size"], manifest["dp_world_size"],
-            manifest["zero_stage"], manifest["optimizer_states"]) == ("ds-manifest-v1", "t", 1, 1, 0, True)
+    assert (
+        manifest["format"],
+        manifest["tag"],
+        manifest["world_size"],
+        manifest["dp_world_size"],
+        manifest["zero_stage"],
+        manifest["optimizer_states"],
+    ) == ("ds-manifest-v1", "t", 1, 1, 0, True)
     assert set(manifest["files"]) == {"mp_rank_00_model_states.pt"}
     info = manifest["files"]["mp_rank_00_model_states.pt"]
     data = (folder / "mp_rank_00_model_states.pt").read_bytes()
@@ -67,7 +73,9 @@ def test_manifest_lists_what_the_save_wrote(tmp_path) -> None:
 def test_tag_without_manifest_is_refused(tmp_path) -> None:
     _, folder = _saved(tmp_path)
     (folder / "ds_manifest.json").unlink()  # what a save interrupted after its files leaves
-    with pytest.raises(IncompleteCheckpointError, match=rf"{folder} is incomplete: .*ds_manifest.json, which is missing"):
+    with pytest.raises(
+        IncompleteCheckpointError, match=rf"{folder} is incomplete: .*ds_manifest.json, which is missing"
+    ):
         _engine(seed=1).load_checkpoint(str(tmp_path), tag="t")
 
 
@@ -86,7 +94,9 @@ def test_truncated_file_is_named(tmp_path) -> None:
     path = folder / "mp_rank_00_model_states.pt"
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(CorruptCheckpointError, match=rf"{path} has {len(data) // 2} bytes, not the {len(data)}"):
+    with pytest.raises(
+        CorruptCheckpointError, match=rf"{path} has {len(data) // 2} bytes, not the {len(data)}"
+    ):
         _engine(seed=1).load_checkpoint(str(tmp_path), tag="t")
     with pytest.raises(CorruptCheckpointError, match=rf"{path} is truncated or not a torch checkpoint: "):
         safe_load(str(path))
@@ -110,7 +120,9 @@ def test_flipped_byte_is_refused(tmp_path) -> None:
 @pytest.mark.faults
 def test_random_bytes_are_named_without_unsafe_advice(tmp_path) -> None:
     path = tmp_path / "noise.pt"
-    noise = bytes(torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(3), dtype=torch.uint8))
+    noise = bytes(
+        torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(3), dtype=torch.uint8)
+    )
     path.write_bytes(b"\x80" + noise)  # a pickle protocol byte first, then garbage
     with pytest.raises(CorruptCheckpointError) as caught:
         safe_load(str(path))
@@ -151,7 +163,11 @@ def _save_under_umask(umask: int, save_dir: Path) -> None:
 @pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o027, 0o640)])
 def test_files_get_the_umask_mode(tmp_path, umask: int, mode: int) -> None:
     _save_under_umask(umask, tmp_path)
-    for path in (tmp_path / "latest", tmp_path / "m" / "ds_manifest.json", tmp_path / "m" / "mp_rank_00_model_states.pt"):
+    for path in (
+        tmp_path / "latest",
+        tmp_path / "m" / "ds_manifest.json",
+        tmp_path / "m" / "mp_rank_00_model_states.pt",
+    ):
         assert oct(path.stat().st_mode & 0o777) == oct(mode), path
 
 
@@ -175,8 +191,9 @@ def small_disk(tmp_path):
     mount = tmp_path / "disk"
     mount.mkdir()
     try:
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)],
-                              capture_output=True, timeout=30)
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True, timeout=30
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         pytest.skip(f"cannot mount a tmpfs: {exc}")
     if done.returncode != 0:

@@ -50,7 +50,9 @@ def test_every_field_of_every_section_has_an_entry() -> None:
         assert set(model.model_fields) == set(table), f"{path}: {set(model.model_fields) ^ set(table)}"
         for name, effect in table.items():
             child = _submodel(model.model_fields[name].annotation)
-            assert child is not None or not effect.nested, f"{path}.{name} is declared a section but is not one"
+            assert child is not None or not effect.nested, (
+                f"{path}.{name} is declared a section but is not one"
+            )
             if effect.kind == "no effect":
                 assert effect.why, f"{path}.{name}: a no-effect key says why"
             if effect.kind == "refused":
@@ -72,15 +74,22 @@ def _source(location: str) -> str:
 # The check reads the source of each named reader and looks for an attribute access or a string key with
 # the field's name: cheap, and it fails exactly when a key is listed as applied but its reader stopped
 # reading it (the way contiguous_gradients and allgather_bucket_size were set and never read).
-APPLIED = [(path, name, where) for _, (path, table) in tables().items() for name, effect in table.items()
-           if effect.kind == "applied" for where in effect.where]
+APPLIED = [
+    (path, name, where)
+    for _, (path, table) in tables().items()
+    for name, effect in table.items()
+    if effect.kind == "applied"
+    for where in effect.where
+]
 
 
 @pytest.mark.parametrize(("path", "name", "where"), APPLIED, ids=[f"{p}.{n}@{w}" for p, n, w in APPLIED])
 def test_applied_keys_are_read_where_the_table_says(path: str, name: str, where: str) -> None:
     location, _, attr = where.partition("#")
     attr = attr or name
-    assert re.search(rf"\.{attr}\b|[\"']{attr}[\"']", _source(location)), f"{path}.{name} is not read in {location}"
+    assert re.search(rf"\.{attr}\b|[\"']{attr}[\"']", _source(location)), (
+        f"{path}.{name} is not read in {location}"
+    )
 
 
 # Each key that was accepted and never read before this table: a non-default value now warns, once, with why.
@@ -90,12 +99,22 @@ FORMERLY_IGNORED = [
     ({"allgather_partitions": False}, "zero_optimization.allgather_partitions"),
     ({"allgather_bucket_size": 5_000}, "zero_optimization.allgather_bucket_size"),
     ({"stage": 2, "compute_grad_norm": False}, "zero_optimization.compute_grad_norm"),
-    ({"offload_optimizer": {"device": "cpu", "fast_init": True}}, "zero_optimization.offload_optimizer.fast_init"),
-    ({"stage": 3, "offload_optimizer": {"device": "cpu", "ratio": 0.3}}, "zero_optimization.offload_optimizer.ratio"),
-    ({"offload_optimizer": {"device": "cpu", "super_offload": True}},
-     "zero_optimization.offload_optimizer.super_offload"),
-    ({"offload_optimizer": {"device": "cpu", "cpuadam_cores_perc": 0.5}},
-     "zero_optimization.offload_optimizer.cpuadam_cores_perc"),
+    (
+        {"offload_optimizer": {"device": "cpu", "fast_init": True}},
+        "zero_optimization.offload_optimizer.fast_init",
+    ),
+    (
+        {"stage": 3, "offload_optimizer": {"device": "cpu", "ratio": 0.3}},
+        "zero_optimization.offload_optimizer.ratio",
+    ),
+    (
+        {"offload_optimizer": {"device": "cpu", "super_offload": True}},
+        "zero_optimization.offload_optimizer.super_offload",
+    ),
+    (
+        {"offload_optimizer": {"device": "cpu", "cpuadam_cores_perc": 0.5}},
+        "zero_optimization.offload_optimizer.cpuadam_cores_perc",
+    ),
 ]
 
 
@@ -107,14 +126,25 @@ def test_no_effect_keys_warn_when_set(zero: dict, key: str, config_log) -> None:
 
 
 def test_no_effect_keys_at_their_defaults_are_silent(config_log) -> None:
-    _cfg({"stage": 2, "contiguous_gradients": True, "allgather_bucket_size": 500_000_000,
-          "offload_optimizer": {"device": "cpu", "ratio": 1.0, "fast_init": False}})
+    _cfg(
+        {
+            "stage": 2,
+            "contiguous_gradients": True,
+            "allgather_bucket_size": 500_000_000,
+            "offload_optimizer": {"device": "cpu", "ratio": 1.0, "fast_init": False},
+        }
+    )
     assert not [r for r in config_log.records if "has no effect" in r.getMessage()]
 
 
 def test_formerly_ignored_keys_are_classified() -> None:
-    for name in ("contiguous_gradients", "use_multi_rank_bucket_allreduce", "allgather_partitions",
-                 "allgather_bucket_size", "compute_grad_norm"):
+    for name in (
+        "contiguous_gradients",
+        "use_multi_rank_bucket_allreduce",
+        "allgather_partitions",
+        "allgather_bucket_size",
+        "compute_grad_norm",
+    ):
         assert ZERO_KEYS[name].kind == "no effect" and ZERO_KEYS[name].why
     assert ZERO_KEYS["reduce_scatter"].kind == "applied"
     for name in ("fast_init", "ratio", "super_offload", "cpuadam_cores_perc"):
@@ -134,12 +164,18 @@ def test_reduce_scatter_and_pin_memory_reach_the_policy() -> None:
     assert policy_from_config(_cfg(legacy)).offload.pin_memory is False
 
 
-@pytest.mark.parametrize(("zero", "gate"), [
-    ({"zenflow": {}}, "'zero_optimization.zenflow'"),
-    ({"mics_shard_size": 2}, "'zero_optimization.mics_shard_size>0'"),
-    ({"offload_param": {"device": "nvme"}}, "'zero_optimization.offload_param.device=nvme'"),
-    ({"stage": 3, "zero_quantized_gradients": True}, "'zero_optimization.zero_quantized_gradients (ZeRO++)'"),
-])
+@pytest.mark.parametrize(
+    ("zero", "gate"),
+    [
+        ({"zenflow": {}}, "'zero_optimization.zenflow'"),
+        ({"mics_shard_size": 2}, "'zero_optimization.mics_shard_size>0'"),
+        ({"offload_param": {"device": "nvme"}}, "'zero_optimization.offload_param.device=nvme'"),
+        (
+            {"stage": 3, "zero_quantized_gradients": True},
+            "'zero_optimization.zero_quantized_gradients (ZeRO++)'",
+        ),
+    ],
+)
 def test_refusals_come_from_the_table(zero: dict, gate: str) -> None:
     with pytest.raises(DeepSpeedConfigError, match=re.escape(gate)):
         _cfg(zero)
@@ -148,10 +184,19 @@ def test_refusals_come_from_the_table(zero: dict, gate: str) -> None:
 @pytest.mark.parametrize("stage", [1, 2])
 def test_grad_accum_dtype_warns_where_it_is_not_followed(stage: int, config_log) -> None:
     # stages 1-2 accumulate in the model's dtype (Note [gradient dtypes] in ds_zero.dtypes): say so
-    DeepSpeedConfig({"train_micro_batch_size_per_gpu": 1, "bf16": {"enabled": True},
-                     "data_types": {"grad_accum_dtype": "fp32"}, "zero_optimization": {"stage": stage}}, world_size=1)
-    assert any(f"'data_types.grad_accum_dtype' has no effect at ZeRO stage {stage}" in r.getMessage()
-               for r in config_log.records)
+    DeepSpeedConfig(
+        {
+            "train_micro_batch_size_per_gpu": 1,
+            "bf16": {"enabled": True},
+            "data_types": {"grad_accum_dtype": "fp32"},
+            "zero_optimization": {"stage": stage},
+        },
+        world_size=1,
+    )
+    assert any(
+        f"'data_types.grad_accum_dtype' has no effect at ZeRO stage {stage}" in r.getMessage()
+        for r in config_log.records
+    )
 
 
 # --- every "no effect" key, at every level, logs why when set (Note [key effects]) ----------------------------
@@ -219,7 +264,9 @@ def _nest(path: str, value: Any) -> dict:
 def _merge(a: dict, b: dict) -> dict:
     out = dict(a)
     for key, value in b.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        out[key] = (
+            _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        )
     return out
 
 
@@ -235,6 +282,15 @@ def test_every_no_effect_key_logs_why_when_set(key: str, value: Any, extra: dict
 def test_the_walk_covers_the_sections_named_in_the_issue() -> None:
     # the no-effect sweep reaches the top level and nested sections, not only zero_optimization
     keys = {k for k, _, _ in NO_EFFECT}
-    assert {"zero_allow_untested_optimizer", "seq_parallel_communication_data_type", "checkpoint.load_universal",
-            "checkpoint.writer.type", "amp.opt_level", "compile.free_activation", "pipeline.pipe_partitioned",
-            "aio.single_submit", "tensor_parallel.tp_grain_size", "compression_training"} <= keys
+    assert {
+        "zero_allow_untested_optimizer",
+        "seq_parallel_communication_data_type",
+        "checkpoint.load_universal",
+        "checkpoint.writer.type",
+        "amp.opt_level",
+        "compile.free_activation",
+        "pipeline.pipe_partitioned",
+        "aio.single_submit",
+        "tensor_parallel.tp_grain_size",
+        "compression_training",
+    } <= keys

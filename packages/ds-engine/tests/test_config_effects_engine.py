@@ -20,8 +20,11 @@ SGD = {"type": "SGD", "params": {"lr": 0.5}}
 def _engine(**config: Any):
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3))
-    engine, *_ = initialize(model=model, config={"train_micro_batch_size_per_gpu": 2, "optimizer": SGD, **config},
-                            dist_init_required=False)
+    engine, *_ = initialize(
+        model=model,
+        config={"train_micro_batch_size_per_gpu": 2, "optimizer": SGD, **config},
+        dist_init_required=False,
+    )
     return engine
 
 
@@ -126,8 +129,15 @@ NO_EFFECT_AT_START = {
     "aio": {"single_submit": True},
     "bf16": {"immediate_grad_update": True},
 }
-EXPECTED = ["zero_allow_untested_optimizer", "checkpoint.load_universal", "checkpoint.writer.decoupled",
-            "pipeline.pipe_partitioned", "compile.free_activation", "aio.single_submit", "bf16.immediate_grad_update"]
+EXPECTED = [
+    "zero_allow_untested_optimizer",
+    "checkpoint.load_universal",
+    "checkpoint.writer.decoupled",
+    "pipeline.pipe_partitioned",
+    "compile.free_activation",
+    "aio.single_submit",
+    "bf16.immediate_grad_update",
+]
 
 
 def test_no_effect_keys_are_logged_once_at_engine_start(config_log) -> None:

@@ -9,9 +9,17 @@ import torch
 from ds_comm.testing import run_distributed
 from ds_engine import initialize
 
-CONFIG = {"optimizer": {"type": "AdamW", "params": {"lr": 1e-2}},
-          "elasticity": {"enabled": True, "max_train_batch_size": 16, "micro_batch_sizes": [2, 4], "min_gpus": 1,
-                         "max_gpus": 4, "version": 0.1}}
+CONFIG = {
+    "optimizer": {"type": "AdamW", "params": {"lr": 1e-2}},
+    "elasticity": {
+        "enabled": True,
+        "max_train_batch_size": 16,
+        "micro_batch_sizes": [2, 4],
+        "min_gpus": 1,
+        "max_gpus": 4,
+        "version": 0.1,
+    },
+}
 
 
 def _train(save_dir: str, steps: int, resume: bool) -> dict:
@@ -27,9 +35,17 @@ def _train(save_dir: str, steps: int, resume: bool) -> dict:
         engine.backward(torch.nn.functional.mse_loss(engine(x), x[:, :3]))
         engine.step()
     engine.save_checkpoint(save_dir)
-    return {"batch": (engine.train_batch_size(), engine.train_micro_batch_size_per_gpu(),
-                      engine.gradient_accumulation_steps()), "start": start, "steps": engine.global_steps,
-            "samples": engine.global_samples, "world": engine.world_size}
+    return {
+        "batch": (
+            engine.train_batch_size(),
+            engine.train_micro_batch_size_per_gpu(),
+            engine.gradient_accumulation_steps(),
+        ),
+        "start": start,
+        "steps": engine.global_steps,
+        "samples": engine.global_samples,
+        "world": engine.world_size,
+    }
 
 
 @pytest.mark.timeout(240)

@@ -35,8 +35,9 @@ ADAMW = {"type": "AdamW", "params": {"lr": 1e-2, "weight_decay": 0.01}}
 
 
 def test_initialize_returns_engine_optimizer_loader_scheduler() -> None:
-    engine, opt, loader, sched = _engine({"train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 3,
-                                          "optimizer": ADAMW})
+    engine, opt, loader, sched = _engine(
+        {"train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 3, "optimizer": ADAMW}
+    )
     assert isinstance(engine, DeepSpeedEngine) and isinstance(opt, ZeROOptimizer) and opt is engine.optimizer
     assert loader is None and sched is None
     assert engine.get_batch_info() == (6, 2, 3)
@@ -47,8 +48,9 @@ def test_initialize_returns_engine_optimizer_loader_scheduler() -> None:
 
 
 def test_accumulation_boundaries_and_counters() -> None:
-    engine, *_ = _engine({"train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 3,
-                          "optimizer": ADAMW})
+    engine, *_ = _engine(
+        {"train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 3, "optimizer": ADAMW}
+    )
     boundaries = []
     for i in range(6):
         boundaries.append(engine.is_gradient_accumulation_boundary())
@@ -56,20 +58,38 @@ def test_accumulation_boundaries_and_counters() -> None:
         engine.backward(torch.nn.functional.mse_loss(engine(x), y))
         engine.step()
     assert boundaries == [False, False, True, False, False, True]
-    assert (engine.global_steps, engine.global_samples, engine.micro_steps, engine.skipped_steps) == (2, 12, 6, 0)
+    assert (engine.global_steps, engine.global_samples, engine.micro_steps, engine.skipped_steps) == (
+        2,
+        12,
+        6,
+        0,
+    )
     engine.set_gradient_accumulation_boundary(True)
     assert engine.is_gradient_accumulation_boundary()
 
 
 def test_matches_plain_pytorch_with_accumulation_clipping_and_schedule() -> None:
-    cfg = {"train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 2, "gradient_clipping": 0.2,
-           "optimizer": ADAMW, "scheduler": {"type": "WarmupDecayLR", "params": {
-               "total_num_steps": 6, "warmup_num_steps": 2, "warmup_max_lr": 1e-2, "warmup_type": "linear"}}}
+    cfg = {
+        "train_micro_batch_size_per_gpu": 2,
+        "gradient_accumulation_steps": 2,
+        "gradient_clipping": 0.2,
+        "optimizer": ADAMW,
+        "scheduler": {
+            "type": "WarmupDecayLR",
+            "params": {
+                "total_num_steps": 6,
+                "warmup_num_steps": 2,
+                "warmup_max_lr": 1e-2,
+                "warmup_type": "linear",
+            },
+        },
+    }
     engine, *_ = _engine(cfg)
     ref = _model()
     ref_opt = torch.optim.AdamW(ref.parameters(), lr=1e-2, weight_decay=0.01)
-    ref_sched = WarmupDecayLR(ref_opt, total_num_steps=6, warmup_num_steps=2, warmup_max_lr=1e-2,
-                              warmup_type="linear")
+    ref_sched = WarmupDecayLR(
+        ref_opt, total_num_steps=6, warmup_num_steps=2, warmup_max_lr=1e-2, warmup_type="linear"
+    )
     for step in range(5):
         for k in range(2):
             x, y = _batch(2 * step + k)
@@ -86,10 +106,20 @@ def test_matches_plain_pytorch_with_accumulation_clipping_and_schedule() -> None
 
 
 def test_fp16_forced_overflow_skips_step_and_schedule() -> None:
-    cfg = {"train_batch_size": 2, "optimizer": {"type": "SGD", "params": {"lr": 0.1}},
-           "fp16": {"enabled": True, "initial_scale_power": 8, "hysteresis": 2, "loss_scale_window": 2},
-           "scheduler": {"type": "WarmupLR", "params": {"warmup_min_lr": 0.05, "warmup_max_lr": 0.1,
-                                                         "warmup_num_steps": 10, "warmup_type": "linear"}}}
+    cfg = {
+        "train_batch_size": 2,
+        "optimizer": {"type": "SGD", "params": {"lr": 0.1}},
+        "fp16": {"enabled": True, "initial_scale_power": 8, "hysteresis": 2, "loss_scale_window": 2},
+        "scheduler": {
+            "type": "WarmupLR",
+            "params": {
+                "warmup_min_lr": 0.05,
+                "warmup_max_lr": 0.1,
+                "warmup_num_steps": 10,
+                "warmup_type": "linear",
+            },
+        },
+    }
     engine, *_ = _engine(cfg)
     assert next(engine.module.parameters()).dtype == torch.float16
     scales, lrs, skipped = [], [], []
@@ -126,9 +156,11 @@ def test_no_sync_context() -> None:
 def test_client_optimizer_callable_and_scheduler_callable() -> None:
     model = _model()
     engine, opt, _, sched = _engine(
-        {"train_batch_size": 2}, model=model,
+        {"train_batch_size": 2},
+        model=model,
         optimizer=lambda params: torch.optim.SGD(params, lr=0.5),
-        lr_scheduler=lambda optimizer: torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5))
+        lr_scheduler=lambda optimizer: torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5),
+    )
     assert isinstance(opt.optimizer, torch.optim.SGD) and isinstance(sched, torch.optim.lr_scheduler.StepLR)
     x, y = _batch(0)
     engine.backward(torch.nn.functional.mse_loss(engine(x), y))
@@ -145,7 +177,9 @@ def test_client_optimizer_wins_over_config(caplog: pytest.LogCaptureFixture) -> 
 
 def test_training_data_becomes_a_distributed_loader() -> None:
     data = torch.utils.data.TensorDataset(torch.randn(10, 6), torch.randn(10, 3))
-    engine, _, loader, _ = _engine({"train_micro_batch_size_per_gpu": 4, "optimizer": ADAMW}, training_data=data)
+    engine, _, loader, _ = _engine(
+        {"train_micro_batch_size_per_gpu": 4, "optimizer": ADAMW}, training_data=data
+    )
     batches = list(loader)
     assert len(loader) == 3 and [b[0].shape[0] for b in batches] == [4, 4, 2]
     again = list(loader)
@@ -158,9 +192,15 @@ def test_progress_line_and_csv_monitor(tmp_path) -> None:
     handler.emit = lambda record: records.append(record.getMessage())  # type: ignore[method-assign]
     logging.getLogger("ds_engine").addHandler(handler)
     try:
-        engine, *_ = _engine({"train_batch_size": 2, "steps_per_print": 2, "optimizer": ADAMW,
-                              "wall_clock_breakdown": True,
-                              "csv_monitor": {"enabled": True, "output_path": str(tmp_path), "job_name": "job"}})
+        engine, *_ = _engine(
+            {
+                "train_batch_size": 2,
+                "steps_per_print": 2,
+                "optimizer": ADAMW,
+                "wall_clock_breakdown": True,
+                "csv_monitor": {"enabled": True, "output_path": str(tmp_path), "job_name": "job"},
+            }
+        )
         for i in range(4):
             x, y = _batch(i)
             engine.backward(torch.nn.functional.mse_loss(engine(x), y))
@@ -173,8 +213,17 @@ def test_progress_line_and_csv_monitor(tmp_path) -> None:
         assert key in lines[0]
     timer_lines = [r for r in records if r.startswith("time (ms)")]
     assert len(timer_lines) == 2  # at steps_per_print, DeepSpeed's timer names
-    for name in ("fwd_microstep", "bwd_microstep", "bwd_inner_microstep", "step_microstep", "| fwd:", "| bwd:",
-                 "| bwd_inner:", "| bwd_allreduce:", "| step:"):
+    for name in (
+        "fwd_microstep",
+        "bwd_microstep",
+        "bwd_inner_microstep",
+        "step_microstep",
+        "| fwd:",
+        "| bwd:",
+        "| bwd_inner:",
+        "| bwd_allreduce:",
+        "| step:",
+    ):
         assert name in timer_lines[0]
     csv = (tmp_path / "job" / "Train_Samples_train_loss.csv").read_text().splitlines()
     assert csv[0] == "step,train_loss" and len(csv) == 5  # DeepSpeed's header: the name's last part
@@ -182,8 +231,13 @@ def test_progress_line_and_csv_monitor(tmp_path) -> None:
 
 def test_errors_at_initialize() -> None:
     with pytest.raises(DeepSpeedConfigError, match="'zero_optimization.stage' 0: offload needs ZeRO stage 1"):
-        _engine({"train_batch_size": 2, "optimizer": ADAMW,
-                 "zero_optimization": {"stage": 0, "offload_optimizer": {"device": "cpu"}}})
+        _engine(
+            {
+                "train_batch_size": 2,
+                "optimizer": ADAMW,
+                "zero_optimization": {"stage": 0, "offload_optimizer": {"device": "cpu"}},
+            }
+        )
     with pytest.raises(DeepSpeedConfigError, match="'scheduler' needs an optimizer"):
         _engine({"train_batch_size": 2, "scheduler": {"type": "WarmupLR"}})
     with pytest.raises(ValueError, match="needs a model"):
@@ -216,8 +270,9 @@ def test_auto_cast_and_attribute_forwarding() -> None:
             assert x.dtype == torch.float16
             return self.lin(x)
 
-    engine, *_ = _engine({"train_batch_size": 1, "optimizer": ADAMW, "fp16": {"enabled": True, "auto_cast": True}},
-                         model=Net())
+    engine, *_ = _engine(
+        {"train_batch_size": 1, "optimizer": ADAMW, "fp16": {"enabled": True, "auto_cast": True}}, model=Net()
+    )
     assert engine(torch.randn(1, 4)).dtype == torch.float16
     assert engine.answer == 42
 
@@ -225,13 +280,19 @@ def test_auto_cast_and_attribute_forwarding() -> None:
 def test_environment_is_untouched_without_a_process_group() -> None:
     _engine({"train_batch_size": 2, "optimizer": ADAMW})
     assert not torch.distributed.is_initialized()
-    assert "MASTER_PORT" not in os.environ or os.environ.get("MASTER_PORT")  # nothing asserted beyond no group
+    assert "MASTER_PORT" not in os.environ or os.environ.get(
+        "MASTER_PORT"
+    )  # nothing asserted beyond no group
 
 
 def test_tensorboard_needs_its_package() -> None:
     import importlib.util
 
-    cfg = {"train_batch_size": 2, "optimizer": ADAMW, "tensorboard": {"enabled": True, "output_path": "/tmp/x"}}
+    cfg = {
+        "train_batch_size": 2,
+        "optimizer": ADAMW,
+        "tensorboard": {"enabled": True, "output_path": "/tmp/x"},
+    }
     if importlib.util.find_spec("tensorboard") is None:
         with pytest.raises(DeepSpeedConfigError, match="'tensorboard.enabled' needs the tensorboard package"):
             _engine(cfg)

@@ -27,7 +27,11 @@ print("dtensor imported:", "torch.distributed.tensor" in sys.modules)
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("stage", [0, 1, 2])
 def test_stages_0_to_2_never_import_dtensor(stage) -> None:
-    out = subprocess.run([sys.executable, "-c", PROBE.replace("STAGE", str(stage))], capture_output=True, text=True,
-                         timeout=170)
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE.replace("STAGE", str(stage))],
+        capture_output=True,
+        text=True,
+        timeout=170,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "dtensor imported: False" in out.stdout

@@ -37,7 +37,9 @@ def test_valid_names() -> None:
 @pytest.mark.parametrize("warmup_type", ["log", "linear"])
 def test_warmup_lr(warmup_type: str) -> None:
     lo, hi, warm = 0.001, 0.01, 5
-    sched = WarmupLR(_opt(), warmup_min_lr=lo, warmup_max_lr=hi, warmup_num_steps=warm, warmup_type=warmup_type)
+    sched = WarmupLR(
+        _opt(), warmup_min_lr=lo, warmup_max_lr=hi, warmup_num_steps=warm, warmup_type=warmup_type
+    )
 
     def formula(n: int) -> float:  # n = index of the last step taken, -1 before the first
         if n < 0:
@@ -59,8 +61,14 @@ def test_warmup_lr_defaults_to_the_optimizer_lr_and_two_steps_minimum() -> None:
 
 def test_warmup_decay_lr() -> None:
     lo, hi, warm, total = 0.0, 0.02, 4, 10
-    sched = WarmupDecayLR(_opt(), total_num_steps=total, warmup_min_lr=lo, warmup_max_lr=hi,
-                          warmup_num_steps=warm, warmup_type="linear")
+    sched = WarmupDecayLR(
+        _opt(),
+        total_num_steps=total,
+        warmup_min_lr=lo,
+        warmup_max_lr=hi,
+        warmup_num_steps=warm,
+        warmup_type="linear",
+    )
 
     def formula(n: int) -> float:
         if n < 0:
@@ -74,8 +82,14 @@ def test_warmup_decay_lr() -> None:
 @pytest.mark.parametrize("warmup_type", ["log", "linear"])
 def test_warmup_cosine_lr(warmup_type: str) -> None:
     base, warm, total, min_ratio, cos_min = 0.3, 3, 12, 0.1, 0.01
-    sched = WarmupCosineLR(_opt(lr=base), total_num_steps=total, warmup_min_ratio=min_ratio,
-                           warmup_num_steps=warm, cos_min_ratio=cos_min, warmup_type=warmup_type)
+    sched = WarmupCosineLR(
+        _opt(lr=base),
+        total_num_steps=total,
+        warmup_min_ratio=min_ratio,
+        warmup_num_steps=warm,
+        cos_min_ratio=cos_min,
+        warmup_type=warmup_type,
+    )
 
     def formula(n: int) -> float:
         if n < 0:
@@ -92,8 +106,13 @@ def test_warmup_cosine_lr(warmup_type: str) -> None:
 @pytest.mark.parametrize("staircase", [False, True])
 def test_lr_range_test(staircase: bool) -> None:
     lo, size, rate = 0.001, 3, 2.0
-    sched = LRRangeTest(_opt(), lr_range_test_min_lr=lo, lr_range_test_step_size=size,
-                        lr_range_test_step_rate=rate, lr_range_test_staircase=staircase)
+    sched = LRRangeTest(
+        _opt(),
+        lr_range_test_min_lr=lo,
+        lr_range_test_step_size=size,
+        lr_range_test_step_rate=rate,
+        lr_range_test_staircase=staircase,
+    )
 
     def formula(n: int) -> float:
         interval = (n + 1) / size
@@ -109,9 +128,17 @@ def test_one_cycle_lr_and_momentum() -> None:
     lo, hi, first, second, decay_rate, decay_size = 0.01, 0.1, 4, 6, 0.5, 2
     mom_lo, mom_hi = 0.85, 0.95
     opt = _opt(cls=torch.optim.AdamW)
-    sched = OneCycle(opt, cycle_min_lr=lo, cycle_max_lr=hi, cycle_first_step_size=first,
-                     cycle_second_step_size=second, decay_lr_rate=decay_rate, decay_step_size=decay_size,
-                     cycle_min_mom=mom_lo, cycle_max_mom=mom_hi)
+    sched = OneCycle(
+        opt,
+        cycle_min_lr=lo,
+        cycle_max_lr=hi,
+        cycle_first_step_size=first,
+        cycle_second_step_size=second,
+        decay_lr_rate=decay_rate,
+        decay_step_size=decay_size,
+        cycle_min_mom=mom_lo,
+        cycle_max_mom=mom_hi,
+    )
     total = first + second
 
     def scale(n: int) -> float:
@@ -136,8 +163,14 @@ def test_one_cycle_lr_and_momentum() -> None:
 
 
 def test_one_cycle_staircase_holds_flat_stairs() -> None:
-    sched = OneCycle(_opt(), cycle_min_lr=0.0, cycle_max_lr=1.0, cycle_first_step_size=4,
-                     cycle_first_stair_count=2, cycle_momentum=False)
+    sched = OneCycle(
+        _opt(),
+        cycle_min_lr=0.0,
+        cycle_max_lr=1.0,
+        cycle_first_step_size=4,
+        cycle_first_stair_count=2,
+        cycle_momentum=False,
+    )
     lrs = _trajectory(sched, 8)[1:]
     # 4 up-steps in 2 stairs, 4 down-steps in 2 stairs: positions floor(offset * 2 / 4) / 2
     assert lrs == pytest.approx([0.0, 0.5, 0.5, 1.0, 0.5, 0.5, 0.0, 0.0])
@@ -145,13 +178,19 @@ def test_one_cycle_staircase_holds_flat_stairs() -> None:
 
 def test_per_group_values_and_state_round_trip() -> None:
     opt = _opt(groups=2)
-    sched = WarmupLR(opt, warmup_min_lr=[0.0, 0.1], warmup_max_lr=[1.0, 0.2], warmup_num_steps=4,
-                     warmup_type="linear")
+    sched = WarmupLR(
+        opt, warmup_min_lr=[0.0, 0.1], warmup_max_lr=[1.0, 0.2], warmup_num_steps=4, warmup_type="linear"
+    )
     for _ in range(3):
         sched.step()
     assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.5, 0.15])
-    other = WarmupLR(_opt(groups=2), warmup_min_lr=[0.0, 0.1], warmup_max_lr=[1.0, 0.2], warmup_num_steps=4,
-                     warmup_type="linear")
+    other = WarmupLR(
+        _opt(groups=2),
+        warmup_min_lr=[0.0, 0.1],
+        warmup_max_lr=[1.0, 0.2],
+        warmup_num_steps=4,
+        warmup_type="linear",
+    )
     other.load_state_dict(sched.state_dict())
     sched.step()
     other.step()

@@ -23,7 +23,10 @@ def test_csv_layout_names_and_headers(tmp_path) -> None:
     monitor.write_events([("Train/Samples/train_loss", 1.25, 16)])
     rows = list(csv.reader((tmp_path / "job" / "Train_Samples_train_loss.csv").open()))
     assert rows == [["step", "train_loss"], ["8", "1.5"], ["16", "1.25"]]
-    assert list(csv.reader((tmp_path / "job" / "eval_loss.csv").open())) == [["step", "eval loss"], ["8", "2.0"]]
+    assert list(csv.reader((tmp_path / "job" / "eval_loss.csv").open())) == [
+        ["step", "eval loss"],
+        ["8", "2.0"],
+    ]
 
 
 def test_only_rank_zero_writes_and_client_events_go_through(tmp_path) -> None:
@@ -42,17 +45,28 @@ def test_only_rank_zero_writes_and_client_events_go_through(tmp_path) -> None:
 
 @pytest.mark.faults
 def test_a_missing_package_names_the_extra() -> None:
-    with pytest.raises(DeepSpeedConfigError, match=r"'wandb.enabled' needs the ds_no_such_module package: "
-                                                   r"pip install 'ds-engine\[wandb\]'"):
+    with pytest.raises(
+        DeepSpeedConfigError,
+        match=r"'wandb.enabled' needs the ds_no_such_module package: "
+        r"pip install 'ds-engine\[wandb\]'",
+    ):
         _require("ds_no_such_module", "wandb", "wandb")
 
 
 @pytest.mark.faults
-@pytest.mark.parametrize(("section", "package", "extra"), [("wandb", "wandb", "wandb"), ("comet", "comet_ml", "comet"),
-                                                           ("tensorboard", "tensorboard", "tensorboard")])
+@pytest.mark.parametrize(
+    ("section", "package", "extra"),
+    [
+        ("wandb", "wandb", "wandb"),
+        ("comet", "comet_ml", "comet"),
+        ("tensorboard", "tensorboard", "tensorboard"),
+    ],
+)
 def test_enabled_monitor_without_its_package(tmp_path, section, package, extra) -> None:
     if importlib.util.find_spec(package) is not None:
-        pytest.skip(f"{package} is installed here; the error path is covered by test_a_missing_package_names_the_extra")
+        pytest.skip(
+            f"{package} is installed here; the error path is covered by test_a_missing_package_names_the_extra"
+        )
     cfg = _cfg(tmp_path, **{section: {"enabled": True}})
     with pytest.raises(DeepSpeedConfigError, match=rf"pip install 'ds-engine\[{extra}\]'"):
         MonitorMaster(cfg, rank=0)

@@ -26,14 +26,26 @@ REFERENCE_CNN = (15_575_552, 7_541_760, 268_746)
 
 def _cnn() -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
-                         nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
-                         nn.Flatten(), nn.Linear(32 * 8 * 8, 128), nn.ReLU(), nn.Linear(128, 10))
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1),
+        nn.BatchNorm2d(32),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(32 * 8 * 8, 128),
+        nn.ReLU(),
+        nn.Linear(128, 10),
+    )
 
 
 def test_cnn_profile_equals_deepspeed() -> None:
-    flops, macs, params = get_model_profile(_cnn(), input_shape=(4, 3, 32, 32), print_profile=False,
-                                            as_string=False)
+    flops, macs, params = get_model_profile(
+        _cnn(), input_shape=(4, 3, 32, 32), print_profile=False, as_string=False
+    )
     assert (flops, macs, params) == REFERENCE_CNN
     as_text = get_model_profile(_cnn(), input_shape=(4, 3, 32, 32), print_profile=False)
     assert as_text == ("15.58 M", "7.54 MMACs", "268.75 K")
@@ -106,17 +118,20 @@ def test_bad_profile_inputs_are_named() -> None:
         get_model_profile(model, input_shape=[1, 4], print_profile=False)
 
 
-@pytest.mark.parametrize(("call", "expected"), [
-    (lambda: number_to_string(1.5e9), "1.5 G"),
-    (lambda: number_to_string(0), "0 "),
-    (lambda: number_to_string(12_345, units="M", precision=3), "0.012 M"),
-    (lambda: number_to_string(5e-7), "0.5 u"),
-    (lambda: macs_to_string(7_541_760), "7.54 MMACs"),
-    (lambda: flops_to_string(2.5e12), "2.5 TFLOPS"),
-    (lambda: bytes_to_string(2048), "2.05 KB"),
-    (lambda: params_to_string(1.3e9), "1.3 B"),
-    (lambda: params_to_string(1.3e9, units="B"), "1.3 B"),
-    (lambda: duration_to_string(0.0125), "12.5 ms"),
-])
+@pytest.mark.parametrize(
+    ("call", "expected"),
+    [
+        (lambda: number_to_string(1.5e9), "1.5 G"),
+        (lambda: number_to_string(0), "0 "),
+        (lambda: number_to_string(12_345, units="M", precision=3), "0.012 M"),
+        (lambda: number_to_string(5e-7), "0.5 u"),
+        (lambda: macs_to_string(7_541_760), "7.54 MMACs"),
+        (lambda: flops_to_string(2.5e12), "2.5 TFLOPS"),
+        (lambda: bytes_to_string(2048), "2.05 KB"),
+        (lambda: params_to_string(1.3e9), "1.3 B"),
+        (lambda: params_to_string(1.3e9, units="B"), "1.3 B"),
+        (lambda: duration_to_string(0.0125), "12.5 ms"),
+    ],
+)
 def test_formatting_matches_deepspeed(call, expected) -> None:
     assert call() == expected

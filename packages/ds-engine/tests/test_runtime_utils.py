@@ -34,8 +34,11 @@ def test_move_to_device_with_criterion_keeps_the_objects():
     assert out[0] is big and out[1] is small  # moved in place (accepted) or returned as is (rejected)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="an in-place move needs a second device kind (torch "
-                    "refuses to swap a CPU tensor's storage for a meta one)")
+@pytest.mark.skipif(
+    not torch.cuda.is_available(),
+    reason="an in-place move needs a second device kind (torch "
+    "refuses to swap a CPU tensor's storage for a meta one)",
+)
 def test_move_to_device_with_criterion_moves_storage_in_place():
     module = torch.nn.Linear(2, 2)
     big, small = module.weight, module.bias
@@ -86,7 +89,9 @@ class _Config:
 
 def test_throughput_timer_reports_samples_per_second():
     lines: list[str] = []
-    timer = ThroughputTimer(_Config(), batch_size=8, start_step=1, steps_per_output=2, logging_fn=lines.append)
+    timer = ThroughputTimer(
+        _Config(), batch_size=8, start_step=1, steps_per_output=2, logging_fn=lines.append
+    )
     assert timer.avg_samples_per_sec() == float("-inf")
     for _ in range(5):
         timer.start()

@@ -25,14 +25,22 @@ def test_no_stage_internals_are_imported() -> None:
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("ds_zero.stage"):
                 bad.append(f"{path.name}:{node.lineno} from {node.module}")
             if isinstance(node, ast.Import):
-                bad += [f"{path.name}:{node.lineno} import {a.name}" for a in node.names if a.name.startswith("ds_zero.stage")]
+                bad += [
+                    f"{path.name}:{node.lineno} import {a.name}"
+                    for a in node.names
+                    if a.name.startswith("ds_zero.stage")
+                ]
     assert not bad, bad
 
 
 def _engine_optimizer(node: ast.AST) -> bool:
     """``self.optimizer`` / ``engine.optimizer`` (the trainer), not a config section named optimizer."""
-    return (isinstance(node, ast.Attribute) and node.attr == "optimizer" and isinstance(node.value, ast.Name)
-            and node.value.id in ("self", "engine"))
+    return (
+        isinstance(node, ast.Attribute)
+        and node.attr == "optimizer"
+        and isinstance(node.value, ast.Name)
+        and node.value.id in ("self", "engine")
+    )
 
 
 def test_the_engine_uses_only_the_trainer_protocol() -> None:
@@ -41,8 +49,13 @@ def test_the_engine_uses_only_the_trainer_protocol() -> None:
         for node in ast.walk(tree):
             if isinstance(node, ast.Attribute) and _engine_optimizer(node.value):
                 used.setdefault(node.attr, f"{path.name}:{node.lineno}")
-            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("getattr", "hasattr")
-                    and node.args and _engine_optimizer(node.args[0])):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Name)
+                and node.func.id in ("getattr", "hasattr")
+                and node.args
+                and _engine_optimizer(node.args[0])
+            ):
                 used.setdefault("<getattr>", f"{path.name}:{node.lineno}")
     outside = {name: where for name, where in used.items() if name not in TRAINER_NAMES}
     assert not outside, f"the engine reads trainer members outside ds_zero.Trainer: {outside}"
@@ -54,9 +67,16 @@ def test_every_stage_implements_the_protocol() -> None:
     from ds_zero.stage12 import ShardedTrainer
 
     for cls in (ZeroTrainer, ShardedTrainer, Stage3Trainer):
-        missing = [name for name in dir(Trainer) if not name.startswith("_") and callable(getattr(Trainer, name))
-                   and not callable(getattr(cls, name, None))]
+        missing = [
+            name
+            for name in dir(Trainer)
+            if not name.startswith("_")
+            and callable(getattr(Trainer, name))
+            and not callable(getattr(cls, name, None))
+        ]
         assert not missing, (cls.__name__, missing)
         for name in ("full_state_dict", "consolidated_16bit_state_dict", "offload_states"):
-            assert list(inspect.signature(getattr(cls, name)).parameters)[1:] == \
-                list(inspect.signature(getattr(Trainer, name)).parameters)[1:], (cls.__name__, name)
+            assert (
+                list(inspect.signature(getattr(cls, name)).parameters)[1:]
+                == list(inspect.signature(getattr(Trainer, name)).parameters)[1:]
+            ), (cls.__name__, name)

@@ -12,4 +12,5 @@ INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 #: conftest.py turns on when there is no GPU.
 needs_interpreter = pytest.mark.skipif(
     not (INTERPRETED and triton_available()),
-    reason="needs triton and TRITON_INTERPRET=1 (on by default without a GPU)")
+    reason="needs triton and TRITON_INTERPRET=1 (on by default without a GPU)",
+)

@@ -15,8 +15,20 @@ from ds_kernels.op_builder import AsyncIOBuilder
 
 def _handle(**kw):
     # reached the way DeepNVMe clients reach it
-    return AsyncIOBuilder().load().aio_handle(**{"block_size": 4096, "queue_depth": 4, "single_submit": False,
-                                                 "overlap_events": True, "intra_op_parallelism": 3, **kw})
+    return (
+        AsyncIOBuilder()
+        .load()
+        .aio_handle(
+            **{
+                "block_size": 4096,
+                "queue_depth": 4,
+                "single_submit": False,
+                "overlap_events": True,
+                "intra_op_parallelism": 3,
+                **kw,
+            }
+        )
+    )
 
 
 def test_builder_is_compatible_and_loads_the_engine():
@@ -72,7 +84,9 @@ def test_a_failed_read_names_the_file(tmp_path):
 def test_buffered_fallback_where_o_direct_is_refused(tmp_path, caplog):
     mnt = tmp_path / "tmpfs"
     mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True).returncode:
+    if subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True
+    ).returncode:
         pytest.skip("cannot mount a tmpfs here (needs root)")
     try:
         try:
@@ -85,7 +99,9 @@ def test_buffered_fallback_where_o_direct_is_refused(tmp_path, caplog):
         buf.copy_(torch.arange(8192) % 251)
         with caplog.at_level(logging.WARNING, logger="ds_kernels.aio"):
             h.sync_pwrite(buf, str(mnt / "x.bin"))
-        assert any("O_DIRECT is refused" in r.getMessage() and str(mnt) in r.getMessage() for r in caplog.records)
+        assert any(
+            "O_DIRECT is refused" in r.getMessage() and str(mnt) in r.getMessage() for r in caplog.records
+        )
         back = aio.aligned_empty(8192)
         h.sync_pread(back, str(mnt / "x.bin"))
         assert torch.equal(back, buf)

@@ -44,7 +44,9 @@ def test_unsupported_dtypes_name_tensor_dtype_and_device():
         K.adamw_step_flat(*_adam_args(dtype=torch.float64), backend="triton", **ADAM)
     K.adamw_step_flat(*_adam_args(dtype=torch.float64), backend="torch", **ADAM)  # torch's own fused kernel
     p, g, m, v = _adam_args(dtype=torch.float64)
-    with pytest.raises(K.UnsupportedKernelInput, match=r"params\[0\] has dtype torch.float64 on cpu alongside"):
+    with pytest.raises(
+        K.UnsupportedKernelInput, match=r"params\[0\] has dtype torch.float64 on cpu alongside"
+    ):
         K.adamw_step_flat(p, g.float(), m, v, backend="torch", **ADAM)
     p, g, m, v = _adam_args()
     with pytest.raises(K.UnsupportedKernelInput, match=r"out_lowp\[0\] has dtype torch.int8"):

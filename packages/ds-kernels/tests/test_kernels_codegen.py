@@ -30,8 +30,16 @@ def accesses():
 
 @pytest.mark.timeout(300)
 def test_every_kernel_compiles_for_sm90_with_16_byte_accesses(accesses):
-    assert set(accesses) == {"adam_flat_fp32", "adam_flat_mixed", "adam_multi_fp32", "adam_multi_mixed",
-                             "lion_flat", "lion_multi_mixed", "lamb_norms", "lamb_apply"}
+    assert set(accesses) == {
+        "adam_flat_fp32",
+        "adam_flat_mixed",
+        "adam_multi_fp32",
+        "adam_multi_mixed",
+        "lion_flat",
+        "lion_multi_mixed",
+        "lamb_norms",
+        "lamb_apply",
+    }
     for name, ops in accesses.items():
         assert "ld.global.v4.b32" in ops, (name, ops)
         if name != "lamb_norms":  # the norms pass only reads (and adds into the per-tensor sums)

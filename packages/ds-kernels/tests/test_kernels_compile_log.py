@@ -12,8 +12,10 @@ import ds_kernels as K
 
 
 def test_import_compiles_nothing_and_leaves_triton_unimported():
-    code = ("import sys, ds_kernels; assert 'triton' not in sys.modules, 'triton imported'; "
-            "assert ds_kernels.compile_records() == []")
+    code = (
+        "import sys, ds_kernels; assert 'triton' not in sys.modules, 'triton imported'; "
+        "assert ds_kernels.compile_records() == []"
+    )
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=120)
 
@@ -24,8 +26,17 @@ def test_first_use_is_recorded_once_and_logged(caplog):
     K.clear_compile_records()
     p, g, m = (torch.ones(10) for _ in range(3))
     for _ in range(2):
-        K.lion_step_flat(p, g, m, lr=1e-3, beta1=0.9, beta2=0.99, weight_decay=0.0, backend="triton",
-                         policy=K.KernelPolicy(block=16, num_warps=1))
+        K.lion_step_flat(
+            p,
+            g,
+            m,
+            lr=1e-3,
+            beta1=0.9,
+            beta2=0.99,
+            weight_decay=0.0,
+            backend="triton",
+            policy=K.KernelPolicy(block=16, num_warps=1),
+        )
     records = [r for r in K.compile_records() if r.kernel.startswith("lion_flat")]
     assert len(records) == 1, records
     record = records[0]

@@ -81,8 +81,10 @@ def test_adam_empty_tensors_are_untouched_noops(where):
 
 def test_adam_multi_many_tensors_of_mixed_sizes_and_dtypes(where):
     sizes = [0, 1, 5, 63, 64, 65, 130, 7, 1, 300, 2, 33] * 2
-    rows = [_adam_inputs(n, where[0], seed=i, pdtype=torch.bfloat16 if i % 5 == 0 else torch.float32)
-            for i, n in enumerate(sizes)]
+    rows = [
+        _adam_inputs(n, where[0], seed=i, pdtype=torch.bfloat16 if i % 5 == 0 else torch.float32)
+        for i, n in enumerate(sizes)
+    ]
     refs = [adam_ref(*row, step=2, weight_decay=0.1, **ADAM) for row in rows]
     starts = [row[0].clone() for row in rows]
     K.adamw_step_multi(*(list(col) for col in zip(*rows)), step=2, weight_decay=0.1, **ADAM, **_kw(where))
@@ -124,7 +126,9 @@ def test_adam_nonfinite_gradient_raises_flag_and_never_poisons(where, bad):
     before = [t.clone() for t in (p, m, v)]
     out = torch.zeros_like(g)
     flag = torch.zeros(1, device=p.device)
-    K.adamw_step_flat(p, g, m, v, step=1, weight_decay=0.0, found_inf=flag, out_lowp=out, **ADAM, **_kw(where))
+    K.adamw_step_flat(
+        p, g, m, v, step=1, weight_decay=0.0, found_inf=flag, out_lowp=out, **ADAM, **_kw(where)
+    )
     assert flag.item() == 1.0
     assert torch.isfinite(p).all() and torch.isfinite(m).all() and torch.isfinite(v).all()
     block = slice(128, 192)  # the 64-element block holding the bad gradient is left as it was
@@ -149,8 +153,14 @@ def test_adam_step_and_loss_scale_as_device_tensors_match_host_values(where):
     a = _adam_inputs(150, device, seed=5)
     b = [t.clone() for t in a]
     K.adamw_step_flat(*a, step=7, grad_scale=8.0, weight_decay=0.1, **ADAM, **_kw(where))
-    K.adamw_step_flat(*b, step=torch.tensor(7.0, device=device), grad_scale=torch.tensor([8.0], device=device),
-                      weight_decay=0.1, **ADAM, **_kw(where))
+    K.adamw_step_flat(
+        *b,
+        step=torch.tensor(7.0, device=device),
+        grad_scale=torch.tensor([8.0], device=device),
+        weight_decay=0.1,
+        **ADAM,
+        **_kw(where),
+    )
     for x, y in zip(a, b):
         torch.testing.assert_close(x, y, rtol=2e-6, atol=1e-7)
 
@@ -176,8 +186,16 @@ def test_lion_multi_mixed_precision_with_flag(where):
     hyper = dict(lr=1e-3, beta1=0.9, beta2=0.99, weight_decay=0.1)
     refs = [lion_ref(p, g, m, grad_scale=64.0, **hyper) for (p, _, m, _), g in zip(rows, grads)]
     flag = torch.zeros(1, device=rows[0][0].device)
-    K.lion_step_multi([r[0] for r in rows], grads, [r[2] for r in rows], grad_scale=64.0, found_inf=flag,
-                      out_lowp=outs, **hyper, **_kw(where))
+    K.lion_step_multi(
+        [r[0] for r in rows],
+        grads,
+        [r[2] for r in rows],
+        grad_scale=64.0,
+        found_inf=flag,
+        out_lowp=outs,
+        **hyper,
+        **_kw(where),
+    )
     assert flag.item() == 0.0
     for (p, _, m, _), out, (rp, rm) in zip(rows, outs, refs):
         close(p, rp)
@@ -219,8 +237,9 @@ def test_lamb_mixed_precision_and_all_or_nothing_flag(where):
     refs = [lamb_ref(*r, step=2, weight_decay=0.0, grad_scale=4.0, **LAMB) for r in rows]
     flag = torch.zeros(1, device=rows[0][0].device)
     cols = [list(c) for c in zip(*rows)]
-    K.lamb_step_multi(*cols, step=2, weight_decay=0.0, grad_scale=4.0, found_inf=flag, out_lowp=outs, **LAMB,
-                      **_kw(where))
+    K.lamb_step_multi(
+        *cols, step=2, weight_decay=0.0, grad_scale=4.0, found_inf=flag, out_lowp=outs, **LAMB, **_kw(where)
+    )
     for r, out, (rp, _, _, _) in zip(rows, outs, refs):
         close(r[0], rp, rtol=1e-4, atol=1e-5)
         assert torch.equal(out, r[0].to(torch.float16))

@@ -18,7 +18,7 @@ def test_bias_corrections_are_exact_where_cancellation_bites():
 def test_adam_host_scalars():
     step_size, inv = adam_host_scalars(AdamHyper(1e-3, 0.9, 0.999, 1e-8, 0.0), 2)
     assert step_size == pytest.approx(1e-3 / (1 - 0.81))
-    assert inv == pytest.approx(1 / math.sqrt(1 - 0.999 ** 2))
+    assert inv == pytest.approx(1 / math.sqrt(1 - 0.999**2))
 
 
 def test_scalars_on_cpu_are_read_and_device_tensors_are_passed_through():

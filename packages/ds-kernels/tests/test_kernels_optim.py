@@ -30,7 +30,8 @@ def where(request):
 def _model(device, dtype=torch.float32, seed=0):
     torch.manual_seed(seed)
     return torch.nn.Sequential(torch.nn.Linear(13, 7), torch.nn.Tanh(), torch.nn.Linear(7, 1, bias=False)).to(
-        device=device, dtype=dtype)
+        device=device, dtype=dtype
+    )
 
 
 def _train(model, opt, steps, seed=1):
@@ -51,28 +52,73 @@ def _same_params(a, b, **tol):
 
 # DeepSpeed 0.19.8's constructor signatures (names and defaults, in order).
 DEEPSPEED_SIGNATURES = {
-    K.FusedAdam: [("params", inspect._empty), ("lr", 1e-3), ("bias_correction", True), ("betas", (0.9, 0.999)),
-                  ("eps", 1e-8), ("adam_w_mode", True), ("weight_decay", 0.0), ("amsgrad", False),
-                  ("set_grad_none", True)],
-    K.DeepSpeedCPUAdam: [("model_params", inspect._empty), ("lr", 1e-3), ("bias_correction", True),
-                         ("betas", (0.9, 0.999)), ("eps", 1e-8), ("weight_decay", 0), ("amsgrad", False),
-                         ("adamw_mode", True), ("fp32_optimizer_states", True)],
-    K.FusedLamb: [("params", inspect._empty), ("lr", 1e-3), ("bias_correction", True), ("betas", (0.9, 0.999)),
-                  ("eps", 1e-8), ("eps_inside_sqrt", False), ("weight_decay", 0.0), ("max_grad_norm", 0.0),
-                  ("max_coeff", 10.0), ("min_coeff", 0.01), ("amsgrad", False)],
-    K.FusedLion: [("params", inspect._empty), ("lr", 1e-3), ("betas", (0.9, 0.999)), ("weight_decay", 0.0),
-                  ("set_grad_none", True)],
-    K.DeepSpeedCPULion: [("model_params", inspect._empty), ("lr", 1e-3), ("betas", (0.9, 0.999)),
-                         ("weight_decay", 0), ("fp32_optimizer_states", True)],
-    K.DeepSpeedCPUAdagrad: [("model_params", inspect._empty), ("lr", 1e-2), ("eps", 1e-10), ("weight_decay", 0),
-                            ("amsgrad", False), ("fp32_optimizer_states", True)],
+    K.FusedAdam: [
+        ("params", inspect._empty),
+        ("lr", 1e-3),
+        ("bias_correction", True),
+        ("betas", (0.9, 0.999)),
+        ("eps", 1e-8),
+        ("adam_w_mode", True),
+        ("weight_decay", 0.0),
+        ("amsgrad", False),
+        ("set_grad_none", True),
+    ],
+    K.DeepSpeedCPUAdam: [
+        ("model_params", inspect._empty),
+        ("lr", 1e-3),
+        ("bias_correction", True),
+        ("betas", (0.9, 0.999)),
+        ("eps", 1e-8),
+        ("weight_decay", 0),
+        ("amsgrad", False),
+        ("adamw_mode", True),
+        ("fp32_optimizer_states", True),
+    ],
+    K.FusedLamb: [
+        ("params", inspect._empty),
+        ("lr", 1e-3),
+        ("bias_correction", True),
+        ("betas", (0.9, 0.999)),
+        ("eps", 1e-8),
+        ("eps_inside_sqrt", False),
+        ("weight_decay", 0.0),
+        ("max_grad_norm", 0.0),
+        ("max_coeff", 10.0),
+        ("min_coeff", 0.01),
+        ("amsgrad", False),
+    ],
+    K.FusedLion: [
+        ("params", inspect._empty),
+        ("lr", 1e-3),
+        ("betas", (0.9, 0.999)),
+        ("weight_decay", 0.0),
+        ("set_grad_none", True),
+    ],
+    K.DeepSpeedCPULion: [
+        ("model_params", inspect._empty),
+        ("lr", 1e-3),
+        ("betas", (0.9, 0.999)),
+        ("weight_decay", 0),
+        ("fp32_optimizer_states", True),
+    ],
+    K.DeepSpeedCPUAdagrad: [
+        ("model_params", inspect._empty),
+        ("lr", 1e-2),
+        ("eps", 1e-10),
+        ("weight_decay", 0),
+        ("amsgrad", False),
+        ("fp32_optimizer_states", True),
+    ],
 }
 
 
 @pytest.mark.parametrize("cls", list(DEEPSPEED_SIGNATURES), ids=lambda c: c.__name__)
 def test_constructor_signature_matches_deepspeed(cls):
-    params = [p for p in inspect.signature(cls.__init__).parameters.values()
-              if p.name != "self" and p.kind is not inspect.Parameter.KEYWORD_ONLY]
+    params = [
+        p
+        for p in inspect.signature(cls.__init__).parameters.values()
+        if p.name != "self" and p.kind is not inspect.Parameter.KEYWORD_ONLY
+    ]
     assert [(p.name, p.default) for p in params] == DEEPSPEED_SIGNATURES[cls]
     assert issubclass(cls, torch.optim.Optimizer)
 
@@ -81,8 +127,9 @@ def test_constructor_signature_matches_deepspeed(cls):
 def test_fused_adam_follows_torch_adam(where, adam_w_mode):
     device, backend = where
     ours, ref = _model(device), _model(device)
-    opt = K.FusedAdam(ours.parameters(), lr=1e-2, weight_decay=0.1, adam_w_mode=adam_w_mode, backend=backend,
-                      policy=SMALL)
+    opt = K.FusedAdam(
+        ours.parameters(), lr=1e-2, weight_decay=0.1, adam_w_mode=adam_w_mode, backend=backend, policy=SMALL
+    )
     ref_cls = torch.optim.AdamW if adam_w_mode else torch.optim.Adam
     _train(ours, opt, 6)
     _train(ref, ref_cls(ref.parameters(), lr=1e-2, weight_decay=0.1, foreach=False), 6)
@@ -148,16 +195,23 @@ def test_load_state_dict_moves_device_steps_to_cpu_and_accepts_int_steps():
 
 def test_amsgrad_and_legacy_step_arguments_are_refused():
     params = [torch.nn.Parameter(torch.zeros(3))]
-    for make in (lambda: K.FusedAdam(params, amsgrad=True), lambda: K.DeepSpeedCPUAdam(params, amsgrad=True),
-                 lambda: K.FusedLamb(params, amsgrad=True)):
+    for make in (
+        lambda: K.FusedAdam(params, amsgrad=True),
+        lambda: K.DeepSpeedCPUAdam(params, amsgrad=True),
+        lambda: K.FusedLamb(params, amsgrad=True),
+    ):
         with pytest.raises(RuntimeError, match="amsgrad"):
             make()
     with pytest.raises(RuntimeError, match="amsgrad"):
-        K.DeepSpeedCPUAdam(params).add_param_group({"params": [torch.nn.Parameter(torch.ones(1))], "amsgrad": True})
+        K.DeepSpeedCPUAdam(params).add_param_group(
+            {"params": [torch.nn.Parameter(torch.ones(1))], "amsgrad": True}
+        )
     with pytest.raises(RuntimeError, match="scale"):
         K.FusedAdam(params).step(scale=128.0)
     opt = K.FusedAdam(params)
-    opt.load_state_dict({"state": {}, "param_groups": [{**opt.param_groups[0], "params": [0], "amsgrad": True}]})
+    opt.load_state_dict(
+        {"state": {}, "param_groups": [{**opt.param_groups[0], "params": [0], "amsgrad": True}]}
+    )
     params[0].grad = torch.ones(3)
     with pytest.raises(RuntimeError, match="amsgrad=True"):
         opt.step()
@@ -196,7 +250,7 @@ def test_cpu_adam_without_bias_correction_matches_reference():
     opt = K.DeepSpeedCPUAdam([p], lr=1e-2, bias_correction=False, weight_decay=0.0)
     p.grad = torch.randn(50)
     opt.step()
-    expected = start - 1e-2 * (0.1 * p.grad) / ((0.001 * p.grad ** 2).sqrt() + 1e-8)
+    expected = start - 1e-2 * (0.1 * p.grad) / ((0.001 * p.grad**2).sqrt() + 1e-8)
     torch.testing.assert_close(p.detach(), expected, rtol=1e-5, atol=1e-6)
 
 
@@ -235,8 +289,12 @@ def test_fused_lamb_follows_reference_and_reports_coeffs(where):
     states = [(p.detach().clone(), torch.zeros_like(p), torch.zeros_like(p)) for p in params]
     for step in (1, 2):
         grads = [torch.randn_like(p) for p in params]
-        refs = [lamb_ref(s[0], g, s[1], s[2], lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01,
-                         step=step) for s, g in zip(states, grads)]
+        refs = [
+            lamb_ref(
+                s[0], g, s[1], s[2], lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01, step=step
+            )
+            for s, g in zip(states, grads)
+        ]
         for p, g in zip(params, grads):
             p.grad = g
         opt.step()
@@ -255,8 +313,19 @@ def test_fused_lamb_legacy_grads_output_params_scale_and_clipping():
     scale, norm = 8.0, float(grad.norm()) * 8.0
     opt.step(grads=[(grad * scale).half()], output_params=half, scale=scale, grad_norms=[norm])
     clip = (norm / scale + 1e-6) / 1.0
-    expected = lamb_ref(start, grad.half().float(), torch.zeros(40), torch.zeros(40), lr=1e-2, beta1=0.9,
-                        beta2=0.999, eps=1e-8, weight_decay=0.0, step=1, grad_scale=clip)[0]
+    expected = lamb_ref(
+        start,
+        grad.half().float(),
+        torch.zeros(40),
+        torch.zeros(40),
+        lr=1e-2,
+        beta1=0.9,
+        beta2=0.999,
+        eps=1e-8,
+        weight_decay=0.0,
+        step=1,
+        grad_scale=clip,
+    )[0]
     close(master[0].detach(), expected, rtol=1e-3, atol=1e-4)
     assert torch.equal(half[0], master[0].detach().half())
     with pytest.raises(ValueError, match="grad_norms"):
@@ -270,8 +339,10 @@ def test_cpu_adagrad_matches_torch_adagrad_and_densifies_sparse_grads():
     _same_params(ours, ref, rtol=1e-5, atol=1e-6)
     emb, emb_ref = torch.nn.Embedding(10, 3, sparse=True), torch.nn.Embedding(10, 3, sparse=True)
     emb_ref.load_state_dict(emb.state_dict())
-    opt, opt_ref = K.DeepSpeedCPUAdagrad(emb.parameters(), lr=0.1), torch.optim.Adagrad(emb_ref.parameters(), lr=0.1,
-                                                                                          eps=1e-10)
+    opt, opt_ref = (
+        K.DeepSpeedCPUAdagrad(emb.parameters(), lr=0.1),
+        torch.optim.Adagrad(emb_ref.parameters(), lr=0.1, eps=1e-10),
+    )
     for module, o in ((emb, opt), (emb_ref, opt_ref)):
         module(torch.tensor([1, 4, 4])).sum().backward()
         o.step()

@@ -8,11 +8,17 @@ import torch
 from ds_kernels import op_builder as ob
 
 
-@pytest.mark.parametrize(("builder", "optimizer"), [
-    (ob.CPUAdamBuilder, "DeepSpeedCPUAdam"), (ob.FusedAdamBuilder, "FusedAdam"), (ob.FusedLambBuilder, "FusedLamb"),
-    (ob.CPUAdagradBuilder, "DeepSpeedCPUAdagrad"), (ob.CPULionBuilder, "DeepSpeedCPULion"),
-    (ob.FusedLionBuilder, "FusedLion"),
-])
+@pytest.mark.parametrize(
+    ("builder", "optimizer"),
+    [
+        (ob.CPUAdamBuilder, "DeepSpeedCPUAdam"),
+        (ob.FusedAdamBuilder, "FusedAdam"),
+        (ob.FusedLambBuilder, "FusedLamb"),
+        (ob.CPUAdagradBuilder, "DeepSpeedCPUAdagrad"),
+        (ob.CPULionBuilder, "DeepSpeedCPULion"),
+        (ob.FusedLionBuilder, "FusedLion"),
+    ],
+)
 def test_implemented_ops_load_a_working_optimizer(builder, optimizer):
     op = builder()
     assert op.is_compatible() and op.is_compatible(verbose=True)
@@ -25,8 +31,9 @@ def test_implemented_ops_load_a_working_optimizer(builder, optimizer):
     assert op.jit_load() is module
 
 
-@pytest.mark.parametrize("builder", [ob.InferenceBuilder, ob.TransformerBuilder,
-                                     ob.QuantizerBuilder, ob.SparseAttnBuilder])
+@pytest.mark.parametrize(
+    "builder", [ob.InferenceBuilder, ob.TransformerBuilder, ob.QuantizerBuilder, ob.SparseAttnBuilder]
+)
 def test_missing_ops_refuse_naming_the_op(builder):
     op = builder()
     assert not op.is_compatible()

@@ -76,5 +76,9 @@ def launch_env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
-def run_deepspeed(args: list[str], *, env: dict[str, str], cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([*DEEPSPEED, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+def run_deepspeed(
+    args: list[str], *, env: dict[str, str], cwd: Path, timeout: float = 60
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*DEEPSPEED, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout
+    )

@@ -22,16 +22,31 @@ def _throughput(stage: int, micro: int) -> float:
 
 
 def _setup(tmp_path: Path, **autotuning) -> Path:
-    config = {"train_micro_batch_size_per_gpu": 1, "optimizer": {"type": "Adam", "params": {"lr": 1e-3}},
-              "autotuning": {"enabled": True, "max_train_micro_batch_size_per_gpu": 4, **autotuning}}
+    config = {
+        "train_micro_batch_size_per_gpu": 1,
+        "optimizer": {"type": "Adam", "params": {"lr": 1e-3}},
+        "autotuning": {"enabled": True, "max_train_micro_batch_size_per_gpu": 4, **autotuning},
+    }
     path = tmp_path / "ds_config.json"
     path.write_text(json.dumps(config))
     return path
 
 
 def _tune(tmp_path: Path, env: dict, mode: str = "tune", *extra: str) -> subprocess.CompletedProcess:
-    argv = [*DEEPSPEED, "--autotuning", mode, "--num_gpus", "2", "--master_port", str(free_port()), JOB,
-            "--deepspeed", "--deepspeed_config", "ds_config.json", *extra]
+    argv = [
+        *DEEPSPEED,
+        "--autotuning",
+        mode,
+        "--num_gpus",
+        "2",
+        "--master_port",
+        str(free_port()),
+        JOB,
+        "--deepspeed",
+        "--deepspeed_config",
+        "ds_config.json",
+        *extra,
+    ]
     return subprocess.run(argv, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=240)
 
 
@@ -49,17 +64,24 @@ def test_tune_explores_every_stage_skips_a_failure_and_writes_the_best(tmp_path,
     assert sorted(p.stem for p in exps.glob("*.json")) == sorted(["profile_model_info", *names])
     for name in names:
         assert {"cmd.txt", "ds_config.json", "exp.json", "stdout.log", "stderr.log"} <= {
-            p.name for p in (results / name).iterdir()}
+            p.name for p in (results / name).iterdir()
+        }
     failed = _exp(tmp_path, "z2_gas1_tmbspg2")
     assert failed["status"] == "failed" and "RuntimeError: deliberate failure at 2:2" in failed["error"]
     assert "z2_gas1_tmbspg2: FAILED: exit code 1: RuntimeError: deliberate failure at 2:2" in done.stdout
     # Live progress: n of m, best so far; then DeepSpeed's summary table.
-    assert "experiment 1/3 z0_gas1_tmbspg1: throughput 33.33 samples/s | best so far: z0_gas1_tmbspg1" in done.stdout
+    assert (
+        "experiment 1/3 z0_gas1_tmbspg1: throughput 33.33 samples/s | best so far: z0_gas1_tmbspg1"
+        in done.stdout
+    )
     assert "experiment 12/12 z3_gas1_tmbspg4" in done.stdout
     assert "| global       | 12              | 69.6667         | z3_gas1_tmbspg4 |" in done.stdout
     assert (results / "summary.txt").read_text().startswith("| tuning_space | num_experiments |")
-    measured = {n: json.loads((results / n / "metrics.json").read_text())["throughput"]
-                for n in names if _exp(tmp_path, n)["status"] == "ok"}
+    measured = {
+        n: json.loads((results / n / "metrics.json").read_text())["throughput"]
+        for n in names
+        if _exp(tmp_path, n)["status"] == "ok"
+    }
     assert len(measured) == 11 and max(measured, key=measured.get) == "z3_gas1_tmbspg4"
     assert measured["z1_gas1_tmbspg2"] == pytest.approx(_throughput(1, 2))
     optimal = json.loads((results / "ds_config_optimal.json").read_text())
@@ -82,14 +104,19 @@ def test_memory_formulas_and_oom_prune(tmp_path, launch_env):
     assert done.returncode == 0, done.stdout + done.stderr
     pruned = _exp(tmp_path, "z0_gas1_tmbspg4")
     assert pruned["status"] == "pruned"
-    assert pruned["error"] == "needs 16,004,000 B per rank by the ZeRO memory formulas, 16,003,000 B available"
+    assert (
+        pruned["error"] == "needs 16,004,000 B per rank by the ZeRO memory formulas, 16,003,000 B available"
+    )
     assert not (tmp_path / "autotuning_exps" / "z0_gas1_tmbspg4.json").exists()  # never launched
     assert _exp(tmp_path, "z0_gas1_tmbspg1")["status"] == "no_metrics"
     oom = _exp(tmp_path, "z1_gas1_tmbspg2")
     assert oom["status"] == "oom" and "MemoryError: out of memory" in oom["error"]
     after_oom = _exp(tmp_path, "z1_gas1_tmbspg4")
-    assert after_oom == {**after_oom, "status": "pruned",
-                         "error": "micro batch 2 already ran out of memory at stage 1"}
+    assert after_oom == {
+        **after_oom,
+        "status": "pruned",
+        "error": "micro batch 2 already ran out of memory at stage 1",
+    }
     assert "pruned z1_gas1_tmbspg4: micro batch 2 already ran out of memory at stage 1" in done.stdout
     optimal = json.loads((tmp_path / "autotuning_results" / "ds_config_optimal.json").read_text())
     assert (optimal["zero_optimization"]["stage"], optimal["train_micro_batch_size_per_gpu"]) == (0, 2)
@@ -97,8 +124,13 @@ def test_memory_formulas_and_oom_prune(tmp_path, launch_env):
 
 @pytest.mark.timeout(300)
 def test_run_reuses_results_then_trains_with_the_best(tmp_path, launch_env):
-    _setup(tmp_path, overwrite=False, metric="latency", tuner_type="random",
-           arg_mappings={"train_micro_batch_size_per_gpu": "--bs"})
+    _setup(
+        tmp_path,
+        overwrite=False,
+        metric="latency",
+        tuner_type="random",
+        arg_mappings={"train_micro_batch_size_per_gpu": "--bs"},
+    )
     record = tmp_path / "record.json"
     env = dict(launch_env, AT_RECORD=str(record))
     first = _tune(tmp_path, env, "tune", "--bs", "1")
@@ -111,8 +143,10 @@ def test_run_reuses_results_then_trains_with_the_best(tmp_path, launch_env):
     assert "Experiments run: 0, reused: 12" in second.stdout
     assert {p: p.stat().st_mtime_ns for p in logs} == logs  # nothing was launched again
     # Latency is minimised: the stand-in's fastest step is the smallest global batch at stage 3.
-    latency = {p.parent.name: json.loads(p.read_text())["latency"]
-               for p in (tmp_path / "autotuning_results").glob("z*/metrics.json")}
+    latency = {
+        p.parent.name: json.loads(p.read_text())["latency"]
+        for p in (tmp_path / "autotuning_results").glob("z*/metrics.json")
+    }
     assert min(latency, key=latency.get) == "z3_gas1_tmbspg1"
     trained = json.loads(record.read_text())
     optimal_path = str(tmp_path / "autotuning_results" / "ds_config_optimal.json")
@@ -127,8 +161,11 @@ def test_knobs_outside_fast_mode_with_early_stopping(tmp_path, launch_env):
     path = _setup(tmp_path, fast=False, tuner_early_stopping=2)
     config = json.loads(path.read_text())
     config["train_micro_batch_size_per_gpu"] = [1, 2]
-    config["zero_optimization"] = {"stage": 1, "reduce_bucket_size": [50_000_000, 500_000_000],
-                                   "allgather_bucket_size": 500_000_000}
+    config["zero_optimization"] = {
+        "stage": 1,
+        "reduce_bucket_size": [50_000_000, 500_000_000],
+        "allgather_bucket_size": 500_000_000,
+    }
     path.write_text(json.dumps(config))
     done = _tune(tmp_path, launch_env)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -136,9 +173,14 @@ def test_knobs_outside_fast_mode_with_early_stopping(tmp_path, launch_env):
     # The micro batch sweep, then knob experiments best micro batch first, until two bring no improvement
     # (the stand-in's throughput ignores the buckets).
     assert run == ["z1_gas1_tmbspg1", "z1_gas1_tmbspg2", "z1_gas1_tmbspg2_rbs5e7", "z1_gas1_tmbspg2_rbs5e8"]
-    knobbed = json.loads((tmp_path / "autotuning_results" / "z1_gas1_tmbspg2_rbs5e7" / "ds_config.json").read_text())
-    assert knobbed["zero_optimization"] == {"stage": 1, "reduce_bucket_size": 50_000_000,
-                                            "allgather_bucket_size": 500_000_000}
+    knobbed = json.loads(
+        (tmp_path / "autotuning_results" / "z1_gas1_tmbspg2_rbs5e7" / "ds_config.json").read_text()
+    )
+    assert knobbed["zero_optimization"] == {
+        "stage": 1,
+        "reduce_bucket_size": 50_000_000,
+        "allgather_bucket_size": 500_000_000,
+    }
     assert "stage search stopped early: no improvement in the last 2 experiments" in done.stdout
 
 
@@ -164,8 +206,13 @@ def test_profiling_failure_is_one_clear_line(tmp_path, launch_env):
     path.write_text(json.dumps(config))
     done = _tune(tmp_path, dict(launch_env, AT_FAIL="1:1"))
     assert done.returncode == 1
-    assert done.stderr.strip().splitlines()[-1].startswith(
-        "deepspeed: error: the model profiling run failed (failed: exit code 1: RuntimeError: deliberate failure")
+    assert (
+        done.stderr.strip()
+        .splitlines()[-1]
+        .startswith(
+            "deepspeed: error: the model profiling run failed (failed: exit code 1: RuntimeError: deliberate failure"
+        )
+    )
     assert "Traceback" not in done.stderr
 
 
@@ -175,10 +222,26 @@ def test_interrupt_stops_the_experiment_and_leaves_nothing_behind(tmp_path, laun
     out = tmp_path / "out"
     out.mkdir()
     fifo = make_ready_fifo(out)
-    argv = [*DEEPSPEED, "--autotuning", "tune", "--num_gpus", "2", "--master_port", str(free_port()), JOB,
-            "--deepspeed_config", "ds_config.json"]
-    proc = subprocess.Popen(argv, env=dict(launch_env, AT_HANG="0:2", OUT_DIR=str(out)), cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    argv = [
+        *DEEPSPEED,
+        "--autotuning",
+        "tune",
+        "--num_gpus",
+        "2",
+        "--master_port",
+        str(free_port()),
+        JOB,
+        "--deepspeed_config",
+        "ds_config.json",
+    ]
+    proc = subprocess.Popen(
+        argv,
+        env=dict(launch_env, AT_HANG="0:2", OUT_DIR=str(out)),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     fd = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)
     try:
         got, deadline = 0, time.monotonic() + 90

@@ -8,14 +8,28 @@ from ds_launch.autotuning import space
 from ds_launch.autotuning.settings import parse_settings
 from ds_launch.errors import LaunchError
 
-SETTINGS = parse_settings({"arg_mappings": {"train_micro_batch_size_per_gpu": "--per_device_train_batch_size",
-                                            "gradient_accumulation_steps": "--gas"}})
+SETTINGS = parse_settings(
+    {
+        "arg_mappings": {
+            "train_micro_batch_size_per_gpu": "--per_device_train_batch_size",
+            "gradient_accumulation_steps": "--gas",
+        }
+    }
+)
 
 
-@pytest.mark.parametrize(("zero", "stages"), [
-    (None, [0, 1, 2, 3]), ({}, [0, 1, 2, 3]), ({"stage": "all"}, [0, 1, 2, 3]), ({"stage": 2}, [2]),
-    ({"stage": [3, 2, 2]}, [2, 3]), (True, [1]), (False, [0]),
-])
+@pytest.mark.parametrize(
+    ("zero", "stages"),
+    [
+        (None, [0, 1, 2, 3]),
+        ({}, [0, 1, 2, 3]),
+        ({"stage": "all"}, [0, 1, 2, 3]),
+        ({"stage": 2}, [2]),
+        ({"stage": [3, 2, 2]}, [2, 3]),
+        (True, [1]),
+        (False, [0]),
+    ],
+)
 def test_requested_stages(zero, stages):
     config = {} if zero is None else {"zero_optimization": zero}
     assert space.requested_stages(config) == stages
@@ -46,7 +60,9 @@ def test_micro_batch_sources():
     assert space.accumulation_steps({"gradient_accumulation_steps": "auto"}, SETTINGS, args) == 3
     assert space.accumulation_steps({"gradient_accumulation_steps": [2, 4]}, SETTINGS, args) == 2
     assert space.accumulation_steps({}, SETTINGS, []) == 1
-    with pytest.raises(LaunchError, match="'train_micro_batch_size_per_gpu': a list must hold positive integers"):
+    with pytest.raises(
+        LaunchError, match="'train_micro_batch_size_per_gpu': a list must hold positive integers"
+    ):
         space.explicit_micro_batches({"train_micro_batch_size_per_gpu": [0, 2]})
     with pytest.raises(LaunchError, match="'gradient_accumulation_steps': expected a positive integer"):
         space.accumulation_steps({"gradient_accumulation_steps": -1}, SETTINGS, [])
@@ -68,20 +84,33 @@ def test_knob_grid():
     assert len(space.knob_grid(3, {}, fast=False)) == 2 * 3
     user = {"zero_optimization": {"stage": 1, "reduce_bucket_size": [5e7, 5e8], "allgather_bucket_size": 5e8}}
     grid = space.knob_grid(1, user, fast=False)
-    assert grid == [(("reduce_bucket_size", 5e7),), (("reduce_bucket_size", 5e8),)]  # the scalar pins its knob
+    assert grid == [
+        (("reduce_bucket_size", 5e7),),
+        (("reduce_bucket_size", 5e8),),
+    ]  # the scalar pins its knob
     assert space.knob_grid(1, user, fast=True) == [()]
 
 
 def test_experiment_config():
-    user = {"train_batch_size": 999, "optimizer": {"type": "Adam", "params": {"betas": [0.9, 0.99]}},
-            "zero_optimization": {"stage": [1, 2], "reduce_bucket_size": [5e7, 5e8], "overlap_comm": True},
-            "autotuning": {"enabled": True, "results_dir": "r"}}
+    user = {
+        "train_batch_size": 999,
+        "optimizer": {"type": "Adam", "params": {"betas": [0.9, 0.99]}},
+        "zero_optimization": {"stage": [1, 2], "reduce_bucket_size": [5e7, 5e8], "overlap_comm": True},
+        "autotuning": {"enabled": True, "results_dir": "r"},
+    }
     exp = space.Experiment(2, 4, 2, 4, (("allgather_bucket_size", 5e8),))
     config = space.experiment_config(exp, user, {"enabled": True, "metric_path": "/m.json"})
-    assert config["zero_optimization"] == {"stage": 2, "reduce_bucket_size": 5e7, "overlap_comm": True,
-                                           "allgather_bucket_size": 5e8}
-    assert (config["train_micro_batch_size_per_gpu"], config["gradient_accumulation_steps"],
-            config["train_batch_size"]) == (4, 2, 32)
+    assert config["zero_optimization"] == {
+        "stage": 2,
+        "reduce_bucket_size": 5e7,
+        "overlap_comm": True,
+        "allgather_bucket_size": 5e8,
+    }
+    assert (
+        config["train_micro_batch_size_per_gpu"],
+        config["gradient_accumulation_steps"],
+        config["train_batch_size"],
+    ) == (4, 2, 32)
     assert config["optimizer"]["params"]["betas"] == [0.9, 0.99]  # lists outside the tuning keys stay lists
     assert config["autotuning"] == {"enabled": True, "metric_path": "/m.json"}
     assert user["zero_optimization"]["stage"] == [1, 2]  # the user's config is not modified

@@ -7,7 +7,9 @@ import math
 from ds_launch.autotuning.space import Experiment
 from ds_launch.autotuning.tuners import GridSearchTuner, ModelBasedTuner, RandomTuner, _ridge_fit, make_tuner
 
-CANDIDATES = [Experiment(1, mb, 1, 2, (("overlap_comm", oc),)) for mb in (1, 2, 4, 8, 16) for oc in (True, False)]
+CANDIDATES = [
+    Experiment(1, mb, 1, 2, (("overlap_comm", oc),)) for mb in (1, 2, 4, 8, 16) for oc in (True, False)
+]
 
 
 def _drain(tuner, score=None):
@@ -43,7 +45,11 @@ def test_model_based_goes_for_the_predicted_best():
     # determine it, after which the model must run the rest best first.
     score = lambda e: 10 * math.log2(e.micro_batch) + (0 if dict(e.knobs)["overlap_comm"] else 5)  # noqa: E731
     order = _drain(ModelBasedTuner(CANDIDATES), score)
-    assert [(e.micro_batch, dict(e.knobs)["overlap_comm"]) for e in order[:3]] == [(1, True), (16, False), (4, True)]
+    assert [(e.micro_batch, dict(e.knobs)["overlap_comm"]) for e in order[:3]] == [
+        (1, True),
+        (16, False),
+        (4, True),
+    ]
     rest = [score(e) for e in order[3:]]
     assert rest == sorted(rest, reverse=True) and len(order) == len(CANDIDATES)
 

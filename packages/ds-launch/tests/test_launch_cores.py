@@ -35,7 +35,11 @@ def test_bad_core_lists(text, message):
 
 def test_shares_are_contiguous_and_equal():
     cores = [0, 1, 2, 3, 4, 5, 6]
-    assert [cores_for_rank(cores, num_local_procs=3, local_rank=r) for r in range(3)] == [[0, 1], [2, 3], [4, 5]]
+    assert [cores_for_rank(cores, num_local_procs=3, local_rank=r) for r in range(3)] == [
+        [0, 1],
+        [2, 3],
+        [4, 5],
+    ]
     with pytest.raises(LaunchError, match="cannot give each of 3 ranks"):
         cores_for_rank([0, 1], num_local_procs=3, local_rank=0)
 

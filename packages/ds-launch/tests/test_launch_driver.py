@@ -43,9 +43,13 @@ def test_visible_devices_become_include(fake_cuda_node, no_hostfile):
 def test_visible_devices_are_ignored_when_a_filter_is_given(fake_cuda_node, no_hostfile):
     resolved, _ = driver.resolve_resources(opts(num_gpus=2), {"CUDA_VISIBLE_DEVICES": "3"})
     assert resolved.active_resources == {"localhost": [0, 1]}
-    with pytest.raises(LaunchError, match="CUDA_VISIBLE_DEVICES='GPU-1a2b': expected comma-separated device indices"):
+    with pytest.raises(
+        LaunchError, match="CUDA_VISIBLE_DEVICES='GPU-1a2b': expected comma-separated device indices"
+    ):
         driver.resolve_resources(opts(), {"CUDA_VISIBLE_DEVICES": "GPU-1a2b"})
-    with pytest.raises(LaunchError, match="CUDA_VISIBLE_DEVICES='5' names device 5, but this machine has 4 cuda"):
+    with pytest.raises(
+        LaunchError, match="CUDA_VISIBLE_DEVICES='5' names device 5, but this machine has 4 cuda"
+    ):
         driver.resolve_resources(opts(), {"CUDA_VISIBLE_DEVICES": "5"})
     with pytest.raises(LaunchError, match="--num_gpus 8 exceeds the 4 cuda device"):
         driver.resolve_resources(opts(num_gpus=8), {})

@@ -10,7 +10,11 @@ from ds_launch.errors import LaunchError
 
 def test_collect_exports_by_prefix_and_accelerator():
     env = {"NCCL_IB_DISABLE": "1", "PYTHONPATH": "/x", "HOME": "/root", "ASCEND_HOME": "/a", "UCX_TLS": "tcp"}
-    assert collect_exports(env, accelerator="cpu") == {"NCCL_IB_DISABLE": "1", "PYTHONPATH": "/x", "UCX_TLS": "tcp"}
+    assert collect_exports(env, accelerator="cpu") == {
+        "NCCL_IB_DISABLE": "1",
+        "PYTHONPATH": "/x",
+        "UCX_TLS": "tcp",
+    }
     assert "ASCEND_HOME" in collect_exports(env, accelerator="npu")
 
 
@@ -20,7 +24,15 @@ def test_per_node_variables_are_not_exported_on_aisc():
 
 
 def test_parse_env_lines():
-    lines = ["# comment", "", "NCCL_IB_DISABLE=1", "export NCCL_SOCKET_IFNAME=eth0", 'QUOTED="a b"', "EMPTY=", "EQ=a=b"]
+    lines = [
+        "# comment",
+        "",
+        "NCCL_IB_DISABLE=1",
+        "export NCCL_SOCKET_IFNAME=eth0",
+        'QUOTED="a b"',
+        "EMPTY=",
+        "EQ=a=b",
+    ]
     assert parse_env_lines(lines, source="f") == {
         "NCCL_IB_DISABLE": "1",
         "NCCL_SOCKET_IFNAME": "eth0",
@@ -51,17 +63,25 @@ def test_home_then_cwd_and_cwd_wins(tmp_path):
     cwd.mkdir()
     (home / ".deepspeed_env").write_text("SHARED=home\nFROM_HOME=1\n")
     (cwd / ".deepspeed_env").write_text("SHARED=cwd\nFROM_CWD=1\n")
-    assert load_deepspeed_env(env={}, home=home, cwd=cwd) == {"SHARED": "cwd", "FROM_HOME": "1", "FROM_CWD": "1"}
+    assert load_deepspeed_env(env={}, home=home, cwd=cwd) == {
+        "SHARED": "cwd",
+        "FROM_HOME": "1",
+        "FROM_CWD": "1",
+    }
     # the same directory is read once
     assert env_file_paths(env={}, home=cwd, cwd=cwd) == [cwd / ".deepspeed_env"]
 
 
 def test_ds_env_file_renames_or_points_at_a_file(tmp_path):
     (tmp_path / ".job_a_env").write_text("CUSTOM=a\n")
-    assert load_deepspeed_env(env={"DS_ENV_FILE": ".job_a_env"}, home=tmp_path / "h", cwd=tmp_path) == {"CUSTOM": "a"}
+    assert load_deepspeed_env(env={"DS_ENV_FILE": ".job_a_env"}, home=tmp_path / "h", cwd=tmp_path) == {
+        "CUSTOM": "a"
+    }
     absolute = tmp_path / "elsewhere.env"
     absolute.write_text("CUSTOM=abs\n")
-    assert load_deepspeed_env(env={"DS_ENV_FILE": str(absolute)}, home=tmp_path, cwd=tmp_path) == {"CUSTOM": "abs"}
+    assert load_deepspeed_env(env={"DS_ENV_FILE": str(absolute)}, home=tmp_path, cwd=tmp_path) == {
+        "CUSTOM": "abs"
+    }
     with pytest.raises(LaunchError, match="DS_ENV_FILE='missing.env': no such file"):
         load_deepspeed_env(env={"DS_ENV_FILE": "missing.env"}, home=tmp_path, cwd=tmp_path)
 

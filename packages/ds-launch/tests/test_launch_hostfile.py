@@ -9,7 +9,13 @@ from ds_launch.hostfile import fetch_hostfile, parse_hostfile
 
 
 def test_parses_hosts_in_order_with_comments_and_blank_lines():
-    lines = ["# cluster", "", "worker-1 slots=4", "  worker-0   slots=2  # trailing comment", "10.0.0.7 slots=1 max_slots=8"]
+    lines = [
+        "# cluster",
+        "",
+        "worker-1 slots=4",
+        "  worker-0   slots=2  # trailing comment",
+        "10.0.0.7 slots=1 max_slots=8",
+    ]
     pool = parse_hostfile(lines)
     assert list(pool.items()) == [("worker-1", 4), ("worker-0", 2), ("10.0.0.7", 1)]
 
@@ -23,7 +29,10 @@ def test_parses_hosts_in_order_with_comments_and_blank_lines():
         (["worker-0 slotz=2"], "line 1: unknown key 'slotz'"),
         (["worker-0 slots=2 slots=3"], "'slots=' given twice"),
         (["worker-0 4"], "expected 'HOST slots=N', got 'worker-0 4'"),
-        (["worker-0 slots=1", "", "worker-0 slots=2"], "line 3: host 'worker-0' is listed twice (first on line 1)"),
+        (
+            ["worker-0 slots=1", "", "worker-0 slots=2"],
+            "line 3: host 'worker-0' is listed twice (first on line 1)",
+        ),
         (["bad;rm slots=1"], "bad host name 'bad;rm'"),
         (["a:b slots=1"], "bad host name 'a:b'"),
         (["# only a comment", ""], "lists no hosts"),

@@ -18,8 +18,26 @@ RANK_ENV = ["MASTER_ADDR=10.0.0.1", "MASTER_PORT=29500"]
 def test_openmpi_command():
     cmd = get_runner("openmpi")(job(launcher_args="--oversubscribe")).get_cmd()
     assert cmd == [
-        "mpirun", "-n", "4", "-hostfile", "/job/hf", "--mca", "btl", "^openib", "--mca", "btl_tcp_if_include", "eth0",
-        "--oversubscribe", "-x", "UCX_TLS=tcp", "-x", "NCCL_DEBUG=INFO", "-x", RANK_ENV[0], "-x", RANK_ENV[1],
+        "mpirun",
+        "-n",
+        "4",
+        "-hostfile",
+        "/job/hf",
+        "--mca",
+        "btl",
+        "^openib",
+        "--mca",
+        "btl_tcp_if_include",
+        "eth0",
+        "--oversubscribe",
+        "-x",
+        "UCX_TLS=tcp",
+        "-x",
+        "NCCL_DEBUG=INFO",
+        "-x",
+        RANK_ENV[0],
+        "-x",
+        RANK_ENV[1],
         *shim("openmpi"),
     ]
 
@@ -27,15 +45,38 @@ def test_openmpi_command():
 def test_openmpi_keeps_a_user_btl_interface_and_ssh_port():
     cmd = get_runner("openmpi")(job(launcher_args="--mca btl_tcp_if_include lo", ssh_port=2222)).get_cmd()
     assert cmd.count("btl_tcp_if_include") == 1 and cmd[cmd.index("btl_tcp_if_include") + 1] == "lo"
-    assert cmd[cmd.index("plm_rsh_args") - 1 : cmd.index("plm_rsh_args") + 2] == ["--mca", "plm_rsh_args", "-p 2222"]
+    assert cmd[cmd.index("plm_rsh_args") - 1 : cmd.index("plm_rsh_args") + 2] == [
+        "--mca",
+        "plm_rsh_args",
+        "-p 2222",
+    ]
 
 
 def test_mpich_command():
     cmd = get_runner("mpich")(job(module=True, no_local_rank=True)).get_cmd()
     assert cmd == [
-        "mpirun", "-n", "4", "-ppn", "2",
-        "-genv", "NCCL_DEBUG", "INFO", "-genv", "MASTER_ADDR", "10.0.0.1", "-genv", "MASTER_PORT", "29500",
-        "-genv", "WORLD_SIZE", "4", "-genv", "LOCAL_SIZE", "2", "-hosts", "worker-0,worker-1",
+        "mpirun",
+        "-n",
+        "4",
+        "-ppn",
+        "2",
+        "-genv",
+        "NCCL_DEBUG",
+        "INFO",
+        "-genv",
+        "MASTER_ADDR",
+        "10.0.0.1",
+        "-genv",
+        "MASTER_PORT",
+        "29500",
+        "-genv",
+        "WORLD_SIZE",
+        "4",
+        "-genv",
+        "LOCAL_SIZE",
+        "2",
+        "-hosts",
+        "worker-0,worker-1",
         *shim("mpich", "--module", "--no_local_rank"),
     ]
 
@@ -56,8 +97,14 @@ def test_mvapich_command_and_host_list(tmp_path, monkeypatch):
     cmd = runner.get_cmd()
     assert cmd[:7] == ["mpirun", "-np", "4", "-ppn", "2", "--hostfile", str(tmp_path / "mv2_hosts.J1")]
     assert "MV2_SMP_USE_CMA=0" in cmd and "MV2_SUPPORT_DL=1" in cmd
-    assert cmd[-6:] == ["--scheme=mvapich", "--rank_log_dir=/logs", "train.py", "--deepspeed",
-                        "--deepspeed_config", "ds.json"]
+    assert cmd[-6:] == [
+        "--scheme=mvapich",
+        "--rank_log_dir=/logs",
+        "train.py",
+        "--deepspeed",
+        "--deepspeed_config",
+        "ds.json",
+    ]
     assert not any(arg.startswith("--python=") for arg in cmd)  # --no_python: executed directly
 
 

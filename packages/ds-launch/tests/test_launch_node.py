@@ -18,21 +18,51 @@ WORLD = {"node-a": [0, 1], "node-b": [2, 3, 5]}
 
 
 def launch(**kwargs) -> NodeLaunch:
-    base = dict(world_info=WORLD, node_rank=1, master_addr="10.1.1.1", master_port=1234, user_script="t.py",
-                user_args=("--deepspeed",), python="/py")
+    base = dict(
+        world_info=WORLD,
+        node_rank=1,
+        master_addr="10.1.1.1",
+        master_port=1234,
+        user_script="t.py",
+        user_args=("--deepspeed",),
+        python="/py",
+    )
     return NodeLaunch(**{**base, **kwargs})
 
 
 def test_rank_specs_carry_every_variable():
     specs = build_rank_specs(launch(extra_env={"FROM_FILE": "1"}), base_env={"PATH": "/bin"}, log_prefix="p")
-    assert [s.name for s in specs] == [f"rank {r} (local rank {lr}) on node node-b" for lr, r in enumerate((2, 3, 4))]
+    assert [s.name for s in specs] == [
+        f"rank {r} (local rank {lr}) on node node-b" for lr, r in enumerate((2, 3, 4))
+    ]
     for local_rank, s in enumerate(specs):
         assert s.argv == ("/py", "-u", "t.py", f"--local_rank={local_rank}", "--deepspeed")
-        assert {k: s.env[k] for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_SIZE", "MASTER_ADDR", "MASTER_PORT",
-                                      "CROSS_RANK", "CROSS_SIZE", "FROM_FILE", "PATH")} == {
-            "RANK": str(2 + local_rank), "LOCAL_RANK": str(local_rank), "WORLD_SIZE": "5", "LOCAL_SIZE": "3",
-            "MASTER_ADDR": "10.1.1.1", "MASTER_PORT": "1234", "CROSS_RANK": "1", "CROSS_SIZE": "2",
-            "FROM_FILE": "1", "PATH": "/bin"}
+        assert {
+            k: s.env[k]
+            for k in (
+                "RANK",
+                "LOCAL_RANK",
+                "WORLD_SIZE",
+                "LOCAL_SIZE",
+                "MASTER_ADDR",
+                "MASTER_PORT",
+                "CROSS_RANK",
+                "CROSS_SIZE",
+                "FROM_FILE",
+                "PATH",
+            )
+        } == {
+            "RANK": str(2 + local_rank),
+            "LOCAL_RANK": str(local_rank),
+            "WORLD_SIZE": "5",
+            "LOCAL_SIZE": "3",
+            "MASTER_ADDR": "10.1.1.1",
+            "MASTER_PORT": "1234",
+            "CROSS_RANK": "1",
+            "CROSS_SIZE": "2",
+            "FROM_FILE": "1",
+            "PATH": "/bin",
+        }
         assert "CUDA_VISIBLE_DEVICES" not in s.env and s.log_path is None and s.cpu_affinity is None
         assert s.env["OMP_NUM_THREADS"] == str(max(1, len(os.sched_getaffinity(0)) // 3))
 
@@ -46,9 +76,16 @@ def test_visible_devices_are_the_nodes_selected_slots():
 def test_logs_affinity_and_flags():
     cores = sorted(os.sched_getaffinity(0))
     specs = build_rank_specs(
-        launch(world_info={"n": [0]}, node_rank=0, rank_log_dir=Path("/logs"), bind_cores_to_rank=True,
-               module=True, no_local_rank=True),
-        base_env={}, log_prefix="20250101",
+        launch(
+            world_info={"n": [0]},
+            node_rank=0,
+            rank_log_dir=Path("/logs"),
+            bind_cores_to_rank=True,
+            module=True,
+            no_local_rank=True,
+        ),
+        base_env={},
+        log_prefix="20250101",
     )
     assert specs[0].log_path == Path("/logs/20250101_rank0.log")
     assert specs[0].cpu_affinity == tuple(cores) and specs[0].env["OMP_NUM_THREADS"] == str(len(cores))
@@ -74,8 +111,19 @@ def test_bad_node_rank_and_log_dir(tmp_path):
 
 
 def test_node_command_line_round_trip():
-    parsed = launch_from_argv([f"--world_info={encode_world_info(WORLD)}", "--node_rank=0", "--master_addr=h",
-                               "--master_port=7", "--job_id=abc", "--no_python", "run.sh", "--node_rank=9", "x"])
+    parsed = launch_from_argv(
+        [
+            f"--world_info={encode_world_info(WORLD)}",
+            "--node_rank=0",
+            "--master_addr=h",
+            "--master_port=7",
+            "--job_id=abc",
+            "--no_python",
+            "run.sh",
+            "--node_rank=9",
+            "x",
+        ]
+    )
     assert parsed.world_info == WORLD and parsed.node_rank == 0 and parsed.no_python
     assert parsed.user_script == "run.sh" and parsed.user_args == ("--node_rank=9", "x")
 
@@ -84,10 +132,22 @@ def test_node_command_line_round_trip():
 def test_node_launcher_process_starts_its_ranks(tmp_path):
     """``python -m ds_launch.node`` as pdsh would start it on the second of two nodes."""
     env = dict(os.environ, OUT_DIR=str(tmp_path))
-    cmd = [sys.executable, "-m", "ds_launch.node", f"--world_info={encode_world_info({'a': [0], 'b': [0, 1]})}",
-           "--node_rank=1", "--master_addr=127.0.0.1", "--master_port=1", "--job_id=t", str(SCRIPTS / "envdump.py")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "ds_launch.node",
+        f"--world_info={encode_world_info({'a': [0], 'b': [0, 1]})}",
+        "--node_rank=1",
+        "--master_addr=127.0.0.1",
+        "--master_port=1",
+        "--job_id=t",
+        str(SCRIPTS / "envdump.py"),
+    ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stderr
     ranks = read_json_lines(tmp_path)
     assert sorted(ranks) == [1, 2]
-    assert {(d["LOCAL_RANK"], d["CROSS_RANK"], d["WORLD_SIZE"]) for d in ranks.values()} == {("0", "1", "3"), ("1", "1", "3")}
+    assert {(d["LOCAL_RANK"], d["CROSS_RANK"], d["WORLD_SIZE"]) for d in ranks.values()} == {
+        ("0", "1", "3"),
+        ("1", "1", "3"),
+    }

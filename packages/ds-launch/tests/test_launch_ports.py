@@ -20,8 +20,11 @@ def _listening(addr: str = "127.0.0.1") -> socket.socket:
 def test_a_port_in_use_is_one_line_naming_the_port_and_the_flag():
     with _listening() as sock:
         port = sock.getsockname()[1]
-        with pytest.raises(LaunchError, match=rf"^--master_port {port}: the port is already in use on this machine "
-                                              r"\(master 127\.0\.0\.1\); pass a free port with --master_port$"):
+        with pytest.raises(
+            LaunchError,
+            match=rf"^--master_port {port}: the port is already in use on this machine "
+            r"\(master 127\.0\.0\.1\); pass a free port with --master_port$",
+        ):
             check_master_port("127.0.0.1", port)
         with pytest.raises(LaunchError):
             check_master_port("localhost", port)

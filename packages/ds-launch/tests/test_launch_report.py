@@ -13,8 +13,12 @@ from ds_launch.report import build_report
 
 @pytest.mark.timeout(120)
 def test_ds_report_runs_and_reports():
-    done = subprocess.run([sys.executable, "-c", "from ds_launch.report import main; main()"],
-                          capture_output=True, text=True, timeout=100)
+    done = subprocess.run(
+        [sys.executable, "-c", "from ds_launch.report import main; main()"],
+        capture_output=True,
+        text=True,
+        timeout=100,
+    )
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
 

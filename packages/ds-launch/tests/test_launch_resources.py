@@ -52,7 +52,11 @@ def test_no_filter_is_identity():
 @pytest.mark.parametrize(
     ("include", "exclude", "message"),
     [
-        ("nope", "", "--include: host 'nope' is not in the resource pool (hosts: worker-0, worker-1, worker-2)"),
+        (
+            "nope",
+            "",
+            "--include: host 'nope' is not in the resource pool (hosts: worker-0, worker-1, worker-2)",
+        ),
         ("worker-2:5", "", "--include: host 'worker-2' has no slot 5 (slots: 0,1)"),
         ("", "worker-0:9", "--exclude: host 'worker-0' has no slot 9"),
         ("worker-0:a", "", "slot 'a' in 'worker-0:a' is not a non-negative integer"),

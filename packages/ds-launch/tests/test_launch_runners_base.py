@@ -28,7 +28,17 @@ def test_launcher_args_are_split_like_a_shell_and_bad_quoting_is_an_error():
 def test_default_remote_command_is_quoted_ssh():
     runner = get_runner("openmpi")(job(ssh_port=2200))
     cmd = runner.remote_cmd("worker-0", ["hostname", "-I"])
-    assert cmd == ["ssh", "-o", "PasswordAuthentication=no", "-o", "BatchMode=yes", "-p", "2200", "worker-0", "hostname -I"]
+    assert cmd == [
+        "ssh",
+        "-o",
+        "PasswordAuthentication=no",
+        "-o",
+        "BatchMode=yes",
+        "-p",
+        "2200",
+        "worker-0",
+        "hostname -I",
+    ]
 
 
 def test_backend_exists_looks_on_path():

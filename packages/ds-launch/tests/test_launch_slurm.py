@@ -11,8 +11,14 @@ from ds_launch.runners import get_runner
 
 def test_srun_command():
     cmd = get_runner("slurm")(job(launcher_args="--partition=gpu")).get_cmd()
-    assert cmd == ["srun", "-n", "4", "--partition=gpu",
-                   "--export=ALL,NCCL_DEBUG=INFO,MASTER_ADDR=10.0.0.1,MASTER_PORT=29500", *shim("slurm")]
+    assert cmd == [
+        "srun",
+        "-n",
+        "4",
+        "--partition=gpu",
+        "--export=ALL,NCCL_DEBUG=INFO,MASTER_ADDR=10.0.0.1,MASTER_PORT=29500",
+        *shim("slurm"),
+    ]
 
 
 def test_srun_with_filters_and_limits():

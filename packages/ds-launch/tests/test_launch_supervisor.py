@@ -36,14 +36,16 @@ def waiter(out: Path, tag: str, *, ignore_term: bool = False, with_child: bool =
 
 
 def fail_after_ready(out: Path, peers: int, code: int) -> str:
-    return "\n".join([
-        "import os, sys",
-        f"fd = os.open({str(out / 'ready.fifo')!r}, os.O_RDWR)",
-        "got = 0",
-        f"while got < {peers}: got += len(os.read(fd, 8))",
-        "print('line one'); print('line two', file=sys.stderr); sys.stdout.flush()",
-        f"sys.exit({code})",
-    ])
+    return "\n".join(
+        [
+            "import os, sys",
+            f"fd = os.open({str(out / 'ready.fifo')!r}, os.O_RDWR)",
+            "got = 0",
+            f"while got < {peers}: got += len(os.read(fd, 8))",
+            "print('line one'); print('line two', file=sys.stderr); sys.stdout.flush()",
+            f"sys.exit({code})",
+        ]
+    )
 
 
 @pytest.mark.timeout(60)
@@ -61,8 +63,11 @@ def test_relays_whole_lines_and_succeeds():
 def test_failure_stops_the_others_and_reports_the_tail(tmp_path):
     make_ready_fifo(tmp_path)
     sink = io.BytesIO()
-    specs = [spec("rank 0", waiter(tmp_path, "0")), spec("rank 1", fail_after_ready(tmp_path, 2, 3)),
-             spec("rank 2", waiter(tmp_path, "2"))]
+    specs = [
+        spec("rank 0", waiter(tmp_path, "0")),
+        spec("rank 1", fail_after_ready(tmp_path, 2, 3)),
+        spec("rank 2", waiter(tmp_path, "2")),
+    ]
     result = Supervisor(stdout=sink, stderr=sink, grace_s=2).run(specs)
     assert result.exit_code == 3
     assert result.failure is not None and result.failure.name == "rank 1" and result.failure.exit_code == 3
@@ -88,16 +93,21 @@ def test_hanging_tree_that_ignores_sigterm_is_killed(tmp_path):
 def test_sigterm_to_the_supervisor_ends_every_process(tmp_path):
     make_ready_fifo(tmp_path)
     sink = io.BytesIO()
-    killer = "\n".join([
-        "import os, signal",
-        f"fd = os.open({str(tmp_path / 'ready.fifo')!r}, os.O_RDWR)",
-        "got = 0",
-        "while got < 2: got += len(os.read(fd, 8))",
-        "os.kill(os.getppid(), signal.SIGTERM)",
-        "signal.pause()",
-    ])
-    specs = [spec("rank 0", waiter(tmp_path, "0", with_child=True)), spec("rank 1", waiter(tmp_path, "1")),
-             spec("killer", killer)]
+    killer = "\n".join(
+        [
+            "import os, signal",
+            f"fd = os.open({str(tmp_path / 'ready.fifo')!r}, os.O_RDWR)",
+            "got = 0",
+            "while got < 2: got += len(os.read(fd, 8))",
+            "os.kill(os.getppid(), signal.SIGTERM)",
+            "signal.pause()",
+        ]
+    )
+    specs = [
+        spec("rank 0", waiter(tmp_path, "0", with_child=True)),
+        spec("rank 1", waiter(tmp_path, "1")),
+        spec("killer", killer),
+    ]
     previous = signal.getsignal(signal.SIGTERM)
     result = Supervisor(stdout=sink, stderr=sink, grace_s=2).run(specs)
     assert signal.getsignal(signal.SIGTERM) is previous  # handlers are restored
@@ -139,7 +149,9 @@ def test_a_command_that_cannot_start_is_a_failure(tmp_path):
 @pytest.mark.timeout(60)
 def test_remote_failure_line_triggers_the_stop_command(tmp_path):
     marker = tmp_path / "stopped"
-    probe_line = "print('pdsh@vm: worker-1: sh exited with exit code 6', flush=True)\nimport signal; signal.pause()"
+    probe_line = (
+        "print('pdsh@vm: worker-1: sh exited with exit code 6', flush=True)\nimport signal; signal.pause()"
+    )
     remote = spec(
         "pdsh job",
         probe_line,
@@ -154,12 +166,14 @@ def test_remote_failure_line_triggers_the_stop_command(tmp_path):
 @pytest.mark.timeout(60)
 def test_a_stop_command_that_hangs_is_ended_with_what_it_started(tmp_path):
     """Like pdsh's ssh to an unreachable host: the stop command's own children must not outlive it."""
-    hanging_stop = "\n".join([
-        "import os, subprocess, sys",
-        f"c = subprocess.Popen([sys.executable, '-c', {WAIT_FOREVER!r}])",
-        f"open(os.path.join({str(tmp_path)!r}, 'pid.stop.child'), 'w').write(str(c.pid))",
-        "c.wait()",
-    ])
+    hanging_stop = "\n".join(
+        [
+            "import os, subprocess, sys",
+            f"c = subprocess.Popen([sys.executable, '-c', {WAIT_FOREVER!r}])",
+            f"open(os.path.join({str(tmp_path)!r}, 'pid.stop.child'), 'w').write(str(c.pid))",
+            "c.wait()",
+        ]
+    )
     remote = spec(
         "pdsh job",
         "print('pdsh@vm: worker-1: ssh exited with exit code 255', flush=True)\nimport signal; signal.pause()",
@@ -173,10 +187,16 @@ def test_a_stop_command_that_hangs_is_ended_with_what_it_started(tmp_path):
 
 def test_exit_codes_and_failure_format():
     assert exit_code_of(-9) == 137 and exit_code_of(2) == 2
-    tail = ("[rank1]: Traceback (most recent call last):", '[rank1]:   File "t.py", line 1', "[rank1]: ValueError: boom")
+    tail = (
+        "[rank1]: Traceback (most recent call last):",
+        '[rank1]:   File "t.py", line 1',
+        "[rank1]: ValueError: boom",
+    )
     # Relayed output is not repeated: one line naming who failed, the code and the error (Note [one report per error]).
     text = format_failure(Failure("rank 1 (local rank 1) on node localhost", 3, tail))
-    assert text == "[deepspeed] rank 1 (local rank 1) on node localhost exited with code 3: ValueError: boom\n"
+    assert (
+        text == "[deepspeed] rank 1 (local rank 1) on node localhost exited with code 3: ValueError: boom\n"
+    )
     # Output that went to a log file is shown, and the closing line is still last.
     lines = format_failure(Failure("rank 1", 3, tail, relayed=False)).splitlines()
     assert lines[0] == "[deepspeed] last 3 line(s) of the output of rank 1:"
@@ -185,15 +205,22 @@ def test_exit_codes_and_failure_format():
     assert format_failure(Failure("x", 1, ())) == "[deepspeed] x exited with code 1 (no output)\n"
 
 
-@pytest.mark.parametrize(("tail", "line"), [
-    (("Traceback (most recent call last):", "  File ...", "KeyError: 'x'", ""), "KeyError: 'x'"),
-    (("[rank0] DeepSpeedConfigError: 'lr': bad",), "DeepSpeedConfigError: 'lr': bad"),
-    (("ValueError: boom", "terminate called without an active exception"), "ValueError: boom"),
-    (("just output", "last words"), "last words"),
-    (("worker-1: [rank1]: ValueError: boom",
-      "worker-1: [deepspeed] rank 1 (local rank 0) on node worker-1 exited with code 1: ValueError: boom"),
-     "ValueError: boom"),
-    (("deepspeed: error: --include: bad",), "deepspeed: error: --include: bad"),
-])
+@pytest.mark.parametrize(
+    ("tail", "line"),
+    [
+        (("Traceback (most recent call last):", "  File ...", "KeyError: 'x'", ""), "KeyError: 'x'"),
+        (("[rank0] DeepSpeedConfigError: 'lr': bad",), "DeepSpeedConfigError: 'lr': bad"),
+        (("ValueError: boom", "terminate called without an active exception"), "ValueError: boom"),
+        (("just output", "last words"), "last words"),
+        (
+            (
+                "worker-1: [rank1]: ValueError: boom",
+                "worker-1: [deepspeed] rank 1 (local rank 0) on node worker-1 exited with code 1: ValueError: boom",
+            ),
+            "ValueError: boom",
+        ),
+        (("deepspeed: error: --include: bad",), "deepspeed: error: --include: bad"),
+    ],
+)
 def test_error_line_names_the_error(tail, line):
     assert error_line(tail) == line

@@ -28,11 +28,14 @@ def test_room_for_tensor_and_pipeline_axes() -> None:
         assert layout.rank_of(layout.coords(rank)) == rank
 
 
-@pytest.mark.parametrize(("world", "sizes", "text"), [
-    (6, {"sequence": 4}, "world size 6 is not divisible by sequence_parallel_size 4"),
-    (4, {"sequence": 0}, "sequence parallel size must be a positive integer"),
-    (4, {"expert": 2}, "expert parallelism"),
-])
+@pytest.mark.parametrize(
+    ("world", "sizes", "text"),
+    [
+        (6, {"sequence": 4}, "world size 6 is not divisible by sequence_parallel_size 4"),
+        (4, {"sequence": 0}, "sequence parallel size must be a positive integer"),
+        (4, {"expert": 2}, "expert parallelism"),
+    ],
+)
 def test_sizes_that_do_not_fit_are_refused(world: int, sizes: dict, text: str) -> None:
     with pytest.raises(MeshError, match=text):
         MeshLayout.from_world(world, **sizes)

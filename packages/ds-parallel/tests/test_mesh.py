@@ -16,5 +16,7 @@ def test_sp2_dp2_groups_on_4_ranks() -> None:
         seq = [0, 1] if rank < 2 else [2, 3]
         data = [rank % 2, rank % 2 + 2]
         assert out["ranks"] == {"sequence": seq, "data": data, "sequence+data": [0, 1, 2, 3]}
-        assert out["sum:sequence"] == sum(seq) and out["sum:data"] == sum(data) and out["sum:sequence+data"] == 6
+        assert (
+            out["sum:sequence"] == sum(seq) and out["sum:data"] == sum(data) and out["sum:sequence+data"] == 6
+        )
         assert out["sizes"] == (2, 2, 4, rank % 2, rank // 2)

@@ -18,8 +18,10 @@ def _logits(s: int, e: int, seed: int = 0) -> torch.Tensor:
     return torch.randn(s, e, generator=torch.Generator().manual_seed(seed)) * 2
 
 
-@pytest.mark.parametrize(("s", "e", "cf", "minc", "want"), [(16, 4, 1.0, 0, 4), (16, 4, 0.5, 0, 2), (16, 4, 0.5, 3, 3),
-                                                            (10, 4, 1.0, 0, 3), (10, 3, 1.5, 4, 5)])
+@pytest.mark.parametrize(
+    ("s", "e", "cf", "minc", "want"),
+    [(16, 4, 1.0, 0, 4), (16, 4, 0.5, 0, 2), (16, 4, 0.5, 3, 3), (10, 4, 1.0, 0, 3), (10, 3, 1.5, 4, 5)],
+)
 def test_capacity_formula(s: int, e: int, cf: float, minc: int, want: int) -> None:
     assert capacity(s, e, cf, minc) == want == max(math.ceil(s / e * cf), minc)
 
@@ -78,8 +80,9 @@ def _expected_top2_keep(logits: torch.Tensor, cap: int) -> tuple[torch.Tensor, t
 @pytest.mark.parametrize("cf", [0.25, 0.5, 1.0])
 def test_top2_drops_exactly_the_routes_past_capacity(cf: float) -> None:
     logits = _logits(24, 4, seed=2)
-    l_aux, combine, dispatch, counts = top2gating(logits.clone(), cf, 0, drop_tokens=True,
-                                                  top2_2nd_expert_sampling=False)
+    l_aux, combine, dispatch, counts = top2gating(
+        logits.clone(), cf, 0, drop_tokens=True, top2_2nd_expert_sampling=False
+    )
     cap = capacity(24, 4, 2 * cf, 0)
     keep1, keep2 = _expected_top2_keep(logits, cap)
     gates = F.softmax(logits, dim=1)
@@ -124,8 +127,12 @@ def test_layer_without_dropping_equals_the_weighted_experts(k: int) -> None:
     top = gates.topk(k, dim=1)
     weights = top.values / top.values.sum(dim=1, keepdim=True) if k > 1 else top.values
     experts = layer.deepspeed_moe.experts.deepspeed_experts
-    want = torch.stack([sum(w * experts[int(i)](flat[t]) for w, i in zip(weights[t], top.indices[t]))
-                        for t in range(flat.shape[0])])
+    want = torch.stack(
+        [
+            sum(w * experts[int(i)](flat[t]) for w, i in zip(weights[t], top.indices[t]))
+            for t in range(flat.shape[0])
+        ]
+    )
     torch.testing.assert_close(out.reshape(-1, moe_ranks.HIDDEN), want, rtol=1e-5, atol=1e-5)
 
 
@@ -175,11 +182,14 @@ def test_all_to_all_layout_matches_all_experts_on_one_rank(k: int) -> None:
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize(("data_first", "ep", "edp"), [(False, [[0, 1], [2, 3]], [[0, 2], [1, 3]]),
-                                                        (True, [[0, 2], [1, 3]], [[0, 1], [2, 3]])])
+@pytest.mark.parametrize(
+    ("data_first", "ep", "edp"),
+    [(False, [[0, 1], [2, 3]], [[0, 2], [1, 3]]), (True, [[0, 2], [1, 3]], [[0, 1], [2, 3]])],
+)
 def test_expert_group_layout_on_4_ranks(data_first: bool, ep: list, edp: list) -> None:
-    for rank, out in enumerate(run_distributed(moe_ranks.group_layout, world_size=4, timeout=100,
-                                               args=(2, data_first))):
+    for rank, out in enumerate(
+        run_distributed(moe_ranks.group_layout, world_size=4, timeout=100, args=(2, data_first))
+    ):
         my_ep = next(g for g in ep if rank in g)
         my_edp = next(g for g in edp if rank in g)
         assert out["ep"] == my_ep and out["edp"] == my_edp and out["ep_rank"] == my_ep.index(rank)

@@ -12,7 +12,9 @@ from ds_parallel.moe.layer import MoE
 HIDDEN, EXPERTS, TOKENS = 8, 4, 40
 
 
-@pytest.mark.parametrize(("drop", "rts", "noisy"), [(True, True, None), (True, False, "RSample"), (False, False, None)])
+@pytest.mark.parametrize(
+    ("drop", "rts", "noisy"), [(True, True, None), (True, False, "RSample"), (False, False, None)]
+)
 def test_routes_are_the_nonzeros_of_the_dense_combine(drop: bool, rts: bool, noisy: str | None) -> None:
     logits = torch.randn(TOKENS, EXPERTS, generator=torch.Generator().manual_seed(3)) * 2
     used = (torch.arange(TOKENS) % 7 != 0).float()  # some tokens masked out
@@ -23,7 +25,11 @@ def test_routes_are_the_nonzeros_of_the_dense_combine(drop: bool, rts: bool, noi
     assert cap == combine.shape[2]
     assert torch.equal(l_aux, l_dense) and torch.equal(counts, counts_dense)
     token, expert, slot = dispatch.nonzero(as_tuple=True)
-    assert torch.equal(routes.token, token) and torch.equal(routes.expert, expert) and torch.equal(routes.slot, slot)
+    assert (
+        torch.equal(routes.token, token)
+        and torch.equal(routes.expert, expert)
+        and torch.equal(routes.slot, slot)
+    )
     assert torch.equal(routes.weight, combine[token, expert, slot])
 
 
@@ -31,8 +37,16 @@ def test_layer_with_dropping_equals_the_dense_einsum() -> None:
     """The layer's output and gradients equal DeepSpeed's dense formulation (einsums over the [s, e, c]
     dispatch mask and combine weights) when tokens are dropped."""
     torch.manual_seed(0)
-    layer = MoE(hidden_size=HIDDEN, expert=torch.nn.Linear(HIDDEN, HIDDEN), num_experts=EXPERTS, ep_size=1, k=1,
-                capacity_factor=0.5, min_capacity=0, use_rts=True)
+    layer = MoE(
+        hidden_size=HIDDEN,
+        expert=torch.nn.Linear(HIDDEN, HIDDEN),
+        num_experts=EXPERTS,
+        ep_size=1,
+        k=1,
+        capacity_factor=0.5,
+        min_capacity=0,
+        use_rts=True,
+    )
     x = torch.randn(TOKENS, HIDDEN, generator=torch.Generator().manual_seed(4), requires_grad=True)
     torch.manual_seed(2)
     out, l_aux, _ = layer(x)

@@ -30,10 +30,17 @@ def _best(weights: list[int], k: int) -> int:
     return best
 
 
-@pytest.mark.parametrize("weights,k", [
-    ([5, 1, 1, 1, 1, 5], 2), ([10, 0, 3, 3, 3, 0, 10], 3), ([1] * 9, 4), ([0, 4, 0, 4, 0, 4, 0, 4, 0], 4),
-    ([7, 2, 9, 1, 1, 8, 3], 3), ([0, 1, 1, 0], 2),
-])
+@pytest.mark.parametrize(
+    "weights,k",
+    [
+        ([5, 1, 1, 1, 1, 5], 2),
+        ([10, 0, 3, 3, 3, 0, 10], 3),
+        ([1] * 9, 4),
+        ([0, 4, 0, 4, 0, 4, 0, 4, 0], 4),
+        ([7, 2, 9, 1, 1, 8, 3], 3),
+        ([0, 1, 1, 0], 2),
+    ],
+)
 def test_balanced_is_optimal_and_gives_every_stage_a_layer(weights: list[int], k: int) -> None:
     parts = partition_balanced(weights, k)
     assert parts[0] == 0 and parts[-1] == len(weights) and len(parts) == k + 1
@@ -51,5 +58,5 @@ def test_one_f_one_b_runs_each_micro_batch_once_and_bounds_in_flight(p: int, m: 
         for kind, i in order:
             live += 1 if kind == "F" else -1
             peak = max(peak, live)
-            assert kind == "F" or any(k == "F" and j == i for k, j in order[:order.index((kind, i))])
+            assert kind == "F" or any(k == "F" and j == i for k, j in order[: order.index((kind, i))])
         assert peak == min(p - s, m)

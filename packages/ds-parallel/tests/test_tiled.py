@@ -20,7 +20,10 @@ class MLP(torch.nn.Module):
     def __init__(self) -> None:
         super().__init__()
         torch.manual_seed(0)
-        self.gate, self.up = torch.nn.Linear(HIDDEN, INNER, bias=False), torch.nn.Linear(HIDDEN, INNER, bias=False)
+        self.gate, self.up = (
+            torch.nn.Linear(HIDDEN, INNER, bias=False),
+            torch.nn.Linear(HIDDEN, INNER, bias=False),
+        )
         self.down = torch.nn.Linear(INNER, HIDDEN, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -74,8 +77,16 @@ def test_sequence_tiled_compute_concatenates_and_reduces() -> None:
     mlp, x = MLP(), torch.randn(2, SEQ, HIDDEN)
     ref, ref_grads = _mlp_run(mlp, x, None)
     xx = x.clone().requires_grad_()
-    out = sequence_tiled_compute(lambda hidden, scale: mlp(hidden) * scale, SEQ, 4, {"hidden": xx}, {"scale": 1.0},
-                                 "hidden", compute_params=list(mlp.parameters()), output_reduction=None)
+    out = sequence_tiled_compute(
+        lambda hidden, scale: mlp(hidden) * scale,
+        SEQ,
+        4,
+        {"hidden": xx},
+        {"scale": 1.0},
+        "hidden",
+        compute_params=list(mlp.parameters()),
+        output_reduction=None,
+    )
     (out * torch.linspace(-1, 1, out.numel()).reshape(out.shape)).sum().backward()
     assert _close(out, ref) and _close(xx.grad, ref_grads[0])
     assert all(_close(p.grad, g) for p, g in zip(mlp.parameters(), ref_grads[1:]))
@@ -85,7 +96,9 @@ def _loss_fn(head: torch.nn.Linear, x: torch.Tensor, y: torch.Tensor) -> torch.T
     return F.cross_entropy(head(x).reshape(-1, VOCAB).float(), y.reshape(-1), reduction="sum")
 
 
-def _loss_run(head: torch.nn.Linear, x: torch.Tensor, y: torch.Tensor, shards: int | None, scale: float) -> list:
+def _loss_run(
+    head: torch.nn.Linear, x: torch.Tensor, y: torch.Tensor, shards: int | None, scale: float
+) -> list:
     x = x.detach().requires_grad_()
     if shards is None:
         loss = _loss_fn(head, x, y)

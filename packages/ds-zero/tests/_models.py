@@ -8,19 +8,29 @@ import torch
 def tiny_mlp(seed: int = 0, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
     torch.manual_seed(seed)
     model = torch.nn.Sequential(
-        torch.nn.Linear(12, 24), torch.nn.GELU(), torch.nn.Linear(24, 24), torch.nn.GELU(), torch.nn.Linear(24, 3),
+        torch.nn.Linear(12, 24),
+        torch.nn.GELU(),
+        torch.nn.Linear(24, 24),
+        torch.nn.GELU(),
+        torch.nn.Linear(24, 3),
     )
     return model.to(dtype)
 
 
-def global_batches(steps: int, micro: int, world: int, seed: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def global_batches(
+    steps: int, micro: int, world: int, seed: int = 1
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """``steps`` global micro-batches of ``micro * world`` samples each."""
     gen = torch.Generator().manual_seed(seed)
-    return [(torch.randn(micro * world, 12, generator=gen), torch.randn(micro * world, 3, generator=gen))
-            for _ in range(steps)]
+    return [
+        (torch.randn(micro * world, 12, generator=gen), torch.randn(micro * world, 3, generator=gen))
+        for _ in range(steps)
+    ]
 
 
-def reference_run(steps: int, gas: int, micro: int, world: int, clip: float, lr: float = 1e-2) -> list[torch.Tensor]:
+def reference_run(
+    steps: int, gas: int, micro: int, world: int, clip: float, lr: float = 1e-2
+) -> list[torch.Tensor]:
     """Single-process PyTorch on the same global batches: the numbers sharded runs must match."""
     model = tiny_mlp()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
@@ -37,7 +47,9 @@ def reference_run(steps: int, gas: int, micro: int, world: int, clip: float, lr:
     return [p.detach().clone() for p in model.parameters()]
 
 
-def reference_mixed_precision(steps: int, micro: int, world: int, dtype: torch.dtype, lr: float = 1e-2) -> list[torch.Tensor]:
+def reference_mixed_precision(
+    steps: int, micro: int, world: int, dtype: torch.dtype, lr: float = 1e-2
+) -> list[torch.Tensor]:
     """Single-process mixed precision by hand: low-precision model, fp32 master weights and AdamW."""
     model = tiny_mlp(dtype=dtype)
     masters = [p.detach().float().clone().requires_grad_() for p in model.parameters()]
@@ -55,13 +67,27 @@ def reference_mixed_precision(steps: int, micro: int, world: int, dtype: torch.d
     return [m.detach().clone() for m in masters]
 
 
-def zero_trainer(model: torch.nn.Module, stage: int, *, bucket: int, overlap: bool = False, offload: bool = False,
-                 dtype: torch.dtype = torch.float32, clip: float = 0.0, lr: float = 1e-2, fp16_scale: float | None = None,
-                 optimizer: type = torch.optim.AdamW):
+def zero_trainer(
+    model: torch.nn.Module,
+    stage: int,
+    *,
+    bucket: int,
+    overlap: bool = False,
+    offload: bool = False,
+    dtype: torch.dtype = torch.float32,
+    clip: float = 0.0,
+    lr: float = 1e-2,
+    fp16_scale: float | None = None,
+    optimizer: type = torch.optim.AdamW,
+):
     """``ds_zero.wrap`` with the knobs these tests turn."""
     from ds_zero import LossScalePolicy, MixedPrecisionPolicy, OffloadPolicy, ReducePolicy, ZeroPolicy, wrap
 
-    opt = optimizer(model.parameters(), lr=lr, weight_decay=0.01) if optimizer is torch.optim.AdamW else optimizer(model.parameters(), lr=lr)
+    opt = (
+        optimizer(model.parameters(), lr=lr, weight_decay=0.01)
+        if optimizer is torch.optim.AdamW
+        else optimizer(model.parameters(), lr=lr)
+    )
     policy = ZeroPolicy(
         stage=stage,
         mixed_precision=MixedPrecisionPolicy(param_dtype=dtype),

@@ -14,7 +14,12 @@ class TiedMLP(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.a, self.b, self.c, self.head = nn.Linear(12, 24), nn.Linear(24, 24), nn.Linear(24, 24), nn.Linear(24, 3)
+        self.a, self.b, self.c, self.head = (
+            nn.Linear(12, 24),
+            nn.Linear(24, 24),
+            nn.Linear(24, 24),
+            nn.Linear(24, 3),
+        )
         self.c.weight = self.b.weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -42,9 +47,18 @@ def make_optimizer(model: nn.Module, lr: float = 1e-2) -> torch.optim.Optimizer:
     return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.01)
 
 
-def stage3_policy(*, cap: int = 300, persist: int = 30, clip: float = 0.0, offload: bool = False,
-                  dtype: torch.dtype = torch.float32, reuse: int = 0, prefetch: int | None = None,
-                  pin_memory: bool = False, **extra):
+def stage3_policy(
+    *,
+    cap: int = 300,
+    persist: int = 30,
+    clip: float = 0.0,
+    offload: bool = False,
+    dtype: torch.dtype = torch.float32,
+    reuse: int = 0,
+    prefetch: int | None = None,
+    pin_memory: bool = False,
+    **extra,
+):
     """A stage-3 policy that splits the tiny models into several units (weights) and keeps the
     biases whole (persistent), so every part of stage 3 runs."""
     from ds_zero import MixedPrecisionPolicy, OffloadPolicy, ReducePolicy
@@ -55,13 +69,19 @@ def stage3_policy(*, cap: int = 300, persist: int = 30, clip: float = 0.0, offlo
         reduce=ReducePolicy(bucket_numel=cap),
         offload=OffloadPolicy(optimizer_device="cpu" if offload else "none", pin_memory=pin_memory),
         clip_grad=clip,
-        stage3=Stage3Policy(prefetch_bucket_numel=cap if prefetch is None else prefetch,
-                            param_persistence_threshold=persist, max_reuse_distance=reuse,
-                            max_live_parameters=reuse, **extra),
+        stage3=Stage3Policy(
+            prefetch_bucket_numel=cap if prefetch is None else prefetch,
+            param_persistence_threshold=persist,
+            max_reuse_distance=reuse,
+            max_live_parameters=reuse,
+            **extra,
+        ),
     )
 
 
-def reference(name: str, *, steps: int, gas: int, micro: int, world: int, clip: float) -> dict[str, torch.Tensor]:
+def reference(
+    name: str, *, steps: int, gas: int, micro: int, world: int, clip: float
+) -> dict[str, torch.Tensor]:
     """Single-process PyTorch on the same global batches: what every stage-3 run must reproduce."""
     model = MODELS[name]()
     opt = make_optimizer(model)

@@ -68,8 +68,11 @@ def _second_backward_in_the_boundary_step():
     """Two backward passes in the boundary micro-step: the buckets started by the first are redone."""
     rank = ds_comm.get_rank()
     net = _Net()
-    trainer = wrap(net, torch.optim.SGD(net.parameters(), lr=0.0),
-                   policy=ZeroPolicy(reduce=ReducePolicy(bucket_numel=40)))
+    trainer = wrap(
+        net,
+        torch.optim.SGD(net.parameters(), lr=0.0),
+        policy=ZeroPolicy(reduce=ReducePolicy(bucket_numel=40)),
+    )
     for micro in range(2):
         x, y = _batch(rank, micro)
         trainer.backward(torch.nn.functional.mse_loss(net(x, rank == 1), y).div(2))
@@ -105,7 +108,13 @@ def test_gradients_are_averaged_only_at_the_boundary(world: int, transport: str)
 
 
 def test_buckets_follow_readiness_order_and_size() -> None:
-    holders = [torch.zeros(10), torch.zeros(30), torch.zeros(5), torch.zeros(50), torch.zeros(1, dtype=torch.float64)]
+    holders = [
+        torch.zeros(10),
+        torch.zeros(30),
+        torch.zeros(5),
+        torch.zeros(50),
+        torch.zeros(1, dtype=torch.float64),
+    ]
     buckets = plan_buckets(holders, 40, None)
     assert [[h.numel() for h in b.holders] for b in buckets] == [[10, 30], [5], [50], [1]]
     assert buckets[-1].dtype == torch.float64

@@ -18,8 +18,14 @@ from ds_zero import deepspeed_format as df
 from ds_zero.sharded_state import consolidate_fp32, full_optimizer_state
 
 FIXTURES = Path(__file__).resolve().parents[3] / "tests" / "engine" / "fixtures"
-CASES = ["ds0.19.8-stage2", "ds0.19.8-stage3", "ds0.19.8-bf16-stage1", "ds0.19.8-bf16-stage3",
-         "ds0.19.8-groups-stage2", "ds0.19.8-groups-stage3"]
+CASES = [
+    "ds0.19.8-stage2",
+    "ds0.19.8-stage3",
+    "ds0.19.8-bf16-stage1",
+    "ds0.19.8-bf16-stage3",
+    "ds0.19.8-groups-stage2",
+    "ds0.19.8-groups-stage3",
+]
 
 
 def _shards(case: str) -> tuple[list[dict], dict]:
@@ -41,7 +47,9 @@ def test_slices_cover_each_parameter_once_and_consolidate_to_the_saved_weights(c
     shards, model_state = _shards(case)
     shapes = {name: shape for group in model_state["param_shapes"] for name, shape in group.items()}
     for name, shape in shapes.items():
-        ranges = sorted((s["start"], s["end"]) for shard in shards for s in shard["slices"] if s["key"] == name)
+        ranges = sorted(
+            (s["start"], s["end"]) for shard in shards for s in shard["slices"] if s["key"] == name
+        )
         covered = [r for r in ranges if r[1] > r[0]]
         assert covered[0][0] == 0 and covered[-1][1] == torch.Size(shape).numel(), (name, ranges)
         assert all(a[1] == b[0] for a, b in zip(covered, covered[1:])), (name, ranges)  # no gap, no overlap
@@ -50,7 +58,9 @@ def test_slices_cover_each_parameter_once_and_consolidate_to_the_saved_weights(c
     for name, want in expected.items():
         torch.testing.assert_close(weights[name].to(want.dtype), want, rtol=0, atol=0, msg=name)
     states = full_optimizer_state(shards)
-    assert all(set(s) == {"exp_avg", "exp_avg_sq", "step"} and float(s["step"]) == 3.0 for s in states.values())
+    assert all(
+        set(s) == {"exp_avg", "exp_avg_sq", "step"} and float(s["step"]) == 3.0 for s in states.values()
+    )
 
 
 def test_stage3_model_states_hold_placeholders_that_the_slices_fill():
@@ -62,7 +72,8 @@ def test_stage3_model_states_hold_placeholders_that_the_slices_fill():
     assert names == list(module) and all(module[n].numel() == 0 for n in names)
     df.fill_partitioned_weights(module, names, consolidate_fp32(shards))
     assert {n: tuple(t.shape) for n, t in module.items()} == {
-        n: tuple(s) for group in model_state["param_shapes"] for n, s in group.items()}
+        n: tuple(s) for group in model_state["param_shapes"] for n, s in group.items()
+    }
 
 
 def test_unknown_pickled_objects_are_refused(tmp_path):

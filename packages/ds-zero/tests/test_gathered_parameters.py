@@ -80,8 +80,11 @@ def _wrapped():
     model.load_state_dict(plain.state_dict())
     same_forward = same_forward and torch.allclose(model(x), plain(x), atol=1e-6)
     bf16 = _model()
-    bf16_trainer = wrap(bf16, torch.optim.SGD(bf16.parameters(), lr=0.1),
-                        policy=stage3_policy(cap=300, persist=30, dtype=torch.bfloat16))
+    bf16_trainer = wrap(
+        bf16,
+        torch.optim.SGD(bf16.parameters(), lr=0.1),
+        policy=stage3_policy(cap=300, persist=30, dtype=torch.bfloat16),
+    )
     half = consolidated_16bit_state_dict(bf16_trainer)
     return full_read, same_forward, bias_after_step, plain[2].bias.detach(), half, rank
 
@@ -96,7 +99,9 @@ def test_units_gather_modify_and_consolidate():
         if rank == 0:
             assert half.keys() == plain.keys()
             for key, want in plain.items():
-                assert half[key].dtype == torch.bfloat16 and torch.equal(half[key], want.to(torch.bfloat16)), key
+                assert half[key].dtype == torch.bfloat16 and torch.equal(
+                    half[key], want.to(torch.bfloat16)
+                ), key
         else:
             assert half is None  # as DeepSpeed: only rank 0 gets the consolidated weights
 

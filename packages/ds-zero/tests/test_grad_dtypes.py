@@ -29,7 +29,9 @@ class _ReduceDtypes(TorchDispatchMode):
         name = func.__name__.split(".")[0]
         if func.namespace == "c10d" and ("allreduce" in name or "reduce_scatter" in name):
             tensors = [a for a in args if isinstance(a, torch.Tensor)]
-            tensors += [t for a in args if isinstance(a, (list, tuple)) for t in a if isinstance(t, torch.Tensor)]
+            tensors += [
+                t for a in args if isinstance(a, (list, tuple)) for t in a if isinstance(t, torch.Tensor)
+            ]
             if max(t.numel() for t in tensors) > 64:
                 self.dtypes.add(str(max(tensors, key=torch.Tensor.numel).dtype))
         return func(*args, **(kwargs or {}))

@@ -11,7 +11,11 @@ from ds_zero.grad_math import clip_, global_norm, unscale_and_check_
 
 def _grads(seed: int = 0) -> list[torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
-    return [torch.randn(5, 3, generator=gen), torch.randn(7, generator=gen), torch.randn(2, 2, 2, generator=gen)]
+    return [
+        torch.randn(5, 3, generator=gen),
+        torch.randn(7, generator=gen),
+        torch.randn(2, 2, 2, generator=gen),
+    ]
 
 
 def test_unscale_multiplies_and_reports_no_overflow() -> None:

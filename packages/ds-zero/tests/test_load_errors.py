@@ -52,7 +52,10 @@ def test_a_pickle_that_would_run_code_is_refused_as_unsafe(tmp_path) -> None:
 
 
 def test_rank_file_paths_follow_the_bf16_prefix(tmp_path) -> None:
-    assert df.rank_file_paths(str(tmp_path), 2) == [str(tmp_path / f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt")
-                                                    for r in range(2)]
+    assert df.rank_file_paths(str(tmp_path), 2) == [
+        str(tmp_path / f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt") for r in range(2)
+    ]
     (tmp_path / "bf16_zero_pp_rank_1_mp_rank_00_optim_states.pt").write_bytes(b"")
-    assert df.rank_file_paths(str(tmp_path), 2)[0] == str(tmp_path / "bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt")
+    assert df.rank_file_paths(str(tmp_path), 2)[0] == str(
+        tmp_path / "bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt"
+    )

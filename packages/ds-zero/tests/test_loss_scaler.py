@@ -30,7 +30,9 @@ def test_no_hysteresis_halves_at_once_and_respects_the_floor() -> None:
 
 
 def test_floor_without_raising_stays_at_minimum() -> None:
-    scaler = DynamicLossScaler(LossScalePolicy(initial_scale=4, hysteresis=1, min_scale=2, raise_at_min_scale=False))
+    scaler = DynamicLossScaler(
+        LossScalePolicy(initial_scale=4, hysteresis=1, min_scale=2, raise_at_min_scale=False)
+    )
     assert _scales(scaler, [True, True, True]) == [2, 2, 2]
 
 

@@ -70,6 +70,7 @@ def test_model_states_within_zero_formula(world):
             bound = replicated * psi + sharded * psi / n + 2 * bucket_bytes + batch_bytes
             for when, used in readings.items():
                 assert used <= bound, (
-                    f"stage {stage} {dtype} {when}: {used / psi:.2f} bytes/param > bound {bound / psi:.2f} (N={n})")
+                    f"stage {stage} {dtype} {when}: {used / psi:.2f} bytes/param > bound {bound / psi:.2f} (N={n})"
+                )
             # and the bound means something: keeping everything replicated would break it
             assert (replicated + sharded) * psi > bound

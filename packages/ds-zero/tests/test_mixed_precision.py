@@ -26,7 +26,7 @@ def _train_mixed(stage: int):
     masters = {}
     for unit, master in zip(opt.masters.units, opt.masters.holders):
         for slot, start, end, off in unit.owned_slices():
-            masters[(slot.index, start)] = master.detach()[off:off + end - start].clone()
+            masters[(slot.index, start)] = master.detach()[off : off + end - start].clone()
     return masters, [p.detach().clone() for p in model.parameters()]
 
 
@@ -39,7 +39,7 @@ def test_bf16_matches_mixed_precision_reference(stage):
     for masters, _ in results:
         for (index, start), values in masters.items():
             flat = pieces.setdefault(index, torch.full((expected[index].numel(),), float("nan")))
-            flat[start:start + values.numel()] = values
+            flat[start : start + values.numel()] = values
     for index, want in enumerate(expected):
         got = pieces[index].view(want.shape)
         assert not got.isnan().any()
@@ -51,7 +51,9 @@ def test_bf16_matches_mixed_precision_reference(stage):
 def _overflow_on_one_rank():
     rank = ds_comm.get_rank()
     model = tiny_mlp()
-    opt = zero_trainer(model, 2, bucket=200, dtype=torch.float16, fp16_scale=1024.0, optimizer=torch.optim.Adam)
+    opt = zero_trainer(
+        model, 2, bucket=200, dtype=torch.float16, fp16_scale=1024.0, optimizer=torch.optim.Adam
+    )
     before = [p.detach().clone() for p in model.parameters()]
     out = model(torch.randn(2, 12, dtype=torch.float16)).float().sum()
     opt.backward(out * (float("inf") if rank == 1 else 1.0))  # only rank 1 sees the overflow

@@ -15,18 +15,24 @@ from ds_comm.testing import run_distributed
 
 
 def _tables(module: nn.Module) -> list:
-    return [list(module._forward_pre_hooks.items()), list(module._forward_pre_hooks_with_kwargs),
-            list(module._forward_hooks.items()), list(module._forward_hooks_with_kwargs)]
+    return [
+        list(module._forward_pre_hooks.items()),
+        list(module._forward_pre_hooks_with_kwargs),
+        list(module._forward_hooks.items()),
+        list(module._forward_hooks_with_kwargs),
+    ]
 
 
 def test_suspended_hooks_go_back_in_their_places():
     from ds_zero.stage3.offload_view import SuspendableHook
 
     module, calls = nn.Linear(2, 2), []
-    handles = [module.register_forward_pre_hook(lambda m, a: calls.append("a")),
-               module.register_forward_pre_hook(lambda m, a, k: calls.append("b"), prepend=True, with_kwargs=True),
-               module.register_forward_pre_hook(lambda m, a: calls.append("c")),
-               module.register_forward_hook(lambda m, a, o: calls.append("d"), always_call=True)]
+    handles = [
+        module.register_forward_pre_hook(lambda m, a: calls.append("a")),
+        module.register_forward_pre_hook(lambda m, a, k: calls.append("b"), prepend=True, with_kwargs=True),
+        module.register_forward_pre_hook(lambda m, a: calls.append("c")),
+        module.register_forward_hook(lambda m, a, o: calls.append("d"), always_call=True),
+    ]
     before = _tables(module)
     hooks = [SuspendableHook(h) for h in handles]
     hooks[2].remove()
@@ -71,17 +77,22 @@ def _offload_on_units():
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 16), nn.GELU(), nn.Linear(16, 4))
-    trainer = wrap(model, torch.optim.SGD(model.parameters(), lr=0.1), policy=stage3_policy(cap=200, persist=0))
+    trainer = wrap(
+        model, torch.optim.SGD(model.parameters(), lr=0.1), policy=stage3_policy(cap=200, persist=0)
+    )
     offload = trainer.parameter_offload
     found = []
     for unit in trainer.sharded.units:
         state = fully_shard.state(unit)
         pre, post = fsdp_forward_handles(unit)
         # the handles hold FSDP2's own forward hooks, in the tables of this unit
-        found.append(unit._forward_pre_hooks[pre.id] == state._pre_forward
-                     and unit._forward_hooks[post.id] == state._post_forward)
-    externals = all(callable(m.ds_external_parameters) and list(m.ds_external_parameters()) == []
-                    for m in model.modules())
+        found.append(
+            unit._forward_pre_hooks[pre.id] == state._pre_forward
+            and unit._forward_hooks[post.id] == state._post_forward
+        )
+    externals = all(
+        callable(m.ds_external_parameters) and list(m.ds_external_parameters()) == [] for m in model.modules()
+    )
     active = all(p.ds_active_sub_modules == set() for p in model.parameters())
     before = [_tables(m) for m in model.modules()]
     for hook in offload.forward_hooks:
@@ -92,15 +103,26 @@ def _offload_on_units():
         offload._register_deepspeed_module(model[0])
     offload._register_deepspeed_module(model)
     restored = [_tables(m) for m in model.modules()] == before
-    return (len(trainer.sharded.units), found, externals, active, bare, restored, len(offload.forward_hooks),
-            len(trainer.sharded.status_hooks))
+    return (
+        len(trainer.sharded.units),
+        found,
+        externals,
+        active,
+        bare,
+        restored,
+        len(offload.forward_hooks),
+        len(trainer.sharded.status_hooks),
+    )
 
 
 @pytest.mark.timeout(120)
 def test_fsdp_forward_hooks_are_found_taken_out_and_restored():
     for units, found, externals, active, bare, restored, listed, tagged in run_distributed(
-            _offload_on_units, world_size=2, timeout=90):
-        assert units > 1 and all(found), "FSDP2 keeps its forward hooks elsewhere: update fsdp_forward_handles"
+        _offload_on_units, world_size=2, timeout=90
+    ):
+        assert units > 1 and all(found), (
+            "FSDP2 keeps its forward hooks elsewhere: update fsdp_forward_handles"
+        )
         assert externals and active
         assert bare, "a unit hook stayed in the forward path"
         assert restored

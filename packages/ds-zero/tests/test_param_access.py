@@ -71,7 +71,10 @@ def _access(stage: int):
     local = {}
     if stage == 3:
         for name, p in named:
-            local[name] = (pa.safe_get_local_fp32_param(p).clone(), pa.safe_get_local_optimizer_state(p, "exp_avg").clone())
+            local[name] = (
+                pa.safe_get_local_fp32_param(p).clone(),
+                pa.safe_get_local_optimizer_state(p, "exp_avg").clone(),
+            )
         weight = dict(named)["2.weight"]
         local["grad"] = pa.safe_get_local_grad(weight).clone()
     else:
@@ -103,8 +106,13 @@ def test_full_accessors_match_single_process(stage):
         for kind in ("param", "grad", "exp_avg", "exp_avg_sq"):
             assert set(got[kind]) == set(ref[kind])
             for name, want in ref[kind].items():
-                torch.testing.assert_close(got[kind][name].cpu(), want, rtol=1e-5, atol=1e-6,
-                                           msg=lambda m, r=rank, k=kind, n=name: f"rank {r} {k} {n}: {m}")
+                torch.testing.assert_close(
+                    got[kind][name].cpu(),
+                    want,
+                    rtol=1e-5,
+                    atol=1e-6,
+                    msg=lambda m, r=rank, k=kind, n=name: f"rank {r} {k} {n}: {m}",
+                )
         assert overflow == (False, True)
         for name, value in new.items():
             torch.testing.assert_close(model_after[name].cpu(), value.cpu())
@@ -122,13 +130,15 @@ def _check_local_partitions(rank: int, local: dict, ref: dict) -> None:
         if name.endswith("weight"):  # unit-sharded: this rank's rows
             start, end = flat_range(ref["param"][name].shape, WORLD, rank)
             torch.testing.assert_close(param_part.cpu(), full[start:end], rtol=1e-5, atol=1e-6)
-            torch.testing.assert_close(exp_avg_part.cpu(), ref["exp_avg"][name].reshape(-1)[start:end],
-                                       rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(
+                exp_avg_part.cpu(), ref["exp_avg"][name].reshape(-1)[start:end], rtol=1e-5, atol=1e-6
+            )
         else:
             assert param_part.numel() <= full.numel()
     start, end = flat_range(ref["grad"]["2.weight"].shape, WORLD, rank)
-    torch.testing.assert_close(local["grad"].cpu(), ref["grad"]["2.weight"].reshape(-1)[start:end],
-                               rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        local["grad"].cpu(), ref["grad"]["2.weight"].reshape(-1)[start:end], rtol=1e-5, atol=1e-6
+    )
 
 
 def test_unmanaged_parameter():

@@ -20,8 +20,13 @@ def _train(stage: int, overlap: bool, reduce_scatter: bool):
     rank, world = ds_comm.get_rank(), ds_comm.get_world_size()
     model = tiny_mlp()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.01)
-    trainer = wrap(model, opt, policy=ZeroPolicy(
-        stage=stage, reduce=ReducePolicy(bucket_numel=200, overlap=overlap, reduce_scatter=reduce_scatter)))
+    trainer = wrap(
+        model,
+        opt,
+        policy=ZeroPolicy(
+            stage=stage, reduce=ReducePolicy(bucket_numel=200, overlap=overlap, reduce_scatter=reduce_scatter)
+        ),
+    )
     batches = global_batches(STEPS * GAS, MICRO, world)
     with comms_log.capture() as log:
         for s in range(STEPS):

@@ -49,8 +49,10 @@ def _load(stage: int, path: str, saved_world: int):
 
 
 @pytest.mark.timeout(240)
-@pytest.mark.parametrize(("save_stage", "save_world", "load_stage", "load_world"),
-                         [(0, 1, 2, 2), (2, 2, 0, 1), (0, 2, 1, 3), (1, 2, 0, 2)])
+@pytest.mark.parametrize(
+    ("save_stage", "save_world", "load_stage", "load_world"),
+    [(0, 1, 2, 2), (2, 2, 0, 1), (0, 2, 1, 3), (1, 2, 0, 2)],
+)
 def test_save_at_one_stage_load_at_another(tmp_path, save_stage, save_world, load_stage, load_world):
     run_distributed(_save, world_size=save_world, args=(save_stage, str(tmp_path)))
     expected = reference_run(TOTAL, 1, GLOBAL // 2, 2, clip=0.0)

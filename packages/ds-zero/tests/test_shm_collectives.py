@@ -30,8 +30,8 @@ def _exercise(row_bytes: int, shard: int, dtype_name: str):
         got = host.reduce_scatter(torch.empty(shard, dtype=dtype), inp, average=round_ == 1)
         out["scatter"].append(got)
         flat = torch.zeros(shard * world, dtype=dtype)
-        flat[rank * shard:(rank + 1) * shard] = _inputs(rank, shard, dtype, 50 + round_)
-        host.all_gather(flat, flat[rank * shard:(rank + 1) * shard])  # in place, as ZeRO publishes
+        flat[rank * shard : (rank + 1) * shard] = _inputs(rank, shard, dtype, 50 + round_)
+        host.all_gather(flat, flat[rank * shard : (rank + 1) * shard])  # in place, as ZeRO publishes
         out["gather"].append(flat)
     out["rounds"] = host.round
     try:
@@ -42,23 +42,31 @@ def _exercise(row_bytes: int, shard: int, dtype_name: str):
 
 
 @pytest.mark.timeout(180)
-@pytest.mark.parametrize("world,row_bytes,shard,dtype", [
-    (2, 1 << 20, 1000, "float32"),  # one round per collective
-    (2, 256, 1001, "float32"),  # many rounds, an odd shard: the last chunk is short
-    (3, 512, 777, "bfloat16"),
-])
+@pytest.mark.parametrize(
+    "world,row_bytes,shard,dtype",
+    [
+        (2, 1 << 20, 1000, "float32"),  # one round per collective
+        (2, 256, 1001, "float32"),  # many rounds, an odd shard: the last chunk is short
+        (3, 512, 777, "bfloat16"),
+    ],
+)
 def test_matches_the_collectives_computed_from_every_input(world, row_bytes, shard, dtype) -> None:
     results = run_distributed(_exercise, world, 150, args=(row_bytes, shard, dtype))
     dt = getattr(torch, dtype)
     for round_ in range(3):
         total = torch.zeros(shard * world, dtype=dt)
         for r in range(world):  # the same sum, in rank order, as the ranks compute it
-            total = total + _inputs(r, shard * world, dt, round_) if r else _inputs(r, shard * world, dt, round_)
+            total = (
+                total + _inputs(r, shard * world, dt, round_) if r else _inputs(r, shard * world, dt, round_)
+            )
         if round_ == 1:
             total = total / world
         gathered = torch.cat([_inputs(r, shard, dt, 50 + round_) for r in range(world)])
         for rank, res in enumerate(results):
-            assert torch.equal(res["scatter"][round_], total[rank * shard:(rank + 1) * shard]), (rank, round_)
+            assert torch.equal(res["scatter"][round_], total[rank * shard : (rank + 1) * shard]), (
+                rank,
+                round_,
+            )
             assert torch.equal(res["gather"][round_], gathered), (rank, round_)
     assert len({r["rounds"] for r in results}) == 1 and results[0]["rounds"] >= 6
     assert "reduce_scatter: input of" in results[0]["error"]
@@ -73,9 +81,16 @@ def _train(stage: int, shm: bool):
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(16, 64), nn.GELU(), nn.Linear(64, 64), nn.GELU(), nn.Linear(64, 4))
-    config = {"train_micro_batch_size_per_gpu": 4, "optimizer": {"type": "AdamW", "params": {"lr": 1e-2}},
-              "gradient_clipping": 1.0, "zero_optimization": {"stage": stage, "reduce_bucket_size": 2000,
-                                                              "stage3_param_persistence_threshold": 0}}
+    config = {
+        "train_micro_batch_size_per_gpu": 4,
+        "optimizer": {"type": "AdamW", "params": {"lr": 1e-2}},
+        "gradient_clipping": 1.0,
+        "zero_optimization": {
+            "stage": stage,
+            "reduce_bucket_size": 2000,
+            "stage3_param_persistence_threshold": 0,
+        },
+    }
     engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=config)
     g = torch.Generator().manual_seed(ds_comm.get_rank())
     losses = []

@@ -30,7 +30,13 @@ def _train_sharded(stage: int, overlap: bool, offload: bool):
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize(
     ("stage", "world", "overlap", "offload"),
-    [(1, 2, False, False), (2, 2, False, False), (2, 2, True, False), (1, 4, False, True), (2, 4, True, True)],
+    [
+        (1, 2, False, False),
+        (2, 2, False, False),
+        (2, 2, True, False),
+        (1, 4, False, True),
+        (2, 4, True, True),
+    ],
 )
 def test_matches_single_process(stage, world, overlap, offload):
     expected = reference_run(STEPS, GAS, MICRO, world, CLIP)

@@ -25,7 +25,11 @@ def _train_cases():
     for name, offload in CASES:
         trainer, model = train_stage3(name, steps=STEPS, gas=GAS, micro=MICRO, clip=CLIP, offload=offload)
         units = [trainer.sharded.plan.names[id(u)] for u in trainer.sharded.units]
-        out[(name, offload)] = (full_state_dict(model, rank0_only=False), units, len(trainer.sharded.plan.persistent))
+        out[(name, offload)] = (
+            full_state_dict(model, rank0_only=False),
+            units,
+            len(trainer.sharded.plan.persistent),
+        )
         trainer.close()
     return out
 
@@ -38,10 +42,15 @@ def test_matches_single_process(world):
         expected = reference(name, steps=STEPS, gas=GAS, micro=MICRO, world=world, clip=CLIP)
         for rank_result in results:
             state, units, persistent = rank_result[(name, offload)]
-            assert len(units) >= 3 and persistent >= 3, (units, persistent)  # several units, some whole params
+            assert len(units) >= 3 and persistent >= 3, (
+                units,
+                persistent,
+            )  # several units, some whole params
             assert state.keys() == expected.keys()
             for key, want in expected.items():
-                torch.testing.assert_close(state[key], want, rtol=1e-5, atol=1e-5, msg=f"{name} offload={offload} {key}")
+                torch.testing.assert_close(
+                    state[key], want, rtol=1e-5, atol=1e-5, msg=f"{name} offload={offload} {key}"
+                )
     tied_units = results[0][("tied", False)][1]
     assert "b" not in tied_units and "c" not in tied_units  # the shared weight lives in their common parent
 
@@ -89,7 +98,9 @@ def _divergent():
 
     torch.manual_seed(0)
     model = _Looping(repeats=2 if ds_comm.get_rank() == 0 else 1)  # rank 0 takes one more turn
-    trainer = wrap(model, torch.optim.SGD(model.parameters(), lr=0.1), policy=stage3_policy(cap=4200, persist=0))
+    trainer = wrap(
+        model, torch.optim.SGD(model.parameters(), lr=0.1), policy=stage3_policy(cap=4200, persist=0)
+    )
     trainer.backward(model(torch.randn(2, 8)).sum())
     trainer.step()
 

@@ -25,8 +25,11 @@ BEFORE, AFTER, GLOBAL = 3, 2, 6
 def _trainer(model, stage: int):
     from ds_zero import ReducePolicy, ZeroPolicy, wrap
 
-    policy = stage3_policy(clip=0.5) if stage == 3 else ZeroPolicy(stage=stage, reduce=ReducePolicy(bucket_numel=200),
-                                                                    clip_grad=0.5)
+    policy = (
+        stage3_policy(clip=0.5)
+        if stage == 3
+        else ZeroPolicy(stage=stage, reduce=ReducePolicy(bucket_numel=200), clip_grad=0.5)
+    )
     return wrap(model, make_optimizer(model), policy=policy)
 
 
@@ -53,12 +56,17 @@ def _save(model, trainer, stage: int, folder: str) -> None:
     tag = Path(folder, "t")
     tag.mkdir(parents=True, exist_ok=True)
     rank = ds_comm.get_rank()
-    torch.save({"optimizer_state_dict": trainer.state_dict()}, tag / f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt")
+    torch.save(
+        {"optimizer_state_dict": trainer.state_dict()},
+        tag / f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt",
+    )
     module = _full(model, stage)
     if rank == 0:
         frozen = [n for n, p in frozen_mlp().named_parameters() if not p.requires_grad]
-        torch.save({"module": module, "buffer_names": [], "frozen_param_names": frozen},
-                   tag / "mp_rank_00_model_states.pt")
+        torch.save(
+            {"module": module, "buffer_names": [], "frozen_param_names": frozen},
+            tag / "mp_rank_00_model_states.pt",
+        )
     ds_comm.barrier()
 
 
@@ -66,8 +74,10 @@ def _load(folder: str, stage: int):
     """A fresh model (frozen layer scrambled, so the module file must restore it), wrapped at ``stage``."""
     tag = Path(folder, "t")
     module = torch.load(tag / "mp_rank_00_model_states.pt", weights_only=True)["module"]
-    shards = [torch.load(p, weights_only=True)["optimizer_state_dict"]
-              for p in sorted(tag.glob("zero_pp_rank_*_optim_states.pt"))]
+    shards = [
+        torch.load(p, weights_only=True)["optimizer_state_dict"]
+        for p in sorted(tag.glob("zero_pp_rank_*_optim_states.pt"))
+    ]
     model = frozen_mlp(seed=7)
     trainer = _trainer(model, stage)
     model.load_state_dict(module)  # at stage 3 this lands in the shards (a load_state_dict pre-hook)

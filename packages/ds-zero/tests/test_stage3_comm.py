@@ -30,7 +30,9 @@ class _Collectives(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if func.namespace == "c10d":
             tensors = [a for a in args if isinstance(a, torch.Tensor)]
-            tensors += [t for a in args if isinstance(a, (list, tuple)) for t in a if isinstance(t, torch.Tensor)]
+            tensors += [
+                t for a in args if isinstance(a, (list, tuple)) for t in a if isinstance(t, torch.Tensor)
+            ]
             name = func.__name__.split(".")[0]
             full = tensors[1] if "reduce_scatter" in name else tensors[0]
             self.bytes[name] += full.numel() * full.element_size()

@@ -37,8 +37,12 @@ def _on_gpu():
     out = {}
     for offload in (False, True):
         model = tiny_mlp().cuda()
-        trainer = wrap(model, torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.01),
-                       policy=stage3_policy(clip=0.5, offload=offload, pin_memory=True), group=nccl)
+        trainer = wrap(
+            model,
+            torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.01),
+            policy=stage3_policy(clip=0.5, offload=offload, pin_memory=True),
+            group=nccl,
+        )
         for x, y in global_batches(5, 4, 1):
             trainer.backward(torch.nn.functional.mse_loss(model(x.cuda()), y.cuda()))
             trainer.step()
@@ -49,8 +53,12 @@ def _on_gpu():
     out["init_device"] = built[0].weight.ds_tensor.device.type
     with GatheredParameters(list(built.parameters())):
         out["init_values"] = {k: v.detach().cpu().clone() for k, v in built.state_dict().items()}
-    bf16 = wrap(built, torch.optim.AdamW(built.parameters(), lr=1e-2),
-                policy=stage3_policy(dtype=torch.bfloat16), group=nccl)
+    bf16 = wrap(
+        built,
+        torch.optim.AdamW(built.parameters(), lr=1e-2),
+        policy=stage3_policy(dtype=torch.bfloat16),
+        group=nccl,
+    )
     losses = []
     for x, y in global_batches(5, 4, 1):
         loss = torch.nn.functional.mse_loss(built(x.cuda()).float(), y.cuda())
@@ -68,7 +76,9 @@ def test_stage3_on_cuda():
     expected = _reference(5)
     for offload in (False, True):
         for key, want in expected.items():
-            torch.testing.assert_close(out[offload][key].cpu(), want, rtol=1e-5, atol=1e-5, msg=f"offload={offload} {key}")
+            torch.testing.assert_close(
+                out[offload][key].cpu(), want, rtol=1e-5, atol=1e-5, msg=f"offload={offload} {key}"
+            )
     assert out["False_master_device"] == "cuda" and out["True_master_device"] == "cpu"
     assert out["init_device"] == "cuda"
     for key, want in tiny_mlp().state_dict().items():

@@ -28,8 +28,10 @@ def _model() -> nn.Module:
 
 def _batches(world: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     gen = torch.Generator().manual_seed(3)
-    return [(torch.randn(MICRO * world, WIDTH, generator=gen), torch.randn(MICRO * world, 1, generator=gen))
-            for _ in range(STEPS)]
+    return [
+        (torch.randn(MICRO * world, WIDTH, generator=gen), torch.randn(MICRO * world, 1, generator=gen))
+        for _ in range(STEPS)
+    ]
 
 
 def _optimizer(model: nn.Module) -> torch.optim.Optimizer:
@@ -66,8 +68,14 @@ def _train(hpz: int, dtype: torch.dtype = torch.float32, offload: bool = False):
     model = _model()
     groups_before = torch.distributed.distributed_c10d._world.group_count
     # no rank-agreement tokens (Note [divergence]): every all-gather logged is then a parameter gather
-    policy = stage3_policy(cap=WIDTH * WIDTH + WIDTH, persist=0, hpz_partition_size=hpz, detect_divergence=False,
-                           dtype=dtype, offload=offload)
+    policy = stage3_policy(
+        cap=WIDTH * WIDTH + WIDTH,
+        persist=0,
+        hpz_partition_size=hpz,
+        detect_divergence=False,
+        dtype=dtype,
+        offload=offload,
+    )
     trainer = wrap(model, _optimizer(model), policy=policy)
     groups = torch.distributed.distributed_c10d._world.group_count - groups_before  # new_group calls
     mine = slice(rank * MICRO, (rank + 1) * MICRO)
@@ -95,8 +103,10 @@ def _both():
 
 def _bf16_and_offload():
     """Losses per step without and with hpZ, under bf16 and under CPU offload of the shards."""
-    return {(str(dtype), offload): (_train(1, dtype, offload)[0], _train(2, dtype, offload)[0])
-            for dtype, offload in ((torch.bfloat16, False), (torch.float32, True))}
+    return {
+        (str(dtype), offload): (_train(1, dtype, offload)[0], _train(2, dtype, offload)[0])
+        for dtype, offload in ((torch.bfloat16, False), (torch.float32, True))
+    }
 
 
 @pytest.mark.timeout(240)
@@ -137,14 +147,19 @@ def test_hpz_partition_size_is_validated():
     from ds_zero.stage3.policy import hpz_group_size
 
     for bad in (0, -2, 1.5, True):
-        with pytest.raises(ValueError, match="zero_optimization.zero_hpz_partition_size must be an integer >= 1"):
+        with pytest.raises(
+            ValueError, match="zero_optimization.zero_hpz_partition_size must be an integer >= 1"
+        ):
             Stage3Policy(hpz_partition_size=bad)
     policy = Zero3Policy(stage3=Stage3Policy(hpz_partition_size=4))
     assert hpz_group_size(policy, world_size=8) == 4
     assert hpz_group_size(Zero3Policy(), world_size=6) == 1
     for world in (6, 2, 1):
-        with pytest.raises(ValueError, match=r"zero_hpz_partition_size \(4\) must divide the data-parallel world "
-                                             rf"size \({world}\)"):
+        with pytest.raises(
+            ValueError,
+            match=r"zero_hpz_partition_size \(4\) must divide the data-parallel world "
+            rf"size \({world}\)",
+        ):
             hpz_group_size(policy, world_size=world)
 
 

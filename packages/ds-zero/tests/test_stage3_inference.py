@@ -25,7 +25,7 @@ class _Net(torch.nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.layers = torch.nn.ModuleList(torch.nn.Linear(WIDTH, WIDTH, bias=False) for _ in range(DEPTH))
-        self.proj = torch.nn.Parameter(torch.randn(WIDTH, WIDTH) * WIDTH ** -0.5)
+        self.proj = torch.nn.Parameter(torch.randn(WIDTH, WIDTH) * WIDTH**-0.5)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for layer in self.layers:
@@ -74,7 +74,8 @@ def _run(dtype_name: str, zero_init: bool):
 @pytest.mark.parametrize("zero_init", [False, True], ids=["plain", "zero_init"])
 def test_shard_for_inference_matches_and_holds_a_shard(dtype_name, zero_init):
     for out, expected, shard_dtypes, baseline, after, full_bytes, world in run_distributed(
-            _run, world_size=2, timeout=200, args=(dtype_name, zero_init)):
+        _run, world_size=2, timeout=200, args=(dtype_name, zero_init)
+    ):
         if dtype_name == "float32":
             assert torch.equal(out, expected)
         else:
@@ -82,4 +83,6 @@ def test_shard_for_inference_matches_and_holds_a_shard(dtype_name, zero_init):
         assert shard_dtypes == {getattr(torch, dtype_name)}
         small = 8 * 1024  # x and expected (2 KiB each in fp32)
         for when, used in (("before forward", baseline), ("after forward", after)):
-            assert used <= full_bytes / world + small, f"{when}: {used} bytes > {full_bytes / world + small:.0f}"
+            assert used <= full_bytes / world + small, (
+                f"{when}: {used} bytes > {full_bytes / world + small:.0f}"
+            )

@@ -29,7 +29,9 @@ def _measure():
     unit = WIDTH * WIDTH  # one layer per unit; nothing kept gathered between forward and backward
     trainer = wrap(model, torch.optim.Adam(model.parameters()), policy=stage3_policy(cap=unit, persist=0))
     readings: dict[str, int] = {}
-    model[-1].register_forward_hook(lambda *_: readings.__setitem__(f"in_forward_{step}", live_tensor_bytes()))
+    model[-1].register_forward_hook(
+        lambda *_: readings.__setitem__(f"in_forward_{step}", live_tensor_bytes())
+    )
     x = torch.randn(BATCH, WIDTH)
     for step in range(2):
         loss = model(x).pow(2).mean()

@@ -98,18 +98,27 @@ def test_scalars_always_stay_whole():
 def test_keep_gathered_follows_reuse_distance_and_live_bound():
     model = TinyGPT()
     per_block, ends = 16 * 48 * 2, 1600
-    everything = plan_units(model, cap=2000, persistence_threshold=SMALL, max_reuse_distance=10**9, max_live=10**9)
+    everything = plan_units(
+        model, cap=2000, persistence_threshold=SMALL, max_reuse_distance=10**9, max_live=10**9
+    )
     assert len(everything.keep_gathered) == 5  # every unit but the root (FSDP2 keeps the root itself)
     nothing = plan_units(model, cap=2000, persistence_threshold=SMALL, max_reuse_distance=0, max_live=10**9)
     assert nothing.keep_gathered == {id(model.head)}  # nothing runs between its forward and backward
     # head (1700) and blocks.2 are within 2 x (later units) <= distance; the live bound stops at 2 units
-    some = plan_units(model, cap=2000, persistence_threshold=SMALL, max_reuse_distance=2 * 1700 + 2 * per_block,
-                      max_live=1700 + per_block + ends // 2)
+    some = plan_units(
+        model,
+        cap=2000,
+        persistence_threshold=SMALL,
+        max_reuse_distance=2 * 1700 + 2 * per_block,
+        max_live=1700 + per_block + ends // 2,
+    )
     assert some.keep_gathered == {id(model.head), id(model.blocks[2])}
 
 
 def test_one_rank_makes_one_unit_when_live_bound_allows():
-    policy = Zero3Policy(reduce=ReducePolicy(bucket_numel=10**6), stage3=Stage3Policy(prefetch_bucket_numel=1000))
+    policy = Zero3Policy(
+        reduce=ReducePolicy(bucket_numel=10**6), stage3=Stage3Policy(prefetch_bucket_numel=1000)
+    )
     assert unit_cap(policy, world_size=2, model_numel=5000) == 1000
     assert unit_cap(policy, world_size=1, model_numel=5000) == 5000
     tight = Zero3Policy(stage3=Stage3Policy(prefetch_bucket_numel=1000, max_live_parameters=4000))
@@ -123,8 +132,12 @@ def test_persistence_threshold_is_inclusive_and_capped_by_the_model_threshold():
     # the cap counts persistent elements in model order: the first block's four small tensors
     # (16 + 16 + 48 + 16 = 96) fit in 100, the second block's norm weight would not
     capped = plan_units(model, cap=2000, persistence_threshold=100, model_persistence_threshold=100)
-    assert [p for p in capped.persistent] == [model.blocks[0].ln.weight, model.blocks[0].ln.bias,
-                                              model.blocks[0].fc1.bias, model.blocks[0].fc2.bias]
+    assert [p for p in capped.persistent] == [
+        model.blocks[0].ln.weight,
+        model.blocks[0].ln.bias,
+        model.blocks[0].fc1.bias,
+        model.blocks[0].fc2.bias,
+    ]
     assert capped.numel[id(model.blocks[1])] == sum(p.numel() for p in model.blocks[1].parameters())
 
 

@@ -32,7 +32,7 @@ def test_fp32_step_equals_torch_with_accumulation_and_clipping() -> None:
     data = _data(12)
     for step in range(6):
         norms = []
-        for x, y in data[2 * step:2 * step + 2]:
+        for x, y in data[2 * step : 2 * step + 2]:
             torch.nn.functional.mse_loss(ref(x), y).div(2).backward()
             trainer.backward(torch.nn.functional.mse_loss(mine(x), y).div(2))
         norms.append(torch.nn.utils.clip_grad_norm_(ref.parameters(), 0.3))
@@ -66,7 +66,9 @@ def test_fp32_non_finite_gradients_skip_the_step(poison: float) -> None:
 def test_the_check_can_be_turned_off_explicitly() -> None:
     """bf16's ``check_grad_overflow: false`` maps to ``check_overflow=False``: then NaN reaches the weights."""
     model = _model()
-    trainer = wrap(model, torch.optim.SGD(model.parameters(), lr=0.1), policy=ZeroPolicy(check_overflow=False))
+    trainer = wrap(
+        model, torch.optim.SGD(model.parameters(), lr=0.1), policy=ZeroPolicy(check_overflow=False)
+    )
     x, y = _data(1)[0]
     trainer.backward(torch.nn.functional.mse_loss(model(x), y) * float("nan"))
     assert trainer.step() is True
@@ -75,9 +77,15 @@ def test_the_check_can_be_turned_off_explicitly() -> None:
 
 def test_fp16_overflow_skips_the_step_and_keeps_weights() -> None:
     model = _model()
-    trainer = wrap(model, torch.optim.SGD(model.parameters(), lr=0.1), policy=ZeroPolicy(
-        mixed_precision=MixedPrecisionPolicy(param_dtype=torch.float16),
-        loss_scale=LossScalePolicy(initial_scale=2.0**10, hysteresis=1), check_overflow=True))
+    trainer = wrap(
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        policy=ZeroPolicy(
+            mixed_precision=MixedPrecisionPolicy(param_dtype=torch.float16),
+            loss_scale=LossScalePolicy(initial_scale=2.0**10, hysteresis=1),
+            check_overflow=True,
+        ),
+    )
     assert all(p.dtype == torch.float16 for p in model.parameters())
     before = [p.detach().clone() for p in model.parameters()]
     x, y = _data(1)[0]
@@ -94,8 +102,11 @@ def test_fp16_overflow_skips_the_step_and_keeps_weights() -> None:
 def test_masters_keep_the_fp32_start_exactly() -> None:
     fp32 = _model()
     reference = [p.detach().clone() for p in fp32.parameters()]
-    trainer = wrap(fp32, torch.optim.AdamW(fp32.parameters()), policy=ZeroPolicy(
-        mixed_precision=MixedPrecisionPolicy(param_dtype=torch.bfloat16)))
+    trainer = wrap(
+        fp32,
+        torch.optim.AdamW(fp32.parameters()),
+        policy=ZeroPolicy(mixed_precision=MixedPrecisionPolicy(param_dtype=torch.bfloat16)),
+    )
     masters = [p for g in trainer.param_groups for p in g["params"]]
     assert all(m.dtype == torch.float32 for m in masters)
     for m, r in zip(masters, reference):
@@ -105,8 +116,11 @@ def test_masters_keep_the_fp32_start_exactly() -> None:
 
 def test_bf16_gradients_accumulate_in_fp32_masters() -> None:
     model = _model(dtype=torch.float32)
-    trainer = wrap(model, torch.optim.SGD(model.parameters(), lr=0.0), policy=ZeroPolicy(
-        mixed_precision=MixedPrecisionPolicy(param_dtype=torch.bfloat16)))
+    trainer = wrap(
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.0),
+        policy=ZeroPolicy(mixed_precision=MixedPrecisionPolicy(param_dtype=torch.bfloat16)),
+    )
     x, y = _data(1)[0]
     for _ in range(3):
         trainer.backward(torch.nn.functional.mse_loss(model(x.bfloat16()).float(), y))
@@ -118,9 +132,15 @@ def test_bf16_gradients_accumulate_in_fp32_masters() -> None:
 def test_mixed_precision_state_round_trip() -> None:
     def make() -> tuple[torch.nn.Module, object]:
         model = _model()
-        return model, wrap(model, torch.optim.AdamW(model.parameters(), lr=1e-2), policy=ZeroPolicy(
-            mixed_precision=MixedPrecisionPolicy(param_dtype=torch.float16),
-            loss_scale=LossScalePolicy(initial_scale=2.0**8), check_overflow=True))
+        return model, wrap(
+            model,
+            torch.optim.AdamW(model.parameters(), lr=1e-2),
+            policy=ZeroPolicy(
+                mixed_precision=MixedPrecisionPolicy(param_dtype=torch.float16),
+                loss_scale=LossScalePolicy(initial_scale=2.0**8),
+                check_overflow=True,
+            ),
+        )
 
     model_a, a = make()
     data = _data(6)
@@ -155,7 +175,9 @@ def test_state_is_whole_parameter_slices() -> None:
     assert set(by_key) == {n for n, _ in model.named_parameters()}
     for name, p in model.named_parameters():
         piece = by_key[name]
-        assert (piece["start"], piece["end"]) == (0, p.numel()) and torch.equal(piece["fp32"], p.detach().reshape(-1))
+        assert (piece["start"], piece["end"]) == (0, p.numel()) and torch.equal(
+            piece["fp32"], p.detach().reshape(-1)
+        )
         assert set(piece["state"]) == {"exp_avg", "exp_avg_sq"}
 
 
@@ -164,8 +186,11 @@ def test_unknown_stage_and_offload_at_stage0_are_refused() -> None:
     with pytest.raises(StageNotAvailable, match="stage 7"):
         wrap(model, torch.optim.SGD(model.parameters(), lr=0.1), policy=ZeroPolicy(stage=7))
     with pytest.raises(StageNotAvailable, match="offload"):
-        wrap(model, torch.optim.SGD(model.parameters(), lr=0.1),
-             policy=ZeroPolicy(offload=OffloadPolicy(optimizer_device="cpu")))
+        wrap(
+            model,
+            torch.optim.SGD(model.parameters(), lr=0.1),
+            policy=ZeroPolicy(offload=OffloadPolicy(optimizer_device="cpu")),
+        )
 
 
 def test_optimizer_parameters_outside_the_model_are_refused() -> None:

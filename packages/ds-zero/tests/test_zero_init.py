@@ -166,8 +166,14 @@ def _options():
         bad = None
     except ValueError as exc:
         bad = str(exc)
-    return (bf16.weight.ds_tensor.dtype, fp16.weight.ds_tensor.dtype, untouched.weight.shape,
-            existing.weight.ds_tensor.numel(), bad, nn.Linear.__init__.__name__)
+    return (
+        bf16.weight.ds_tensor.dtype,
+        fp16.weight.ds_tensor.dtype,
+        untouched.weight.shape,
+        existing.weight.ds_tensor.numel(),
+        bad,
+        nn.Linear.__init__.__name__,
+    )
 
 
 @pytest.mark.timeout(120)

@@ -5,4 +5,9 @@ from ds_accel.registry import available_names
 
 SUPPORTED_ACCELERATOR_LIST = available_names()
 
-__all__ = ["SUPPORTED_ACCELERATOR_LIST", "get_accelerator", "is_current_accelerator_supported", "set_accelerator"]
+__all__ = [
+    "SUPPORTED_ACCELERATOR_LIST",
+    "get_accelerator",
+    "is_current_accelerator_supported",
+    "set_accelerator",
+]

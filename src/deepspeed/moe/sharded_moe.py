@@ -3,5 +3,13 @@
 from ds_parallel.moe.gating import gumbel_rsample, multiplicative_jitter, top1gating, top2gating, topkgating
 from ds_parallel.moe.layer import MOELayer, TopKGate, _AllToAll
 
-__all__ = ["MOELayer", "TopKGate", "_AllToAll", "gumbel_rsample", "multiplicative_jitter", "top1gating",
-           "top2gating", "topkgating"]
+__all__ = [
+    "MOELayer",
+    "TopKGate",
+    "_AllToAll",
+    "gumbel_rsample",
+    "multiplicative_jitter",
+    "top1gating",
+    "top2gating",
+    "topkgating",
+]

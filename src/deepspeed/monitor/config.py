@@ -12,7 +12,9 @@ CSVConfig = CSVMonitorConfig
 class DeepSpeedMonitorConfig:
     """The four monitor sections together, with ``enabled`` when any is on (what ``MonitorMaster`` reads)."""
 
-    def __init__(self, tensorboard: Any = None, wandb: Any = None, csv_monitor: Any = None, comet: Any = None) -> None:
+    def __init__(
+        self, tensorboard: Any = None, wandb: Any = None, csv_monitor: Any = None, comet: Any = None
+    ) -> None:
         self.tensorboard = TensorBoardConfig.model_validate(tensorboard or {})
         self.wandb = WandbConfig.model_validate(wandb or {})
         self.csv_monitor = CSVMonitorConfig.model_validate(csv_monitor or {})
@@ -22,9 +24,16 @@ class DeepSpeedMonitorConfig:
 
 def get_monitor_config(param_dict: dict[str, Any]) -> DeepSpeedMonitorConfig:
     """The monitor sections of a DeepSpeed config dict."""
-    return DeepSpeedMonitorConfig(**{key: param_dict.get(key, {}) for key in ("tensorboard", "wandb", "csv_monitor",
-                                                                               "comet")})
+    return DeepSpeedMonitorConfig(
+        **{key: param_dict.get(key, {}) for key in ("tensorboard", "wandb", "csv_monitor", "comet")}
+    )
 
 
-__all__ = ["CSVConfig", "CometConfig", "DeepSpeedMonitorConfig", "TensorBoardConfig", "WandbConfig",
-           "get_monitor_config"]
+__all__ = [
+    "CSVConfig",
+    "CometConfig",
+    "DeepSpeedMonitorConfig",
+    "TensorBoardConfig",
+    "WandbConfig",
+    "get_monitor_config",
+]

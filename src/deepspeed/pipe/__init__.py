@@ -9,5 +9,11 @@ from ds_parallel.pipe import (
     TiedLayerSpec,
 )
 
-__all__ = ["LayerSpec", "PipeDataParallelTopology", "PipeModelDataParallelTopology", "PipelineModule",
-           "ProcessTopology", "TiedLayerSpec"]
+__all__ = [
+    "LayerSpec",
+    "PipeDataParallelTopology",
+    "PipeModelDataParallelTopology",
+    "PipelineModule",
+    "ProcessTopology",
+    "TiedLayerSpec",
+]

@@ -9,8 +9,17 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-_SUBMODULES = {"base_optimizer", "checkpoint_engine", "config", "dataloader", "engine", "lr_schedules", "utils",
-               "zero", "activation_checkpointing"}
+_SUBMODULES = {
+    "base_optimizer",
+    "checkpoint_engine",
+    "config",
+    "dataloader",
+    "engine",
+    "lr_schedules",
+    "utils",
+    "zero",
+    "activation_checkpointing",
+}
 
 
 __all__ = sorted(_SUBMODULES)

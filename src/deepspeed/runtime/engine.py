@@ -9,4 +9,9 @@ from ds_engine.engine import DeepSpeedEngine
 DeepSpeedOptimizerCallable = Callable[[Any], Any]
 DeepSpeedSchedulerCallable = Callable[[Any], Any]
 
-__all__ = ["DeepSpeedEngine", "autocast_if_enabled", "DeepSpeedOptimizerCallable", "DeepSpeedSchedulerCallable"]
+__all__ = [
+    "DeepSpeedEngine",
+    "autocast_if_enabled",
+    "DeepSpeedOptimizerCallable",
+    "DeepSpeedSchedulerCallable",
+]

@@ -6,16 +6,37 @@ from typing import Any
 
 from deepspeed.utils.logging import log_dist, logger, print_dist
 
-_LEAF = ("get_z3_leaf_modules", "set_z3_leaf_module", "set_z3_leaf_modules", "set_z3_leaf_modules_by_name",
-         "set_z3_leaf_modules_by_suffix", "unset_z3_leaf_modules", "z3_leaf_module", "z3_leaf_parameter")
-_PARAM_ACCESS = ("safe_get_full_fp32_param", "safe_get_full_grad", "safe_get_full_optimizer_state",
-                 "safe_get_local_fp32_param", "safe_get_local_grad", "safe_get_local_optimizer_state",
-                 "safe_set_full_fp32_param", "safe_set_full_grad", "safe_set_full_optimizer_state",
-                 "safe_set_local_fp32_param", "safe_set_local_grad", "safe_set_local_optimizer_state",
-                 "safe_update_full_grad_vectorized")
+_LEAF = (
+    "get_z3_leaf_modules",
+    "set_z3_leaf_module",
+    "set_z3_leaf_modules",
+    "set_z3_leaf_modules_by_name",
+    "set_z3_leaf_modules_by_suffix",
+    "unset_z3_leaf_modules",
+    "z3_leaf_module",
+    "z3_leaf_parameter",
+)
+_PARAM_ACCESS = (
+    "safe_get_full_fp32_param",
+    "safe_get_full_grad",
+    "safe_get_full_optimizer_state",
+    "safe_get_local_fp32_param",
+    "safe_get_local_grad",
+    "safe_get_local_optimizer_state",
+    "safe_set_full_fp32_param",
+    "safe_set_full_grad",
+    "safe_set_full_optimizer_state",
+    "safe_set_local_fp32_param",
+    "safe_set_local_grad",
+    "safe_set_local_optimizer_state",
+    "safe_update_full_grad_vectorized",
+)
 # name -> module holding it; torch is imported only when one is first used: `import deepspeed.utils` stays light
-_LAZY = {**dict.fromkeys(_LEAF, "ds_zero.stage3.leaf"), **dict.fromkeys(_PARAM_ACCESS, "ds_zero.param_access"),
-         "RepeatingLoader": "ds_engine.dataloader"}
+_LAZY = {
+    **dict.fromkeys(_LEAF, "ds_zero.stage3.leaf"),
+    **dict.fromkeys(_PARAM_ACCESS, "ds_zero.param_access"),
+    "RepeatingLoader": "ds_engine.dataloader",
+}
 
 
 def __getattr__(name: str) -> Any:

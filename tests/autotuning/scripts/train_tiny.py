@@ -21,8 +21,13 @@ IN, HIDDEN, OUT = 16, 256, 16
 
 def build_model() -> torch.nn.Module:
     torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Linear(IN, HIDDEN), torch.nn.GELU(), torch.nn.Linear(HIDDEN, HIDDEN),
-                               torch.nn.GELU(), torch.nn.Linear(HIDDEN, OUT))
+    return torch.nn.Sequential(
+        torch.nn.Linear(IN, HIDDEN),
+        torch.nn.GELU(),
+        torch.nn.Linear(HIDDEN, HIDDEN),
+        torch.nn.GELU(),
+        torch.nn.Linear(HIDDEN, OUT),
+    )
 
 
 def make_batch(micro_batch: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -51,10 +56,17 @@ def main() -> None:
     record = os.environ.get("AT_RECORD")
     if record and engine.global_rank == 0:
         with open(record, "w") as fh:
-            json.dump({"zero_stage": engine.zero_optimization_stage(),
-                       "train_micro_batch_size_per_gpu": engine.train_micro_batch_size_per_gpu(),
-                       "train_batch_size": engine.train_batch_size(), "global_steps": engine.global_steps,
-                       "world_size": engine.world_size, "loss": float(loss)}, fh)
+            json.dump(
+                {
+                    "zero_stage": engine.zero_optimization_stage(),
+                    "train_micro_batch_size_per_gpu": engine.train_micro_batch_size_per_gpu(),
+                    "train_batch_size": engine.train_batch_size(),
+                    "global_steps": engine.global_steps,
+                    "world_size": engine.world_size,
+                    "loss": float(loss),
+                },
+                fh,
+            )
     # Leave the process group explicitly, as torch recommends: one left to interpreter exit (ZeRO stages
     # 1-3 on gloo) sometimes aborts the rank with "terminate called without an active exception".
     deepspeed.comm.destroy_process_group()

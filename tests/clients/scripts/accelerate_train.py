@@ -52,8 +52,10 @@ def main() -> None:
     _common.stand_in_for_accelerator()
     set_seed(0)
     # At stage 3, name a leaf class the way MoE users do: Accelerate calls deepspeed.utils.set_z3_leaf_modules
-    plugin = DeepSpeedPlugin(hf_ds_config=ds_config(args.stage, offload_optimizer=args.offload_optimizer),
-                             transformer_moe_cls_names="LlamaMLP" if args.stage == 3 else None)
+    plugin = DeepSpeedPlugin(
+        hf_ds_config=ds_config(args.stage, offload_optimizer=args.offload_optimizer),
+        transformer_moe_cls_names="LlamaMLP" if args.stage == 3 else None,
+    )
     accelerator = Accelerator(deepspeed_plugin=plugin)
     model = _common.tiny_llama()
     optimizer = torch.optim.AdamW(model.parameters(), lr=5e-3, weight_decay=0.01)
@@ -87,16 +89,20 @@ def main() -> None:
                 break
 
     engine = model
-    _common.write_result(args.output_dir, args.result, {
-        "losses": losses,
-        "steps": step,
-        "engine": type(engine).__name__,
-        "zero_stage": engine.zero_optimization_stage(),
-        "optimizer": type(engine.optimizer.optimizer).__name__,
-        "lr": engine.get_lr(),
-        "partitioned_params": _common.partitioned_params(engine.module),
-        "leaf_modules": len(get_z3_leaf_modules(engine.module)),
-    })
+    _common.write_result(
+        args.output_dir,
+        args.result,
+        {
+            "losses": losses,
+            "steps": step,
+            "engine": type(engine).__name__,
+            "zero_stage": engine.zero_optimization_stage(),
+            "optimizer": type(engine.optimizer.optimizer).__name__,
+            "lr": engine.get_lr(),
+            "partitioned_params": _common.partitioned_params(engine.module),
+            "leaf_modules": len(get_z3_leaf_modules(engine.module)),
+        },
+    )
     accelerator.end_training()
 
 

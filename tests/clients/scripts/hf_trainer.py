@@ -44,10 +44,14 @@ def ds_config(stage: int, *, config_optimizer: bool) -> dict:
         "zero_optimization": _common.zero_config(stage, auto=True),
     }
     if config_optimizer:
-        config["optimizer"] = {"type": "AdamW", "params": {"lr": "auto", "betas": "auto", "eps": "auto",
-                                                           "weight_decay": "auto"}}
-        config["scheduler"] = {"type": "WarmupLR", "params": {"warmup_min_lr": "auto", "warmup_max_lr": "auto",
-                                                             "warmup_num_steps": "auto"}}
+        config["optimizer"] = {
+            "type": "AdamW",
+            "params": {"lr": "auto", "betas": "auto", "eps": "auto", "weight_decay": "auto"},
+        }
+        config["scheduler"] = {
+            "type": "WarmupLR",
+            "params": {"warmup_min_lr": "auto", "warmup_max_lr": "auto", "warmup_num_steps": "auto"},
+        }
     else:
         config["zero_allow_untested_optimizer"] = True  # the Trainer's own torch AdamW
     return config
@@ -60,7 +64,9 @@ def main() -> None:
     parser.add_argument("--result", required=True, help="result file name (without .rank<r>.json)")
     parser.add_argument("--max_steps", type=int, default=6)
     parser.add_argument("--save_steps", type=int, default=3)
-    parser.add_argument("--trainer_optimizer", action="store_true", help="no config optimizer: the Trainer's AdamW")
+    parser.add_argument(
+        "--trainer_optimizer", action="store_true", help="no config optimizer: the Trainer's AdamW"
+    )
     parser.add_argument("--resume_from_checkpoint", default=None)
     parser.add_argument("--local_rank", type=int, default=-1)  # passed by the deepspeed launcher
     args = parser.parse_args()
@@ -86,18 +92,24 @@ def main() -> None:
         dataloader_num_workers=0,
         disable_tqdm=True,
     )
-    trainer = RecordingTrainer(model=_common.tiny_gpt2(), args=training_args, train_dataset=_common.TokenDataset())
+    trainer = RecordingTrainer(
+        model=_common.tiny_gpt2(), args=training_args, train_dataset=_common.TokenDataset()
+    )
     trainer.losses = []
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     engine = trainer.model_wrapped
-    _common.write_result(args.output_dir, args.result, {
-        "losses": trainer.losses,
-        "global_step": trainer.state.global_step,
-        "engine": type(engine).__name__,
-        "zero_stage": engine.zero_optimization_stage(),
-        "lr": engine.get_lr(),
-        "partitioned_params": _common.partitioned_params(engine.module),
-    })
+    _common.write_result(
+        args.output_dir,
+        args.result,
+        {
+            "losses": trainer.losses,
+            "global_step": trainer.state.global_step,
+            "engine": type(engine).__name__,
+            "zero_stage": engine.zero_optimization_stage(),
+            "lr": engine.get_lr(),
+            "partitioned_params": _common.partitioned_params(engine.module),
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -60,9 +60,18 @@ def tiny_llama_sdpa() -> torch.nn.Module:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    return LlamaForCausalLM(LlamaConfig(vocab_size=_common.VOCAB, hidden_size=32, intermediate_size=64,
-                                        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                        max_position_embeddings=SEQ, attn_implementation="sdpa"))
+    return LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=_common.VOCAB,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=SEQ,
+            attn_implementation="sdpa",
+        )
+    )
 
 
 def main() -> None:
@@ -80,28 +89,60 @@ def main() -> None:
     _common.stand_in_for_accelerator()
     config_path = Path(args.output_dir) / "ds_config.json"
     config_path.parent.mkdir(parents=True, exist_ok=True)
-    config_path.write_text(json.dumps({
-        "train_batch_size": "auto", "train_micro_batch_size_per_gpu": "auto",
-        "gradient_accumulation_steps": "auto", "gradient_clipping": "auto", "steps_per_print": float("inf"),
-        "zero_optimization": _common.zero_config(args.stage, auto=True), "zero_allow_untested_optimizer": True,
-    }))
-    parallelism = ParallelismConfig(sp_backend="deepspeed", sp_size=2, sp_handler=DeepSpeedSequenceParallelConfig(
-        sp_seq_length=SEQ, sp_seq_length_is_variable=False, sp_attn_implementation="sdpa"))
+    config_path.write_text(
+        json.dumps(
+            {
+                "train_batch_size": "auto",
+                "train_micro_batch_size_per_gpu": "auto",
+                "gradient_accumulation_steps": "auto",
+                "gradient_clipping": "auto",
+                "steps_per_print": float("inf"),
+                "zero_optimization": _common.zero_config(args.stage, auto=True),
+                "zero_allow_untested_optimizer": True,
+            }
+        )
+    )
+    parallelism = ParallelismConfig(
+        sp_backend="deepspeed",
+        sp_size=2,
+        sp_handler=DeepSpeedSequenceParallelConfig(
+            sp_seq_length=SEQ, sp_seq_length_is_variable=False, sp_attn_implementation="sdpa"
+        ),
+    )
     training_args = TrainingArguments(
-        output_dir=args.output_dir, deepspeed=str(config_path), parallelism_config=parallelism,
-        per_device_train_batch_size=2, gradient_accumulation_steps=1, learning_rate=5e-3, max_steps=6,
-        save_steps=3, save_strategy="steps", logging_steps=1, report_to=[], seed=0, dataloader_num_workers=0,
-        disable_tqdm=True, ignore_data_skip=True,
+        output_dir=args.output_dir,
+        deepspeed=str(config_path),
+        parallelism_config=parallelism,
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=1,
+        learning_rate=5e-3,
+        max_steps=6,
+        save_steps=3,
+        save_strategy="steps",
+        logging_steps=1,
+        report_to=[],
+        seed=0,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+        ignore_data_skip=True,
     )
     trainer = RecordingTrainer(model=tiny_llama_sdpa(), args=training_args, train_dataset=PositionedTokens())
     trainer.losses = []
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     engine = trainer.model_wrapped
-    _common.write_result(args.output_dir, args.result, {
-        "losses": trainer.losses, "global_step": trainer.state.global_step, "engine": type(engine).__name__,
-        "zero_stage": engine.zero_optimization_stage(), "sp": engine.sequence_parallel_size,
-        "seq_dp": engine.seq_dp_world_size, "partitioned_params": _common.partitioned_params(engine.module),
-    })
+    _common.write_result(
+        args.output_dir,
+        args.result,
+        {
+            "losses": trainer.losses,
+            "global_step": trainer.state.global_step,
+            "engine": type(engine).__name__,
+            "zero_stage": engine.zero_optimization_stage(),
+            "sp": engine.sequence_parallel_size,
+            "seq_dp": engine.seq_dp_world_size,
+            "partitioned_params": _common.partitioned_params(engine.module),
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -41,9 +41,18 @@ def tiny_llama() -> torch.nn.Module:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    return LlamaForCausalLM(LlamaConfig(vocab_size=_common.VOCAB, hidden_size=32, intermediate_size=64,
-                                        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                        max_position_embeddings=_common.SEQ, tie_word_embeddings=False))
+    return LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=_common.VOCAB,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=_common.SEQ,
+            tie_word_embeddings=False,
+        )
+    )
 
 
 def tiny_phi3() -> torch.nn.Module:
@@ -51,10 +60,21 @@ def tiny_phi3() -> torch.nn.Module:
     from transformers import Phi3Config, Phi3ForCausalLM
 
     torch.manual_seed(0)
-    return Phi3ForCausalLM(Phi3Config(vocab_size=_common.VOCAB, hidden_size=32, intermediate_size=64,
-                                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                      max_position_embeddings=_common.SEQ, pad_token_id=0, bos_token_id=1,
-                                      eos_token_id=2, tie_word_embeddings=False))
+    return Phi3ForCausalLM(
+        Phi3Config(
+            vocab_size=_common.VOCAB,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=_common.SEQ,
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=2,
+            tie_word_embeddings=False,
+        )
+    )
 
 
 def probe() -> torch.Tensor:
@@ -77,15 +97,33 @@ def main() -> None:
     config_path.parent.mkdir(parents=True, exist_ok=True)
     zero = _common.zero_config(args.stage)
     zero["stage3_gather_16bit_weights_on_model_save"] = True  # Accelerate's condition for saving TP weights
-    config_path.write_text(json.dumps({
-        "train_batch_size": "auto", "train_micro_batch_size_per_gpu": "auto",
-        "gradient_accumulation_steps": "auto", "gradient_clipping": "auto", "steps_per_print": float("inf"),
-        "zero_optimization": zero, "tensor_parallel": {"autotp_size": 2},
-    }))
+    config_path.write_text(
+        json.dumps(
+            {
+                "train_batch_size": "auto",
+                "train_micro_batch_size_per_gpu": "auto",
+                "gradient_accumulation_steps": "auto",
+                "gradient_clipping": "auto",
+                "steps_per_print": float("inf"),
+                "zero_optimization": zero,
+                "tensor_parallel": {"autotp_size": 2},
+            }
+        )
+    )
     training_args = TrainingArguments(
-        output_dir=args.output_dir, deepspeed=str(config_path), per_device_train_batch_size=2,
-        gradient_accumulation_steps=1, learning_rate=5e-3, max_steps=6, save_steps=3, save_strategy="steps",
-        logging_steps=1, report_to=[], seed=0, dataloader_num_workers=0, disable_tqdm=True,
+        output_dir=args.output_dir,
+        deepspeed=str(config_path),
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=1,
+        learning_rate=5e-3,
+        max_steps=6,
+        save_steps=3,
+        save_strategy="steps",
+        logging_steps=1,
+        report_to=[],
+        seed=0,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
     )
     model = tiny_phi3() if args.model == "phi3" else tiny_llama()
     trainer = RecordingTrainer(model=model, args=training_args, train_dataset=_common.TokenDataset(32))
@@ -97,12 +135,22 @@ def main() -> None:
         logits = engine.module(input_ids=probe()).logits
     attn = engine.module.model.layers[0].self_attn
     q = attn.qkv_proj.weight if args.model == "phi3" else attn.q_proj.weight
-    _common.write_result(args.output_dir, args.result, {
-        "losses": trainer.losses, "global_step": trainer.state.global_step, "engine": type(engine).__name__,
-        "zero_stage": engine.zero_optimization_stage(), "tp": engine.mp_world_size, "dp": engine.dp_world_size,
-        "train_batch_size": engine.train_batch_size(), "first_input_ids": trainer.first_input_ids,
-        "q_proj_shape": list(q.shape), "logits": logits.tolist(),
-    })
+    _common.write_result(
+        args.output_dir,
+        args.result,
+        {
+            "losses": trainer.losses,
+            "global_step": trainer.state.global_step,
+            "engine": type(engine).__name__,
+            "zero_stage": engine.zero_optimization_stage(),
+            "tp": engine.mp_world_size,
+            "dp": engine.dp_world_size,
+            "train_batch_size": engine.train_batch_size(),
+            "first_input_ids": trainer.first_input_ids,
+            "q_proj_shape": list(q.shape),
+            "logits": logits.tolist(),
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -93,8 +93,12 @@ def main() -> None:
 
     pl.seed_everything(0, workers=True)
     model = Regressor()
-    checkpoints = ModelCheckpoint(dirpath=Path(args.output_dir) / f"{args.result}_ckpt", save_top_k=-1,
-                                  every_n_epochs=1, filename="{epoch}")
+    checkpoints = ModelCheckpoint(
+        dirpath=Path(args.output_dir) / f"{args.result}_ckpt",
+        save_top_k=-1,
+        every_n_epochs=1,
+        filename="{epoch}",
+    )
     trainer = pl.Trainer(
         accelerator="cpu",
         devices=2,
@@ -110,19 +114,25 @@ def main() -> None:
     trainer.fit(model, loader, ckpt_path=args.resume_from)
 
     engine = trainer.strategy.deepspeed_engine
-    weights = engine._zero3_consolidated_16bit_state_dict()  # every rank calls it; rank 0 gets the whole model
+    weights = (
+        engine._zero3_consolidated_16bit_state_dict()
+    )  # every rank calls it; rank 0 gets the whole model
     if trainer.is_global_zero:
         torch.save(weights, Path(args.output_dir) / f"{args.result}_weights.pt")
-    _common.write_result(args.output_dir, args.result, {
-        "losses": model.losses,
-        "global_step": trainer.global_step,
-        "engine": type(engine).__name__,
-        "zero_stage": engine.zero_optimization_stage(),
-        "checkpointing_configured": deepspeed.checkpointing.is_configured(),
-        "checkpoint_in_cpu": deepspeed.checkpointing.current_policy().checkpoint_in_cpu,
-        "partitioned_params": _common.partitioned_params(engine.module),
-        "checkpoints": sorted(p.name for p in Path(checkpoints.dirpath).iterdir()),
-    })
+    _common.write_result(
+        args.output_dir,
+        args.result,
+        {
+            "losses": model.losses,
+            "global_step": trainer.global_step,
+            "engine": type(engine).__name__,
+            "zero_stage": engine.zero_optimization_stage(),
+            "checkpointing_configured": deepspeed.checkpointing.is_configured(),
+            "checkpoint_in_cpu": deepspeed.checkpointing.current_policy().checkpoint_in_cpu,
+            "partitioned_params": _common.partitioned_params(engine.module),
+            "checkpoints": sorted(p.name for p in Path(checkpoints.dirpath).iterdir()),
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -29,8 +29,12 @@ NEW_TOKENS = (4, 7)  # per rank
 def ds_config() -> dict:
     zero = _common.zero_config(3)
     zero["stage3_param_persistence_threshold"] = 0  # partition even this small model's parameters
-    return {"train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 1, "gradient_clipping": 1.0,
-            "zero_optimization": zero}
+    return {
+        "train_micro_batch_size_per_gpu": 2,
+        "gradient_accumulation_steps": 1,
+        "gradient_clipping": 1.0,
+        "zero_optimization": zero,
+    }
 
 
 def train(accelerator: Accelerator, model, optimizer, batches: list) -> list[float]:
@@ -46,8 +50,14 @@ def train(accelerator: Accelerator, model, optimizer, batches: list) -> list[flo
 
 def generate(model, prompt: torch.Tensor, new_tokens: int) -> list[int]:
     with torch.no_grad():
-        out = model.generate(prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                             pad_token_id=0, attention_mask=torch.ones_like(prompt))
+        out = model.generate(
+            prompt,
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            do_sample=False,
+            pad_token_id=0,
+            attention_mask=torch.ones_like(prompt),
+        )
     return out[0].tolist()
 
 
@@ -60,8 +70,11 @@ def generate_like_trl(accelerator: Accelerator, model, prompt: torch.Tensor, new
     plain = _common.tiny_llama()
     plain.load_state_dict(full)
     plain.eval()
-    return {"tokens": tokens, "plain_tokens": generate(plain, prompt, new_tokens),
-            "full_shapes_match": all(full[k].shape == v.shape for k, v in plain.state_dict().items())}
+    return {
+        "tokens": tokens,
+        "plain_tokens": generate(plain, prompt, new_tokens),
+        "full_shapes_match": all(full[k].shape == v.shape for k, v in plain.state_dict().items()),
+    }
 
 
 def main() -> None:
@@ -75,17 +88,24 @@ def main() -> None:
 
     _common.stand_in_for_accelerator()
     set_seed(0)
-    accelerator = Accelerator(deepspeed_plugin=DeepSpeedPlugin(hf_ds_config=ds_config()),
-                              dynamo_backend=args.dynamo_backend)
+    accelerator = Accelerator(
+        deepspeed_plugin=DeepSpeedPlugin(hf_ds_config=ds_config()), dynamo_backend=args.dynamo_backend
+    )
     model = _common.tiny_llama()
     optimizer = torch.optim.AdamW(model.parameters(), lr=5e-3)
     model, optimizer = accelerator.prepare(model, optimizer)
     data = _common.TokenDataset(n=8, seed=1 + _common.rank())  # each rank its own samples
-    batches = [{k: torch.stack([data[2 * i + j][k] for j in range(2)]) for k in ("input_ids", "labels")}
-               for i in range(4)]
+    batches = [
+        {k: torch.stack([data[2 * i + j][k] for j in range(2)]) for k in ("input_ids", "labels")}
+        for i in range(4)
+    ]
     model.train()
-    result = {"losses_before": train(accelerator, model, optimizer, batches[:2]), "compiled": model.is_compiled,
-              "zero_stage": model.zero_optimization_stage(), "partitioned": _common.partitioned_params(model.module)}
+    result = {
+        "losses_before": train(accelerator, model, optimizer, batches[:2]),
+        "compiled": model.is_compiled,
+        "zero_stage": model.zero_optimization_stage(),
+        "partitioned": _common.partitioned_params(model.module),
+    }
     if args.generate:
         prompt = data[7]["input_ids"][: 3 + _common.rank()].unsqueeze(0)
         result.update(generate_like_trl(accelerator, model, prompt, NEW_TOKENS[_common.rank()]))

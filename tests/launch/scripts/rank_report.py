@@ -6,13 +6,37 @@ import os
 import sys
 from pathlib import Path
 
-KEYS = ["RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_SIZE", "MASTER_ADDR", "MASTER_PORT", "CROSS_RANK",
-        "CROSS_SIZE", "CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS", "FROM_HOME", "FROM_CWD", "SHARED", "CUSTOM",
-        "NCCL_SOCKET_IFNAME", "TORCHELASTIC_RUN_ID", "PYTHONHASHSEED", "NOT_EXPORTED", "GLOO_SOCKET_IFNAME"]
+KEYS = [
+    "RANK",
+    "LOCAL_RANK",
+    "WORLD_SIZE",
+    "LOCAL_SIZE",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "CROSS_RANK",
+    "CROSS_SIZE",
+    "CUDA_VISIBLE_DEVICES",
+    "OMP_NUM_THREADS",
+    "FROM_HOME",
+    "FROM_CWD",
+    "SHARED",
+    "CUSTOM",
+    "NCCL_SOCKET_IFNAME",
+    "TORCHELASTIC_RUN_ID",
+    "PYTHONHASHSEED",
+    "NOT_EXPORTED",
+    "GLOO_SOCKET_IFNAME",
+]
 data = {key: os.environ.get(key) for key in KEYS}
-data.update(argv=sys.argv[1:], affinity=sorted(os.sched_getaffinity(0)), pid=os.getpid(), cwd=os.getcwd(),
-            executable=sys.executable, main=__spec__.name if __spec__ else None,
-            netns=os.readlink("/proc/self/ns/net"))
+data.update(
+    argv=sys.argv[1:],
+    affinity=sorted(os.sched_getaffinity(0)),
+    pid=os.getpid(),
+    cwd=os.getcwd(),
+    executable=sys.executable,
+    main=__spec__.name if __spec__ else None,
+    netns=os.readlink("/proc/self/ns/net"),
+)
 
 if os.environ.get("ALLREDUCE") == "1":
     import torch

@@ -105,7 +105,9 @@ def detect_accelerator_name() -> str:
     forced = os.environ.get("DS_ACCELERATOR")
     if forced:
         return forced
-    if (_has_module("intel_extension_for_pytorch") or _has_module("intel_extension_for_deepspeed")) and _physical_count("xpu"):
+    if (
+        _has_module("intel_extension_for_pytorch") or _has_module("intel_extension_for_deepspeed")
+    ) and _physical_count("xpu"):
         return "xpu"
     if _has_module("torch_npu") and _physical_count("npu"):
         return "npu"

@@ -106,8 +106,10 @@ def get_accelerator() -> Accelerator:
     global _current
     if _current is None:
         if importlib.util.find_spec("torch") is None:  # a launcher-only install (ds-launch) has no torch
-            raise AcceleratorError("the device API of ds_accel needs torch, which is not installed here "
-                                   "(pip install torch, or 'ds-accel[torch]'); the launcher needs only ds_accel.probe")
+            raise AcceleratorError(
+                "the device API of ds_accel needs torch, which is not installed here "
+                "(pip install torch, or 'ds-accel[torch]'); the launcher needs only ds_accel.probe"
+            )
         _current = detect()
     return _current
 

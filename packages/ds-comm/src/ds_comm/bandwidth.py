@@ -10,8 +10,16 @@ from __future__ import annotations
 
 import math
 
-_GATHER_LIKE = {"all_gather", "all_gather_into_tensor", "all_gather_base", "reduce_scatter", "reduce_scatter_tensor",
-                "reduce_scatter_base", "all_to_all_single", "all_to_all"}
+_GATHER_LIKE = {
+    "all_gather",
+    "all_gather_into_tensor",
+    "all_gather_base",
+    "reduce_scatter",
+    "reduce_scatter_tensor",
+    "reduce_scatter_base",
+    "all_to_all_single",
+    "all_to_all",
+}
 _ALL_REDUCE = {"all_reduce", "all_reduce_coalesced", "inference_all_reduce"}
 
 

@@ -18,12 +18,39 @@ from torch.distributed import ReduceOp
 from ds_comm import comms_log
 
 __all__ = [
-    "ReduceOp", "all_gather", "all_gather_base", "all_gather_into_tensor", "all_gather_object", "all_reduce",
-    "all_to_all_single", "barrier", "broadcast", "broadcast_object_list", "destroy_process_group", "gather",
-    "get_backend", "get_global_rank", "get_local_rank", "get_local_world_size", "get_rank", "get_world_group",
-    "get_world_size", "inference_all_reduce", "irecv", "is_available", "is_initialized", "isend",
-    "monitored_barrier", "new_group", "recv", "reduce", "reduce_scatter", "reduce_scatter_base",
-    "reduce_scatter_tensor", "scatter", "send",
+    "ReduceOp",
+    "all_gather",
+    "all_gather_base",
+    "all_gather_into_tensor",
+    "all_gather_object",
+    "all_reduce",
+    "all_to_all_single",
+    "barrier",
+    "broadcast",
+    "broadcast_object_list",
+    "destroy_process_group",
+    "gather",
+    "get_backend",
+    "get_global_rank",
+    "get_local_rank",
+    "get_local_world_size",
+    "get_rank",
+    "get_world_group",
+    "get_world_size",
+    "inference_all_reduce",
+    "irecv",
+    "is_available",
+    "is_initialized",
+    "isend",
+    "monitored_barrier",
+    "new_group",
+    "recv",
+    "reduce",
+    "reduce_scatter",
+    "reduce_scatter_base",
+    "reduce_scatter_tensor",
+    "scatter",
+    "send",
 ]
 
 
@@ -97,20 +124,45 @@ def destroy_process_group(group: Any = None) -> None:
 
 # --- collectives ----------------------------------------------------------------------------------------
 def barrier(group: Any = None, async_op: bool = False, device_ids: list[int] | None = None) -> Any:
-    return _run("barrier", 0, group, async_op, lambda: dist.barrier(group=group, async_op=async_op, device_ids=device_ids))
+    return _run(
+        "barrier",
+        0,
+        group,
+        async_op,
+        lambda: dist.barrier(group=group, async_op=async_op, device_ids=device_ids),
+    )
 
 
 def monitored_barrier(group: Any = None, timeout: Any = None, wait_all_ranks: bool = False) -> Any:
-    return _run("monitored_barrier", 0, group, False,
-                lambda: dist.monitored_barrier(group=group, timeout=timeout, wait_all_ranks=wait_all_ranks))
+    return _run(
+        "monitored_barrier",
+        0,
+        group,
+        False,
+        lambda: dist.monitored_barrier(group=group, timeout=timeout, wait_all_ranks=wait_all_ranks),
+    )
 
 
 def broadcast(tensor: torch.Tensor, src: int, group: Any = None, async_op: bool = False) -> Any:
-    return _run("broadcast", _nbytes(tensor), group, async_op, lambda: dist.broadcast(tensor, src, group=group, async_op=async_op))
+    return _run(
+        "broadcast",
+        _nbytes(tensor),
+        group,
+        async_op,
+        lambda: dist.broadcast(tensor, src, group=group, async_op=async_op),
+    )
 
 
-def all_reduce(tensor: torch.Tensor, op: Any = ReduceOp.SUM, group: Any = None, async_op: bool = False) -> Any:
-    return _run("all_reduce", _nbytes(tensor), group, async_op, lambda: dist.all_reduce(tensor, op=op, group=group, async_op=async_op))
+def all_reduce(
+    tensor: torch.Tensor, op: Any = ReduceOp.SUM, group: Any = None, async_op: bool = False
+) -> Any:
+    return _run(
+        "all_reduce",
+        _nbytes(tensor),
+        group,
+        async_op,
+        lambda: dist.all_reduce(tensor, op=op, group=group, async_op=async_op),
+    )
 
 
 def inference_all_reduce(tensor: torch.Tensor, op: Any = ReduceOp.SUM, group: Any = None) -> Any:
@@ -118,31 +170,74 @@ def inference_all_reduce(tensor: torch.Tensor, op: Any = ReduceOp.SUM, group: An
     return all_reduce(tensor, op=op, group=group)
 
 
-def reduce(tensor: torch.Tensor, dst: int, op: Any = ReduceOp.SUM, group: Any = None, async_op: bool = False) -> Any:
-    return _run("reduce", _nbytes(tensor), group, async_op, lambda: dist.reduce(tensor, dst, op=op, group=group, async_op=async_op))
+def reduce(
+    tensor: torch.Tensor, dst: int, op: Any = ReduceOp.SUM, group: Any = None, async_op: bool = False
+) -> Any:
+    return _run(
+        "reduce",
+        _nbytes(tensor),
+        group,
+        async_op,
+        lambda: dist.reduce(tensor, dst, op=op, group=group, async_op=async_op),
+    )
 
 
-def all_gather(tensor_list: list[torch.Tensor], tensor: torch.Tensor, group: Any = None, async_op: bool = False) -> Any:
+def all_gather(
+    tensor_list: list[torch.Tensor], tensor: torch.Tensor, group: Any = None, async_op: bool = False
+) -> Any:
     nbytes = sum(_nbytes(t) for t in tensor_list)
-    return _run("all_gather", nbytes, group, async_op, lambda: dist.all_gather(tensor_list, tensor, group=group, async_op=async_op))
+    return _run(
+        "all_gather",
+        nbytes,
+        group,
+        async_op,
+        lambda: dist.all_gather(tensor_list, tensor, group=group, async_op=async_op),
+    )
 
 
-def all_gather_into_tensor(output_tensor: torch.Tensor, input_tensor: torch.Tensor, group: Any = None, async_op: bool = False) -> Any:
-    return _run("all_gather_into_tensor", _nbytes(output_tensor), group, async_op,
-                lambda: _all_gather_single(output_tensor, input_tensor, group=group, async_op=async_op))
+def all_gather_into_tensor(
+    output_tensor: torch.Tensor, input_tensor: torch.Tensor, group: Any = None, async_op: bool = False
+) -> Any:
+    return _run(
+        "all_gather_into_tensor",
+        _nbytes(output_tensor),
+        group,
+        async_op,
+        lambda: _all_gather_single(output_tensor, input_tensor, group=group, async_op=async_op),
+    )
 
 
-def reduce_scatter_tensor(output: torch.Tensor, input: torch.Tensor, op: Any = ReduceOp.SUM, group: Any = None,
-                          async_op: bool = False) -> Any:
-    return _run("reduce_scatter_tensor", _nbytes(input), group, async_op,
-                lambda: _reduce_scatter_single(output, input, op=op, group=group, async_op=async_op))
+def reduce_scatter_tensor(
+    output: torch.Tensor,
+    input: torch.Tensor,
+    op: Any = ReduceOp.SUM,
+    group: Any = None,
+    async_op: bool = False,
+) -> Any:
+    return _run(
+        "reduce_scatter_tensor",
+        _nbytes(input),
+        group,
+        async_op,
+        lambda: _reduce_scatter_single(output, input, op=op, group=group, async_op=async_op),
+    )
 
 
-def reduce_scatter(output: torch.Tensor, input_list: list[torch.Tensor], op: Any = ReduceOp.SUM, group: Any = None,
-                   async_op: bool = False) -> Any:
+def reduce_scatter(
+    output: torch.Tensor,
+    input_list: list[torch.Tensor],
+    op: Any = ReduceOp.SUM,
+    group: Any = None,
+    async_op: bool = False,
+) -> Any:
     nbytes = sum(_nbytes(t) for t in input_list)
-    return _run("reduce_scatter", nbytes, group, async_op,
-                lambda: dist.reduce_scatter(output, input_list, op=op, group=group, async_op=async_op))
+    return _run(
+        "reduce_scatter",
+        nbytes,
+        group,
+        async_op,
+        lambda: dist.reduce_scatter(output, input_list, op=op, group=group, async_op=async_op),
+    )
 
 
 # DeepSpeed's older names for the tensor-in, tensor-out forms.
@@ -150,22 +245,55 @@ all_gather_base = all_gather_into_tensor
 reduce_scatter_base = reduce_scatter_tensor
 
 
-def all_to_all_single(output: torch.Tensor, input: torch.Tensor, output_split_sizes: list[int] | None = None,
-                      input_split_sizes: list[int] | None = None, group: Any = None, async_op: bool = False) -> Any:
-    return _run("all_to_all_single", _nbytes(input), group, async_op,
-                lambda: dist.all_to_all_single(output, input, output_split_sizes, input_split_sizes, group=group, async_op=async_op))
+def all_to_all_single(
+    output: torch.Tensor,
+    input: torch.Tensor,
+    output_split_sizes: list[int] | None = None,
+    input_split_sizes: list[int] | None = None,
+    group: Any = None,
+    async_op: bool = False,
+) -> Any:
+    return _run(
+        "all_to_all_single",
+        _nbytes(input),
+        group,
+        async_op,
+        lambda: dist.all_to_all_single(
+            output, input, output_split_sizes, input_split_sizes, group=group, async_op=async_op
+        ),
+    )
 
 
-def gather(tensor: torch.Tensor, gather_list: list[torch.Tensor] | None = None, dst: int = 0, group: Any = None,
-           async_op: bool = False) -> Any:
-    return _run("gather", _nbytes(tensor), group, async_op,
-                lambda: dist.gather(tensor, gather_list, dst=dst, group=group, async_op=async_op))
+def gather(
+    tensor: torch.Tensor,
+    gather_list: list[torch.Tensor] | None = None,
+    dst: int = 0,
+    group: Any = None,
+    async_op: bool = False,
+) -> Any:
+    return _run(
+        "gather",
+        _nbytes(tensor),
+        group,
+        async_op,
+        lambda: dist.gather(tensor, gather_list, dst=dst, group=group, async_op=async_op),
+    )
 
 
-def scatter(tensor: torch.Tensor, scatter_list: list[torch.Tensor] | None = None, src: int = 0, group: Any = None,
-            async_op: bool = False) -> Any:
-    return _run("scatter", _nbytes(tensor), group, async_op,
-                lambda: dist.scatter(tensor, scatter_list, src=src, group=group, async_op=async_op))
+def scatter(
+    tensor: torch.Tensor,
+    scatter_list: list[torch.Tensor] | None = None,
+    src: int = 0,
+    group: Any = None,
+    async_op: bool = False,
+) -> Any:
+    return _run(
+        "scatter",
+        _nbytes(tensor),
+        group,
+        async_op,
+        lambda: dist.scatter(tensor, scatter_list, src=src, group=group, async_op=async_op),
+    )
 
 
 def send(tensor: torch.Tensor, dst: int, group: Any = None, tag: int = 0) -> Any:
@@ -185,8 +313,16 @@ def irecv(tensor: torch.Tensor, src: int | None = None, group: Any = None, tag: 
 
 
 def broadcast_object_list(object_list: list[Any], src: int = 0, group: Any = None) -> Any:
-    return _run("broadcast_object_list", 0, group, False, lambda: dist.broadcast_object_list(object_list, src=src, group=group))
+    return _run(
+        "broadcast_object_list",
+        0,
+        group,
+        False,
+        lambda: dist.broadcast_object_list(object_list, src=src, group=group),
+    )
 
 
 def all_gather_object(object_list: list[Any], obj: Any, group: Any = None) -> Any:
-    return _run("all_gather_object", 0, group, False, lambda: dist.all_gather_object(object_list, obj, group=group))
+    return _run(
+        "all_gather_object", 0, group, False, lambda: dist.all_gather_object(object_list, obj, group=group)
+    )

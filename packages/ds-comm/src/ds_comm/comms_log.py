@@ -64,8 +64,11 @@ class CommsLog:
             self._records.append(record)
         if self.verbose:
             algbw, busbw = bandwidth_gbps(record.op, record.nbytes, record.seconds, record.group_size)
-            print(f"comm op: {record.log_name} | time (ms): {record.seconds * 1e3:.2f} | msg size: "
-                  f"{convert_size(record.nbytes)} | algbw (Gbps): {algbw:.2f} | busbw (Gbps): {busbw:.2f}", flush=True)
+            print(
+                f"comm op: {record.log_name} | time (ms): {record.seconds * 1e3:.2f} | msg size: "
+                f"{convert_size(record.nbytes)} | algbw (Gbps): {algbw:.2f} | busbw (Gbps): {busbw:.2f}",
+                flush=True,
+            )
 
     def records(self) -> list[CommRecord]:
         with self._lock:
@@ -89,8 +92,14 @@ class CommsLog:
 LOG = CommsLog()
 
 
-def enable(*, sync_timing: bool = False, verbose: bool = False, prof_all: bool = True,
-           prof_ops: list[str] | None = None, debug: bool = False) -> None:
+def enable(
+    *,
+    sync_timing: bool = False,
+    verbose: bool = False,
+    prof_all: bool = True,
+    prof_ops: list[str] | None = None,
+    debug: bool = False,
+) -> None:
     """Record collectives from now on (with DeepSpeed's ``comms_logger`` switches)."""
     LOG.enabled, LOG.sync_timing, LOG.verbose = True, sync_timing, verbose
     LOG.prof_all, LOG.prof_ops, LOG.debug = prof_all, list(prof_ops or []), debug
@@ -124,7 +133,14 @@ def capture() -> Iterator[CommsLog]:
         LOG.enabled = was
 
 
-def timed(op: str, nbytes: int, group_size: int, async_op: bool, call: Callable[[], Any], synchronize: Callable[[], None]) -> Any:
+def timed(
+    op: str,
+    nbytes: int,
+    group_size: int,
+    async_op: bool,
+    call: Callable[[], Any],
+    synchronize: Callable[[], None],
+) -> Any:
     """Run ``call`` and record it (the caller has already checked ``LOG.enabled``)."""
     if not LOG.wants(op):
         return call()

@@ -62,8 +62,11 @@ class DistEnvironment:
     def describe(self) -> str:
         """One line per value with its origin, for logs and error messages."""
         values = {
-            "rank": self.rank, "world_size": self.world_size, "local_rank": self.local_rank,
-            "master_addr": self.master_addr, "master_port": self.master_port,
+            "rank": self.rank,
+            "world_size": self.world_size,
+            "local_rank": self.local_rank,
+            "master_addr": self.master_addr,
+            "master_port": self.master_port,
         }
         return ", ".join(f"{k}={v} (from {self.sources.get(k, '?')})" for k, v in values.items())
 
@@ -96,13 +99,23 @@ def _from_launcher(environ: Mapping[str, str], port: int) -> DistEnvironment | N
     if not any(environ.get(v) for v in _LAUNCHER_VARS):
         return None
     _require(environ, ["RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR"], "torchrun/launcher")
-    sources = {"rank": "RANK", "world_size": "WORLD_SIZE", "local_rank": "LOCAL_RANK", "master_addr": "MASTER_ADDR"}
+    sources = {
+        "rank": "RANK",
+        "world_size": "WORLD_SIZE",
+        "local_rank": "LOCAL_RANK",
+        "master_addr": "MASTER_ADDR",
+    }
     master_port, sources["master_port"] = _port(environ, port)
     local_size = environ.get("LOCAL_SIZE") or environ.get("LOCAL_WORLD_SIZE")
     return DistEnvironment(
-        rank=_int(environ, "RANK"), world_size=_int(environ, "WORLD_SIZE"), local_rank=_int(environ, "LOCAL_RANK"),
-        master_addr=environ["MASTER_ADDR"], master_port=master_port,
-        local_world_size=int(local_size) if local_size else None, sources=sources, launcher="launcher",
+        rank=_int(environ, "RANK"),
+        world_size=_int(environ, "WORLD_SIZE"),
+        local_rank=_int(environ, "LOCAL_RANK"),
+        master_addr=environ["MASTER_ADDR"],
+        master_port=master_port,
+        local_world_size=int(local_size) if local_size else None,
+        sources=sources,
+        launcher="launcher",
     )
 
 
@@ -125,8 +138,20 @@ class _MPIVars:
 
 
 _MPI_FLAVOURS = (
-    _MPIVars("OpenMPI", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_SIZE"),
-    _MPIVars("MVAPICH", "MV2_COMM_WORLD_RANK", "MV2_COMM_WORLD_SIZE", "MV2_COMM_WORLD_LOCAL_RANK", "MV2_COMM_WORLD_LOCAL_SIZE"),
+    _MPIVars(
+        "OpenMPI",
+        "OMPI_COMM_WORLD_RANK",
+        "OMPI_COMM_WORLD_SIZE",
+        "OMPI_COMM_WORLD_LOCAL_RANK",
+        "OMPI_COMM_WORLD_LOCAL_SIZE",
+    ),
+    _MPIVars(
+        "MVAPICH",
+        "MV2_COMM_WORLD_RANK",
+        "MV2_COMM_WORLD_SIZE",
+        "MV2_COMM_WORLD_LOCAL_RANK",
+        "MV2_COMM_WORLD_LOCAL_SIZE",
+    ),
     _MPIVars("MPICH/Intel MPI", "PMI_RANK", "PMI_SIZE", "MPI_LOCALRANKID", "MPI_LOCALNRANKS"),
 )
 
@@ -155,7 +180,11 @@ def _from_mpi(environ: Mapping[str, str], port: int, auto_mpi_discovery: bool) -
     hint = "" if mpi_world else " (install mpi4py, or leave auto_mpi_discovery on, to ask MPI instead)"
     sources: dict[str, str] = {}
     values: dict[str, int] = {}
-    for key, var in (("rank", flavour.rank), ("world_size", flavour.size), ("local_rank", flavour.local_rank)):
+    for key, var in (
+        ("rank", flavour.rank),
+        ("world_size", flavour.size),
+        ("local_rank", flavour.local_rank),
+    ):
         if environ.get(var):
             values[key], sources[key] = _int(environ, var), var
         elif mpi_world is not None:
@@ -181,9 +210,14 @@ def _from_mpi(environ: Mapping[str, str], port: int, auto_mpi_discovery: bool) -
             "broadcast rank 0's address (set MASTER_ADDR or install mpi4py)"
         )
     return DistEnvironment(
-        rank=values["rank"], world_size=values["world_size"], local_rank=values["local_rank"],
-        master_addr=master_addr, master_port=master_port, local_world_size=local_world,
-        sources=sources, launcher="mpi",
+        rank=values["rank"],
+        world_size=values["world_size"],
+        local_rank=values["local_rank"],
+        master_addr=master_addr,
+        master_port=master_port,
+        local_world_size=local_world,
+        sources=sources,
+        launcher="mpi",
     )
 
 
@@ -216,14 +250,21 @@ def _from_slurm(environ: Mapping[str, str], port: int) -> DistEnvironment | None
     if environ.get("MASTER_ADDR"):
         master_addr, sources["master_addr"] = environ["MASTER_ADDR"], "MASTER_ADDR"
     else:
-        master_addr, sources["master_addr"] = first_slurm_host(environ[nodelist_var]), f"first host of {nodelist_var}"
+        master_addr, sources["master_addr"] = (
+            first_slurm_host(environ[nodelist_var]),
+            f"first host of {nodelist_var}",
+        )
     master_port, sources["master_port"] = _port(environ, port)
     tasks_per_node = environ.get("SLURM_NTASKS_PER_NODE", "").split("(")[0]
     return DistEnvironment(
-        rank=_int(environ, "SLURM_PROCID"), world_size=_int(environ, "SLURM_NTASKS"),
-        local_rank=_int(environ, "SLURM_LOCALID"), master_addr=master_addr, master_port=master_port,
+        rank=_int(environ, "SLURM_PROCID"),
+        world_size=_int(environ, "SLURM_NTASKS"),
+        local_rank=_int(environ, "SLURM_LOCALID"),
+        master_addr=master_addr,
+        master_port=master_port,
         local_world_size=int(tasks_per_node) if tasks_per_node.isdigit() else None,
-        sources=sources, launcher="slurm",
+        sources=sources,
+        launcher="slurm",
     )
 
 
@@ -250,10 +291,18 @@ def discover(
         master_port, port_src = _port(environ, distributed_port)
         local = environ.get("LOCAL_RANK")
         return DistEnvironment(
-            rank=rank, world_size=world_size, local_rank=int(local) if local else 0,
-            master_addr=environ.get("MASTER_ADDR", "127.0.0.1"), master_port=master_port,
-            sources={"rank": "argument", "world_size": "argument", "local_rank": "LOCAL_RANK" if local else "default",
-                     "master_addr": "MASTER_ADDR" if environ.get("MASTER_ADDR") else "default", "master_port": port_src},
+            rank=rank,
+            world_size=world_size,
+            local_rank=int(local) if local else 0,
+            master_addr=environ.get("MASTER_ADDR", "127.0.0.1"),
+            master_port=master_port,
+            sources={
+                "rank": "argument",
+                "world_size": "argument",
+                "local_rank": "LOCAL_RANK" if local else "default",
+                "master_addr": "MASTER_ADDR" if environ.get("MASTER_ADDR") else "default",
+                "master_port": port_src,
+            },
             launcher="arguments",
         )
     sources = (
@@ -267,9 +316,18 @@ def discover(
             return found
     master_port, port_src = _port(environ, distributed_port)
     return DistEnvironment(
-        rank=0, world_size=1, local_rank=0, master_addr=environ.get("MASTER_ADDR", "127.0.0.1"),
-        master_port=master_port, local_world_size=1,
-        sources={"rank": "default", "world_size": "default", "local_rank": "default",
-                 "master_addr": "MASTER_ADDR" if environ.get("MASTER_ADDR") else "default", "master_port": port_src},
+        rank=0,
+        world_size=1,
+        local_rank=0,
+        master_addr=environ.get("MASTER_ADDR", "127.0.0.1"),
+        master_port=master_port,
+        local_world_size=1,
+        sources={
+            "rank": "default",
+            "world_size": "default",
+            "local_rank": "default",
+            "master_addr": "MASTER_ADDR" if environ.get("MASTER_ADDR") else "default",
+            "master_port": port_src,
+        },
         launcher="single-process",
     )

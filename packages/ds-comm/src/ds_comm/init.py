@@ -59,8 +59,12 @@ def init_distributed(
         if dist.is_initialized():
             rank_exit.install_exit_hook()  # the user's own group has the same threads (Note [failing exit])
         return
-    env = discover(rank=rank, world_size=world_size, distributed_port=distributed_port,
-                   auto_mpi_discovery=auto_mpi_discovery)
+    env = discover(
+        rank=rank,
+        world_size=world_size,
+        distributed_port=distributed_port,
+        auto_mpi_discovery=auto_mpi_discovery,
+    )
     env.export()
     from ds_accel import get_accelerator
 

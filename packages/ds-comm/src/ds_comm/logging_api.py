@@ -14,8 +14,15 @@ from typing import Any
 from ds_comm import comms_log
 from ds_comm.bandwidth import bandwidth_gbps, convert_size
 
-_COLUMNS = ("Comm. Op", "Message Size", "Count", "Total Latency(ms)", "Avg Latency(ms)", "tput_avg (Gbps)",
-            "busbw_avg (Gbps)")
+_COLUMNS = (
+    "Comm. Op",
+    "Message Size",
+    "Count",
+    "Total Latency(ms)",
+    "Avg Latency(ms)",
+    "tput_avg (Gbps)",
+    "busbw_avg (Gbps)",
+)
 
 
 def _section(deepspeed_config: Any) -> dict[str, Any]:
@@ -29,8 +36,14 @@ def _section(deepspeed_config: Any) -> dict[str, Any]:
     return raw.model_dump() if raw is not None and hasattr(raw, "model_dump") else {}
 
 
-def configure(deepspeed_config: Any = None, enabled: bool | None = None, prof_all: bool | None = None,
-              prof_ops: list[str] | None = None, verbose: bool | None = None, debug: bool | None = None) -> None:
+def configure(
+    deepspeed_config: Any = None,
+    enabled: bool | None = None,
+    prof_all: bool | None = None,
+    prof_ops: list[str] | None = None,
+    verbose: bool | None = None,
+    debug: bool | None = None,
+) -> None:
     """Turn the collective log on or off, from a DeepSpeed config's ``comms_logger`` section or arguments
     (an argument wins over the section)."""
     section = _section(deepspeed_config)
@@ -41,14 +54,18 @@ def configure(deepspeed_config: Any = None, enabled: bool | None = None, prof_al
     if not pick(enabled, "enabled", False):
         comms_log.disable()
         return
-    comms_log.enable(verbose=bool(pick(verbose, "verbose", False)), prof_all=bool(pick(prof_all, "prof_all", True)),
-                     prof_ops=list(pick(prof_ops, "prof_ops", []) or []), debug=bool(pick(debug, "debug", False)))
+    comms_log.enable(
+        verbose=bool(pick(verbose, "verbose", False)),
+        prof_all=bool(pick(prof_all, "prof_all", True)),
+        prof_ops=list(pick(prof_ops, "prof_ops", []) or []),
+        debug=bool(pick(debug, "debug", False)),
+    )
 
 
 def _trim_mean(values: list[float]) -> float:
     ordered = sorted(values)
     cut = int(len(ordered) * 0.1)
-    kept = ordered[cut:len(ordered) - cut] or ordered
+    kept = ordered[cut : len(ordered) - cut] or ordered
     return sum(kept) / len(kept) if kept else 0.0
 
 
@@ -63,9 +80,14 @@ def summary_by_size() -> dict[str, dict[int, dict[str, Any]]]:
             rates = [bandwidth_gbps(r.op, r.nbytes, r.seconds, r.group_size) for r in recs]
             latencies = [r.seconds * 1e3 for r in recs]
             table.setdefault(name, {})[size] = {
-                "count": len(recs), "total_latency_ms": sum(latencies), "avg_latency_ms": _trim_mean(latencies),
-                "tput_avg_gbps": _trim_mean([a for a, _ in rates]), "busbw_avg_gbps": _trim_mean([b for _, b in rates]),
-                "msg_size_bytes": size, "msg_size_str": convert_size(size)}
+                "count": len(recs),
+                "total_latency_ms": sum(latencies),
+                "avg_latency_ms": _trim_mean(latencies),
+                "tput_avg_gbps": _trim_mean([a for a, _ in rates]),
+                "busbw_avg_gbps": _trim_mean([b for _, b in rates]),
+                "msg_size_bytes": size,
+                "msg_size_str": convert_size(size),
+            }
     return table
 
 
@@ -75,8 +97,10 @@ def format_summary(table: dict[str, dict[int, dict[str, Any]]]) -> str:
     for name, sizes in table.items():
         lines.append(name)
         for row in sizes.values():
-            lines.append(f"{' ': <20}{row['msg_size_str']: <20}{row['count']: <20}{row['total_latency_ms']: <20.2f}"
-                         f"{row['avg_latency_ms']: <20.2f}{row['tput_avg_gbps']: <20.2f}{row['busbw_avg_gbps']: <20.2f}")
+            lines.append(
+                f"{' ': <20}{row['msg_size_str']: <20}{row['count']: <20}{row['total_latency_ms']: <20.2f}"
+                f"{row['avg_latency_ms']: <20.2f}{row['tput_avg_gbps']: <20.2f}{row['busbw_avg_gbps']: <20.2f}"
+            )
     return "\n".join(lines)
 
 
@@ -91,8 +115,17 @@ def log_summary(show_straggler: bool = False, return_dict: bool = False) -> dict
         print(format_summary(table), flush=True)
     if show_straggler:
         # Straggler analysis compares latencies across ranks with extra collectives; not built here.
-        logging.getLogger("ds_comm").warning("log_summary(show_straggler=True): straggler analysis is not built")
+        logging.getLogger("ds_comm").warning(
+            "log_summary(show_straggler=True): straggler analysis is not built"
+        )
     if not return_dict:
         return None
-    return {"summary": table, "straggler_analysis": None,
-            "metadata": {"world_size": get_world_size(), "rank": get_rank(), "timestamp": datetime.now().isoformat()}}
+    return {
+        "summary": table,
+        "straggler_analysis": None,
+        "metadata": {
+            "world_size": get_world_size(),
+            "rank": get_rank(),
+            "timestamp": datetime.now().isoformat(),
+        },
+    }

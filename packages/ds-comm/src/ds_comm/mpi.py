@@ -47,8 +47,13 @@ def world_info() -> MPIWorld | None:
     master_addr = comm.bcast(host_address() if rank == 0 else None, root=0)
     names = comm.allgather(MPI.Get_processor_name())
     local_rank = names[:rank].count(names[rank])
-    return MPIWorld(rank=rank, world_size=size, local_rank=local_rank,
-                    local_world_size=names.count(names[rank]), master_addr=master_addr)
+    return MPIWorld(
+        rank=rank,
+        world_size=size,
+        local_rank=local_rank,
+        local_world_size=names.count(names[rank]),
+        master_addr=master_addr,
+    )
 
 
 def mpi_discovery(distributed_port: int = 29500, verbose: bool = True) -> MPIWorld:
@@ -64,13 +69,23 @@ def mpi_discovery(distributed_port: int = 29500, verbose: bool = True) -> MPIWor
     world = world_info()
     if world is None:
         raise RuntimeError("mpi_discovery needs mpi4py (pip install mpi4py) in a job started by mpirun")
-    os.environ.update({
-        "RANK": str(world.rank), "WORLD_SIZE": str(world.world_size), "LOCAL_RANK": str(world.local_rank),
-        "LOCAL_SIZE": str(world.local_world_size), "MASTER_ADDR": world.master_addr,
-        "MASTER_PORT": str(distributed_port),
-    })
+    os.environ.update(
+        {
+            "RANK": str(world.rank),
+            "WORLD_SIZE": str(world.world_size),
+            "LOCAL_RANK": str(world.local_rank),
+            "LOCAL_SIZE": str(world.local_world_size),
+            "MASTER_ADDR": world.master_addr,
+            "MASTER_PORT": str(distributed_port),
+        }
+    )
     if verbose:
         logging.getLogger("ds_comm").info(
-            "mpi_discovery: rank=%d world_size=%d local_rank=%d master=%s:%d", world.rank, world.world_size,
-            world.local_rank, world.master_addr, distributed_port)
+            "mpi_discovery: rank=%d world_size=%d local_rank=%d master=%s:%d",
+            world.rank,
+            world.world_size,
+            world.local_rank,
+            world.master_addr,
+            distributed_port,
+        )
     return world

@@ -73,7 +73,11 @@ def _rank_label() -> str:
 def one_line(exc: BaseException) -> str:
     """``[rankN] TypeName: message`` on one line (the rank label when the rank is known)."""
     message = " ".join(str(exc).split())
-    return f"{_rank_label()}{type(exc).__name__}: {message}" if message else f"{_rank_label()}{type(exc).__name__}"
+    return (
+        f"{_rank_label()}{type(exc).__name__}: {message}"
+        if message
+        else f"{_rank_label()}{type(exc).__name__}"
+    )
 
 
 def _group_up() -> bool:
@@ -102,8 +106,9 @@ def _leave(exc_type: type[BaseException]) -> None:
     os._exit(1)
 
 
-def _report(exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None,
-            previous: ExceptHook) -> None:
+def _report(
+    exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None, previous: ExceptHook
+) -> None:
     if is_user_error(exc) and not debug_enabled():
         sys.stderr.write(one_line(exc) + "\n")
     else:

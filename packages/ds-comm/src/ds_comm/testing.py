@@ -29,13 +29,27 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _rank_main(fn: Callable[..., Any], args: Sequence[Any], rank: int, world_size: int, port: int,
-               env: Mapping[str, str], results: Any) -> None:
-    os.environ.update({
-        "RANK": str(rank), "WORLD_SIZE": str(world_size), "LOCAL_RANK": str(rank), "LOCAL_SIZE": str(world_size),
-        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "GLOO_SOCKET_IFNAME": "lo",
-        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
-    })
+def _rank_main(
+    fn: Callable[..., Any],
+    args: Sequence[Any],
+    rank: int,
+    world_size: int,
+    port: int,
+    env: Mapping[str, str],
+    results: Any,
+) -> None:
+    os.environ.update(
+        {
+            "RANK": str(rank),
+            "WORLD_SIZE": str(world_size),
+            "LOCAL_RANK": str(rank),
+            "LOCAL_SIZE": str(world_size),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            "GLOO_SOCKET_IFNAME": "lo",
+            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+        }
+    )
     os.environ.update(env)
     try:
         import torch
@@ -48,7 +62,9 @@ def _rank_main(fn: Callable[..., Any], args: Sequence[Any], rank: int, world_siz
         try:
             payload = pickle.dumps(value)
         except Exception as exc:  # noqa: BLE001 - report unpicklable results as a test error
-            raise DistributedTestError(f"rank {rank} returned an unpicklable {type(value).__name__}: {exc}") from exc
+            raise DistributedTestError(
+                f"rank {rank} returned an unpicklable {type(value).__name__}: {exc}"
+            ) from exc
         results.put((rank, "ok", payload))
         ds_comm.destroy_process_group()
     except BaseException:  # noqa: BLE001 - everything a rank raises goes back to the test
@@ -70,7 +86,11 @@ def run_distributed(
     results = ctx.Queue()
     port = free_port()
     procs = [
-        ctx.Process(target=_rank_main, args=(fn, tuple(args), rank, world_size, port, dict(env or {}), results), daemon=True)
+        ctx.Process(
+            target=_rank_main,
+            args=(fn, tuple(args), rank, world_size, port, dict(env or {}), results),
+            daemon=True,
+        )
         for rank in range(world_size)
     ]
     for proc in procs:
@@ -87,7 +107,9 @@ def run_distributed(
     return [outcomes[rank] for rank in range(world_size)]
 
 
-def _collect(procs: list[Any], results: Any, outcomes: dict[int, Any], world_size: int, timeout: float) -> None:
+def _collect(
+    procs: list[Any], results: Any, outcomes: dict[int, Any], world_size: int, timeout: float
+) -> None:
     import time
 
     deadline = time.monotonic() + timeout

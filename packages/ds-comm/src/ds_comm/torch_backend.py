@@ -20,19 +20,38 @@ from ds_comm.init import init_distributed
 class TorchBackend:
     """``TorchBackend(backend, timeout, init_method, rank=-1, world_size=-1, name="torch")``."""
 
-    def __init__(self, backend: str | None, timeout: timedelta | None, init_method: str | None, rank: int = -1,
-                 world_size: int = -1, name: str = "torch") -> None:
+    def __init__(
+        self,
+        backend: str | None,
+        timeout: timedelta | None,
+        init_method: str | None,
+        rank: int = -1,
+        world_size: int = -1,
+        name: str = "torch",
+    ) -> None:
         self.name = name
         self.backend = backend
         self.initialized = False
         self.init_process_group(backend, timeout, init_method, rank, world_size)
 
-    def init_process_group(self, backend: str | None, timeout: timedelta | None, init_method: str | None,
-                           rank: int, world_size: int) -> None:
+    def init_process_group(
+        self,
+        backend: str | None,
+        timeout: timedelta | None,
+        init_method: str | None,
+        rank: int,
+        world_size: int,
+    ) -> None:
         """Form the default process group unless one exists (a user's own group is kept)."""
         if not dist.is_initialized():
-            init_distributed(dist_backend=backend, timeout=timeout, init_method=init_method, rank=rank,
-                             world_size=world_size, verbose=False)
+            init_distributed(
+                dist_backend=backend,
+                timeout=timeout,
+                init_method=init_method,
+                rank=rank,
+                world_size=world_size,
+                verbose=False,
+            )
         self.backend = dist.get_backend()
         self.initialized = True
 

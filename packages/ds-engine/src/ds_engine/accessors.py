@@ -33,19 +33,29 @@ class EngineAccessors:
 
     def get_batch_info(self) -> tuple[int, int, int]:
         """(train_batch_size, micro batch per rank, accumulation steps)."""
-        return self.train_batch_size(), self.train_micro_batch_size_per_gpu(), self.gradient_accumulation_steps()
+        return (
+            self.train_batch_size(),
+            self.train_micro_batch_size_per_gpu(),
+            self.gradient_accumulation_steps(),
+        )
 
     def set_train_batch_size(self, train_batch_size: int) -> None:
         """Change the global batch by changing accumulation (the micro batch stays)."""
-        self._config.batch = reconcile_batch(train_batch_size=train_batch_size,
-                                             micro_batch_per_gpu=self.train_micro_batch_size_per_gpu(),
-                                             gradient_accumulation_steps=None, dp_world_size=self.dp_world_size)
+        self._config.batch = reconcile_batch(
+            train_batch_size=train_batch_size,
+            micro_batch_per_gpu=self.train_micro_batch_size_per_gpu(),
+            gradient_accumulation_steps=None,
+            dp_world_size=self.dp_world_size,
+        )
 
     def set_train_micro_batch_size(self, micro_batch_size: int) -> None:
         """Change the micro batch (accumulation stays; the global batch follows)."""
-        self._config.batch = reconcile_batch(train_batch_size=None, micro_batch_per_gpu=micro_batch_size,
-                                             gradient_accumulation_steps=self.gradient_accumulation_steps(),
-                                             dp_world_size=self.dp_world_size)
+        self._config.batch = reconcile_batch(
+            train_batch_size=None,
+            micro_batch_per_gpu=micro_batch_size,
+            gradient_accumulation_steps=self.gradient_accumulation_steps(),
+            dp_world_size=self.dp_world_size,
+        )
 
     def zero_optimization_stage(self) -> int:
         """The ZeRO stage."""

@@ -64,7 +64,9 @@ def _from_config(deepspeed_config: Any) -> CheckpointingPolicy:
     try:
         cfg = ActivationCheckpointingConfig.model_validate(section)
     except ValidationError as exc:
-        raise config_error_from(exc, ActivationCheckpointingConfig, prefix="activation_checkpointing.") from None
+        raise config_error_from(
+            exc, ActivationCheckpointingConfig, prefix="activation_checkpointing."
+        ) from None
     return CheckpointingPolicy(
         partition_activations=cfg.partition_activations,
         contiguous_checkpointing=cfg.contiguous_memory_optimization,
@@ -101,8 +103,10 @@ def configure(
     """
     global _policy
     if _model_parallel_size(mpu_) != 1:
-        raise NotImplementedError("deepspeed.checkpointing.configure: model parallelism (an mpu with a "
-                                  "model-parallel size above 1) is not supported yet")
+        raise NotImplementedError(
+            "deepspeed.checkpointing.configure: model parallelism (an mpu with a "
+            "model-parallel size above 1) is not supported yet"
+        )
     base = _from_config(deepspeed_config) if deepspeed_config is not None else CheckpointingPolicy()
     overrides = {
         "partition_activations": partition_activations,
@@ -114,11 +118,15 @@ def configure(
     }
     policy = dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
     if policy.contiguous_checkpointing and not policy.partition_activations:
-        raise DeepSpeedConfigError("'activation_checkpointing.contiguous_memory_optimization' needs "
-                                   "'activation_checkpointing.partition_activations: true'")
+        raise DeepSpeedConfigError(
+            "'activation_checkpointing.contiguous_memory_optimization' needs "
+            "'activation_checkpointing.partition_activations: true'"
+        )
     if policy.contiguous_checkpointing and policy.num_checkpoints is None:
-        raise DeepSpeedConfigError("'activation_checkpointing.contiguous_memory_optimization' needs "
-                                   "'activation_checkpointing.number_checkpoints' (the number of checkpointed layers)")
+        raise DeepSpeedConfigError(
+            "'activation_checkpointing.contiguous_memory_optimization' needs "
+            "'activation_checkpointing.number_checkpoints' (the number of checkpointed layers)"
+        )
     _policy = policy
     logger.debug("activation checkpointing configured: %s", policy)
 
@@ -172,15 +180,20 @@ def _instrumented(function: Callable[..., Any], policy: CheckpointingPolicy) -> 
         if policy.synchronize:
             _synchronize()
         if policy.profile:
-            logger.info("activation checkpoint %s of %s: %.3f ms", phase, getattr(function, "__name__", "segment"),
-                        (time.perf_counter() - start) * 1e3)
+            logger.info(
+                "activation checkpoint %s of %s: %.3f ms",
+                phase,
+                getattr(function, "__name__", "segment"),
+                (time.perf_counter() - start) * 1e3,
+            )
         return out
 
     return run
 
 
-def _positional(function: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[
-        Callable[..., Any], tuple[Any, ...]]:
+def _positional(
+    function: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[Callable[..., Any], tuple[Any, ...]]:
     """Fold keyword arguments into positional ones, so tensors passed by keyword take part in autograd."""
     if not kwargs:
         return function, args
@@ -209,8 +222,12 @@ def checkpoint(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     policy = current_policy()
     call, flat = _positional(function, args, kwargs)
     with _kept_inputs(policy):
-        return torch_checkpoint.checkpoint(_instrumented(replaying_tracked_streams(call), policy), *flat,
-                                           use_reentrant=True, preserve_rng_state=True)
+        return torch_checkpoint.checkpoint(
+            _instrumented(replaying_tracked_streams(call), policy),
+            *flat,
+            use_reentrant=True,
+            preserve_rng_state=True,
+        )
 
 
 def non_reentrant_checkpoint(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -220,8 +237,12 @@ def non_reentrant_checkpoint(function: Callable[..., Any], *args: Any, **kwargs:
     """
     policy = current_policy()
     call, flat = _positional(function, args, kwargs)
-    return torch_checkpoint.checkpoint(_instrumented(replaying_tracked_streams(call), policy), *flat,
-                                       use_reentrant=False, preserve_rng_state=True)
+    return torch_checkpoint.checkpoint(
+        _instrumented(replaying_tracked_streams(call), policy),
+        *flat,
+        use_reentrant=False,
+        preserve_rng_state=True,
+    )
 
 
 __all__ = [

@@ -34,10 +34,19 @@ PARAM_COMM_DTYPE_ATTR_NAME = "comm_dtype"
 LOWER_PRECISION_SAFE_MODULES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 _DTYPES = {
-    "fp16": torch.float16, "float16": torch.float16, "half": torch.float16, "torch.float16": torch.float16,
-    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "torch.bfloat16": torch.bfloat16,
-    "fp32": torch.float32, "float32": torch.float32, "float": torch.float32, "torch.float32": torch.float32,
-    "int8": torch.int8, "torch.int8": torch.int8,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+    "half": torch.float16,
+    "torch.float16": torch.float16,
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "torch.bfloat16": torch.bfloat16,
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "float": torch.float32,
+    "torch.float32": torch.float32,
+    "int8": torch.int8,
+    "torch.int8": torch.int8,
 }
 _state: dict[str, Any] = {"initialized": False, "dtype": None, "warned_nested": False}
 
@@ -61,11 +70,15 @@ def _module_classes(names: Sequence[str] | None) -> tuple[type, ...]:
         try:
             classes.append(getattr(importlib.import_module(module_name), class_name))
         except (ImportError, AttributeError, ValueError) as exc:
-            raise ValueError(f"'torch_autocast.lower_precision_safe_modules': cannot import {name!r} ({exc})") from None
+            raise ValueError(
+                f"'torch_autocast.lower_precision_safe_modules': cannot import {name!r} ({exc})"
+            ) from None
     return tuple(classes)
 
 
-def init_autocast_params(module: nn.Module, dtype: torch.dtype | None, lower_precision_safe_modules: Sequence[str] | None) -> None:
+def init_autocast_params(
+    module: nn.Module, dtype: torch.dtype | None, lower_precision_safe_modules: Sequence[str] | None
+) -> None:
     """Tag the parameters of the lower-precision-safe modules with ``comm_dtype`` (Note [torch autocast])."""
     classes = _module_classes(lower_precision_safe_modules)
     tag = dtype if dtype is not None else get_autocast_device_default()
@@ -123,13 +136,17 @@ def autocast_if_enabled(engine: Any) -> Iterator[None]:
     enabled = engine.torch_autocast_enabled()
     if enabled:
         if torch.is_autocast_enabled(device):
-            _warn_nested_once("torch.autocast is already on outside the engine; the torch_autocast section's dtype "
-                              "applies inside it")
+            _warn_nested_once(
+                "torch.autocast is already on outside the engine; the torch_autocast section's dtype "
+                "applies inside it"
+            )
         with torch.autocast(device_type=device, dtype=engine.torch_autocast_dtype(), enabled=True):
             yield
     elif torch.is_autocast_enabled(device):
-        _warn_nested_once("torch.autocast is on outside the engine but its torch_autocast section is off: forward "
-                          "runs without autocast, in the precision the fp16/bf16 sections choose")
+        _warn_nested_once(
+            "torch.autocast is on outside the engine but its torch_autocast section is off: forward "
+            "runs without autocast, in the precision the fp16/bf16 sections choose"
+        )
         with torch.autocast(device_type=device, enabled=False):
             yield
     else:

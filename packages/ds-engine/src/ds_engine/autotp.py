@@ -27,8 +27,10 @@ def tensor_parallel_size(model: nn.Module, config_class: Any, source: Any) -> in
     config_tp = config_tp if isinstance(config_tp, int) and config_tp > 1 else 1
     model_tp = getattr(model, TP_SIZE_ATTR, 1)
     if config_tp > 1 and model_tp > 1 and config_tp != model_tp:
-        raise DeepSpeedConfigError(f"'tensor_parallel.autotp_size' {config_tp} differs from the size "
-                                   f"deepspeed.tp_model_init split the model for ({model_tp})")
+        raise DeepSpeedConfigError(
+            f"'tensor_parallel.autotp_size' {config_tp} differs from the size "
+            f"deepspeed.tp_model_init split the model for ({model_tp})"
+        )
     return max(config_tp, model_tp)
 
 
@@ -37,8 +39,9 @@ def split_model(engine: Any) -> None:
     if engine.tp_world_size <= 1:
         return
     if engine._config.zero_optimization.stage == 3:
-        raise DeepSpeedConfigError("'tensor_parallel.autotp_size' > 1 with ZeRO stage 3 is not supported here; "
-                                   "use stage 0, 1 or 2")
+        raise DeepSpeedConfigError(
+            "'tensor_parallel.autotp_size' > 1 with ZeRO stage 3 is not supported here; use stage 0, 1 or 2"
+        )
     section = engine._config.model.tensor_parallel
     try:
         apply_autotp(engine.module, engine.tp_world_size, section.partition_config, tp_group=engine.tp_group)
@@ -58,5 +61,7 @@ def attach_norm(engine: Any) -> None:
 def consolidated_state_dict(engine: Any, exclude_frozen_parameters: bool = False) -> dict[str, Any] | None:
     """The full (unsplit) module state dict in the training dtype on global rank 0, None elsewhere.
     Every rank must call it (all-gathers over each tensor group)."""
-    state = full_state_dict(engine.module, engine.module_state_dict(exclude_frozen_parameters=exclude_frozen_parameters))
+    state = full_state_dict(
+        engine.module, engine.module_state_dict(exclude_frozen_parameters=exclude_frozen_parameters)
+    )
     return {k: v.detach().cpu() for k, v in state.items()} if engine.global_rank == 0 else None

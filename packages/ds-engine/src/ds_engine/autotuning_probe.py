@@ -102,15 +102,23 @@ class AutotuningProbe:
         config: AutotuningConfig = engine._config.model.autotuning
         if not config.enabled:
             return None
-        probe = cls(config=config, global_rank=engine.global_rank,
-                    num_params=sum(_full_numel(p) for p in engine.module.parameters()))
+        probe = cls(
+            config=config,
+            global_rank=engine.global_rank,
+            num_params=sum(_full_numel(p) for p in engine.module.parameters()),
+        )
         if engine.global_rank == 0:
-            what = ("writes the model facts to " + probe.model_info_path + " after the first forward"
-                    if probe.profile_model_info else
-                    f"times optimizer steps {config.start_profile_step + 1}-{config.end_profile_step + 1}, writes "
-                    f"{probe.metric_path}")
-            logger.info("autotuning is enabled: this run %s and then ends (remove 'autotuning' from the config "
-                        "to train normally)", what)
+            what = (
+                "writes the model facts to " + probe.model_info_path + " after the first forward"
+                if probe.profile_model_info
+                else f"times optimizer steps {config.start_profile_step + 1}-{config.end_profile_step + 1}, writes "
+                f"{probe.metric_path}"
+            )
+            logger.info(
+                "autotuning is enabled: this run %s and then ends (remove 'autotuning' from the config "
+                "to train normally)",
+                what,
+            )
         return probe
 
     # --- forward ----------------------------------------------------------------------------------
@@ -137,12 +145,14 @@ class AutotuningProbe:
         assert self._counter is not None
         if self.global_rank == 0:
             trainable = sum(_full_numel(p) for p in engine.module.parameters() if p.requires_grad)
-            info = {"num_params": self.num_params * engine.mp_world_size,
-                    "trainable_num_params": trainable * engine.mp_world_size,
-                    "activation_mem_per_gpu": self._counter.nbytes,
-                    "memory_per_device": memory_per_device(),
-                    "train_micro_batch_size_per_gpu": engine.train_micro_batch_size_per_gpu(),
-                    "rank": 0}
+            info = {
+                "num_params": self.num_params * engine.mp_world_size,
+                "trainable_num_params": trainable * engine.mp_world_size,
+                "activation_mem_per_gpu": self._counter.nbytes,
+                "memory_per_device": memory_per_device(),
+                "train_micro_batch_size_per_gpu": engine.train_micro_batch_size_per_gpu(),
+                "rank": 0,
+            }
             _write_json_atomic(self.model_info_path, info)
             logger.info("autotuning: wrote model info to %s", self.model_info_path)
         _end_run()

@@ -102,7 +102,9 @@ def build_optimizer(cfg: OptimizerConfig, model_parameters: Any, *, on_cpu: bool
     else:
         found = _torch_optimizer_class(name)
         if found is None:
-            known = ["Adam", "AdamW", "Lamb", "Lion"] + [n for n in dir(torch.optim) if _torch_optimizer_class(n)]
+            known = ["Adam", "AdamW", "Lamb", "Lion"] + [
+                n for n in dir(torch.optim) if _torch_optimizer_class(n)
+            ]
             hint = closest_key(name, known)
             tail = f"; did you mean '{hint}'?" if hint else ""
             raise DeepSpeedConfigError(f"'optimizer.type': unknown optimizer {name!r}{tail}")
@@ -130,7 +132,11 @@ def build_scheduler(cfg: SchedulerConfig, optimizer: Any) -> Any:
     """The LR schedule ``cfg`` names, driving ``optimizer`` (an engine optimizer or a torch one)."""
     cls = _schedule_class(cfg.type)
     check_params(cls, cfg.params, "scheduler.params", skip=("self", "optimizer"))
-    target = optimizer if cls in lr_schedules.SCHEDULE_CLASSES.values() else lr_schedules.get_torch_optimizer(optimizer)
+    target = (
+        optimizer
+        if cls in lr_schedules.SCHEDULE_CLASSES.values()
+        else lr_schedules.get_torch_optimizer(optimizer)
+    )
     try:
         return cls(target, **cfg.params)
     except (TypeError, ValueError) as exc:

@@ -40,8 +40,9 @@ def _opaque_unit_hooks(optimizer: Any) -> None:
         optimizer.prepare_for_compile()
 
 
-def compile_module(module: nn.Module, *, backend: str | Callable[..., Any], compile_kwargs: dict[str, Any],
-                   optimizer: Any) -> None:
+def compile_module(
+    module: nn.Module, *, backend: str | Callable[..., Any], compile_kwargs: dict[str, Any], optimizer: Any
+) -> None:
     """Compile ``module`` in place with ``torch.compile(backend=backend, **compile_kwargs)``."""
     _opaque_unit_hooks(optimizer)
     module.compile(**{**compile_kwargs, "backend": backend})
@@ -53,8 +54,13 @@ class EngineCompile:
     module: nn.Module
     optimizer: Any
 
-    def compile(self, backend: str | Callable[..., Any] | None = None, compile_kwargs: dict[str, Any] | None = None,
-                schedule: Any = None, compiled_autograd_enabled: bool = False) -> None:
+    def compile(
+        self,
+        backend: str | Callable[..., Any] | None = None,
+        compile_kwargs: dict[str, Any] | None = None,
+        schedule: Any = None,
+        compiled_autograd_enabled: bool = False,
+    ) -> None:
         """Compile the wrapped module in place (Note [compile in place]); a second call does nothing.
 
         ``backend``: a ``torch.compile`` backend name or callable (default: the accelerator's);
@@ -65,17 +71,24 @@ class EngineCompile:
         if self.is_compiled:
             return
         if schedule is not None:
-            raise NotImplementedError("engine.compile(schedule=...) configures DeepCompile, which is not built here; "
-                                      "compile without a schedule (plain torch.compile)")
+            raise NotImplementedError(
+                "engine.compile(schedule=...) configures DeepCompile, which is not built here; "
+                "compile without a schedule (plain torch.compile)"
+            )
         kwargs = dict(compile_kwargs or {})
         if "backend" in kwargs:
-            logger.warning("engine.compile: the 'backend' in compile_kwargs is overridden by the backend argument")
+            logger.warning(
+                "engine.compile: the 'backend' in compile_kwargs is overridden by the backend argument"
+            )
             kwargs.pop("backend")
-        compile_module(self.module, backend=backend or default_backend(), compile_kwargs=kwargs,
-                       optimizer=self.optimizer)
+        compile_module(
+            self.module, backend=backend or default_backend(), compile_kwargs=kwargs, optimizer=self.optimizer
+        )
         if compiled_autograd_enabled:
-            logger.warning("engine.compile(compiled_autograd_enabled=True): compiled autograd is not applied here; "
-                           "the forward is compiled, the backward runs eagerly")
+            logger.warning(
+                "engine.compile(compiled_autograd_enabled=True): compiled autograd is not applied here; "
+                "the forward is compiled, the backward runs eagerly"
+            )
         self.__dict__["_ds_compiled"] = True
         self.__dict__["_ds_compile_kwargs"] = kwargs
 

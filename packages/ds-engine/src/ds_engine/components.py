@@ -34,8 +34,9 @@ def _check_duplicates(optimizer: torch.optim.Optimizer) -> None:
             seen.add(id(p))
 
 
-def basic_optimizer(client: Any, model_parameters: Any, module: nn.Module, cfg: DeepSpeedConfig,
-                    device: torch.device) -> torch.optim.Optimizer | None:
+def basic_optimizer(
+    client: Any, model_parameters: Any, module: nn.Module, cfg: DeepSpeedConfig, device: torch.device
+) -> torch.optim.Optimizer | None:
     """The torch optimizer the trainer wraps: the client's, the client callable's, or the config's."""
     params = model_parameters if model_parameters is not None else [p for p in module.parameters()]
     if client is not None:
@@ -44,11 +45,15 @@ def basic_optimizer(client: Any, model_parameters: Any, module: nn.Module, cfg: 
         elif callable(client):
             optimizer = client(params)
             if not isinstance(optimizer, torch.optim.Optimizer):
-                raise TypeError(f"the optimizer callable returned a {type(optimizer).__name__}, not a torch Optimizer")
+                raise TypeError(
+                    f"the optimizer callable returned a {type(optimizer).__name__}, not a torch Optimizer"
+                )
         else:
             raise TypeError(f"optimizer must be a torch Optimizer or a callable, got {type(client).__name__}")
         if cfg.optimizer is not None:
-            logger.warning("both a client optimizer and a config 'optimizer' section were given; using the client's")
+            logger.warning(
+                "both a client optimizer and a config 'optimizer' section were given; using the client's"
+            )
     elif cfg.optimizer is not None:
         optimizer = build_optimizer(cfg.optimizer, params, on_cpu=device.type == "cpu")
     else:
@@ -64,12 +69,16 @@ def lr_scheduler(client: Any, cfg: DeepSpeedConfig, engine_optimizer: Any, basic
         if isinstance(client, type) or (callable(client) and not hasattr(client, "step")):
             return client(basic)
         if cfg.scheduler is not None:
-            logger.warning("both a client LR scheduler and a config 'scheduler' section were given; using the client's")
+            logger.warning(
+                "both a client LR scheduler and a config 'scheduler' section were given; using the client's"
+            )
         return client
     if cfg.scheduler is None:
         return None
     if engine_optimizer is None:
-        raise DeepSpeedConfigError("'scheduler' needs an optimizer (a config 'optimizer' section or a client one)")
+        raise DeepSpeedConfigError(
+            "'scheduler' needs an optimizer (a config 'optimizer' section or a client one)"
+        )
     return build_scheduler(cfg.scheduler, engine_optimizer)
 
 

@@ -49,9 +49,13 @@ class DeepSpeedDataLoader:
         return n // self.batch_size if self.dataloader_drop_last else math.ceil(n / self.batch_size)
 
     def _make(self) -> DataLoader:
-        kwargs: dict[str, Any] = dict(batch_size=self.batch_size, sampler=self.data_sampler,
-                                      num_workers=self.num_local_io_workers, drop_last=self.dataloader_drop_last,
-                                      pin_memory=self.pin_memory and torch.cuda.is_available())
+        kwargs: dict[str, Any] = dict(
+            batch_size=self.batch_size,
+            sampler=self.data_sampler,
+            num_workers=self.num_local_io_workers,
+            drop_last=self.dataloader_drop_last,
+            pin_memory=self.pin_memory and torch.cuda.is_available(),
+        )
         if self.collate_fn is not None:
             kwargs["collate_fn"] = self.collate_fn
         return DataLoader(self.dataset, **kwargs)

@@ -66,10 +66,16 @@ class DeepSpeedEngine(EngineAccessors, EngineCompile, nn.Module):
         ds_comm.init_distributed(dist_init_required=dist_init_required, verbose=False)
         lazy_dynamo.install()  # Note [lazy dynamo]: before the first optimizer is built
         self.mpu = mpu
-        source = None if config_class is not None else choose_config_source(args=args, config=config,
-                                                                             config_params=config_params)
-        config_sp = (config_class.sequence_parallel_size if config_class is not None
-                     else sequence_parallel_size_of(read_config_source(source)))
+        source = (
+            None
+            if config_class is not None
+            else choose_config_source(args=args, config=config, config_params=config_params)
+        )
+        config_sp = (
+            config_class.sequence_parallel_size
+            if config_class is not None
+            else sequence_parallel_size_of(read_config_source(source))
+        )
         config_tp = autotp.tensor_parallel_size(model, config_class, source)  # Note [autotp in the engine]
         self._setup_topology(mpu, args, config_sp, config_tp)
         if config_class is None:
@@ -86,45 +92,63 @@ class DeepSpeedEngine(EngineAccessors, EngineCompile, nn.Module):
         self.module = model
         autotp.split_model(self)  # before the broadcast and ZeRO: both see the local shards
         if self.torch_autocast_enabled():  # Note [torch autocast] in ds_engine.autocast
-            init_autocast_params(model, self.torch_autocast_dtype(), self.torch_autocast_lower_precision_safe_modules())
+            init_autocast_params(
+                model, self.torch_autocast_dtype(), self.torch_autocast_lower_precision_safe_modules()
+            )
         leaf = self._config.zero_optimization.leaf_module  # flags only; stage 3 reads them (as DeepSpeed)
         apply_leaf_config(model, classes=leaf.classes, names=leaf.names, name_suffixes=leaf.name_suffixes)
         # Note [engine and experts] in ds_engine.moe: expert groups first, experts broadcast in their own groups.
         self.moe_layers = moe.setup_expert_parallel(
-            model, sequence_parallel_size=self.sequence_parallel_size,
-            use_data_before_expert_parallel_=self._config.use_data_before_expert_parallelism)
-        self.has_moe_layers, self.num_experts = bool(self.moe_layers), [m.num_experts for m in self.moe_layers]
+            model,
+            sequence_parallel_size=self.sequence_parallel_size,
+            use_data_before_expert_parallel_=self._config.use_data_before_expert_parallelism,
+        )
+        self.has_moe_layers, self.num_experts = (
+            bool(self.moe_layers),
+            [m.num_experts for m in self.moe_layers],
+        )
         components.broadcast_module(model, group=self.dp_group, exclude=moe.expert_param_ids(model))
         moe.broadcast_experts(model)
         if self.has_moe_layers and not isinstance(optimizer, torch.optim.Optimizer):
             model_parameters = moe.moe_model_parameters(model_parameters, model)
         self.checkpoint_group = checkpoint.make_checkpoint_group()
         self.client_optimizer, self.client_lr_scheduler = optimizer, lr_scheduler
-        self.basic_optimizer = components.basic_optimizer(optimizer, model_parameters, model, self._config, self.device)
+        self.basic_optimizer = components.basic_optimizer(
+            optimizer, model_parameters, model, self._config, self.device
+        )
         self.optimizer: Trainer | None = self._wrap_optimizer()
         autotp.attach_norm(self)  # the gradient norm over the whole split model
         self._inference_shards = self._shard_inference_only() if self.optimizer is None else None
-        self.lr_scheduler = components.lr_scheduler(lr_scheduler, self._config, self.optimizer, self.basic_optimizer)
+        self.lr_scheduler = components.lr_scheduler(
+            lr_scheduler, self._config, self.optimizer, self.basic_optimizer
+        )
         self.collate_fn = collate_fn
         self.training_dataloader = self.deepspeed_io(training_data) if training_data is not None else None
         self.global_steps = self.global_samples = self.skipped_steps = self.micro_steps = 0
         self._is_gradient_accumulation_boundary: bool | None = None
         self.inside_no_sync_ctxt = False
         self._step_applied = False
-        self._guard = StepGuard(max_consecutive_skips=self._config.max_consecutive_skipped_steps,
-                                rank=self.global_rank)  # Note [call order], Note [skipped steps]
+        self._guard = StepGuard(
+            max_consecutive_skips=self._config.max_consecutive_skipped_steps, rank=self.global_rank
+        )  # Note [call order], Note [skipped steps]
         self._losses: list[torch.Tensor] = []
-        self.monitor = MonitorMaster(self._config, rank=self.global_rank)  # tensorboard/csv/wandb/comet, rank 0
-        self.progress = ProgressReporter(num_params=sum(p.numel() for p in model.parameters()),
-                                         dp_world_size=self.dp_world_size)
+        self.monitor = MonitorMaster(
+            self._config, rank=self.global_rank
+        )  # tensorboard/csv/wandb/comet, rank 0
+        self.progress = ProgressReporter(
+            num_params=sum(p.numel() for p in model.parameters()), dp_world_size=self.dp_world_size
+        )
         # DeepSpeed's named timers (wall_clock_breakdown), driven per phase by one small object.
         self.timers = SynchronizedWallClockTimer() if self._config.wall_clock_breakdown else NoopTimer()
         self._walltime = EngineTimers(self.timers)
         self.flops_profiler = _flops_profile(self)
         # DeepSpeed's samples/s timer, which clients read (DeepSpeed-Chat) and which prints DeepSpeed's
         # RunningAvgSamplesPerSec line on rank 0 every steps_per_print (``timers.throughput``).
-        self.tput_timer = ThroughputTimer(self._config.timers.throughput, batch_size=self.train_batch_size(),
-                                          steps_per_output=self.steps_per_print())
+        self.tput_timer = ThroughputTimer(
+            self._config.timers.throughput,
+            batch_size=self.train_batch_size(),
+            steps_per_output=self.steps_per_print(),
+        )
         self.autotuning = AutotuningProbe.for_engine(self)  # Note [autotuning protocol]
         ds_comm.configure(self._config.model)
         if self._config.dump_state and self.global_rank == 0:
@@ -138,20 +162,30 @@ class DeepSpeedEngine(EngineAccessors, EngineCompile, nn.Module):
         self.mesh, self.dp_group, self.dp_rank = topo.mesh, topo.shard_group, topo.dp_rank
         self.dp_world_size, self.seq_dp_world_size = topo.dp_world_size, topo.seq_dp_world_size
         self.seq_data_parallel_group = topo.shard_group
-        self.sequence_parallel_size, self.seq_parallel_group = topo.sequence_parallel_size, topo.seq_parallel_group
+        self.sequence_parallel_size, self.seq_parallel_group = (
+            topo.sequence_parallel_size,
+            topo.seq_parallel_group,
+        )
         self.mp_world_size = topo.tensor_parallel_size
         self.tp_world_size, self.tp_group = topo.tensor_parallel_size, topo.tensor_parallel_group
         arg_rank = getattr(args, "local_rank", None) if args is not None else None
-        self.local_rank = arg_rank if isinstance(arg_rank, int) and arg_rank >= 0 else ds_comm.get_local_rank()
+        self.local_rank = (
+            arg_rank if isinstance(arg_rank, int) and arg_rank >= 0 else ds_comm.get_local_rank()
+        )
 
     def _wrap_optimizer(self) -> Any:
         if self.basic_optimizer is None:
             return None
         policy = policy_from_config(self._config)
         try:
-            reductions = (moe.group_reductions(self.basic_optimizer, self.dp_world_size)
-                          if self.has_moe_layers else None)  # Note [engine and experts]
-            return wrap(self.module, self.basic_optimizer, policy=policy, group=self.dp_group, reductions=reductions)
+            reductions = (
+                moe.group_reductions(self.basic_optimizer, self.dp_world_size)
+                if self.has_moe_layers
+                else None
+            )  # Note [engine and experts]
+            return wrap(
+                self.module, self.basic_optimizer, policy=policy, group=self.dp_group, reductions=reductions
+            )
         except StageNotAvailable as exc:
             raise DeepSpeedConfigError(f"'zero_optimization.stage' {policy.stage}: {exc}") from None
 
@@ -184,7 +218,9 @@ class DeepSpeedEngine(EngineAccessors, EngineCompile, nn.Module):
 
     def _require_optimizer(self, what: str) -> None:
         if self.optimizer is None:
-            raise RuntimeError(f"engine.{what}() needs an optimizer: pass optimizer= or a config 'optimizer' section")
+            raise RuntimeError(
+                f"engine.{what}() needs an optimizer: pass optimizer= or a config 'optimizer' section"
+            )
 
     def forward(self, *inputs: Any, **kwargs: Any) -> Any:
         """Run the module (casting float inputs to fp16 when ``fp16.auto_cast``)."""
@@ -199,8 +235,10 @@ class DeepSpeedEngine(EngineAccessors, EngineCompile, nn.Module):
         self._walltime.start("forward")
         if self.flops_profiler:
             self.flops_profiler.before_forward(self.global_steps)
-        with self.autotuning.watch_forward(self.module) if self.autotuning else nullcontext(), \
-                autocast_if_enabled(self):
+        with (
+            self.autotuning.watch_forward(self.module) if self.autotuning else nullcontext(),
+            autocast_if_enabled(self),
+        ):
             out = self.module(*inputs, **kwargs)
         if self.flops_profiler:
             self.flops_profiler.after_forward()
@@ -216,7 +254,9 @@ class DeepSpeedEngine(EngineAccessors, EngineCompile, nn.Module):
         self._guard.on_client_backward()
         return self.optimizer.scale_if_loss(loss)
 
-    def backward(self, loss: torch.Tensor, retain_graph: bool = False, scale_wrt_gas: bool = True) -> torch.Tensor:
+    def backward(
+        self, loss: torch.Tensor, retain_graph: bool = False, scale_wrt_gas: bool = True
+    ) -> torch.Tensor:
         """Backward of ``loss`` (divided by the accumulation steps when ``scale_wrt_gas``); returns that loss."""
         self._require_optimizer("backward")
         if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
@@ -254,8 +294,12 @@ class DeepSpeedEngine(EngineAccessors, EngineCompile, nn.Module):
             if self.flops_profiler:
                 self.flops_profiler.after_step()
             self._report()
-            self._guard.after_step(at_boundary=True, applied=self._step_applied, global_step=self.global_steps,
-                                   loss_scaled=self.fp16_enabled())
+            self._guard.after_step(
+                at_boundary=True,
+                applied=self._step_applied,
+                global_step=self.global_steps,
+                loss_scaled=self.fp16_enabled(),
+            )
             if self.autotuning:
                 self.autotuning.after_step(self)
         self.tput_timer.stop(global_step=boundary, report_speed=self.global_rank == 0)
@@ -292,49 +336,92 @@ class DeepSpeedEngine(EngineAccessors, EngineCompile, nn.Module):
         finally:
             self.inside_no_sync_ctxt = previous
 
-    def deepspeed_io(self, dataset: Any, batch_size: int | None = None, route: str = "train", pin_memory: bool = True,
-                     data_sampler: Any = None, collate_fn: Any = None, num_local_io_workers: int | None = None) -> Any:
+    def deepspeed_io(
+        self,
+        dataset: Any,
+        batch_size: int | None = None,
+        route: str = "train",
+        pin_memory: bool = True,
+        data_sampler: Any = None,
+        collate_fn: Any = None,
+        num_local_io_workers: int | None = None,
+    ) -> Any:
         """A data loader over ``dataset`` for this data-parallel rank (see :mod:`ds_engine.dataloader`)."""
         if data_sampler is None and route in ("eval", "predict"):
             from torch.utils.data import DistributedSampler
 
-            data_sampler = DistributedSampler(dataset, num_replicas=self.dp_world_size,
-                                              rank=self.dp_rank, shuffle=False)
+            data_sampler = DistributedSampler(
+                dataset, num_replicas=self.dp_world_size, rank=self.dp_rank, shuffle=False
+            )
         # dp_rank: the data axis (the ranks of one sequence-parallel group read the same samples)
-        return DeepSpeedDataLoader(dataset=dataset, batch_size=batch_size or self.train_micro_batch_size_per_gpu(),
-                                   dp_world_size=self.dp_world_size, dp_rank=self.dp_rank,
-                                   collate_fn=collate_fn or self.collate_fn, data_sampler=data_sampler,
-                                   drop_last=self._config.dataloader_drop_last, pin_memory=pin_memory,
-                                   num_workers=num_local_io_workers or 0)
+        return DeepSpeedDataLoader(
+            dataset=dataset,
+            batch_size=batch_size or self.train_micro_batch_size_per_gpu(),
+            dp_world_size=self.dp_world_size,
+            dp_rank=self.dp_rank,
+            collate_fn=collate_fn or self.collate_fn,
+            data_sampler=data_sampler,
+            drop_last=self._config.dataloader_drop_last,
+            pin_memory=pin_memory,
+            num_workers=num_local_io_workers or 0,
+        )
 
     # --- checkpoints ---------------------------------------------------------------------------------
-    def save_checkpoint(self, save_dir: str, tag: Any = None, client_state: dict[str, Any] | None = None,
-                        save_latest: bool = True, exclude_frozen_parameters: bool = False) -> bool:
+    def save_checkpoint(
+        self,
+        save_dir: str,
+        tag: Any = None,
+        client_state: dict[str, Any] | None = None,
+        save_latest: bool = True,
+        exclude_frozen_parameters: bool = False,
+    ) -> bool:
         """Save model, optimizer, LR schedule and counters (plus ``client_state``); every rank must call it."""
         if getattr(self, "has_moe_layers", False):  # Note [expert files]: before the manifest and `latest`
             moe_checkpoint.save_experts(self, save_dir, tag)
-        return checkpoint.save(self, save_dir, tag, client_state or {}, save_latest, exclude_frozen_parameters)
+        return checkpoint.save(
+            self, save_dir, tag, client_state or {}, save_latest, exclude_frozen_parameters
+        )
 
-    def load_checkpoint(self, load_dir: str, tag: Any = None, load_module_strict: bool = True,
-                        load_optimizer_states: bool = True, load_lr_scheduler_states: bool = True,
-                        load_module_only: bool = False, custom_load_fn: Any = None) -> tuple[Any, Any]:
+    def load_checkpoint(
+        self,
+        load_dir: str,
+        tag: Any = None,
+        load_module_strict: bool = True,
+        load_optimizer_states: bool = True,
+        load_lr_scheduler_states: bool = True,
+        load_module_only: bool = False,
+        custom_load_fn: Any = None,
+    ) -> tuple[Any, Any]:
         """Restore a checkpoint; returns ``(path, client_state)``, or ``(None, None)`` if there is none.
         ``custom_load_fn(src=module_state_dict, dst=module)``, if given, loads the module's weights."""
-        self.moe_optimizer_loaded = False  # set by the MoE optimizer-state load (Note [expert optimizer state])
+        self.moe_optimizer_loaded = (
+            False  # set by the MoE optimizer-state load (Note [expert optimizer state])
+        )
         if getattr(self, "has_moe_layers", False) and custom_load_fn is None:
             custom_load_fn = moe_checkpoint.shared_weights_loader(load_module_strict)  # Note [expert files]
-        path, client_state = checkpoint.load(self, load_dir, tag, load_module_strict=load_module_strict,
-                                             load_optimizer_states=load_optimizer_states,
-                                             load_lr_scheduler_states=load_lr_scheduler_states,
-                                             load_module_only=load_module_only, custom_load_fn=custom_load_fn)
+        path, client_state = checkpoint.load(
+            self,
+            load_dir,
+            tag,
+            load_module_strict=load_module_strict,
+            load_optimizer_states=load_optimizer_states,
+            load_lr_scheduler_states=load_lr_scheduler_states,
+            load_module_only=load_module_only,
+            custom_load_fn=custom_load_fn,
+        )
         if path is not None and getattr(self, "has_moe_layers", False):  # Note [expert files]
             moe_checkpoint.load_experts(self, path)
             if self.optimizer is not None and not self.moe_optimizer_loaded:
                 self.optimizer.refresh_fp32_params()  # masters follow the experts' weights
         return path, client_state
 
-    def module_state_dict(self, destination: Any = None, prefix: str = "", keep_vars: bool = False,
-                          exclude_frozen_parameters: bool = False) -> dict[str, Any]:
+    def module_state_dict(
+        self,
+        destination: Any = None,
+        prefix: str = "",
+        keep_vars: bool = False,
+        exclude_frozen_parameters: bool = False,
+    ) -> dict[str, Any]:
         """The module's state dict."""
         sd = self.module.state_dict(destination=destination, prefix=prefix, keep_vars=keep_vars)
         if exclude_frozen_parameters:
@@ -346,41 +433,51 @@ class DeepSpeedEngine(EngineAccessors, EngineCompile, nn.Module):
         """Load a module state dict (``checkpoint["module"]``)."""
         self.module.load_state_dict(checkpoint["module"], strict=strict)
 
-    def _zero3_consolidated_16bit_state_dict(self, exclude_frozen_parameters: bool = False) -> dict[str, Any] | None:
+    def _zero3_consolidated_16bit_state_dict(
+        self, exclude_frozen_parameters: bool = False
+    ) -> dict[str, Any] | None:
         """The full model state dict in the training dtype. Below stage 3 every rank holds it; at stage 3
         it is gathered (every rank must call this) and only rank 0 gets it, others None."""
         if self.optimizer is not None:
-            return self.optimizer.consolidated_16bit_state_dict(exclude_frozen_parameters=exclude_frozen_parameters)
+            return self.optimizer.consolidated_16bit_state_dict(
+                exclude_frozen_parameters=exclude_frozen_parameters
+            )
         if self._inference_shards is not None:
             return self._inference_shards.full_state_dict(exclude_frozen_parameters=exclude_frozen_parameters)
         return self.module_state_dict(exclude_frozen_parameters=exclude_frozen_parameters)
 
     # --- moving states off the accelerator between phases (RLHF loops) ------------------------------
-    def offload_states(self, include: Any = None, device: Any = "cpu", pin_memory: bool = True,
-                       non_blocking: bool = False) -> None:
+    def offload_states(
+        self, include: Any = None, device: Any = "cpu", pin_memory: bool = True, non_blocking: bool = False
+    ) -> None:
         """Move the named training states (``OffloadStateTypeEnum``; all when None) to host memory until
         :meth:`reload_states` (see :mod:`ds_zero.state_offload`). Training in between is an error."""
         from ds_engine.offload_enums import OffloadDeviceEnum
 
         self._require_optimizer("offload_states")
         if self._config.zero_optimization.offload_param_device != "none":
-            raise ValueError("engine.offload_states() cannot move states while 'zero_optimization.offload_param' "
-                             "already keeps parameters off the accelerator")
+            raise ValueError(
+                "engine.offload_states() cannot move states while 'zero_optimization.offload_param' "
+                "already keeps parameters off the accelerator"
+            )
         device = OffloadDeviceEnum(device)
         if device == OffloadDeviceEnum.none:
             logger.warning("engine.offload_states(device='none'): nothing to do")
             return
         if device == OffloadDeviceEnum.nvme:
             raise ValueError("engine.offload_states(device='nvme') is not supported; use device='cpu'")
-        self.optimizer.offload_states(include=include, device=device, pin_memory=pin_memory,
-                                      non_blocking=non_blocking)
+        self.optimizer.offload_states(
+            include=include, device=device, pin_memory=pin_memory, non_blocking=non_blocking
+        )
 
     def reload_states(self, non_blocking: bool = False) -> None:
         """Put every state :meth:`offload_states` moved back on the accelerator."""
         self._require_optimizer("reload_states")
         self.optimizer.reload_states(non_blocking=non_blocking)
 
-    def _consolidated_16bit_state_dict(self, exclude_frozen_parameters: bool = False) -> dict[str, Any] | None:
+    def _consolidated_16bit_state_dict(
+        self, exclude_frozen_parameters: bool = False
+    ) -> dict[str, Any] | None:
         """DeepSpeed's name for the gathered 16-bit state dict where weights are partitioned (stage 3):
         rank 0 gets it, the others None; every rank must call it. Below stage 3 it is an error, as in
         DeepSpeed (every rank already holds the weights: use ``module_state_dict()``). With AutoTP the split
@@ -388,9 +485,11 @@ class DeepSpeedEngine(EngineAccessors, EngineCompile, nn.Module):
         if getattr(self, "tp_world_size", 1) > 1:
             return autotp.consolidated_state_dict(self, exclude_frozen_parameters)
         if self.zero_optimization_stage() != 3:
-            raise ValueError("_consolidated_16bit_state_dict() applies only where weights are partitioned (ZeRO "
-                             f"stage 3); this engine runs stage {self.zero_optimization_stage()}: use "
-                             "engine.module_state_dict()")
+            raise ValueError(
+                "_consolidated_16bit_state_dict() applies only where weights are partitioned (ZeRO "
+                f"stage 3); this engine runs stage {self.zero_optimization_stage()}: use "
+                "engine.module_state_dict()"
+            )
         return self._zero3_consolidated_16bit_state_dict(exclude_frozen_parameters)
 
     def empty_partition_cache(self) -> None:
@@ -405,8 +504,9 @@ class DeepSpeedEngine(EngineAccessors, EngineCompile, nn.Module):
         gc.collect()
         get_accelerator().empty_cache()
 
-    def save_16bit_model(self, save_dir: str, save_filename: str = "pytorch_model.bin",
-                         exclude_frozen_parameters: bool = False) -> bool:
+    def save_16bit_model(
+        self, save_dir: str, save_filename: str = "pytorch_model.bin", exclude_frozen_parameters: bool = False
+    ) -> bool:
         """Write the model's weights (in its training dtype) to ``save_dir/save_filename`` on rank 0.
 
         At stage 3 this needs ``stage3_gather_16bit_weights_on_model_save`` (as in DeepSpeed): without it
@@ -414,8 +514,10 @@ class DeepSpeedEngine(EngineAccessors, EngineCompile, nn.Module):
         import os
 
         if self.zero_optimization_stage() == 3 and not self.zero_gather_16bit_weights_on_model_save():
-            logger.warning("save_16bit_model: stage 3 without stage3_gather_16bit_weights_on_model_save; "
-                           "nothing saved (use zero_to_fp32 on a checkpoint)")
+            logger.warning(
+                "save_16bit_model: stage 3 without stage3_gather_16bit_weights_on_model_save; "
+                "nothing saved (use zero_to_fp32 on a checkpoint)"
+            )
             return False
         if getattr(self, "tp_world_size", 1) > 1:  # full weights, loadable into the plain model
             state = autotp.consolidated_state_dict(self, exclude_frozen_parameters)

@@ -36,9 +36,12 @@ def initialize(
     if model is None:
         raise ValueError("deepspeed.initialize needs a model (model=...)")
     if mesh_param is not None:
-        raise NotImplementedError("deepspeed.initialize(mesh_param=...) (tensor/sequence parallel meshes) is not "
-                                  "supported yet")
-    ds_comm.init_distributed(distributed_port=distributed_port, dist_init_required=dist_init_required, verbose=False)
+        raise NotImplementedError(
+            "deepspeed.initialize(mesh_param=...) (tensor/sequence parallel meshes) is not supported yet"
+        )
+    ds_comm.init_distributed(
+        distributed_port=distributed_port, dist_init_required=dist_init_required, verbose=False
+    )
     engine_class = DeepSpeedEngine
     from ds_parallel.pipe import PipelineModule
 
@@ -47,9 +50,17 @@ def initialize(
 
         engine_class = PipelineEngine
     engine = engine_class(
-        args=args, model=model, optimizer=optimizer, model_parameters=model_parameters,
-        training_data=training_data, lr_scheduler=lr_scheduler, mpu=mpu, dist_init_required=dist_init_required,
-        collate_fn=collate_fn, config=config, config_params=config_params,
+        args=args,
+        model=model,
+        optimizer=optimizer,
+        model_parameters=model_parameters,
+        training_data=training_data,
+        lr_scheduler=lr_scheduler,
+        mpu=mpu,
+        dist_init_required=dist_init_required,
+        collate_fn=collate_fn,
+        config=config,
+        config_params=config_params,
     )
     return engine, engine.optimizer, engine.training_dataloader, engine.lr_scheduler
 
@@ -57,9 +68,15 @@ def initialize(
 def add_config_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add DeepSpeed's ``--deepspeed`` and ``--deepspeed_config`` (and the old ``--deepscale*``) flags."""
     group = parser.add_argument_group("DeepSpeed", "DeepSpeed configurations")
-    group.add_argument("--deepspeed", default=False, action="store_true",
-                       help="Enable DeepSpeed (a flag for the user's script; the engine does not read it)")
-    group.add_argument("--deepspeed_config", default=None, type=str, help="DeepSpeed JSON configuration file.")
+    group.add_argument(
+        "--deepspeed",
+        default=False,
+        action="store_true",
+        help="Enable DeepSpeed (a flag for the user's script; the engine does not read it)",
+    )
+    group.add_argument(
+        "--deepspeed_config", default=None, type=str, help="DeepSpeed JSON configuration file."
+    )
     group.add_argument("--deepscale", default=False, action="store_true", help=argparse.SUPPRESS)
     group.add_argument("--deepscale_config", default=None, type=str, help=argparse.SUPPRESS)
     return parser

@@ -82,8 +82,9 @@ class _Schedule:
 
     def step(self, last_batch_iteration: int | None = None) -> None:
         """Advance to the next step (or to ``last_batch_iteration``) and write the LRs."""
-        self.last_batch_iteration = self.last_batch_iteration + 1 if last_batch_iteration is None \
-            else last_batch_iteration
+        self.last_batch_iteration = (
+            self.last_batch_iteration + 1 if last_batch_iteration is None else last_batch_iteration
+        )
         self._last_lr = update_lr(self.optimizer.param_groups, self.get_lr())
 
     def get_last_lr(self) -> list[float]:
@@ -167,8 +168,9 @@ class OneCycle(_Schedule):
         self.total_size = first + second
         self.step_ratio = first / self.total_size
         self.first_stair_count = cycle_first_stair_count
-        self.second_stair_count = cycle_first_stair_count if cycle_second_stair_count is None \
-            else cycle_second_stair_count
+        self.second_stair_count = (
+            cycle_first_stair_count if cycle_second_stair_count is None else cycle_second_stair_count
+        )
         self.decay_step_size = decay_step_size
         self.min_lrs = _per_group(self.optimizer, cycle_min_lr, "cycle_min_lr")
         self.max_lrs = _per_group(self.optimizer, cycle_max_lr, "cycle_max_lr")
@@ -304,10 +306,13 @@ class WarmupDecayLR(WarmupLR):
         last_batch_iteration: int = -1,
     ) -> None:
         self.total_num_steps = total_num_steps
-        super().__init__(optimizer, warmup_min_lr, warmup_max_lr, warmup_num_steps, warmup_type,
-                         last_batch_iteration)
+        super().__init__(
+            optimizer, warmup_min_lr, warmup_max_lr, warmup_num_steps, warmup_type, last_batch_iteration
+        )
         if self.total_num_steps < self.warmup_num_steps:
-            logger.warning("total_num_steps %s is less than warmup_num_steps %s", total_num_steps, warmup_num_steps)
+            logger.warning(
+                "total_num_steps %s is less than warmup_num_steps %s", total_num_steps, warmup_num_steps
+            )
 
     def _get_gamma(self) -> float:
         if self.last_batch_iteration < self.warmup_num_steps:
@@ -340,7 +345,9 @@ class WarmupCosineLR(_Schedule):
         self.warmup_num_steps = max(2, warmup_num_steps)
         self.inverse_log_warm_up = 1.0 / math.log(self.warmup_num_steps)
         if self.total_num_steps < self.warmup_num_steps:
-            logger.warning("total_num_steps %s is less than warmup_num_steps %s", total_num_steps, warmup_num_steps)
+            logger.warning(
+                "total_num_steps %s is less than warmup_num_steps %s", total_num_steps, warmup_num_steps
+            )
         self.org_lrs = [float(g["lr"]) for g in self.optimizer.param_groups]
         self.last_batch_iteration = last_batch_iteration
         if last_batch_iteration == -1:
@@ -357,7 +364,9 @@ class WarmupCosineLR(_Schedule):
             else:
                 ratio = n / self.warmup_num_steps
             return self.warmup_min_ratio + ratio * (1.0 - self.warmup_min_ratio)
-        progress = min(1.0, (n - self.warmup_num_steps + 1) / max(1, self.total_num_steps - self.warmup_num_steps))
+        progress = min(
+            1.0, (n - self.warmup_num_steps + 1) / max(1, self.total_num_steps - self.warmup_num_steps)
+        )
         cosine = (1 + math.cos(math.pi * progress)) / 2
         return max(0.0, self.cos_min_ratio + (1.0 - self.cos_min_ratio) * cosine)
 

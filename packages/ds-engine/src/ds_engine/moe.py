@@ -27,17 +27,22 @@ def moe_layers(module: nn.Module) -> list[MoE]:
     return [m for m in module.modules() if isinstance(m, MoE)]
 
 
-def setup_expert_parallel(module: nn.Module, *, sequence_parallel_size: int = 1,
-                          use_data_before_expert_parallel_: bool = False) -> list[MoE]:
+def setup_expert_parallel(
+    module: nn.Module, *, sequence_parallel_size: int = 1, use_data_before_expert_parallel_: bool = False
+) -> list[MoE]:
     """Create the expert groups of every MoE layer (collective) and hand each layer its group."""
     layers = moe_layers(module)
     if layers and sequence_parallel_size > 1:
-        raise NotImplementedError("MoE layers with sequence parallelism (sequence_parallel_size > 1) are not built")
+        raise NotImplementedError(
+            "MoE layers with sequence parallelism (sequence_parallel_size > 1) are not built"
+        )
     world = ds_comm.get_world_size()
     for layer in layers:
         if world % layer.ep_size:
-            raise ValueError(f"MoE layer with ep_size={layer.ep_size} on {world} ranks: the expert parallel size "
-                             "must divide the number of data-parallel ranks")
+            raise ValueError(
+                f"MoE layer with ep_size={layer.ep_size} on {world} ranks: the expert parallel size "
+                "must divide the number of data-parallel ranks"
+            )
         layer.set_deepspeed_parallelism(use_data_before_expert_parallel_)
     return layers
 
@@ -47,8 +52,11 @@ def broadcast_experts(module: nn.Module) -> None:
     with torch.no_grad():
         for p in module.parameters():
             if is_moe_param(p) and expert_groups._get_expert_data_parallel_world_size(p.group_name) > 1:
-                ds_comm.broadcast(p.data, expert_groups._get_expert_broadcast_src_rank(p.group_name),
-                                  group=expert_groups._get_expert_data_parallel_group(p.group_name))
+                ds_comm.broadcast(
+                    p.data,
+                    expert_groups._get_expert_broadcast_src_rank(p.group_name),
+                    group=expert_groups._get_expert_data_parallel_group(p.group_name),
+                )
 
 
 def expert_param_ids(module: nn.Module) -> set[int]:
@@ -71,14 +79,23 @@ def group_reductions(optimizer: torch.optim.Optimizer, dp_world_size: int) -> di
             raise ValueError(
                 f"optimizer param group {index} mixes expert and shared parameters (or experts of different "
                 "ep sizes); MoE training needs them in groups of their own: build the optimizer from "
-                "deepspeed.moe.utils.split_params_into_different_moe_groups_for_optimizer(...)")
+                "deepspeed.moe.utils.split_params_into_different_moe_groups_for_optimizer(...)"
+            )
         name = names.pop() if names else None
         if name is not None:
-            out[index] = GroupReduction(group=expert_groups._get_expert_data_parallel_group(name),
-                                        average_over=dp_world_size,
-                                        norm_group=expert_groups._get_expert_parallel_group(name))
+            out[index] = GroupReduction(
+                group=expert_groups._get_expert_data_parallel_group(name),
+                average_over=dp_world_size,
+                norm_group=expert_groups._get_expert_parallel_group(name),
+            )
     return out
 
 
-__all__ = ["broadcast_experts", "expert_param_ids", "group_reductions", "moe_layers", "moe_model_parameters",
-           "setup_expert_parallel"]
+__all__ = [
+    "broadcast_experts",
+    "expert_param_ids",
+    "group_reductions",
+    "moe_layers",
+    "moe_model_parameters",
+    "setup_expert_parallel",
+]

@@ -32,8 +32,11 @@ EXPERTS_PREFIX = "deepspeed_moe.experts.deepspeed_experts."
 
 def expert_ckpt_name(checkpoints_path: str, layer_id: int, expert_id: int, tag: Any, mp_rank: int = 0) -> str:
     """DeepSpeed's ``_get_expert_ckpt_name`` path (Note [expert files])."""
-    return os.path.join(checkpoints_path, "" if tag is None else str(tag),
-                        f"layer_{layer_id}_expert_{expert_id}_mp_rank_{mp_rank:02d}_model_states.pt")
+    return os.path.join(
+        checkpoints_path,
+        "" if tag is None else str(tag),
+        f"layer_{layer_id}_expert_{expert_id}_mp_rank_{mp_rank:02d}_model_states.pt",
+    )
 
 
 def _moe_modules(module: torch.nn.Module) -> list[tuple[str, Any]]:
@@ -78,7 +81,8 @@ def load_experts(engine: Any, model_states_path: str) -> None:
             if not os.path.isfile(path):
                 raise DeepSpeedCheckpointError(
                     f"{path} is missing: MoE layer {layer_id} ({name}) needs expert {global_id} of {layer.num_experts}; "
-                    "a checkpoint resumes at another ep_size only with the same num_experts per layer")
+                    "a checkpoint resumes at another ep_size only with the same num_experts per layer"
+                )
             saved = torch.load(path, map_location="cpu", weights_only=True)
             for key, value in saved.items():
                 local_state[key.replace(f"{prefix}{global_id}.", f"{prefix}{local_id}.", 1)] = value
@@ -87,7 +91,9 @@ def load_experts(engine: Any, model_states_path: str) -> None:
         with torch.no_grad():
             for key, value in local_state.items():
                 if key not in params:
-                    raise DeepSpeedCheckpointError(f"expert entry {key} of the checkpoint has no parameter here")
+                    raise DeepSpeedCheckpointError(
+                        f"expert entry {key} of the checkpoint has no parameter here"
+                    )
                 params[key].copy_(value)
 
 
@@ -99,8 +105,10 @@ def shared_weights_loader(strict: bool) -> Any:
         result = dst.load_state_dict({k: v for k, v in src.items() if EXPERTS_PREFIX not in k}, strict=False)
         missing = [k for k in result.missing_keys if EXPERTS_PREFIX not in k]
         if strict and (missing or result.unexpected_keys):
-            raise RuntimeError(f"Error(s) in loading state_dict for {type(dst).__name__}: missing keys {missing}, "
-                               f"unexpected keys {result.unexpected_keys}")
+            raise RuntimeError(
+                f"Error(s) in loading state_dict for {type(dst).__name__}: missing keys {missing}, "
+                f"unexpected keys {result.unexpected_keys}"
+            )
 
     return load
 

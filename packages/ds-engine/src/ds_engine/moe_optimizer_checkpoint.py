@@ -40,8 +40,11 @@ _LAYOUT_GROUP_KEYS = ("name", "moe")
 def _layers(engine: Any) -> list[tuple[str, Any]]:
     from ds_parallel.moe.layer import MoE
 
-    return [(f"{name}.{EXPERTS_PREFIX}" if name else EXPERTS_PREFIX, m)
-            for name, m in engine.module.named_modules() if isinstance(m, MoE)]
+    return [
+        (f"{name}.{EXPERTS_PREFIX}" if name else EXPERTS_PREFIX, m)
+        for name, m in engine.module.named_modules()
+        if isinstance(m, MoE)
+    ]
 
 
 def _split_key(key: Any, prefixes: list[str]) -> tuple[int, int, str] | None:
@@ -50,7 +53,7 @@ def _split_key(key: Any, prefixes: list[str]) -> tuple[int, int, str] | None:
         return None
     for layer_id, prefix in enumerate(prefixes):
         if key.startswith(prefix):
-            m = re.match(r"(\d+)\.(.*)", key[len(prefix):])
+            m = re.match(r"(\d+)\.(.*)", key[len(prefix) :])
             if m is not None:
                 return layer_id, int(m.group(1)), m.group(2)
     return None
@@ -58,8 +61,12 @@ def _split_key(key: Any, prefixes: list[str]) -> tuple[int, int, str] | None:
 
 def _meta(engine: Any) -> dict[str, Any]:
     layers = [m for _, m in _layers(engine)]
-    return {"keys": "global", "num_experts": [m.num_experts for m in layers], "ep_size": [m.ep_size for m in layers],
-            "dp_world_size": engine.seq_dp_world_size}
+    return {
+        "keys": "global",
+        "num_experts": [m.num_experts for m in layers],
+        "ep_size": [m.ep_size for m in layers],
+        "dp_world_size": engine.seq_dp_world_size,
+    }
 
 
 def globalize(engine: Any, state: dict[str, Any]) -> dict[str, Any]:
@@ -72,7 +79,10 @@ def globalize(engine: Any, state: dict[str, Any]) -> dict[str, Any]:
         if parts is not None:
             layer_id, local_id, rest = parts
             layer = layers[layer_id][1]
-            global_id = expert_groups._get_expert_parallel_rank(layer.expert_group_name) * layer.num_local_experts + local_id
+            global_id = (
+                expert_groups._get_expert_parallel_rank(layer.expert_group_name) * layer.num_local_experts
+                + local_id
+            )
             piece = {**piece, "key": f"{prefixes[layer_id]}{global_id}.{rest}"}
         slices.append(piece)
     return {**state, "slices": slices, META_KEY: _meta(engine)}
@@ -97,7 +107,9 @@ def localize(engine: Any, shards: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     continue  # another ep rank's expert
                 piece = {**piece, "key": f"{prefixes[layer_id]}{global_id - mine[layer_id].start}.{rest}"}
             slices.append(piece)
-        groups = [{k: v for k, v in g.items() if k not in _LAYOUT_GROUP_KEYS} for g in shard.get("param_groups", [])]
+        groups = [
+            {k: v for k, v in g.items() if k not in _LAYOUT_GROUP_KEYS} for g in shard.get("param_groups", [])
+        ]
         out.append({**shard, "slices": slices, "param_groups": groups})
     return out
 
@@ -109,7 +121,9 @@ def expp_path(save_dir: str, tag: str, mp_rank: int) -> str | None:
     if expert_groups._get_expert_data_parallel_rank(name) != 0:
         return None
     ep_rank = expert_groups._get_expert_parallel_rank(name)
-    return os.path.join(layout.tag_dir(save_dir, tag), f"expp_rank_{ep_rank}_mp_rank_{mp_rank:02d}_optim_states.pt")
+    return os.path.join(
+        layout.tag_dir(save_dir, tag), f"expp_rank_{ep_rank}_mp_rank_{mp_rank:02d}_optim_states.pt"
+    )
 
 
 def _read(state: dict[str, Any], files: list[str]) -> list[dict[str, Any]]:
@@ -137,12 +151,14 @@ def optimizer_shards(engine: Any, state: dict[str, Any], path: str, files: list[
             raise DeepSpeedCheckpointError(
                 f"{folder}: its optimizer state of expert parameters is not keyed by global expert (saved by "
                 f"DeepSpeed or by an earlier version of this project), so it cannot be matched to this run's experts "
-                f"(ep_size {here['ep_size']}); {WEIGHTS_ONLY}")
+                f"(ep_size {here['ep_size']}); {WEIGHTS_ONLY}"
+            )
         if list(meta.get("num_experts", [])) != here["num_experts"]:
             raise DeepSpeedCheckpointError(
                 f"{folder}: optimizer state saved with num_experts {meta.get('num_experts')} per MoE layer (ep_size "
                 f"{meta.get('ep_size')}, dp {meta.get('dp_world_size')}); this run has num_experts "
-                f"{here['num_experts']} (ep_size {here['ep_size']}, dp {here['dp_world_size']}); {WEIGHTS_ONLY}")
+                f"{here['num_experts']} (ep_size {here['ep_size']}, dp {here['dp_world_size']}); {WEIGHTS_ONLY}"
+            )
     # the experts' fp32 masters come from these slices: the engine must not re-take them from the
     # (possibly 16-bit) weights after loading the expert files
     engine.moe_optimizer_loaded = True

@@ -28,8 +28,10 @@ def _require(package: str, section: str, extra: str) -> Any:
     try:
         return importlib.import_module(package)
     except ImportError as exc:
-        raise DeepSpeedConfigError(f"'{section}.enabled' needs the {package} package: pip install "
-                                   f"'ds-engine[{extra}]' (or pip install {package}); import failed: {exc}") from None
+        raise DeepSpeedConfigError(
+            f"'{section}.enabled' needs the {package} package: pip install "
+            f"'ds-engine[{extra}]' (or pip install {package}); import failed: {exc}"
+        ) from None
 
 
 class Monitor:
@@ -138,10 +140,14 @@ class CometMonitor(Monitor):
         comet_ml = _require("comet_ml", "comet", "comet")
         self.samples_log_interval = comet_config.samples_log_interval
         self._last_logged: dict[str, int] = {}
-        self.experiment = comet_ml.start(api_key=comet_config.api_key, project=comet_config.project,
-                                         workspace=comet_config.workspace,
-                                         experiment_key=comet_config.experiment_key, mode=comet_config.mode,
-                                         online=comet_config.online)
+        self.experiment = comet_ml.start(
+            api_key=comet_config.api_key,
+            project=comet_config.project,
+            workspace=comet_config.workspace,
+            experiment_key=comet_config.experiment_key,
+            mode=comet_config.mode,
+            online=comet_config.online,
+        )
         if comet_config.experiment_name is not None:
             self.experiment.set_name(comet_config.experiment_name)
 

@@ -11,8 +11,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-_COMPRESSION = ("DeepSpeed Compression (XTC, ZeroQuant, pruning, layer reduction) is not implemented; "
-                "only the module-path helpers recursive_getattr / recursive_setattr are provided")
+_COMPRESSION = (
+    "DeepSpeed Compression (XTC, ZeroQuant, pruning, layer reduction) is not implemented; "
+    "only the module-path helpers recursive_getattr / recursive_setattr are provided"
+)
 
 #: DeepSpeed module path -> {name: reason}.
 NOT_PROVIDED: dict[str, dict[str, str]] = {
@@ -23,9 +25,16 @@ NOT_PROVIDED: dict[str, dict[str, str]] = {
         "convert_conv1d_to_linear": _COMPRESSION,
     },
     "deepspeed.compression.helper": {
-        name: _COMPRESSION for name in (
-            "module_replacement", "is_module_compressible", "compression_preparation", "fix_compression",
-            "convert_conv1d_to_linear", "generate_pruners", "register_on_step_begin", "rewrite_optimizer_step",
+        name: _COMPRESSION
+        for name in (
+            "module_replacement",
+            "is_module_compressible",
+            "compression_preparation",
+            "fix_compression",
+            "convert_conv1d_to_linear",
+            "generate_pruners",
+            "register_on_step_begin",
+            "rewrite_optimizer_step",
         )
     },
 }

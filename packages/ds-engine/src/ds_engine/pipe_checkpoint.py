@@ -51,8 +51,11 @@ def _holder_names(engine: Any) -> dict[int, str]:
 def _named_optimizer_state(engine: Any) -> dict[str, Any]:
     names = _holder_names(engine)
     inner = engine.basic_optimizer
-    state = {names[id(p)]: {k: (v.detach().clone() if isinstance(v, torch.Tensor) else v) for k, v in s.items()}
-             for p, s in inner.state.items() if id(p) in names}
+    state = {
+        names[id(p)]: {k: (v.detach().clone() if isinstance(v, torch.Tensor) else v) for k, v in s.items()}
+        for p, s in inner.state.items()
+        if id(p) in names
+    }
     groups = [{k: v for k, v in g.items() if k != "params"} for g in inner.param_groups]
     return {"state": state, "param_groups": groups}
 
@@ -73,17 +76,27 @@ def save(engine: Any, save_dir: str, tag: Any, client_state: dict[str, Any], sav
                 sd = {k: v.detach().cpu().clone() for k, v in owner.state_dict().items()}
                 atomic_torch_save(sd, module.ckpt_layer_path(tag_dir, local))
         sharded = engine.optimizer is not None and engine.optimizer.sharded_state
-        state = {"module": None, "global_steps": engine.global_steps, "global_samples": engine.global_samples,
-                 "skipped_steps": engine.skipped_steps, "num_stages": engine.num_stages,
-                 "dp_world_size": engine.dp_world_size, "ds_config": engine.config,
-                 "pipe_layer_prefixes": _layer_prefixes(module),
-                 "lr_scheduler": engine.lr_scheduler.state_dict() if engine.lr_scheduler is not None else None,
-                 "optimizer": (_named_optimizer_state(engine) if engine.optimizer is not None and not sharded
-                               else None), **client_state}
+        state = {
+            "module": None,
+            "global_steps": engine.global_steps,
+            "global_samples": engine.global_samples,
+            "skipped_steps": engine.skipped_steps,
+            "num_stages": engine.num_stages,
+            "dp_world_size": engine.dp_world_size,
+            "ds_config": engine.config,
+            "pipe_layer_prefixes": _layer_prefixes(module),
+            "lr_scheduler": engine.lr_scheduler.state_dict() if engine.lr_scheduler is not None else None,
+            "optimizer": (
+                _named_optimizer_state(engine) if engine.optimizer is not None and not sharded else None
+            ),
+            **client_state,
+        }
         atomic_torch_save(state, os.path.join(tag_dir, f"mp_rank_{stage:02d}_model_states.pt"))
     if engine.optimizer is not None and engine.optimizer.sharded_state:
-        atomic_torch_save({"optimizer_state_dict": engine.optimizer.state_dict()},
-                          os.path.join(tag_dir, f"zero_pp_rank_{dp_rank}_mp_rank_{stage:02d}_optim_states.pt"))
+        atomic_torch_save(
+            {"optimizer_state_dict": engine.optimizer.state_dict()},
+            os.path.join(tag_dir, f"zero_pp_rank_{dp_rank}_mp_rank_{stage:02d}_optim_states.pt"),
+        )
     ds_comm.barrier()
     if save_latest and ds_comm.get_rank() == 0:
         atomic_write_text(os.path.join(os.fspath(save_dir), LATEST), tag)
@@ -111,15 +124,25 @@ def _load_named_optimizer(engine: Any, files: list[str]) -> None:
             name = names.get(id(p))
             if name is None or name not in merged:
                 raise RuntimeError(f"the checkpoint has no optimizer state for parameter {name!r}")
-            inner.state[p] = {k: (v.to(p.device) if isinstance(v, torch.Tensor) and v.dim() > 0 else v)
-                              for k, v in merged[name].items()}
+            inner.state[p] = {
+                k: (v.to(p.device) if isinstance(v, torch.Tensor) and v.dim() > 0 else v)
+                for k, v in merged[name].items()
+            }
     if groups:
         for group, saved_group in zip(inner.param_groups, groups):
             group.update(saved_group)
 
 
-def load(engine: Any, load_dir: str, tag: Any, *, load_optimizer_states: bool, load_lr_scheduler_states: bool,
-         load_module_only: bool, strict: bool = True) -> tuple[str | None, dict[str, Any] | None]:
+def load(
+    engine: Any,
+    load_dir: str,
+    tag: Any,
+    *,
+    load_optimizer_states: bool,
+    load_lr_scheduler_states: bool,
+    load_module_only: bool,
+    strict: bool = True,
+) -> tuple[str | None, dict[str, Any] | None]:
     """Restore a pipeline checkpoint saved at any stage count; returns ``(path, client_state)``."""
     load_dir = os.fspath(load_dir)
     if tag is None:
@@ -149,14 +172,22 @@ def load(engine: Any, load_dir: str, tag: Any, *, load_optimizer_states: bool, l
         return tag_dir, {}
     if optimizer is not None and load_optimizer_states:
         if optimizer.sharded_state:
-            same = first.get("num_stages") == engine.num_stages and first.get("dp_world_size") == engine.dp_world_size
+            same = (
+                first.get("num_stages") == engine.num_stages
+                and first.get("dp_world_size") == engine.dp_world_size
+            )
             if not same:
-                raise RuntimeError(f"{tag_dir} holds ZeRO-1 optimizer slices for {first.get('num_stages')} stages x "
-                                   f"{first.get('dp_world_size')} data-parallel ranks; this run has {engine.num_stages} "
-                                   f"x {engine.dp_world_size}. Load with load_optimizer_states=False, or resume at "
-                                   "the saved sizes")
-            path = os.path.join(tag_dir, f"zero_pp_rank_{engine.grid.get_data_parallel_id()}_mp_rank_"
-                                         f"{engine.stage_id:02d}_optim_states.pt")
+                raise RuntimeError(
+                    f"{tag_dir} holds ZeRO-1 optimizer slices for {first.get('num_stages')} stages x "
+                    f"{first.get('dp_world_size')} data-parallel ranks; this run has {engine.num_stages} "
+                    f"x {engine.dp_world_size}. Load with load_optimizer_states=False, or resume at "
+                    "the saved sizes"
+                )
+            path = os.path.join(
+                tag_dir,
+                f"zero_pp_rank_{engine.grid.get_data_parallel_id()}_mp_rank_"
+                f"{engine.stage_id:02d}_optim_states.pt",
+            )
             optimizer.load_state_dict(_load(path)["optimizer_state_dict"])
         else:
             _load_named_optimizer(engine, stage_files)
@@ -165,6 +196,16 @@ def load(engine: Any, load_dir: str, tag: Any, *, load_optimizer_states: bool, l
     engine.global_steps = int(first.get("global_steps", 0))
     engine.global_samples = int(first.get("global_samples", 0))
     engine.skipped_steps = int(first.get("skipped_steps", 0))
-    keys = {"module", "global_steps", "global_samples", "skipped_steps", "num_stages", "dp_world_size", "ds_config",
-            "lr_scheduler", "optimizer", "pipe_layer_prefixes"}
+    keys = {
+        "module",
+        "global_steps",
+        "global_samples",
+        "skipped_steps",
+        "num_stages",
+        "dp_world_size",
+        "ds_config",
+        "lr_scheduler",
+        "optimizer",
+        "pipe_layer_prefixes",
+    }
     return tag_dir, {k: v for k, v in first.items() if k not in keys}

@@ -38,25 +38,32 @@ class PipelineEngine(DeepSpeedEngine):
         if not isinstance(model, PipelineModule):
             raise TypeError("PipelineEngine needs a deepspeed.pipe.PipelineModule")
         if model.mpu().get_slice_parallel_world_size() > 1:
-            raise NotImplementedError("a pipeline topology with a 'model' (tensor-slicing) axis > 1 is not supported "
-                                      "yet; use PipeDataParallelTopology")
+            raise NotImplementedError(
+                "a pipeline topology with a 'model' (tensor-slicing) axis > 1 is not supported "
+                "yet; use PipeDataParallelTopology"
+            )
         kwargs["mpu"] = _StageMpu(model.mpu())
         super().__init__(**kwargs)
         stage = self.zero_optimization_stage()
         if stage >= 2:
-            raise DeepSpeedConfigError(f"'zero_optimization.stage' {stage}: ZeRO-2 and ZeRO-3 are incompatible with "
-                                       "pipeline parallelism (as in DeepSpeed); use stage 0 or 1")
+            raise DeepSpeedConfigError(
+                f"'zero_optimization.stage' {stage}: ZeRO-2 and ZeRO-3 are incompatible with "
+                "pipeline parallelism (as in DeepSpeed); use stage 0 or 1"
+            )
         self.grid = model.mpu()
         self.num_stages, self.stage_id = model.num_stages, self.grid.get_stage_id()
         self.micro_batches = self.gradient_accumulation_steps()
         self.data_iterator: Any = None
         self.has_bool_tensors = has_bool_tensors
-        interval = self._config.model.pipeline.activation_checkpoint_interval  # DeepSpeed: the config wins when > 0
+        interval = (
+            self._config.model.pipeline.activation_checkpoint_interval
+        )  # DeepSpeed: the config wins when > 0
         if interval > 0:
             model.set_checkpoint_interval(interval)
         if self.optimizer is not None:
-            self.optimizer.norm_fn = pipeline_norm(self.optimizer, self.grid.get_pipe_parallel_group(),
-                                                   model.replicated_tied_params())
+            self.optimizer.norm_fn = pipeline_norm(
+                self.optimizer, self.grid.get_pipe_parallel_group(), model.replicated_tied_params()
+            )
         self.agg_train_loss: torch.Tensor | None = None
 
     # --- stage facts ---------------------------------------------------------------------------------
@@ -77,8 +84,10 @@ class PipelineEngine(DeepSpeedEngine):
 
     # --- the schedule (Note [pipeline step]) -------------------------------------------------------------
     def _fail(self, what: str, mb: int, exc: BaseException) -> RuntimeError:
-        return RuntimeError(f"pipeline stage {self.stage_id} (rank {self.global_rank}), micro-batch {mb}: "
-                            f"{what} failed: {exc}")
+        return RuntimeError(
+            f"pipeline stage {self.stage_id} (rank {self.global_rank}), micro-batch {mb}: "
+            f"{what} failed: {exc}"
+        )
 
     def _inputs(self, mb: int, batch: Any, train: bool) -> Any:
         if self.is_first_stage():
@@ -97,8 +106,11 @@ class PipelineEngine(DeepSpeedEngine):
         try:
             # A received activation is a leaf; the stage gets a non-leaf copy so that a first in-place layer
             # (ReLU(inplace=True)) works, while the leaf collects the gradient to send back.
-            fed = inputs if self.is_first_stage() or not train else (
-                tuple(t.clone() for t in inputs) if isinstance(inputs, tuple) else inputs.clone())
+            fed = (
+                inputs
+                if self.is_first_stage() or not train
+                else (tuple(t.clone() for t in inputs) if isinstance(inputs, tuple) else inputs.clone())
+            )
             out = self.module(fed)
             if self.is_last_stage() and self.module.loss_fn is not None:
                 labels = batch[1]
@@ -120,7 +132,9 @@ class PipelineEngine(DeepSpeedEngine):
                 grads = p2p.recv(self._peer(self.stage_id + 1))
                 outs = [o for o in p2p.as_tuple(out) if o.is_floating_point()]
                 if len(outs) != len(grads):
-                    raise RuntimeError(f"{len(grads)} gradients received for {len(outs)} floating-point outputs")
+                    raise RuntimeError(
+                        f"{len(grads)} gradients received for {len(outs)} floating-point outputs"
+                    )
                 pairs = [(o, g.to(o.device)) for o, g in zip(outs, grads) if o.requires_grad]
                 if pairs:
                     torch.autograd.backward([o for o, _ in pairs], [g for _, g in pairs])
@@ -128,8 +142,11 @@ class PipelineEngine(DeepSpeedEngine):
             raise self._fail("backward", mb, exc) from exc
         if not self.is_first_stage():
             ins = [t for t in p2p.as_tuple(inputs) if t.is_floating_point()]
-            p2p.send(tuple(t.grad if t.grad is not None else torch.zeros_like(t) for t in ins),
-                     self._peer(self.stage_id - 1), works)
+            p2p.send(
+                tuple(t.grad if t.grad is not None else torch.zeros_like(t) for t in ins),
+                self._peer(self.stage_id - 1),
+                works,
+            )
 
     def _reduce_tied_grads(self) -> None:
         for param, group in self.module.get_tied_weights_and_groups():
@@ -150,7 +167,9 @@ class PipelineEngine(DeepSpeedEngine):
         else:
             loss = torch.zeros(1)
         if self.num_stages > 1:
-            ds_comm.broadcast(loss, self._peer(self.num_stages - 1), group=self.grid.get_pipe_parallel_group())
+            ds_comm.broadcast(
+                loss, self._peer(self.num_stages - 1), group=self.grid.get_pipe_parallel_group()
+            )
         return loss[0]
 
     def train_batch(self, data_iter: Any = None) -> torch.Tensor:
@@ -164,7 +183,9 @@ class PipelineEngine(DeepSpeedEngine):
 
             self.set_dataiterator(iter(RepeatingLoader(self.training_dataloader)))
         if self.data_iterator is None and (self.is_first_stage() or self.is_last_stage()):
-            raise ValueError("train_batch() needs a data iterator: train_batch(data_iter=...) or set_dataiterator()")
+            raise ValueError(
+                "train_batch() needs a data iterator: train_batch(data_iter=...) or set_dataiterator()"
+            )
         self.module.train()
         self.optimizer.set_gradient_accumulation_boundary(False)  # Note [pipeline step]: no reduction yet
         state: dict[int, Any] = {}
@@ -190,9 +211,15 @@ class PipelineEngine(DeepSpeedEngine):
         self.agg_train_loss = self._aggregate_loss(losses)
         return self.agg_train_loss
 
-    def eval_batch(self, data_iter: Any, return_logits: bool = False, compute_loss: bool = True,
-                   reduce_output: str | None = "avg", bcast_loss: bool = True,
-                   num_micro_batches: int | None = None) -> Any:
+    def eval_batch(
+        self,
+        data_iter: Any,
+        return_logits: bool = False,
+        compute_loss: bool = True,
+        reduce_output: str | None = "avg",
+        bcast_loss: bool = True,
+        num_micro_batches: int | None = None,
+    ) -> Any:
         """Forward ``num_micro_batches`` (default: accumulation steps) micro-batches; the mean loss
         (every rank gets it with ``bcast_loss``), and the last stage's outputs with ``return_logits``."""
         self.module.eval()
@@ -214,29 +241,51 @@ class PipelineEngine(DeepSpeedEngine):
         p2p.wait_all(works)
         result: Any = outs if self.is_last_stage() else None
         if compute_loss and reduce_output == "avg":
-            result = self._aggregate_loss(outs) if bcast_loss else (
-                torch.stack([o.float() for o in outs]).mean() if self.is_last_stage() else None)
+            result = (
+                self._aggregate_loss(outs)
+                if bcast_loss
+                else (torch.stack([o.float() for o in outs]).mean() if self.is_last_stage() else None)
+            )
         return (result, outs if self.is_last_stage() else None) if return_logits else result
 
     # --- checkpoints (ds_engine.pipe_checkpoint: one file per layer) ------------------------------------
-    def save_checkpoint(self, save_dir: str, tag: Any = None, client_state: dict[str, Any] | None = None,
-                        save_latest: bool = True, exclude_frozen_parameters: bool = False) -> bool:
+    def save_checkpoint(
+        self,
+        save_dir: str,
+        tag: Any = None,
+        client_state: dict[str, Any] | None = None,
+        save_latest: bool = True,
+        exclude_frozen_parameters: bool = False,
+    ) -> bool:
         """Save in DeepSpeed's pipeline layout (``layer_NN-model_states.pt``); every rank must call it."""
         from ds_engine import pipe_checkpoint
 
         return pipe_checkpoint.save(self, save_dir, tag, client_state or {}, save_latest)
 
-    def load_checkpoint(self, load_dir: str, tag: Any = None, load_module_strict: bool = True,
-                        load_optimizer_states: bool = True, load_lr_scheduler_states: bool = True,
-                        load_module_only: bool = False, custom_load_fn: Any = None) -> tuple[Any, Any]:
+    def load_checkpoint(
+        self,
+        load_dir: str,
+        tag: Any = None,
+        load_module_strict: bool = True,
+        load_optimizer_states: bool = True,
+        load_lr_scheduler_states: bool = True,
+        load_module_only: bool = False,
+        custom_load_fn: Any = None,
+    ) -> tuple[Any, Any]:
         """Load a pipeline checkpoint saved at any number of stages; returns ``(path, client_state)``."""
         from ds_engine import pipe_checkpoint
 
         if custom_load_fn is not None:
             raise NotImplementedError("load_checkpoint(custom_load_fn=...) with a PipelineModule")
-        return pipe_checkpoint.load(self, load_dir, tag, load_optimizer_states=load_optimizer_states,
-                                    load_lr_scheduler_states=load_lr_scheduler_states,
-                                    load_module_only=load_module_only, strict=load_module_strict)
+        return pipe_checkpoint.load(
+            self,
+            load_dir,
+            tag,
+            load_optimizer_states=load_optimizer_states,
+            load_lr_scheduler_states=load_lr_scheduler_states,
+            load_module_only=load_module_only,
+            strict=load_module_strict,
+        )
 
     # --- what a pipeline does not offer ----------------------------------------------------------------
     def forward(self, *args: Any, **kwargs: Any) -> Any:

@@ -64,8 +64,10 @@ class CudaRNGStatesTracker:
     def fork(self, name: str = MODEL_PARALLEL_RNG) -> Iterator[None]:
         """Draw from stream ``name`` inside the block; the default stream resumes afterwards."""
         if name not in self.states_:
-            raise KeyError(f"RNG tracker: no stream named {name!r} (add it first, e.g. with "
-                           "model_parallel_cuda_manual_seed)")
+            raise KeyError(
+                f"RNG tracker: no stream named {name!r} (add it first, e.g. with "
+                "model_parallel_cuda_manual_seed)"
+            )
         accel = get_accelerator()
         before = accel.get_rng_state()
         accel.set_rng_state(self.states_[name])

@@ -57,10 +57,12 @@ def memory_usage_report(message: str) -> str:
 
     acc = get_accelerator()
     used_gb, percent = _host_memory()
-    return (f"{message}\n"
-            f"MA {round(acc.memory_allocated() / _GB, 2)} GB         Max_MA {round(acc.max_memory_allocated() / _GB, 2)} GB"
-            f"         CA {round(acc.memory_reserved() / _GB, 2)} GB         Max_CA {round(acc.max_memory_reserved() / _GB)} GB \n"
-            f"CPU Virtual Memory:  used = {used_gb} GB, percent = {percent}%")
+    return (
+        f"{message}\n"
+        f"MA {round(acc.memory_allocated() / _GB, 2)} GB         Max_MA {round(acc.max_memory_allocated() / _GB, 2)} GB"
+        f"         CA {round(acc.memory_reserved() / _GB, 2)} GB         Max_CA {round(acc.max_memory_reserved() / _GB)} GB \n"
+        f"CPU Virtual Memory:  used = {used_gb} GB, percent = {percent}%"
+    )
 
 
 def see_memory_usage(message: str, force: bool = False) -> None:

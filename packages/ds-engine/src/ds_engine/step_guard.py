@@ -88,9 +88,12 @@ class StepGuard:
             return
         self.skips_in_a_row += 1
         if self._rank == 0 and not loss_scaled:  # the fp16 loss scaler logs its own overflows
-            logger.warning("step %d skipped: the gradients hold inf or NaN on at least one rank; weights, optimizer "
-                           "state and LR schedule are unchanged (%d skipped in a row)", global_step,
-                           self.skips_in_a_row)
+            logger.warning(
+                "step %d skipped: the gradients hold inf or NaN on at least one rank; weights, optimizer "
+                "state and LR schedule are unchanged (%d skipped in a row)",
+                global_step,
+                self.skips_in_a_row,
+            )
         limit = self.max_consecutive_skips
         if limit and self.skips_in_a_row >= limit:
             raise NonFiniteGradientsError(

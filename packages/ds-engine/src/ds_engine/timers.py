@@ -46,7 +46,7 @@ def trim_mean(data: list[float], trim_percent: float) -> float:
         return 0.0
     ordered = sorted(data)
     cut = int(len(ordered) * trim_percent)
-    kept = ordered[cut:len(ordered) - cut] or ordered
+    kept = ordered[cut : len(ordered) - cut] or ordered
     return sum(kept) / len(kept)
 
 
@@ -122,18 +122,29 @@ class SynchronizedWallClockTimer:
         from ds_accel import get_accelerator
 
         acc = get_accelerator()
-        return (f" | mem_allocated: {acc.memory_allocated() / _GB:.4f} GB"
-                f" | max_mem_allocated: {acc.max_memory_allocated() / _GB:.4f} GB"
-                f" | cache_allocated: {acc.memory_reserved() / _GB:.4f} GB"
-                f" | max_cache_allocated: {acc.max_memory_reserved() / _GB:.4f} GB")
+        return (
+            f" | mem_allocated: {acc.memory_allocated() / _GB:.4f} GB"
+            f" | max_mem_allocated: {acc.max_memory_allocated() / _GB:.4f} GB"
+            f" | cache_allocated: {acc.memory_reserved() / _GB:.4f} GB"
+            f" | max_cache_allocated: {acc.max_memory_reserved() / _GB:.4f} GB"
+        )
 
-    def log(self, names: Iterable[str], normalizer: float = 1.0, reset: bool = True, memory_breakdown: bool = False,
-            ranks: list[int] | None = None) -> None:
+    def log(
+        self,
+        names: Iterable[str],
+        normalizer: float = 1.0,
+        reset: bool = True,
+        memory_breakdown: bool = False,
+        ranks: list[int] | None = None,
+    ) -> None:
         """Print ``time (ms) | name: value | ...`` for the named timers (divided by ``normalizer``)."""
         if normalizer <= 0.0:
             raise ValueError("normalizer must be positive")
-        line = "time (ms)" + "".join(f" | {name}: {self.timers[name].elapsed(reset=reset) / normalizer:.2f}"
-                                     for name in names if name in self.timers)
+        line = "time (ms)" + "".join(
+            f" | {name}: {self.timers[name].elapsed(reset=reset) / normalizer:.2f}"
+            for name in names
+            if name in self.timers
+        )
         if memory_breakdown:
             line += self.memory_usage()
         print_dist(line, ranks=ranks or [0])
@@ -142,7 +153,9 @@ class SynchronizedWallClockTimer:
         """Trimmed mean interval of each named timer, in milliseconds divided by ``normalizer``."""
         if normalizer <= 0.0:
             raise ValueError("normalizer must be positive")
-        means = {name: self.timers[name].mean() * 1000.0 / normalizer for name in names if name in self.timers}
+        means = {
+            name: self.timers[name].mean() * 1000.0 / normalizer for name in names if name in self.timers
+        }
         if reset:
             for name in means:
                 self.timers[name].reset()
@@ -155,6 +168,7 @@ class _NoopInterval:
     def stop(self, **kwargs: Any) -> None: ...
     def elapsed(self, **kwargs: Any) -> float:
         return 0.0
+
     def mean(self) -> float:
         return 0.0
 
@@ -173,8 +187,14 @@ class NoopTimer:
     def get_timers(self) -> dict[str, Any]:
         return {}
 
-    def log(self, names: Iterable[str], normalizer: float = 1.0, reset: bool = True, memory_breakdown: bool = False,
-            ranks: list[int] | None = None) -> None:
+    def log(
+        self,
+        names: Iterable[str],
+        normalizer: float = 1.0,
+        reset: bool = True,
+        memory_breakdown: bool = False,
+        ranks: list[int] | None = None,
+    ) -> None:
         return None
 
     def get_mean(self, names: Iterable[str], normalizer: float = 1.0, reset: bool = True) -> None:
@@ -189,8 +209,15 @@ class ThroughputTimer:
     ``stop(global_step=True)`` logs the running and current rates through ``logging_fn``.
     """
 
-    def __init__(self, config: Any, batch_size: int | None, start_step: int = 2, steps_per_output: int | None = None,
-                 monitor_memory: bool = False, logging_fn: Callable[[str], Any] | None = None) -> None:
+    def __init__(
+        self,
+        config: Any,
+        batch_size: int | None,
+        start_step: int = 2,
+        steps_per_output: int | None = None,
+        monitor_memory: bool = False,
+        logging_fn: Callable[[str], Any] | None = None,
+    ) -> None:
         self.config = config
         self.batch_size = 1 if batch_size is None else batch_size
         self.start_step = start_step
@@ -252,10 +279,12 @@ class ThroughputTimer:
 
         acc = get_accelerator()
         current = self.batch_size / (self.step_elapsed_time + TIME_EPSILON)
-        return (f"epoch={self.epoch_count}/micro_step={self.micro_step_count}/global_step={self.global_step_count}, "
-                f"RunningAvgSamplesPerSec={self.avg_samples_per_sec()}, CurrSamplesPerSec={current}, "
-                f"MemAllocated={round(acc.memory_allocated() / _GB, 2)}GB, "
-                f"MaxMemAllocated={round(acc.max_memory_allocated() / _GB, 2)}GB")
+        return (
+            f"epoch={self.epoch_count}/micro_step={self.micro_step_count}/global_step={self.global_step_count}, "
+            f"RunningAvgSamplesPerSec={self.avg_samples_per_sec()}, CurrSamplesPerSec={current}, "
+            f"MemAllocated={round(acc.memory_allocated() / _GB, 2)}GB, "
+            f"MaxMemAllocated={round(acc.max_memory_allocated() / _GB, 2)}GB"
+        )
 
     def avg_samples_per_sec(self) -> float:
         """Samples per second averaged over the timed steps (``-inf`` before any)."""
@@ -280,11 +309,13 @@ ENGINE_PHASES: dict[str, tuple[str, str]] = {
 GLOBAL_TIMERS = [pair[1] for pair in ENGINE_PHASES.values()]
 MICRO_TIMERS = [pair[0] for pair in ENGINE_PHASES.values()]
 # DeepSpeed's monitor event per global timer.
-TIMER_EVENTS = {FORWARD_GLOBAL_TIMER: "Train/Samples/elapsed_time_ms_forward",
-                BACKWARD_GLOBAL_TIMER: "Train/Samples/elapsed_time_ms_backward",
-                BACKWARD_INNER_GLOBAL_TIMER: "Train/Samples/elapsed_time_ms_backward_inner",
-                BACKWARD_REDUCE_GLOBAL_TIMER: "Train/Samples/elapsed_time_ms_backward_allreduce",
-                STEP_GLOBAL_TIMER: "Train/Samples/elapsed_time_ms_step"}
+TIMER_EVENTS = {
+    FORWARD_GLOBAL_TIMER: "Train/Samples/elapsed_time_ms_forward",
+    BACKWARD_GLOBAL_TIMER: "Train/Samples/elapsed_time_ms_backward",
+    BACKWARD_INNER_GLOBAL_TIMER: "Train/Samples/elapsed_time_ms_backward_inner",
+    BACKWARD_REDUCE_GLOBAL_TIMER: "Train/Samples/elapsed_time_ms_backward_allreduce",
+    STEP_GLOBAL_TIMER: "Train/Samples/elapsed_time_ms_step",
+}
 
 
 class EngineTimers:
@@ -323,7 +354,9 @@ class EngineTimers:
         """Milliseconds each timer measured during the optimizer step that just ended (then reset)."""
         if not self.enabled:
             return {}
-        self.last_step_ms = {name: self.timers(name).elapsed(reset=True) for name in MICRO_TIMERS + GLOBAL_TIMERS}
+        self.last_step_ms = {
+            name: self.timers(name).elapsed(reset=True) for name in MICRO_TIMERS + GLOBAL_TIMERS
+        }
         for name, ms in self.last_step_ms.items():
             self._sums_ms[name] = self._sums_ms.get(name, 0.0) + ms
         self._steps += 1
@@ -337,8 +370,9 @@ class EngineTimers:
         """``time (ms) | fwd_microstep: .. | ... | fwd: .. | ...``: per optimizer step, averaged since the last
         summary (then reset)."""
         steps = max(self._steps, 1)
-        line = "time (ms)" + "".join(f" | {name}: {self._sums_ms.get(name, 0.0) / steps:.2f}"
-                                     for name in MICRO_TIMERS + GLOBAL_TIMERS)
+        line = "time (ms)" + "".join(
+            f" | {name}: {self._sums_ms.get(name, 0.0) / steps:.2f}" for name in MICRO_TIMERS + GLOBAL_TIMERS
+        )
         self._sums_ms.clear()
         self._steps = 0
         return line

@@ -73,13 +73,16 @@ def build_topology(mpu: Any, config_sp: int, config_tp: int = 1) -> Topology:
     ds_groups.mpu = mpu
     mpu_sp = _sp_from_mpu(mpu)
     if config_sp > 1 and mpu_sp > 1 and config_sp != mpu_sp:
-        raise DeepSpeedConfigError(f"'sequence_parallel_size' {config_sp} differs from the mpu's sequence-parallel "
-                                   f"size {mpu_sp}")
+        raise DeepSpeedConfigError(
+            f"'sequence_parallel_size' {config_sp} differs from the mpu's sequence-parallel size {mpu_sp}"
+        )
     sp = max(config_sp, mpu_sp)
     if mpu is not None and mpu_sp == 1:
         if config_tp > 1:
-            raise DeepSpeedConfigError("'tensor_parallel.autotp_size' > 1 with an mpu: AutoTP builds its own "
-                                       "tensor-parallel groups; do not pass mpu")
+            raise DeepSpeedConfigError(
+                "'tensor_parallel.autotp_size' > 1 with an mpu: AutoTP builds its own "
+                "tensor-parallel groups; do not pass mpu"
+            )
         return _from_megatron_mpu(mpu)
     if sp == 1 and config_tp == 1:
         # A mesh built before (a sequence-parallel model's engine) stays current, as DeepSpeed's global
@@ -96,9 +99,17 @@ def build_topology(mpu: Any, config_sp: int, config_tp: int = 1) -> Topology:
             raise DeepSpeedConfigError(f"{key} {config_tp if config_tp > 1 else sp}: {exc}") from None
         set_current(mesh)
     shard = mesh.group("sequence+data")
-    return Topology(mesh, None if shard is dist.group.WORLD else shard, mesh.size("data"), mesh.rank("data"),
-                    mesh.size("sequence+data"), sp, mesh.group("sequence"), config_tp,
-                    mesh.group("tensor") if config_tp > 1 else None)
+    return Topology(
+        mesh,
+        None if shard is dist.group.WORLD else shard,
+        mesh.size("data"),
+        mesh.rank("data"),
+        mesh.size("sequence+data"),
+        sp,
+        mesh.group("sequence"),
+        config_tp,
+        mesh.group("tensor") if config_tp > 1 else None,
+    )
 
 
 def _from_megatron_mpu(mpu: Any) -> Topology:

@@ -45,8 +45,12 @@ def validated_model(source: Any) -> DeepSpeedConfigModel:
     raw = read_config_source(as_dict if isinstance(as_dict, dict) else source)
     resolved, _notes = resolve_auto(_without_auto({k: v for k, v in raw.items() if k in _SECTIONS}))
     model, _unknown = validate_lenient(
-        DeepSpeedConfigModel, resolved, strict=strict_mode(raw), renamed={"bf16": "bfloat16"},
-        on_error=lambda exc: config_error_from(exc, DeepSpeedConfigModel))
+        DeepSpeedConfigModel,
+        resolved,
+        strict=strict_mode(raw),
+        renamed={"bf16": "bfloat16"},
+        on_error=lambda exc: config_error_from(exc, DeepSpeedConfigModel),
+    )
     return model  # type: ignore[return-value]
 
 
@@ -63,18 +67,39 @@ def init_config(source: Any) -> InitConfig:
 class Init(_ZeroInit):
     """``deepspeed.zero.Init`` (DeepSpeed's signature): see the module doc."""
 
-    def __init__(self, module: nn.Module | None = None, data_parallel_group: Any = None,
-                 mem_efficient_linear: bool = True, remote_device: Any = None, pin_memory: bool = False,
-                 config_dict_or_path: Any = None, config: Any = None, enabled: bool = True,
-                 dtype: torch.dtype | None = None, mpu: Any = None, zero_param_parallel_group: Any = None,
-                 zero_quantized_weights: bool = False, zero_quantized_nontrainable_weights: bool = False,
-                 sequence_data_parallel_group: Any = None, param_swapper: Any = None) -> None:
+    def __init__(
+        self,
+        module: nn.Module | None = None,
+        data_parallel_group: Any = None,
+        mem_efficient_linear: bool = True,
+        remote_device: Any = None,
+        pin_memory: bool = False,
+        config_dict_or_path: Any = None,
+        config: Any = None,
+        enabled: bool = True,
+        dtype: torch.dtype | None = None,
+        mpu: Any = None,
+        zero_param_parallel_group: Any = None,
+        zero_quantized_weights: bool = False,
+        zero_quantized_nontrainable_weights: bool = False,
+        sequence_data_parallel_group: Any = None,
+        param_swapper: Any = None,
+    ) -> None:
         source = config_dict_or_path if config_dict_or_path is not None else config
         validated = init_config(source) if enabled and source is not None else None
         super().__init__(
-            module=module, data_parallel_group=data_parallel_group, mem_efficient_linear=mem_efficient_linear,
-            remote_device=remote_device, pin_memory=pin_memory, config_dict_or_path=validated, enabled=enabled,
-            dtype=dtype, mpu=mpu, zero_param_parallel_group=zero_param_parallel_group,
+            module=module,
+            data_parallel_group=data_parallel_group,
+            mem_efficient_linear=mem_efficient_linear,
+            remote_device=remote_device,
+            pin_memory=pin_memory,
+            config_dict_or_path=validated,
+            enabled=enabled,
+            dtype=dtype,
+            mpu=mpu,
+            zero_param_parallel_group=zero_param_parallel_group,
             zero_quantized_weights=zero_quantized_weights,
             zero_quantized_nontrainable_weights=zero_quantized_nontrainable_weights,
-            sequence_data_parallel_group=sequence_data_parallel_group, param_swapper=param_swapper)
+            sequence_data_parallel_group=sequence_data_parallel_group,
+            param_swapper=param_swapper,
+        )

@@ -11,9 +11,14 @@ from ds_zero import LossScalePolicy, MixedPrecisionPolicy, OffloadPolicy, Reduce
 from ds_zero.policy import NvmePolicy
 
 _DTYPES = {
-    "fp32": torch.float32, "float32": torch.float32, "float": torch.float32,
-    "fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
-    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "float": torch.float32,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+    "half": torch.float16,
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
 }
 
 
@@ -42,13 +47,19 @@ def _mixed_precision(cfg: DeepSpeedConfig) -> MixedPrecisionPolicy:
     master, states = torch.float32, torch.float32
     if cfg.bf16.enabled and cfg.bf16.bf16_master_weights_and_grads:  # Note [low-precision masters] in ds_zero
         if int(cfg.zero_optimization.stage) == 0:
-            raise DeepSpeedConfigError("'bf16.bf16_master_weights_and_grads' needs ZeRO stage 1, 2 or 3 "
-                                       "('zero_optimization.stage' is 0)")
+            raise DeepSpeedConfigError(
+                "'bf16.bf16_master_weights_and_grads' needs ZeRO stage 1, 2 or 3 "
+                "('zero_optimization.stage' is 0)"
+            )
         master = torch.bfloat16
         states = torch.bfloat16 if cfg.bf16.bf16_optimizer_states else torch.float32
-    return MixedPrecisionPolicy(param_dtype=param, accum_dtype=accum,
-                                reduce_dtype=dtype_of(cfg.communication_data_type), master_dtype=master,
-                                optimizer_state_dtype=states)
+    return MixedPrecisionPolicy(
+        param_dtype=param,
+        accum_dtype=accum,
+        reduce_dtype=dtype_of(cfg.communication_data_type),
+        master_dtype=master,
+        optimizer_state_dtype=states,
+    )
 
 
 def _loss_scale(cfg: DeepSpeedConfig) -> LossScalePolicy | None:
@@ -58,7 +69,7 @@ def _loss_scale(cfg: DeepSpeedConfig) -> LossScalePolicy | None:
     return LossScalePolicy(
         dynamic=fp16.dynamic,
         static_scale=fp16.loss_scale or 1.0,
-        initial_scale=2.0 ** fp16.initial_scale_power,
+        initial_scale=2.0**fp16.initial_scale_power,
         window=fp16.loss_scale_window,
         hysteresis=fp16.hysteresis,
         consecutive_hysteresis=fp16.consecutive_hysteresis,
@@ -71,8 +82,14 @@ def _autocast_loss_scale(cfg: DeepSpeedConfig) -> LossScalePolicy | None:
     autocast = cfg.torch_autocast
     if not autocast.enabled or autocast_dtype_of(autocast.dtype) != torch.float16:
         return None
-    return LossScalePolicy(dynamic=True, initial_scale=2.0**16, window=2000, hysteresis=1, min_scale=2.0**-24,
-                           raise_at_min_scale=False)
+    return LossScalePolicy(
+        dynamic=True,
+        initial_scale=2.0**16,
+        window=2000,
+        hysteresis=1,
+        min_scale=2.0**-24,
+        raise_at_min_scale=False,
+    )
 
 
 def _pin_memory(zero: ZeroConfig) -> bool:
@@ -90,9 +107,15 @@ def _nvme(cfg: DeepSpeedConfig) -> NvmePolicy | None:
     if section is None or section.device != "nvme":
         return None
     aio = cfg.aio
-    return NvmePolicy(path=str(section.nvme_path or ""), buffer_count=section.buffer_count,
-                      pipeline_read=section.pipeline_read, pipeline_write=section.pipeline_write,
-                      block_size=aio.block_size, queue_depth=aio.queue_depth, threads=aio.intra_op_parallelism)
+    return NvmePolicy(
+        path=str(section.nvme_path or ""),
+        buffer_count=section.buffer_count,
+        pipeline_read=section.pipeline_read,
+        pipeline_write=section.pipeline_write,
+        block_size=aio.block_size,
+        queue_depth=aio.queue_depth,
+        threads=aio.intra_op_parallelism,
+    )
 
 
 def policy_from_config(cfg: DeepSpeedConfig) -> ZeroPolicy:

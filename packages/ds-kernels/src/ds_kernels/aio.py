@@ -55,7 +55,7 @@ def aligned_empty(nbytes: int, *, pin: bool = False) -> torch.Tensor:
     if pin and torch.cuda.is_available():
         raw = raw.pin_memory()
     skip = (-raw.data_ptr()) % ALIGNMENT
-    return raw[skip:skip + size]
+    return raw[skip : skip + size]
 
 
 def _is_direct_ok(t: torch.Tensor, offset: int) -> bool:
@@ -76,8 +76,11 @@ def _open(path: str, write: bool, direct: bool) -> tuple[int, bool]:
             with _no_direct_lock:
                 if folder not in _no_direct:
                     _no_direct.add(folder)
-                    logger.warning("O_DIRECT is refused by the file system of %s: using buffered I/O there "
-                                   "(the page cache holds a second copy)", folder)
+                    logger.warning(
+                        "O_DIRECT is refused by the file system of %s: using buffered I/O there "
+                        "(the page cache holds a second copy)",
+                        folder,
+                    )
     return os.open(path, flags, 0o600), False
 
 
@@ -90,8 +93,14 @@ def _as_bytes(t: torch.Tensor) -> memoryview:
 class AioEngine:
     """A pool of I/O threads moving whole tensors to and from files in ``block_size`` pieces."""
 
-    def __init__(self, *, block_size: int = 1 << 20, queue_depth: int = 8, intra_op_parallelism: int = 1,
-                 use_direct: bool = True) -> None:
+    def __init__(
+        self,
+        *,
+        block_size: int = 1 << 20,
+        queue_depth: int = 8,
+        intra_op_parallelism: int = 1,
+        use_direct: bool = True,
+    ) -> None:
         if block_size <= 0 or queue_depth <= 0 or intra_op_parallelism <= 0:
             raise ValueError("aio block_size, queue_depth and intra_op_parallelism must be positive")
         self.block_size = align_up(block_size)
@@ -116,13 +125,16 @@ class AioEngine:
         try:
             fd, _ = _open(path, write, direct)
         except OSError as exc:
-            raise AioError(exc.errno, f"cannot open {path} for {'writing' if write else 'reading'}: "
-                                      f"{exc.strerror}", path) from exc
+            raise AioError(
+                exc.errno, f"cannot open {path} for {'writing' if write else 'reading'}: {exc.strerror}", path
+            ) from exc
         futures = []
         try:
             for start, length in self._pieces(len(view)):
                 self._slots.acquire()  # queue_depth: bound the requests in flight
-                fut = self._pool.submit(self._io, fd, view[start:start + length], path, offset + start, write)
+                fut = self._pool.submit(
+                    self._io, fd, view[start : start + length], path, offset + start, write
+                )
                 fut.add_done_callback(lambda _f: self._slots.release())
                 futures.append(fut)
         finally:
@@ -135,18 +147,26 @@ class AioEngine:
         try:
             done = 0
             while done < len(view):
-                n = (os.pwrite(fd, view[done:], offset + done) if write
-                     else os.preadv(fd, [view[done:]], offset + done))
+                n = (
+                    os.pwrite(fd, view[done:], offset + done)
+                    if write
+                    else os.preadv(fd, [view[done:]], offset + done)
+                )
                 if n == 0:
-                    raise AioError(errno.EIO, f"short {'write' if write else 'read'} of {path} at byte "
-                                              f"{offset + done} (file too short?)", path)
+                    raise AioError(
+                        errno.EIO,
+                        f"short {'write' if write else 'read'} of {path} at byte "
+                        f"{offset + done} (file too short?)",
+                        path,
+                    )
                 done += n
             return done
         except AioError:
             raise
         except OSError as exc:
-            raise AioError(exc.errno, f"{'write to' if write else 'read from'} {path} failed: {exc.strerror}",
-                           path) from exc
+            raise AioError(
+                exc.errno, f"{'write to' if write else 'read from'} {path} failed: {exc.strerror}", path
+            ) from exc
 
     def close(self) -> None:
         """Finish queued requests and stop the threads."""
@@ -181,10 +201,17 @@ def _gather(futures: list[Future]) -> Future:
 class aio_handle:  # noqa: N801 - DeepSpeed's class name
     """DeepSpeed's ``aio_handle`` (DeepNVMe): see the module doc for what each argument does here."""
 
-    def __init__(self, block_size: int = 1024 * 1024, queue_depth: int = 128, single_submit: bool = False,
-                 overlap_events: bool = False, intra_op_parallelism: int = 1) -> None:
-        self._engine = AioEngine(block_size=block_size, queue_depth=queue_depth,
-                                 intra_op_parallelism=intra_op_parallelism)
+    def __init__(
+        self,
+        block_size: int = 1024 * 1024,
+        queue_depth: int = 128,
+        single_submit: bool = False,
+        overlap_events: bool = False,
+        intra_op_parallelism: int = 1,
+    ) -> None:
+        self._engine = AioEngine(
+            block_size=block_size, queue_depth=queue_depth, intra_op_parallelism=intra_op_parallelism
+        )
         self._block_size, self._queue_depth = block_size, queue_depth
         self._single_submit, self._overlap_events = single_submit, overlap_events
         self._threads = intra_op_parallelism
@@ -236,15 +263,29 @@ class aio_handle:  # noqa: N801 - DeepSpeed's class name
         self._pending.append(self._engine.submit(buffer, str(filename), file_offset, write=True))
         return 0
 
-    def pread(self, buffer: torch.Tensor, filename: str, validate: bool = False, async_op: bool = False,
-              file_offset: int = 0, **kw: Any) -> int:
+    def pread(
+        self,
+        buffer: torch.Tensor,
+        filename: str,
+        validate: bool = False,
+        async_op: bool = False,
+        file_offset: int = 0,
+        **kw: Any,
+    ) -> int:
         """``async`` (DeepSpeed's keyword, passed as ``**{"async": True}``) starts it; else it completes."""
         if kw.pop("async", async_op):
             return self.async_pread(buffer, filename, file_offset)
         return self.sync_pread(buffer, filename, file_offset)
 
-    def pwrite(self, buffer: torch.Tensor, filename: str, validate: bool = False, async_op: bool = False,
-               file_offset: int = 0, **kw: Any) -> int:
+    def pwrite(
+        self,
+        buffer: torch.Tensor,
+        filename: str,
+        validate: bool = False,
+        async_op: bool = False,
+        file_offset: int = 0,
+        **kw: Any,
+    ) -> int:
         if kw.pop("async", async_op):
             return self.async_pwrite(buffer, filename, file_offset)
         return self.sync_pwrite(buffer, filename, file_offset)
@@ -278,13 +319,27 @@ class aio_handle:  # noqa: N801 - DeepSpeed's class name
             engine._pool.shutdown(wait=False)
 
 
-def aio_read(buffer: torch.Tensor, filename: str, block_size: int = 1 << 20, queue_depth: int = 8,
-             single_submit: bool = False, overlap_events: bool = False, validate: bool = False) -> int:
+def aio_read(
+    buffer: torch.Tensor,
+    filename: str,
+    block_size: int = 1 << 20,
+    queue_depth: int = 8,
+    single_submit: bool = False,
+    overlap_events: bool = False,
+    validate: bool = False,
+) -> int:
     """DeepSpeed's module-level ``aio_read``: one synchronous read."""
     return aio_handle(block_size, queue_depth, single_submit, overlap_events).sync_pread(buffer, filename)
 
 
-def aio_write(buffer: torch.Tensor, filename: str, block_size: int = 1 << 20, queue_depth: int = 8,
-              single_submit: bool = False, overlap_events: bool = False, validate: bool = False) -> int:
+def aio_write(
+    buffer: torch.Tensor,
+    filename: str,
+    block_size: int = 1 << 20,
+    queue_depth: int = 8,
+    single_submit: bool = False,
+    overlap_events: bool = False,
+    validate: bool = False,
+) -> int:
     """DeepSpeed's module-level ``aio_write``: one synchronous write."""
     return aio_handle(block_size, queue_depth, single_submit, overlap_events).sync_pwrite(buffer, filename)

@@ -88,5 +88,10 @@ def _record(record: CompileRecord) -> None:
     with _lock:
         _records.append(record)
     what = "first interpreted run of" if record.interpreted else "compiled"
-    log.info("ds_kernels: %s %s in %.3f s (%s)", what, record.kernel, record.seconds,
-             ", ".join(f"{k}={v}" for k, v in record.constants))
+    log.info(
+        "ds_kernels: %s %s in %.3f s (%s)",
+        what,
+        record.kernel,
+        record.seconds,
+        ", ".join(f"{k}={v}" for k, v in record.constants),
+    )

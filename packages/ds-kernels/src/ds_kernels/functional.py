@@ -44,11 +44,24 @@ def _prepare(op: str, columns: dict[str, TensorList | None], backend: BackendNam
 
 
 def adamw_step_flat(
-    param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor, *,
-    lr: float, beta1: float, beta2: float, eps: float, weight_decay: float, step: Scalar,
-    adam_w_mode: bool = True, bias_correction: bool = True, grad_scale: Scalar = 1.0,
-    found_inf: torch.Tensor | None = None, out_lowp: torch.Tensor | None = None,
-    backend: BackendName = "auto", policy: KernelPolicy | None = None,
+    param: torch.Tensor,
+    grad: torch.Tensor,
+    exp_avg: torch.Tensor,
+    exp_avg_sq: torch.Tensor,
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    step: Scalar,
+    adam_w_mode: bool = True,
+    bias_correction: bool = True,
+    grad_scale: Scalar = 1.0,
+    found_inf: torch.Tensor | None = None,
+    out_lowp: torch.Tensor | None = None,
+    backend: BackendName = "auto",
+    policy: KernelPolicy | None = None,
 ) -> None:
     """One fused Adam/AdamW step over a flat buffer, in place, in one pass.
 
@@ -89,19 +102,48 @@ def adamw_step_flat(
         UnsupportedKernelInput: a dtype/device/layout that no backend handles, named in the message.
         ValueError: mismatched sizes or devices, or an out-of-range hyperparameter.
     """
-    adamw_step_multi([param], [grad], [exp_avg], [exp_avg_sq], lr=lr, beta1=beta1, beta2=beta2, eps=eps,
-                     weight_decay=weight_decay, step=step, adam_w_mode=adam_w_mode,
-                     bias_correction=bias_correction, grad_scale=grad_scale, found_inf=found_inf,
-                     out_lowp=None if out_lowp is None else [out_lowp], backend=backend, policy=policy,
-                     _flat=True)
+    adamw_step_multi(
+        [param],
+        [grad],
+        [exp_avg],
+        [exp_avg_sq],
+        lr=lr,
+        beta1=beta1,
+        beta2=beta2,
+        eps=eps,
+        weight_decay=weight_decay,
+        step=step,
+        adam_w_mode=adam_w_mode,
+        bias_correction=bias_correction,
+        grad_scale=grad_scale,
+        found_inf=found_inf,
+        out_lowp=None if out_lowp is None else [out_lowp],
+        backend=backend,
+        policy=policy,
+        _flat=True,
+    )
 
 
 def adamw_step_multi(
-    params: TensorList, grads: TensorList, exp_avgs: TensorList, exp_avg_sqs: TensorList, *,
-    lr: float, beta1: float, beta2: float, eps: float, weight_decay: float, step: Scalar,
-    adam_w_mode: bool = True, bias_correction: bool = True, grad_scale: Scalar = 1.0,
-    found_inf: torch.Tensor | None = None, out_lowp: TensorList | None = None,
-    backend: BackendName = "auto", policy: KernelPolicy | None = None, _flat: bool = False,
+    params: TensorList,
+    grads: TensorList,
+    exp_avgs: TensorList,
+    exp_avg_sqs: TensorList,
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    step: Scalar,
+    adam_w_mode: bool = True,
+    bias_correction: bool = True,
+    grad_scale: Scalar = 1.0,
+    found_inf: torch.Tensor | None = None,
+    out_lowp: TensorList | None = None,
+    backend: BackendName = "auto",
+    policy: KernelPolicy | None = None,
+    _flat: bool = False,
 ) -> None:
     """One fused Adam/AdamW step over parallel tensor lists: one launch per device and dtype
     signature, whatever the number of tensors. Arguments as :func:`adamw_step_flat`, per list.
@@ -109,27 +151,61 @@ def adamw_step_multi(
     All tensors share ``step``; empty tensors are skipped.
     """
     op = "ds_kernels.adamw_step_flat" if _flat else "ds_kernels.adamw_step_multi"
-    hyper = AdamHyper(float(lr), float(beta1), float(beta2), float(eps), float(weight_decay),
-                      bool(adam_w_mode), bool(bias_correction)).validate(op)
-    cols, chosen = _prepare(op, {"params": params, "grads": grads, "exp_avgs": exp_avgs,
-                                 "exp_avg_sqs": exp_avg_sqs, "out_lowp": out_lowp}, backend)
+    hyper = AdamHyper(
+        float(lr),
+        float(beta1),
+        float(beta2),
+        float(eps),
+        float(weight_decay),
+        bool(adam_w_mode),
+        bool(bias_correction),
+    ).validate(op)
+    cols, chosen = _prepare(
+        op,
+        {
+            "params": params,
+            "grads": grads,
+            "exp_avgs": exp_avgs,
+            "exp_avg_sqs": exp_avg_sqs,
+            "out_lowp": out_lowp,
+        },
+        backend,
+    )
     precision = Precision(grad_scale, found_inf)
     args = (cols["params"], cols["grads"], cols["exp_avgs"], cols["exp_avg_sqs"], cols["out_lowp"])
     if chosen == "torch":
         adam_torch(*args, hyper=hyper, step=step, precision=precision, op=op)
     elif _flat:
         out = None if out_lowp is None else args[4][0]
-        _triton("adam").adam_flat(*(a[0] for a in args[:4]), out, hyper=hyper, step=step, precision=precision,
-                                  policy=policy or DEFAULT_POLICY, op=op)
+        _triton("adam").adam_flat(
+            *(a[0] for a in args[:4]),
+            out,
+            hyper=hyper,
+            step=step,
+            precision=precision,
+            policy=policy or DEFAULT_POLICY,
+            op=op,
+        )
     else:
-        _triton("adam").adam_multi(*args, hyper=hyper, step=step, precision=precision,
-                                   policy=policy or DEFAULT_POLICY, op=op)
+        _triton("adam").adam_multi(
+            *args, hyper=hyper, step=step, precision=precision, policy=policy or DEFAULT_POLICY, op=op
+        )
 
 
 def lion_step_flat(
-    param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor, *, lr: float, beta1: float, beta2: float,
-    weight_decay: float, grad_scale: Scalar = 1.0, found_inf: torch.Tensor | None = None,
-    out_lowp: torch.Tensor | None = None, backend: BackendName = "auto", policy: KernelPolicy | None = None,
+    param: torch.Tensor,
+    grad: torch.Tensor,
+    exp_avg: torch.Tensor,
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    weight_decay: float,
+    grad_scale: Scalar = 1.0,
+    found_inf: torch.Tensor | None = None,
+    out_lowp: torch.Tensor | None = None,
+    backend: BackendName = "auto",
+    policy: KernelPolicy | None = None,
 ) -> None:
     """One fused Lion step over a flat buffer, in place (28 -> 20 bytes/element in fp32: reads p, g,
     m; writes p, m).
@@ -138,40 +214,86 @@ def lion_step_flat(
     ``m = beta2 * m + (1 - beta2) * g``. ``grad_scale``, ``found_inf``, ``out_lowp``, ``backend`` and
     ``policy`` mean what they mean for :func:`adamw_step_flat`.
     """
-    lion_step_multi([param], [grad], [exp_avg], lr=lr, beta1=beta1, beta2=beta2, weight_decay=weight_decay,
-                    grad_scale=grad_scale, found_inf=found_inf, out_lowp=None if out_lowp is None else [out_lowp],
-                    backend=backend, policy=policy, _flat=True)
+    lion_step_multi(
+        [param],
+        [grad],
+        [exp_avg],
+        lr=lr,
+        beta1=beta1,
+        beta2=beta2,
+        weight_decay=weight_decay,
+        grad_scale=grad_scale,
+        found_inf=found_inf,
+        out_lowp=None if out_lowp is None else [out_lowp],
+        backend=backend,
+        policy=policy,
+        _flat=True,
+    )
 
 
 def lion_step_multi(
-    params: TensorList, grads: TensorList, exp_avgs: TensorList, *, lr: float, beta1: float, beta2: float,
-    weight_decay: float, grad_scale: Scalar = 1.0, found_inf: torch.Tensor | None = None,
-    out_lowp: TensorList | None = None, backend: BackendName = "auto", policy: KernelPolicy | None = None,
+    params: TensorList,
+    grads: TensorList,
+    exp_avgs: TensorList,
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    weight_decay: float,
+    grad_scale: Scalar = 1.0,
+    found_inf: torch.Tensor | None = None,
+    out_lowp: TensorList | None = None,
+    backend: BackendName = "auto",
+    policy: KernelPolicy | None = None,
     _flat: bool = False,
 ) -> None:
     """One fused Lion step over parallel tensor lists (see :func:`lion_step_flat`)."""
     op = "ds_kernels.lion_step_flat" if _flat else "ds_kernels.lion_step_multi"
     hyper = LionHyper(float(lr), float(beta1), float(beta2), float(weight_decay)).validate(op)
-    cols, chosen = _prepare(op, {"params": params, "grads": grads, "exp_avgs": exp_avgs, "out_lowp": out_lowp},
-                            backend)
+    cols, chosen = _prepare(
+        op, {"params": params, "grads": grads, "exp_avgs": exp_avgs, "out_lowp": out_lowp}, backend
+    )
     precision = Precision(grad_scale, found_inf)
     args = (cols["params"], cols["grads"], cols["exp_avgs"], cols["out_lowp"])
     if chosen == "torch":
         lion_torch(*args, hyper=hyper, precision=precision, op=op)
     elif _flat:
         out = None if out_lowp is None else args[3][0]
-        _triton("lion").lion_flat(*(a[0] for a in args[:3]), out, hyper=hyper, precision=precision,
-                                  policy=policy or DEFAULT_POLICY, op=op)
+        _triton("lion").lion_flat(
+            *(a[0] for a in args[:3]),
+            out,
+            hyper=hyper,
+            precision=precision,
+            policy=policy or DEFAULT_POLICY,
+            op=op,
+        )
     else:
-        _triton("lion").lion_multi(*args, hyper=hyper, precision=precision, policy=policy or DEFAULT_POLICY, op=op)
+        _triton("lion").lion_multi(
+            *args, hyper=hyper, precision=precision, policy=policy or DEFAULT_POLICY, op=op
+        )
 
 
 def lamb_step_flat(
-    param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor, *,
-    lr: float, beta1: float, beta2: float, eps: float, weight_decay: float, step: Scalar,
-    bias_correction: bool = True, eps_inside_sqrt: bool = False, max_coeff: float = 10.0,
-    min_coeff: float = 0.01, grad_scale: Scalar = 1.0, found_inf: torch.Tensor | None = None,
-    out_lowp: torch.Tensor | None = None, backend: BackendName = "auto", policy: KernelPolicy | None = None,
+    param: torch.Tensor,
+    grad: torch.Tensor,
+    exp_avg: torch.Tensor,
+    exp_avg_sq: torch.Tensor,
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    step: Scalar,
+    bias_correction: bool = True,
+    eps_inside_sqrt: bool = False,
+    max_coeff: float = 10.0,
+    min_coeff: float = 0.01,
+    grad_scale: Scalar = 1.0,
+    found_inf: torch.Tensor | None = None,
+    out_lowp: torch.Tensor | None = None,
+    backend: BackendName = "auto",
+    policy: KernelPolicy | None = None,
 ) -> torch.Tensor:
     """One fused LAMB step treating the whole buffer as one tensor (one trust ratio); returns the
     trust ratio as a 0-dim device tensor (no sync). For per-parameter ratios over a flat buffer,
@@ -183,31 +305,81 @@ def lamb_step_flat(
     mean what they mean for :func:`adamw_step_flat`; the non-finite flag is all-or-nothing here.
     """
     return lamb_step_multi(
-        [param], [grad], [exp_avg], [exp_avg_sq], lr=lr, beta1=beta1, beta2=beta2, eps=eps,
-        weight_decay=weight_decay, step=step, bias_correction=bias_correction, eps_inside_sqrt=eps_inside_sqrt,
-        max_coeff=max_coeff, min_coeff=min_coeff, grad_scale=grad_scale, found_inf=found_inf,
-        out_lowp=None if out_lowp is None else [out_lowp], backend=backend, policy=policy, _flat=True)[0]
+        [param],
+        [grad],
+        [exp_avg],
+        [exp_avg_sq],
+        lr=lr,
+        beta1=beta1,
+        beta2=beta2,
+        eps=eps,
+        weight_decay=weight_decay,
+        step=step,
+        bias_correction=bias_correction,
+        eps_inside_sqrt=eps_inside_sqrt,
+        max_coeff=max_coeff,
+        min_coeff=min_coeff,
+        grad_scale=grad_scale,
+        found_inf=found_inf,
+        out_lowp=None if out_lowp is None else [out_lowp],
+        backend=backend,
+        policy=policy,
+        _flat=True,
+    )[0]
 
 
 def lamb_step_multi(
-    params: TensorList, grads: TensorList, exp_avgs: TensorList, exp_avg_sqs: TensorList, *,
-    lr: float, beta1: float, beta2: float, eps: float, weight_decay: float, step: Scalar,
-    bias_correction: bool = True, eps_inside_sqrt: bool = False, max_coeff: float = 10.0,
-    min_coeff: float = 0.01, grad_scale: Scalar = 1.0, found_inf: torch.Tensor | None = None,
-    out_lowp: TensorList | None = None, backend: BackendName = "auto", policy: KernelPolicy | None = None,
+    params: TensorList,
+    grads: TensorList,
+    exp_avgs: TensorList,
+    exp_avg_sqs: TensorList,
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    step: Scalar,
+    bias_correction: bool = True,
+    eps_inside_sqrt: bool = False,
+    max_coeff: float = 10.0,
+    min_coeff: float = 0.01,
+    grad_scale: Scalar = 1.0,
+    found_inf: torch.Tensor | None = None,
+    out_lowp: TensorList | None = None,
+    backend: BackendName = "auto",
+    policy: KernelPolicy | None = None,
     _flat: bool = False,
 ) -> list[torch.Tensor]:
     """One fused LAMB step over parallel tensor lists (two launches per dtype group); returns each
     tensor's trust ratio as a 0-dim device tensor. See :func:`lamb_step_flat`."""
     op = "ds_kernels.lamb_step_flat" if _flat else "ds_kernels.lamb_step_multi"
-    hyper = LambHyper(float(lr), float(beta1), float(beta2), float(eps), float(weight_decay),
-                      bool(bias_correction), bool(eps_inside_sqrt), float(max_coeff),
-                      float(min_coeff)).validate(op)
-    cols, chosen = _prepare(op, {"params": params, "grads": grads, "exp_avgs": exp_avgs,
-                                 "exp_avg_sqs": exp_avg_sqs, "out_lowp": out_lowp}, backend)
+    hyper = LambHyper(
+        float(lr),
+        float(beta1),
+        float(beta2),
+        float(eps),
+        float(weight_decay),
+        bool(bias_correction),
+        bool(eps_inside_sqrt),
+        float(max_coeff),
+        float(min_coeff),
+    ).validate(op)
+    cols, chosen = _prepare(
+        op,
+        {
+            "params": params,
+            "grads": grads,
+            "exp_avgs": exp_avgs,
+            "exp_avg_sqs": exp_avg_sqs,
+            "out_lowp": out_lowp,
+        },
+        backend,
+    )
     precision = Precision(grad_scale, found_inf)
     args = (cols["params"], cols["grads"], cols["exp_avgs"], cols["exp_avg_sqs"], cols["out_lowp"])
     if chosen == "torch":
         return lamb_torch(*args, hyper=hyper, step=step, precision=precision, op=op)
-    return _triton("lamb").lamb_multi(*args, hyper=hyper, step=step, precision=precision,
-                                      policy=policy or DEFAULT_POLICY, op=op)
+    return _triton("lamb").lamb_multi(
+        *args, hyper=hyper, step=step, precision=precision, policy=policy or DEFAULT_POLICY, op=op
+    )

@@ -100,8 +100,10 @@ class LambHyper:
         _check_range(op, "eps", self.eps, 0.0, math.inf, high_open=True)
         _check_range(op, "weight_decay", self.weight_decay, 0.0, math.inf, high_open=True)
         if not 0.0 <= self.min_coeff <= self.max_coeff:
-            raise ValueError(f"{op}: min_coeff={self.min_coeff!r}, max_coeff={self.max_coeff!r}; "
-                             "expected 0 <= min_coeff <= max_coeff")
+            raise ValueError(
+                f"{op}: min_coeff={self.min_coeff!r}, max_coeff={self.max_coeff!r}; "
+                "expected 0 <= min_coeff <= max_coeff"
+            )
         return self
 
 
@@ -116,8 +118,11 @@ class Precision:
     @property
     def trivial(self) -> bool:
         """No unscaling and no flag: the plain same-dtype kernels apply."""
-        return self.found_inf is None and not isinstance(self.grad_scale, torch.Tensor) \
+        return (
+            self.found_inf is None
+            and not isinstance(self.grad_scale, torch.Tensor)
             and float(self.grad_scale) == 1.0
+        )
 
 
 def host_scalar(value: Scalar, device: torch.device) -> float | None:
@@ -145,8 +150,9 @@ def bias_corrections(beta1: float, beta2: float, step: float, enabled: bool) -> 
         return 1.0, 1.0
     if step < 1:
         raise ValueError(f"step={step!r}; the step counter is 1 for the first update")
-    return -math.expm1(step * math.log(beta1)) if beta1 > 0 else 1.0, \
-        -math.expm1(step * math.log(beta2)) if beta2 > 0 else 1.0
+    return -math.expm1(step * math.log(beta1)) if beta1 > 0 else 1.0, -math.expm1(
+        step * math.log(beta2)
+    ) if beta2 > 0 else 1.0
 
 
 def adam_host_scalars(hyper: AdamHyper, step: float) -> tuple[float, float]:

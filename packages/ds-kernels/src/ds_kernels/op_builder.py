@@ -59,7 +59,9 @@ class OpBuilder:
 
     def builder(self) -> None:
         """DeepSpeed returns a setuptools extension here; there is no extension to build."""
-        raise OpNotAvailableError(f"op '{self.name}' has no C++/CUDA extension to build: it is pure Python/Triton")
+        raise OpNotAvailableError(
+            f"op '{self.name}' has no C++/CUDA extension to build: it is pure Python/Triton"
+        )
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, compatible={self.is_compatible()})"
@@ -145,8 +147,17 @@ class SparseAttnBuilder(OpBuilder):
 
 #: Every builder, in DeepSpeed's report order.
 BUILDERS: tuple[type[OpBuilder], ...] = (
-    CPUAdamBuilder, CPUAdagradBuilder, CPULionBuilder, FusedAdamBuilder, FusedLambBuilder, FusedLionBuilder,
-    AsyncIOBuilder, InferenceBuilder, TransformerBuilder, QuantizerBuilder, SparseAttnBuilder,
+    CPUAdamBuilder,
+    CPUAdagradBuilder,
+    CPULionBuilder,
+    FusedAdamBuilder,
+    FusedLambBuilder,
+    FusedLionBuilder,
+    AsyncIOBuilder,
+    InferenceBuilder,
+    TransformerBuilder,
+    QuantizerBuilder,
+    SparseAttnBuilder,
 )
 
 #: DeepSpeed's ``op_builder.ALL_OPS``: op name -> builder instance.
@@ -164,5 +175,12 @@ def compatible_ops() -> dict[str, bool]:
     return installed_ops()
 
 
-__all__ = ["ALL_OPS", "BUILDERS", "OpBuilder", "OpNotAvailableError", "compatible_ops", "installed_ops",
-           *(cls.__name__ for cls in BUILDERS)]
+__all__ = [
+    "ALL_OPS",
+    "BUILDERS",
+    "OpBuilder",
+    "OpNotAvailableError",
+    "compatible_ops",
+    "installed_ops",
+    *(cls.__name__ for cls in BUILDERS),
+]

@@ -77,10 +77,14 @@ def validate_lists(
     for role, ts in present.items():
         if role != first_role and [t.numel() for t in ts] != numels:
             i = next(i for i, t in enumerate(ts) if t.numel() != numels[i])
-            raise ValueError(f"{op}: {role}[{i}] has {ts[i].numel()} elements but {first_role}[{i}] has {numels[i]}")
+            raise ValueError(
+                f"{op}: {role}[{i}] has {ts[i].numel()} elements but {first_role}[{i}] has {numels[i]}"
+            )
         if role != first_role and [t.device for t in ts] != devices:
             i = next(i for i, t in enumerate(ts) if t.device != devices[i])
-            raise ValueError(f"{op}: {role}[{i}] is on {ts[i].device} but {first_role}[{i}] is on {devices[i]}")
+            raise ValueError(
+                f"{op}: {role}[{i}] is on {ts[i].device} but {first_role}[{i}] is on {devices[i]}"
+            )
         if all(t.is_contiguous() for t in ts):
             continue
         for i, t in enumerate(ts):
@@ -89,7 +93,8 @@ def validate_lists(
             if role not in read_only:
                 raise UnsupportedKernelInput(
                     f"{op}: {role}[{i}] (shape {tuple(t.shape)}) is not contiguous; the step writes it in "
-                    "place, so pass a contiguous tensor")
+                    "place, so pass a contiguous tensor"
+                )
             ts[i] = t.contiguous()
     return {role: present.get(role) for role in columns}
 
@@ -127,8 +132,9 @@ _pointer_tables = _LRU()
 _chunk_maps = _LRU()
 
 
-def pointer_table(columns: Sequence[Sequence[torch.Tensor] | None], rows: Sequence[int],
-                  device: torch.device) -> tuple[torch.Tensor, bool]:
+def pointer_table(
+    columns: Sequence[Sequence[torch.Tensor] | None], rows: Sequence[int], device: torch.device
+) -> tuple[torch.Tensor, bool]:
     """int64 ``[len(rows), len(columns) + 1]`` of data pointers (0 for an absent column) and numels,
     and whether every pointer is 16-byte aligned (which lets full blocks use 16-byte accesses).
 

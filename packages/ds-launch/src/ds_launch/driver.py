@@ -77,11 +77,15 @@ def _local_pool(options: LaunchOptions, env: dict[str, str]) -> tuple[dict[str, 
     if count < 1:
         raise LaunchError(f"no {accelerator} devices found on this machine")
     if visible and (options.include or options.exclude or options.num_nodes > 1 or options.num_gpus > 0):
-        logger.warning("%s is ignored because --include/--exclude/--num_gpus/--num_nodes was given", visible_env)
+        logger.warning(
+            "%s is ignored because --include/--exclude/--num_gpus/--num_nodes was given", visible_env
+        )
     elif visible:
         if max(visible) >= count:
-            raise LaunchError(f"{visible_env}={env_text(visible)!r} names device {max(visible)}, but this machine "
-                              f"has {count} {accelerator} device(s)")
+            raise LaunchError(
+                f"{visible_env}={env_text(visible)!r} names device {max(visible)}, but this machine "
+                f"has {count} {accelerator} device(s)"
+            )
         options = replace(options, include=f"localhost:{env_text(visible)}")
         logger.info("%s=%s: using --include=%s", visible_env, env_text(visible), options.include)
     if options.num_gpus > count and not is_cpu:
@@ -100,8 +104,10 @@ def resolve_resources(options: LaunchOptions, env: dict[str, str]) -> tuple[Reso
     from_hostfile = pool is not None
     if pool is None:
         if options.num_nodes > 1:
-            raise LaunchError(f"--num_nodes {options.num_nodes} needs a hostfile listing that many hosts "
-                              f"({options.hostfile!r} does not exist)")
+            raise LaunchError(
+                f"--num_nodes {options.num_nodes} needs a hostfile listing that many hosts "
+                f"({options.hostfile!r} does not exist)"
+            )
         pool, options = _local_pool(options, env)
     active = parse_inclusion_exclusion(pool, options.include, options.exclude)
     if options.num_nodes > len(active):
@@ -109,7 +115,9 @@ def resolve_resources(options: LaunchOptions, env: dict[str, str]) -> tuple[Reso
     if from_hostfile and options.num_gpus > 0:
         for host in active:
             if options.num_gpus > pool[host]:
-                raise LaunchError(f"--num_gpus {options.num_gpus} exceeds slots={pool[host]} of host {host!r}")
+                raise LaunchError(
+                    f"--num_gpus {options.num_gpus} exceeds slots={pool[host]} of host {host!r}"
+                )
     active = apply_num_nodes_and_gpus(active, options.num_nodes, options.num_gpus)
     if not active:
         raise LaunchError("no slots are left to run on after --include/--exclude")
@@ -139,7 +147,9 @@ def _resolve_master_addr(host: str) -> str:
     try:
         return socket.gethostbyname(host)
     except OSError:
-        raise LaunchError(f"cannot resolve host {host!r} to infer --master_addr; pass --master_addr") from None
+        raise LaunchError(
+            f"cannot resolve host {host!r} to infer --master_addr; pass --master_addr"
+        ) from None
 
 
 def run_local(options: LaunchOptions, resolved: ResolvedResources, env: Mapping[str, str]) -> int:
@@ -155,15 +165,26 @@ def run_local(options: LaunchOptions, resolved: ResolvedResources, env: Mapping[
         master_addr = "127.0.0.1"
     elastic = None
     if options.elastic_training:
-        elastic = elastic_policy(min_elastic_nodes=options.min_elastic_nodes,
-                                 max_elastic_nodes=options.max_elastic_nodes, num_nodes=len(active))
+        elastic = elastic_policy(
+            min_elastic_nodes=options.min_elastic_nodes,
+            max_elastic_nodes=options.max_elastic_nodes,
+            num_nodes=len(active),
+        )
     launch = NodeLaunch(
-        world_info=active, node_rank=node_rank, master_addr=master_addr, master_port=options.master_port,
-        user_script=options.user_script, user_args=options.user_args, module=options.module,
-        no_python=options.no_python, no_local_rank=options.no_local_rank,
+        world_info=active,
+        node_rank=node_rank,
+        master_addr=master_addr,
+        master_port=options.master_port,
+        user_script=options.user_script,
+        user_args=options.user_args,
+        module=options.module,
+        no_python=options.no_python,
+        no_local_rank=options.no_local_rank,
         rank_log_dir=Path(options.enable_each_rank_log) if options.enable_each_rank_log else None,
-        bind_cores_to_rank=options.bind_cores_to_rank, bind_core_list=options.bind_core_list,
-        extra_env=load_deepspeed_env(), elastic=elastic,
+        bind_cores_to_rank=options.bind_cores_to_rank,
+        bind_core_list=options.bind_core_list,
+        extra_env=load_deepspeed_env(),
+        elastic=elastic,
     )
     _check_local_script(options)
     if node_rank == 0 and elastic is None:
@@ -183,8 +204,15 @@ def _check_local_script(options: LaunchOptions) -> None:
 
 def _probe(argv: list[str], env: Mapping[str, str], what: str) -> str:
     try:
-        out = subprocess.run(argv, env=dict(env), capture_output=True, text=True, timeout=60,
-                             stdin=subprocess.DEVNULL, check=False)
+        out = subprocess.run(
+            argv,
+            env=dict(env),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )
     except (OSError, subprocess.TimeoutExpired) as err:
         raise LaunchError(f"{what}: {err}") from None
     if out.returncode != 0:
@@ -206,21 +234,33 @@ def run_multinode(options: LaunchOptions, resolved: ResolvedResources, env: dict
     from ds_accel.probe import detect_accelerator_name
 
     exports = {**collect_exports(env, accelerator=detect_accelerator_name()), **load_deepspeed_env()}
-    job = MultiNodeJob(options=options, active_resources=resolved.active_resources,
-                       resource_pool=resolved.resource_pool, master_addr=options.master_addr,
-                       exports=exports, job_id=uuid.uuid4().hex[:16], cwd=cwd)
+    job = MultiNodeJob(
+        options=options,
+        active_resources=resolved.active_resources,
+        resource_pool=resolved.resource_pool,
+        master_addr=options.master_addr,
+        exports=exports,
+        job_id=uuid.uuid4().hex[:16],
+        cwd=cwd,
+    )
     runner: MultiNodeRunner = cls(job)
     runner.validate()
     if not runner.backend_exists():
         raise LaunchError(f"--launcher {cls.name}: {cls.binary!r} is not installed (not found on PATH)")
     runner_env = runner.get_env(env)
     if not options.no_ssh_check:
-        _probe(runner.remote_cmd(first, ["hostname"]), runner_env,
-               f"host {first!r} is not reachable by {cls.name} (set up passwordless ssh, "
-               "or pass --no_ssh_check)")
+        _probe(
+            runner.remote_cmd(first, ["hostname"]),
+            runner_env,
+            f"host {first!r} is not reachable by {cls.name} (set up passwordless ssh, "
+            "or pass --no_ssh_check)",
+        )
     if not job.master_addr:
-        out = _probe(runner.remote_cmd(first, ["hostname", "-I"]), runner_env,
-                     f"cannot infer --master_addr with 'hostname -I' on {first!r}; pass --master_addr")
+        out = _probe(
+            runner.remote_cmd(first, ["hostname", "-I"]),
+            runner_env,
+            f"cannot infer --master_addr with 'hostname -I' on {first!r}; pass --master_addr",
+        )
         words = [w for w in out.replace(f"{first}:", " ").split() if w]
         if not words:
             raise LaunchError(f"'hostname -I' on {first!r} printed no address; pass --master_addr")
@@ -229,8 +269,13 @@ def run_multinode(options: LaunchOptions, resolved: ResolvedResources, env: dict
     runner.prepare()
     cmd = runner.get_cmd()
     logger.info("cmd = %s", shlex.join(cmd))
-    spec = ProcessSpec(name=f"{cls.name} job", argv=tuple(cmd), env=runner_env,
-                       stop_argv=tuple(runner.kill_cmd() or ()) or None, failure_probe=runner.failure_probe)
+    spec = ProcessSpec(
+        name=f"{cls.name} job",
+        argv=tuple(cmd),
+        env=runner_env,
+        stop_argv=tuple(runner.kill_cmd() or ()) or None,
+        failure_probe=runner.failure_probe,
+    )
     result = Supervisor().run([spec])
     if result.failure is not None:
         sys.stderr.write(format_failure(result.failure))

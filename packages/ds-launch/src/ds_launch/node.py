@@ -97,7 +97,9 @@ def build_rank_specs(
     cores = None
     if launch.bind_cores_to_rank:
         if "KMP_AFFINITY" in shared:
-            raise LaunchError("--bind_cores_to_rank: KMP_AFFINITY is set and would override the binding; unset it")
+            raise LaunchError(
+                "--bind_cores_to_rank: KMP_AFFINITY is set and would override the binding; unset it"
+            )
         cores = resolve_core_list(launch.bind_core_list)
     prefix = log_prefix or time.strftime("%Y%m%d%H%M%S")
     specs = []
@@ -117,10 +119,15 @@ def build_rank_specs(
             local_rank=None if launch.no_local_rank else local_rank,
         )
         log = launch.rank_log_dir / f"{prefix}_rank{rank}.log" if launch.rank_log_dir else None
-        specs.append(ProcessSpec(
-            name=f"rank {rank} (local rank {local_rank}) on node {launch.host}",
-            argv=tuple(argv), env=env, log_path=log, cpu_affinity=affinity,
-        ))
+        specs.append(
+            ProcessSpec(
+                name=f"rank {rank} (local rank {local_rank}) on node {launch.host}",
+                argv=tuple(argv),
+                env=env,
+                log_path=log,
+                cpu_affinity=affinity,
+            )
+        )
     return specs
 
 
@@ -139,18 +146,25 @@ def build_elastic_spec(
         shim.append("--bind_cores_to_rank")
         shim += [f"--bind_core_list={launch.bind_core_list}"] if launch.bind_core_list else []
     if launch.rank_log_dir is not None:
-        shim += [f"--rank_log_dir={launch.rank_log_dir}", f"--log_prefix={log_prefix or time.strftime('%Y%m%d%H%M%S')}"]
+        shim += [
+            f"--rank_log_dir={launch.rank_log_dir}",
+            f"--log_prefix={log_prefix or time.strftime('%Y%m%d%H%M%S')}",
+        ]
     argv = elastic_agent_command(
-        policy=launch.elastic, nproc_per_node=len(launch.local_slots), master_addr=launch.master_addr,
-        master_port=launch.master_port, worker_argv=[*shim, launch.user_script, *launch.user_args],
+        policy=launch.elastic,
+        nproc_per_node=len(launch.local_slots),
+        master_addr=launch.master_addr,
+        master_port=launch.master_port,
+        worker_argv=[*shim, launch.user_script, *launch.user_args],
         python=launch.python,
     )
     env = node_environment(launch, base_env, visible_env=visible_env)
     return ProcessSpec(name=f"elastic agent on node {launch.host}", argv=tuple(argv), env=env)
 
 
-def run_node(launch: NodeLaunch, *, base_env: Mapping[str, str] | None = None,
-             supervisor: Supervisor | None = None) -> int:
+def run_node(
+    launch: NodeLaunch, *, base_env: Mapping[str, str] | None = None, supervisor: Supervisor | None = None
+) -> int:
     """Start this node's ranks, supervise them, report a failure, and return the exit code."""
     base_env = dict(os.environ if base_env is None else base_env)
     _, visible_env = _accelerator()
@@ -175,7 +189,9 @@ def prepare_log_dir(path: Path) -> None:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise LaunchError(f"--enable_each_rank_log {str(path)!r}: cannot create it ({err.strerror})") from None
+        raise LaunchError(
+            f"--enable_each_rank_log {str(path)!r}: cannot create it ({err.strerror})"
+        ) from None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -202,14 +218,25 @@ def launch_from_argv(argv: list[str]) -> NodeLaunch:
     world_info = decode_world_info(opts.world_info)
     elastic = None
     if opts.elastic_training:
-        elastic = elastic_policy(min_elastic_nodes=opts.min_elastic_nodes,
-                                 max_elastic_nodes=opts.max_elastic_nodes, num_nodes=len(world_info))
+        elastic = elastic_policy(
+            min_elastic_nodes=opts.min_elastic_nodes,
+            max_elastic_nodes=opts.max_elastic_nodes,
+            num_nodes=len(world_info),
+        )
     return NodeLaunch(
-        world_info=world_info, node_rank=opts.node_rank, master_addr=opts.master_addr,
-        master_port=opts.master_port, user_script=opts.user_script, user_args=tuple(opts.user_args),
-        module=opts.module, no_python=opts.no_python, no_local_rank=opts.no_local_rank,
+        world_info=world_info,
+        node_rank=opts.node_rank,
+        master_addr=opts.master_addr,
+        master_port=opts.master_port,
+        user_script=opts.user_script,
+        user_args=tuple(opts.user_args),
+        module=opts.module,
+        no_python=opts.no_python,
+        no_local_rank=opts.no_local_rank,
         rank_log_dir=Path(opts.enable_each_rank_log) if opts.enable_each_rank_log else None,
-        bind_cores_to_rank=opts.bind_cores_to_rank, bind_core_list=opts.bind_core_list, elastic=elastic,
+        bind_cores_to_rank=opts.bind_cores_to_rank,
+        bind_core_list=opts.bind_core_list,
+        elastic=elastic,
     )
 
 

@@ -59,7 +59,9 @@ def validate_options(options: LaunchOptions) -> None:
     if not options.user_script:
         raise LaunchError("missing the user script (usage: deepspeed [flags] SCRIPT [ARGS ...])")
     if options.launcher.lower() not in LAUNCHERS:
-        raise LaunchError(f"--launcher {options.launcher!r} is unknown; expected one of {', '.join(LAUNCHERS)}")
+        raise LaunchError(
+            f"--launcher {options.launcher!r} is unknown; expected one of {', '.join(LAUNCHERS)}"
+        )
     if options.module and options.no_python:
         raise LaunchError("--module and --no_python cannot be used together")
     if options.include and options.exclude:

@@ -45,9 +45,13 @@ def check_master_port(addr: str, port: int) -> None:
             sock.bind(("", port))
         except OSError as err:
             if err.errno == errno.EADDRINUSE:
-                raise LaunchError(f"--master_port {port}: the port is already in use on this machine "
-                                  f"(master {addr}); pass a free port with --master_port") from None
+                raise LaunchError(
+                    f"--master_port {port}: the port is already in use on this machine "
+                    f"(master {addr}); pass a free port with --master_port"
+                ) from None
             if err.errno == errno.EACCES:
-                raise LaunchError(f"--master_port {port}: permission denied to listen on it; "
-                                  "pass a port above 1023 with --master_port") from None
+                raise LaunchError(
+                    f"--master_port {port}: permission denied to listen on it; "
+                    "pass a port above 1023 with --master_port"
+                ) from None
             return  # anything else is the rendezvous' to report; a check must not block a launch

@@ -33,16 +33,28 @@ class RankScheme:
 
 
 SCHEMES: dict[str, RankScheme] = {
-    "openmpi": RankScheme("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK",
-                          "OMPI_COMM_WORLD_LOCAL_SIZE"),
+    "openmpi": RankScheme(
+        "OMPI_COMM_WORLD_RANK",
+        "OMPI_COMM_WORLD_SIZE",
+        "OMPI_COMM_WORLD_LOCAL_RANK",
+        "OMPI_COMM_WORLD_LOCAL_SIZE",
+    ),
     "mpich": RankScheme("PMI_RANK", "PMI_SIZE", "MPI_LOCALRANKID", "MPI_LOCALNRANKS"),
     "impi": RankScheme("PMI_RANK", "PMI_SIZE", "MPI_LOCALRANKID", "MPI_LOCALNRANKS"),
-    "mvapich": RankScheme("MV2_COMM_WORLD_RANK", "MV2_COMM_WORLD_SIZE", "MV2_COMM_WORLD_LOCAL_RANK",
-                          "MV2_COMM_WORLD_LOCAL_SIZE"),
-    "slurm": RankScheme("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", "SLURM_NTASKS_PER_NODE",
-                        "SLURM_NODEID", "SLURM_NNODES"),
-    "torchelastic": RankScheme("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK",
-                               "GROUP_WORLD_SIZE"),
+    "mvapich": RankScheme(
+        "MV2_COMM_WORLD_RANK", "MV2_COMM_WORLD_SIZE", "MV2_COMM_WORLD_LOCAL_RANK", "MV2_COMM_WORLD_LOCAL_SIZE"
+    ),
+    "slurm": RankScheme(
+        "SLURM_PROCID",
+        "SLURM_NTASKS",
+        "SLURM_LOCALID",
+        "SLURM_NTASKS_PER_NODE",
+        "SLURM_NODEID",
+        "SLURM_NNODES",
+    ),
+    "torchelastic": RankScheme(
+        "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE"
+    ),
 }
 
 
@@ -88,7 +100,9 @@ def map_rank_env(env: MutableMapping[str, str], *, scheme: str) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m ds_launch.rank_exec", allow_abbrev=False)
     parser.add_argument("--scheme", required=True, choices=sorted(SCHEMES))
-    parser.add_argument("--python", default=None, help="interpreter to run the script with (unset: --no_python)")
+    parser.add_argument(
+        "--python", default=None, help="interpreter to run the script with (unset: --no_python)"
+    )
     parser.add_argument("--module", action="store_true")
     parser.add_argument("--no_local_rank", action="store_true")
     parser.add_argument("--bind_cores_to_rank", action="store_true")
@@ -102,7 +116,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def _redirect_output(log_dir: str, prefix: str, rank: str) -> None:
     os.makedirs(log_dir, exist_ok=True)
-    fd = os.open(os.path.join(log_dir, f"{prefix}_rank{rank}.log"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    fd = os.open(
+        os.path.join(log_dir, f"{prefix}_rank{rank}.log"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644
+    )
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     os.close(fd)
@@ -113,15 +129,23 @@ def prepare(argv: list[str], env: MutableMapping[str, str]) -> list[str]:
     opts = _parser().parse_args(argv)
     local_rank = map_rank_env(env, scheme=opts.scheme)
     if opts.bind_cores_to_rank:
-        cores = cores_for_rank(resolve_core_list(opts.bind_core_list), num_local_procs=int(env["LOCAL_SIZE"]),
-                               local_rank=local_rank)
+        cores = cores_for_rank(
+            resolve_core_list(opts.bind_core_list),
+            num_local_procs=int(env["LOCAL_SIZE"]),
+            local_rank=local_rank,
+        )
         os.sched_setaffinity(0, cores)
         env["OMP_NUM_THREADS"] = str(len(cores))
     if opts.rank_log_dir:
         _redirect_output(opts.rank_log_dir, opts.log_prefix or time.strftime("%Y%m%d%H%M%S"), env["RANK"])
     args = opts.args[1:] if opts.args[:1] == ["--"] else opts.args
-    return user_command(python=opts.python, module=opts.module, script=opts.script, args=args,
-                        local_rank=None if opts.no_local_rank else local_rank)
+    return user_command(
+        python=opts.python,
+        module=opts.module,
+        script=opts.script,
+        args=args,
+        local_rank=None if opts.no_local_rank else local_rank,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -56,7 +56,11 @@ def _torch_lines(errors: list[str]) -> list[str]:
     import torch.distributed as dist
 
     if dist.is_available():
-        checks = {"gloo": dist.is_gloo_available, "nccl": dist.is_nccl_available, "mpi": dist.is_mpi_available}
+        checks = {
+            "gloo": dist.is_gloo_available,
+            "nccl": dist.is_nccl_available,
+            "mpi": dist.is_mpi_available,
+        }
         xccl = getattr(dist, "is_xccl_available", None)
         if xccl is not None:
             checks["xccl"] = xccl
@@ -73,10 +77,18 @@ def _accelerator_lines(errors: list[str]) -> tuple[list[str], str]:
     accel = get_accelerator()
     name = accel.device_name()
     lines = [
-        _line("accelerator", _safe(lambda: f"{name} ({accel.device_count()} device(s))", errors, "accelerator")),
-        _line("communication backend", _safe(accel.communication_backend_name, errors, "communication backend")),
-        _line("bf16 / fp16 supported", _safe(
-            lambda: f"{accel.is_bf16_supported()} / {accel.is_fp16_supported()}", errors, "dtype support")),
+        _line(
+            "accelerator", _safe(lambda: f"{name} ({accel.device_count()} device(s))", errors, "accelerator")
+        ),
+        _line(
+            "communication backend", _safe(accel.communication_backend_name, errors, "communication backend")
+        ),
+        _line(
+            "bf16 / fp16 supported",
+            _safe(
+                lambda: f"{accel.is_bf16_supported()} / {accel.is_fp16_supported()}", errors, "dtype support"
+            ),
+        ),
     ]
     return lines, name
 
@@ -118,10 +130,17 @@ def build_report(*, hide_operator_status: bool = False, hide_errors_and_warnings
         errors.append(f"accelerator: {type(err).__name__}: {err}")
     for name in ("triton", "mpi4py"):
         lines.append(_line(f"{name} version", _version(name)))
-    lines.append(_line("pdsh / mpirun", f"{shutil.which('pdsh') or 'not found'} / {shutil.which('mpirun') or 'not found'}"))
+    lines.append(
+        _line(
+            "pdsh / mpirun",
+            f"{shutil.which('pdsh') or 'not found'} / {shutil.which('mpirun') or 'not found'}",
+        )
+    )
     if os.path.isdir("/dev/shm"):
         stats = os.statvfs("/dev/shm")
-        lines.append(_line("shared memory (/dev/shm) size", f"{stats.f_frsize * stats.f_blocks / 2**30:.2f} GB"))
+        lines.append(
+            _line("shared memory (/dev/shm) size", f"{stats.f_frsize * stats.f_blocks / 2**30:.2f} GB")
+        )
     if not hide_operator_status:
         lines += _op_lines(accelerator)
     if errors and not hide_errors_and_warnings:
@@ -135,15 +154,24 @@ def main(argv: list[str] | None = None) -> None:
 
     @app.command()
     def ds_report(
-        hide_operator_status: Annotated[bool, typer.Option("--hide_operator_status", help="Suppress the op table.")] = False,
-        hide_errors_and_warnings: Annotated[bool, typer.Option("--hide_errors_and_warnings", help="Suppress the errors section.")] = False,
+        hide_operator_status: Annotated[
+            bool, typer.Option("--hide_operator_status", help="Suppress the op table.")
+        ] = False,
+        hide_errors_and_warnings: Annotated[
+            bool, typer.Option("--hide_errors_and_warnings", help="Suppress the errors section.")
+        ] = False,
     ) -> None:
-        sys.stdout.write(build_report(hide_operator_status=hide_operator_status,
-                                      hide_errors_and_warnings=hide_errors_and_warnings))
+        sys.stdout.write(
+            build_report(
+                hide_operator_status=hide_operator_status, hide_errors_and_warnings=hide_errors_and_warnings
+            )
+        )
 
     command = typer.main.get_command(app)
     try:
-        code = command.main(args=sys.argv[1:] if argv is None else argv, prog_name="ds_report", standalone_mode=False)
+        code = command.main(
+            args=sys.argv[1:] if argv is None else argv, prog_name="ds_report", standalone_mode=False
+        )
     except typer.TyperException as err:
         print(f"ds_report: error: {err.format_message()}", file=sys.stderr)
         sys.exit(err.exit_code)

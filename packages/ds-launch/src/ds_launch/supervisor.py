@@ -165,8 +165,14 @@ def run_stop_command(argv: tuple[str, ...], *, env: Mapping[str, str], timeout: 
     would leave it behind).
     """
     try:
-        proc = subprocess.Popen(list(argv), env=dict(env), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(
+            list(argv),
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     except OSError:
         return
     with contextlib.suppress(subprocess.TimeoutExpired):
@@ -186,8 +192,15 @@ class _Child:
 class Supervisor:
     """Runs :class:`ProcessSpec` s to completion under Note [one failure ends the job]."""
 
-    def __init__(self, *, grace_s: float = 3.0, tail_lines: int = 20, stdout: BinaryIO | None = None,
-                 stderr: BinaryIO | None = None, safety_poll_s: float = 0.5) -> None:
+    def __init__(
+        self,
+        *,
+        grace_s: float = 3.0,
+        tail_lines: int = 20,
+        stdout: BinaryIO | None = None,
+        stderr: BinaryIO | None = None,
+        safety_poll_s: float = 0.5,
+    ) -> None:
         self.grace_s = grace_s
         self.tail_lines = tail_lines
         self._out = stdout if stdout is not None else sys.stdout.buffer
@@ -229,8 +242,9 @@ class Supervisor:
                 self._children.append(self._start(spec, prctl))
             except OSError as err:
                 code = 127 if isinstance(err, FileNotFoundError) else 126
-                self._failure = Failure(spec.name, code, (f"cannot start {spec.argv[0]!r}: {err.strerror}",),
-                                        relayed=False)
+                self._failure = Failure(
+                    spec.name, code, (f"cannot start {spec.argv[0]!r}: {err.strerror}",), relayed=False
+                )
                 self._begin_stop(signal.SIGTERM)
                 return
 

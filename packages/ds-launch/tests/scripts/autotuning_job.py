@@ -42,10 +42,23 @@ if not section.get("enabled"):
         json.dump({"config": config, "argv": args, "world_size": int(os.environ["WORLD_SIZE"])}, fh)
 elif (section.get("model_info") or {}).get("profile"):
     with open(section["model_info_path"], "w") as fh:
-        json.dump({"num_params": 1_000_000, "activation_mem_per_gpu": 1000 * micro, "memory_per_device": 10**12,
-                   "train_micro_batch_size_per_gpu": micro}, fh)
+        json.dump(
+            {
+                "num_params": 1_000_000,
+                "activation_mem_per_gpu": 1000 * micro,
+                "memory_per_device": 10**12,
+                "train_micro_batch_size_per_gpu": micro,
+            },
+            fh,
+        )
 elif os.environ.get("AT_NO_METRICS") != where:
     throughput = 100.0 * micro / (micro + 2) + stage  # bigger micro batches help, with diminishing returns
     with open(section["metric_path"], "w") as fh:
-        json.dump({"throughput": throughput, "latency": 1e3 * config["train_batch_size"] / throughput,
-                   "flops": throughput * 1e9}, fh)
+        json.dump(
+            {
+                "throughput": throughput,
+                "latency": 1e3 * config["train_batch_size"] / throughput,
+                "flops": throughput * 1e9,
+            },
+            fh,
+        )

@@ -5,9 +5,24 @@ import os
 import sys
 from pathlib import Path
 
-KEYS = ["RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_SIZE", "MASTER_ADDR", "MASTER_PORT", "CROSS_RANK",
-        "CROSS_SIZE", "CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS", "FROM_HOME", "FROM_CWD", "SHARED", "CUSTOM",
-        "NCCL_DEBUG", "PYTHONHASHSEED"]
+KEYS = [
+    "RANK",
+    "LOCAL_RANK",
+    "WORLD_SIZE",
+    "LOCAL_SIZE",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "CROSS_RANK",
+    "CROSS_SIZE",
+    "CUDA_VISIBLE_DEVICES",
+    "OMP_NUM_THREADS",
+    "FROM_HOME",
+    "FROM_CWD",
+    "SHARED",
+    "CUSTOM",
+    "NCCL_DEBUG",
+    "PYTHONHASHSEED",
+]
 data = {key: os.environ.get(key) for key in KEYS}
 data["argv"] = sys.argv[1:]
 data["affinity"] = sorted(os.sched_getaffinity(0))

@@ -9,5 +9,13 @@ from ds_parallel._version import __version__
 from ds_parallel.layout import AXES, MeshError, MeshLayout
 from ds_parallel.mesh import ParallelMesh, current, current_or_build, set_current
 
-__all__ = ["AXES", "MeshError", "MeshLayout", "ParallelMesh", "__version__", "current", "current_or_build",
-           "set_current"]
+__all__ = [
+    "AXES",
+    "MeshError",
+    "MeshLayout",
+    "ParallelMesh",
+    "__version__",
+    "current",
+    "current_or_build",
+    "set_current",
+]

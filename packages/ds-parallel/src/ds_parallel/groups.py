@@ -122,6 +122,8 @@ def get_model_parallel_rank() -> int:
 # getters for them (_get_expert_parallel_group, _create_expert_and_data_parallel, ...) are re-exported here.
 from ds_parallel.moe import expert_groups as _expert_groups  # noqa: E402
 
-globals().update({n: getattr(_expert_groups, n) for n in _expert_groups.__all__ if n.startswith(("_get_", "_create_"))})
+globals().update(
+    {n: getattr(_expert_groups, n) for n in _expert_groups.__all__ if n.startswith(("_get_", "_create_"))}
+)
 
 __all__ = [name for name in dir() if name.startswith(("_get_", "get_", "_create_"))] + ["mpu"]

@@ -27,7 +27,9 @@ def parse_axes(spec: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
     names = tuple(spec.split("+")) if isinstance(spec, str) else tuple(spec)
     unknown = [n for n in names if n not in AXES]
     if unknown or not names:
-        raise MeshError(f"unknown mesh axis {unknown or spec!r}; the axes are {', '.join(AXES)} (join with '+')")
+        raise MeshError(
+            f"unknown mesh axis {unknown or spec!r}; the axes are {', '.join(AXES)} (join with '+')"
+        )
     return tuple(a for a in AXES if a in names)
 
 
@@ -38,10 +40,16 @@ class MeshLayout:
     sizes: dict[str, int] = field(default_factory=dict)
 
     @classmethod
-    def from_world(cls, world_size: int, *, sequence: int = 1, tensor: int = 1, pipeline: int = 1,
-                   expert: int = 1) -> MeshLayout:
+    def from_world(
+        cls, world_size: int, *, sequence: int = 1, tensor: int = 1, pipeline: int = 1, expert: int = 1
+    ) -> MeshLayout:
         """The layout for ``world_size`` ranks; the data axis takes what the other axes leave."""
-        for name, value in (("sequence", sequence), ("tensor", tensor), ("pipeline", pipeline), ("expert", expert)):
+        for name, value in (
+            ("sequence", sequence),
+            ("tensor", tensor),
+            ("pipeline", pipeline),
+            ("expert", expert),
+        ):
             if not isinstance(value, int) or value < 1:
                 raise MeshError(f"{name} parallel size must be a positive integer, got {value!r}")
         if expert != 1:
@@ -50,8 +58,11 @@ class MeshLayout:
         if world_size < 1 or world_size % model:
             raise MeshError(
                 f"world size {world_size} is not divisible by sequence_parallel_size {sequence} x tensor {tensor} "
-                f"x pipeline {pipeline} = {model}; launch a multiple of {model} ranks or change the sizes")
-        return cls({"pipeline": pipeline, "data": world_size // model, "sequence": sequence, "tensor": tensor})
+                f"x pipeline {pipeline} = {model}; launch a multiple of {model} ranks or change the sizes"
+            )
+        return cls(
+            {"pipeline": pipeline, "data": world_size // model, "sequence": sequence, "tensor": tensor}
+        )
 
     @property
     def world_size(self) -> int:

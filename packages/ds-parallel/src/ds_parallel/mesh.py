@@ -33,17 +33,28 @@ class ParallelMesh:
     _groups: dict[tuple[str, ...], Any] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def build(cls, *, world_size: int | None = None, sequence: int = 1, tensor: int = 1, pipeline: int = 1,
-              expert: int = 1) -> ParallelMesh:
+    def build(
+        cls,
+        *,
+        world_size: int | None = None,
+        sequence: int = 1,
+        tensor: int = 1,
+        pipeline: int = 1,
+        expert: int = 1,
+    ) -> ParallelMesh:
         """Build the mesh on every rank of the initialised default group (a collective call).
 
         Raises :class:`MeshError` before creating any group when the sizes do not divide the world."""
         if not dist.is_initialized():
-            raise RuntimeError("ParallelMesh.build needs torch.distributed initialised (deepspeed.init_distributed())")
+            raise RuntimeError(
+                "ParallelMesh.build needs torch.distributed initialised (deepspeed.init_distributed())"
+            )
         actual = dist.get_world_size()
         if world_size is not None and world_size != actual:
             raise MeshError(f"world_size {world_size} given, but the process group has {actual} ranks")
-        layout = MeshLayout.from_world(actual, sequence=sequence, tensor=tensor, pipeline=pipeline, expert=expert)
+        layout = MeshLayout.from_world(
+            actual, sequence=sequence, tensor=tensor, pipeline=pipeline, expert=expert
+        )
         mesh = cls(layout, dist.get_rank())
         for axes in _EAGER:
             mesh._make(axes)

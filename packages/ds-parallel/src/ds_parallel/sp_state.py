@@ -25,8 +25,10 @@ def initialize_sequence_parallel(sequence_parallel_size: int) -> None:
 def _require() -> _mesh.ParallelMesh:
     mesh = _mesh.current()
     if mesh is None:
-        raise RuntimeError("sequence-parallel groups are not initialised: call initialize_sequence_parallel(n) "
-                           "or deepspeed.initialize with sequence_parallel_size first")
+        raise RuntimeError(
+            "sequence-parallel groups are not initialised: call initialize_sequence_parallel(n) "
+            "or deepspeed.initialize with sequence_parallel_size first"
+        )
     return mesh
 
 

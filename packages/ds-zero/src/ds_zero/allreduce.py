@@ -71,8 +71,9 @@ def plan_buckets(holders: list[Tensor], bucket_numel: int, reduce_dtype: torch.d
         current, size = [], 0
 
     for h in holders:
-        if current and (size + h.numel() > bucket_numel or h.dtype != current[0].dtype
-                        or h.device != current[0].device):
+        if current and (
+            size + h.numel() > bucket_numel or h.dtype != current[0].dtype or h.device != current[0].device
+        ):
             close()
         current.append(h)
         size += h.numel()
@@ -87,9 +88,16 @@ def _power_of_two(x: float) -> bool:
 class BucketedAllReduce:
     """Average the ``.grad`` of ``holders`` across ``group`` in buckets (see the module notes)."""
 
-    def __init__(self, holders: list[Tensor], *, policy: ReducePolicy, group: Any = None,
-                 reduce_dtype: torch.dtype | None = None, transport: str = "auto",
-                 average_over: int | None = None) -> None:
+    def __init__(
+        self,
+        holders: list[Tensor],
+        *,
+        policy: ReducePolicy,
+        group: Any = None,
+        reduce_dtype: torch.dtype | None = None,
+        transport: str = "auto",
+        average_over: int | None = None,
+    ) -> None:
         self.group = group
         self.world_size = ds_comm.get_world_size(group)
         # Ranks to average over; more than the group holds for expert gradients (ds_zero.group_reduction).
@@ -145,7 +153,7 @@ class BucketedAllReduce:
             self._start(bucket)
 
     def _copy_in(self, buf: Tensor, holder: Tensor, offset: int) -> None:
-        dst = buf[offset:offset + holder.numel()]
+        dst = buf[offset : offset + holder.numel()]
         if holder.grad is None:
             dst.zero_()
         elif self.pre != 1.0:
@@ -200,7 +208,7 @@ class BucketedAllReduce:
     @staticmethod
     def _write_back(bucket: _Bucket, reduced: Tensor) -> None:
         for h, off in zip(bucket.holders, bucket.offsets):
-            view = reduced[off:off + h.numel()].view_as(h)
+            view = reduced[off : off + h.numel()].view_as(h)
             if h.grad is None and not bool(view.any()):
                 continue  # no rank produced a gradient: keep None, as a single process would
             if view.dtype == h.dtype:

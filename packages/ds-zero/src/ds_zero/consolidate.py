@@ -79,8 +79,10 @@ def _announced(paths: list[str], progress: Callable[[str], None] | None, verb: s
     """``paths``, telling ``progress`` before each one (a big checkpoint reads for minutes)."""
     for k, path in enumerate(paths, 1):
         if progress is not None:
-            progress(f"zero_to_fp32: [{k}/{len(paths)}] {verb} {os.path.basename(path)} "
-                     f"({os.path.getsize(path) / 2**20:.1f} MiB)")
+            progress(
+                f"zero_to_fp32: [{k}/{len(paths)}] {verb} {os.path.basename(path)} "
+                f"({os.path.getsize(path) / 2**20:.1f} MiB)"
+            )
         yield path
 
 
@@ -88,10 +90,14 @@ def _print_progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def get_fp32_state_dict_from_zero_checkpoint(checkpoint_dir: str | os.PathLike, tag: str | None = None,
-                                             exclude_frozen_parameters: bool = False,
-                                             lazy_mode: bool = False, *,
-                                             progress: Callable[[str], None] | None = None) -> dict[str, torch.Tensor]:
+def get_fp32_state_dict_from_zero_checkpoint(
+    checkpoint_dir: str | os.PathLike,
+    tag: str | None = None,
+    exclude_frozen_parameters: bool = False,
+    lazy_mode: bool = False,
+    *,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, torch.Tensor]:
     """The model's full state dict with every floating-point parameter in fp32 (buffers keep their dtype).
 
     ``lazy_mode`` is accepted for DeepSpeed compatibility; tensors are always materialised. ``progress``,
@@ -103,8 +109,14 @@ def get_fp32_state_dict_from_zero_checkpoint(checkpoint_dir: str | os.PathLike, 
     if is_pipeline_checkpoint(tag_dir):  # one file per layer (a PipelineModule's checkpoint)
         return pipeline_fp32_state_dict(tag_dir)
     # an MoE checkpoint's per-expert files (layer_<L>_expert_<E>_...) hold no module: skip them
-    model_files = sorted((p for p in glob.glob(str(tag_dir / "*model_states.pt"))
-                          if not os.path.basename(p).startswith("layer_")), key=_natural)
+    model_files = sorted(
+        (
+            p
+            for p in glob.glob(str(tag_dir / "*model_states.pt"))
+            if not os.path.basename(p).startswith("layer_")
+        ),
+        key=_natural,
+    )
     if not model_files:
         raise FileNotFoundError(f"can't find *model_states.pt files in directory '{tag_dir}'")
     model_state = _load(model_files[0])
@@ -112,8 +124,9 @@ def get_fp32_state_dict_from_zero_checkpoint(checkpoint_dir: str | os.PathLike, 
     buffers = set(model_state.get("buffer_names") or ())
     frozen = set(model_state.get("frozen_param_names") or ())
     paths = sorted(glob.glob(str(tag_dir / "*_optim_states.pt")), key=_natural)
-    shards = deepspeed_format.read_optimizer_shards(_announced(paths, progress, "reading"),
-                                                    model_state.get("param_shapes"))
+    shards = deepspeed_format.read_optimizer_shards(
+        _announced(paths, progress, "reading"), model_state.get("param_shapes")
+    )
     trained = consolidate_fp32(shards) if shards else {}
     out: dict[str, torch.Tensor] = {}
     for name, value in module.items():
@@ -137,8 +150,17 @@ def _parse_size(size: str | int) -> int:
     if not match:
         raise ValueError(f"max_shard_size={size!r}: expected digits and a unit, like '5GB' or '500MB'")
     number, unit = float(match.group(1)), match.group(2)
-    powers = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
-              "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+    powers = {
+        "B": 1,
+        "KB": 10**3,
+        "MB": 10**6,
+        "GB": 10**9,
+        "TB": 10**12,
+        "KIB": 2**10,
+        "MIB": 2**20,
+        "GIB": 2**30,
+        "TIB": 2**40,
+    }
     return int(number * powers[unit])
 
 
@@ -148,14 +170,21 @@ def _atomic_write(path: Path, write: Any) -> None:
     os.replace(tmp, path)
 
 
-def convert_zero_checkpoint_to_fp32_state_dict(checkpoint_dir: str | os.PathLike, output_dir: str | os.PathLike,
-                                               max_shard_size: str | int = "5GB", safe_serialization: bool = False,
-                                               tag: str | None = None, exclude_frozen_parameters: bool = False, *,
-                                               progress: Callable[[str], None] | None = None) -> list[Path]:
+def convert_zero_checkpoint_to_fp32_state_dict(
+    checkpoint_dir: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    max_shard_size: str | int = "5GB",
+    safe_serialization: bool = False,
+    tag: str | None = None,
+    exclude_frozen_parameters: bool = False,
+    *,
+    progress: Callable[[str], None] | None = None,
+) -> list[Path]:
     """Write the consolidated fp32 weights into ``output_dir``; return the files written. ``progress``, if
     given, is told about each file read and written."""
-    state = get_fp32_state_dict_from_zero_checkpoint(checkpoint_dir, tag, exclude_frozen_parameters,
-                                                     progress=progress)
+    state = get_fp32_state_dict_from_zero_checkpoint(
+        checkpoint_dir, tag, exclude_frozen_parameters, progress=progress
+    )
     out_dir = Path(output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     limit = _parse_size(max_shard_size)
@@ -173,9 +202,14 @@ def convert_zero_checkpoint_to_fp32_state_dict(checkpoint_dir: str | os.PathLike
         try:
             from safetensors.torch import save_file
         except ImportError as exc:
-            raise RuntimeError("safe_serialization needs the safetensors package (pip install safetensors)") from exc
-    names = [f"{stem}.{ext}"] if len(shards) == 1 else [
-        f"{stem}-{i + 1:05d}-of-{len(shards):05d}.{ext}" for i in range(len(shards))]
+            raise RuntimeError(
+                "safe_serialization needs the safetensors package (pip install safetensors)"
+            ) from exc
+    names = (
+        [f"{stem}.{ext}"]
+        if len(shards) == 1
+        else [f"{stem}-{i + 1:05d}-of-{len(shards):05d}.{ext}" for i in range(len(shards))]
+    )
     written = []
     for k, (name, shard) in enumerate(zip(names, shards), 1):
         target = out_dir / name
@@ -188,16 +222,19 @@ def convert_zero_checkpoint_to_fp32_state_dict(checkpoint_dir: str | os.PathLike
             _atomic_write(target, lambda p, s=shard: torch.save(s, p))
         written.append(target)
     if len(shards) > 1:
-        index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for t in state.values())},
-                 "weight_map": {key: name for name, shard in zip(names, shards) for key in shard}}
+        index = {
+            "metadata": {"total_size": sum(t.numel() * t.element_size() for t in state.values())},
+            "weight_map": {key: name for name, shard in zip(names, shards) for key in shard},
+        }
         target = out_dir / f"{stem}.{ext}.index.json"
         _atomic_write(target, lambda p: p.write_text(json.dumps(index, indent=2)))
         written.append(target)
     return written
 
 
-def load_state_dict_from_zero_checkpoint(model: torch.nn.Module, checkpoint_dir: str | os.PathLike,
-                                         tag: str | None = None) -> torch.nn.Module:
+def load_state_dict_from_zero_checkpoint(
+    model: torch.nn.Module, checkpoint_dir: str | os.PathLike, tag: str | None = None
+) -> torch.nn.Module:
     """Move ``model`` to the CPU and load the consolidated fp32 weights into it."""
     state = get_fp32_state_dict_from_zero_checkpoint(checkpoint_dir, tag)
     model = model.cpu()
@@ -209,22 +246,37 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="zero_to_fp32", description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint_dir", help="the folder holding 'latest' and the tag folders")
     parser.add_argument("output_dir", help="where to write the consolidated weights")
-    parser.add_argument("--max_shard_size", default="5GB", help="largest output file before sharding (e.g. 5GB)")
-    parser.add_argument("--safe_serialization", action="store_true", help="write safetensors instead of pickle")
-    parser.add_argument("-t", "--tag", default=None, help="checkpoint tag, e.g. global_step14 (default: 'latest')")
-    parser.add_argument("--exclude_frozen_parameters", action="store_true", help="leave out frozen parameters")
+    parser.add_argument(
+        "--max_shard_size", default="5GB", help="largest output file before sharding (e.g. 5GB)"
+    )
+    parser.add_argument(
+        "--safe_serialization", action="store_true", help="write safetensors instead of pickle"
+    )
+    parser.add_argument(
+        "-t", "--tag", default=None, help="checkpoint tag, e.g. global_step14 (default: 'latest')"
+    )
+    parser.add_argument(
+        "--exclude_frozen_parameters", action="store_true", help="leave out frozen parameters"
+    )
     parser.add_argument("-d", "--debug", action="store_true", help="accepted for compatibility")
     args = parser.parse_args(argv)
     try:
         files = convert_zero_checkpoint_to_fp32_state_dict(
-            args.checkpoint_dir, args.output_dir, max_shard_size=args.max_shard_size,
-            safe_serialization=args.safe_serialization, tag=args.tag,
-            exclude_frozen_parameters=args.exclude_frozen_parameters, progress=_print_progress)
+            args.checkpoint_dir,
+            args.output_dir,
+            max_shard_size=args.max_shard_size,
+            safe_serialization=args.safe_serialization,
+            tag=args.tag,
+            exclude_frozen_parameters=args.exclude_frozen_parameters,
+            progress=_print_progress,
+        )
     except pickle.UnpicklingError as exc:
         # weights_only loading refuses arbitrary pickles (DeepSpeed's own three classes are read as records)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"zero_to_fp32: error: {args.checkpoint_dir} holds objects that cannot be loaded safely ({first})",
-              file=sys.stderr)
+        print(
+            f"zero_to_fp32: error: {args.checkpoint_dir} holds objects that cannot be loaded safely ({first})",
+            file=sys.stderr,
+        )
         return 2
     except (FileNotFoundError, ValueError, RuntimeError, KeyError) as exc:
         print(f"zero_to_fp32: error: {exc}", file=sys.stderr)

@@ -87,8 +87,12 @@ def load_deepspeed_file(path: str) -> Any:
                 raise  # out of memory, or a missing / unreadable file, which names itself
             unsafe, reason = load_errors.describe(exc)
             if unsafe:
-                raise DeepSpeedCheckpointError(f"{path}: cannot be read safely (weights_only=True): {reason}") from None
-            raise DeepSpeedCheckpointError(f"{path} is truncated or not a torch checkpoint: {reason}") from None
+                raise DeepSpeedCheckpointError(
+                    f"{path}: cannot be read safely (weights_only=True): {reason}"
+                ) from None
+            raise DeepSpeedCheckpointError(
+                f"{path} is truncated or not a torch checkpoint: {reason}"
+            ) from None
 
 
 def is_deepspeed_optimizer_file(content: Any) -> bool:
@@ -115,16 +119,22 @@ def _hyperparameters(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def _stage12_slices(path: str, osd: dict[str, Any], shapes: list[dict[str, torch.Size]]) -> dict[str, Any]:
     rank = _rank_of(path)
     if any(any(pad for pad in group) for group in osd.get("param_alignment_paddings", [])):
-        raise DeepSpeedCheckpointError(f"{path}: written with parameter_alignment; such checkpoints are not read")
+        raise DeepSpeedCheckpointError(
+            f"{path}: written with parameter_alignment; such checkpoints are not read"
+        )
     base = osd["base_optimizer_state"]
     slices, group_scalars = [], {}
     for g, mapping in enumerate(osd["param_slice_mappings"]):
         flat = osd["single_partition_of_fp32_groups"][g]
         stored = flat.numel()
-        size = stored + int(osd["group_paddings"][g])  # the last rank stores its partition without the padding
+        size = stored + int(
+            osd["group_paddings"][g]
+        )  # the last rank stores its partition without the padding
         state = base["state"].get(g, {})
         # the states keep the padding (P elements); only the first ``stored`` are read
-        tensors = {k: v for k, v in state.items() if torch.is_tensor(v) and v.dim() > 0 and v.numel() >= stored}
+        tensors = {
+            k: v for k, v in state.items() if torch.is_tensor(v) and v.dim() > 0 and v.numel() >= stored
+        }
         group_scalars[g] = _scalars(state)
         starts, offset = {}, 0
         for name, shape in shapes[g].items():
@@ -133,11 +143,25 @@ def _stage12_slices(path: str, osd: dict[str, Any], shapes: list[dict[str, torch
         for name, where in mapping.items():
             at, numel = int(where.start), int(where.numel)
             first = rank * size + at - starts[name]
-            slices.append({"key": name, "shape": tuple(shapes[g][name]), "start": first, "end": first + numel,
-                           "group": g, "fp32": flat[at:at + numel].clone(),
-                           "state": {k: v[at:at + numel].clone() for k, v in tensors.items()}})
-    return {"format": SLICES_FORMAT, "zero_stage": int(osd["zero_stage"]), "partition_count": osd["partition_count"][0],
-            "param_groups": _hyperparameters(base["param_groups"]), "group_scalars": group_scalars, "slices": slices}
+            slices.append(
+                {
+                    "key": name,
+                    "shape": tuple(shapes[g][name]),
+                    "start": first,
+                    "end": first + numel,
+                    "group": g,
+                    "fp32": flat[at : at + numel].clone(),
+                    "state": {k: v[at : at + numel].clone() for k, v in tensors.items()},
+                }
+            )
+    return {
+        "format": SLICES_FORMAT,
+        "zero_stage": int(osd["zero_stage"]),
+        "partition_count": osd["partition_count"][0],
+        "param_groups": _hyperparameters(base["param_groups"]),
+        "group_scalars": group_scalars,
+        "slices": slices,
+    }
 
 
 def _stage3_slices(path: str, osd: dict[str, Any], shapes: list[dict[str, torch.Size]]) -> dict[str, Any]:
@@ -155,24 +179,40 @@ def _stage3_slices(path: str, osd: dict[str, Any], shapes: list[dict[str, torch.
             piece = math.ceil(numel / world)
             first, last = min(rank * piece, numel), min((rank + 1) * piece, numel)
             if offset + piece > flat.numel():
-                raise DeepSpeedCheckpointError(f"{path}: its fp32 partition is shorter than the parameters "
-                                               f"param_shapes lists (at {name!r})")
+                raise DeepSpeedCheckpointError(
+                    f"{path}: its fp32 partition is shorter than the parameters "
+                    f"param_shapes lists (at {name!r})"
+                )
             if last > first:
                 length = last - first
-                slices.append({"key": name, "shape": tuple(shape), "start": first, "end": last, "group": g,
-                               "fp32": flat[offset:offset + length].clone(),
-                               "state": {k: v[offset:offset + length].clone() for k, v in states.items()}})
+                slices.append(
+                    {
+                        "key": name,
+                        "shape": tuple(shape),
+                        "start": first,
+                        "end": last,
+                        "group": g,
+                        "fp32": flat[offset : offset + length].clone(),
+                        "state": {k: v[offset : offset + length].clone() for k, v in states.items()},
+                    }
+                )
             offset += piece
-    return {"format": SLICES_FORMAT, "zero_stage": 3, "partition_count": world,
-            "param_groups": _hyperparameters(inner["param_groups"]),
-            "group_scalars": {g: scalars for g in range(len(shapes))}, "slices": slices}
+    return {
+        "format": SLICES_FORMAT,
+        "zero_stage": 3,
+        "partition_count": world,
+        "param_groups": _hyperparameters(inner["param_groups"]),
+        "group_scalars": {g: scalars for g in range(len(shapes))},
+        "slices": slices,
+    }
 
 
 def slices_from_deepspeed(path: str, content: dict[str, Any], param_shapes: Any) -> dict[str, Any]:
     """One DeepSpeed rank file (already loaded) as this project's slices."""
     if not param_shapes:
-        raise DeepSpeedCheckpointError(f"{path}: the checkpoint's model states hold no param_shapes to name its "
-                                       "partitions with")
+        raise DeepSpeedCheckpointError(
+            f"{path}: the checkpoint's model states hold no param_shapes to name its partitions with"
+        )
     shapes = param_shapes if isinstance(param_shapes, list) else [param_shapes]
     osd = content[OPTIMIZER_STATE_DICT]
     stage = int(osd["zero_stage"])
@@ -188,8 +228,15 @@ def rank_file_paths(tag_dir: str, dp_world_size: int) -> list[str]:
     ``zero_pp_rank_<r>_mp_rank_00_optim_states.pt`` for ``r < dp_world_size`` (``bf16_``-prefixed when
     the tag holds DeepSpeed bf16 optimizer files). The caller checks which exist."""
     names = os.listdir(tag_dir) if os.path.isdir(tag_dir) else []
-    prefix = "bf16_" if any(n.startswith("bf16_zero_pp_rank_") and n.endswith("_optim_states.pt") for n in names) else ""
-    return [os.path.join(tag_dir, f"{prefix}zero_pp_rank_{r}_mp_rank_00_optim_states.pt") for r in range(dp_world_size)]
+    prefix = (
+        "bf16_"
+        if any(n.startswith("bf16_zero_pp_rank_") and n.endswith("_optim_states.pt") for n in names)
+        else ""
+    )
+    return [
+        os.path.join(tag_dir, f"{prefix}zero_pp_rank_{r}_mp_rank_00_optim_states.pt")
+        for r in range(dp_world_size)
+    ]
 
 
 def read_optimizer_shards(paths: Iterable[str], param_shapes: Any) -> list[dict[str, Any]]:
@@ -202,10 +249,14 @@ def read_optimizer_shards(paths: Iterable[str], param_shapes: Any) -> list[dict[
             shards.append(slices_from_deepspeed(path, content, param_shapes))
             continue
         osd = content.get(OPTIMIZER_STATE_DICT) if isinstance(content, dict) else None
-        if osd is None and isinstance(content, dict):  # an MoE stage-0 save's expp_rank_<ep> file: {"optimizer": ...}
+        if osd is None and isinstance(
+            content, dict
+        ):  # an MoE stage-0 save's expp_rank_<ep> file: {"optimizer": ...}
             osd = content.get("optimizer")
         if not isinstance(osd, dict) or osd.get("format") != SLICES_FORMAT:
-            raise DeepSpeedCheckpointError(f"{path}: holds no optimizer state that this project or DeepSpeed wrote")
+            raise DeepSpeedCheckpointError(
+                f"{path}: holds no optimizer state that this project or DeepSpeed wrote"
+            )
         shards.append(osd)
     return shards
 
@@ -215,11 +266,19 @@ def partitioned_placeholders(module_state: dict[str, Any], param_shapes: Any) ->
     placeholders a DeepSpeed stage-3 save leaves in its model states."""
     groups = param_shapes if isinstance(param_shapes, list) else [param_shapes] if param_shapes else []
     shapes = {name: shape for group in groups for name, shape in group.items()}
-    return [name for name, value in module_state.items()
-            if name in shapes and torch.is_tensor(value) and value.numel() == 0 and torch.Size(shapes[name]).numel()]
+    return [
+        name
+        for name, value in module_state.items()
+        if name in shapes
+        and torch.is_tensor(value)
+        and value.numel() == 0
+        and torch.Size(shapes[name]).numel()
+    ]
 
 
-def fill_partitioned_weights(module_state: dict[str, Any], names: list[str], full: dict[str, torch.Tensor]) -> None:
+def fill_partitioned_weights(
+    module_state: dict[str, Any], names: list[str], full: dict[str, torch.Tensor]
+) -> None:
     """Put the full weights (rebuilt from the optimizer partitions) in place of the placeholders ``names``."""
     for name in names:
         if name not in full:

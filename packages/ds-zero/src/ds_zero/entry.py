@@ -38,29 +38,59 @@ def register_stage(stage: int, composer: Composer) -> None:
     STAGES[stage] = composer
 
 
-def compose_stage0(*, module: nn.Module, optimizer: torch.optim.Optimizer, policy: ZeroPolicy,
-                   group: Any = None, reductions: Mapping[int, GroupReduction] | None = None) -> ZeroTrainer:
+def compose_stage0(
+    *,
+    module: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    policy: ZeroPolicy,
+    group: Any = None,
+    reductions: Mapping[int, GroupReduction] | None = None,
+) -> ZeroTrainer:
     """Replicated data parallel: full masters on every rank, bucketed all-reduce of gradients."""
     if policy.offload.optimizer_device != "none" or policy.offload.param_device != "none":
         raise StageNotAvailable("offload needs ZeRO stage 1 or higher (zero_optimization.offload_*)")
     mp = policy.mixed_precision
     if mp.low_precision:
         if mp.accum_dtype != torch.float32:
-            raise StageNotAvailable("under fp16/bf16, gradients accumulate in fp32 (data_types.grad_accum_dtype)")
+            raise StageNotAvailable(
+                "under fp16/bf16, gradients accumulate in fp32 (data_types.grad_accum_dtype)"
+            )
         masters: ModelMasters = Fp32Masters(module, optimizer, mp.param_dtype)
     else:
         masters = ModelMasters(module, optimizer)
     scaler = make_loss_scaler(policy.loss_scale, rank=ds_comm.get_rank())
     if reductions:  # Note [group reductions] in ds_zero.group_reduction
         parts = split_by_reduction(masters.holders, optimizer, reductions)
-        routed = RoutedReduce([
-            (BucketedAllReduce(hs, policy=policy.reduce, group=r.group if r else group, reduce_dtype=grad_dtypes(mp, 0).reduce,
-                               average_over=r.average_over if r else None), hs) for r, hs in parts])
-        return ZeroTrainer(module=module, optimizer=optimizer, policy=policy, masters=masters, reducer=routed,
-                           scaler=scaler, norm_fn=replicated_norm(parts))
-    reducer = BucketedAllReduce(masters.holders, policy=policy.reduce, group=group, reduce_dtype=grad_dtypes(mp, 0).reduce)
-    return ZeroTrainer(module=module, optimizer=optimizer, policy=policy, masters=masters, reducer=reducer,
-                       scaler=scaler)
+        routed = RoutedReduce(
+            [
+                (
+                    BucketedAllReduce(
+                        hs,
+                        policy=policy.reduce,
+                        group=r.group if r else group,
+                        reduce_dtype=grad_dtypes(mp, 0).reduce,
+                        average_over=r.average_over if r else None,
+                    ),
+                    hs,
+                )
+                for r, hs in parts
+            ]
+        )
+        return ZeroTrainer(
+            module=module,
+            optimizer=optimizer,
+            policy=policy,
+            masters=masters,
+            reducer=routed,
+            scaler=scaler,
+            norm_fn=replicated_norm(parts),
+        )
+    reducer = BucketedAllReduce(
+        masters.holders, policy=policy.reduce, group=group, reduce_dtype=grad_dtypes(mp, 0).reduce
+    )
+    return ZeroTrainer(
+        module=module, optimizer=optimizer, policy=policy, masters=masters, reducer=reducer, scaler=scaler
+    )
 
 
 register_stage(0, compose_stage0)
@@ -71,8 +101,14 @@ def available_stages() -> list[int]:
     return sorted(STAGES)
 
 
-def wrap(module: nn.Module, optimizer: torch.optim.Optimizer, *, policy: ZeroPolicy,
-         group: Any = None, reductions: Mapping[int, GroupReduction] | None = None) -> ZeroTrainer:
+def wrap(
+    module: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    *,
+    policy: ZeroPolicy,
+    group: Any = None,
+    reductions: Mapping[int, GroupReduction] | None = None,
+) -> ZeroTrainer:
     """Wrap ``module`` and ``optimizer`` into the trainer ``policy.stage`` composes.
 
     ``group`` is the data-parallel process group (None: the world). The module must already be on its
@@ -89,8 +125,10 @@ def wrap(module: nn.Module, optimizer: torch.optim.Optimizer, *, policy: ZeroPol
         trainer = composer(module=module, optimizer=optimizer, policy=policy, group=group, **extra)
     except TypeError as exc:
         if extra and "reductions" in str(exc):
-            raise StageNotAvailable(f"ZeRO stage {policy.stage} cannot reduce param groups over other process "
-                                    "groups (mixture-of-experts parameter groups)") from None
+            raise StageNotAvailable(
+                f"ZeRO stage {policy.stage} cannot reduce param groups over other process "
+                "groups (mixture-of-experts parameter groups)"
+            ) from None
         raise
     link_parameters(trainer)  # deepspeed.utils.safe_get_full_* find the trainer from a parameter
     return trainer

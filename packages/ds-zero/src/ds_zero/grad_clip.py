@@ -29,7 +29,9 @@ def _all_reduce(t: Tensor, op: Any, group: Any) -> None:
         ds_comm.all_reduce(t, op=op, group=group)
 
 
-def clip_grad_norm_(parameters: Tensor | Iterable[Tensor], max_norm: float, norm_type: float = 2, mpu: Any = None) -> Tensor:
+def clip_grad_norm_(
+    parameters: Tensor | Iterable[Tensor], max_norm: float, norm_type: float = 2, mpu: Any = None
+) -> Tensor:
     """Scale the gradients of ``parameters`` in place so their joint ``norm_type``-norm is at most
     ``max_norm``, and return that norm (before clipping).
 
@@ -43,7 +45,9 @@ def clip_grad_norm_(parameters: Tensor | Iterable[Tensor], max_norm: float, norm
     norm_type = float(norm_type)
     device = params[0].grad.device if params else torch.device("cpu")
     mp_group = mpu.get_model_parallel_group() if mpu is not None else None
-    counted = [p for p in params if mpu is None or mpu.get_model_parallel_rank() == 0 or _is_model_parallel(p)]
+    counted = [
+        p for p in params if mpu is None or mpu.get_model_parallel_rank() == 0 or _is_model_parallel(p)
+    ]
     if math.isinf(norm_type):
         local = [p.grad.detach().abs().max().float() for p in params]
         total = torch.stack(local).max() if local else torch.zeros((), device=device)
@@ -52,7 +56,9 @@ def clip_grad_norm_(parameters: Tensor | Iterable[Tensor], max_norm: float, norm
             _all_reduce(total, ds_comm.ReduceOp.MAX, mp_group)
     else:
         norms = [p.grad.detach().float().norm(norm_type) for p in counted]
-        total = (torch.stack(norms).pow(norm_type).sum() if norms else torch.zeros((), device=device)).reshape(1)
+        total = (
+            torch.stack(norms).pow(norm_type).sum() if norms else torch.zeros((), device=device)
+        ).reshape(1)
         if mpu is not None:
             _all_reduce(total, ds_comm.ReduceOp.SUM, mp_group)
         total = total.pow(1.0 / norm_type)

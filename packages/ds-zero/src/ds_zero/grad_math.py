@@ -26,7 +26,9 @@ def _by_device(tensors: list[Tensor]) -> dict[tuple[torch.device, torch.dtype], 
     return groups
 
 
-def unscale_and_check_(grads: list[Tensor], inv_scale: float, *, group: Any = None, sharded: bool = False) -> bool:
+def unscale_and_check_(
+    grads: list[Tensor], inv_scale: float, *, group: Any = None, sharded: bool = False
+) -> bool:
     """Multiply ``grads`` by ``inv_scale`` in place and say whether any is inf/NaN on any rank."""
     found_any = False
     for (device, _), tensors in _by_device(grads).items():
@@ -54,12 +56,16 @@ def is_finite(value: Tensor) -> bool:
     return bool(torch.isfinite(value).all())
 
 
-def global_norm(grads: list[Tensor], *, norm_type: float = 2.0, group: Any = None, sharded: bool = False) -> Tensor:
+def global_norm(
+    grads: list[Tensor], *, norm_type: float = 2.0, group: Any = None, sharded: bool = False
+) -> Tensor:
     """The norm of all ``grads`` taken as one vector (over every rank's part when ``sharded``)."""
     device = grads[0].device if grads else torch.device("cpu")
     if grads:
-        parts = [torch.stack([n.float() for n in torch._foreach_norm(ts, norm_type)]).to(device)
-                 for ts in _by_device(grads).values()]
+        parts = [
+            torch.stack([n.float() for n in torch._foreach_norm(ts, norm_type)]).to(device)
+            for ts in _by_device(grads).values()
+        ]
         local = torch.linalg.vector_norm(torch.cat(parts), norm_type)
     else:
         local = torch.zeros((), dtype=torch.float32, device=device)

@@ -25,8 +25,15 @@ from ds_zero.units import FlatUnit
 class GradReducer:
     """Owns the gradient buckets and shards of a list of units."""
 
-    def __init__(self, units: list[FlatUnit], *, grad_dtype: torch.dtype, group: Any, policy: ReducePolicy,
-                 reduce_dtype: torch.dtype | None = None) -> None:
+    def __init__(
+        self,
+        units: list[FlatUnit],
+        *,
+        grad_dtype: torch.dtype,
+        group: Any,
+        policy: ReducePolicy,
+        reduce_dtype: torch.dtype | None = None,
+    ) -> None:
         self.units = units
         self.group = group
         self.overlap_comm = policy.overlap
@@ -36,8 +43,12 @@ class GradReducer:
         world = units[0].world_size if units else 1
         self.pre, self.post = policy.averaging_factors(world)
         # Units reduced over another group (Note [group reductions]) average over their own count of ranks.
-        self._factors = [(self.pre, self.post) if unit.reduction is None
-                         else policy.averaging_factors(unit.reduction.average_over) for unit in units]
+        self._factors = [
+            (self.pre, self.post)
+            if unit.reduction is None
+            else policy.averaging_factors(unit.reduction.average_over)
+            for unit in units
+        ]
         self.grad_shards: list[torch.Tensor | None] = [None] * len(units)
         self._buckets: dict[int, torch.Tensor] = {}
         # in-flight reductions: (work, unit, output shard, bucket kept alive until the work completes)
@@ -47,7 +58,9 @@ class GradReducer:
             for slot, p in zip(unit.slots, unit.params):
                 self._unit_of[id(p)] = (u, slot.offset)
             if self.reduce_scatter and unit.world_size > 1:  # set up now (collective), not inside a step
-                shm_collectives.for_group(group if unit.reduction is None else unit.reduction.group, unit.flat.device)
+                shm_collectives.for_group(
+                    group if unit.reduction is None else unit.reduction.group, unit.flat.device
+                )
 
     # --- stage 2: reduce during backward ------------------------------------------------------------
     def on_grad(self, p: torch.Tensor) -> None:
@@ -57,7 +70,7 @@ class GradReducer:
         u, offset = self._unit_of[id(p)]
         unit = self.units[u]
         bucket = self._bucket(u)
-        bucket[offset:offset + p.numel()].add_(p.grad.reshape(-1))
+        bucket[offset : offset + p.numel()].add_(p.grad.reshape(-1))
         p.grad = None  # stage 2 keeps a full gradient only until it is in a bucket
         unit.ready += 1
         if unit.ready == len(unit.params):
@@ -128,8 +141,10 @@ class GradReducer:
             bucket = self._bucket(u)
             present = [(slot, p) for slot, p in zip(unit.slots, unit.params) if p.grad is not None]
             if present:  # one multi-tensor copy (one launch on an accelerator, not one per parameter)
-                torch._foreach_copy_([bucket.narrow(0, slot.offset, slot.numel) for slot, _ in present],
-                                     [p.grad.reshape(-1) for _, p in present])
+                torch._foreach_copy_(
+                    [bucket.narrow(0, slot.offset, slot.numel) for slot, _ in present],
+                    [p.grad.reshape(-1) for _, p in present],
+                )
             for _, p in present:
                 p.grad = None
             self._reduce(u)

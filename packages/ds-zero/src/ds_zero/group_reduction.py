@@ -38,8 +38,9 @@ def group_index_of(optimizer: torch.optim.Optimizer) -> dict[int, int]:
     return {id(p): g for g, group in enumerate(optimizer.param_groups) for p in group["params"]}
 
 
-def split_by_reduction(holders: list[Tensor], optimizer: torch.optim.Optimizer,
-                       reductions: Mapping[int, GroupReduction]) -> list[tuple[GroupReduction | None, list[Tensor]]]:
+def split_by_reduction(
+    holders: list[Tensor], optimizer: torch.optim.Optimizer, reductions: Mapping[int, GroupReduction]
+) -> list[tuple[GroupReduction | None, list[Tensor]]]:
     """``holders`` (in their order) grouped by the reduction of their param group; None: the default one."""
     index_of = group_index_of(optimizer)
     parts: dict[int, tuple[GroupReduction | None, list[Tensor]]] = {}
@@ -78,8 +79,9 @@ class RoutedReduce:
             reducer.finish()
 
 
-def replicated_norm(parts: list[tuple[GroupReduction | None, list[Tensor]]],
-                    norm_type: float = 2.0) -> Callable[[list[Tensor]], Tensor]:
+def replicated_norm(
+    parts: list[tuple[GroupReduction | None, list[Tensor]]], norm_type: float = 2.0
+) -> Callable[[list[Tensor]], Tensor]:
     """The global gradient norm when gradients are replicated but some parts differ across ``norm_group``."""
 
     def norm(_grads: list[Tensor]) -> Tensor:
@@ -87,8 +89,13 @@ def replicated_norm(parts: list[tuple[GroupReduction | None, list[Tensor]]],
         for r, holders in parts:
             grads = [h.grad.float() for h in holders if h.grad is not None]
             device = holders[0].device if holders else torch.device("cpu")
-            local = (torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g, norm_type) for g in grads]),
-                                              norm_type) if grads else torch.zeros((), device=device))
+            local = (
+                torch.linalg.vector_norm(
+                    torch.stack([torch.linalg.vector_norm(g, norm_type) for g in grads]), norm_type
+                )
+                if grads
+                else torch.zeros((), device=device)
+            )
             if math.isinf(norm_type):
                 value = local.reshape(1).clone()
                 if r is not None and r.norm_group is not None and ds_comm.get_world_size(r.norm_group) > 1:

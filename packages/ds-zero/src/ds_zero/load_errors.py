@@ -21,7 +21,7 @@ def _first_sentence(text: str) -> str:
     line = next((part.strip() for part in text.splitlines() if part.strip()), "")
     cut = _ADVICE.search(line)
     if cut:
-        line = line[:cut.start()].strip()
+        line = line[: cut.start()].strip()
     head, dot, _ = line.partition(". ")
     return (head + "." if dot else line).strip()
 
@@ -36,7 +36,9 @@ def describe(exc: BaseException) -> tuple[bool, str]:
     text = str(exc)
     unsafe = isinstance(exc, pickle.UnpicklingError) and bool(_GLOBAL.search(text))
     # torch wraps the unpickler's short message (kept as the context) in its long advice
-    inner = exc.__context__ if isinstance(exc, pickle.UnpicklingError) and exc.__context__ is not None else exc
+    inner = (
+        exc.__context__ if isinstance(exc, pickle.UnpicklingError) and exc.__context__ is not None else exc
+    )
     reason = _first_sentence(str(inner))
     if not reason or _ADVICE.search(reason):
         reason = "unexpected end of file" if isinstance(inner, EOFError) else type(inner).__name__

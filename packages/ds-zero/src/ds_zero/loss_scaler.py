@@ -96,15 +96,22 @@ class DynamicLossScaler(StaticLossScaler):
             self.cur_scale = new
         else:
             if self._rank == 0:
-                logger.info("OVERFLOW: skipping step; loss scale stays %s, hysteresis %d -> %d",
-                            self.cur_scale, self.cur_hysteresis, self.cur_hysteresis - 1)
+                logger.info(
+                    "OVERFLOW: skipping step; loss scale stays %s, hysteresis %d -> %d",
+                    self.cur_scale,
+                    self.cur_hysteresis,
+                    self.cur_hysteresis - 1,
+                )
             self.cur_hysteresis -= 1
 
     def state_dict(self) -> dict[str, Any]:
         """Plain values only."""
         return {
-            "dynamic": True, "cur_scale": self.cur_scale, "cur_iter": self.cur_iter,
-            "last_overflow_iter": self.last_overflow_iter, "cur_hysteresis": self.cur_hysteresis,
+            "dynamic": True,
+            "cur_scale": self.cur_scale,
+            "cur_iter": self.cur_iter,
+            "last_overflow_iter": self.last_overflow_iter,
+            "cur_hysteresis": self.cur_hysteresis,
         }
 
     def load_state_dict(self, sd: dict[str, Any]) -> None:

@@ -91,8 +91,10 @@ def make_swap_folder(nvme_path: str, rank: int) -> str:
     if not nvme_path:
         raise NvmePathError("zero_optimization.offload_optimizer.device is 'nvme' but nvme_path is not set")
     if not os.path.isdir(nvme_path):
-        raise NvmePathError(f"zero_optimization.offload_optimizer.nvme_path {nvme_path!r} does not exist or is "
-                            "not a directory")
+        raise NvmePathError(
+            f"zero_optimization.offload_optimizer.nvme_path {nvme_path!r} does not exist or is "
+            "not a directory"
+        )
     folder = os.path.join(nvme_path, "ds_zero_optimizer", f"rank{rank}.pid{os.getpid()}.{next(_serial)}")
     try:
         os.makedirs(folder)
@@ -101,21 +103,27 @@ def make_swap_folder(nvme_path: str, rank: int) -> str:
             f.write(b"\0" * ALIGNMENT)
         os.remove(probe)
     except OSError as exc:
-        raise NvmePathError(exc.errno, f"zero_optimization.offload_optimizer.nvme_path {nvme_path!r} is not "
-                                       f"writable: {exc.strerror}", nvme_path) from exc
+        raise NvmePathError(
+            exc.errno,
+            f"zero_optimization.offload_optimizer.nvme_path {nvme_path!r} is not writable: {exc.strerror}",
+            nvme_path,
+        ) from exc
     return folder
 
 
 class OptimizerStateSwapper:
     """Steps ``optimizer`` one sub-group at a time with its states swapped from NVMe (module doc)."""
 
-    def __init__(self, optimizer: torch.optim.Optimizer, *, policy: NvmePolicy, rank: int, pin: bool = False) -> None:
+    def __init__(
+        self, optimizer: torch.optim.Optimizer, *, policy: NvmePolicy, rank: int, pin: bool = False
+    ) -> None:
         self.optimizer = optimizer
         self.policy = policy
         self.pin = pin
         self.folder = make_swap_folder(policy.path, rank)
-        self.engine = AioEngine(block_size=policy.block_size, queue_depth=policy.queue_depth,
-                                intra_op_parallelism=policy.threads)
+        self.engine = AioEngine(
+            block_size=policy.block_size, queue_depth=policy.queue_depth, intra_op_parallelism=policy.threads
+        )
         self.layouts: dict[int, _Layout] = {}  # id(param) -> where its states sit in its file
         self.paths: dict[int, str] = {}
         self._free: list[Tensor] = []  # pool buffers not in use
@@ -152,8 +160,10 @@ class OptimizerStateSwapper:
 
     def _check_intact(self) -> None:
         if self._lost is not None:
-            raise NvmeStatesLost(f"optimizer states swapped to NVMe were lost ({self._lost}); this engine can "
-                                 "neither step nor save: restart from the last checkpoint")
+            raise NvmeStatesLost(
+                f"optimizer states swapped to NVMe were lost ({self._lost}); this engine can "
+                "neither step nor save: restart from the last checkpoint"
+            )
 
     def _finish_writes(self) -> None:
         while self._writes:
@@ -165,7 +175,7 @@ class OptimizerStateSwapper:
         if layout is None or swappable(self.optimizer.state.get(p, {}), p):
             return None  # never written yet (Note [first step]) or already in memory
         buf = self._acquire(layout.nbytes)
-        return self.engine.submit(buf[:layout.nbytes], self.paths[id(p)], 0, write=False), buf
+        return self.engine.submit(buf[: layout.nbytes], self.paths[id(p)], 0, write=False), buf
 
     def _bind(self, p: Tensor, read: tuple[Future, Tensor] | None) -> Tensor | None:
         """Finish ``read`` and put the state tensors back into the optimizer as views of its buffer."""
@@ -179,7 +189,7 @@ class OptimizerStateSwapper:
             raise
         state = self.optimizer.state[p]
         for e in self.layouts[id(p)].entries:
-            state[e.key] = buf[e.offset:e.offset + e.nbytes].view(e.dtype).view(e.shape)
+            state[e.key] = buf[e.offset : e.offset + e.nbytes].view(e.dtype).view(e.shape)
         return buf
 
     def _write_out(self, p: Tensor, buf: Tensor | None) -> None:
@@ -196,7 +206,7 @@ class OptimizerStateSwapper:
                 self._release(buf)
             buf = self._acquire(layout.nbytes)
         for e in layout.entries:
-            dst = buf[e.offset:e.offset + e.nbytes]
+            dst = buf[e.offset : e.offset + e.nbytes]
             src = tensors[e.key]
             if src.data_ptr() != dst.data_ptr():  # Note [first step], or an optimizer that rebinds its state
                 dst.view(e.dtype).view(e.shape).copy_(src)
@@ -204,7 +214,7 @@ class OptimizerStateSwapper:
         path = self.paths.setdefault(id(p), os.path.join(self.folder, f"subgroup{len(self.paths)}.bin"))
         for key in tensors:
             del state[key]
-        self._writes.append((self.engine.submit(buf[:layout.nbytes], path, 0, write=True), buf))
+        self._writes.append((self.engine.submit(buf[: layout.nbytes], path, 0, write=True), buf))
         if not self.policy.pipeline_write:
             self._finish_writes()
 
@@ -254,7 +264,9 @@ class OptimizerStateSwapper:
                 if layout is None or swappable(self.optimizer.state.get(p, {}), p):
                     continue
                 buf = aligned_empty(layout.nbytes)
-                self._bind(p, (self.engine.submit(buf[:layout.nbytes], self.paths[id(p)], 0, write=False), buf))
+                self._bind(
+                    p, (self.engine.submit(buf[: layout.nbytes], self.paths[id(p)], 0, write=False), buf)
+                )
 
     def swap_out_all(self) -> None:
         """Write every state tensor held in memory to NVMe and drop it."""
@@ -274,9 +286,9 @@ class OptimizerStateSwapper:
         if layout is None or swappable(state, p):
             return state
         buf = aligned_empty(layout.nbytes)
-        self.engine.submit(buf[:layout.nbytes], self.paths[id(p)], 0, write=False).result()
+        self.engine.submit(buf[: layout.nbytes], self.paths[id(p)], 0, write=False).result()
         for e in layout.entries:
-            state[e.key] = buf[e.offset:e.offset + e.nbytes].view(e.dtype).view(e.shape)
+            state[e.key] = buf[e.offset : e.offset + e.nbytes].view(e.dtype).view(e.shape)
         return state
 
     @contextmanager

@@ -94,7 +94,9 @@ def _in_units(trainer: Any, part: Any, param: Tensor, group: Any) -> _Place | No
         for slot, p in zip(unit.slots, unit.params):
             if p is param:
                 slices = [(a, b, off) for s, a, b, off in unit.owned_slices() if s.index == slot.index]
-                return _Place(trainer, param, part.holders[u], slices, "units", part=part, unit=u, group=group)
+                return _Place(
+                    trainer, param, part.holders[u], slices, "units", part=part, unit=u, group=group
+                )
     return None
 
 
@@ -172,7 +174,7 @@ def _assemble(place: _Place, source: Tensor | None) -> Tensor:
     if source is not None:
         flat = source.detach().reshape(-1)
         for start, end, off in place.slices:
-            buf[start:end].copy_(flat[off:off + end - start])
+            buf[start:end].copy_(flat[off : off + end - start])
     if place.kind != "whole" and _world(place.group) > 1:
         ds_comm.all_reduce(buf, group=place.group)
     return buf.view(place.shape).to(_result_device(place))
@@ -189,8 +191,11 @@ def _averaged(place: _Place, grad: Tensor | None) -> Tensor | None:
         return None
     world = _world(place.group)
     device = _comm_device(place.group, place.holder.device)
-    out = torch.zeros(place.numel, dtype=torch.float32, device=device) if grad is None \
+    out = (
+        torch.zeros(place.numel, dtype=torch.float32, device=device)
+        if grad is None
         else grad.detach().reshape(-1).to(device=device, dtype=torch.float32, copy=True)
+    )
     if world > 1:
         ds_comm.all_reduce(out, group=place.group)
         if place.trainer.policy.reduce.average:
@@ -205,7 +210,7 @@ def _write_slices(place: _Place, target: Tensor, value: Tensor) -> None:
     flat = target.detach().view(-1)
     with torch.no_grad():
         for start, end, off in place.slices:
-            flat[off:off + end - start].copy_(flat_value[start:end])
+            flat[off : off + end - start].copy_(flat_value[start:end])
 
 
 def _local_view(place: _Place, source: Tensor) -> Tensor:
@@ -214,7 +219,7 @@ def _local_view(place: _Place, source: Tensor) -> Tensor:
     if not place.slices:
         return flat[:0]
     start, end, off = place.slices[0]  # a rank's shard is contiguous: at most one slice per parameter
-    return flat[off:off + end - start]
+    return flat[off : off + end - start]
 
 
 # --- fp32 parameters ---------------------------------------------------------------------------------------
@@ -239,7 +244,11 @@ def safe_set_full_fp32_param(param: Tensor, value: Tensor) -> None:
 # --- optimizer state ------------------------------------------------------------------------------------------
 def _state_tensor(place: _Place, key: str) -> Tensor | None:
     swapper = getattr(place.trainer, "swapper", None)  # NVMe offload: the states live in files
-    state = swapper.peek(place.holder) if swapper is not None else place.trainer.optimizer.state.get(place.holder, {})
+    state = (
+        swapper.peek(place.holder)
+        if swapper is not None
+        else place.trainer.optimizer.state.get(place.holder, {})
+    )
     value = state.get(key)
     return value if torch.is_tensor(value) else None
 
@@ -269,14 +278,18 @@ def safe_set_full_optimizer_state(param: Tensor, value: Tensor, optim_state_key:
     _refuse_nvme(place, "safe_set_full_optimizer_state")
     tensor = _state_tensor(place, optim_state_key)
     if tensor is None:
-        raise KeyError(f"the optimizer holds no state {optim_state_key!r} for this parameter (has it stepped yet?)")
+        raise KeyError(
+            f"the optimizer holds no state {optim_state_key!r} for this parameter (has it stepped yet?)"
+        )
     _write_slices(place, tensor, value)
 
 
 def _refuse_nvme(place: _Place, call: str) -> None:
     if getattr(place.trainer, "swapper", None) is not None:
-        raise NotImplementedError(f"{call} with offload_optimizer.device 'nvme' is not built (the states live in "
-                                  "files; the getters read a copy)")
+        raise NotImplementedError(
+            f"{call} with offload_optimizer.device 'nvme' is not built (the states live in "
+            "files; the getters read a copy)"
+        )
 
 
 # --- gradients (Note [when gradients are valid]) -----------------------------------------------------------
@@ -323,7 +336,9 @@ def safe_set_full_grad(param: Tensor, value: Tensor) -> None:
     if place.kind == "whole":
         holder = place.holder
         if holder.grad is None:
-            holder.grad = unreduced.detach().to(device=holder.device, dtype=holder.dtype).clone().view_as(holder)
+            holder.grad = (
+                unreduced.detach().to(device=holder.device, dtype=holder.dtype).clone().view_as(holder)
+            )
         else:
             holder.grad.copy_(unreduced.view_as(holder.grad))
         _mark_stale(trainer.reducer, holder)
@@ -337,8 +352,9 @@ def safe_set_full_grad(param: Tensor, value: Tensor) -> None:
         shards = place.part.reduction.grad_shards
         if shards[place.unit] is None:
             unit = place.part.units[place.unit]
-            shards[place.unit] = torch.zeros(unit.shard_numel, dtype=place.part.reduction.grad_dtype,
-                                             device=place.holder.device)
+            shards[place.unit] = torch.zeros(
+                unit.shard_numel, dtype=place.part.reduction.grad_dtype, device=place.holder.device
+            )
         _write_slices(place, shards[place.unit], value)
     else:
         grad = unreduced.detach().to(device=param.device, dtype=param.dtype).view(place.shape)
@@ -357,7 +373,9 @@ def _mark_stale(reducer: Any, holder: Tensor) -> None:
             bucket.stale = True
 
 
-def safe_update_full_grad_vectorized(param_list: list[nn.Parameter], update_func: Callable[[Tensor, Tensor], Tensor]) -> None:
+def safe_update_full_grad_vectorized(
+    param_list: list[nn.Parameter], update_func: Callable[[Tensor, Tensor], Tensor]
+) -> None:
     """Replace each parameter's full gradient ``g`` by ``update_func(g, param)`` (collective, as the getter)."""
     for p in param_list:
         grad = safe_get_full_grad(p)
@@ -391,7 +409,9 @@ def safe_set_local_optimizer_state(param: Tensor, value: Tensor, optim_state_key
     _refuse_nvme(_require_stage3(param), "safe_set_local_optimizer_state")
     view = safe_get_local_optimizer_state(param, optim_state_key)
     if view is None:
-        raise KeyError(f"the optimizer holds no state {optim_state_key!r} for this parameter (has it stepped yet?)")
+        raise KeyError(
+            f"the optimizer holds no state {optim_state_key!r} for this parameter (has it stepped yet?)"
+        )
     with torch.no_grad():
         view.copy_(value.detach().reshape(-1))
 

@@ -38,23 +38,32 @@ def replicated_state_dict(trainer: Any) -> dict[str, Any]:
         tensors, scalars = _split_state(trainer.optimizer.state.get(holder, {}), holder.numel())
         if scalars:
             group_scalars.setdefault(group, scalars)
-        slices.append({
-            "key": name, "shape": tuple(holder.shape), "start": 0, "end": holder.numel(), "group": group,
-            "fp32": holder.detach().reshape(-1).float().clone(),
-            "state": {k: v.detach().reshape(-1).clone() for k, v in tensors.items()},
-        })
+        slices.append(
+            {
+                "key": name,
+                "shape": tuple(holder.shape),
+                "start": 0,
+                "end": holder.numel(),
+                "group": group,
+                "fp32": holder.detach().reshape(-1).float().clone(),
+                "state": {k: v.detach().reshape(-1).clone() for k, v in tensors.items()},
+            }
+        )
     return {
         "format": FORMAT,
         "zero_stage": 0,
         "partition_count": 1,
-        "param_groups": [{k: v for k, v in g.items() if k != "params"} for g in trainer.optimizer.param_groups],
+        "param_groups": [
+            {k: v for k, v in g.items() if k != "params"} for g in trainer.optimizer.param_groups
+        ],
         "group_scalars": group_scalars,
         "slices": slices,
     }
 
 
-def load_replicated_state_dict(trainer: Any, shards: Iterable[Mapping[str, Any]], *,
-                               load_optimizer_states: bool = True) -> None:
+def load_replicated_state_dict(
+    trainer: Any, shards: Iterable[Mapping[str, Any]], *, load_optimizer_states: bool = True
+) -> None:
     """Load slices saved at any stage and world size into a replicated trainer, then publish."""
     by_key, first = _index_slices(shards)
     if load_optimizer_states:

@@ -55,16 +55,18 @@ def shard_state_dict(opt: ShardSource, names: Mapping[int, str] | None = None) -
             group_scalars.setdefault(unit.group_index, scalars)
         for slot, start, end, off in unit.owned_slices():
             length = end - start
-            slices.append({
-                "key": names[slot.index] if names else slot.index,
-                "shape": tuple(slot.shape),
-                "start": start,
-                "end": end,
-                "group": unit.group_index,
-                # clone: a saved view would drag its whole storage into the file
-                "fp32": master.detach()[off:off + length].clone(),
-                "state": {k: v[off:off + length].clone() for k, v in tensors.items()},
-            })
+            slices.append(
+                {
+                    "key": names[slot.index] if names else slot.index,
+                    "shape": tuple(slot.shape),
+                    "start": start,
+                    "end": end,
+                    "group": unit.group_index,
+                    # clone: a saved view would drag its whole storage into the file
+                    "fp32": master.detach()[off : off + length].clone(),
+                    "state": {k: v[off : off + length].clone() for k, v in tensors.items()},
+                }
+            )
     return {
         "format": FORMAT,
         "zero_stage": opt.stage,
@@ -75,7 +77,9 @@ def shard_state_dict(opt: ShardSource, names: Mapping[int, str] | None = None) -
     }
 
 
-def _index_slices(shards: Iterable[Mapping[str, Any]]) -> tuple[dict[Any, list[Mapping[str, Any]]], Mapping[str, Any]]:
+def _index_slices(
+    shards: Iterable[Mapping[str, Any]],
+) -> tuple[dict[Any, list[Mapping[str, Any]]], Mapping[str, Any]]:
     by_key: dict[Any, list[Mapping[str, Any]]] = defaultdict(list)
     first: Mapping[str, Any] = {}
     for shard in shards:
@@ -84,13 +88,21 @@ def _index_slices(shards: Iterable[Mapping[str, Any]]) -> tuple[dict[Any, list[M
         first = first or shard
         for piece in shard["slices"]:
             # Replicated saves (stage 0 written by several ranks) repeat whole ranges: keep one copy.
-            if not any(p["start"] == piece["start"] and p["end"] == piece["end"] for p in by_key[piece["key"]]):
+            if not any(
+                p["start"] == piece["start"] and p["end"] == piece["end"] for p in by_key[piece["key"]]
+            ):
                 by_key[piece["key"]].append(piece)
     return by_key, first
 
 
-def _copy_overlaps(pieces: list[Mapping[str, Any]], start: int, end: int, field: str, out: torch.Tensor,
-                   state_key: str | None = None) -> int:
+def _copy_overlaps(
+    pieces: list[Mapping[str, Any]],
+    start: int,
+    end: int,
+    field: str,
+    out: torch.Tensor,
+    state_key: str | None = None,
+) -> int:
     """Fill ``out`` (the range [start, end) of one parameter) from saved pieces; return elements copied."""
     copied = 0
     for piece in pieces:
@@ -98,13 +110,18 @@ def _copy_overlaps(pieces: list[Mapping[str, Any]], start: int, end: int, field:
         if a >= b:
             continue
         src = piece[field] if state_key is None else piece[field][state_key]
-        out[a - start:b - start].copy_(src[a - piece["start"]:b - piece["start"]])
+        out[a - start : b - start].copy_(src[a - piece["start"] : b - piece["start"]])
         copied += b - a
     return copied
 
 
-def load_shard_state_dict(opt: ShardSource, shards: Iterable[Mapping[str, Any]],
-                          names: Mapping[int, str] | None = None, *, load_optimizer_states: bool = True) -> None:
+def load_shard_state_dict(
+    opt: ShardSource,
+    shards: Iterable[Mapping[str, Any]],
+    names: Mapping[int, str] | None = None,
+    *,
+    load_optimizer_states: bool = True,
+) -> None:
     """Load slices saved at any world size and stage into ``opt``'s own shards (the fp32 masters,
     and the optimizer state unless ``load_optimizer_states`` is False), then rebuild the parameters."""
     by_key, first = _index_slices(shards)
@@ -120,18 +137,23 @@ def load_shard_state_dict(opt: ShardSource, shards: Iterable[Mapping[str, Any]],
             pieces = by_key.get(key)
             if not pieces:
                 raise KeyError(f"checkpoint has no optimizer state for parameter {key!r}")
-            view = master.data[off:off + end - start]
+            view = master.data[off : off + end - start]
             if _copy_overlaps(pieces, start, end, "fp32", view) != end - start:
                 raise ValueError(f"checkpoint covers only part of parameter {key!r}")
             for k, tensor in new_state.items():
-                _copy_overlaps(pieces, start, end, "state", tensor[off:off + end - start], k)
+                _copy_overlaps(pieces, start, end, "state", tensor[off : off + end - start], k)
         scalars = first.get("group_scalars", {}).get(unit.group_index, {}) if load_optimizer_states else {}
         if new_state or scalars:
-            opt.optimizer.state[master] = {**new_state, **{k: torch.tensor(float(v)) for k, v in scalars.items()}}
+            opt.optimizer.state[master] = {
+                **new_state,
+                **{k: torch.tensor(float(v)) for k, v in scalars.items()},
+            }
     opt.publish()
 
 
-def _state_keys(by_key: Mapping[Any, list[Mapping[str, Any]]], unit: Any, names: Mapping[int, str] | None) -> list[str]:
+def _state_keys(
+    by_key: Mapping[Any, list[Mapping[str, Any]]], unit: Any, names: Mapping[int, str] | None
+) -> list[str]:
     for slot in unit.slots:
         pieces = by_key.get(names[slot.index] if names else slot.index)
         if pieces:

@@ -26,7 +26,9 @@ import ds_comm
 from ds_comm import comms_log
 
 SHM_DIR = "/dev/shm"
-ENV_SWITCH = "DS_ZERO_SHM_ALLREDUCE"  # "0" turns every shared-memory collective off (this and shm_collectives)
+ENV_SWITCH = (
+    "DS_ZERO_SHM_ALLREDUCE"  # "0" turns every shared-memory collective off (this and shm_collectives)
+)
 
 
 def _host_id() -> str:
@@ -78,8 +80,12 @@ class PipeBarrier:
         self.rank = ds_comm.get_rank(group)
         self.world = ds_comm.get_world_size(group)
         self.timeout = timeout
-        base = [os.path.join(SHM_DIR if os.path.isdir(SHM_DIR) else tempfile.gettempdir(),
-                             f"ds_zero_barrier_{uuid.uuid4().hex}")]
+        base = [
+            os.path.join(
+                SHM_DIR if os.path.isdir(SHM_DIR) else tempfile.gettempdir(),
+                f"ds_zero_barrier_{uuid.uuid4().hex}",
+            )
+        ]
         src = ds_comm.get_global_rank(group, 0) if group is not None else 0
         ds_comm.broadcast_object_list(base, src=src, group=group)
         mine = f"{base[0]}_{self.rank}"
@@ -105,8 +111,10 @@ class PipeBarrier:
         while missing:
             ready, _, _ = select.select([self.inbox], [], [], max(0.0, deadline - time.monotonic()))
             if not ready:
-                raise RuntimeError(f"shared-memory all-reduce: rank(s) {sorted(missing)} did not arrive within "
-                                   f"{self.timeout:g} s")
+                raise RuntimeError(
+                    f"shared-memory all-reduce: rank(s) {sorted(missing)} did not arrive within "
+                    f"{self.timeout:g} s"
+                )
             for peer in os.read(self.inbox, 4096):
                 if peer in missing:
                     missing.discard(peer)
@@ -119,7 +127,11 @@ def shared_segment(numel: int, dtype: torch.dtype, *, group: Any = None, name: s
 
     Rank 0 creates the file, every rank maps it, and rank 0 unlinks it once all have: the memory lives
     as long as the last mapping and no file outlives the job."""
-    path = [os.path.join(SHM_DIR if os.path.isdir(SHM_DIR) else tempfile.gettempdir(), f"{name}_{uuid.uuid4().hex}")]
+    path = [
+        os.path.join(
+            SHM_DIR if os.path.isdir(SHM_DIR) else tempfile.gettempdir(), f"{name}_{uuid.uuid4().hex}"
+        )
+    ]
     src = ds_comm.get_global_rank(group, 0) if group is not None else 0
     ds_comm.broadcast_object_list(path, src=src, group=group)
     rank = ds_comm.get_rank(group)
@@ -172,5 +184,7 @@ class SharedMemoryAllReduce:
         self.round += 1
         if comms_log.LOG.enabled:
             nbytes = self.numel * self.output.element_size()
-            comms_log.LOG.add(comms_log.CommRecord("all_reduce", nbytes, time.perf_counter() - start, self.world))
+            comms_log.LOG.add(
+                comms_log.CommRecord("all_reduce", nbytes, time.perf_counter() - start, self.world)
+            )
         return self.output

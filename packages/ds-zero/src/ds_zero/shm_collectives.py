@@ -46,8 +46,9 @@ class HostCollectives:
         self.world = ds_comm.get_world_size(group)
         self.rank = ds_comm.get_rank(group)
         self.row_bytes = row_bytes
-        self.sets = shm_allreduce.shared_segment(2 * self.world * row_bytes, torch.uint8, group=group,
-                                                 name="ds_zero_collectives").view(2, self.world, row_bytes)
+        self.sets = shm_allreduce.shared_segment(
+            2 * self.world * row_bytes, torch.uint8, group=group, name="ds_zero_collectives"
+        ).view(2, self.world, row_bytes)
         self.barrier = shm_allreduce.PipeBarrier(group=group, timeout=ds_comm.DEFAULT_TIMEOUT.total_seconds())
         self.round = 0
 
@@ -65,18 +66,20 @@ class HostCollectives:
         start = time.perf_counter()
         shard = out.numel()
         if inp.numel() != shard * self.world or inp.dtype != out.dtype:
-            raise ValueError(f"reduce_scatter: input of {inp.numel()} {inp.dtype} for an output of {shard} "
-                             f"{out.dtype} across {self.world} ranks")
+            raise ValueError(
+                f"reduce_scatter: input of {inp.numel()} {inp.dtype} for an output of {shard} "
+                f"{out.dtype} across {self.world} ranks"
+            )
         src = inp.reshape(self.world, shard)
         dst = out.reshape(-1)
         chunk = self._chunk(inp.dtype, self.world)
         for begin in range(0, shard, chunk):
             n = min(chunk, shard - begin)
             rows, mine = self._rows(inp.dtype)
-            mine[: self.world * n].view(self.world, n).copy_(src[:, begin:begin + n])
+            mine[: self.world * n].view(self.world, n).copy_(src[:, begin : begin + n])
             self.barrier.wait()  # every rank's chunk of this round is written
-            part = rows[:, self.rank * n:(self.rank + 1) * n]
-            target = dst[begin:begin + n]
+            part = rows[:, self.rank * n : (self.rank + 1) * n]
+            target = dst[begin : begin + n]
             torch.add(part[0], part[1], out=target)
             for r in range(2, self.world):
                 target.add_(part[r])
@@ -91,17 +94,19 @@ class HostCollectives:
         start = time.perf_counter()
         shard = inp.numel()
         if out.numel() != shard * self.world or inp.dtype != out.dtype:
-            raise ValueError(f"all_gather: output of {out.numel()} {out.dtype} for an input of {shard} "
-                             f"{inp.dtype} across {self.world} ranks")
+            raise ValueError(
+                f"all_gather: output of {out.numel()} {out.dtype} for an input of {shard} "
+                f"{inp.dtype} across {self.world} ranks"
+            )
         src = inp.reshape(-1)
         dst = out.reshape(self.world, shard)
         chunk = self._chunk(inp.dtype, 1)
         for begin in range(0, shard, chunk):
             n = min(chunk, shard - begin)
             rows, mine = self._rows(inp.dtype)
-            mine[:n].copy_(src[begin:begin + n])
+            mine[:n].copy_(src[begin : begin + n])
             self.barrier.wait()  # every rank's chunk of this round is written
-            dst[:, begin:begin + n].copy_(rows[:, :n])
+            dst[:, begin : begin + n].copy_(rows[:, :n])
             self.round += 1
         self._log("all_gather_into_tensor", out, start)
         return out

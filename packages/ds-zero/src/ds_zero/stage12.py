@@ -38,8 +38,14 @@ from ds_zero.units import FlatUnit, build_units, cast_units
 class ShardedParams:
     """Master weights for stages 1 and 2: one fp32 master shard per flat unit."""
 
-    def __init__(self, module: nn.Module, optimizer: torch.optim.Optimizer, policy: ZeroPolicy, group: Any,
-                 reductions: Mapping[int, GroupReduction] | None = None) -> None:
+    def __init__(
+        self,
+        module: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        policy: ZeroPolicy,
+        group: Any,
+        reductions: Mapping[int, GroupReduction] | None = None,
+    ) -> None:
         self.optimizer = optimizer
         self.group = group
         self.overlap = policy.reduce.overlap
@@ -47,24 +53,33 @@ class ShardedParams:
         world, rank = ds_comm.get_world_size(group), ds_comm.get_rank(group)
         trainable = [[p for p in g["params"] if p.requires_grad] for g in optimizer.param_groups]
         # Units are built before any cast, so the fp32 masters start from the exact fp32 weights.
-        self.units: list[FlatUnit] = build_units(trainable, bucket_numel=policy.reduce.bucket_numel,
-                                                 world_size=world, rank=rank, reductions=reductions)
+        self.units: list[FlatUnit] = build_units(
+            trainable,
+            bucket_numel=policy.reduce.bucket_numel,
+            world_size=world,
+            rank=rank,
+            reductions=reductions,
+        )
         offload = policy.offload.optimizer_device != "none"
         param_dtype, master_dtype = policy.mixed_precision.param_dtype, policy.mixed_precision.master_dtype
         # Alias the parameter buffer when the masters share its dtype and device; else keep a copy.
         alias = param_dtype == master_dtype and not offload
         if master_dtype != torch.float32:
-            cast_units(self.units, param_dtype)  # Note [low-precision masters]: they start from the cast weights
-        self.holders = [self._make_master(u, alias, offload, policy.offload.pin_memory, master_dtype)
-                        for u in self.units]
+            cast_units(
+                self.units, param_dtype
+            )  # Note [low-precision masters]: they start from the cast weights
+        self.holders = [
+            self._make_master(u, alias, offload, policy.offload.pin_memory, master_dtype) for u in self.units
+        ]
         for g, group_dict in enumerate(optimizer.param_groups):
             group_dict["params"] = [m for m, u in zip(self.holders, self.units) if u.group_index == g]
         cast_units(self.units, param_dtype)
         module.to(param_dtype)  # buffers and frozen parameters follow the model's dtype
         self.names = _param_names(module, self.units)
 
-    def _make_master(self, unit: FlatUnit, alias: bool, offload: bool, pin_memory: bool,
-                     dtype: torch.dtype) -> nn.Parameter:
+    def _make_master(
+        self, unit: FlatUnit, alias: bool, offload: bool, pin_memory: bool, dtype: torch.dtype
+    ) -> nn.Parameter:
         shard = unit.shard_view()
         if alias and shard.dtype == dtype:
             return nn.Parameter(shard)  # aliases the parameter buffer: Note [memory]
@@ -84,7 +99,11 @@ class ShardedParams:
         """Give each master its reduced gradient shard (fp32, on the master's device) and return them."""
         out = []
         for master, shard in zip(self.holders, self.reduction.grad_shards):
-            grad = torch.zeros_like(master) if shard is None else shard.to(device=master.device, dtype=master.dtype)
+            grad = (
+                torch.zeros_like(master)
+                if shard is None
+                else shard.to(device=master.device, dtype=master.dtype)
+            )
             master.grad = grad
             out.append(grad)
         return out
@@ -182,8 +201,9 @@ class ShardedTrainer(ZeroTrainer):
         """Load slices saved at any world size and stage: one rank's dict or a list of every rank's."""
         shards = state_dict if isinstance(state_dict, list) else [state_dict]
         with self.states_resident():
-            load_shard_state_dict(self._shards(), shards, self.masters.names,
-                                  load_optimizer_states=load_optimizer_states)
+            load_shard_state_dict(
+                self._shards(), shards, self.masters.names, load_optimizer_states=load_optimizer_states
+            )
         if shards[0].get("loss_scaler") is not None:
             self.loss_scaler.load_state_dict(shards[0]["loss_scaler"])
 
@@ -205,21 +225,45 @@ class _ShardView:
 def _param_names(module: nn.Module, units: list[FlatUnit]) -> dict[int, str]:
     """Unit slot index -> the parameter's name in ``module`` (what checkpoints are keyed by)."""
     name_of = {id(p): name for name, p in module.named_parameters()}
-    return {slot.index: name_of.get(id(p), str(slot.index)) for unit in units for slot, p in zip(unit.slots, unit.params)}
+    return {
+        slot.index: name_of.get(id(p), str(slot.index))
+        for unit in units
+        for slot, p in zip(unit.slots, unit.params)
+    }
 
 
-def compose_sharded(*, module: nn.Module, optimizer: torch.optim.Optimizer, policy: ZeroPolicy,
-                    group: Any = None, reductions: Mapping[int, GroupReduction] | None = None) -> ShardedTrainer:
+def compose_sharded(
+    *,
+    module: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    policy: ZeroPolicy,
+    group: Any = None,
+    reductions: Mapping[int, GroupReduction] | None = None,
+) -> ShardedTrainer:
     """Stage 1 (sharded optimizer state) or 2 (and sharded gradients), per ``policy.stage``."""
     params = ShardedParams(module, optimizer, policy, group, reductions)
     mp = policy.mixed_precision
-    reducer = GradReducer(params.units, grad_dtype=mp.param_dtype, group=group, policy=policy.reduce,
-                          reduce_dtype=grad_dtypes(mp, policy.stage).reduce)  # Note [gradient dtypes]
+    reducer = GradReducer(
+        params.units,
+        grad_dtype=mp.param_dtype,
+        group=group,
+        policy=policy.reduce,
+        reduce_dtype=grad_dtypes(mp, policy.stage).reduce,
+    )  # Note [gradient dtypes]
     params.attach(reducer)
     reduction = ShardedReduction(reducer, policy.stage)
     scaler = make_loss_scaler(policy.loss_scale, rank=ds_comm.get_rank())
-    return ShardedTrainer(module=module, optimizer=optimizer, policy=policy, masters=params, reducer=reduction,
-                          scaler=scaler, shard_group=group, sharded_grads=True, swapper=nvme_swapper(optimizer, policy))
+    return ShardedTrainer(
+        module=module,
+        optimizer=optimizer,
+        policy=policy,
+        masters=params,
+        reducer=reduction,
+        scaler=scaler,
+        shard_group=group,
+        sharded_grads=True,
+        swapper=nvme_swapper(optimizer, policy),
+    )
 
 
 def nvme_swapper(optimizer: torch.optim.Optimizer, policy: ZeroPolicy) -> Any:
@@ -229,8 +273,12 @@ def nvme_swapper(optimizer: torch.optim.Optimizer, policy: ZeroPolicy) -> Any:
     from ds_zero.nvme_swapper import OptimizerStateSwapper
     from ds_zero.policy import NvmePolicy
 
-    return OptimizerStateSwapper(optimizer, policy=policy.offload.nvme or NvmePolicy(), rank=ds_comm.get_rank(),
-                                 pin=policy.offload.pin_memory and torch.cuda.is_available())
+    return OptimizerStateSwapper(
+        optimizer,
+        policy=policy.offload.nvme or NvmePolicy(),
+        rank=ds_comm.get_rank(),
+        pin=policy.offload.pin_memory and torch.cuda.is_available(),
+    )
 
 
 register_stage(1, compose_sharded)

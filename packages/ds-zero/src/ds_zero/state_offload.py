@@ -82,13 +82,23 @@ class StateOffload:
         """Whether some kinds are offloaded now (even where none of their tensors existed to move)."""
         return bool(self.kinds)
 
-    def offload(self, trainer: Any, include: Iterable[OffloadStateTypeEnum | str] | None, device: torch.device,
-                pin_memory: bool, non_blocking: bool) -> None:
+    def offload(
+        self,
+        trainer: Any,
+        include: Iterable[OffloadStateTypeEnum | str] | None,
+        device: torch.device,
+        pin_memory: bool,
+        non_blocking: bool,
+    ) -> None:
         """Move the named kinds (all when ``include`` is None) of ``trainer``'s states to ``device``."""
-        kinds = {OffloadStateTypeEnum(k) for k in include} if include is not None else set(OffloadStateTypeEnum)
+        kinds = (
+            {OffloadStateTypeEnum(k) for k in include} if include is not None else set(OffloadStateTypeEnum)
+        )
         kinds -= self.kinds  # a kind already offloaded stays where it is
         mover = _Mover(device, pin_memory, non_blocking, self._restores)
-        for kind in OffloadStateTypeEnum:  # a fixed order: shared storages move once (Note [one storage, two names])
+        for (
+            kind
+        ) in OffloadStateTypeEnum:  # a fixed order: shared storages move once (Note [one storage, two names])
             if kind in kinds:
                 _KINDS[kind](trainer, mover, kinds)
         self.kinds |= kinds
@@ -108,7 +118,9 @@ class StateOffload:
 class _Mover:
     """Copies tensors away, remembering how to copy them back; each storage moves once."""
 
-    def __init__(self, device: torch.device, pin_memory: bool, non_blocking: bool, restores: list[Restore]) -> None:
+    def __init__(
+        self, device: torch.device, pin_memory: bool, non_blocking: bool, restores: list[Restore]
+    ) -> None:
         self.device, self.pin, self.non_blocking = device, pin_memory, non_blocking
         self.restores = restores
         self.moved: set[int] = set()
@@ -153,15 +165,19 @@ def _flat_units(part: Any, mover: _Mover) -> None:
         aliased = master.data_ptr() == unit.shard_view().data_ptr()
         home = unit.flat.device
 
-        def rebind(flat: Tensor, unit: Any = unit, master: nn.Parameter = master, aliased: bool = aliased) -> None:
+        def rebind(
+            flat: Tensor, unit: Any = unit, master: nn.Parameter = master, aliased: bool = aliased
+        ) -> None:
             unit.flat = flat
             for slot, p in zip(unit.slots, unit.params):
-                p.data = flat[slot.offset:slot.offset + slot.numel].view(slot.shape)
+                p.data = flat[slot.offset : slot.offset + slot.numel].view(slot.shape)
             if aliased:
                 master.data = unit.shard_view()
 
         rebind(mover.away(unit.flat))
-        mover.restores.append(lambda nb, unit=unit, home=home, rebind=rebind: rebind(_copy_to(unit.flat, home, False, nb)))
+        mover.restores.append(
+            lambda nb, unit=unit, home=home, rebind=rebind: rebind(_copy_to(unit.flat, home, False, nb))
+        )
 
 
 def _hp_params(trainer: Any, mover: _Mover, kinds: set[OffloadStateTypeEnum]) -> None:
@@ -198,15 +214,19 @@ def _lp_params(trainer: Any, mover: _Mover, kinds: set[OffloadStateTypeEnum]) ->
 
 def _lp_grads(trainer: Any, mover: _Mover, kinds: set[OffloadStateTypeEnum]) -> None:
     masters = trainer.masters
-    params = list(getattr(masters, "unit_params", [])) + list(getattr(masters, "all_model_params", masters.model_params))
+    params = list(getattr(masters, "unit_params", [])) + list(
+        getattr(masters, "all_model_params", masters.model_params)
+    )
     params += list(masters.holders)
     part = masters.persistent if hasattr(masters, "unit_params") else masters
     if part is not None and hasattr(part, "units"):
         params += [p for unit in part.units for p in unit.params]
         reducer = part.reduction
         for i in range(len(reducer.grad_shards)):
-            mover.tensor_slot(lambda r=reducer, i=i: r.grad_shards[i],
-                              lambda t, r=reducer, i=i: r.grad_shards.__setitem__(i, t))
+            mover.tensor_slot(
+                lambda r=reducer, i=i: r.grad_shards[i],
+                lambda t, r=reducer, i=i: r.grad_shards.__setitem__(i, t),
+            )
     for p in params:
         mover.tensor_slot(lambda p=p: p.grad, lambda t, p=p: setattr(p, "grad", t))
 
@@ -234,8 +254,13 @@ def _stage3_shards(masters: Any, mover: _Mover) -> None:
         _apply_keeping_grads(root, fn)
         masters._sync()
 
-    apply(lambda _i: mover.device, lambda t, d: _dtensor_to(t, lambda x: _copy_to(x, d, mover.pin, mover.non_blocking)))
-    mover.restores.append(lambda nb: apply(lambda i: home[i], lambda t, d: _dtensor_to(t, lambda x: _copy_to(x, d, False, nb))))
+    apply(
+        lambda _i: mover.device,
+        lambda t, d: _dtensor_to(t, lambda x: _copy_to(x, d, mover.pin, mover.non_blocking)),
+    )
+    mover.restores.append(
+        lambda nb: apply(lambda i: home[i], lambda t, d: _dtensor_to(t, lambda x: _copy_to(x, d, False, nb)))
+    )
 
 
 def _local_of(p: Tensor) -> Tensor:
@@ -246,8 +271,14 @@ def _dtensor_to(t: Tensor, copy: Callable[[Tensor], Tensor]) -> Tensor:
     if is_dtensor(t):
         from torch.distributed.tensor import DTensor  # imported already: t is one (ds_zero.dtensor_check)
 
-        return DTensor.from_local(copy(t._local_tensor), t.device_mesh, t.placements, run_check=False,
-                                  shape=t.shape, stride=t.stride())
+        return DTensor.from_local(
+            copy(t._local_tensor),
+            t.device_mesh,
+            t.placements,
+            run_check=False,
+            shape=t.shape,
+            stride=t.stride(),
+        )
     return copy(t)
 
 

@@ -35,7 +35,7 @@ def _split_parts(trainer: Any, grads: list[Tensor]) -> tuple[list[Tensor], list[
         for unit, grad in zip(units, grads):
             by_index = {slot.index: p for slot, p in zip(unit.slots, unit.params)}
             for slot, lo, hi, at in unit.owned_slices():  # padding is left out: it holds zeros
-                (split if _is_split(by_index[slot.index]) else rep).append(grad[at:at + (hi - lo)])
+                (split if _is_split(by_index[slot.index]) else rep).append(grad[at : at + (hi - lo)])
         return split, rep
     for param, holder in zip(masters.model_params, masters.holders):  # stage 0: one holder per parameter
         if holder.grad is not None:
@@ -48,11 +48,15 @@ def _power_sum(ts: list[Tensor], norm_type: float, device: torch.device) -> Tens
     ts = [t for t in ts if t.numel()]
     if not ts:
         return torch.zeros((), dtype=torch.float32, device=device)
-    norms = torch.stack([n.float().to(device) for n in torch._foreach_norm([t.detach() for t in ts], norm_type)])
+    norms = torch.stack(
+        [n.float().to(device) for n in torch._foreach_norm([t.detach() for t in ts], norm_type)]
+    )
     return norms.max() if math.isinf(norm_type) else norms.pow(norm_type).sum()
 
 
-def tensor_parallel_norm(trainer: Any, tp_group: Any, norm_type: float = 2.0) -> Callable[[list[Tensor]], Tensor]:
+def tensor_parallel_norm(
+    trainer: Any, tp_group: Any, norm_type: float = 2.0
+) -> Callable[[list[Tensor]], Tensor]:
     """A ``norm_fn`` for ``trainer`` (ZeRO stages 0-2) counting split parameters over ``tp_group``."""
     inf = math.isinf(norm_type)
     op = ds_comm.ReduceOp.MAX if inf else ds_comm.ReduceOp.SUM

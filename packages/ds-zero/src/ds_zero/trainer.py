@@ -87,13 +87,21 @@ class Trainer(Protocol):
     def load_state_dict(self, state_dict: Any, load_optimizer_states: bool = True) -> None: ...
     def refresh_fp32_params(self) -> None: ...
     def master_of(self, param: Tensor) -> Tensor: ...
-    def full_state_dict(self, *, dtype: torch.dtype | None = None, exclude_frozen_parameters: bool = False,
-                        rank0_only: bool = True) -> dict[str, Tensor] | None: ...
-    def consolidated_16bit_state_dict(self, exclude_frozen_parameters: bool = False) -> dict[str, Tensor] | None: ...
+    def full_state_dict(
+        self,
+        *,
+        dtype: torch.dtype | None = None,
+        exclude_frozen_parameters: bool = False,
+        rank0_only: bool = True,
+    ) -> dict[str, Tensor] | None: ...
+    def consolidated_16bit_state_dict(
+        self, exclude_frozen_parameters: bool = False
+    ) -> dict[str, Tensor] | None: ...
     def empty_partition_cache(self) -> None: ...
     def prepare_for_compile(self) -> None: ...
-    def offload_states(self, include: Any = None, device: Any = ..., pin_memory: bool = True,
-                       non_blocking: bool = False) -> None: ...
+    def offload_states(
+        self, include: Any = None, device: Any = ..., pin_memory: bool = True, non_blocking: bool = False
+    ) -> None: ...
     def reload_states(self, non_blocking: bool = False) -> None: ...
     def check_states_home(self, call: str) -> None: ...
     def close(self) -> None: ...
@@ -132,7 +140,9 @@ class ZeroTrainer(ZeROOptimizer):
         # None, so a trainer for the world group holds no group object at all.
         self.shard_group = shard_group
         self.sharded_grads = sharded_grads  # True: each rank holds part of the gradient (stages 1-3)
-        self.norm_fn = norm_fn  # the global norm when parts of the gradients differ by rank (ds_zero.group_reduction)
+        self.norm_fn = (
+            norm_fn  # the global norm when parts of the gradients differ by rank (ds_zero.group_reduction)
+        )
         self.overflow = False
         self.gradients_arrived = False  # a gradient hook fired since the last step attempt
         self.offloaded = StateOffload()  # what offload_states moved (ds_zero.state_offload)
@@ -236,9 +246,14 @@ class ZeroTrainer(ZeROOptimizer):
         scale = self.loss_scaler.cur_scale
         if scale != 1.0:
             unscale_(grads, 1.0 / scale)
-        norm = (self.norm_fn(grads) if self.norm_fn is not None
-                else global_norm(grads, group=self.shard_group, sharded=self.sharded_grads))
-        overflow = (self.policy.check_overflow or scale != 1.0) and not is_finite(norm)  # Note [non-finite gradients]
+        norm = (
+            self.norm_fn(grads)
+            if self.norm_fn is not None
+            else global_norm(grads, group=self.shard_group, sharded=self.sharded_grads)
+        )
+        overflow = (self.policy.check_overflow or scale != 1.0) and not is_finite(
+            norm
+        )  # Note [non-finite gradients]
         self.overflow = overflow
         if overflow:
             self._finish_step(applied=False)
@@ -247,7 +262,9 @@ class ZeroTrainer(ZeROOptimizer):
             clip_(grads, self.policy.clip_grad, norm)
         mp = self.policy.mixed_precision
         with fp32_step(self.optimizer) if mp.master_dtype != mp.optimizer_state_dtype else nullcontext():
-            (self.swapper.step if self.swapper is not None else self.optimizer.step)()  # Note [low-precision masters]
+            (
+                self.swapper.step if self.swapper is not None else self.optimizer.step
+            )()  # Note [low-precision masters]
         self.masters.publish()
         self._global_grad_norm = norm
         self._finish_step(applied=True)
@@ -271,10 +288,17 @@ class ZeroTrainer(ZeROOptimizer):
                     p.grad.zero_()
 
     # --- moving states off the accelerator (ds_zero.state_offload) -----------------------------------
-    def offload_states(self, include: Any = None, device: Any = OffloadDeviceEnum.cpu, pin_memory: bool = True,
-                       non_blocking: bool = False) -> None:
+    def offload_states(
+        self,
+        include: Any = None,
+        device: Any = OffloadDeviceEnum.cpu,
+        pin_memory: bool = True,
+        non_blocking: bool = False,
+    ) -> None:
         """Move the named states (all by default) to host memory until :meth:`reload_states`."""
-        self.offloaded.offload(self, include, torch.device(OffloadDeviceEnum(device).value), pin_memory, non_blocking)
+        self.offloaded.offload(
+            self, include, torch.device(OffloadDeviceEnum(device).value), pin_memory, non_blocking
+        )
 
     def reload_states(self, non_blocking: bool = False) -> None:
         """Put every offloaded state back on the device it came from."""
@@ -284,8 +308,9 @@ class ZeroTrainer(ZeROOptimizer):
         """Refuse to train while states are offloaded (they would be read from the wrong place)."""
         if self.offloaded.active:
             kinds = ", ".join(sorted(k.value for k in self.offloaded.kinds))
-            raise StatesOffloadedError(f"{call}() while states are offloaded ({kinds}): call engine.reload_states() "
-                                       "first")
+            raise StatesOffloadedError(
+                f"{call}() while states are offloaded ({kinds}): call engine.reload_states() first"
+            )
 
     # --- state ---------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -306,17 +331,35 @@ class ZeroTrainer(ZeROOptimizer):
         if shards[0].get("loss_scaler") is not None:
             self.loss_scaler.load_state_dict(shards[0]["loss_scaler"])
 
-    def full_state_dict(self, *, dtype: torch.dtype | None = None, exclude_frozen_parameters: bool = False,
-                        rank0_only: bool = True) -> dict[str, Tensor] | None:
+    def full_state_dict(
+        self,
+        *,
+        dtype: torch.dtype | None = None,
+        exclude_frozen_parameters: bool = False,
+        rank0_only: bool = True,
+    ) -> dict[str, Tensor] | None:
         """The model's state dict (every rank holds it whole below stage 3), in ``dtype`` if given, on the
         CPU; with ``rank0_only`` other ranks get None, as at stage 3."""
         if rank0_only and ds_comm.get_rank() != 0:
             return None
-        frozen = {n for n, p in self.module.named_parameters() if not p.requires_grad} if exclude_frozen_parameters else set()
-        return {k: (v.detach().to("cpu", dtype=dtype) if dtype is not None and v.is_floating_point() else v.detach().cpu())
-                for k, v in self.module.state_dict().items() if k not in frozen}
+        frozen = (
+            {n for n, p in self.module.named_parameters() if not p.requires_grad}
+            if exclude_frozen_parameters
+            else set()
+        )
+        return {
+            k: (
+                v.detach().to("cpu", dtype=dtype)
+                if dtype is not None and v.is_floating_point()
+                else v.detach().cpu()
+            )
+            for k, v in self.module.state_dict().items()
+            if k not in frozen
+        }
 
-    def consolidated_16bit_state_dict(self, exclude_frozen_parameters: bool = False) -> dict[str, Tensor] | None:
+    def consolidated_16bit_state_dict(
+        self, exclude_frozen_parameters: bool = False
+    ) -> dict[str, Tensor] | None:
         """The model's own state dict, in its training dtype: below stage 3 every rank holds (and gets) it."""
         sd = self.module.state_dict()
         if exclude_frozen_parameters:

@@ -119,8 +119,11 @@ def build_units(
     for group_index, params in enumerate(param_groups):
         params = list(params)
         reduction = (reductions or {}).get(group_index)
-        g_world, g_rank = ((world_size, rank) if reduction is None else
-                           (ds_comm.get_world_size(reduction.group), ds_comm.get_rank(reduction.group)))
+        g_world, g_rank = (
+            (world_size, rank)
+            if reduction is None
+            else (ds_comm.get_world_size(reduction.group), ds_comm.get_rank(reduction.group))
+        )
         for positions in plan_units([p.numel() for p in params], bucket_numel):
             members = [params[i] for i in positions]
             kinds = {(p.dtype, p.device) for p in members}
@@ -134,12 +137,21 @@ def build_units(
             flat = torch.zeros(_padded(total, g_world), dtype=ref.dtype, device=ref.device)
             slots, offset = [], 0
             for i, p in zip(positions, members):
-                flat[offset:offset + p.numel()].copy_(p.detach().reshape(-1))
+                flat[offset : offset + p.numel()].copy_(p.detach().reshape(-1))
                 slots.append(ParamSlot(index=index_base + i, offset=offset, numel=p.numel(), shape=p.shape))
-                p.data = flat[offset:offset + p.numel()].view(p.shape)
+                p.data = flat[offset : offset + p.numel()].view(p.shape)
                 offset += p.numel()
-            units.append(FlatUnit(params=members, slots=slots, flat=flat, world_size=g_world, rank=g_rank,
-                                  group_index=group_index, reduction=reduction))
+            units.append(
+                FlatUnit(
+                    params=members,
+                    slots=slots,
+                    flat=flat,
+                    world_size=g_world,
+                    rank=g_rank,
+                    group_index=group_index,
+                    reduction=reduction,
+                )
+            )
         index_base += len(params)
     return units
 
@@ -151,4 +163,4 @@ def cast_units(units: list[FlatUnit], dtype: torch.dtype) -> None:
             continue
         unit.flat = unit.flat.to(dtype)
         for slot, p in zip(unit.slots, unit.params):
-            p.data = unit.flat[slot.offset:slot.offset + slot.numel].view(slot.shape)
+            p.data = unit.flat[slot.offset : slot.offset + slot.numel].view(slot.shape)

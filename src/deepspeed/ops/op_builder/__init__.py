@@ -22,7 +22,18 @@ from ds_kernels.op_builder import (
 )
 
 __all__ = [
-    "ALL_OPS", "AsyncIOBuilder", "CPUAdagradBuilder", "CPUAdamBuilder", "CPULionBuilder", "FusedAdamBuilder",
-    "FusedLambBuilder", "FusedLionBuilder", "InferenceBuilder", "OpBuilder", "OpNotAvailableError", "QuantizerBuilder",
-    "SparseAttnBuilder", "TransformerBuilder",
+    "ALL_OPS",
+    "AsyncIOBuilder",
+    "CPUAdagradBuilder",
+    "CPUAdamBuilder",
+    "CPULionBuilder",
+    "FusedAdamBuilder",
+    "FusedLambBuilder",
+    "FusedLionBuilder",
+    "InferenceBuilder",
+    "OpBuilder",
+    "OpNotAvailableError",
+    "QuantizerBuilder",
+    "SparseAttnBuilder",
+    "TransformerBuilder",
 ]

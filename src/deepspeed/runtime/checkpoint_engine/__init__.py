@@ -3,10 +3,15 @@
 
 from deepspeed.runtime.checkpoint_engine import checkpoint_engine, torch_checkpoint_engine
 from ds_engine.checkpoint.checkpoint_engine import (
-           CheckpointCommitInfo,
-           CheckpointEngine,
-           TorchCheckpointEngine,
+    CheckpointCommitInfo,
+    CheckpointEngine,
+    TorchCheckpointEngine,
 )
 
-__all__ = ["CheckpointCommitInfo", "CheckpointEngine", "TorchCheckpointEngine", "checkpoint_engine",
-           "torch_checkpoint_engine"]
+__all__ = [
+    "CheckpointCommitInfo",
+    "CheckpointEngine",
+    "TorchCheckpointEngine",
+    "checkpoint_engine",
+    "torch_checkpoint_engine",
+]

@@ -9,5 +9,11 @@ from ds_parallel.ulysses import (
     sequence_tiled_compute,
 )
 
-__all__ = ["SequenceTiledCompute", "TiledFusedLogitsLoss", "TiledMLP", "UlyssesSPAttentionHF",
-           "UlyssesSPDataLoaderAdapter", "sequence_tiled_compute"]
+__all__ = [
+    "SequenceTiledCompute",
+    "TiledFusedLogitsLoss",
+    "TiledMLP",
+    "UlyssesSPAttentionHF",
+    "UlyssesSPDataLoaderAdapter",
+    "sequence_tiled_compute",
+]

@@ -5,5 +5,9 @@ from ds_engine.config.zero import OffloadOptimizerConfig as DeepSpeedZeroOffload
 from ds_engine.config.zero import OffloadParamConfig as DeepSpeedZeroOffloadParamConfig
 from ds_engine.offload_enums import OffloadDeviceEnum, OffloadStateTypeEnum
 
-__all__ = ["DeepSpeedZeroOffloadOptimizerConfig", "DeepSpeedZeroOffloadParamConfig", "OffloadDeviceEnum",
-           "OffloadStateTypeEnum"]
+__all__ = [
+    "DeepSpeedZeroOffloadOptimizerConfig",
+    "DeepSpeedZeroOffloadParamConfig",
+    "OffloadDeviceEnum",
+    "OffloadStateTypeEnum",
+]

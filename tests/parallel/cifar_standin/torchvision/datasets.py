@@ -12,9 +12,17 @@ import torch
 class CIFAR10(torch.utils.data.Dataset):
     """CIFAR-10's constructor signature; ``len`` is small so an epoch takes seconds on CPU ranks."""
 
-    def __init__(self, root: str, train: bool = True, transform: Callable[[Any], Any] | None = None,
-                 target_transform: Callable[[Any], Any] | None = None, download: bool = False) -> None:
-        n = int(os.environ.get("CIFAR_STANDIN_TRAIN" if train else "CIFAR_STANDIN_TEST", "64" if train else "20"))
+    def __init__(
+        self,
+        root: str,
+        train: bool = True,
+        transform: Callable[[Any], Any] | None = None,
+        target_transform: Callable[[Any], Any] | None = None,
+        download: bool = False,
+    ) -> None:
+        n = int(
+            os.environ.get("CIFAR_STANDIN_TRAIN" if train else "CIFAR_STANDIN_TEST", "64" if train else "20")
+        )
         g = torch.Generator().manual_seed(0 if train else 1)
         self.targets = [i % 10 for i in range(n)]  # every class present (the script divides by class counts)
         noise = torch.randint(0, 256, (n, 32, 32, 3), generator=g, dtype=torch.uint8)

@@ -66,7 +66,9 @@ class Accelerator:
     def visible_devices_envs(self) -> list[str]:
         return list(self._visible_devices_envs)
 
-    def set_visible_devices_envs(self, current_env: MutableMapping[str, str], local_accelerator_ids: Sequence[int]) -> None:
+    def set_visible_devices_envs(
+        self, current_env: MutableMapping[str, str], local_accelerator_ids: Sequence[int]
+    ) -> None:
         """Restrict a child process's environment to ``local_accelerator_ids``."""
         value = ",".join(str(i) for i in local_accelerator_ids)
         for env in self._visible_devices_envs:

@@ -67,14 +67,19 @@ def _buffer_names(module: Any) -> list[str]:
     return names
 
 
-def model_states(engine: Any, exclude_frozen_parameters: bool, sharded_optimizer: bool,
-                 module: dict[str, Any] | None = None) -> dict[str, Any]:
+def model_states(
+    engine: Any,
+    exclude_frozen_parameters: bool,
+    sharded_optimizer: bool,
+    module: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """The dict written to ``mp_rank_00_model_states.pt`` (before the client's keys are added).
     ``module`` overrides the module's own state dict (stage 3 passes the gathered one)."""
     return {
         layout.MODULE: module if module is not None else module_state(engine, exclude_frozen_parameters),
         layout.BUFFER_NAMES: _buffer_names(engine.module),
-        layout.OPTIMIZER: None if (engine.optimizer is None or sharded_optimizer or _has_moe(engine))
+        layout.OPTIMIZER: None
+        if (engine.optimizer is None or sharded_optimizer or _has_moe(engine))
         else engine.optimizer.state_dict(),  # MoE at stage 0: in the expp_rank files (Note [expert optimizer state])
         layout.PARAM_SHAPES: None,
         layout.FROZEN_PARAM_SHAPES: None,
@@ -94,8 +99,14 @@ def model_states(engine: Any, exclude_frozen_parameters: bool, sharded_optimizer
     }
 
 
-def save(engine: Any, save_dir: str, tag: Any, client_state: dict[str, Any], save_latest: bool,
-         exclude_frozen_parameters: bool) -> bool:
+def save(
+    engine: Any,
+    save_dir: str,
+    tag: Any,
+    client_state: dict[str, Any],
+    save_latest: bool,
+    exclude_frozen_parameters: bool,
+) -> bool:
     """Write a checkpoint of ``engine`` (see the module docstring). Every rank must call it."""
     if not save_dir:
         raise ValueError(f"save_dir must be a non-empty path, got {save_dir!r}")
@@ -116,15 +127,31 @@ def save(engine: Any, save_dir: str, tag: Any, client_state: dict[str, Any], sav
     if rank == 0:  # saving a tag again: until its new manifest is written the tag is incomplete
         with suppress(FileNotFoundError):
             os.unlink(layout.manifest_path(save_dir, tag))
-    entries = _write_files(engine, save_dir, tag, client_state, exclude_frozen_parameters, rank,
-                           node_local=ckpt.use_node_local_storage)
+    entries = _write_files(
+        engine,
+        save_dir,
+        tag,
+        client_state,
+        exclude_frozen_parameters,
+        rank,
+        node_local=ckpt.use_node_local_storage,
+    )
     wait_for_all("save_checkpoint (writing files)", group=group, timeout_s=timeout)
     entries = manifest.gather(entries, group=group)  # Note [complete or refused]
     if rank == 0:
-        manifest.write(save_dir, tag, manifest.build(
-            tag, entries, ds_version=ds_version(), world_size=ds_comm.get_world_size() if group is not None else 1,
-            dp_world_size=engine.seq_dp_world_size, zero_stage=engine.zero_optimization_stage(),
-            optimizer_states=engine.optimizer is not None))
+        manifest.write(
+            save_dir,
+            tag,
+            manifest.build(
+                tag,
+                entries,
+                ds_version=ds_version(),
+                world_size=ds_comm.get_world_size() if group is not None else 1,
+                dp_world_size=engine.seq_dp_world_size,
+                zero_stage=engine.zero_optimization_stage(),
+                optimizer_states=engine.optimizer is not None,
+            ),
+        )
     if save_latest and ds_comm.get_rank() == 0:
         atomic_write_text(layout.latest_path(save_dir), tag)
     wait_for_all("save_checkpoint (latest)", group=group, timeout_s=timeout)
@@ -133,8 +160,16 @@ def save(engine: Any, save_dir: str, tag: Any, client_state: dict[str, Any], sav
     return True
 
 
-def _write_files(engine: Any, save_dir: str, tag: str, client_state: dict[str, Any], exclude_frozen_parameters: bool,
-                 rank: int, *, node_local: bool) -> list[dict[str, Any]]:
+def _write_files(
+    engine: Any,
+    save_dir: str,
+    tag: str,
+    client_state: dict[str, Any],
+    exclude_frozen_parameters: bool,
+    rank: int,
+    *,
+    node_local: bool,
+) -> list[dict[str, Any]]:
     """This rank's files of the checkpoint, written atomically; returns its manifest entries."""
     sharded = engine.optimizer is not None and engine.optimizer.sharded_state
     written: list[tuple[WrittenFile, str]] = []
@@ -144,7 +179,9 @@ def _write_files(engine: Any, save_dir: str, tag: str, client_state: dict[str, A
     if engine.zero_optimization_stage() == 3 and engine.optimizer is not None:
         # Stage 3: gathering the module is collective (every rank), and only rank 0 keeps it.
         dtype = engine.optimizer.policy.mixed_precision.param_dtype
-        gathered = engine.optimizer.full_state_dict(dtype=dtype, exclude_frozen_parameters=exclude_frozen_parameters)
+        gathered = engine.optimizer.full_state_dict(
+            dtype=dtype, exclude_frozen_parameters=exclude_frozen_parameters
+        )
         state = model_states(engine, exclude_frozen_parameters, sharded, module=gathered if rank == 0 else {})
         state.update(client_state)
         path = layout.zero3_model_states_path(save_dir, tag, engine.get_data_parallel_rank())
@@ -152,11 +189,15 @@ def _write_files(engine: Any, save_dir: str, tag: str, client_state: dict[str, A
     elif rank == 0 if mp_size == 1 else engine.get_data_parallel_rank() == 0:
         state = model_states(engine, exclude_frozen_parameters, sharded)
         state.update(client_state)
-        written.append((atomic_torch_save(state, layout.model_states_path(save_dir, tag, mp)),
-                        manifest.MODEL_STATES))
+        written.append(
+            (atomic_torch_save(state, layout.model_states_path(save_dir, tag, mp)), manifest.MODEL_STATES)
+        )
     if sharded:  # every rank writes its own slice of the optimizer state (Note [one slice format])
-        shard = {layout.OPTIMIZER_STATE_DICT: _optimizer_state(engine), layout.DS_CONFIG: engine.config,
-                 layout.DS_VERSION: ds_version()}
+        shard = {
+            layout.OPTIMIZER_STATE_DICT: _optimizer_state(engine),
+            layout.DS_CONFIG: engine.config,
+            layout.DS_VERSION: ds_version(),
+        }
         path = layout.zero_optim_states_path(save_dir, tag, engine.get_data_parallel_rank(), mp)
         written.append((atomic_torch_save(shard, path), manifest.OPTIM_STATES))
     elif engine.optimizer is not None and _has_moe(engine):  # Note [expert optimizer state]
@@ -164,8 +205,11 @@ def _write_files(engine: Any, save_dir: str, tag: str, client_state: dict[str, A
 
         path = moe_optimizer_checkpoint.expp_path(save_dir, tag, mp)
         if path is not None:
-            content = {layout.OPTIMIZER: _optimizer_state(engine), layout.DS_CONFIG: engine.config,
-                       layout.DS_VERSION: ds_version()}
+            content = {
+                layout.OPTIMIZER: _optimizer_state(engine),
+                layout.DS_CONFIG: engine.config,
+                layout.DS_VERSION: ds_version(),
+            }
             written.append((atomic_torch_save(content, path), manifest.OPTIM_STATES))
     return [manifest.entry(w, kind=kind, node_local=node_local) for w, kind in written]
 
@@ -191,15 +235,25 @@ def resolve_tag(load_dir: str, tag: Any) -> str | None:
         return str(tag)
     latest = layout.latest_path(load_dir)
     if not os.path.isfile(latest):
-        logger.warning("no checkpoint to load: %s does not exist (pass tag= to load a specific checkpoint)", latest)
+        logger.warning(
+            "no checkpoint to load: %s does not exist (pass tag= to load a specific checkpoint)", latest
+        )
         return None
     with open(latest, encoding="utf-8") as handle:
         return handle.read().strip()
 
 
-def load(engine: Any, load_dir: str, tag: Any, *, load_module_strict: bool, load_optimizer_states: bool,
-         load_lr_scheduler_states: bool, load_module_only: bool,
-         custom_load_fn: Callable[..., Any] | None = None) -> tuple[str | None, dict[str, Any] | None]:
+def load(
+    engine: Any,
+    load_dir: str,
+    tag: Any,
+    *,
+    load_module_strict: bool,
+    load_optimizer_states: bool,
+    load_lr_scheduler_states: bool,
+    load_module_only: bool,
+    custom_load_fn: Callable[..., Any] | None = None,
+) -> tuple[str | None, dict[str, Any] | None]:
     """Restore ``engine`` from a checkpoint; returns ``(path, client_state)`` or ``(None, None)``.
 
     ``custom_load_fn(src=saved module state dict, dst=engine.module)`` replaces the module's
@@ -213,7 +267,9 @@ def load(engine: Any, load_dir: str, tag: Any, *, load_module_strict: bool, load
     optimizer = engine.optimizer
     wants_optimizer = optimizer is not None and load_optimizer_states and not load_module_only
     mp = engine.get_model_parallel_rank()  # AutoTP: this tensor rank's files
-    opened = integrity.open_tag(load_dir, tag, wants_optimizer=wants_optimizer, mp_rank=mp)  # refuses an incomplete tag
+    opened = integrity.open_tag(
+        load_dir, tag, wants_optimizer=wants_optimizer, mp_rank=mp
+    )  # refuses an incomplete tag
     if opened is None:
         logger.warning("no checkpoint to load: %s does not exist", layout.model_states_path(load_dir, tag))
         return None, None
@@ -223,16 +279,25 @@ def load(engine: Any, load_dir: str, tag: Any, *, load_module_strict: bool, load
         raise deepspeed_format.DeepSpeedCheckpointError(
             f"{path} was saved with tensor-parallel size {saved_mp} (tensor_parallel.autotp_size); this engine "
             f"runs {mp_size}. Resume at the same size, or export full weights with save_16bit_model and start "
-            "from those")
-    placeholders = deepspeed_format.partitioned_placeholders(state[layout.MODULE], state.get(layout.PARAM_SHAPES))
-    if wants_optimizer and _has_moe(engine):  # expert slices to this rank's experts (Note [expert optimizer state])
+            "from those"
+        )
+    placeholders = deepspeed_format.partitioned_placeholders(
+        state[layout.MODULE], state.get(layout.PARAM_SHAPES)
+    )
+    if wants_optimizer and _has_moe(
+        engine
+    ):  # expert slices to this rank's experts (Note [expert optimizer state])
         from ds_engine import moe_optimizer_checkpoint
 
         shards = moe_optimizer_checkpoint.optimizer_shards(engine, state, path, opened.optimizer_files)
     else:
-        shards = _optimizer_shards(state, path, opened.optimizer_files) if wants_optimizer or placeholders else []
+        shards = (
+            _optimizer_shards(state, path, opened.optimizer_files) if wants_optimizer or placeholders else []
+        )
     if placeholders:  # a DeepSpeed stage-3 save: its weights live only in the optimizer partitions
-        deepspeed_format.fill_partitioned_weights(state[layout.MODULE], placeholders, consolidate_fp32(shards))
+        deepspeed_format.fill_partitioned_weights(
+            state[layout.MODULE], placeholders, consolidate_fp32(shards)
+        )
     if custom_load_fn is None:
         engine.module.load_state_dict(state[layout.MODULE], strict=load_module_strict)
     else:
@@ -246,10 +311,16 @@ def load(engine: Any, load_dir: str, tag: Any, *, load_module_strict: bool, load
             optimizer.refresh_fp32_params()  # masters follow the loaded weights
     if load_module_only:
         return path, {}
-    if load_lr_scheduler_states and engine.lr_scheduler is not None and state.get(layout.LR_SCHEDULER) is not None:
+    if (
+        load_lr_scheduler_states
+        and engine.lr_scheduler is not None
+        and state.get(layout.LR_SCHEDULER) is not None
+    ):
         engine.lr_scheduler.load_state_dict(state[layout.LR_SCHEDULER])
     engine.global_steps = int(state.get(layout.GLOBAL_STEPS, 0))
-    engine.global_samples = int(state.get(layout.GLOBAL_SAMPLES, engine.global_steps * engine.train_batch_size()))
+    engine.global_samples = int(
+        state.get(layout.GLOBAL_SAMPLES, engine.global_steps * engine.train_batch_size())
+    )
     engine.skipped_steps = int(state.get(layout.SKIPPED_STEPS, 0))
     client_state = {k: v for k, v in state.items() if k not in layout.ENGINE_KEYS}
     return path, client_state
@@ -274,7 +345,8 @@ def _optimizer_shards(state: dict[str, Any], path: str, optimizer_files: list[st
         if saved.get("format") != SLICES_FORMAT:
             raise deepspeed_format.DeepSpeedCheckpointError(
                 f"{path}: its optimizer state is a plain torch state dict (a "
-                "DeepSpeed stage-0 save), which is not read; load it with load_optimizer_states=False")
+                "DeepSpeed stage-0 save), which is not read; load it with load_optimizer_states=False"
+            )
         return [saved]
     return deepspeed_format.read_optimizer_shards(optimizer_files, state.get(layout.PARAM_SHAPES))
 
@@ -282,7 +354,9 @@ def _optimizer_shards(state: dict[str, Any], path: str, optimizer_files: list[st
 def _load_optimizer(engine: Any, shards: list[dict[str, Any]], load_dir: str, tag: str) -> bool:
     """Hand the trainer every saved slice of optimizer state (Note [one slice format])."""
     if not shards:
-        logger.warning("checkpoint %s has no optimizer state; the optimizer starts fresh", os.path.join(load_dir, tag))
+        logger.warning(
+            "checkpoint %s has no optimizer state; the optimizer starts fresh", os.path.join(load_dir, tag)
+        )
         return False
     engine.optimizer.load_state_dict(shards)
     return True

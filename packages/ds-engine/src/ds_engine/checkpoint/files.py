@@ -46,7 +46,9 @@ def check_safe(value: Any, path: str = "client_state") -> None:
     if isinstance(value, Mapping):
         for key, item in value.items():
             if not isinstance(key, _PLAIN):
-                raise UnsafeCheckpointValue(f"{path}: key {key!r} of type {type(key).__name__} is not plain data")
+                raise UnsafeCheckpointValue(
+                    f"{path}: key {key!r} of type {type(key).__name__} is not plain data"
+                )
             check_safe(item, f"{path}[{key!r}]")
         return
     if isinstance(value, list | tuple | set):
@@ -218,7 +220,8 @@ def safe_load(path: str, map_location: Any = "cpu") -> Any:
         unsafe, reason = load_errors.describe(exc)
         if unsafe:
             raise UnsafeCheckpointError(
-                f"{path} holds objects that cannot be loaded safely (weights_only=True): {reason}") from None
+                f"{path} holds objects that cannot be loaded safely (weights_only=True): {reason}"
+            ) from None
         raise CorruptCheckpointError(f"{path} is truncated or not a torch checkpoint: {reason}") from None
     size = os.path.getsize(path) if isinstance(path, (str, os.PathLike)) else 0  # or a file object
     file_progress("loaded", str(path), size, time.perf_counter() - start)
@@ -233,7 +236,9 @@ def clone_tensors_for_torch_save(item: Any, device: torch.device | str = CPU) ->
     target = torch.device(device)
     if torch.is_tensor(item):
         moved = item.detach().to(target)
-        return moved.clone() if moved.data_ptr() == item.data_ptr() else moved  # same storage: make it compact
+        return (
+            moved.clone() if moved.data_ptr() == item.data_ptr() else moved
+        )  # same storage: make it compact
     if isinstance(item, dict):
         return type(item)((key, clone_tensors_for_torch_save(value, target)) for key, value in item.items())
     if isinstance(item, tuple) and hasattr(item, "_fields"):  # a namedtuple takes its fields positionally

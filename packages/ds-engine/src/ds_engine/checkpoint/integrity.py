@@ -25,8 +25,9 @@ from ds_engine.checkpoint.files import CorruptCheckpointError, safe_load
 from ds_engine.checkpoint.manifest import IncompleteCheckpointError
 from ds_zero import deepspeed_format
 
-WEIGHTS_ONLY = ("to take the model weights only, load with load_optimizer_states=False or "
-                "load_module_only=True")
+WEIGHTS_ONLY = (
+    "to take the model weights only, load with load_optimizer_states=False or load_module_only=True"
+)
 EARLIER_TAG = "load an earlier tag (pass tag=...), or save this one again"
 
 
@@ -70,22 +71,28 @@ def open_tag(load_dir: str, tag: str, *, wants_optimizer: bool, mp_rank: int = 0
         if _visible_files(folder):
             raise IncompleteCheckpointError(
                 f"checkpoint {folder} is incomplete: it holds {', '.join(_visible_files(folder))} but no model "
-                f"states file and no {layout.MANIFEST} (the save did not finish); {EARLIER_TAG}")
+                f"states file and no {layout.MANIFEST} (the save did not finish); {EARLIER_TAG}"
+            )
         return None
     state = safe_load(path)
     if state.get(layout.MANIFEST_KEY):
         raise IncompleteCheckpointError(
             f"checkpoint {folder} is incomplete: {os.path.basename(path)} was written by a save that ends with "
-            f"{layout.MANIFEST}, which is missing (the save was interrupted or failed); {EARLIER_TAG}")
+            f"{layout.MANIFEST}, which is missing (the save was interrupted or failed); {EARLIER_TAG}"
+        )
     return OpenedTag(path, state, _deepspeed_optimizer_files(folder, state, wants_optimizer))
 
 
-def _open_with_manifest(load_dir: str, tag: str, saved: dict[str, Any], wants_optimizer: bool,
-                        mp_rank: int = 0) -> OpenedTag:
+def _open_with_manifest(
+    load_dir: str, tag: str, saved: dict[str, Any], wants_optimizer: bool, mp_rank: int = 0
+) -> OpenedTag:
     # the model states a load reads: rank 0's (stages 0-2, or stage 3's with the gathered module); with
     # AutoTP, this tensor rank's (mp_rank_<tp>) and only its optimizer files
-    candidates = (layout.model_states_path(load_dir, tag, mp_rank), layout.zero3_model_states_path(load_dir, tag, 0),
-                  layout.model_states_path(load_dir, tag))  # a save at another tensor size: the load refuses it
+    candidates = (
+        layout.model_states_path(load_dir, tag, mp_rank),
+        layout.zero3_model_states_path(load_dir, tag, 0),
+        layout.model_states_path(load_dir, tag),
+    )  # a save at another tensor size: the load refuses it
     model = next((os.path.basename(p) for p in candidates if os.path.basename(p) in saved["files"]), None)
     if model is None:
         raise CorruptCheckpointError(f"{layout.manifest_path(load_dir, tag)} lists no model states file")
@@ -94,20 +101,27 @@ def _open_with_manifest(load_dir: str, tag: str, saved: dict[str, Any], wants_op
     optim = [n for n in optim if f"_mp_rank_{mp_rank:02d}_" in n]
     manifest.verify(load_dir, tag, saved, optim, advice=WEIGHTS_ONLY)
     folder = layout.tag_dir(load_dir, tag)
-    return OpenedTag(os.path.join(folder, model), safe_load(os.path.join(folder, model)),
-                     [os.path.join(folder, n) for n in optim])
+    return OpenedTag(
+        os.path.join(folder, model),
+        safe_load(os.path.join(folder, model)),
+        [os.path.join(folder, n) for n in optim],
+    )
 
 
 def _deepspeed_optimizer_files(folder: str, state: dict[str, Any], wants_optimizer: bool) -> list[str]:
     """Every data-parallel rank's optimizer file of a manifest-less tag, when the load reads them."""
-    placeholders = deepspeed_format.partitioned_placeholders(state.get(layout.MODULE) or {},
-                                                             state.get(layout.PARAM_SHAPES))
+    placeholders = deepspeed_format.partitioned_placeholders(
+        state.get(layout.MODULE) or {}, state.get(layout.PARAM_SHAPES)
+    )
     if not (wants_optimizer or placeholders) or state.get(layout.OPTIMIZER) is not None:
         return []
     expected = deepspeed_format.rank_file_paths(folder, int(state.get(layout.DP_WORLD_SIZE) or 1))
     present = [p for p in expected if os.path.isfile(p)]
-    sharded = (state.get(layout.PARAM_SHAPES) is not None or bool(present)
-               or _saved_zero_stage(state.get(layout.DS_CONFIG)) > 0)
+    sharded = (
+        state.get(layout.PARAM_SHAPES) is not None
+        or bool(present)
+        or _saved_zero_stage(state.get(layout.DS_CONFIG)) > 0
+    )
     if not sharded:
         return []  # saved without any optimizer state (no optimizer): the load says so and starts it fresh
     missing = [p for p in expected if p not in present]
@@ -116,5 +130,6 @@ def _deepspeed_optimizer_files(folder: str, state: dict[str, Any], wants_optimiz
         raise IncompleteCheckpointError(
             f"checkpoint {folder} is incomplete: {', '.join(missing)} "
             f"{'is' if len(missing) == 1 else 'are'} missing ({len(missing)} of the {len(expected)} optimizer files "
-            f"its {len(expected)} data-parallel ranks wrote); {advice}")
+            f"its {len(expected)} data-parallel ranks wrote); {advice}"
+        )
     return expected

@@ -48,11 +48,28 @@ OPTIMIZER_STATE_DICT = "optimizer_state_dict"
 MANIFEST = "ds_manifest.json"
 MANIFEST_KEY = "ds_manifest"  # in this project's model states: the manifest the save ends with
 
-ENGINE_KEYS = frozenset({
-    MODULE, OPTIMIZER, LR_SCHEDULER, GLOBAL_STEPS, GLOBAL_SAMPLES, SKIPPED_STEPS, DP_WORLD_SIZE, MP_WORLD_SIZE,
-    DS_CONFIG, DS_VERSION, BUFFER_NAMES, PARAM_SHAPES, FROZEN_PARAM_SHAPES, SHARED_PARAMS,
-    FROZEN_PARAM_FRAGMENTS, DATA_SAMPLER, RANDOM_LTD, MANIFEST_KEY,
-})
+ENGINE_KEYS = frozenset(
+    {
+        MODULE,
+        OPTIMIZER,
+        LR_SCHEDULER,
+        GLOBAL_STEPS,
+        GLOBAL_SAMPLES,
+        SKIPPED_STEPS,
+        DP_WORLD_SIZE,
+        MP_WORLD_SIZE,
+        DS_CONFIG,
+        DS_VERSION,
+        BUFFER_NAMES,
+        PARAM_SHAPES,
+        FROZEN_PARAM_SHAPES,
+        SHARED_PARAMS,
+        FROZEN_PARAM_FRAGMENTS,
+        DATA_SAMPLER,
+        RANDOM_LTD,
+        MANIFEST_KEY,
+    }
+)
 
 # DeepSpeed's other key and file-name constants (``deepspeed.checkpoint.constants``): the optimizer
 # state dict of its ZeRO files, its file-name parts, and the universal-checkpoint keys clients read.
@@ -122,9 +139,13 @@ def model_states_path(save_dir: str | os.PathLike[str], tag: str, mp_rank: int =
     return os.path.join(os.fspath(save_dir), str(tag), f"mp_rank_{mp_rank:02d}_model_states.pt")
 
 
-def zero3_model_states_path(save_dir: str | os.PathLike[str], tag: str, dp_rank: int, mp_rank: int = 0) -> str:
+def zero3_model_states_path(
+    save_dir: str | os.PathLike[str], tag: str, dp_rank: int, mp_rank: int = 0
+) -> str:
     """``<dir>/<tag>/zero_pp_rank_<r>_mp_rank_00_model_states.pt`` (stage 3)."""
-    return os.path.join(os.fspath(save_dir), str(tag), f"zero_pp_rank_{dp_rank}_mp_rank_{mp_rank:02d}_model_states.pt")
+    return os.path.join(
+        os.fspath(save_dir), str(tag), f"zero_pp_rank_{dp_rank}_mp_rank_{mp_rank:02d}_model_states.pt"
+    )
 
 
 def find_model_states(load_dir: str | os.PathLike[str], tag: str) -> str | None:
@@ -137,7 +158,9 @@ def find_model_states(load_dir: str | os.PathLike[str], tag: str) -> str | None:
 
 def zero_optim_states_path(save_dir: str | os.PathLike[str], tag: str, dp_rank: int, mp_rank: int = 0) -> str:
     """``<dir>/<tag>/zero_pp_rank_<r>_mp_rank_00_optim_states.pt``."""
-    return os.path.join(os.fspath(save_dir), str(tag), f"zero_pp_rank_{dp_rank}_mp_rank_{mp_rank:02d}_optim_states.pt")
+    return os.path.join(
+        os.fspath(save_dir), str(tag), f"zero_pp_rank_{dp_rank}_mp_rank_{mp_rank:02d}_optim_states.pt"
+    )
 
 
 def latest_path(save_dir: str | os.PathLike[str]) -> str:

@@ -32,9 +32,14 @@ class IncompleteCheckpointError(RuntimeError):
 
 def entry(written: WrittenFile, *, kind: str, node_local: bool) -> dict[str, Any]:
     """One rank's report of a file it wrote. ``node_local``: tag it with this host, whose disk holds it."""
-    return {"name": os.path.basename(written.path), "size": written.size, "crc32": written.crc32,
-            "rank": ds_comm.get_rank() if ds_comm.is_initialized() else 0, "kind": kind,
-            "host": socket.gethostname() if node_local else ""}
+    return {
+        "name": os.path.basename(written.path),
+        "size": written.size,
+        "crc32": written.crc32,
+        "rank": ds_comm.get_rank() if ds_comm.is_initialized() else 0,
+        "kind": kind,
+        "host": socket.gethostname() if node_local else "",
+    }
 
 
 def gather(entries: list[dict[str, Any]], *, group: Any) -> list[dict[str, Any]]:
@@ -46,15 +51,34 @@ def gather(entries: list[dict[str, Any]], *, group: Any) -> list[dict[str, Any]]
     return [item for rank_entries in everyone for item in rank_entries]
 
 
-def build(tag: str, entries: Iterable[dict[str, Any]], *, ds_version: str, world_size: int, dp_world_size: int,
-          zero_stage: int, optimizer_states: bool) -> dict[str, Any]:
+def build(
+    tag: str,
+    entries: Iterable[dict[str, Any]],
+    *,
+    ds_version: str,
+    world_size: int,
+    dp_world_size: int,
+    zero_stage: int,
+    optimizer_states: bool,
+) -> dict[str, Any]:
     """The manifest of ``tag`` listing ``entries`` (those on this host's disk when saved node-locally)."""
     here = socket.gethostname()
-    files = {e["name"]: {"size": e["size"], "crc32": e["crc32"], "rank": e["rank"], "kind": e["kind"]}
-             for e in sorted(entries, key=lambda e: e["name"]) if e["host"] in ("", here)}
-    return {"format": FORMAT, "tag": tag, "ds_version": ds_version, "world_size": world_size,
-            "dp_world_size": dp_world_size, "zero_stage": zero_stage, "optimizer_states": optimizer_states,
-            "checksum": "crc32", "files": files}
+    files = {
+        e["name"]: {"size": e["size"], "crc32": e["crc32"], "rank": e["rank"], "kind": e["kind"]}
+        for e in sorted(entries, key=lambda e: e["name"])
+        if e["host"] in ("", here)
+    }
+    return {
+        "format": FORMAT,
+        "tag": tag,
+        "ds_version": ds_version,
+        "world_size": world_size,
+        "dp_world_size": dp_world_size,
+        "zero_stage": zero_stage,
+        "optimizer_states": optimizer_states,
+        "checksum": "crc32",
+        "files": files,
+    }
 
 
 def write(save_dir: str, tag: str, manifest: dict[str, Any]) -> WrittenFile:
@@ -71,9 +95,14 @@ def read(load_dir: str, tag: str) -> dict[str, Any] | None:
     except FileNotFoundError:
         return None
     except (ValueError, UnicodeDecodeError) as exc:
-        raise CorruptCheckpointError(f"{path} is damaged ({exc}); the save of this tag did not finish "
-                                     "cleanly: load an earlier tag") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or not isinstance(manifest.get("files"), dict):
+        raise CorruptCheckpointError(
+            f"{path} is damaged ({exc}); the save of this tag did not finish cleanly: load an earlier tag"
+        ) from None
+    if (
+        not isinstance(manifest, dict)
+        or manifest.get("format") != FORMAT
+        or not isinstance(manifest.get("files"), dict)
+    ):
         raise CorruptCheckpointError(f"{path} is not a {FORMAT} manifest")
     return manifest
 
@@ -81,8 +110,10 @@ def read(load_dir: str, tag: str) -> dict[str, Any] | None:
 def names_of(manifest: dict[str, Any], kind: str) -> list[str]:
     """The files of ``kind`` (model or optimizer states) the manifest lists, in rank order."""
     files = manifest["files"]
-    return sorted((name for name, info in files.items() if info.get("kind") == kind),
-                  key=lambda name: (files[name].get("rank", 0), name))
+    return sorted(
+        (name for name, info in files.items() if info.get("kind") == kind),
+        key=lambda name: (files[name].get("rank", 0), name),
+    )
 
 
 def _problem(path: str, info: dict[str, Any]) -> str | None:

@@ -57,16 +57,26 @@ def reconcile_batch(
                 f"gradient_accumulation_steps * world_size, but {tb} != {mb} * {gas} * {world} = {mb * gas * world}"
             )
     elif tb is not None and mb is not None:
-        gas = _exact(tb, mb * world, "gradient_accumulation_steps",
-                     f"train_batch_size {tb} / (micro {mb} * world_size {world})")
+        gas = _exact(
+            tb,
+            mb * world,
+            "gradient_accumulation_steps",
+            f"train_batch_size {tb} / (micro {mb} * world_size {world})",
+        )
     elif tb is not None and gas is not None:
-        mb = _exact(tb, gas * world, "train_micro_batch_size_per_gpu",
-                    f"train_batch_size {tb} / (accumulation {gas} * world_size {world})")
+        mb = _exact(
+            tb,
+            gas * world,
+            "train_micro_batch_size_per_gpu",
+            f"train_batch_size {tb} / (accumulation {gas} * world_size {world})",
+        )
     elif mb is not None and gas is not None:
         tb = mb * gas * world
     elif tb is not None:
         gas = 1
-        mb = _exact(tb, world, "train_micro_batch_size_per_gpu", f"train_batch_size {tb} / world_size {world}")
+        mb = _exact(
+            tb, world, "train_micro_batch_size_per_gpu", f"train_batch_size {tb} / world_size {world}"
+        )
     else:
         assert mb is not None
         gas = 1

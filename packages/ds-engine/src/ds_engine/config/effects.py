@@ -51,8 +51,9 @@ class Effect:
     def describe(self) -> str:
         """One line for the config reference."""
         if self.nested:
-            return "section: each key's effect is in its own table" + (f"; refused: {self.refuse_why}"
-                                                                       if self.refuse_why else "")
+            return "section: each key's effect is in its own table" + (
+                f"; refused: {self.refuse_why}" if self.refuse_why else ""
+            )
         if self.kind == "applied":
             places = ", ".join(w.split("#")[0] for w in self.where)
             text = f"applied ({places})" + (f": {self.why}" if self.why else "")
@@ -60,16 +61,22 @@ class Effect:
         return f"{self.kind}: {self.why}"
 
 
-def applied(*where: str, why: str = "", refuse_when: Callable[[Any], bool] | None = None,
-            refuse_why: str = "", gate: str = "") -> Effect:
+def applied(
+    *where: str,
+    why: str = "",
+    refuse_when: Callable[[Any], bool] | None = None,
+    refuse_why: str = "",
+    gate: str = "",
+) -> Effect:
     """The key is read by each of ``where`` (``module:qualname``, with ``#attr`` when the reader's
     attribute is named differently); ``why`` qualifies it (e.g. which stages). Values for which
     ``refuse_when(section)`` holds are refused with ``refuse_why``."""
     return Effect("applied", where=where, why=why, when=refuse_when, refuse_why=refuse_why, gate=gate)
 
 
-def no_effect(why: str, *, refuse_when: Callable[[Any], bool] | None = None, refuse_why: str = "",
-              gate: str = "") -> Effect:
+def no_effect(
+    why: str, *, refuse_when: Callable[[Any], bool] | None = None, refuse_why: str = "", gate: str = ""
+) -> Effect:
     """The key is accepted and does nothing here; a non-default value warns with ``why``. Values for which
     ``refuse_when(section)`` holds (a not-built feature switched on) are refused with ``refuse_why``."""
     return Effect("no effect", why=why, when=refuse_when, refuse_why=refuse_why, gate=gate)
@@ -80,7 +87,9 @@ def refused(why: str, when: Callable[[Any], bool], gate: str = "") -> Effect:
     return Effect("refused", why=why, when=when, refuse_why=why, gate=gate)
 
 
-def section(*, refuse_when: Callable[[Any], bool] | None = None, refuse_why: str = "", gate: str = "") -> Effect:
+def section(
+    *, refuse_when: Callable[[Any], bool] | None = None, refuse_why: str = "", gate: str = ""
+) -> Effect:
     """The field is a config section: its keys are declared in the section's own table. ``refuse_when(parent)``
     refuses the section as a whole (a feature tree that switches something on)."""
     return Effect("applied", when=refuse_when, refuse_why=refuse_why, gate=gate, nested=True)
@@ -125,8 +134,10 @@ def _sections(root: BaseModel) -> Iterator[tuple[str, BaseModel, Mapping[str, Ef
         if found is None:
             continue
         yield found[0], node, found[1]
-        children = [(f"{path}.{_key(node, n)}" if path else _key(node, n), getattr(node, n))
-                    for n in type(node).model_fields]
+        children = [
+            (f"{path}.{_key(node, n)}" if path else _key(node, n), getattr(node, n))
+            for n in type(node).model_fields
+        ]
         pending[0:0] = [(p, child) for p, child in children if isinstance(child, BaseModel)]
 
 
@@ -142,8 +153,11 @@ def no_effect_settings(root: BaseModel) -> list[str]:
     out = []
     for path, section, table in _sections(root):
         for name, effect in table.items():
-            if effect.kind == "no effect" and name in section.model_fields_set \
-                    and getattr(section, name) != _default(type(section), name):
+            if (
+                effect.kind == "no effect"
+                and name in section.model_fields_set
+                and getattr(section, name) != _default(type(section), name)
+            ):
                 out.append(f"'{_join(path, _key(section, name))}' has no effect here: {effect.why}")
     return out
 

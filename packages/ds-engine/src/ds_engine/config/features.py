@@ -46,7 +46,9 @@ class ParallelWriteConfig(ConfigModel):
 class CheckpointConfig(ConfigModel):
     """``checkpoint``: how checkpoints are validated and written."""
 
-    tag_validation: Literal["Ignore", "Warn", "Fail", "IGNORE", "WARN", "FAIL", "ignore", "warn", "fail"] = "Warn"
+    tag_validation: Literal["Ignore", "Warn", "Fail", "IGNORE", "WARN", "FAIL", "ignore", "warn", "fail"] = (
+        "Warn"
+    )
     """What a tag that differs across ranks does: Ignore, Warn (default) or Fail."""
     load_universal: bool = False
     """Load a universal checkpoint. This project's checkpoints reshard without conversion; accepted."""
@@ -93,7 +95,9 @@ class AioConfig(ConfigModel):
     """I/O block size in bytes."""
     queue_depth: int = Field(8, gt=0)
     """I/O queue depth."""
-    intra_op_parallelism: int = Field(1, gt=0, validation_alias=AliasChoices("intra_op_parallelism", "thread_count"))
+    intra_op_parallelism: int = Field(
+        1, gt=0, validation_alias=AliasChoices("intra_op_parallelism", "thread_count")
+    )
     """I/O threads per operation (older configs call it ``thread_count``)."""
     single_submit: bool = False
     """Submit requests one at a time."""
@@ -137,13 +141,17 @@ class ElasticityConfig(ConfigModel):
     @model_validator(mode="after")
     def _consistent(self) -> ElasticityConfig:
         if self.version not in ELASTICITY_VERSIONS:
-            raise ValueError(f"elasticity version {self.version} is not supported; this runtime has versions "
-                             f"{', '.join(map(str, ELASTICITY_VERSIONS))}")
+            raise ValueError(
+                f"elasticity version {self.version} is not supported; this runtime has versions "
+                f"{', '.join(map(str, ELASTICITY_VERSIONS))}"
+            )
         if self.max_gpus < self.min_gpus:
             raise ValueError(f"min_gpus {self.min_gpus} is larger than max_gpus {self.max_gpus}")
         if self.model_parallel_size > 1 and self.version != 0.2:
-            raise ValueError(f"elasticity version {self.version} does not support model parallelism "
-                             f"(model_parallel_size {self.model_parallel_size}); use version 0.2")
+            raise ValueError(
+                f"elasticity version {self.version} does not support model parallelism "
+                f"(model_parallel_size {self.model_parallel_size}); use version 0.2"
+            )
         if self.enabled:
             missing = [k for k in ("max_train_batch_size", "micro_batch_sizes") if getattr(self, k) is None]
             if missing:
@@ -209,8 +217,10 @@ class AutotuningConfig(ConfigModel):
     @model_validator(mode="after")
     def _profile_window(self) -> AutotuningConfig:
         if self.end_profile_step < self.start_profile_step:
-            raise ValueError(f"end_profile_step {self.end_profile_step} is before start_profile_step "
-                             f"{self.start_profile_step}")
+            raise ValueError(
+                f"end_profile_step {self.end_profile_step} is before start_profile_step "
+                f"{self.start_profile_step}"
+            )
         return self
 
 

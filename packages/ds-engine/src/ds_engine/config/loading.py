@@ -26,9 +26,13 @@ def _parse_json(text: str, source: str) -> dict[str, Any]:
     try:
         data = json.loads(text, object_pairs_hook=_no_duplicates)
     except json.JSONDecodeError as exc:
-        raise DeepSpeedConfigError(f"{source}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+        raise DeepSpeedConfigError(
+            f"{source}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
+        ) from None
     if not isinstance(data, dict):
-        raise DeepSpeedConfigError(f"{source}: a DeepSpeed config must be a JSON object, got {type(data).__name__}")
+        raise DeepSpeedConfigError(
+            f"{source}: a DeepSpeed config must be a JSON object, got {type(data).__name__}"
+        )
     return data
 
 
@@ -48,7 +52,9 @@ def read_config_source(source: str | os.PathLike[str] | Mapping[str, Any]) -> di
         decoded = None
     if decoded and decoded.lstrip().startswith("{"):
         return _parse_json(decoded, "base64 config")
-    raise DeepSpeedConfigError(f"DeepSpeed config file not found: {text!r} (expected a JSON file, a dict or base64 JSON)")
+    raise DeepSpeedConfigError(
+        f"DeepSpeed config file not found: {text!r} (expected a JSON file, a dict or base64 JSON)"
+    )
 
 
 def choose_config_source(*, args: Any = None, config: Any = None, config_params: Any = None) -> Any:
@@ -57,7 +63,9 @@ def choose_config_source(*, args: Any = None, config: Any = None, config_params:
     Giving it in two places is an error, as in DeepSpeed; ``args.deepscale_config`` is DeepSpeed's old name.
     """
     if config is not None and config_params is not None and config is not config_params:
-        raise DeepSpeedConfigError("both 'config' and 'config_params' were given to initialize(); pass only one")
+        raise DeepSpeedConfigError(
+            "both 'config' and 'config_params' were given to initialize(); pass only one"
+        )
     config = config if config is not None else config_params
     from_args = None
     if args is not None:

@@ -140,8 +140,11 @@ WANDB_KEYS: dict[str, Effect] = {
 }
 COMET_KEYS: dict[str, Effect] = {
     "enabled": applied(_MONITOR),
-    **{name: applied("ds_engine.monitor:CometMonitor.__init__") for name in CometConfig.model_fields
-       if name != "enabled"},
+    **{
+        name: applied("ds_engine.monitor:CometMonitor.__init__")
+        for name in CometConfig.model_fields
+        if name != "enabled"
+    },
 }
 COMMS_LOGGER_KEYS: dict[str, Effect] = {
     name: applied("ds_comm.logging_api:configure", why="the engine passes the config to ds_comm.configure")
@@ -152,8 +155,10 @@ FLOPS_PROFILER_KEYS: dict[str, Effect] = {
     "enabled": applied(f"{_PROFILE}.for_engine"),
     "recompute_fwd_factor": applied(f"{_PROFILE}.__init__"),
     "profile_step": applied(f"{_PROFILE}.before_forward"),
-    **{name: applied(f"{_PROFILE}.after_step") for name in ("module_depth", "top_modules", "detailed",
-                                                              "output_file")},
+    **{
+        name: applied(f"{_PROFILE}.after_step")
+        for name in ("module_depth", "top_modules", "detailed", "output_file")
+    },
 }
 THROUGHPUT_KEYS: dict[str, Effect] = {
     "enabled": applied("ds_engine.timers:ThroughputTimer.start"),

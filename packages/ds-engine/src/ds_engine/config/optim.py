@@ -38,7 +38,9 @@ class OptimizerConfig(ConfigModel):
     @classmethod
     def _reject_max_grad_norm(cls, value: Any) -> Any:
         if isinstance(value, dict) and "max_grad_norm" in value:
-            raise ValueError("'max_grad_norm' is not an optimizer parameter; use the top-level 'gradient_clipping'")
+            raise ValueError(
+                "'max_grad_norm' is not an optimizer parameter; use the top-level 'gradient_clipping'"
+            )
         return value
 
     @field_validator("params", mode="after")
@@ -48,8 +50,9 @@ class OptimizerConfig(ConfigModel):
         # (or never, for a negative lr under a scheduler). Other params pass through untouched.
         for key, (valid, expected) in _PARAM_CHECKS.items():
             if key in value and not valid(value[key]):
-                raise PydanticCustomError("param_value", "{expected}",
-                                          {"subkey": key, "value": value[key], "expected": expected})
+                raise PydanticCustomError(
+                    "param_value", "{expected}", {"subkey": key, "value": value[key], "expected": expected}
+                )
         return value
 
 
@@ -104,11 +107,15 @@ class SchedulerConfig(ConfigModel):
 OPTIMIZER_KEYS: dict[str, Effect] = {
     "type": applied("ds_engine.builders:build_optimizer", why="when the client passes no optimizer"),
     "params": applied("ds_engine.builders:build_optimizer"),
-    "legacy_fusion": no_effect("the optimizer step is chosen per device (ds_kernels); there is no legacy fused "
-                               "fp16 path"),
+    "legacy_fusion": no_effect(
+        "the optimizer step is chosen per device (ds_kernels); there is no legacy fused fp16 path"
+    ),
 }
 SCHEDULER_KEYS: dict[str, Effect] = {
     "type": applied("ds_engine.builders:build_scheduler", why="when the client passes no scheduler"),
     "params": applied("ds_engine.builders:build_scheduler"),
 }
-TABLES: dict[type[BaseModel], tuple[str, Mapping[str, Effect]]] = {OptimizerConfig: ("optimizer", OPTIMIZER_KEYS), SchedulerConfig: ("scheduler", SCHEDULER_KEYS)}
+TABLES: dict[type[BaseModel], tuple[str, Mapping[str, Effect]]] = {
+    OptimizerConfig: ("optimizer", OPTIMIZER_KEYS),
+    SchedulerConfig: ("scheduler", SCHEDULER_KEYS),
+}

@@ -116,8 +116,21 @@ class AmpConfig(FeatureGate):
 
 # DeepSpeed reads torch_autocast.dtype through its DtypeEnum, which takes these spellings (DeepSpeedExamples
 # writes "torch.bfloat16"); a torch.dtype object in a dict config is read as its str() ("torch.bfloat16").
-AutocastDtypeName = Literal["fp16", "float16", "half", "torch.float16", "bf16", "bfloat16", "torch.bfloat16",
-                            "fp32", "float32", "float", "torch.float32", "int8", "torch.int8"]
+AutocastDtypeName = Literal[
+    "fp16",
+    "float16",
+    "half",
+    "torch.float16",
+    "bf16",
+    "bfloat16",
+    "torch.bfloat16",
+    "fp32",
+    "float32",
+    "float",
+    "torch.float32",
+    "int8",
+    "torch.int8",
+]
 
 
 class TorchAutocastConfig(ConfigModel):
@@ -135,6 +148,7 @@ class TorchAutocastConfig(ConfigModel):
     def _torch_dtype_object(cls, value: object) -> object:
         # a dict config may hold torch.bfloat16 itself; its str() is one of the spellings above
         return str(value) if type(value).__name__ == "dtype" and type(value).__module__ == "torch" else value
+
     lower_precision_safe_modules: list[str] | None = None
     """Dotted module classes whose parameters are tagged with the autocast dtype as ``comm_dtype`` (default:
     ``torch.nn.Linear`` and ``Conv1d/2d/3d``). Gradients are still reduced in fp32 here (more exact)."""
@@ -171,23 +185,26 @@ FP16_KEYS: dict[str, Effect] = {
     "hysteresis": applied(_LOSS_SCALE),
     "consecutive_hysteresis": applied(_LOSS_SCALE),
     "min_loss_scale": applied(_LOSS_SCALE),
-    "fp16_master_weights_and_grads": refused("fp16 master weights are not built",
-                                             when=lambda s: s.fp16_master_weights_and_grads),
+    "fp16_master_weights_and_grads": refused(
+        "fp16 master weights are not built", when=lambda s: s.fp16_master_weights_and_grads
+    ),
 }
 BF16_KEYS: dict[str, Effect] = {
     "enabled": applied("ds_engine.zero_policy:model_dtype"),
-    "immediate_grad_update": no_effect("gradients are accumulated where each stage keeps them, as they arrive "
-                                       "(Note [gradient dtypes] in ds_zero.dtypes); there is no deferred update "
-                                       "to switch"),
+    "immediate_grad_update": no_effect(
+        "gradients are accumulated where each stage keeps them, as they arrive "
+        "(Note [gradient dtypes] in ds_zero.dtypes); there is no deferred update "
+        "to switch"
+    ),
     "check_grad_overflow": applied("ds_engine.zero_policy:policy_from_config"),
     "bf16_master_weights_and_grads": applied(_MIXED),
     "bf16_optimizer_states": applied(_MIXED),
 }
 _APEX = "Apex AMP is not used ('amp.enabled' is refused)"
-AMP_KEYS: dict[str, Effect] = {
-    name: no_effect(_APEX) for name in AmpConfig.model_fields if name != "enabled"
-}
-AMP_KEYS["enabled"] = refused("Apex AMP is not used; use fp16, bf16 or torch_autocast", when=lambda s: s.enabled)
+AMP_KEYS: dict[str, Effect] = {name: no_effect(_APEX) for name in AmpConfig.model_fields if name != "enabled"}
+AMP_KEYS["enabled"] = refused(
+    "Apex AMP is not used; use fp16, bf16 or torch_autocast", when=lambda s: s.enabled
+)
 _ACCESSORS = "ds_engine.accessors:EngineAccessors"
 TORCH_AUTOCAST_KEYS: dict[str, Effect] = {
     "enabled": applied(f"{_ACCESSORS}.torch_autocast_enabled"),
@@ -195,12 +212,14 @@ TORCH_AUTOCAST_KEYS: dict[str, Effect] = {
     "lower_precision_safe_modules": applied(f"{_ACCESSORS}.torch_autocast_lower_precision_safe_modules"),
 }
 DATA_TYPES_KEYS: dict[str, Effect] = {
-    "grad_accum_dtype": applied(_MIXED, why="stages 0 and 3 (warned at stages 1-2: Note [gradient dtypes] in "
-                                            "ds_zero.dtypes)"),
+    "grad_accum_dtype": applied(
+        _MIXED, why="stages 0 and 3 (warned at stages 1-2: Note [gradient dtypes] in ds_zero.dtypes)"
+    ),
     "param_dtype": applied(_MIXED, why="must match the fp16/bf16 sections"),
     "buffer_dtype": refused("casting buffers is not built", when=lambda s: s.buffer_dtype is not None),
-    "keep_in_fp32_modules": refused("keeping modules in fp32 is not built",
-                                    when=lambda s: s.keep_in_fp32_modules != "auto"),
+    "keep_in_fp32_modules": refused(
+        "keeping modules in fp32 is not built", when=lambda s: s.keep_in_fp32_modules != "auto"
+    ),
 }
 TABLES: dict[type[BaseModel], tuple[str, Mapping[str, Effect]]] = {
     FP16Config: ("fp16", FP16_KEYS),

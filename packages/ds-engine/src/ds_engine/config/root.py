@@ -139,7 +139,9 @@ class DeepSpeedConfigModel(ConfigModel):
     sample's sequence; batch sizes count the data-parallel ranks ``world / sequence_parallel_size``."""
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     """Checkpoint validation and writing."""
-    activation_checkpointing: ActivationCheckpointingConfig = Field(default_factory=ActivationCheckpointingConfig)
+    activation_checkpointing: ActivationCheckpointingConfig = Field(
+        default_factory=ActivationCheckpointingConfig
+    )
     """Options of ``deepspeed.checkpointing``."""
     aio: AioConfig = Field(default_factory=AioConfig)
     """Asynchronous I/O for NVMe offload."""
@@ -230,7 +232,11 @@ def unsupported_features(model: DeepSpeedConfigModel) -> list[str]:
     return [f"'{key}' {_UNSUPPORTED}" for key in refused_settings(model)]
 
 
-_ZERO_PLUS_PLUS = ("zero_quantized_weights", "zero_quantized_nontrainable_weights", "zero_quantized_gradients")
+_ZERO_PLUS_PLUS = (
+    "zero_quantized_weights",
+    "zero_quantized_nontrainable_weights",
+    "zero_quantized_gradients",
+)
 
 
 def zero_plus_plus(model: DeepSpeedConfigModel) -> list[str]:
@@ -248,12 +254,16 @@ def ignored_settings(model: DeepSpeedConfigModel) -> list[str]:
     stage = model.zero_optimization.stage
     no_effect = no_effect_settings(model)  # Note [key effects]
     if stage in (1, 2) and model.data_types.grad_accum_dtype is not None:  # Note [gradient dtypes] in ds_zero
-        no_effect.append(f"'data_types.grad_accum_dtype' has no effect at ZeRO stage {stage}: gradients accumulate "
-                         "in the model's dtype")
+        no_effect.append(
+            f"'data_types.grad_accum_dtype' has no effect at ZeRO stage {stage}: gradients accumulate "
+            "in the model's dtype"
+        )
     if stage == 3:
         return no_effect
-    return [f"'zero_optimization.{key}' takes effect only at ZeRO stage 3; ignored at stage {stage}"
-            for key in zero_plus_plus(model)] + no_effect
+    return [
+        f"'zero_optimization.{key}' takes effect only at ZeRO stage 3; ignored at stage {stage}"
+        for key in zero_plus_plus(model)
+    ] + no_effect
 
 
 def _global_rank() -> int:
@@ -301,8 +311,12 @@ class DeepSpeedConfig:
             logger.debug("config %s", note)
         rank = _global_rank()
         model, unknown = validate_lenient(  # Note [unknown keys]
-            DeepSpeedConfigModel, resolved, strict=strict_mode(raw), renamed={"bf16": "bfloat16"},
-            on_error=lambda exc: config_error_from(exc, DeepSpeedConfigModel))
+            DeepSpeedConfigModel,
+            resolved,
+            strict=strict_mode(raw),
+            renamed={"bf16": "bfloat16"},
+            on_error=lambda exc: config_error_from(exc, DeepSpeedConfigModel),
+        )
         self.model: DeepSpeedConfigModel = model  # type: ignore[assignment]
         self.unknown_keys: list[str] = [k.dotted for k in unknown if not k.is_comment]
         """Full paths of the unknown keys that were accepted (and warned about)."""
@@ -317,8 +331,9 @@ class DeepSpeedConfig:
             world_size = mpu.get_data_parallel_world_size() if mpu is not None else _default_world_size()
         self.world_size = world_size
         if self.model.elasticity.enabled:
-            self.batch: BatchSizes = elastic_batch_sizes(config=self.model.elasticity, ds_config=resolved,
-                                                         world_size=world_size)
+            self.batch: BatchSizes = elastic_batch_sizes(
+                config=self.model.elasticity, ds_config=resolved, world_size=world_size
+            )
         else:
             self.batch = reconcile_batch(
                 train_batch_size=self.model.train_batch_size,

@@ -20,9 +20,11 @@ _BATCH = "ds_engine.config.root:DeepSpeedConfig.__init__"
 
 def _loose(name: str, what: str) -> Effect:
     """A loosely kept feature tree (Note [loose-sections]): no effect while off, refused when switched on."""
-    return no_effect(f"{what} is not built (refused when the section switches a feature on)",
-                     refuse_when=lambda m: bool(getattr(m, name)) and loose_section_enabled(getattr(m, name)),
-                     refuse_why=f"{what} is not built")
+    return no_effect(
+        f"{what} is not built (refused when the section switches a feature on)",
+        refuse_when=lambda m: bool(getattr(m, name)) and loose_section_enabled(getattr(m, name)),
+        refuse_why=f"{what} is not built",
+    )
 
 
 TOP_KEYS: dict[str, Effect] = {
@@ -44,26 +46,34 @@ TOP_KEYS: dict[str, Effect] = {
     "zero_optimization": section(),
     "zero_allow_untested_optimizer": no_effect(
         "every optimizer is accepted at every ZeRO stage (each rank steps its shard with the optimizer as "
-        "given), so there is no untested-optimizer check to lift"),
+        "given), so there is no untested-optimizer check to lift"
+    ),
     "zero_force_ds_cpu_optimizer": no_effect(
         "with optimizer offload any torch optimizer steps on the CPU; none of DeepSpeed's CPU optimizers is "
-        "required"),
+        "required"
+    ),
     "gradient_clipping": applied(_POLICY),
     "max_consecutive_skipped_steps": applied(_ENGINE),
     "communication_data_type": applied("ds_engine.zero_policy:_mixed_precision"),
     "seq_parallel_communication_data_type": no_effect(
         "with sequence parallelism gradients are averaged in communication_data_type (default: the model's "
-        "dtype) like every other gradient; DeepSpeed switches to this dtype when sequence_parallel_size > 1"),
+        "dtype) like every other gradient; DeepSpeed switches to this dtype when sequence_parallel_size > 1"
+    ),
     "prescale_gradients": applied(_POLICY),
     "gradient_predivide_factor": applied(_POLICY),
     "gradient_allreduce_op": applied(_POLICY),
-    "sparse_gradients": refused("sparse embedding gradients are not built", when=lambda m: m.sparse_gradients),
-    "disable_allgather": no_effect("a flag of DeepSpeed's old stage-1 implementation; there is one stage-1 "
-                                   "implementation here"),
+    "sparse_gradients": refused(
+        "sparse embedding gradients are not built", when=lambda m: m.sparse_gradients
+    ),
+    "disable_allgather": no_effect(
+        "a flag of DeepSpeed's old stage-1 implementation; there is one stage-1 implementation here"
+    ),
     "dataloader_drop_last": applied("ds_engine.engine:DeepSpeedEngine.deepspeed_io"),
     "managed_gradient_accumulation": refused(
         "the engine always counts micro-steps to find accumulation boundaries",
-        when=lambda m: not m.managed_gradient_accumulation, gate="=false"),
+        when=lambda m: not m.managed_gradient_accumulation,
+        gate="=false",
+    ),
     "disable_python_gc": no_effect("Python's garbage collector is left as it is"),
     "log_level": applied(_ENGINE),
     "use_data_before_expert_parallelism": applied(_ENGINE, why="the rank order of the expert groups (MoE)"),
@@ -81,8 +91,10 @@ TOP_KEYS: dict[str, Effect] = {
     "timers": section(),
     "elasticity": section(),
     "autotuning": section(),
-    "data_efficiency": section(refuse_when=lambda m: m.data_efficiency.switched_on() and not m.data_efficiency.enabled,
-                               refuse_why="the data-efficiency library is not built"),
+    "data_efficiency": section(
+        refuse_when=lambda m: m.data_efficiency.switched_on() and not m.data_efficiency.enabled,
+        refuse_why="the data-efficiency library is not built",
+    ),
     "curriculum_learning": section(),
     "compression_training": _loose("compression_training", "compression training"),
     "quantize_training": _loose("quantize_training", "MoQ quantize-aware training"),

@@ -30,9 +30,9 @@ STRICT_ENV = "DS_CONFIG_STRICT"
 # Top-level keys DeepSpeed itself does not read, with what a user most likely meant instead.
 IGNORED_BY_DEEPSPEED = {
     "monitor_config": "DeepSpeed does not read it either: its monitors are the top-level sections "
-                      "'tensorboard', 'wandb', 'csv_monitor' and 'comet'",
+    "'tensorboard', 'wandb', 'csv_monitor' and 'comet'",
     "comms_config": "DeepSpeed does not read it either: its communication log is the top-level section "
-                    "'comms_logger'",
+    "'comms_logger'",
 }
 
 _WARNED: set[str] = set()  # one warning per unknown key per process, however often a config is read
@@ -109,9 +109,14 @@ def _drop(data: Any, path: Sequence[str | int], aliases: dict[str, str]) -> tupl
     return None
 
 
-def validate_lenient(model: type[BaseModel], data: dict[str, Any], *, strict: bool,
-                     on_error: Callable[[ValidationError], Exception],
-                     renamed: dict[str, str] | None = None) -> tuple[BaseModel, list[UnknownKey]]:
+def validate_lenient(
+    model: type[BaseModel],
+    data: dict[str, Any],
+    *,
+    strict: bool,
+    on_error: Callable[[ValidationError], Exception],
+    renamed: dict[str, str] | None = None,
+) -> tuple[BaseModel, list[UnknownKey]]:
     """Validate ``data`` against ``model``, taking unknown keys out (Note [unknown keys]).
 
     Returns the validated model and the unknown keys found (comments included). In ``strict`` mode an
@@ -123,7 +128,9 @@ def validate_lenient(model: type[BaseModel], data: dict[str, Any], *, strict: bo
         try:
             return model.model_validate(data), found
         except ValidationError as exc:
-            extra = [_clean_loc(e["loc"]) for e in exc.errors(include_url=False) if e["type"] == "extra_forbidden"]
+            extra = [
+                _clean_loc(e["loc"]) for e in exc.errors(include_url=False) if e["type"] == "extra_forbidden"
+            ]
             if not extra:
                 raise on_error(exc) from None
             keys = [UnknownKey(tuple(loc), _hint(model, loc)) for loc in extra]
@@ -137,11 +144,19 @@ def validate_lenient(model: type[BaseModel], data: dict[str, Any], *, strict: bo
             if not removed:
                 raise on_error(exc) from None
             found.extend(removed)
-    raise RuntimeError("unknown-key removal did not converge")  # pragma: no cover - pydantic reports all at once
+    raise RuntimeError(
+        "unknown-key removal did not converge"
+    )  # pragma: no cover - pydantic reports all at once
 
 
-def _strict_error(model: type[BaseModel], data: dict[str, Any], keys: list[UnknownKey], renamed: dict[str, str],
-                  on_error: Callable[[ValidationError], Exception], exc: ValidationError) -> Exception:
+def _strict_error(
+    model: type[BaseModel],
+    data: dict[str, Any],
+    keys: list[UnknownKey],
+    renamed: dict[str, str],
+    on_error: Callable[[ValidationError], Exception],
+    exc: ValidationError,
+) -> Exception:
     """The error of strict mode: today's unknown-key error, comments left out (they stay allowed)."""
     if any(k.is_comment for k in keys):
         for key in keys:
@@ -152,8 +167,10 @@ def _strict_error(model: type[BaseModel], data: dict[str, Any], keys: list[Unkno
         except ValidationError as again:
             exc = again
     err = on_error(exc)
-    err.args = (f"{err.args[0]} (unknown keys are errors in strict mode: \"strict\": true or {STRICT_ENV}=1)",
-                *err.args[1:])
+    err.args = (
+        f'{err.args[0]} (unknown keys are errors in strict mode: "strict": true or {STRICT_ENV}=1)',
+        *err.args[1:],
+    )
     return err
 
 

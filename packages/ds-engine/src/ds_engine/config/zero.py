@@ -245,32 +245,51 @@ _FSDP2 = "stage-3 gathers are FSDP2's, one all-gather per shard unit into one bu
 
 ZERO_KEYS: dict[str, Effect] = {
     "stage": applied(_POLICY),
-    "contiguous_gradients": no_effect("gradients are always copied into one contiguous buffer per unit "
-                                      "(stages 1-2) or per shard unit (stage 3)"),
-    "reduce_scatter": applied(_POLICY, "ds_zero.grad_reducer:GradReducer.__init__",
-                              why="stages 1-2 (false: all-reduce, keep this rank's chunk); stage 3 units "
-                                  "always reduce-scatter through FSDP2"),
-    "reduce_bucket_size": applied(_POLICY, "ds_zero.stage12:ShardedParams.__init__#bucket_numel",
-                                  "ds_zero.allreduce:BucketedAllReduce.__init__#bucket_numel"),
-    "use_multi_rank_bucket_allreduce": no_effect("with reduce_scatter=false each unit's bucket is already one "
-                                                 "all-reduce that covers every rank's chunk"),
+    "contiguous_gradients": no_effect(
+        "gradients are always copied into one contiguous buffer per unit "
+        "(stages 1-2) or per shard unit (stage 3)"
+    ),
+    "reduce_scatter": applied(
+        _POLICY,
+        "ds_zero.grad_reducer:GradReducer.__init__",
+        why="stages 1-2 (false: all-reduce, keep this rank's chunk); stage 3 units "
+        "always reduce-scatter through FSDP2",
+    ),
+    "reduce_bucket_size": applied(
+        _POLICY,
+        "ds_zero.stage12:ShardedParams.__init__#bucket_numel",
+        "ds_zero.allreduce:BucketedAllReduce.__init__#bucket_numel",
+    ),
+    "use_multi_rank_bucket_allreduce": no_effect(
+        "with reduce_scatter=false each unit's bucket is already one "
+        "all-reduce that covers every rank's chunk"
+    ),
     "allgather_partitions": no_effect("updated shards are always published with one all-gather per unit"),
-    "allgather_bucket_size": no_effect("the stages 1-2 publish all-gather moves one unit at a time and units "
-                                       "are sized by reduce_bucket_size; stage 3 gathers are bounded by "
-                                       "stage3_prefetch_bucket_size"),
-    "overlap_comm": applied(_POLICY, "ds_zero.stage12:ShardedParams.__init__#overlap",
-                            "ds_zero.grad_reducer:GradReducer.__init__#overlap",
-                            why="stages 1-2, and stage 3's persistent parameters; stage 0 always overlaps"),
-    "compute_grad_norm": no_effect("the global gradient norm is also the non-finite-gradient check (Note "
-                                   "[non-finite gradients] in ds_zero.trainer), so it is computed every step"),
+    "allgather_bucket_size": no_effect(
+        "the stages 1-2 publish all-gather moves one unit at a time and units "
+        "are sized by reduce_bucket_size; stage 3 gathers are bounded by "
+        "stage3_prefetch_bucket_size"
+    ),
+    "overlap_comm": applied(
+        _POLICY,
+        "ds_zero.stage12:ShardedParams.__init__#overlap",
+        "ds_zero.grad_reducer:GradReducer.__init__#overlap",
+        why="stages 1-2, and stage 3's persistent parameters; stage 0 always overlaps",
+    ),
+    "compute_grad_norm": no_effect(
+        "the global gradient norm is also the non-finite-gradient check (Note "
+        "[non-finite gradients] in ds_zero.trainer), so it is computed every step"
+    ),
     "load_from_fp32_weights": no_effect("a ZeRO checkpoint always restores the fp32 master shards it saved"),
-    "elastic_checkpoint": no_effect("sharded checkpoints always reshard to the loading world size "
-                                    "(ds_zero.sharded_state)"),
+    "elastic_checkpoint": no_effect(
+        "sharded checkpoints always reshard to the loading world size (ds_zero.sharded_state)"
+    ),
     "offload_param": applied("ds_engine.config.zero:ZeroConfig.offload_param_device"),
     "offload_optimizer": applied("ds_engine.config.zero:ZeroConfig.offload_optimizer_device"),
     "zenflow": refused("ZenFlow is not built", when=lambda z: z.zenflow is not None),
-    "sub_group_size": no_effect("the optimizer steps each shard in place, with no fp32 staging buffer for "
-                                "sub-groups to bound"),
+    "sub_group_size": no_effect(
+        "the optimizer steps each shard in place, with no fp32 staging buffer for sub-groups to bound"
+    ),
     "cpu_offload_param": applied("ds_engine.config.zero:ZeroConfig._resolve_deprecated"),
     "cpu_offload_use_pin_memory": applied("ds_engine.config.zero:ZeroConfig._resolve_deprecated"),
     "cpu_offload": applied("ds_engine.config.zero:ZeroConfig._resolve_deprecated"),
@@ -283,20 +302,33 @@ ZERO_KEYS: dict[str, Effect] = {
     "module_granularity_threshold": applied(_POLICY, why="stage 3"),
     "use_all_reduce_for_fetch_params": no_effect(_FSDP2),
     "allgather_sequential": no_effect(_FSDP2),
-    "stage3_gather_fp16_weights_on_model_save": applied("ds_engine.config.zero:ZeroConfig._resolve_deprecated"),
-    "ignore_unused_parameters": no_effect("parameters without a gradient are always tolerated (their gradient "
-                                          "counts as zero)"),
+    "stage3_gather_fp16_weights_on_model_save": applied(
+        "ds_engine.config.zero:ZeroConfig._resolve_deprecated"
+    ),
+    "ignore_unused_parameters": no_effect(
+        "parameters without a gradient are always tolerated (their gradient counts as zero)"
+    ),
     "legacy_stage1": no_effect("there is one stage-1 implementation"),
     "round_robin_gradients": no_effect("each rank copies only its own gradient shard to the CPU"),
-    "parameter_alignment": no_effect("flat units are padded to a multiple of the world size, not per parameter"),
+    "parameter_alignment": no_effect(
+        "flat units are padded to a multiple of the world size, not per parameter"
+    ),
     "zero_hpz_partition_size": applied(_POLICY, why="stage 3 (ZeRO++ hpZ); ignored with a warning below it"),
-    "zero_quantized_weights": refused("ZeRO++ qwZ is not built (ignored with a warning below stage 3)",
-                                      when=lambda z: z.stage == 3 and z.zero_quantized_weights, gate=" (ZeRO++)"),
+    "zero_quantized_weights": refused(
+        "ZeRO++ qwZ is not built (ignored with a warning below stage 3)",
+        when=lambda z: z.stage == 3 and z.zero_quantized_weights,
+        gate=" (ZeRO++)",
+    ),
     "zero_quantized_nontrainable_weights": refused(
         "ZeRO++ quantised frozen weights are not built (ignored with a warning below stage 3)",
-        when=lambda z: z.stage == 3 and z.zero_quantized_nontrainable_weights, gate=" (ZeRO++)"),
-    "zero_quantized_gradients": refused("ZeRO++ qgZ is not built (ignored with a warning below stage 3)",
-                                        when=lambda z: z.stage == 3 and z.zero_quantized_gradients, gate=" (ZeRO++)"),
+        when=lambda z: z.stage == 3 and z.zero_quantized_nontrainable_weights,
+        gate=" (ZeRO++)",
+    ),
+    "zero_quantized_gradients": refused(
+        "ZeRO++ qgZ is not built (ignored with a warning below stage 3)",
+        when=lambda z: z.stage == 3 and z.zero_quantized_gradients,
+        gate=" (ZeRO++)",
+    ),
     "memory_efficient_linear": no_effect("linear layers need no special autograd function under FSDP2"),
     "pipeline_loading_checkpoint": no_effect("checkpoints load through ds_zero.sharded_state in one pass"),
     "override_module_apply": no_effect("stage 3 does not patch nn.Module.apply"),
@@ -310,24 +342,35 @@ ZERO_KEYS: dict[str, Effect] = {
 
 _NVME_OPT = "ds_engine.zero_policy:_nvme"
 OFFLOAD_OPTIMIZER_KEYS: dict[str, Effect] = {
-    "device": applied("ds_engine.config.zero:ZeroConfig.offload_optimizer_device",
-                      why="nvme: optimizer states swapped per sub-group (ds_zero.nvme_swapper)"),
+    "device": applied(
+        "ds_engine.config.zero:ZeroConfig.offload_optimizer_device",
+        why="nvme: optimizer states swapped per sub-group (ds_zero.nvme_swapper)",
+    ),
     "nvme_path": applied(_NVME_OPT),
     "buffer_count": applied(_NVME_OPT),
     "pin_memory": applied("ds_engine.zero_policy:_pin_memory"),
     "pipeline_read": applied(_NVME_OPT),
     "pipeline_write": applied(_NVME_OPT),
-    "fast_init": no_effect("optimizer states are created by the optimizer's first step and written then "
-                           "(Note [first step] in ds_zero.nvme_swapper): there is no slow init to speed up"),
+    "fast_init": no_effect(
+        "optimizer states are created by the optimizer's first step and written then "
+        "(Note [first step] in ds_zero.nvme_swapper): there is no slow init to speed up"
+    ),
     "ratio": no_effect("partial offload is not built: the whole optimizer state is offloaded"),
-    "super_offload": no_effect("the CPU step is torch's fused AdamW; DeepSpeed's SuperOffload pipeline is not built"),
-    "cpuadam_cores_perc": no_effect("the CPU step runs on torch's intra-op thread pool (OMP_NUM_THREADS, "
-                                    "torch.set_num_threads)"),
+    "super_offload": no_effect(
+        "the CPU step is torch's fused AdamW; DeepSpeed's SuperOffload pipeline is not built"
+    ),
+    "cpuadam_cores_perc": no_effect(
+        "the CPU step runs on torch's intra-op thread pool (OMP_NUM_THREADS, torch.set_num_threads)"
+    ),
 }
 
 OFFLOAD_PARAM_KEYS: dict[str, Effect] = {
-    "device": applied("ds_engine.config.zero:ZeroConfig.offload_param_device", refuse_why=_NVME,
-                      refuse_when=lambda o: o.device == "nvme", gate="=nvme"),
+    "device": applied(
+        "ds_engine.config.zero:ZeroConfig.offload_param_device",
+        refuse_why=_NVME,
+        refuse_when=lambda o: o.device == "nvme",
+        gate="=nvme",
+    ),
     "nvme_path": no_effect(_NVME),
     "buffer_count": no_effect(_NVME),
     "buffer_size": no_effect(_NVME),

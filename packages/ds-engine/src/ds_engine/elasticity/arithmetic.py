@@ -20,9 +20,44 @@ from ds_engine.elasticity.errors import ElasticityConfigError, ElasticityError
 
 # The smallest highly composite numbers (OEIS A002182), enough for batches up to 720720 * micro batch.
 HCN_LIST: tuple[int, ...] = (
-    1, 2, 4, 6, 12, 24, 36, 48, 60, 120, 180, 240, 360, 720, 840, 1260, 1680, 2520, 5040, 7560, 10080, 15120,
-    20160, 25200, 27720, 45360, 50400, 55440, 83160, 110880, 166320, 221760, 277200, 332640, 498960, 554400,
-    665280, 720720,
+    1,
+    2,
+    4,
+    6,
+    12,
+    24,
+    36,
+    48,
+    60,
+    120,
+    180,
+    240,
+    360,
+    720,
+    840,
+    1260,
+    1680,
+    2520,
+    5040,
+    7560,
+    10080,
+    15120,
+    20160,
+    25200,
+    27720,
+    45360,
+    50400,
+    55440,
+    83160,
+    110880,
+    166320,
+    221760,
+    277200,
+    332640,
+    498960,
+    554400,
+    665280,
+    720720,
 )
 
 
@@ -43,29 +78,41 @@ def valid_world_sizes(batch: int, micro_batches: Sequence[int], min_gpus: int, m
     return [w for w in range(max(1, min_gpus), upper + 1) if any(batch % (w * m) == 0 for m in micro_batches)]
 
 
-def best_batch(candidates: Sequence[int], micro_batches: Sequence[int], min_gpus: int, max_gpus: int,
-               prefer_larger: bool) -> tuple[int, list[int]]:
+def best_batch(
+    candidates: Sequence[int], micro_batches: Sequence[int], min_gpus: int, max_gpus: int, prefer_larger: bool
+) -> tuple[int, list[int]]:
     """The candidate admitting the most world sizes (ties: larger or smaller batch), with those sizes."""
-    scored = [(len(valid := valid_world_sizes(b, micro_batches, min_gpus, max_gpus)), b, valid) for b in candidates]
+    scored = [
+        (len(valid := valid_world_sizes(b, micro_batches, min_gpus, max_gpus)), b, valid) for b in candidates
+    ]
     if not scored:
         return min(micro_batches), []
     _, batch, valid = max(scored, key=lambda s: (s[0], s[1] if prefer_larger else -s[1]))
     return batch, valid
 
 
-def compatible_gpus_v01(micro_batches: Sequence[int], max_batch: int, min_gpus: int | None = None,
-                        max_gpus: int | None = None, prefer_larger: bool = True) -> tuple[int, list[int]]:
+def compatible_gpus_v01(
+    micro_batches: Sequence[int],
+    max_batch: int,
+    min_gpus: int | None = None,
+    max_gpus: int | None = None,
+    prefer_larger: bool = True,
+) -> tuple[int, list[int]]:
     """Version 0.1: ``(train_batch_size, valid world sizes)``; 0 or None bounds mean 1 and cap/min micro."""
     if any(m > max_batch for m in micro_batches):
-        raise ElasticityConfigError(f"elasticity: every micro batch size must be <= max_train_batch_size {max_batch} "
-                                    f"(got micro_batch_sizes={list(micro_batches)})")
+        raise ElasticityConfigError(
+            f"elasticity: every micro batch size must be <= max_train_batch_size {max_batch} "
+            f"(got micro_batch_sizes={list(micro_batches)})"
+        )
     low = min_gpus or 1
     high = max_gpus or max_batch // min(micro_batches)
     bases = [*micro_batches, math.lcm(*micro_batches)]
     return best_batch(candidate_batch_sizes(bases, max_batch), micro_batches, low, high, prefer_larger)
 
 
-def pick_micro_batch(batch: int, dp_world_size: int, micro_batches: Sequence[int], prefer_larger: bool) -> int | None:
+def pick_micro_batch(
+    batch: int, dp_world_size: int, micro_batches: Sequence[int], prefer_larger: bool
+) -> int | None:
     """A micro batch dividing each rank's share: the largest one, or the first listed when not preferring larger."""
     fitting = [m for m in micro_batches if (batch // dp_world_size) % m == 0]
     if not fitting:
@@ -73,17 +120,31 @@ def pick_micro_batch(batch: int, dp_world_size: int, micro_batches: Sequence[int
     return max(fitting) if prefer_larger else fitting[0]
 
 
-def compatible_gpus_v02(micro_batches: Sequence[int], max_batch: int, current_num_gpus: int, *, min_gpus: int,
-                        max_gpus: int, prefer_larger: bool = True, num_gpus_per_node: int = 1,
-                        model_parallel_size: int = 1) -> tuple[int, list[int], int | None]:
+def compatible_gpus_v02(
+    micro_batches: Sequence[int],
+    max_batch: int,
+    current_num_gpus: int,
+    *,
+    min_gpus: int,
+    max_gpus: int,
+    prefer_larger: bool = True,
+    num_gpus_per_node: int = 1,
+    model_parallel_size: int = 1,
+) -> tuple[int, list[int], int | None]:
     """Version 0.2: ``(train_batch_size, valid data-parallel sizes, micro batch)`` for ``current_num_gpus`` GPUs."""
     if num_gpus_per_node % model_parallel_size:
-        raise ElasticityError(f"elasticity version 0.2: num_gpus_per_node {num_gpus_per_node} must be divisible by "
-                              f"model_parallel_size {model_parallel_size}")
+        raise ElasticityError(
+            f"elasticity version 0.2: num_gpus_per_node {num_gpus_per_node} must be divisible by "
+            f"model_parallel_size {model_parallel_size}"
+        )
     dp_per_node = num_gpus_per_node // model_parallel_size
-    node_batch, valid_nodes = compatible_gpus_v01(micro_batches, int(max_batch / dp_per_node),
-                                                  int(min_gpus / num_gpus_per_node),
-                                                  int(max_gpus / num_gpus_per_node), prefer_larger)
+    node_batch, valid_nodes = compatible_gpus_v01(
+        micro_batches,
+        int(max_batch / dp_per_node),
+        int(min_gpus / num_gpus_per_node),
+        int(max_gpus / num_gpus_per_node),
+        prefer_larger,
+    )
     batch = node_batch * dp_per_node
     valid_dp = [n * dp_per_node for n in valid_nodes]
     current_dp = current_num_gpus // model_parallel_size
@@ -91,8 +152,10 @@ def compatible_gpus_v02(micro_batches: Sequence[int], max_batch: int, current_nu
         return batch, valid_dp, pick_micro_batch(batch, current_dp, micro_batches, prefer_larger)
     # Not an elastic-friendly size: the best batch this exact world can run under the cap.
     if current_num_gpus % model_parallel_size or current_dp < 1:
-        raise ElasticityConfigError(f"elasticity version 0.2: world size {current_num_gpus} is not a positive multiple "
-                                    f"of model_parallel_size {model_parallel_size}")
+        raise ElasticityConfigError(
+            f"elasticity version 0.2: world size {current_num_gpus} is not a positive multiple "
+            f"of model_parallel_size {model_parallel_size}"
+        )
     fallbacks = [(max_batch // (m * current_dp)) * m * current_dp for m in micro_batches]
     batch = max(fallbacks) if prefer_larger else min(fallbacks)
     return batch, [current_dp], pick_micro_batch(batch, current_dp, micro_batches, prefer_larger)

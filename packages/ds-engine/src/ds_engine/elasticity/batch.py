@@ -22,7 +22,9 @@ logger = logging.getLogger("ds_engine")
 BATCH_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps")
 
 
-def elastic_batch_sizes(*, config: ElasticityConfig, ds_config: Mapping[str, Any], world_size: int) -> BatchSizes:
+def elastic_batch_sizes(
+    *, config: ElasticityConfig, ds_config: Mapping[str, Any], world_size: int
+) -> BatchSizes:
     """The batch sizes for ``world_size`` data-parallel ranks under the enabled section ``config``.
 
     ``ds_config`` is the whole config (``"auto"`` already dropped): batch keys given outside the section are
@@ -32,13 +34,23 @@ def elastic_batch_sizes(*, config: ElasticityConfig, ds_config: Mapping[str, Any
     if given and not config.ignore_non_elastic_batch_info:
         raise ElasticityConfigError(
             f"batch keys {', '.join(given)} are set, but elastic training is enabled and chooses them itself; "
-            "remove them, or set 'elasticity.ignore_non_elastic_batch_info': true to have them ignored")
+            "remove them, or set 'elasticity.ignore_non_elastic_batch_info': true to have them ignored"
+        )
     ensure_immutable_elastic_config(dict(ds_config.get(ELASTICITY, {})))
     plan = plan_elastic_batch(config, world_size=world_size)
     assert plan.micro_batch_size is not None
     accumulation = plan.train_batch_size // (plan.micro_batch_size * world_size)
     if given:
-        logger.warning("elasticity overrides %s: train_batch_size=%d, micro batch=%d, accumulation=%d",
-                       ", ".join(given), plan.train_batch_size, plan.micro_batch_size, accumulation)
-    return reconcile_batch(train_batch_size=plan.train_batch_size, micro_batch_per_gpu=plan.micro_batch_size,
-                           gradient_accumulation_steps=accumulation, dp_world_size=world_size)
+        logger.warning(
+            "elasticity overrides %s: train_batch_size=%d, micro batch=%d, accumulation=%d",
+            ", ".join(given),
+            plan.train_batch_size,
+            plan.micro_batch_size,
+            accumulation,
+        )
+    return reconcile_batch(
+        train_batch_size=plan.train_batch_size,
+        micro_batch_per_gpu=plan.micro_batch_size,
+        gradient_accumulation_steps=accumulation,
+        dp_world_size=world_size,
+    )

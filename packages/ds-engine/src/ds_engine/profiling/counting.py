@@ -96,10 +96,25 @@ def _build_rules() -> dict[Any, Callable[..., tuple[int, int]]]:
     rules[aten._convolution] = _convolution
     if hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu"):
         rules[aten._scaled_dot_product_flash_attention_for_cpu] = _cpu_flash_attention
-    for op in (aten.relu, aten.gelu, aten.silu, aten.elu, aten.leaky_relu, aten.hardtanh, aten._prelu_kernel,
-               aten._softmax, aten.max_pool1d, aten.max_pool2d_with_indices, aten.max_pool3d_with_indices,
-               aten.avg_pool2d, aten.avg_pool3d, aten._adaptive_avg_pool2d, aten._adaptive_avg_pool3d,
-               aten.adaptive_max_pool2d, aten.adaptive_max_pool3d):
+    for op in (
+        aten.relu,
+        aten.gelu,
+        aten.silu,
+        aten.elu,
+        aten.leaky_relu,
+        aten.hardtanh,
+        aten._prelu_kernel,
+        aten._softmax,
+        aten.max_pool1d,
+        aten.max_pool2d_with_indices,
+        aten.max_pool3d_with_indices,
+        aten.avg_pool2d,
+        aten.avg_pool3d,
+        aten._adaptive_avg_pool2d,
+        aten._adaptive_avg_pool3d,
+        aten.adaptive_max_pool2d,
+        aten.adaptive_max_pool3d,
+    ):
         rules[op] = _per_input
     rules[aten.native_layer_norm] = _layer_norm
     rules[aten.native_group_norm] = _group_norm
@@ -119,8 +134,9 @@ class OpCounter(TorchDispatchMode):
         super().__init__()
         self.sink = sink
 
-    def __torch_dispatch__(self, func: Any, types: Any, args: tuple[Any, ...] = (),
-                           kwargs: dict[str, Any] | None = None) -> Any:
+    def __torch_dispatch__(
+        self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
+    ) -> Any:
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         rule = RULES.get(func.overloadpacket)

@@ -17,7 +17,9 @@ class EngineProfile:
 
     def __init__(self, engine: Any, cfg: Any) -> None:
         self.cfg = cfg
-        self.profiler = FlopsProfiler(engine.module, ds_engine=engine, recompute_fwd_factor=cfg.recompute_fwd_factor)
+        self.profiler = FlopsProfiler(
+            engine.module, ds_engine=engine, recompute_fwd_factor=cfg.recompute_fwd_factor
+        )
         self._rank0 = engine.global_rank == 0
 
     @classmethod
@@ -41,7 +43,11 @@ class EngineProfile:
         if not self.profiler.started:
             return
         cfg = self.cfg
-        self.profiler.print_model_profile(profile_step=cfg.profile_step, module_depth=cfg.module_depth,
-                                          top_modules=cfg.top_modules, detailed=cfg.detailed,
-                                          output_file=cfg.output_file)
+        self.profiler.print_model_profile(
+            profile_step=cfg.profile_step,
+            module_depth=cfg.module_depth,
+            top_modules=cfg.top_modules,
+            detailed=cfg.detailed,
+            output_file=cfg.output_file,
+        )
         self.profiler.end_profile()

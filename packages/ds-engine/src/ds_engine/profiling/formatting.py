@@ -9,8 +9,14 @@ from __future__ import annotations
 DEFAULT_PRECISION = 2
 
 # Unit prefix -> magnitude, largest first: the automatic choice takes the first one the number reaches.
-_AUTO_UNITS: tuple[tuple[str, float], ...] = (("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3), ("", 1.0),
-                                              ("m", 1e-3))
+_AUTO_UNITS: tuple[tuple[str, float], ...] = (
+    ("T", 1e12),
+    ("G", 1e9),
+    ("M", 1e6),
+    ("K", 1e3),
+    ("", 1.0),
+    ("m", 1e-3),
+)
 _NAMED_UNITS = {"T": 1e12, "G": 1e9, "M": 1e6, "K": 1e3, "m": 1e-3, "u": 1e-6}
 
 

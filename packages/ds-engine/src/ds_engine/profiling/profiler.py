@@ -27,8 +27,15 @@ from ds_engine.profiling.formatting import (
 )
 
 logger = get_logger()
-_ATTRS = ("__flops__", "__macs__", "__params__", "__expert_params__", "__model_expert_params__", "__start_time__",
-          "__duration__")
+_ATTRS = (
+    "__flops__",
+    "__macs__",
+    "__params__",
+    "__expert_params__",
+    "__model_expert_params__",
+    "__start_time__",
+    "__duration__",
+)
 
 
 def _synchronize() -> None:
@@ -169,17 +176,32 @@ class FlopsProfiler:
         """Expert tensor parallelism is not built here (no MoE layers report it)."""
         return False
 
-    def print_model_profile(self, profile_step: int = 1, module_depth: int = -1, top_modules: int = 1,
-                            detailed: bool = True, output_file: str | None = None) -> None:
+    def print_model_profile(
+        self,
+        profile_step: int = 1,
+        module_depth: int = -1,
+        top_modules: int = 1,
+        detailed: bool = True,
+        output_file: str | None = None,
+    ) -> None:
         """Print the summary, the top modules per depth and (``detailed``) the module tree, to stdout or
         ``output_file``."""
         if not self.started:
             return
         from ds_engine.profiling.report import render_profile
 
-        self.flops, self.macs, self.params = self.get_total_flops(), self.get_total_macs(), self.get_total_params()
-        text = render_profile(self, profile_step=profile_step, module_depth=module_depth, top_modules=top_modules,
-                              detailed=detailed)
+        self.flops, self.macs, self.params = (
+            self.get_total_flops(),
+            self.get_total_macs(),
+            self.get_total_params(),
+        )
+        text = render_profile(
+            self,
+            profile_step=profile_step,
+            module_depth=module_depth,
+            top_modules=top_modules,
+            detailed=detailed,
+        )
         if output_file:
             import os
 
@@ -194,7 +216,9 @@ class FlopsProfiler:
         from ds_engine.profiling.report import render_aggregated
 
         if not hasattr(self.model, "__flops__"):
-            print("no __flops__ attribute in the model, call this function after start_profile and before end_profile")
+            print(
+                "no __flops__ attribute in the model, call this function after start_profile and before end_profile"
+            )
             return
         print(render_aggregated(self.model, module_depth=module_depth, top_modules=top_modules))
 
@@ -204,11 +228,21 @@ def _run(model: nn.Module, args: list[Any], kwargs: dict[str, Any], mode: str) -
     call(*args, **kwargs)
 
 
-def get_model_profile(model: nn.Module, input_shape: tuple[int, ...] | None = None, args: list[Any] | None = None,
-                      kwargs: dict[str, Any] | None = None, print_profile: bool = True, detailed: bool = True,
-                      module_depth: int = -1, top_modules: int = 1, warm_up: int = 1, as_string: bool = True,
-                      output_file: str | None = None, ignore_modules: list[type] | None = None,
-                      mode: str = "forward") -> tuple[Any, Any, Any]:
+def get_model_profile(
+    model: nn.Module,
+    input_shape: tuple[int, ...] | None = None,
+    args: list[Any] | None = None,
+    kwargs: dict[str, Any] | None = None,
+    print_profile: bool = True,
+    detailed: bool = True,
+    module_depth: int = -1,
+    top_modules: int = 1,
+    warm_up: int = 1,
+    as_string: bool = True,
+    output_file: str | None = None,
+    ignore_modules: list[type] | None = None,
+    mode: str = "forward",
+) -> tuple[Any, Any, Any]:
     """Profile one forward (after ``warm_up`` unprofiled ones) of ``model`` in eval mode on
     ``torch.empty(input_shape)`` or on ``args``/``kwargs``; returns ``(flops, macs, params)``, as strings
     when ``as_string``."""
@@ -222,8 +256,13 @@ def get_model_profile(model: nn.Module, input_shape: tuple[int, ...] | None = No
         if not isinstance(input_shape, tuple) or not input_shape:
             raise ValueError("input_shape must be a non-empty tuple")
         first = next(model.parameters(), None)
-        args = [torch.empty(input_shape, dtype=first.dtype if first is not None else torch.float32,
-                            device=first.device if first is not None else "cpu")]
+        args = [
+            torch.empty(
+                input_shape,
+                dtype=first.dtype if first is not None else torch.float32,
+                device=first.device if first is not None else "cpu",
+            )
+        ]
     if not args and not kwargs:
         raise ValueError("get_model_profile needs input_shape, args or kwargs")
     prof = FlopsProfiler(model)
@@ -234,8 +273,13 @@ def get_model_profile(model: nn.Module, input_shape: tuple[int, ...] | None = No
         _run(model, args, kwargs, mode)
     flops, macs, params = prof.get_total_flops(), prof.get_total_macs(), prof.get_total_params()
     if print_profile:
-        prof.print_model_profile(profile_step=warm_up, module_depth=module_depth, top_modules=top_modules,
-                                 detailed=detailed, output_file=output_file)
+        prof.print_model_profile(
+            profile_step=warm_up,
+            module_depth=module_depth,
+            top_modules=top_modules,
+            detailed=detailed,
+            output_file=output_file,
+        )
     prof.end_profile()
     if as_string:
         return number_to_string(flops), macs_to_string(macs), params_to_string(params)

@@ -27,18 +27,46 @@ def _step_tensor(step: Scalar, hyper: AdamHyper, device: torch.device) -> torch.
     return torch.tensor(value, dtype=torch.float32, device=device)
 
 
-def _fused(params: list[torch.Tensor], grads: list[torch.Tensor], exp_avgs: list[torch.Tensor],
-           exp_avg_sqs: list[torch.Tensor], hyper: AdamHyper, step: torch.Tensor) -> None:
+def _fused(
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    exp_avgs: list[torch.Tensor],
+    exp_avg_sqs: list[torch.Tensor],
+    hyper: AdamHyper,
+    step: torch.Tensor,
+) -> None:
     if not params:
         return
     kernel = torch._fused_adamw_ if hyper.adam_w_mode else torch._fused_adam_
-    kernel(params, grads, exp_avgs, exp_avg_sqs, [], [step] * len(params), lr=hyper.lr, beta1=hyper.beta1,
-           beta2=hyper.beta2, weight_decay=hyper.weight_decay, eps=hyper.eps, amsgrad=False, maximize=False)
+    kernel(
+        params,
+        grads,
+        exp_avgs,
+        exp_avg_sqs,
+        [],
+        [step] * len(params),
+        lr=hyper.lr,
+        beta1=hyper.beta1,
+        beta2=hyper.beta2,
+        weight_decay=hyper.weight_decay,
+        eps=hyper.eps,
+        amsgrad=False,
+        maximize=False,
+    )
 
 
-def adam_torch(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], exp_avgs: Sequence[torch.Tensor],
-               exp_avg_sqs: Sequence[torch.Tensor], out_lowp: Sequence[torch.Tensor] | None, *,
-               hyper: AdamHyper, step: Scalar, precision: Precision, op: str) -> None:
+def adam_torch(
+    params: Sequence[torch.Tensor],
+    grads: Sequence[torch.Tensor],
+    exp_avgs: Sequence[torch.Tensor],
+    exp_avg_sqs: Sequence[torch.Tensor],
+    out_lowp: Sequence[torch.Tensor] | None,
+    *,
+    hyper: AdamHyper,
+    step: Scalar,
+    precision: Precision,
+    op: str,
+) -> None:
     """Adam/AdamW over tensor lists with torch's fused kernels (inputs already checked)."""
     live = [i for i, p in enumerate(params) if p.numel() > 0]
     if not live or nonfinite_precheck([grads[i] for i in live], precision.found_inf):
@@ -57,8 +85,24 @@ def adam_torch(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], ex
         _fused(p, g, m, v, hyper, step_t)
     if not staged:
         return
-    check_staged_dtypes(op, {"params": params, "grads": grads, "exp_avgs": exp_avgs, "exp_avg_sqs": exp_avg_sqs,
-                             "out_lowp": out_lowp}, staged)
+    check_staged_dtypes(
+        op,
+        {
+            "params": params,
+            "grads": grads,
+            "exp_avgs": exp_avgs,
+            "exp_avg_sqs": exp_avg_sqs,
+            "out_lowp": out_lowp,
+        },
+        staged,
+    )
     inv_scale = inverse_scale(precision, op)
-    run_staged(lambda cols: _fused(cols[0], cols[1], cols[2], cols[3], hyper, step_t), columns, written=(True, False, True, True),
-               grad_col=1, inv_scale=inv_scale, out_lowp=out_lowp, rows=staged)
+    run_staged(
+        lambda cols: _fused(cols[0], cols[1], cols[2], cols[3], hyper, step_t),
+        columns,
+        written=(True, False, True, True),
+        grad_col=1,
+        inv_scale=inv_scale,
+        out_lowp=out_lowp,
+        rows=staged,
+    )

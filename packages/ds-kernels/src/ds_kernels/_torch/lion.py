@@ -10,8 +10,9 @@ from ..hyper import LionHyper, Precision
 from .staging import check_staged_dtypes, inverse_scale, nonfinite_precheck, run_staged, same_dtype
 
 
-def _lion_lists(params: list[torch.Tensor], grads: list[torch.Tensor], exp_avgs: list[torch.Tensor],
-                hyper: LionHyper) -> None:
+def _lion_lists(
+    params: list[torch.Tensor], grads: list[torch.Tensor], exp_avgs: list[torch.Tensor], hyper: LionHyper
+) -> None:
     if not params:
         return
     direction = torch._foreach_lerp(exp_avgs, grads, 1.0 - hyper.beta1)
@@ -22,9 +23,16 @@ def _lion_lists(params: list[torch.Tensor], grads: list[torch.Tensor], exp_avgs:
     torch._foreach_lerp_(exp_avgs, grads, 1.0 - hyper.beta2)
 
 
-def lion_torch(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], exp_avgs: Sequence[torch.Tensor],
-               out_lowp: Sequence[torch.Tensor] | None, *, hyper: LionHyper, precision: Precision,
-               op: str) -> None:
+def lion_torch(
+    params: Sequence[torch.Tensor],
+    grads: Sequence[torch.Tensor],
+    exp_avgs: Sequence[torch.Tensor],
+    out_lowp: Sequence[torch.Tensor] | None,
+    *,
+    hyper: LionHyper,
+    precision: Precision,
+    op: str,
+) -> None:
     """Lion over tensor lists (inputs already checked)."""
     live = [i for i, p in enumerate(params) if p.numel() > 0]
     if not live or nonfinite_precheck([grads[i] for i in live], precision.found_inf):
@@ -41,7 +49,16 @@ def lion_torch(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], ex
         _lion_lists(p, g, m, hyper)
     if not staged:
         return
-    check_staged_dtypes(op, {"params": params, "grads": grads, "exp_avgs": exp_avgs, "out_lowp": out_lowp}, staged)
+    check_staged_dtypes(
+        op, {"params": params, "grads": grads, "exp_avgs": exp_avgs, "out_lowp": out_lowp}, staged
+    )
     inv_scale = inverse_scale(precision, op)
-    run_staged(lambda cols: _lion_lists(cols[0], cols[1], cols[2], hyper), columns, written=(True, False, True), grad_col=1,
-               inv_scale=inv_scale, out_lowp=out_lowp, rows=staged)
+    run_staged(
+        lambda cols: _lion_lists(cols[0], cols[1], cols[2], hyper),
+        columns,
+        written=(True, False, True),
+        grad_col=1,
+        inv_scale=inv_scale,
+        out_lowp=out_lowp,
+        rows=staged,
+    )

@@ -34,14 +34,17 @@ def same_dtype(columns: Sequence[Sequence[torch.Tensor] | None], i: int) -> bool
     return len(dtypes) == 1
 
 
-def check_staged_dtypes(op: str, columns: dict[str, Sequence[torch.Tensor] | None], rows: Sequence[int]) -> None:
+def check_staged_dtypes(
+    op: str, columns: dict[str, Sequence[torch.Tensor] | None], rows: Sequence[int]
+) -> None:
     """Mixed-dtype rows are staged through float32; reject dtypes that cannot be."""
     for role, col in columns.items():
         for i in rows:
             if col is not None and col[i].dtype not in STAGED_DTYPES:
                 raise UnsupportedKernelInput(
                     f"{op}: {role}[{i}] has dtype {col[i].dtype} on {col[i].device} alongside other dtypes; "
-                    "mixed-precision steps take float32, bfloat16 and float16")
+                    "mixed-precision steps take float32, bfloat16 and float16"
+                )
 
 
 def inverse_scale(precision: Precision, op: str) -> float:
@@ -62,18 +65,29 @@ def nonfinite_precheck(grads: Sequence[torch.Tensor], found_inf: torch.Tensor | 
         return False
     if found_inf.numel() != 1 or found_inf.dtype != torch.float32:
         raise UnsupportedKernelInput(
-            f"found_inf must be a one-element float32 tensor; got {tuple(found_inf.shape)} {found_inf.dtype}")
+            f"found_inf must be a one-element float32 tensor; got {tuple(found_inf.shape)} {found_inf.dtype}"
+        )
     for g in grads:
         flat = g.reshape(-1)
         for lo in range(0, flat.numel(), _CHECK_CHUNK):
-            bad = torch.logical_not(torch.isfinite(flat[lo:lo + _CHECK_CHUNK]).all())
-            found_inf.copy_(torch.maximum(found_inf, bad.to(found_inf.device, torch.float32)).view_as(found_inf))
+            bad = torch.logical_not(torch.isfinite(flat[lo : lo + _CHECK_CHUNK]).all())
+            found_inf.copy_(
+                torch.maximum(found_inf, bad.to(found_inf.device, torch.float32)).view_as(found_inf)
+            )
     return bool(found_inf.item() != 0)
 
 
-def run_staged(update: Callable[[list[list[torch.Tensor]]], None], columns: Sequence[Sequence[torch.Tensor]], *,
-               written: Sequence[bool], grad_col: int, inv_scale: float,
-               out_lowp: Sequence[torch.Tensor] | None, rows: Sequence[int], chunk: int = CHUNK) -> None:
+def run_staged(
+    update: Callable[[list[list[torch.Tensor]]], None],
+    columns: Sequence[Sequence[torch.Tensor]],
+    *,
+    written: Sequence[bool],
+    grad_col: int,
+    inv_scale: float,
+    out_lowp: Sequence[torch.Tensor] | None,
+    rows: Sequence[int],
+    chunk: int = CHUNK,
+) -> None:
     """Apply ``update`` to float32 chunks of ``columns`` (column 0 is the parameter).
 
     ``update`` receives one list per column and updates the written columns' pieces in place;

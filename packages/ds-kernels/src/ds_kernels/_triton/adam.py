@@ -38,10 +38,29 @@ from .launch import check_dtypes, device_guard, device_scalars, group_tl_dtypes,
 
 
 @triton.jit
-def _adam_tile(p_ptr, g_ptr, m_ptr, v_ptr, o_ptr, flag_ptr, offs, n, skip,
-               lr, beta1, beta2, eps, weight_decay, step_size, inv_sqrt_bc2, inv_scale,
-               MASKED: tl.constexpr, ADAM_W: tl.constexpr, HAS_LOWP: tl.constexpr,
-               HAS_FLAG: tl.constexpr):
+def _adam_tile(
+    p_ptr,
+    g_ptr,
+    m_ptr,
+    v_ptr,
+    o_ptr,
+    flag_ptr,
+    offs,
+    n,
+    skip,
+    lr,
+    beta1,
+    beta2,
+    eps,
+    weight_decay,
+    step_size,
+    inv_sqrt_bc2,
+    inv_scale,
+    MASKED: tl.constexpr,
+    ADAM_W: tl.constexpr,
+    HAS_LOWP: tl.constexpr,
+    HAS_FLAG: tl.constexpr,
+):
     mask = offs < n
     g = load_f32(g_ptr, offs, mask, MASKED)
     p = load_f32(p_ptr, offs, mask, MASKED)
@@ -71,8 +90,16 @@ def _adam_tile(p_ptr, g_ptr, m_ptr, v_ptr, o_ptr, flag_ptr, offs, n, skip,
 
 
 @triton.jit
-def _adam_step_scalars(step_ptr, lr, ln_b1, ln_b2, step_size, inv_sqrt_bc2,
-                       STEP_ON_DEVICE: tl.constexpr, BIAS_CORRECTION: tl.constexpr):
+def _adam_step_scalars(
+    step_ptr,
+    lr,
+    ln_b1,
+    ln_b2,
+    step_size,
+    inv_sqrt_bc2,
+    STEP_ON_DEVICE: tl.constexpr,
+    BIAS_CORRECTION: tl.constexpr,
+):
     if STEP_ON_DEVICE and BIAS_CORRECTION:
         step = tl.load(step_ptr).to(tl.float32)
         step_size = lr / one_minus_pow(step, ln_b1)
@@ -81,33 +108,122 @@ def _adam_step_scalars(step_ptr, lr, ln_b1, ln_b2, step_size, inv_sqrt_bc2,
 
 
 @triton.jit
-def adam_flat_kernel(p_ptr, g_ptr, m_ptr, v_ptr, o_ptr, flag_ptr, step_ptr, scale_ptr, n,
-                     lr, beta1, beta2, eps, weight_decay, step_size, inv_sqrt_bc2, inv_scale, ln_b1, ln_b2,
-                     BLOCK: tl.constexpr, ADAM_W: tl.constexpr, BIAS_CORRECTION: tl.constexpr,
-                     STEP_ON_DEVICE: tl.constexpr, SCALE_ON_DEVICE: tl.constexpr,
-                     HAS_LOWP: tl.constexpr, HAS_FLAG: tl.constexpr):
+def adam_flat_kernel(
+    p_ptr,
+    g_ptr,
+    m_ptr,
+    v_ptr,
+    o_ptr,
+    flag_ptr,
+    step_ptr,
+    scale_ptr,
+    n,
+    lr,
+    beta1,
+    beta2,
+    eps,
+    weight_decay,
+    step_size,
+    inv_sqrt_bc2,
+    inv_scale,
+    ln_b1,
+    ln_b2,
+    BLOCK: tl.constexpr,
+    ADAM_W: tl.constexpr,
+    BIAS_CORRECTION: tl.constexpr,
+    STEP_ON_DEVICE: tl.constexpr,
+    SCALE_ON_DEVICE: tl.constexpr,
+    HAS_LOWP: tl.constexpr,
+    HAS_FLAG: tl.constexpr,
+):
     start = tl.program_id(0).to(tl.int64) * BLOCK
     offs = start + tl.arange(0, BLOCK)
     skip = read_skip(flag_ptr, HAS_FLAG)
-    step_size, inv_sqrt_bc2 = _adam_step_scalars(step_ptr, lr, ln_b1, ln_b2, step_size, inv_sqrt_bc2,
-                                                 STEP_ON_DEVICE, BIAS_CORRECTION)
+    step_size, inv_sqrt_bc2 = _adam_step_scalars(
+        step_ptr, lr, ln_b1, ln_b2, step_size, inv_sqrt_bc2, STEP_ON_DEVICE, BIAS_CORRECTION
+    )
     inv_scale = read_inv_scale(scale_ptr, inv_scale, SCALE_ON_DEVICE)
     if start + BLOCK <= n:
-        _adam_tile(p_ptr, g_ptr, m_ptr, v_ptr, o_ptr, flag_ptr, offs, n, skip, lr, beta1, beta2, eps,
-                   weight_decay, step_size, inv_sqrt_bc2, inv_scale, False, ADAM_W, HAS_LOWP, HAS_FLAG)
+        _adam_tile(
+            p_ptr,
+            g_ptr,
+            m_ptr,
+            v_ptr,
+            o_ptr,
+            flag_ptr,
+            offs,
+            n,
+            skip,
+            lr,
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+            step_size,
+            inv_sqrt_bc2,
+            inv_scale,
+            False,
+            ADAM_W,
+            HAS_LOWP,
+            HAS_FLAG,
+        )
     else:
-        _adam_tile(p_ptr, g_ptr, m_ptr, v_ptr, o_ptr, flag_ptr, offs, n, skip, lr, beta1, beta2, eps,
-                   weight_decay, step_size, inv_sqrt_bc2, inv_scale, True, ADAM_W, HAS_LOWP, HAS_FLAG)
+        _adam_tile(
+            p_ptr,
+            g_ptr,
+            m_ptr,
+            v_ptr,
+            o_ptr,
+            flag_ptr,
+            offs,
+            n,
+            skip,
+            lr,
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+            step_size,
+            inv_sqrt_bc2,
+            inv_scale,
+            True,
+            ADAM_W,
+            HAS_LOWP,
+            HAS_FLAG,
+        )
 
 
 @triton.jit
-def adam_multi_kernel(table_ptr, chunk_ptr, flag_ptr, step_ptr, scale_ptr,
-                      lr, beta1, beta2, eps, weight_decay, step_size, inv_sqrt_bc2, inv_scale, ln_b1, ln_b2,
-                      P_DT: tl.constexpr, G_DT: tl.constexpr, M_DT: tl.constexpr, V_DT: tl.constexpr,
-                      O_DT: tl.constexpr, BLOCK: tl.constexpr, ALIGNED: tl.constexpr,
-                      ADAM_W: tl.constexpr, BIAS_CORRECTION: tl.constexpr,
-                      STEP_ON_DEVICE: tl.constexpr, SCALE_ON_DEVICE: tl.constexpr,
-                      HAS_LOWP: tl.constexpr, HAS_FLAG: tl.constexpr):
+def adam_multi_kernel(
+    table_ptr,
+    chunk_ptr,
+    flag_ptr,
+    step_ptr,
+    scale_ptr,
+    lr,
+    beta1,
+    beta2,
+    eps,
+    weight_decay,
+    step_size,
+    inv_sqrt_bc2,
+    inv_scale,
+    ln_b1,
+    ln_b2,
+    P_DT: tl.constexpr,
+    G_DT: tl.constexpr,
+    M_DT: tl.constexpr,
+    V_DT: tl.constexpr,
+    O_DT: tl.constexpr,
+    BLOCK: tl.constexpr,
+    ALIGNED: tl.constexpr,
+    ADAM_W: tl.constexpr,
+    BIAS_CORRECTION: tl.constexpr,
+    STEP_ON_DEVICE: tl.constexpr,
+    SCALE_ON_DEVICE: tl.constexpr,
+    HAS_LOWP: tl.constexpr,
+    HAS_FLAG: tl.constexpr,
+):
     pid = tl.program_id(0).to(tl.int64)
     tensor = tl.load(chunk_ptr + 2 * pid).to(tl.int64)
     start = tl.load(chunk_ptr + 2 * pid + 1).to(tl.int64) * BLOCK
@@ -122,15 +238,58 @@ def adam_multi_kernel(table_ptr, chunk_ptr, flag_ptr, step_ptr, scale_ptr,
     n = tl.load(row + 5)
     offs = start + tl.arange(0, BLOCK)
     skip = read_skip(flag_ptr, HAS_FLAG)
-    step_size, inv_sqrt_bc2 = _adam_step_scalars(step_ptr, lr, ln_b1, ln_b2, step_size, inv_sqrt_bc2,
-                                                 STEP_ON_DEVICE, BIAS_CORRECTION)
+    step_size, inv_sqrt_bc2 = _adam_step_scalars(
+        step_ptr, lr, ln_b1, ln_b2, step_size, inv_sqrt_bc2, STEP_ON_DEVICE, BIAS_CORRECTION
+    )
     inv_scale = read_inv_scale(scale_ptr, inv_scale, SCALE_ON_DEVICE)
     if start + BLOCK <= n:
-        _adam_tile(p_ptr, g_ptr, m_ptr, v_ptr, o_ptr, flag_ptr, offs, n, skip, lr, beta1, beta2, eps,
-                   weight_decay, step_size, inv_sqrt_bc2, inv_scale, False, ADAM_W, HAS_LOWP, HAS_FLAG)
+        _adam_tile(
+            p_ptr,
+            g_ptr,
+            m_ptr,
+            v_ptr,
+            o_ptr,
+            flag_ptr,
+            offs,
+            n,
+            skip,
+            lr,
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+            step_size,
+            inv_sqrt_bc2,
+            inv_scale,
+            False,
+            ADAM_W,
+            HAS_LOWP,
+            HAS_FLAG,
+        )
     else:
-        _adam_tile(p_ptr, g_ptr, m_ptr, v_ptr, o_ptr, flag_ptr, offs, n, skip, lr, beta1, beta2, eps,
-                   weight_decay, step_size, inv_sqrt_bc2, inv_scale, True, ADAM_W, HAS_LOWP, HAS_FLAG)
+        _adam_tile(
+            p_ptr,
+            g_ptr,
+            m_ptr,
+            v_ptr,
+            o_ptr,
+            flag_ptr,
+            offs,
+            n,
+            skip,
+            lr,
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+            step_size,
+            inv_sqrt_bc2,
+            inv_scale,
+            True,
+            ADAM_W,
+            HAS_LOWP,
+            HAS_FLAG,
+        )
 
 
 _ROLES = ("params", "grads", "exp_avgs", "exp_avg_sqs", "out_lowp")
@@ -138,16 +297,44 @@ _ROLES = ("params", "grads", "exp_avgs", "exp_avg_sqs", "out_lowp")
 
 def _scalar_args(hyper: AdamHyper, host_step: float, inv_scale: float, step_on_device: bool) -> tuple:
     step_size, inv_sqrt_bc2 = (hyper.lr, 1.0) if step_on_device else adam_host_scalars(hyper, host_step)
-    return (hyper.lr, hyper.beta1, hyper.beta2, hyper.eps, hyper.weight_decay, step_size, inv_sqrt_bc2,
-            inv_scale, ln_beta(hyper.beta1), ln_beta(hyper.beta2))
+    return (
+        hyper.lr,
+        hyper.beta1,
+        hyper.beta2,
+        hyper.eps,
+        hyper.weight_decay,
+        step_size,
+        inv_sqrt_bc2,
+        inv_scale,
+        ln_beta(hyper.beta1),
+        ln_beta(hyper.beta2),
+    )
 
 
-def adam_flat(param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor,
-              out_lowp: torch.Tensor | None, *, hyper: AdamHyper, step: Scalar, precision: Precision,
-              policy: KernelPolicy, op: str) -> None:
+def adam_flat(
+    param: torch.Tensor,
+    grad: torch.Tensor,
+    exp_avg: torch.Tensor,
+    exp_avg_sq: torch.Tensor,
+    out_lowp: torch.Tensor | None,
+    *,
+    hyper: AdamHyper,
+    step: Scalar,
+    precision: Precision,
+    policy: KernelPolicy,
+    op: str,
+) -> None:
     """One launch over a flat buffer (inputs already checked by the caller)."""
-    check_dtypes(op, {"params": param, "grads": grad, "exp_avgs": exp_avg, "exp_avg_sqs": exp_avg_sq,
-                      "out_lowp": out_lowp})
+    check_dtypes(
+        op,
+        {
+            "params": param,
+            "grads": grad,
+            "exp_avgs": exp_avg,
+            "exp_avg_sqs": exp_avg_sq,
+            "out_lowp": out_lowp,
+        },
+    )
     n = param.numel()
     if n == 0:
         return
@@ -155,20 +342,49 @@ def adam_flat(param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor, ex
     ds = device_scalars(op, step=step, precision=precision, device=device, dummy=param)
     scalars = _scalar_args(hyper, ds.host_step, ds.host_inv_scale, ds.step_on_device)
     grid = (triton.cdiv(n, policy.block),)
-    name = f"adam_flat[{param.dtype},{grad.dtype},{exp_avg.dtype},{exp_avg_sq.dtype}," \
-           f"{None if out_lowp is None else out_lowp.dtype}]"
+    name = (
+        f"adam_flat[{param.dtype},{grad.dtype},{exp_avg.dtype},{exp_avg_sq.dtype},"
+        f"{None if out_lowp is None else out_lowp.dtype}]"
+    )
     with device_guard(device):
-        timed_launch(adam_flat_kernel, grid, param, grad, exp_avg, exp_avg_sq,
-                     param if out_lowp is None else out_lowp, ds.flag, ds.step, ds.scale, n, *scalars,
-                     name=name, BLOCK=policy.block, ADAM_W=hyper.adam_w_mode,
-                     BIAS_CORRECTION=hyper.bias_correction, STEP_ON_DEVICE=ds.step_on_device,
-                     SCALE_ON_DEVICE=ds.scale_on_device, HAS_LOWP=out_lowp is not None,
-                     HAS_FLAG=ds.has_flag, num_warps=policy.num_warps)
+        timed_launch(
+            adam_flat_kernel,
+            grid,
+            param,
+            grad,
+            exp_avg,
+            exp_avg_sq,
+            param if out_lowp is None else out_lowp,
+            ds.flag,
+            ds.step,
+            ds.scale,
+            n,
+            *scalars,
+            name=name,
+            BLOCK=policy.block,
+            ADAM_W=hyper.adam_w_mode,
+            BIAS_CORRECTION=hyper.bias_correction,
+            STEP_ON_DEVICE=ds.step_on_device,
+            SCALE_ON_DEVICE=ds.scale_on_device,
+            HAS_LOWP=out_lowp is not None,
+            HAS_FLAG=ds.has_flag,
+            num_warps=policy.num_warps,
+        )
 
 
-def adam_multi(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], exp_avgs: Sequence[torch.Tensor],
-               exp_avg_sqs: Sequence[torch.Tensor], out_lowp: Sequence[torch.Tensor] | None, *,
-               hyper: AdamHyper, step: Scalar, precision: Precision, policy: KernelPolicy, op: str) -> None:
+def adam_multi(
+    params: Sequence[torch.Tensor],
+    grads: Sequence[torch.Tensor],
+    exp_avgs: Sequence[torch.Tensor],
+    exp_avg_sqs: Sequence[torch.Tensor],
+    out_lowp: Sequence[torch.Tensor] | None,
+    *,
+    hyper: AdamHyper,
+    step: Scalar,
+    precision: Precision,
+    policy: KernelPolicy,
+    op: str,
+) -> None:
     """One launch per (device, dtype signature) group over all the tensors of that group."""
     columns = (params, grads, exp_avgs, exp_avg_sqs, out_lowp)
     # Check every group's dtypes before launching any, so a bad tensor leaves nothing half-stepped.
@@ -181,10 +397,28 @@ def adam_multi(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], ex
         chunks = chunk_map([params[i].numel() for i in group.rows], policy.block, device)
         name = "adam_multi[" + ",".join(str(dt) for dt in group.dtypes) + "]"
         with device_guard(device):
-            timed_launch(adam_multi_kernel, (chunks.shape[0],), table, chunks, ds.flag, ds.step, ds.scale,
-                         *scalars, name=name, P_DT=dts[0], G_DT=dts[1], M_DT=dts[2], V_DT=dts[3],
-                         O_DT=dts[4] if dts[4] is not None else dts[0], BLOCK=policy.block,
-                         ALIGNED=aligned, ADAM_W=hyper.adam_w_mode,
-                         BIAS_CORRECTION=hyper.bias_correction, STEP_ON_DEVICE=ds.step_on_device,
-                         SCALE_ON_DEVICE=ds.scale_on_device, HAS_LOWP=out_lowp is not None,
-                         HAS_FLAG=ds.has_flag, num_warps=policy.num_warps)
+            timed_launch(
+                adam_multi_kernel,
+                (chunks.shape[0],),
+                table,
+                chunks,
+                ds.flag,
+                ds.step,
+                ds.scale,
+                *scalars,
+                name=name,
+                P_DT=dts[0],
+                G_DT=dts[1],
+                M_DT=dts[2],
+                V_DT=dts[3],
+                O_DT=dts[4] if dts[4] is not None else dts[0],
+                BLOCK=policy.block,
+                ALIGNED=aligned,
+                ADAM_W=hyper.adam_w_mode,
+                BIAS_CORRECTION=hyper.bias_correction,
+                STEP_ON_DEVICE=ds.step_on_device,
+                SCALE_ON_DEVICE=ds.scale_on_device,
+                HAS_LOWP=out_lowp is not None,
+                HAS_FLAG=ds.has_flag,
+                num_warps=policy.num_warps,
+            )

@@ -94,8 +94,17 @@ def one_minus_pow(step, ln_beta):
     relative precision; elsewhere ``1 - exp(x)`` loses nothing.
     """
     x = step * ln_beta
-    series = -x * (1.0 + x / 2.0 * (1.0 + x / 3.0 * (1.0 + x / 4.0 * (1.0 + x / 5.0 * (
-        1.0 + x / 6.0 * (1.0 + x / 7.0 * (1.0 + x / 8.0)))))))
+    series = -x * (
+        1.0
+        + x
+        / 2.0
+        * (
+            1.0
+            + x
+            / 3.0
+            * (1.0 + x / 4.0 * (1.0 + x / 5.0 * (1.0 + x / 6.0 * (1.0 + x / 7.0 * (1.0 + x / 8.0)))))
+        )
+    )
     return tl.where(x > -0.5, series, 1.0 - tl.exp(x))
 
 

@@ -53,20 +53,52 @@ def _lamb_update(p, g, m, v, beta1, beta2, eps, weight_decay, EPS_INSIDE_SQRT: t
 
 
 @triton.jit
-def _lamb_row(table_ptr, chunk_ptr, P_DT: tl.constexpr, G_DT: tl.constexpr, M_DT: tl.constexpr,
-              V_DT: tl.constexpr, BLOCK: tl.constexpr, ALIGNED: tl.constexpr):
+def _lamb_row(
+    table_ptr,
+    chunk_ptr,
+    P_DT: tl.constexpr,
+    G_DT: tl.constexpr,
+    M_DT: tl.constexpr,
+    V_DT: tl.constexpr,
+    BLOCK: tl.constexpr,
+    ALIGNED: tl.constexpr,
+):
     pid = tl.program_id(0).to(tl.int64)
     tensor = tl.load(chunk_ptr + 2 * pid).to(tl.int64)
     start = tl.load(chunk_ptr + 2 * pid + 1).to(tl.int64) * BLOCK
     row = table_ptr + tensor * 6
-    return (tensor, start, row, table_pointer(row, 0, P_DT, ALIGNED), table_pointer(row, 1, G_DT, ALIGNED),
-            table_pointer(row, 2, M_DT, ALIGNED), table_pointer(row, 3, V_DT, ALIGNED), tl.load(row + 5))
+    return (
+        tensor,
+        start,
+        row,
+        table_pointer(row, 0, P_DT, ALIGNED),
+        table_pointer(row, 1, G_DT, ALIGNED),
+        table_pointer(row, 2, M_DT, ALIGNED),
+        table_pointer(row, 3, V_DT, ALIGNED),
+        tl.load(row + 5),
+    )
 
 
 @triton.jit
-def _lamb_norm_tile(p_ptr, g_ptr, m_ptr, v_ptr, norms_ptr, flag_ptr, tensor, offs, n, beta1, beta2, eps,
-                    weight_decay, inv_scale, MASKED: tl.constexpr, EPS_INSIDE_SQRT: tl.constexpr,
-                    HAS_FLAG: tl.constexpr):
+def _lamb_norm_tile(
+    p_ptr,
+    g_ptr,
+    m_ptr,
+    v_ptr,
+    norms_ptr,
+    flag_ptr,
+    tensor,
+    offs,
+    n,
+    beta1,
+    beta2,
+    eps,
+    weight_decay,
+    inv_scale,
+    MASKED: tl.constexpr,
+    EPS_INSIDE_SQRT: tl.constexpr,
+    HAS_FLAG: tl.constexpr,
+):
     mask = offs < n
     g = load_f32(g_ptr, offs, mask, MASKED)
     p = load_f32(p_ptr, offs, mask, MASKED)
@@ -82,26 +114,94 @@ def _lamb_norm_tile(p_ptr, g_ptr, m_ptr, v_ptr, norms_ptr, flag_ptr, tensor, off
 
 
 @triton.jit
-def lamb_norms_kernel(table_ptr, chunk_ptr, norms_ptr, flag_ptr, scale_ptr, beta1, beta2, eps, weight_decay,
-                      inv_scale, P_DT: tl.constexpr, G_DT: tl.constexpr, M_DT: tl.constexpr,
-                      V_DT: tl.constexpr, BLOCK: tl.constexpr, ALIGNED: tl.constexpr,
-                      EPS_INSIDE_SQRT: tl.constexpr, SCALE_ON_DEVICE: tl.constexpr, HAS_FLAG: tl.constexpr):
-    tensor, start, row, p_ptr, g_ptr, m_ptr, v_ptr, n = _lamb_row(table_ptr, chunk_ptr, P_DT, G_DT, M_DT, V_DT,
-                                                                  BLOCK, ALIGNED)
+def lamb_norms_kernel(
+    table_ptr,
+    chunk_ptr,
+    norms_ptr,
+    flag_ptr,
+    scale_ptr,
+    beta1,
+    beta2,
+    eps,
+    weight_decay,
+    inv_scale,
+    P_DT: tl.constexpr,
+    G_DT: tl.constexpr,
+    M_DT: tl.constexpr,
+    V_DT: tl.constexpr,
+    BLOCK: tl.constexpr,
+    ALIGNED: tl.constexpr,
+    EPS_INSIDE_SQRT: tl.constexpr,
+    SCALE_ON_DEVICE: tl.constexpr,
+    HAS_FLAG: tl.constexpr,
+):
+    tensor, start, row, p_ptr, g_ptr, m_ptr, v_ptr, n = _lamb_row(
+        table_ptr, chunk_ptr, P_DT, G_DT, M_DT, V_DT, BLOCK, ALIGNED
+    )
     offs = start + tl.arange(0, BLOCK)
     inv_scale = read_inv_scale(scale_ptr, inv_scale, SCALE_ON_DEVICE)
     if start + BLOCK <= n:
-        _lamb_norm_tile(p_ptr, g_ptr, m_ptr, v_ptr, norms_ptr, flag_ptr, tensor, offs, n, beta1, beta2, eps,
-                        weight_decay, inv_scale, False, EPS_INSIDE_SQRT, HAS_FLAG)
+        _lamb_norm_tile(
+            p_ptr,
+            g_ptr,
+            m_ptr,
+            v_ptr,
+            norms_ptr,
+            flag_ptr,
+            tensor,
+            offs,
+            n,
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+            inv_scale,
+            False,
+            EPS_INSIDE_SQRT,
+            HAS_FLAG,
+        )
     else:
-        _lamb_norm_tile(p_ptr, g_ptr, m_ptr, v_ptr, norms_ptr, flag_ptr, tensor, offs, n, beta1, beta2, eps,
-                        weight_decay, inv_scale, True, EPS_INSIDE_SQRT, HAS_FLAG)
+        _lamb_norm_tile(
+            p_ptr,
+            g_ptr,
+            m_ptr,
+            v_ptr,
+            norms_ptr,
+            flag_ptr,
+            tensor,
+            offs,
+            n,
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+            inv_scale,
+            True,
+            EPS_INSIDE_SQRT,
+            HAS_FLAG,
+        )
 
 
 @triton.jit
-def _lamb_apply_tile(p_ptr, g_ptr, m_ptr, v_ptr, o_ptr, offs, n, write, scaled_step, beta1, beta2, eps,
-                     weight_decay, inv_scale, MASKED: tl.constexpr, EPS_INSIDE_SQRT: tl.constexpr,
-                     HAS_LOWP: tl.constexpr):
+def _lamb_apply_tile(
+    p_ptr,
+    g_ptr,
+    m_ptr,
+    v_ptr,
+    o_ptr,
+    offs,
+    n,
+    write,
+    scaled_step,
+    beta1,
+    beta2,
+    eps,
+    weight_decay,
+    inv_scale,
+    MASKED: tl.constexpr,
+    EPS_INSIDE_SQRT: tl.constexpr,
+    HAS_LOWP: tl.constexpr,
+):
     mask = offs < n
     g = load_f32(g_ptr, offs, mask, MASKED)
     p = load_f32(p_ptr, offs, mask, MASKED)
@@ -118,15 +218,42 @@ def _lamb_apply_tile(p_ptr, g_ptr, m_ptr, v_ptr, o_ptr, offs, n, write, scaled_s
 
 
 @triton.jit
-def lamb_apply_kernel(table_ptr, chunk_ptr, norms_ptr, coeff_ptr, flag_ptr, step_ptr, scale_ptr,
-                      lr, beta1, beta2, eps, weight_decay, step_size, inv_scale, ln_b1, ln_b2,
-                      max_coeff, min_coeff, P_DT: tl.constexpr, G_DT: tl.constexpr, M_DT: tl.constexpr,
-                      V_DT: tl.constexpr, O_DT: tl.constexpr, BLOCK: tl.constexpr, ALIGNED: tl.constexpr,
-                      EPS_INSIDE_SQRT: tl.constexpr, BIAS_CORRECTION: tl.constexpr,
-                      STEP_ON_DEVICE: tl.constexpr, SCALE_ON_DEVICE: tl.constexpr,
-                      HAS_LOWP: tl.constexpr, HAS_FLAG: tl.constexpr):
-    tensor, start, row, p_ptr, g_ptr, m_ptr, v_ptr, n = _lamb_row(table_ptr, chunk_ptr, P_DT, G_DT, M_DT, V_DT,
-                                                                  BLOCK, ALIGNED)
+def lamb_apply_kernel(
+    table_ptr,
+    chunk_ptr,
+    norms_ptr,
+    coeff_ptr,
+    flag_ptr,
+    step_ptr,
+    scale_ptr,
+    lr,
+    beta1,
+    beta2,
+    eps,
+    weight_decay,
+    step_size,
+    inv_scale,
+    ln_b1,
+    ln_b2,
+    max_coeff,
+    min_coeff,
+    P_DT: tl.constexpr,
+    G_DT: tl.constexpr,
+    M_DT: tl.constexpr,
+    V_DT: tl.constexpr,
+    O_DT: tl.constexpr,
+    BLOCK: tl.constexpr,
+    ALIGNED: tl.constexpr,
+    EPS_INSIDE_SQRT: tl.constexpr,
+    BIAS_CORRECTION: tl.constexpr,
+    STEP_ON_DEVICE: tl.constexpr,
+    SCALE_ON_DEVICE: tl.constexpr,
+    HAS_LOWP: tl.constexpr,
+    HAS_FLAG: tl.constexpr,
+):
+    tensor, start, row, p_ptr, g_ptr, m_ptr, v_ptr, n = _lamb_row(
+        table_ptr, chunk_ptr, P_DT, G_DT, M_DT, V_DT, BLOCK, ALIGNED
+    )
     o_ptr = p_ptr
     if HAS_LOWP:
         o_ptr = table_pointer(row, 4, O_DT, ALIGNED)
@@ -143,20 +270,63 @@ def lamb_apply_kernel(table_ptr, chunk_ptr, norms_ptr, coeff_ptr, flag_ptr, step
     if start == 0:
         tl.store(coeff_ptr + tensor, coeff)
     if start + BLOCK <= n:
-        _lamb_apply_tile(p_ptr, g_ptr, m_ptr, v_ptr, o_ptr, offs, n, write, step_size * coeff, beta1, beta2,
-                         eps, weight_decay, inv_scale, False, EPS_INSIDE_SQRT, HAS_LOWP)
+        _lamb_apply_tile(
+            p_ptr,
+            g_ptr,
+            m_ptr,
+            v_ptr,
+            o_ptr,
+            offs,
+            n,
+            write,
+            step_size * coeff,
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+            inv_scale,
+            False,
+            EPS_INSIDE_SQRT,
+            HAS_LOWP,
+        )
     else:
-        _lamb_apply_tile(p_ptr, g_ptr, m_ptr, v_ptr, o_ptr, offs, n, write, step_size * coeff, beta1, beta2,
-                         eps, weight_decay, inv_scale, True, EPS_INSIDE_SQRT, HAS_LOWP)
+        _lamb_apply_tile(
+            p_ptr,
+            g_ptr,
+            m_ptr,
+            v_ptr,
+            o_ptr,
+            offs,
+            n,
+            write,
+            step_size * coeff,
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+            inv_scale,
+            True,
+            EPS_INSIDE_SQRT,
+            HAS_LOWP,
+        )
 
 
 _ROLES = ("params", "grads", "exp_avgs", "exp_avg_sqs", "out_lowp")
 
 
-def lamb_multi(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], exp_avgs: Sequence[torch.Tensor],
-               exp_avg_sqs: Sequence[torch.Tensor], out_lowp: Sequence[torch.Tensor] | None, *,
-               hyper: LambHyper, step: Scalar, precision: Precision, policy: KernelPolicy,
-               op: str) -> list[torch.Tensor]:
+def lamb_multi(
+    params: Sequence[torch.Tensor],
+    grads: Sequence[torch.Tensor],
+    exp_avgs: Sequence[torch.Tensor],
+    exp_avg_sqs: Sequence[torch.Tensor],
+    out_lowp: Sequence[torch.Tensor] | None,
+    *,
+    hyper: LambHyper,
+    step: Scalar,
+    precision: Precision,
+    policy: KernelPolicy,
+    op: str,
+) -> list[torch.Tensor]:
     """Two launches per (device, dtype signature) group; returns each tensor's trust ratio as a
     0-dim tensor on its device (1.0 for empty tensors), without synchronizing."""
     columns = (params, grads, exp_avgs, exp_avg_sqs, out_lowp)
@@ -169,26 +339,70 @@ def lamb_multi(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], ex
         step_size = hyper.lr
         if not ds.step_on_device:
             bc1, bc2 = bias_corrections(hyper.beta1, hyper.beta2, ds.host_step, hyper.bias_correction)
-            step_size = hyper.lr * bc2 ** 0.5 / bc1
+            step_size = hyper.lr * bc2**0.5 / bc1
         table, aligned = pointer_table(columns, group.rows, device)
         chunks = chunk_map([params[i].numel() for i in group.rows], policy.block, device)
         norms = torch.zeros(len(group.rows), 2, dtype=torch.float32, device=device)
         group_coeffs = torch.empty(len(group.rows), dtype=torch.float32, device=device)
-        shared = dict(P_DT=dts[0], G_DT=dts[1], M_DT=dts[2], V_DT=dts[3], BLOCK=policy.block,
-                      ALIGNED=aligned, EPS_INSIDE_SQRT=hyper.eps_inside_sqrt,
-                      SCALE_ON_DEVICE=ds.scale_on_device, HAS_FLAG=ds.has_flag, num_warps=policy.num_warps)
+        shared = dict(
+            P_DT=dts[0],
+            G_DT=dts[1],
+            M_DT=dts[2],
+            V_DT=dts[3],
+            BLOCK=policy.block,
+            ALIGNED=aligned,
+            EPS_INSIDE_SQRT=hyper.eps_inside_sqrt,
+            SCALE_ON_DEVICE=ds.scale_on_device,
+            HAS_FLAG=ds.has_flag,
+            num_warps=policy.num_warps,
+        )
         suffix = "[" + ",".join(str(dt) for dt in group.dtypes) + "]"
         grid = (chunks.shape[0],)
         with device_guard(device):
-            timed_launch(lamb_norms_kernel, grid, table, chunks, norms, ds.flag, ds.scale, hyper.beta1,
-                         hyper.beta2, hyper.eps, hyper.weight_decay, ds.host_inv_scale,
-                         name="lamb_norms" + suffix, **shared)
-            timed_launch(lamb_apply_kernel, grid, table, chunks, norms, group_coeffs, ds.flag, ds.step, ds.scale,
-                         hyper.lr, hyper.beta1, hyper.beta2, hyper.eps, hyper.weight_decay, step_size,
-                         ds.host_inv_scale, ln_beta(hyper.beta1), ln_beta(hyper.beta2), hyper.max_coeff,
-                         hyper.min_coeff, name="lamb_apply" + suffix,
-                         O_DT=dts[4] if dts[4] is not None else dts[0], BIAS_CORRECTION=hyper.bias_correction,
-                         STEP_ON_DEVICE=ds.step_on_device, HAS_LOWP=out_lowp is not None, **shared)
+            timed_launch(
+                lamb_norms_kernel,
+                grid,
+                table,
+                chunks,
+                norms,
+                ds.flag,
+                ds.scale,
+                hyper.beta1,
+                hyper.beta2,
+                hyper.eps,
+                hyper.weight_decay,
+                ds.host_inv_scale,
+                name="lamb_norms" + suffix,
+                **shared,
+            )
+            timed_launch(
+                lamb_apply_kernel,
+                grid,
+                table,
+                chunks,
+                norms,
+                group_coeffs,
+                ds.flag,
+                ds.step,
+                ds.scale,
+                hyper.lr,
+                hyper.beta1,
+                hyper.beta2,
+                hyper.eps,
+                hyper.weight_decay,
+                step_size,
+                ds.host_inv_scale,
+                ln_beta(hyper.beta1),
+                ln_beta(hyper.beta2),
+                hyper.max_coeff,
+                hyper.min_coeff,
+                name="lamb_apply" + suffix,
+                O_DT=dts[4] if dts[4] is not None else dts[0],
+                BIAS_CORRECTION=hyper.bias_correction,
+                STEP_ON_DEVICE=ds.step_on_device,
+                HAS_LOWP=out_lowp is not None,
+                **shared,
+            )
         for j, i in enumerate(group.rows):
             coeffs[i] = group_coeffs[j]
     return coeffs

@@ -26,7 +26,8 @@ def tl_dtype(dtype: torch.dtype, *, op: str, role: str, device: torch.device) ->
     except KeyError:
         names = ", ".join(str(d).removeprefix("torch.") for d in TRITON_DTYPES)
         raise UnsupportedKernelInput(
-            f"{op}: {role} has dtype {dtype} on {device}; the Triton kernels take {names}") from None
+            f"{op}: {role} has dtype {dtype} on {device}; the Triton kernels take {names}"
+        ) from None
 
 
 def check_dtypes(op: str, columns: dict[str, torch.Tensor | None]) -> None:
@@ -39,8 +40,10 @@ def check_dtypes(op: str, columns: dict[str, torch.Tensor | None]) -> None:
 def group_tl_dtypes(op: str, roles: Sequence[str], group: LaunchGroup) -> list[tl.dtype | None]:
     """Triton dtypes of a launch group's columns (None for an absent one), or a clear error naming
     the group's first tensor."""
-    return [None if dt is None else tl_dtype(dt, op=op, role=f"{role}[{group.rows[0]}]", device=group.device)
-            for role, dt in zip(roles, group.dtypes)]
+    return [
+        None if dt is None else tl_dtype(dt, op=op, role=f"{role}[{group.rows[0]}]", device=group.device)
+        for role, dt in zip(roles, group.dtypes)
+    ]
 
 
 @contextlib.contextmanager
@@ -79,14 +82,16 @@ class DeviceScalars:
     host_inv_scale: float
 
 
-def device_scalars(op: str, *, step: Scalar, precision: Precision, device: torch.device,
-                   dummy: torch.Tensor) -> DeviceScalars:
+def device_scalars(
+    op: str, *, step: Scalar, precision: Precision, device: torch.device, dummy: torch.Tensor
+) -> DeviceScalars:
     """Sort ``step``, ``grad_scale`` and ``found_inf`` into host values and device pointers."""
     flag = precision.found_inf
     if flag is not None and (flag.numel() != 1 or flag.dtype != torch.float32 or flag.device != device):
         raise UnsupportedKernelInput(
             f"{op}: found_inf must be a one-element float32 tensor on {device}; got "
-            f"{tuple(flag.shape)} {flag.dtype} on {flag.device}")
+            f"{tuple(flag.shape)} {flag.dtype} on {flag.device}"
+        )
     step_dev = device_scalar(step, device)
     scale_dev = device_scalar(precision.grad_scale, device)
     host_step = host_scalar(step, device) if step_dev is None else 1.0

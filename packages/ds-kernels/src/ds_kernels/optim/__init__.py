@@ -5,4 +5,11 @@ from .adam import DeepSpeedCPUAdam, FusedAdam
 from .lamb import FusedLamb
 from .lion import DeepSpeedCPULion, FusedLion
 
-__all__ = ["DeepSpeedCPUAdagrad", "DeepSpeedCPUAdam", "DeepSpeedCPULion", "FusedAdam", "FusedLamb", "FusedLion"]
+__all__ = [
+    "DeepSpeedCPUAdagrad",
+    "DeepSpeedCPUAdam",
+    "DeepSpeedCPULion",
+    "FusedAdam",
+    "FusedLamb",
+    "FusedLion",
+]

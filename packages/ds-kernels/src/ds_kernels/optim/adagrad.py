@@ -27,8 +27,15 @@ class DeepSpeedCPUAdagrad(CPUOnly, StepOptimizer):
 
     cpu_hint = ""
 
-    def __init__(self, model_params: Iterable[Any], lr: float = 1e-2, eps: float = 1e-10, weight_decay: float = 0,
-                 amsgrad: bool = False, fp32_optimizer_states: bool = True) -> None:
+    def __init__(
+        self,
+        model_params: Iterable[Any],
+        lr: float = 1e-2,
+        eps: float = 1e-10,
+        weight_decay: float = 0,
+        amsgrad: bool = False,
+        fp32_optimizer_states: bool = True,
+    ) -> None:
         super().__init__(model_params, dict(lr=lr, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad))
         self.fp32_optimizer_states = fp32_optimizer_states
         self.set_grad_none = True
@@ -40,8 +47,10 @@ class DeepSpeedCPUAdagrad(CPUOnly, StepOptimizer):
 
     def _densify(self, grad: torch.Tensor, group: dict[str, Any], where: str) -> torch.Tensor:
         if group["weight_decay"]:
-            raise RuntimeError(f"DeepSpeedCPUAdagrad: {where} has a sparse gradient and weight_decay="
-                               f"{group['weight_decay']}; sparse gradients need weight_decay=0")
+            raise RuntimeError(
+                f"DeepSpeedCPUAdagrad: {where} has a sparse gradient and weight_decay="
+                f"{group['weight_decay']}; sparse gradients need weight_decay=0"
+            )
         return grad.to_dense()
 
     @torch.no_grad()
@@ -54,10 +63,19 @@ class DeepSpeedCPUAdagrad(CPUOnly, StepOptimizer):
         op = "DeepSpeedCPUAdagrad.step"
         for index, group in enumerate(self.param_groups):
             for batch in self._batches(group, index):
-                cols = validate_lists(op, {"params": batch.params, "grads": batch.grads,
-                                           "exp_avg_sq": batch.column("exp_avg_sq")},
-                                      read_only=frozenset({"grads"}))
-                adagrad_torch(required(cols, "params"), required(cols, "grads"), required(cols, "exp_avg_sq"),
-                              lr=float(group["lr"]),
-                              eps=group["eps"], weight_decay=group["weight_decay"], step=batch.step, op=op)
+                cols = validate_lists(
+                    op,
+                    {"params": batch.params, "grads": batch.grads, "exp_avg_sq": batch.column("exp_avg_sq")},
+                    read_only=frozenset({"grads"}),
+                )
+                adagrad_torch(
+                    required(cols, "params"),
+                    required(cols, "grads"),
+                    required(cols, "exp_avg_sq"),
+                    lr=float(group["lr"]),
+                    eps=group["eps"],
+                    weight_decay=group["weight_decay"],
+                    step=batch.step,
+                    op=op,
+                )
         return loss

@@ -60,12 +60,14 @@ class StepOptimizer(torch.optim.Optimizer):
             # An old DeepSpeed checkpoint may carry the step on the group.
             state["step"] = torch.tensor(float(group.get("step", 0)), dtype=torch.float32)
             for name in self.state_names:
-                state[name] = torch.zeros_like(param, dtype=self._state_dtype(param),
-                                               memory_format=torch.contiguous_format)
+                state[name] = torch.zeros_like(
+                    param, dtype=self._state_dtype(param), memory_format=torch.contiguous_format
+                )
         return state
 
-    def _batches(self, group: dict[str, Any], group_index: int,
-                 grads: Iterable[torch.Tensor | None] | None = None) -> list[Batch]:
+    def _batches(
+        self, group: dict[str, Any], group_index: int, grads: Iterable[torch.Tensor | None] | None = None
+    ) -> list[Batch]:
         """Advance the step counter of every parameter that has a gradient and batch them.
 
         ``grads`` overrides ``p.grad`` (FusedLamb's legacy ``grads=`` argument).
@@ -97,15 +99,18 @@ class StepOptimizer(torch.optim.Optimizer):
         return list(batches.values())
 
     def _densify(self, grad: torch.Tensor, group: dict[str, Any], where: str) -> torch.Tensor:
-        raise RuntimeError(f"{type(self).__name__}: {where} has a sparse gradient; this optimizer "
-                           "takes dense gradients")
+        raise RuntimeError(
+            f"{type(self).__name__}: {where} has a sparse gradient; this optimizer takes dense gradients"
+        )
 
     def _check_group(self, group: dict[str, Any], index: int) -> None:
         """Reject torch-only options that a state dict from torch.optim may carry."""
         for key in ("amsgrad", "maximize"):
             if group.get(key, False):
-                raise RuntimeError(f"{type(self).__name__}: param_groups[{index}] has {key}=True, which "
-                                   "this optimizer does not implement; use torch.optim for it")
+                raise RuntimeError(
+                    f"{type(self).__name__}: param_groups[{index}] has {key}=True, which "
+                    "this optimizer does not implement; use torch.optim for it"
+                )
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a state dict (ours, torch.optim's, or DeepSpeed's), keeping state dtypes and
@@ -141,6 +146,7 @@ class CPUOnly:
 
     def _check_param(self, param: torch.Tensor, where: str) -> None:
         if param.device.type != "cpu":
-            raise RuntimeError(f"{type(self).__name__}: {where} is on {param.device}; it steps CPU tensors only"
-                               f"{self.cpu_hint}")
-
+            raise RuntimeError(
+                f"{type(self).__name__}: {where} is on {param.device}; it steps CPU tensors only"
+                f"{self.cpu_hint}"
+            )

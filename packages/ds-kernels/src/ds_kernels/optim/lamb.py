@@ -37,15 +37,35 @@ class FusedLamb(StepOptimizer):
 
     state_names = ("exp_avg", "exp_avg_sq")
 
-    def __init__(self, params: Iterable[Any], lr: float = 1e-3, bias_correction: bool = True,
-                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, eps_inside_sqrt: bool = False,
-                 weight_decay: float = 0., max_grad_norm: float = 0., max_coeff: float = 10.0,
-                 min_coeff: float = 0.01, amsgrad: bool = False, *, backend: BackendName = "auto",
-                 policy: KernelPolicy | None = None) -> None:
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float = 1e-3,
+        bias_correction: bool = True,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        eps_inside_sqrt: bool = False,
+        weight_decay: float = 0.0,
+        max_grad_norm: float = 0.0,
+        max_coeff: float = 10.0,
+        min_coeff: float = 0.01,
+        amsgrad: bool = False,
+        *,
+        backend: BackendName = "auto",
+        policy: KernelPolicy | None = None,
+    ) -> None:
         if amsgrad:
             raise RuntimeError("FusedLamb: amsgrad=True is not supported (nor is it by DeepSpeed)")
-        defaults = dict(lr=lr, bias_correction=bias_correction, betas=betas, eps=eps, weight_decay=weight_decay,
-                        max_grad_norm=max_grad_norm, max_coeff=max_coeff, min_coeff=min_coeff)
+        defaults = dict(
+            lr=lr,
+            bias_correction=bias_correction,
+            betas=betas,
+            eps=eps,
+            weight_decay=weight_decay,
+            max_grad_norm=max_grad_norm,
+            max_coeff=max_coeff,
+            min_coeff=min_coeff,
+        )
         super().__init__(params, defaults)
         self.eps_inside_sqrt = bool(eps_inside_sqrt)
         self.backend = backend
@@ -57,24 +77,47 @@ class FusedLamb(StepOptimizer):
         if group["max_grad_norm"] <= 0:
             return scale
         if grad_norm is None:
-            raise ValueError("FusedLamb.step: max_grad_norm > 0 needs grad_norms (the gradient norm of each "
-                             "group, times the loss scale)")
+            raise ValueError(
+                "FusedLamb.step: max_grad_norm > 0 needs grad_norms (the gradient norm of each "
+                "group, times the loss scale)"
+            )
         clip = (float(grad_norm) / scale + 1e-6) / group["max_grad_norm"]
         return clip * scale if clip > 1 else scale
 
-    def _run(self, batch: Batch, group: dict[str, Any], outputs: Sequence[torch.Tensor] | None,
-             grad_scale: float) -> list[torch.Tensor]:
+    def _run(
+        self, batch: Batch, group: dict[str, Any], outputs: Sequence[torch.Tensor] | None, grad_scale: float
+    ) -> list[torch.Tensor]:
         beta1, beta2 = group["betas"]
         return lamb_step_multi(
-            batch.params, batch.grads, batch.column("exp_avg"), batch.column("exp_avg_sq"), lr=float(group["lr"]),
-            beta1=beta1, beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"], step=batch.step,
-            bias_correction=group["bias_correction"], eps_inside_sqrt=self.eps_inside_sqrt,
-            max_coeff=group["max_coeff"], min_coeff=group["min_coeff"], grad_scale=grad_scale, out_lowp=outputs,
-            backend=self.backend, policy=self.policy)
+            batch.params,
+            batch.grads,
+            batch.column("exp_avg"),
+            batch.column("exp_avg_sq"),
+            lr=float(group["lr"]),
+            beta1=beta1,
+            beta2=beta2,
+            eps=group["eps"],
+            weight_decay=group["weight_decay"],
+            step=batch.step,
+            bias_correction=group["bias_correction"],
+            eps_inside_sqrt=self.eps_inside_sqrt,
+            max_coeff=group["max_coeff"],
+            min_coeff=group["min_coeff"],
+            grad_scale=grad_scale,
+            out_lowp=outputs,
+            backend=self.backend,
+            policy=self.policy,
+        )
 
     @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None, grads: Any = None, output_params: Any = None,
-             scale: float = 1., grad_norms: Any = None) -> Any:
+    def step(
+        self,
+        closure: Callable[[], Any] | None = None,
+        grads: Any = None,
+        output_params: Any = None,
+        scale: float = 1.0,
+        grad_norms: Any = None,
+    ) -> Any:
         """One LAMB step.
 
         Args (DeepSpeed's legacy mixed-precision interface, all optional):
@@ -92,7 +135,9 @@ class FusedLamb(StepOptimizer):
         outs_g = _per_group(output_params, n, "output_params")
         norms_g = [None] * n if grad_norms is None else list(grad_norms)
         self.lamb_coeffs = []
-        for index, (group, g_list, o_list, norm) in enumerate(zip(self.param_groups, grads_g, outs_g, norms_g)):
+        for index, (group, g_list, o_list, norm) in enumerate(
+            zip(self.param_groups, grads_g, outs_g, norms_g)
+        ):
             if isinstance(norm, (list, tuple)):
                 raise ValueError("FusedLamb.step: grad_norms takes one norm per group, not one per parameter")
             combined = self._combined_scale(group, float(scale), norm)

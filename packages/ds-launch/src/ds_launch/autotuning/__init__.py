@@ -33,14 +33,18 @@ def _check_options(options: LaunchOptions) -> None:
     if options.elastic_training:
         raise LaunchError("--autotuning cannot be combined with --elastic_training")
     if options.no_ssh:
-        raise LaunchError("--autotuning needs one launcher for the whole job; it cannot be combined with --no_ssh")
+        raise LaunchError(
+            "--autotuning needs one launcher for the whole job; it cannot be combined with --no_ssh"
+        )
 
 
 def _check_config(user_config: dict[str, Any]) -> None:
     elastic = user_config.get("elasticity")
     if isinstance(elastic, dict) and elastic.get("enabled") is True:
-        raise LaunchError("--autotuning tunes the batch sizes, but 'elasticity' is enabled and chooses them; "
-                          "disable one of the two")
+        raise LaunchError(
+            "--autotuning tunes the batch sizes, but 'elasticity' is enabled and chooses them; "
+            "disable one of the two"
+        )
     section = user_config.get("autotuning")
     if not (isinstance(section, dict) and section.get("enabled") is True):
         logger.warning("'autotuning.enabled' is not true in the config; the experiments enable it themselves")
@@ -56,7 +60,9 @@ def run_autotuning(options: LaunchOptions, *, world_size: int, env: dict[str, st
     _check_config(user_config)
     settings = parse_settings(user_config.get("autotuning"))
     command = LaunchCommand.from_options(options, config_arg, settings.arg_mappings)
-    tuner = Autotuner(user_config=user_config, settings=settings, command=command, world_size=world_size, env=env)
+    tuner = Autotuner(
+        user_config=user_config, settings=settings, command=command, world_size=world_size, env=env
+    )
     try:
         best = tuner.tune()
     except TuningInterrupted as stop:
@@ -69,11 +75,14 @@ def run_autotuning(options: LaunchOptions, *, world_size: int, env: dict[str, st
     optimal_path = tuner.results_dir / "ds_config_optimal.json"
     best_args = command.script_args(str(optimal_path), optimal_config(best, tuner.results_dir))
     final = replace(options, autotuning="", save_pid=False, user_args=tuple(best_args))
-    command_text = LaunchCommand.display([*command.flags, "--master_port", str(options.master_port),
-                                          options.user_script, *best_args])
+    command_text = LaunchCommand.display(
+        [*command.flags, "--master_port", str(options.master_port), options.user_script, *best_args]
+    )
     write_optimal(best, tuner.results_dir, command_text)
-    tuner.progress.say(f"best: {best.result.name} ({settings.metric} {best.value:.4g}); wrote {optimal_path} and "
-                       f"{tuner.results_dir / 'cmd_optimal.txt'}")
+    tuner.progress.say(
+        f"best: {best.result.name} ({settings.metric} {best.value:.4g}); wrote {optimal_path} and "
+        f"{tuner.results_dir / 'cmd_optimal.txt'}"
+    )
     if options.autotuning == "run":
         tuner.progress.say(f"training with the best config: {command_text}")
         return launch(final)

@@ -14,8 +14,15 @@ from ds_launch.options import LaunchOptions
 
 # Options the experiments do not inherit: they are about this (tuning) process, or set per experiment
 # (each experiment's output is kept in its own result folder instead of --enable_each_rank_log).
-_NOT_INHERITED = {"autotuning", "save_pid", "master_port", "user_script", "user_args", "quiet",
-                  "enable_each_rank_log"}
+_NOT_INHERITED = {
+    "autotuning",
+    "save_pid",
+    "master_port",
+    "user_script",
+    "user_args",
+    "quiet",
+    "enable_each_rank_log",
+}
 LAUNCHER = (sys.executable, "-c", "from ds_launch.cli import main; main()")
 
 
@@ -46,7 +53,9 @@ def find_key(config: Mapping[str, Any], key: str) -> Any:
     return None
 
 
-def apply_arg_mappings(args: Sequence[str], mappings: Mapping[str, str], config: Mapping[str, Any]) -> list[str]:
+def apply_arg_mappings(
+    args: Sequence[str], mappings: Mapping[str, str], config: Mapping[str, Any]
+) -> list[str]:
     """Set each mapped script flag to the config's value (replacing ``--flag V`` / ``--flag=V``, or appending)."""
     out = list(args)
     for key, flag in mappings.items():
@@ -78,11 +87,18 @@ class LaunchCommand:
     arg_mappings: Mapping[str, str]
 
     @classmethod
-    def from_options(cls, options: LaunchOptions, config_arg: ConfigArgument,
-                     arg_mappings: Mapping[str, str]) -> LaunchCommand:
+    def from_options(
+        cls, options: LaunchOptions, config_arg: ConfigArgument, arg_mappings: Mapping[str, str]
+    ) -> LaunchCommand:
         """The user's launch, minus ``--autotuning``."""
-        return cls(tuple(launcher_flags(options)), options.master_port, options.user_script, options.user_args,
-                   config_arg, dict(arg_mappings))
+        return cls(
+            tuple(launcher_flags(options)),
+            options.master_port,
+            options.user_script,
+            options.user_args,
+            config_arg,
+            dict(arg_mappings),
+        )
 
     def port(self, index: int) -> int:
         """A distinct rendezvous port per experiment (a just-closed port may linger in TIME_WAIT)."""
@@ -90,11 +106,19 @@ class LaunchCommand:
 
     def script_args(self, config_path: str, config: Mapping[str, Any]) -> list[str]:
         """The user's arguments with ``config_path`` as the config and the mapped flags set."""
-        return apply_arg_mappings(self.config_arg.replaced(self.user_args, config_path), self.arg_mappings, config)
+        return apply_arg_mappings(
+            self.config_arg.replaced(self.user_args, config_path), self.arg_mappings, config
+        )
 
     def deepspeed_args(self, config_path: str, config: Mapping[str, Any], port: int) -> list[str]:
         """``deepspeed`` arguments (no program name) for one run."""
-        return [*self.flags, "--master_port", str(port), self.user_script, *self.script_args(config_path, config)]
+        return [
+            *self.flags,
+            "--master_port",
+            str(port),
+            self.user_script,
+            *self.script_args(config_path, config),
+        ]
 
     def argv(self, config_path: str, config: Mapping[str, Any], port: int) -> list[str]:
         """The command that runs it through this launcher."""

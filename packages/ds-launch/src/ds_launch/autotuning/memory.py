@@ -36,12 +36,16 @@ class ModelFacts:
         # The engine measures at the profiling run's micro batch; DeepSpeed's own numbers are for 1.
         per = info.get("train_micro_batch_size_per_gpu") or 1
         memory = memory_override if memory_override is not None else info.get("memory_per_device")
-        return cls(num_params=num_params, activation_bytes_per_sample=activation / per,
-                   memory_per_device=int(memory) if memory else None)
+        return cls(
+            num_params=num_params,
+            activation_bytes_per_sample=activation / per,
+            memory_per_device=int(memory) if memory else None,
+        )
 
 
-def instantiation_bytes(*, num_params: int, stage: int, dp_world_size: int, half_precision: bool,
-                        mp_size: int = 1) -> float:
+def instantiation_bytes(
+    *, num_params: int, stage: int, dp_world_size: int, half_precision: bool, mp_size: int = 1
+) -> float:
     """Parameters + gradients + optimizer state per rank at ``stage`` (Note [zero memory])."""
     width = 2 if half_precision else 4
     params: float = num_params * width
@@ -56,32 +60,64 @@ def instantiation_bytes(*, num_params: int, stage: int, dp_world_size: int, half
     return (params + grads + optimizer) / mp_size
 
 
-def required_bytes(facts: ModelFacts, *, stage: int, micro_batch: int, dp_world_size: int, half_precision: bool,
-                   mp_size: int = 1) -> float:
+def required_bytes(
+    facts: ModelFacts,
+    *,
+    stage: int,
+    micro_batch: int,
+    dp_world_size: int,
+    half_precision: bool,
+    mp_size: int = 1,
+) -> float:
     """Everything one rank needs for ``stage`` at ``micro_batch`` samples per micro-step."""
-    return instantiation_bytes(num_params=facts.num_params, stage=stage, dp_world_size=dp_world_size,
-                               half_precision=half_precision, mp_size=mp_size) + \
-        facts.activation_bytes_per_sample * micro_batch
+    return (
+        instantiation_bytes(
+            num_params=facts.num_params,
+            stage=stage,
+            dp_world_size=dp_world_size,
+            half_precision=half_precision,
+            mp_size=mp_size,
+        )
+        + facts.activation_bytes_per_sample * micro_batch
+    )
 
 
-def largest_fitting_micro_batch(facts: ModelFacts, *, stage: int, dp_world_size: int, half_precision: bool,
-                                mp_size: int = 1) -> int | None:
+def largest_fitting_micro_batch(
+    facts: ModelFacts, *, stage: int, dp_world_size: int, half_precision: bool, mp_size: int = 1
+) -> int | None:
     """The largest micro batch ``stage`` fits in memory (None: unbounded, i.e. memory or activations unknown)."""
     if facts.memory_per_device is None or facts.activation_bytes_per_sample <= 0:
         return None
-    room = facts.memory_per_device - instantiation_bytes(num_params=facts.num_params, stage=stage,
-                                                         dp_world_size=dp_world_size, half_precision=half_precision,
-                                                         mp_size=mp_size)
+    room = facts.memory_per_device - instantiation_bytes(
+        num_params=facts.num_params,
+        stage=stage,
+        dp_world_size=dp_world_size,
+        half_precision=half_precision,
+        mp_size=mp_size,
+    )
     return max(0, int(room // facts.activation_bytes_per_sample))
 
 
-def memory_prune_reason(facts: ModelFacts, *, stage: int, micro_batch: int, dp_world_size: int,
-                        half_precision: bool, mp_size: int = 1) -> str | None:
+def memory_prune_reason(
+    facts: ModelFacts,
+    *,
+    stage: int,
+    micro_batch: int,
+    dp_world_size: int,
+    half_precision: bool,
+    mp_size: int = 1,
+) -> str | None:
     """Why ``stage`` at ``micro_batch`` cannot fit (None when it fits or the budget is unknown)."""
     if facts.memory_per_device is None:
         return None
-    need = required_bytes(facts, stage=stage, micro_batch=micro_batch, dp_world_size=dp_world_size,
-                          half_precision=half_precision, mp_size=mp_size)
+    need = required_bytes(
+        facts,
+        stage=stage,
+        micro_batch=micro_batch,
+        dp_world_size=dp_world_size,
+        half_precision=half_precision,
+        mp_size=mp_size,
+    )
     if need <= facts.memory_per_device:
         return None
     need_text, have_text = format_bytes(need), format_bytes(facts.memory_per_device)

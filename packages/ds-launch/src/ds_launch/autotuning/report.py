@@ -56,13 +56,22 @@ class Progress:
         """Experiment finished: its outcome and the best so far."""
         self.done += 1
         result = record.result
-        outcome = (f"{self.metric} {record.value:.4g} {UNITS[self.metric]}" if record.value is not None
-                   else f"{result.status.upper()}: {result.error}")
+        outcome = (
+            f"{self.metric} {record.value:.4g} {UNITS[self.metric]}"
+            if record.value is not None
+            else f"{result.status.upper()}: {result.error}"
+        )
         best = best_of(records, lower_is_better=self.lower_is_better)
-        best_text = f"{best.result.name} ({best.value:.4g})" if best is not None and best.value is not None else "none yet"
+        best_text = (
+            f"{best.result.name} ({best.value:.4g})"
+            if best is not None and best.value is not None
+            else "none yet"
+        )
         reused = " (previous result reused)" if result.reused else ""
-        self.say(f"experiment {self.done}/{max(self.planned, self.done)} {result.name}: {outcome}{reused} "
-                 f"| best so far: {best_text}")
+        self.say(
+            f"experiment {self.done}/{max(self.planned, self.done)} {result.name}: {outcome}{reused} "
+            f"| best so far: {best_text}"
+        )
 
     def pruned(self, name: str, reason: str) -> None:
         """A configuration skipped without launching."""
@@ -84,18 +93,47 @@ def summary_text(records: Sequence[Record], *, metric: str, lower_is_better: boo
     for space in [*spaces, "global"]:
         members = [r for r in records if space in ("global", r.exp.space) and r.result.status != PRUNED]
         best = best_of(members, lower_is_better=lower_is_better)
-        rows.append([space, len(members), f"{best.value:.6g}" if best and best.value is not None else 0,
-                     best.result.name if best else None])
+        rows.append(
+            [
+                space,
+                len(members),
+                f"{best.value:.6g}" if best and best.value is not None else 0,
+                best.result.name if best else None,
+            ]
+        )
     head = _pipe_table(["tuning_space", "num_experiments", "best_metric_val", "best_exp_name"], rows)
-    detail_rows = [[r.result.name, r.exp.stage, r.exp.micro_batch, r.exp.accumulation, r.exp.train_batch_size,
-                    r.result.status, f"{r.value:.6g}" if r.value is not None else "", (r.result.error or "")[:100]]
-                   for r in records]
-    detail = _pipe_table(["experiment", "stage", "micro_batch", "gas", "train_batch_size", "status",
-                          f"{metric} ({UNITS[metric]})", "note"], detail_rows)
+    detail_rows = [
+        [
+            r.result.name,
+            r.exp.stage,
+            r.exp.micro_batch,
+            r.exp.accumulation,
+            r.exp.train_batch_size,
+            r.result.status,
+            f"{r.value:.6g}" if r.value is not None else "",
+            (r.result.error or "")[:100],
+        ]
+        for r in records
+    ]
+    detail = _pipe_table(
+        [
+            "experiment",
+            "stage",
+            "micro_batch",
+            "gas",
+            "train_batch_size",
+            "status",
+            f"{metric} ({UNITS[metric]})",
+            "note",
+        ],
+        detail_rows,
+    )
     launched = sum(1 for r in records if r.result.status != PRUNED and not r.result.reused)
-    return (f"{head}\n\n{detail}\n\nTuning completed in {duration_s:.1f} s. Experiments run: {launched}, "
-            f"reused: {sum(1 for r in records if r.result.reused)}, "
-            f"pruned: {sum(1 for r in records if r.result.status == PRUNED)}.\n")
+    return (
+        f"{head}\n\n{detail}\n\nTuning completed in {duration_s:.1f} s. Experiments run: {launched}, "
+        f"reused: {sum(1 for r in records if r.result.reused)}, "
+        f"pruned: {sum(1 for r in records if r.result.status == PRUNED)}.\n"
+    )
 
 
 def optimal_config(best: Record, results_dir: Path) -> dict[str, Any]:
@@ -111,4 +149,3 @@ def write_optimal(best: Record, results_dir: Path, command_text: str) -> Path:
     write_json(path, optimal_config(best, results_dir))
     (results_dir / "cmd_optimal.txt").write_text(command_text + "\n", encoding="utf-8")
     return path
-

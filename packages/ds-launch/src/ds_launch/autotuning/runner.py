@@ -33,7 +33,9 @@ FINISHED = (OK, OOM, FAILED, NO_METRICS)
 _OOM = re.compile(r"out of memory|OutOfMemoryError|\bMemoryError\b|Cannot allocate memory|ALLOC_FAILED", re.I)
 _ERROR = re.compile(r"\b\w*(Error|Exception|Interrupt)\b(:|$)|\berror:")
 _SIGKILL_EXIT = 128 + signal.SIGKILL
-_PREFIXES = re.compile(r"^(\[deepspeed\]\s*\|?\s*)?(\[rank\d+\]:\s*)?")  # the launcher's and torch's line prefixes
+_PREFIXES = re.compile(
+    r"^(\[deepspeed\]\s*\|?\s*)?(\[rank\d+\]:\s*)?"
+)  # the launcher's and torch's line prefixes
 # The launcher's closing report repeats a rank's error line after who failed: keep the error line.
 _REPORT = re.compile(r"^\[deepspeed\] .* exited with code \d+: (\[rank\d+\]:? )?")
 
@@ -84,8 +86,15 @@ def _tail(path: Path, limit: int = 65536) -> list[str]:
 def classify(exit_code: int, produced: bool, lines: list[str]) -> tuple[str, str | None]:
     """``(status, error)`` from the job's exit code, whether the engine wrote its file, and its output."""
     if exit_code == 0:
-        return (OK, None) if produced else (NO_METRICS, "the job ended before the engine measured anything "
-                                            "(run more steps than autotuning.end_profile_step + 1)")
+        return (
+            (OK, None)
+            if produced
+            else (
+                NO_METRICS,
+                "the job ended before the engine measured anything "
+                "(run more steps than autotuning.end_profile_step + 1)",
+            )
+        )
     text = [_PREFIXES.sub("", _REPORT.sub("", line.strip())) for line in lines if line.strip()]
     errors = [line for line in text if _ERROR.search(line)]
     detail = (errors or text or [f"exit code {exit_code}"])[-1]
@@ -99,8 +108,15 @@ def classify(exit_code: int, produced: bool, lines: list[str]) -> tuple[str, str
 class ExperimentRunner:
     """Launches experiments through this launcher, one after another, under Note [experiment files]."""
 
-    def __init__(self, *, command: LaunchCommand, results_dir: Path, exps_dir: Path, reuse: bool,
-                 env: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        *,
+        command: LaunchCommand,
+        results_dir: Path,
+        exps_dir: Path,
+        reuse: bool,
+        env: Mapping[str, str],
+    ) -> None:
         self.command = command
         self.results_dir = results_dir
         self.exps_dir = exps_dir
@@ -114,8 +130,10 @@ class ExperimentRunner:
 
     def record_pruned(self, name: str, config: Mapping[str, Any], reason: str) -> ExperimentResult:
         """Record a configuration that is never launched."""
-        write_json(self.result_dir(name) / "exp.json", {"name": name, "ds_config": dict(config), "status": PRUNED,
-                                                        "error": reason})
+        write_json(
+            self.result_dir(name) / "exp.json",
+            {"name": name, "ds_config": dict(config), "status": PRUNED, "error": reason},
+        )
         return ExperimentResult(name, PRUNED, error=reason)
 
     def _previous(self, name: str, config: Mapping[str, Any], output_path: Path) -> ExperimentResult | None:
@@ -143,23 +161,33 @@ class ExperimentRunner:
         self.launched += 1
         args = self.command.deepspeed_args(str(config_path), config, port)
         (folder / "cmd.txt").write_text(LaunchCommand.display(args) + "\n", encoding="utf-8")
-        description = {"name": name, "ds_config": dict(config), "user_script": self.command.user_script,
-                       "user_args": self.command.script_args(str(config_path), config), "master_port": port,
-                       "result_dir": str(folder)}
+        description = {
+            "name": name,
+            "ds_config": dict(config),
+            "user_script": self.command.user_script,
+            "user_args": self.command.script_args(str(config_path), config),
+            "master_port": port,
+            "result_dir": str(folder),
+        }
         write_json(self.exps_dir / f"{name}.json", description)
         write_json(folder / "exp.json", {**description, "status": "running"})
         exit_code = self._launch(name, self.command.argv(str(config_path), config, port), folder)
         output = _read_json(output_path)
         produced = isinstance(output, dict)
-        status, error = classify(exit_code, produced, _tail(folder / "stderr.log") + _tail(folder / "stdout.log"))
-        write_json(folder / "exp.json", {**description, "status": status, "error": error,
-                                         "results": output if status == OK else None})
+        status, error = classify(
+            exit_code, produced, _tail(folder / "stderr.log") + _tail(folder / "stdout.log")
+        )
+        write_json(
+            folder / "exp.json",
+            {**description, "status": status, "error": error, "results": output if status == OK else None},
+        )
         return ExperimentResult(name, status, output if status == OK else None, error)
 
     def _launch(self, name: str, argv: list[str], folder: Path) -> int:
         with open(folder / "stdout.log", "wb") as out, open(folder / "stderr.log", "wb") as err:
             result = Supervisor(stdout=out, stderr=err).run(
-                [ProcessSpec(name=f"experiment {name}", argv=tuple(argv), env=self.env)])
+                [ProcessSpec(name=f"experiment {name}", argv=tuple(argv), env=self.env)]
+            )
         if result.signal is not None:
             raise TuningInterrupted(result.signal)
         return result.exit_code

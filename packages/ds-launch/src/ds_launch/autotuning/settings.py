@@ -44,13 +44,15 @@ def find_config_argument(args: Sequence[str]) -> ConfigArgument:
             if arg == flag and i + 1 < len(args):
                 return ConfigArgument(i + 1, "", Path(args[i + 1]))
             if arg.startswith(flag + "="):
-                return ConfigArgument(i, flag + "=", Path(arg[len(flag) + 1:]))
+                return ConfigArgument(i, flag + "=", Path(arg[len(flag) + 1 :]))
         if arg == HF_CONFIG_FLAG and i + 1 < len(args) and args[i + 1].endswith(".json"):
             return ConfigArgument(i + 1, "", Path(args[i + 1]))
         if arg.startswith(HF_CONFIG_FLAG + "=") and arg.endswith(".json"):
-            return ConfigArgument(i, HF_CONFIG_FLAG + "=", Path(arg[len(HF_CONFIG_FLAG) + 1:]))
-    raise LaunchError("--autotuning needs the DeepSpeed config among the script's arguments "
-                      "(e.g. train.py --deepspeed --deepspeed_config ds_config.json)")
+            return ConfigArgument(i, HF_CONFIG_FLAG + "=", Path(arg[len(HF_CONFIG_FLAG) + 1 :]))
+    raise LaunchError(
+        "--autotuning needs the DeepSpeed config among the script's arguments "
+        "(e.g. train.py --deepspeed --deepspeed_config ds_config.json)"
+    )
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -67,11 +69,15 @@ def load_user_config(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as err:
-        raise LaunchError(f"--autotuning: cannot read the DeepSpeed config {str(path)!r}: {err.strerror}") from None
+        raise LaunchError(
+            f"--autotuning: cannot read the DeepSpeed config {str(path)!r}: {err.strerror}"
+        ) from None
     try:
         data = json.loads(text, object_pairs_hook=_no_duplicates)
     except json.JSONDecodeError as err:
-        raise LaunchError(f"{path}: invalid JSON at line {err.lineno} column {err.colno}: {err.msg}") from None
+        raise LaunchError(
+            f"{path}: invalid JSON at line {err.lineno} column {err.colno}: {err.msg}"
+        ) from None
     if not isinstance(data, dict):
         raise LaunchError(f"{path}: a DeepSpeed config must be a JSON object")
     return data
@@ -112,14 +118,28 @@ class TuningSettings:
 
 # key -> (expected kind, smallest allowed value for numbers)
 _KINDS: dict[str, tuple[str, int | None]] = {
-    "enabled": ("bool", None), "fast": ("bool", None), "overwrite": ("bool", None),
-    "results_dir": ("str", None), "exps_dir": ("str", None), "metric_path": ("str?", None),
-    "model_info_path": ("str?", None), "start_profile_step": ("int", 0), "end_profile_step": ("int", 0),
-    "tuner_type": ("str", None), "metric": ("str", None), "tuner_early_stopping": ("int", 1),
-    "tuner_num_trials": ("int", 1), "arg_mappings": ("mapping?", None), "max_train_batch_size": ("int?", 1),
-    "min_train_batch_size": ("int", 1), "max_train_micro_batch_size_per_gpu": ("int", 1),
-    "min_train_micro_batch_size_per_gpu": ("int", 1), "num_tuning_micro_batch_sizes": ("int", 1),
-    "mp_size": ("int", 1), "model_info": ("dict?", None), "memory_per_device": ("int?", 1),
+    "enabled": ("bool", None),
+    "fast": ("bool", None),
+    "overwrite": ("bool", None),
+    "results_dir": ("str", None),
+    "exps_dir": ("str", None),
+    "metric_path": ("str?", None),
+    "model_info_path": ("str?", None),
+    "start_profile_step": ("int", 0),
+    "end_profile_step": ("int", 0),
+    "tuner_type": ("str", None),
+    "metric": ("str", None),
+    "tuner_early_stopping": ("int", 1),
+    "tuner_num_trials": ("int", 1),
+    "arg_mappings": ("mapping?", None),
+    "max_train_batch_size": ("int?", 1),
+    "min_train_batch_size": ("int", 1),
+    "max_train_micro_batch_size_per_gpu": ("int", 1),
+    "min_train_micro_batch_size_per_gpu": ("int", 1),
+    "num_tuning_micro_batch_sizes": ("int", 1),
+    "mp_size": ("int", 1),
+    "model_info": ("dict?", None),
+    "memory_per_device": ("int?", 1),
 }
 _CHOICES = {"tuner_type": TUNERS, "metric": (*METRICS, "forward", "step")}
 
@@ -143,8 +163,10 @@ def _check(key: str, value: Any) -> Any:
     if kind in ("dict", "mapping") and not isinstance(value, dict):
         raise LaunchError(f"{where}: expected an object (got {value!r})")
     if kind == "mapping" and not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
-        raise LaunchError(f"{where}: expected config keys mapped to script flags, e.g. "
-                          '{"train_micro_batch_size_per_gpu": "--per_device_train_batch_size"}')
+        raise LaunchError(
+            f"{where}: expected config keys mapped to script flags, e.g. "
+            '{"train_micro_batch_size_per_gpu": "--per_device_train_batch_size"}'
+        )
     if key in _CHOICES and value not in _CHOICES[key]:
         raise LaunchError(f"{where}: expected one of {', '.join(_CHOICES[key])} (got {value!r})")
     return value
@@ -160,7 +182,11 @@ def parse_settings(section: Any) -> TuningSettings:
     for key, value in section.items():
         if key not in _KINDS:
             hint = difflib.get_close_matches(key, list(_KINDS), n=1, cutoff=0.6)
-            more = f"; did you mean 'autotuning.{hint[0]}'?" if hint else f"; valid keys: {', '.join(sorted(_KINDS))}"
+            more = (
+                f"; did you mean 'autotuning.{hint[0]}'?"
+                if hint
+                else f"; valid keys: {', '.join(sorted(_KINDS))}"
+            )
             raise LaunchError(f"unknown key 'autotuning.{key}'{more}")
         values[key] = _check(key, value)
     if values.get("arg_mappings") is None:
@@ -169,11 +195,15 @@ def parse_settings(section: Any) -> TuningSettings:
         values["arg_mappings"] = {k.strip(): v.strip() for k, v in values["arg_mappings"].items()}
     settings = TuningSettings(**values)
     if settings.end_profile_step < settings.start_profile_step:
-        raise LaunchError(f"'autotuning.end_profile_step' {settings.end_profile_step} is before "
-                          f"'autotuning.start_profile_step' {settings.start_profile_step}")
+        raise LaunchError(
+            f"'autotuning.end_profile_step' {settings.end_profile_step} is before "
+            f"'autotuning.start_profile_step' {settings.start_profile_step}"
+        )
     if settings.metric not in METRICS:
-        raise LaunchError(f"'autotuning.metric' {settings.metric!r} is not measured by this engine; use one of "
-                          f"{', '.join(METRICS)}")
+        raise LaunchError(
+            f"'autotuning.metric' {settings.metric!r} is not measured by this engine; use one of "
+            f"{', '.join(METRICS)}"
+        )
     return settings
 
 

@@ -40,17 +40,39 @@ DEFAULT_KNOBS: dict[int, dict[str, list[Any]]] = {
 }
 # zero_optimization keys that have no effect in this design (the engine's key-effect table; the same
 # cross-package test keeps this set equal to it): a list given for one is not tuned (its first value is used).
-NO_EFFECT_KEYS = frozenset({
-    "allgather_bucket_size", "allgather_partitions", "compute_grad_norm", "contiguous_gradients",
-    "elastic_checkpoint", "enable_sanity_checks", "ignore_unused_parameters", "legacy_stage1",
-    "load_from_fp32_weights", "log_trace_cache_warnings", "memory_efficient_linear",
-    "mics_hierarchical_params_gather", "override_module_apply", "parameter_alignment",
-    "pipeline_loading_checkpoint", "round_robin_gradients", "save_muon_momentum_buffer_in_memory",
-    "stage3_allgather_sequential", "stage3_use_all_reduce_for_fetch_params", "sub_group_size",
-    "use_multi_rank_bucket_allreduce",
-})
-_SHORT = {"reduce_bucket_size": "rbs", "allgather_bucket_size": "abs", "overlap_comm": "oc",
-          "reduce_scatter": "rs", "contiguous_gradients": "cg", "allgather_partitions": "ap"}
+NO_EFFECT_KEYS = frozenset(
+    {
+        "allgather_bucket_size",
+        "allgather_partitions",
+        "compute_grad_norm",
+        "contiguous_gradients",
+        "elastic_checkpoint",
+        "enable_sanity_checks",
+        "ignore_unused_parameters",
+        "legacy_stage1",
+        "load_from_fp32_weights",
+        "log_trace_cache_warnings",
+        "memory_efficient_linear",
+        "mics_hierarchical_params_gather",
+        "override_module_apply",
+        "parameter_alignment",
+        "pipeline_loading_checkpoint",
+        "round_robin_gradients",
+        "save_muon_momentum_buffer_in_memory",
+        "stage3_allgather_sequential",
+        "stage3_use_all_reduce_for_fetch_params",
+        "sub_group_size",
+        "use_multi_rank_bucket_allreduce",
+    }
+)
+_SHORT = {
+    "reduce_bucket_size": "rbs",
+    "allgather_bucket_size": "abs",
+    "overlap_comm": "oc",
+    "reduce_scatter": "rs",
+    "contiguous_gradients": "cg",
+    "allgather_partitions": "ap",
+}
 
 
 def requested_stages(user_config: Mapping[str, Any]) -> list[int]:
@@ -65,7 +87,9 @@ def requested_stages(user_config: Mapping[str, Any]) -> list[int]:
     stage = zero.get("stage", "all")
     stages = list(ALL_STAGES) if stage == "all" else stage if isinstance(stage, list) else [stage]
     if not stages or any(isinstance(s, bool) or s not in ALL_STAGES for s in stages):
-        raise LaunchError(f"'zero_optimization.stage': expected 0-3, a list of them, or \"all\" (got {stage!r})")
+        raise LaunchError(
+            f"'zero_optimization.stage': expected 0-3, a list of them, or \"all\" (got {stage!r})"
+        )
     return sorted(set(stages))
 
 
@@ -74,11 +98,13 @@ def _arg_value(args: Sequence[str], flag: str) -> str | None:
         if arg == flag and i + 1 < len(args):
             return args[i + 1]
         if arg.startswith(flag + "="):
-            return arg[len(flag) + 1:]
+            return arg[len(flag) + 1 :]
     return None
 
 
-def _int_from(user_config: Mapping[str, Any], key: str, settings: TuningSettings, args: Sequence[str]) -> int | None:
+def _int_from(
+    user_config: Mapping[str, Any], key: str, settings: TuningSettings, args: Sequence[str]
+) -> int | None:
     value = user_config.get(key)
     if value == "auto" and key in settings.arg_mappings:
         value = _arg_value(args, settings.arg_mappings[key])
@@ -88,7 +114,9 @@ def _int_from(user_config: Mapping[str, Any], key: str, settings: TuningSettings
     if value is None or value == "auto":
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise LaunchError(f"'{key}': expected a positive integer, a list of them, or \"auto\" (got {value!r})")
+        raise LaunchError(
+            f"'{key}': expected a positive integer, a list of them, or \"auto\" (got {value!r})"
+        )
     return value
 
 
@@ -103,11 +131,15 @@ def explicit_micro_batches(user_config: Mapping[str, Any]) -> list[int] | None:
     if not isinstance(value, list):
         return None
     if not value or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in value):
-        raise LaunchError(f"'train_micro_batch_size_per_gpu': a list must hold positive integers (got {value!r})")
+        raise LaunchError(
+            f"'train_micro_batch_size_per_gpu': a list must hold positive integers (got {value!r})"
+        )
     return sorted(set(value))
 
 
-def smallest_micro_batch(user_config: Mapping[str, Any], settings: TuningSettings, args: Sequence[str]) -> int:
+def smallest_micro_batch(
+    user_config: Mapping[str, Any], settings: TuningSettings, args: Sequence[str]
+) -> int:
     """Where the micro batch search starts (Note [tuning space])."""
     given = _int_from(user_config, "train_micro_batch_size_per_gpu", settings, args)
     return given if given is not None else settings.min_train_micro_batch_size_per_gpu
@@ -169,8 +201,11 @@ def knob_grid(stage: int, user_config: Mapping[str, Any], *, fast: bool) -> list
         if key == "stage":
             continue
         if isinstance(value, list) and key in NO_EFFECT_KEYS:
-            logger.warning("autotuning: 'zero_optimization.%s' has no effect in this engine; not tuned "
-                           "(its first value is used)", key)
+            logger.warning(
+                "autotuning: 'zero_optimization.%s' has no effect in this engine; not tuned "
+                "(its first value is used)",
+                key,
+            )
             continue
         if isinstance(value, list) and not fast:
             space[key] = list(value)
@@ -180,7 +215,9 @@ def knob_grid(stage: int, user_config: Mapping[str, Any], *, fast: bool) -> list
     return [tuple(zip(keys, combo, strict=True)) for combo in itertools.product(*(space[k] for k in keys))]
 
 
-def experiment_config(exp: Experiment, user_config: Mapping[str, Any], autotuning: Mapping[str, Any]) -> dict[str, Any]:
+def experiment_config(
+    exp: Experiment, user_config: Mapping[str, Any], autotuning: Mapping[str, Any]
+) -> dict[str, Any]:
     """The DeepSpeed config of ``exp``: the user's, with the stage, batch settings, knobs and the
     experiment's ``autotuning`` section filled in (a knob list left untuned contributes its first value)."""
     config = copy.deepcopy(dict(user_config))

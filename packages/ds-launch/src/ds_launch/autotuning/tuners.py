@@ -69,7 +69,6 @@ class ModelBasedTuner(GridSearchTuner):
         scores = [sum(w * x for w, x in zip(weights, self._encoder(c), strict=True)) for c in self.pending]
         return self.pending.pop(scores.index(max(scores)))
 
-
     def _farthest(self, done: list[Experiment]) -> int:
         """Index of the pending candidate farthest (in feature space) from every experiment run so far."""
         if not done:
@@ -86,7 +85,9 @@ class ModelBasedTuner(GridSearchTuner):
 
 def make_tuner(kind: str, candidates: Sequence[Experiment]) -> GridSearchTuner:
     """The tuner ``autotuning.tuner_type`` names."""
-    return {"gridsearch": GridSearchTuner, "random": RandomTuner, "model_based": ModelBasedTuner}[kind](candidates)
+    return {"gridsearch": GridSearchTuner, "random": RandomTuner, "model_based": ModelBasedTuner}[kind](
+        candidates
+    )
 
 
 class _FeatureEncoder:

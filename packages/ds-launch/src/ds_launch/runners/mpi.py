@@ -30,10 +30,19 @@ class OpenMPIRunner(MultiNodeRunner):
     def get_cmd(self) -> list[str]:
         launcher_args = self.launcher_args()
         names_if = any(
-            a in ("-mca", "--mca") and b == "btl_tcp_if_include" for a, b in zip(launcher_args, launcher_args[1:])
+            a in ("-mca", "--mca") and b == "btl_tcp_if_include"
+            for a, b in zip(launcher_args, launcher_args[1:])
         )
-        cmd = ["mpirun", "-n", str(self.job.world_size), "-hostfile", self.options.hostfile,
-               "--mca", "btl", "^openib"]
+        cmd = [
+            "mpirun",
+            "-n",
+            str(self.job.world_size),
+            "-hostfile",
+            self.options.hostfile,
+            "--mca",
+            "btl",
+            "^openib",
+        ]
         cmd += [] if names_if else ["--mca", "btl_tcp_if_include", "eth0"]
         if self.options.ssh_port is not None:
             cmd += ["--mca", "plm_rsh_args", f"-p {self.options.ssh_port}"]
@@ -58,8 +67,12 @@ class _HydraRunner(MultiNodeRunner):
     def get_cmd(self) -> list[str]:
         ppn = self.procs_per_node()
         cmd = ["mpirun", "-n", str(self.job.world_size), "-ppn", str(ppn), *self.launcher_args()]
-        env = {**self.rank_exports(), "WORLD_SIZE": str(self.job.world_size), "LOCAL_SIZE": str(ppn),
-               **self.extra_genv()}
+        env = {
+            **self.rank_exports(),
+            "WORLD_SIZE": str(self.job.world_size),
+            "LOCAL_SIZE": str(ppn),
+            **self.extra_genv(),
+        }
         for key, value in env.items():
             cmd += ["-genv", key, value]
         cmd += ["-hosts", ",".join(self.job.active_resources)]
@@ -111,8 +124,16 @@ class MVAPICHRunner(MultiNodeRunner):
         os.replace(fh.name, self.hostfile_path)
 
     def get_cmd(self) -> list[str]:
-        cmd = ["mpirun", "-np", str(self.job.world_size), "-ppn", str(self.procs_per_node()),
-               "--hostfile", self.hostfile_path, *self.launcher_args()]
+        cmd = [
+            "mpirun",
+            "-np",
+            str(self.job.world_size),
+            "-ppn",
+            str(self.procs_per_node()),
+            "--hostfile",
+            self.hostfile_path,
+            *self.launcher_args(),
+        ]
         for key, value in {**self.MV2_EXPORTS, **self.rank_exports()}.items():
             cmd += ["-env", f"{key}={value}"]
         return cmd + self.rank_command("mvapich")

@@ -64,7 +64,10 @@ class PDSHRunner(MultiNodeRunner):
         """``python -m ds_launch.node ...`` with ``--node_rank`` left for pdsh to fill in."""
         opts, job = self.options, self.job
         argv = [
-            job.python, "-u", "-m", "ds_launch.node",
+            job.python,
+            "-u",
+            "-m",
+            "ds_launch.node",
             f"--world_info={encode_world_info(job.active_resources)}",
             f"--node_rank={_NODE_RANK_TOKEN}",
             f"--master_addr={job.master_addr}",
@@ -79,8 +82,11 @@ class PDSHRunner(MultiNodeRunner):
         if opts.enable_each_rank_log:
             argv.append(f"--enable_each_rank_log={opts.enable_each_rank_log}")
         if opts.elastic_training:
-            argv += ["--elastic_training", f"--min_elastic_nodes={opts.min_elastic_nodes}",
-                     f"--max_elastic_nodes={opts.max_elastic_nodes}"]
+            argv += [
+                "--elastic_training",
+                f"--min_elastic_nodes={opts.min_elastic_nodes}",
+                f"--max_elastic_nodes={opts.max_elastic_nodes}",
+            ]
         return [*argv, opts.user_script, *opts.user_args]
 
     def node_script(self) -> str:

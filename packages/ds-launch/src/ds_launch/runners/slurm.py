@@ -37,7 +37,12 @@ class SlurmRunner(MultiNodeRunner):
         opts = self.options
         cmd = ["srun", "-n", str(self.job.world_size), *self.launcher_args()]
         if opts.include or opts.exclude:
-            cmd += ["--nodelist", ",".join(self.job.active_resources), "--nodes", str(len(self.job.active_resources))]
+            cmd += [
+                "--nodelist",
+                ",".join(self.job.active_resources),
+                "--nodes",
+                str(len(self.job.active_resources)),
+            ]
         if opts.num_nodes > 0:
             cmd += ["--nodes", str(opts.num_nodes)]
         if opts.num_gpus > 0:

@@ -28,11 +28,14 @@ def group_name(ep_size: int) -> str:
     return f"ep_size_{ep_size}"
 
 
-def expert_rank_lists(world_size: int, ep_size: int,
-                      use_data_before_expert_parallel_: bool = False) -> tuple[list[list[int]], list[list[int]]]:
+def expert_rank_lists(
+    world_size: int, ep_size: int, use_data_before_expert_parallel_: bool = False
+) -> tuple[list[list[int]], list[list[int]]]:
     """(expert-parallel groups, expert-data-parallel groups) as rank lists (Note [expert layout])."""
     if ep_size < 1 or world_size % ep_size:
-        raise ValueError(f"expert parallel size {ep_size} must divide the data-parallel world size {world_size}")
+        raise ValueError(
+            f"expert parallel size {ep_size} must divide the data-parallel world size {world_size}"
+        )
     edp = world_size // ep_size
     if use_data_before_expert_parallel_:
         ep_groups = [list(range(i, world_size, edp)) for i in range(edp)]
@@ -47,15 +50,21 @@ def _new_group(ranks: list[int], world_size: int) -> Any:
     return dist.group.WORLD if len(ranks) == world_size else dist.new_group(ranks)
 
 
-def _create_expert_and_data_parallel(expert_parallel_size_: int, mp_size: int | None = None,
-                                     pp_size: int | None = None, mp_mode: str = "tp",
-                                     use_data_before_expert_parallel_: bool = False,
-                                     folding_spec: Any = None) -> None:
+def _create_expert_and_data_parallel(
+    expert_parallel_size_: int,
+    mp_size: int | None = None,
+    pp_size: int | None = None,
+    mp_mode: str = "tp",
+    use_data_before_expert_parallel_: bool = False,
+    folding_spec: Any = None,
+) -> None:
     """Create (collectively, once per size) the expert and expert-data-parallel groups of this size."""
     if (mp_size or 1) > 1 or (pp_size or 1) > 1 or folding_spec is not None:
         raise NotImplementedError("expert parallelism with tensor or pipeline parallelism is not built yet")
     if not dist.is_initialized():
-        raise RuntimeError("expert parallel groups need torch.distributed initialised (deepspeed.init_distributed())")
+        raise RuntimeError(
+            "expert parallel groups need torch.distributed initialised (deepspeed.init_distributed())"
+        )
     name = group_name(expert_parallel_size_)
     if name in _EXPERT_PARALLEL_GROUP:
         return
@@ -74,15 +83,21 @@ def _create_expert_and_data_parallel(expert_parallel_size_: int, mp_size: int | 
 
 def _clear() -> None:
     """Forget every expert group (a new process group was initialised)."""
-    for d in (_EXPERT_PARALLEL_GROUP, _EXPERT_PARALLEL_GROUP_RANKS, _EXPERT_DATA_PARALLEL_GROUP,
-              _EXPERT_DATA_PARALLEL_GROUP_RANKS):
+    for d in (
+        _EXPERT_PARALLEL_GROUP,
+        _EXPERT_PARALLEL_GROUP_RANKS,
+        _EXPERT_DATA_PARALLEL_GROUP,
+        _EXPERT_DATA_PARALLEL_GROUP_RANKS,
+    ):
         d.clear()
 
 
 def _lookup(table: dict[str, Any], name: str, what: str) -> Any:
     if name not in table:
-        raise KeyError(f"{what} group '{name}' has not been created (an MoE layer with that ep_size makes it when "
-                       "deepspeed.initialize sees it)")
+        raise KeyError(
+            f"{what} group '{name}' has not been created (an MoE layer with that ep_size makes it when "
+            "deepspeed.initialize sees it)"
+        )
     return table[name]
 
 
@@ -167,5 +182,8 @@ def _get_expert_model_parallel_world_size() -> int:
     return 1
 
 
-__all__ = [n for n in dir() if n.startswith("_get_")] + ["_create_expert_and_data_parallel", "expert_rank_lists",
-                                                         "group_name"]
+__all__ = [n for n in dir() if n.startswith("_get_")] + [
+    "_create_expert_and_data_parallel",
+    "expert_rank_lists",
+    "group_name",
+]

@@ -80,14 +80,23 @@ def dense_combine(routes: Routes, num_tokens: int, num_experts: int, cap: int) -
     return zeros.index_put((routes.token, routes.expert, routes.slot), routes.weight)
 
 
-def top1_routes(logits: Tensor, capacity_factor: float, min_capacity: int, used_token: Tensor | None = None,
-                noisy_gate_policy: str | None = None, drop_tokens: bool = True, use_rts: bool = True,
-                ep_group: Any = None) -> tuple[Tensor, Routes, Tensor, int]:
+def top1_routes(
+    logits: Tensor,
+    capacity_factor: float,
+    min_capacity: int,
+    used_token: Tensor | None = None,
+    noisy_gate_policy: str | None = None,
+    drop_tokens: bool = True,
+    use_rts: bool = True,
+    ep_group: Any = None,
+) -> tuple[Tensor, Routes, Tensor, int]:
     """Top-1 gating as ``(l_aux, routes, exp_counts, capacity)``, without the dense ``[s, e, c]`` tensors
     (Notes [capacity], [aux loss], [which tokens are kept]); :func:`top1gating` is its dense form."""
     gates = F.softmax(logits, dim=1)
     num_tokens, num_experts = gates.shape
-    chooser = logits + gumbel_rsample(logits.shape, logits.device) if noisy_gate_policy == "RSample" else gates
+    chooser = (
+        logits + gumbel_rsample(logits.shape, logits.device) if noisy_gate_policy == "RSample" else gates
+    )
     choice = chooser.argmax(dim=1)
     mask1 = F.one_hot(choice, num_experts)
     if used_token is not None:
@@ -96,8 +105,10 @@ def top1_routes(logits: Tensor, capacity_factor: float, min_capacity: int, used_
     if drop_tokens:
         cap = capacity(num_tokens, num_experts, capacity_factor, min_capacity)
         if num_tokens < min_capacity:
-            raise ValueError(f"{num_tokens} tokens is fewer than min_capacity {min_capacity}: set min_capacity "
-                             "lower or give the layer more tokens")
+            raise ValueError(
+                f"{num_tokens} tokens is fewer than min_capacity {min_capacity}: set min_capacity "
+                "lower or give the layer more tokens"
+            )
     else:
         cap = _no_drop_capacity(exp_counts, ep_group)
     l_aux = (gates.mean(dim=0) * mask1.float().mean(dim=0)).sum() * num_experts
@@ -110,18 +121,32 @@ def top1_routes(logits: Tensor, capacity_factor: float, min_capacity: int, used_
     return l_aux, Routes(token, expert, locations[token, expert], gates[token, expert]), exp_counts, cap
 
 
-def top1gating(logits: Tensor, capacity_factor: float, min_capacity: int, used_token: Tensor | None = None,
-               noisy_gate_policy: str | None = None, drop_tokens: bool = True, use_rts: bool = True,
-               ep_group: Any = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def top1gating(
+    logits: Tensor,
+    capacity_factor: float,
+    min_capacity: int,
+    used_token: Tensor | None = None,
+    noisy_gate_policy: str | None = None,
+    drop_tokens: bool = True,
+    use_rts: bool = True,
+    ep_group: Any = None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Top-1 gating (Notes [capacity], [aux loss], [which tokens are kept])."""
-    l_aux, routes, exp_counts, cap = top1_routes(logits, capacity_factor, min_capacity, used_token,
-                                                 noisy_gate_policy, drop_tokens, use_rts, ep_group)
+    l_aux, routes, exp_counts, cap = top1_routes(
+        logits, capacity_factor, min_capacity, used_token, noisy_gate_policy, drop_tokens, use_rts, ep_group
+    )
     combine = dense_combine(routes, logits.shape[0], logits.shape[1], cap)
     return l_aux, combine, combine.bool(), exp_counts
 
 
-def top2gating(logits: Tensor, capacity_factor: float, min_capacity: int, drop_tokens: bool = True,
-               ep_group: Any = None, top2_2nd_expert_sampling: bool = True) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def top2gating(
+    logits: Tensor,
+    capacity_factor: float,
+    min_capacity: int,
+    drop_tokens: bool = True,
+    ep_group: Any = None,
+    top2_2nd_expert_sampling: bool = True,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Top-2 gating; the second expert is sampled with Gumbel noise when ``top2_2nd_expert_sampling``."""
     gates = F.softmax(logits, dim=1)
     num_tokens, num_experts = gates.shape
@@ -129,7 +154,9 @@ def top2gating(logits: Tensor, capacity_factor: float, min_capacity: int, drop_t
     second = logits + gumbel_rsample(logits.shape, logits.device) if top2_2nd_expert_sampling else logits
     mask2 = F.one_hot(second.masked_fill(mask1.bool(), float("-inf")).argmax(dim=1), num_experts)
     loc1 = torch.cumsum(mask1, dim=0) - 1
-    loc2 = torch.cumsum(mask2, dim=0) - 1 + mask1.sum(dim=0, keepdim=True)  # second choices queue after firsts
+    loc2 = (
+        torch.cumsum(mask2, dim=0) - 1 + mask1.sum(dim=0, keepdim=True)
+    )  # second choices queue after firsts
     l_aux = (gates.mean(dim=0) * mask1.float().mean(dim=0)).mean() * num_experts * num_experts
     exp_counts = (mask1 + mask2).sum(dim=0).detach()
     if drop_tokens:
@@ -141,13 +168,21 @@ def top2gating(logits: Tensor, capacity_factor: float, min_capacity: int, drop_t
     g1 = (gates * mask1).sum(dim=1)
     g2 = (gates * mask2).sum(dim=1)
     denom = (g1 + g2).clamp(min=torch.finfo(gates.dtype).eps)
-    combine = (_combine((g1 / denom).unsqueeze(1).expand_as(gates), mask1, loc1, cap)
-               + _combine((g2 / denom).unsqueeze(1).expand_as(gates), mask2, loc2, cap))
+    combine = _combine((g1 / denom).unsqueeze(1).expand_as(gates), mask1, loc1, cap) + _combine(
+        (g2 / denom).unsqueeze(1).expand_as(gates), mask2, loc2, cap
+    )
     return l_aux, combine, combine.bool(), exp_counts
 
 
-def topkgating(logits: Tensor, k: int, capacity_factor: float, min_capacity: int, drop_tokens: bool = True,
-               ep_group: Any = None, drop_policy: str = "probs") -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def topkgating(
+    logits: Tensor,
+    k: int,
+    capacity_factor: float,
+    min_capacity: int,
+    drop_tokens: bool = True,
+    ep_group: Any = None,
+    drop_policy: str = "probs",
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Top-k gating (k > 2); ``drop_policy`` ``'probs'`` keeps the largest gates, ``'position'`` the first."""
     gates = F.softmax(logits, dim=1)
     num_tokens, num_experts = gates.shape
@@ -174,5 +209,14 @@ def topkgating(logits: Tensor, k: int, capacity_factor: float, min_capacity: int
     return l_aux, combine, combine.bool(), exp_counts
 
 
-__all__ = ["Routes", "capacity", "dense_combine", "gumbel_rsample", "multiplicative_jitter", "top1_routes", "top1gating",
-           "top2gating", "topkgating"]
+__all__ = [
+    "Routes",
+    "capacity",
+    "dense_combine",
+    "gumbel_rsample",
+    "multiplicative_jitter",
+    "top1_routes",
+    "top1gating",
+    "top2gating",
+    "topkgating",
+]

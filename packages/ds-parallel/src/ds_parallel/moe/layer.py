@@ -50,7 +50,9 @@ class Experts(nn.Module):
     """``num_local_experts`` copies of ``expert``; their parameters are marked as expert parameters
     (``allreduce = False``, ``group_name``) so the engine reduces them over the expert-data-parallel group."""
 
-    def __init__(self, expert: nn.Module, num_local_experts: int = 1, expert_group_name: str | None = None) -> None:
+    def __init__(
+        self, expert: nn.Module, num_local_experts: int = 1, expert_group_name: str | None = None
+    ) -> None:
         super().__init__()
         self.deepspeed_experts = nn.ModuleList([copy.deepcopy(expert) for _ in range(num_local_experts)])
         self.num_local_experts = num_local_experts
@@ -71,10 +73,20 @@ class Experts(nn.Module):
 class TopKGate(nn.Module):
     """Linear router ``wg`` (no bias, computed in fp32) and the top-k gating of :mod:`ds_parallel.moe.gating`."""
 
-    def __init__(self, model_dim: int, num_experts: int, k: int = 1, capacity_factor: float = 1.0,
-                 eval_capacity_factor: float = 1.0, min_capacity: int = 8, noisy_gate_policy: str | None = None,
-                 drop_tokens: bool = True, use_rts: bool = True, ep_group: Any = None,
-                 top2_2nd_expert_sampling: bool = True) -> None:
+    def __init__(
+        self,
+        model_dim: int,
+        num_experts: int,
+        k: int = 1,
+        capacity_factor: float = 1.0,
+        eval_capacity_factor: float = 1.0,
+        min_capacity: int = 8,
+        noisy_gate_policy: str | None = None,
+        drop_tokens: bool = True,
+        use_rts: bool = True,
+        ep_group: Any = None,
+        top2_2nd_expert_sampling: bool = True,
+    ) -> None:
         super().__init__()
         if k < 1 or k > num_experts:
             raise ValueError(f"k={k} must be between 1 and num_experts={num_experts}")
@@ -107,28 +119,50 @@ class TopKGate(nn.Module):
         top-1 never builds the dense ``[s, e, c]`` weights, which cost more than the dispatch they drive)."""
         if self.k == 1:
             factor = self.capacity_factor if self.training else self.eval_capacity_factor
-            return top1_routes(self._logits(input), factor, self.min_capacity, used_token,
-                               self.noisy_gate_policy if self.training else None, self.drop_tokens, self.use_rts,
-                               self.ep_group)
+            return top1_routes(
+                self._logits(input),
+                factor,
+                self.min_capacity,
+                used_token,
+                self.noisy_gate_policy if self.training else None,
+                self.drop_tokens,
+                self.use_rts,
+                self.ep_group,
+            )
         return _dense_routes(*self(input, used_token))
 
-    def forward(self, input: Tensor, used_token: Tensor | None = None,
-                use_tutel: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def forward(
+        self, input: Tensor, used_token: Tensor | None = None, use_tutel: bool = False
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """``(l_aux, combine_weights, dispatch_mask, exp_counts)`` for ``input`` of shape ``[s, m]``."""
         logits = self._logits(input)
         factor = self.capacity_factor if self.training else self.eval_capacity_factor
         if self.k == 1:
-            return top1gating(logits, factor, self.min_capacity, used_token,
-                              self.noisy_gate_policy if self.training else None, self.drop_tokens, self.use_rts,
-                              self.ep_group)
+            return top1gating(
+                logits,
+                factor,
+                self.min_capacity,
+                used_token,
+                self.noisy_gate_policy if self.training else None,
+                self.drop_tokens,
+                self.use_rts,
+                self.ep_group,
+            )
         if self.k == 2:
-            return top2gating(logits, factor, self.min_capacity, self.drop_tokens, self.ep_group,
-                              self.top2_2nd_expert_sampling)
+            return top2gating(
+                logits,
+                factor,
+                self.min_capacity,
+                self.drop_tokens,
+                self.ep_group,
+                self.top2_2nd_expert_sampling,
+            )
         return topkgating(logits, self.k, factor, self.min_capacity, self.drop_tokens, self.ep_group)
 
 
-def _dense_routes(l_aux: Tensor, combine: Tensor, dispatch_mask: Tensor,
-                  exp_counts: Tensor) -> tuple[Tensor, Routes, Tensor, int]:
+def _dense_routes(
+    l_aux: Tensor, combine: Tensor, dispatch_mask: Tensor, exp_counts: Tensor
+) -> tuple[Tensor, Routes, Tensor, int]:
     """A gate's dense ``(l_aux, combine, dispatch_mask, exp_counts)`` as routes (its nonzeros)."""
     token, expert, slot = dispatch_mask.nonzero(as_tuple=True)
     return l_aux, Routes(token, expert, slot, combine[token, expert, slot]), exp_counts, combine.shape[2]
@@ -137,8 +171,15 @@ def _dense_routes(l_aux: Tensor, combine: Tensor, dispatch_mask: Tensor,
 class MOELayer(nn.Module):
     """Gate, dispatch (all-to-all over the expert-parallel group), experts, combine."""
 
-    def __init__(self, gate: TopKGate, experts: Experts, ep_group_name: str, ep_size: int, num_local_experts: int,
-                 use_tutel: bool = False) -> None:
+    def __init__(
+        self,
+        gate: TopKGate,
+        experts: Experts,
+        ep_group_name: str,
+        ep_size: int,
+        num_local_experts: int,
+        use_tutel: bool = False,
+    ) -> None:
         super().__init__()
         self.gate = gate
         self.experts = experts
@@ -163,8 +204,9 @@ class MOELayer(nn.Module):
         used = input[1] if len(input) > 1 else None
         # a gate of another class (or one overriding forward) is read through its dense weights
         sparse = isinstance(self.gate, TopKGate) and type(self.gate).forward is TopKGate.forward
-        self.l_aux, routes, self.exp_counts, cap = (self.gate.routes(tokens, used) if sparse
-                                                    else _dense_routes(*self.gate(tokens, used)))
+        self.l_aux, routes, self.exp_counts, cap = (
+            self.gate.routes(tokens, used) if sparse else _dense_routes(*self.gate(tokens, used))
+        )
         # Sparse dispatch: each kept route copies one token into its slot (a dense einsum over the one-hot
         # [s, e, c] mask would cost s * e * c * m multiply-adds to move s * k * m numbers).
         num_experts = self.num_local_experts * self.ep_size
@@ -174,8 +216,10 @@ class MOELayer(nn.Module):
         dispatched = dispatched.view(num_experts, cap, d_model)
         if self.ep_size > 1:
             if self.ep_group is None:
-                raise RuntimeError(f"MoE layer with ep_size={self.ep_size} has no expert parallel group: build it "
-                                   "with deepspeed.initialize (or call set_deepspeed_parallelism())")
+                raise RuntimeError(
+                    f"MoE layer with ep_size={self.ep_size} has no expert parallel group: build it "
+                    "with deepspeed.initialize (or call set_deepspeed_parallelism())"
+                )
             dispatched = _AllToAll.apply(self.ep_group, dispatched)
         dispatched = dispatched.reshape(self.ep_size, self.num_local_experts, -1, d_model)
         out = self.experts(dispatched).reshape(self.ep_size * self.num_local_experts, -1, d_model)
@@ -194,19 +238,37 @@ class MoE(nn.Module):
     groups are made by :meth:`set_deepspeed_parallelism`, which ``deepspeed.initialize`` calls.
     """
 
-    def __init__(self, hidden_size: int, expert: nn.Module, num_experts: int = 1, ep_size: int = 1, k: int = 1,
-                 capacity_factor: float = 1.0, eval_capacity_factor: float = 1.0, min_capacity: int = 4,
-                 use_residual: bool = False, noisy_gate_policy: str | None = None, drop_tokens: bool = True,
-                 use_rts: bool = True, use_tutel: bool = False, enable_expert_tensor_parallelism: bool = False,
-                 top2_2nd_expert_sampling: bool = True) -> None:
+    def __init__(
+        self,
+        hidden_size: int,
+        expert: nn.Module,
+        num_experts: int = 1,
+        ep_size: int = 1,
+        k: int = 1,
+        capacity_factor: float = 1.0,
+        eval_capacity_factor: float = 1.0,
+        min_capacity: int = 4,
+        use_residual: bool = False,
+        noisy_gate_policy: str | None = None,
+        drop_tokens: bool = True,
+        use_rts: bool = True,
+        use_tutel: bool = False,
+        enable_expert_tensor_parallelism: bool = False,
+        top2_2nd_expert_sampling: bool = True,
+    ) -> None:
         super().__init__()
         if num_experts % ep_size:
-            raise ValueError(f"Number of experts ({num_experts}) should be divisible by expert parallel size "
-                             f"({ep_size})")
+            raise ValueError(
+                f"Number of experts ({num_experts}) should be divisible by expert parallel size ({ep_size})"
+            )
         if noisy_gate_policy not in (None, "None", "Jitter", "RSample"):
-            raise ValueError(f"Unsupported noisy_gate_policy: {noisy_gate_policy!r} (None, 'Jitter' or 'RSample')")
+            raise ValueError(
+                f"Unsupported noisy_gate_policy: {noisy_gate_policy!r} (None, 'Jitter' or 'RSample')"
+            )
         if enable_expert_tensor_parallelism:
-            raise NotImplementedError("enable_expert_tensor_parallelism needs tensor parallelism, not built yet")
+            raise NotImplementedError(
+                "enable_expert_tensor_parallelism needs tensor parallelism, not built yet"
+            )
         self.use_residual = use_residual
         self.enable_expert_tensor_parallelism = enable_expert_tensor_parallelism
         self.ep_size = ep_size
@@ -214,10 +276,22 @@ class MoE(nn.Module):
         self.num_experts = num_experts
         self.num_local_experts = num_experts // ep_size
         experts = Experts(expert, self.num_local_experts, self.expert_group_name)
-        gate = TopKGate(hidden_size, num_experts, k, capacity_factor, eval_capacity_factor, min_capacity,
-                        noisy_gate_policy, drop_tokens, use_rts, None, top2_2nd_expert_sampling)
-        self.deepspeed_moe = MOELayer(gate, experts, self.expert_group_name, ep_size, self.num_local_experts,
-                                      use_tutel=use_tutel)
+        gate = TopKGate(
+            hidden_size,
+            num_experts,
+            k,
+            capacity_factor,
+            eval_capacity_factor,
+            min_capacity,
+            noisy_gate_policy,
+            drop_tokens,
+            use_rts,
+            None,
+            top2_2nd_expert_sampling,
+        )
+        self.deepspeed_moe = MOELayer(
+            gate, experts, self.expert_group_name, ep_size, self.num_local_experts, use_tutel=use_tutel
+        )
         if use_residual:
             self.mlp = expert
             self.coefficient = nn.Linear(hidden_size, 2)  # mixes the MoE and the dense expert per token
@@ -229,14 +303,20 @@ class MoE(nn.Module):
     def _create_process_groups(self, use_data_before_expert_parallel_: bool = False) -> None:
         if self.expert_group_name not in expert_groups._get_expert_parallel_group_dict():
             expert_groups._create_expert_and_data_parallel(
-                self.ep_size, use_data_before_expert_parallel_=use_data_before_expert_parallel_)
+                self.ep_size, use_data_before_expert_parallel_=use_data_before_expert_parallel_
+            )
         if self.deepspeed_moe.ep_group is None:
             self.deepspeed_moe._set_ep_group(expert_groups._get_expert_parallel_group(self.expert_group_name))
 
-    def forward(self, hidden_states: Tensor, used_token: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    def forward(
+        self, hidden_states: Tensor, used_token: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """``(output, l_aux, exp_counts)``."""
-        output = self.deepspeed_moe(hidden_states, used_token) if used_token is not None \
+        output = (
+            self.deepspeed_moe(hidden_states, used_token)
+            if used_token is not None
             else self.deepspeed_moe(hidden_states)
+        )
         if self.use_residual:
             dense = self.mlp(hidden_states)
             dense = dense[0] if isinstance(dense, tuple) else dense

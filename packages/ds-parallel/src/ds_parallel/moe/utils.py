@@ -31,7 +31,8 @@ def is_moe_param(param: torch.Tensor) -> bool:
 
 
 def split_params_into_shared_and_expert_params(
-        params: list[nn.Parameter]) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    params: list[nn.Parameter],
+) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
     """(shared parameters, expert parameters)."""
     shared = [p for p in params if not is_moe_param(p)]
     experts = [p for p in params if is_moe_param(p)]
@@ -39,7 +40,8 @@ def split_params_into_shared_and_expert_params(
 
 
 def split_params_grads_into_shared_and_expert_params(
-        group: list[nn.Parameter]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    group: list[nn.Parameter],
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """(gradients of shared parameters, gradients of expert parameters), in the parameters' dtype."""
     shared = [p.grad.to(p.dtype) for p in group if p.grad is not None and not is_moe_param(p)]
     experts = [p.grad.to(p.dtype) for p in group if p.grad is not None and is_moe_param(p)]
@@ -47,8 +49,9 @@ def split_params_grads_into_shared_and_expert_params(
 
 
 def split_params_into_different_moe_groups_for_optimizer(
-        param_groups: dict[str, Any] | tuple[dict[str, Any], ...] | list[dict[str, Any]],
-        max_group_size: int | float | None = 178956971) -> list[dict[str, Any]]:
+    param_groups: dict[str, Any] | tuple[dict[str, Any], ...] | list[dict[str, Any]],
+    max_group_size: int | float | None = 178956971,
+) -> list[dict[str, Any]]:
     """Move expert parameters into groups of their own (Note [moe param groups])."""
     if isinstance(param_groups, tuple):
         param_groups = list(param_groups)
@@ -106,13 +109,20 @@ def configure_moe_param_groups(model_parameters: list[Any]) -> list[dict[str, An
         return model_parameters
     first = model_parameters[0]
     if isinstance(first, torch.Tensor):
-        return split_params_into_different_moe_groups_for_optimizer({"params": model_parameters,
-                                                                     "name": "dense-params"})
+        return split_params_into_different_moe_groups_for_optimizer(
+            {"params": model_parameters, "name": "dense-params"}
+        )
     if any("moe" in g for g in model_parameters):
         return model_parameters
     return split_params_into_different_moe_groups_for_optimizer(model_parameters)
 
 
-__all__ = ["configure_moe_param_groups", "has_moe_layers", "is_moe_param", "is_moe_param_group",
-           "split_params_grads_into_shared_and_expert_params", "split_params_into_different_moe_groups_for_optimizer",
-           "split_params_into_shared_and_expert_params"]
+__all__ = [
+    "configure_moe_param_groups",
+    "has_moe_layers",
+    "is_moe_param",
+    "is_moe_param_group",
+    "split_params_grads_into_shared_and_expert_params",
+    "split_params_into_different_moe_groups_for_optimizer",
+    "split_params_into_shared_and_expert_params",
+]

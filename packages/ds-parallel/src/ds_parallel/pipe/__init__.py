@@ -11,5 +11,13 @@ from ds_parallel.pipe.topology import (
     ProcessTopology,
 )
 
-__all__ = ["LayerSpec", "PipeDataParallelTopology", "PipeModelDataParallelTopology", "PipelineError",
-           "PipelineModule", "PipelineParallelGrid", "ProcessTopology", "TiedLayerSpec"]
+__all__ = [
+    "LayerSpec",
+    "PipeDataParallelTopology",
+    "PipeModelDataParallelTopology",
+    "PipelineError",
+    "PipelineModule",
+    "PipelineParallelGrid",
+    "ProcessTopology",
+    "TiedLayerSpec",
+]

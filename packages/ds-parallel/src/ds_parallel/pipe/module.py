@@ -50,12 +50,21 @@ class LayerSpec:
 class TiedLayerSpec(LayerSpec):
     """A layer whose module (``tied_weight_attr`` parameters) is shared by every position with its ``key``."""
 
-    def __init__(self, key: str, typename: type, *module_args: Any, forward_fn: Callable | None = None,
-                 tied_weight_attr: str | list[str] = "weight", **module_kwargs: Any) -> None:
+    def __init__(
+        self,
+        key: str,
+        typename: type,
+        *module_args: Any,
+        forward_fn: Callable | None = None,
+        tied_weight_attr: str | list[str] = "weight",
+        **module_kwargs: Any,
+    ) -> None:
         super().__init__(typename, *module_args, **module_kwargs)
         self.key = key
         self.forward_fn = forward_fn
-        self.tied_weight_attr = [tied_weight_attr] if isinstance(tied_weight_attr, str) else list(tied_weight_attr)
+        self.tied_weight_attr = (
+            [tied_weight_attr] if isinstance(tied_weight_attr, str) else list(tied_weight_attr)
+        )
 
 
 def _set_seed(seed: int) -> None:
@@ -65,16 +74,28 @@ def _set_seed(seed: int) -> None:
 class PipelineModule(nn.Module):
     """Layers split into ``num_stages`` stages (DeepSpeed's constructor arguments)."""
 
-    def __init__(self, layers: Any, num_stages: int | None = None, topology: ProcessTopology | None = None,
-                 loss_fn: Callable | None = None, seed_layers: bool = False, seed_fn: Callable | None = None,
-                 base_seed: int = 1234, partition_method: str = "parameters", activation_checkpoint_interval: int = 0,
-                 activation_checkpoint_func: Callable | None = None, checkpointable_layers: list[str] | None = None,
-                 dynamic_shape: bool = False) -> None:
+    def __init__(
+        self,
+        layers: Any,
+        num_stages: int | None = None,
+        topology: ProcessTopology | None = None,
+        loss_fn: Callable | None = None,
+        seed_layers: bool = False,
+        seed_fn: Callable | None = None,
+        base_seed: int = 1234,
+        partition_method: str = "parameters",
+        activation_checkpoint_interval: int = 0,
+        activation_checkpoint_func: Callable | None = None,
+        checkpointable_layers: list[str] | None = None,
+        dynamic_shape: bool = False,
+    ) -> None:
         super().__init__()
         if num_stages is None and topology is None:
             raise RuntimeError("must provide num_stages or topology")
         if not dist.is_initialized():
-            raise RuntimeError("PipelineModule needs torch.distributed initialised (call deepspeed.init_distributed())")
+            raise RuntimeError(
+                "PipelineModule needs torch.distributed initialised (call deepspeed.init_distributed())"
+            )
         self.global_rank, self.world_size = dist.get_rank(), dist.get_world_size()
         self.loss_fn = loss_fn
         self.seed_layers, self.seed_fn, self.base_seed = seed_layers, seed_fn, base_seed
@@ -83,7 +104,9 @@ class PipelineModule(nn.Module):
         self.micro_offset = 0
         if topology is None:
             if self.world_size % num_stages:
-                raise RuntimeError(f"num_stages ({num_stages}) must divide distributed world size ({self.world_size})")
+                raise RuntimeError(
+                    f"num_stages ({num_stages}) must divide distributed world size ({self.world_size})"
+                )
             topology = PipeDataParallelTopology(num_pp=num_stages, num_dp=self.world_size // num_stages)
         self._topo = topology
         self.num_stages = topology.get_dim("pipe")
@@ -122,8 +145,13 @@ class PipelineModule(nn.Module):
         regex = re.compile(pattern, re.IGNORECASE)
         found = []
         for idx, spec in enumerate(self._layer_specs):
-            name = (spec.typename.__name__ if isinstance(spec, LayerSpec) else type(spec).__name__
-                    if isinstance(spec, nn.Module) else getattr(spec, "__name__", None))
+            name = (
+                spec.typename.__name__
+                if isinstance(spec, LayerSpec)
+                else type(spec).__name__
+                if isinstance(spec, nn.Module)
+                else getattr(spec, "__name__", None)
+            )
             if name is not None and regex.search(name):
                 found.append(idx)
         if not found:
@@ -136,7 +164,9 @@ class PipelineModule(nn.Module):
         if isinstance(method, (list, tuple)):
             parts = [int(b) for b in method]
             if len(parts) != stages + 1 or parts[0] != 0 or parts[-1] != n or parts != sorted(parts):
-                raise PipelineError(f"explicit partition {parts}: need {stages + 1} ascending boundaries from 0 to {n}")
+                raise PipelineError(
+                    f"explicit partition {parts}: need {stages + 1} ascending boundaries from 0 to {n}"
+                )
             return parts
         method = str(method).lower()
         if method == "uniform":
@@ -161,7 +191,9 @@ class PipelineModule(nn.Module):
                     self.tied_modules[spec.key] = spec.build()
                     self.tied_weight_attrs[spec.key] = spec.tied_weight_attr
                 module = self.tied_modules[spec.key]
-                self.forward_funcs.append(module if spec.forward_fn is None else partial(spec.forward_fn, module))
+                self.forward_funcs.append(
+                    module if spec.forward_fn is None else partial(spec.forward_fn, module)
+                )
             elif isinstance(spec, LayerSpec):
                 module = spec.build()
                 self.add_module(str(layer_idx), module)
@@ -191,8 +223,13 @@ class PipelineModule(nn.Module):
                 ranks = [topo.get_rank(**coord._replace(pipe=s)._asdict()) for s in stages]
                 group = dist.new_group(ranks) if len(ranks) > 1 else None
                 if self.global_rank in ranks:
-                    comms[key] = {"ranks": ranks, "group": group, "weight_attr": self.tied_weight_attrs[key],
-                                  "module": self.tied_modules[key], "owner": ranks[0] == self.global_rank}
+                    comms[key] = {
+                        "ranks": ranks,
+                        "group": group,
+                        "weight_attr": self.tied_weight_attrs[key],
+                        "module": self.tied_modules[key],
+                        "owner": ranks[0] == self.global_rank,
+                    }
         return comms
 
     def _tied_params(self, key: str) -> list[nn.Parameter]:

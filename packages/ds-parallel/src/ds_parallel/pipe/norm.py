@@ -26,9 +26,13 @@ def _owned_pieces(trainer: Any, grads: list[Tensor], skip: set[int]) -> list[Ten
             by_index = {slot.index: p for slot, p in zip(unit.slots, unit.params)}
             for slot, lo, hi, at in unit.owned_slices():
                 if id(by_index[slot.index]) not in skip:
-                    out.append(grad[at:at + (hi - lo)])
+                    out.append(grad[at : at + (hi - lo)])
         return out
-    return [h.grad for p, h in zip(masters.model_params, masters.holders) if h.grad is not None and id(p) not in skip]
+    return [
+        h.grad
+        for p, h in zip(masters.model_params, masters.holders)
+        if h.grad is not None and id(p) not in skip
+    ]
 
 
 def pipeline_norm(trainer: Any, pipe_group: Any, skip: set[int]) -> Callable[[list[Tensor]], Tensor]:

@@ -11,8 +11,18 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-_DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int64, torch.int32, torch.bool,
-           torch.uint8, torch.int8, torch.int16]
+_DTYPES = [
+    torch.float32,
+    torch.float16,
+    torch.bfloat16,
+    torch.float64,
+    torch.int64,
+    torch.int32,
+    torch.bool,
+    torch.uint8,
+    torch.int8,
+    torch.int16,
+]
 HEADER = 64  # int64 slots: count, then (dtype, ndim, dims...) per tensor
 
 
@@ -22,7 +32,9 @@ def as_tuple(x: Any) -> tuple[torch.Tensor, ...]:
         return (x,)
     if isinstance(x, (tuple, list)) and all(isinstance(t, torch.Tensor) for t in x):
         return tuple(x)
-    raise TypeError(f"a pipeline stage must pass a tensor or a tuple of tensors to the next stage, got {type(x)}")
+    raise TypeError(
+        f"a pipeline stage must pass a tensor or a tuple of tensors to the next stage, got {type(x)}"
+    )
 
 
 def _header(tensors: tuple[torch.Tensor, ...]) -> torch.Tensor:
@@ -51,7 +63,7 @@ def recv(src: int) -> tuple[torch.Tensor, ...]:
     out, at = [], 1
     for _ in range(vals[0]):
         dtype, ndim = _DTYPES[vals[at]], vals[at + 1]
-        shape = vals[at + 2:at + 2 + ndim]
+        shape = vals[at + 2 : at + 2 + ndim]
         at += 2 + ndim
         t = torch.empty(shape, dtype=dtype)
         dist.recv(t, src)

@@ -50,7 +50,12 @@ def partition_balanced(weights: list[int], num_parts: int) -> list[int]:
     total = 0
     for i in range(n - 1, -1, -1):
         parts_left = num_parts - len(bounds)  # parts still to open before this one
-        if (total + weights[i] > lo or i + 1 <= parts_left) and total > 0 and parts_left > 0 and i + 1 < bounds[-1]:
+        if (
+            (total + weights[i] > lo or i + 1 <= parts_left)
+            and total > 0
+            and parts_left > 0
+            and i + 1 < bounds[-1]
+        ):
             bounds.append(i + 1)
             total = 0
         total += weights[i]

@@ -38,18 +38,27 @@ class ProcessTopology:
             raise ValueError("get_rank() needs a coordinate on every axis")
         key = self.ProcessCoord(**coord_kwargs)
         if key not in self.mapping:
-            raise ValueError(f"coordinate {coord_kwargs} is outside the topology {dict(zip(self.axes, self.dims))}")
+            raise ValueError(
+                f"coordinate {coord_kwargs} is outside the topology {dict(zip(self.axes, self.dims))}"
+            )
         return self.mapping[key]
 
     def get_axis_names(self) -> list[str]:
         """The axis names, outermost first."""
         return self.axes
 
-    def get_rank_repr(self, rank: int, omit_axes: list[str] | tuple[str, ...] = ("data", "pipe"),
-                      inner_sep: str = "_", outer_sep: str = "-") -> str:
+    def get_rank_repr(
+        self,
+        rank: int,
+        omit_axes: list[str] | tuple[str, ...] = ("data", "pipe"),
+        inner_sep: str = "_",
+        outer_sep: str = "-",
+    ) -> str:
         """``axis_NN`` parts of ``rank``'s coordinate, leaving out ``omit_axes`` (checkpoint names)."""
         coord = self.get_coord(rank)
-        return outer_sep.join(f"{ax}{inner_sep}{getattr(coord, ax):02d}" for ax in self.axes if ax not in omit_axes)
+        return outer_sep.join(
+            f"{ax}{inner_sep}{getattr(coord, ax):02d}" for ax in self.axes if ax not in omit_axes
+        )
 
     def get_dim(self, axis: str) -> int:
         """Size of ``axis`` (0 when the topology has no such axis)."""
@@ -75,8 +84,9 @@ class ProcessTopology:
 
     def filter_match(self, **filter_kwargs: int) -> list[int]:
         """Ranks whose coordinate matches every given axis value, ascending."""
-        return sorted(r for c, r in self.mapping.items()
-                      if all(getattr(c, k) == v for k, v in filter_kwargs.items()))
+        return sorted(
+            r for c, r in self.mapping.items() if all(getattr(c, k) == v for k, v in filter_kwargs.items())
+        )
 
     def get_axis_list(self, axis: str, idx: int) -> list[int]:
         """Ranks whose coordinate on ``axis`` is ``idx``."""
@@ -118,7 +128,9 @@ class PipelineParallelGrid:
         if topology is None:
             topology = PipeDataParallelTopology(num_pp=1, num_dp=self.world_size)
         if topology.world_size() != self.world_size:
-            raise MeshError(f"the pipeline topology holds {topology.world_size()} ranks, the world {self.world_size}")
+            raise MeshError(
+                f"the pipeline topology holds {topology.world_size()} ranks, the world {self.world_size}"
+            )
         self._topo = topology
         pp, mp = max(topology.get_dim("pipe"), 1), max(topology.get_dim("model"), 1)
         self.mesh = ParallelMesh.build(pipeline=pp, tensor=mp)

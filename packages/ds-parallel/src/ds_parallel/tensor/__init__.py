@@ -16,7 +16,21 @@ from ds_parallel.tensor.layers import (
     TensorParallelLayer,
 )
 
-__all__ = ["GatherReplacedLayerParams", "LayerSpec", "LinearAllreduce", "LinearLayer", "LmHeadLinearAllreduce",
-           "PartitionError", "PartitionPlan", "TP_SIZE_ATTR", "TensorParallelLayer", "apply_autotp",
-           "full_state_dict", "is_tensor_parallel", "partition_model", "tensor_mesh", "tensor_section",
-           "tp_model_init"]
+__all__ = [
+    "GatherReplacedLayerParams",
+    "LayerSpec",
+    "LinearAllreduce",
+    "LinearLayer",
+    "LmHeadLinearAllreduce",
+    "PartitionError",
+    "PartitionPlan",
+    "TP_SIZE_ATTR",
+    "TensorParallelLayer",
+    "apply_autotp",
+    "full_state_dict",
+    "is_tensor_parallel",
+    "partition_model",
+    "tensor_mesh",
+    "tensor_section",
+    "tp_model_init",
+]

@@ -34,13 +34,40 @@ from ds_parallel.tensor.layers import (
     is_conv1d,
 )
 
-COLUMN_NAMES = frozenset({"q_proj", "k_proj", "v_proj", "gate_proj", "up_proj", "fc1", "w1", "w3", "query", "key",
-                          "value", "dense_h_to_4h", "wi", "wi_0", "wi_1", "c_fc"})
-ROW_NAMES = frozenset({"o_proj", "down_proj", "dense", "fc2", "w2", "out_proj", "wo", "dense_4h_to_h", "c_proj"})
+COLUMN_NAMES = frozenset(
+    {
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "gate_proj",
+        "up_proj",
+        "fc1",
+        "w1",
+        "w3",
+        "query",
+        "key",
+        "value",
+        "dense_h_to_4h",
+        "wi",
+        "wi_0",
+        "wi_1",
+        "c_fc",
+    }
+)
+ROW_NAMES = frozenset(
+    {"o_proj", "down_proj", "dense", "fc2", "w2", "out_proj", "wo", "dense_4h_to_h", "c_proj"}
+)
 HEAD_NAMES = frozenset({"lm_head", "embed_out"})
 FUSED_NAMES = frozenset({"qkv_proj", "gate_up_proj", "c_attn", "query_key_value", "Wqkv", "W_pack"})
-HEAD_ATTRS = ("num_heads", "num_key_value_heads", "num_attention_heads", "num_kv_heads", "n_heads", "n_head",
-              "num_attn_heads")
+HEAD_ATTRS = (
+    "num_heads",
+    "num_key_value_heads",
+    "num_attention_heads",
+    "num_kv_heads",
+    "n_heads",
+    "n_head",
+    "num_attn_heads",
+)
 
 
 @dataclass
@@ -73,8 +100,10 @@ class PartitionPlan:
         for i, raw in enumerate(partition_config.get("layer_specs", []) or []):
             kind = str(raw.get("partition_type", "")).lower()
             if kind not in ("row", "column", "skip"):
-                raise PartitionError(f"tensor_parallel.partition_config.layer_specs[{i}].partition_type "
-                                     f"{raw.get('partition_type')!r}: expected 'row', 'column' or 'skip'")
+                raise PartitionError(
+                    f"tensor_parallel.partition_config.layer_specs[{i}].partition_type "
+                    f"{raw.get('partition_type')!r}: expected 'row', 'column' or 'skip'"
+                )
             patterns = raw.get("patterns") or []
             if isinstance(patterns, str):
                 patterns = [patterns]
@@ -86,8 +115,10 @@ class PartitionPlan:
         for spec in self.specs:
             if spec.matches(f"{name}.weight"):
                 if spec.shape is not None:
-                    raise PartitionError(f"AutoTP cannot partition '{name}': sub-parameter layer specs (shape="
-                                         f"{spec.shape}) for fused projections are not supported here")
+                    raise PartitionError(
+                        f"AutoTP cannot partition '{name}': sub-parameter layer specs (shape="
+                        f"{spec.shape}) for fused projections are not supported here"
+                    )
                 return spec.partition_type
         if not self.use_default_specs or not _is_projection(module):
             return "skip"
@@ -118,10 +149,12 @@ def _resolve_fused(model: nn.Module, name: str, module: nn.Module) -> FusedLayou
     holder = model.get_submodule(parent) if parent else model
     layout = fused_layout(holder, leaf, _features(module)[1], name) if _is_projection(module) else None
     if layout is None:
-        raise PartitionError(f"AutoTP cannot partition '{name}': fused projection '{leaf}' in "
-                             f"{type(holder).__name__} has no known per-sub-matrix layout (known: GPT-2 c_attn, "
-                             "Phi-3 qkv_proj and gate_up_proj); give tensor_parallel.partition_config layer_specs "
-                             "that skip it or unfuse the model")
+        raise PartitionError(
+            f"AutoTP cannot partition '{name}': fused projection '{leaf}' in "
+            f"{type(holder).__name__} has no known per-sub-matrix layout (known: GPT-2 c_attn, "
+            "Phi-3 qkv_proj and gate_up_proj); give tensor_parallel.partition_config layer_specs "
+            "that skip it or unfuse the model"
+        )
     return layout
 
 
@@ -139,8 +172,10 @@ def _adjust_heads(model: nn.Module, touched: set[str], tp_size: int) -> None:
             value = getattr(mod, attr, None)
             if isinstance(value, int) and not isinstance(value, bool):
                 if value % tp_size:
-                    raise PartitionError(f"AutoTP cannot partition '{parent}': {attr}={value} is not divisible by "
-                                         f"the tensor-parallel size {tp_size}")
+                    raise PartitionError(
+                        f"AutoTP cannot partition '{parent}': {attr}={value} is not divisible by "
+                        f"the tensor-parallel size {tp_size}"
+                    )
                 setattr(mod, attr, value // tp_size)
 
 
@@ -150,12 +185,15 @@ def _check_heads(model: nn.Module, tp_size: int) -> None:
     for attr in ("num_attention_heads", "num_key_value_heads"):
         value = getattr(cfg, attr, None)
         if isinstance(value, int) and value % tp_size:
-            raise PartitionError(f"AutoTP cannot partition '{type(model).__name__}': config.{attr}={value} is not "
-                                 f"divisible by the tensor-parallel size {tp_size}")
+            raise PartitionError(
+                f"AutoTP cannot partition '{type(model).__name__}': config.{attr}={value} is not "
+                f"divisible by the tensor-parallel size {tp_size}"
+            )
 
 
-def partition_model(model: nn.Module, tp_group: Any, tp_size: int,
-                    partition_config: dict[str, Any] | None = None) -> list[str]:
+def partition_model(
+    model: nn.Module, tp_group: Any, tp_size: int, partition_config: dict[str, Any] | None = None
+) -> list[str]:
     """Replace the model's linear layers by tensor-parallel ones in place; returns the replaced names.
 
     Every rank of ``tp_group`` must hold the same full weights (checked nowhere: the engine broadcasts)."""
@@ -180,24 +218,33 @@ def partition_model(model: nn.Module, tp_group: Any, tp_size: int,
     for name, kind in decisions:
         module = model.get_submodule(name)
         if not _is_projection(module):
-            raise PartitionError(f"AutoTP cannot partition '{name}': {type(module).__name__} is not an nn.Linear")
+            raise PartitionError(
+                f"AutoTP cannot partition '{name}': {type(module).__name__} is not an nn.Linear"
+            )
         in_features, out_features = _features(module)
         features = out_features if kind == "column" else in_features
         if name in layouts:
             check_sections(layouts[name], tp_size, name)
         if features % tp_size:
-            raise PartitionError(f"AutoTP cannot partition '{name}': {'out' if kind == 'column' else 'in'}_features="
-                                 f"{features} is not divisible by the tensor-parallel size {tp_size}")
-    touched = {name.rpartition(".")[0] for name, kind in decisions
-               if name.rsplit(".", 1)[-1] in ("q_proj", "k_proj", "v_proj", "query", "key", "value")
-               or (name in layouts and layouts[name].attention)}
+            raise PartitionError(
+                f"AutoTP cannot partition '{name}': {'out' if kind == 'column' else 'in'}_features="
+                f"{features} is not divisible by the tensor-parallel size {tp_size}"
+            )
+    touched = {
+        name.rpartition(".")[0]
+        for name, kind in decisions
+        if name.rsplit(".", 1)[-1] in ("q_proj", "k_proj", "v_proj", "query", "key", "value")
+        or (name in layouts and layouts[name].attention)
+    }
     for parent in touched:  # validate before the split
         mod = model.get_submodule(parent) if parent else model
         for attr in HEAD_ATTRS:
             value = getattr(mod, attr, None)
             if isinstance(value, int) and not isinstance(value, bool) and value % tp_size:
-                raise PartitionError(f"AutoTP cannot partition '{parent}': {attr}={value} is not divisible by the "
-                                     f"tensor-parallel size {tp_size}")
+                raise PartitionError(
+                    f"AutoTP cannot partition '{parent}': {attr}={value} is not divisible by the "
+                    f"tensor-parallel size {tp_size}"
+                )
     cls_of = {"column": LinearLayer, "row": LinearAllreduce, "head": LmHeadLinearAllreduce}
     for name, kind in decisions:
         parent, _, leaf = name.rpartition(".")

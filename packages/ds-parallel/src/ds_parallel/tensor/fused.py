@@ -89,8 +89,11 @@ def _phi3_qkv(parent: nn.Module, out_features: int) -> tuple[int, ...]:
 
 def _phi3_localize(parent: nn.Module, tp_size: int) -> None:
     cfg = parent.config
-    parent.config = LocalHeadsConfig(cfg, num_attention_heads=cfg.num_attention_heads // tp_size,
-                                     num_key_value_heads=cfg.num_key_value_heads // tp_size)
+    parent.config = LocalHeadsConfig(
+        cfg,
+        num_attention_heads=cfg.num_attention_heads // tp_size,
+        num_key_value_heads=cfg.num_key_value_heads // tp_size,
+    )
 
 
 def _halves(parent: nn.Module, out_features: int) -> tuple[int, ...]:
@@ -98,8 +101,10 @@ def _halves(parent: nn.Module, out_features: int) -> tuple[int, ...]:
 
 
 # (class name of the parent or one of its bases, leaf name) -> (sections, attention, localize)
-_LAYOUTS: dict[tuple[str, str], tuple[Callable[[nn.Module, int], tuple[int, ...]], bool,
-                                      Callable[[nn.Module, int], None] | None]] = {
+_LAYOUTS: dict[
+    tuple[str, str],
+    tuple[Callable[[nn.Module, int], tuple[int, ...]], bool, Callable[[nn.Module, int], None] | None],
+] = {
     ("GPT2Attention", "c_attn"): (_gpt2_qkv, True, _gpt2_localize),
     ("Phi3Attention", "qkv_proj"): (_phi3_qkv, True, _phi3_localize),
     ("Phi3MLP", "gate_up_proj"): (_halves, False, None),
@@ -120,8 +125,10 @@ def fused_layout(parent: nn.Module, leaf: str, out_features: int, name: str) -> 
         except PartitionError as exc:
             raise PartitionError(f"AutoTP cannot partition '{name}': {exc}") from None
         if sum(sections) != out_features:
-            raise PartitionError(f"AutoTP cannot partition '{name}': its {cls.__name__} layout {sections} does not "
-                                 f"add up to out_features={out_features}")
+            raise PartitionError(
+                f"AutoTP cannot partition '{name}': its {cls.__name__} layout {sections} does not "
+                f"add up to out_features={out_features}"
+            )
         return FusedLayout(f"{cls.__name__}.{leaf}", sections, attention, localize)
     return None
 
@@ -129,5 +136,7 @@ def fused_layout(parent: nn.Module, leaf: str, out_features: int, name: str) -> 
 def check_sections(layout: FusedLayout, tp_size: int, name: str) -> None:
     """Every block must split evenly (whole heads come from the head-count checks)."""
     if any(s % tp_size for s in layout.sections):
-        raise PartitionError(f"AutoTP cannot partition '{name}': the blocks {layout.sections} of its fused "
-                             f"{layout.family} are not divisible by the tensor-parallel size {tp_size}")
+        raise PartitionError(
+            f"AutoTP cannot partition '{name}': the blocks {layout.sections} of its fused "
+            f"{layout.family} are not divisible by the tensor-parallel size {tp_size}"
+        )

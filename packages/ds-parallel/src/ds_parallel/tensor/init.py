@@ -43,16 +43,19 @@ def tensor_section(config: Any) -> dict[str, Any]:
     return section if isinstance(section, dict) else {}
 
 
-def apply_autotp(model: nn.Module, tp_size: int, partition_config: dict[str, Any] | None = None,
-                 tp_group: Any = None) -> nn.Module:
+def apply_autotp(
+    model: nn.Module, tp_size: int, partition_config: dict[str, Any] | None = None, tp_group: Any = None
+) -> nn.Module:
     """Split ``model`` over the mesh's tensor axis (or ``tp_group``) once; a second call with the same size
     is a no-op, another size an error."""
     done = getattr(model, TP_SIZE_ATTR, 1)
     if done == tp_size or tp_size <= 1:
         return model
     if done > 1:
-        raise PartitionError(f"the model is already split for tensor parallelism {done}; it cannot be split again "
-                             f"for {tp_size}")
+        raise PartitionError(
+            f"the model is already split for tensor parallelism {done}; it cannot be split again "
+            f"for {tp_size}"
+        )
     if not dist.is_initialized():
         import ds_comm
 
@@ -67,7 +70,9 @@ def apply_autotp(model: nn.Module, tp_size: int, partition_config: dict[str, Any
     return model
 
 
-def tp_model_init(model: nn.Module, tp_size: int, dtype: torch.dtype, config: Any = None, **kwargs: Any) -> nn.Module:
+def tp_model_init(
+    model: nn.Module, tp_size: int, dtype: torch.dtype, config: Any = None, **kwargs: Any
+) -> nn.Module:
     """DeepSpeed's ``deepspeed.tp_model_init``: split ``model`` for ``tp_size``-way tensor parallelism.
 
     ``config`` (dict or path) may carry ``tensor_parallel.partition_config``; its ``autotp_size`` must equal
@@ -76,7 +81,9 @@ def tp_model_init(model: nn.Module, tp_size: int, dtype: torch.dtype, config: An
     section = tensor_section(config) if config is not None else {}
     cfg_size = section.get("autotp_size", 0)
     if isinstance(cfg_size, int) and cfg_size > 1 and cfg_size != tp_size:
-        raise PartitionError(f"tp_model_init(tp_size={tp_size}) disagrees with the config's "
-                             f"tensor_parallel.autotp_size {cfg_size}")
+        raise PartitionError(
+            f"tp_model_init(tp_size={tp_size}) disagrees with the config's "
+            f"tensor_parallel.autotp_size {cfg_size}"
+        )
     model.ds_autotp_dtype = dtype
     return apply_autotp(model, tp_size, section.get("partition_config"), kwargs.get("tp_group"))

@@ -28,14 +28,17 @@ class PartitionError(ValueError):
     """A module AutoTP cannot split (sizes not divisible, a fused layout, an unknown layer type)."""
 
 
-def _split(full: Tensor, dim: int, rank: int, size: int, name: str,
-           sections: tuple[int, ...] | None = None) -> Tensor:
+def _split(
+    full: Tensor, dim: int, rank: int, size: int, name: str, sections: tuple[int, ...] | None = None
+) -> Tensor:
     """This rank's slice of ``full`` along ``dim``: of each section when the tensor fuses several (q, k, v)."""
     blocks = full.split(list(sections), dim=dim) if sections else (full,)
     for block in blocks:
         if block.shape[dim] % size:
-            raise PartitionError(f"AutoTP cannot partition '{name}': dimension {dim} of shape {tuple(full.shape)} "
-                                 f"(sections {sections}) is not divisible by the tensor-parallel size {size}")
+            raise PartitionError(
+                f"AutoTP cannot partition '{name}': dimension {dim} of shape {tuple(full.shape)} "
+                f"(sections {sections}) is not divisible by the tensor-parallel size {size}"
+            )
     return torch.cat([block.chunk(size, dim=dim)[rank] for block in blocks], dim=dim).contiguous()
 
 
@@ -58,8 +61,12 @@ def is_conv1d(module: nn.Module) -> bool:
     """Whether ``module`` is a transformers ``Conv1D`` (GPT-2's projections): a linear map whose weight is
     stored transposed, ``[in_features, out_features]``, computing ``x @ weight + bias``."""
     weight = getattr(module, "weight", None)
-    return (type(module).__name__ == "Conv1D" and isinstance(getattr(module, "nf", None), int)
-            and isinstance(weight, Tensor) and tuple(weight.shape) == (module.nx, module.nf))
+    return (
+        type(module).__name__ == "Conv1D"
+        and isinstance(getattr(module, "nf", None), int)
+        and isinstance(weight, Tensor)
+        and tuple(weight.shape) == (module.nx, module.nf)
+    )
 
 
 def _project(x: Tensor, weight: Tensor, bias: Tensor | None, transposed: bool) -> Tensor:
@@ -80,13 +87,21 @@ class TensorParallelLayer(nn.Module):
 
     partition_dim = 0  # what is split: 0 output features (column) or 1 input features (row), nn.Linear's dims
 
-    def __init__(self, module: nn.Module, mp_group: Any, name: str | None = None,
-                 sections: tuple[int, ...] | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        module: nn.Module,
+        mp_group: Any,
+        name: str | None = None,
+        sections: tuple[int, ...] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__()
         self.transposed = is_conv1d(module)
         if not isinstance(module, nn.Linear) and not self.transposed:
-            raise PartitionError(f"AutoTP cannot partition '{name}': {type(module).__name__} is not an nn.Linear "
-                                 "(fused or custom layers need a partition_config layer spec)")
+            raise PartitionError(
+                f"AutoTP cannot partition '{name}': {type(module).__name__} is not an nn.Linear "
+                "(fused or custom layers need a partition_config layer spec)"
+            )
         self.mp_group = mp_group
         self.tp_world_size = dist.get_world_size(mp_group) if dist.is_initialized() else 1
         self.tp_index = dist.get_rank(mp_group) if dist.is_initialized() else 0
@@ -96,8 +111,10 @@ class TensorParallelLayer(nn.Module):
         else:
             self.in_features, self.out_features = module.in_features, module.out_features
         if sections is not None and (self.partition_dim != 0 or sum(sections) != self.out_features):
-            raise PartitionError(f"AutoTP cannot partition '{name}': sections {tuple(sections)} must add up to "
-                                 f"out_features={self.out_features} of a column-parallel layer")
+            raise PartitionError(
+                f"AutoTP cannot partition '{name}': sections {tuple(sections)} must add up to "
+                f"out_features={self.out_features} of a column-parallel layer"
+            )
         self.sections = tuple(sections) if sections is not None else None
         self.weight = module.weight
         self.bias = module.bias
@@ -125,7 +142,9 @@ class TensorParallelLayer(nn.Module):
             if dim is None:
                 setattr(p, DS_TENSOR_MODEL_PARALLEL, False)
                 continue
-            local = _split(p.data, dim, self.tp_index, self.tp_world_size, f"{self.name}", self._sections_of(p))
+            local = _split(
+                p.data, dim, self.tp_index, self.tp_world_size, f"{self.name}", self._sections_of(p)
+            )
             home = p.__dict__.pop("_ds_local", None)
             if home is not None:  # back from a gather: write into the storage ZeRO's flat buffer aliases
                 with torch.no_grad():
@@ -150,9 +169,13 @@ class TensorParallelLayer(nn.Module):
         return param.detach().clone()
 
     def extra_repr(self) -> str:  # noqa: D102
-        extra = (", conv1d" if self.transposed else "") + (f", sections={self.sections}" if self.sections else "")
-        return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"tp={self.tp_index}/{self.tp_world_size}, split_dim={self.partition_dim}{extra}")
+        extra = (", conv1d" if self.transposed else "") + (
+            f", sections={self.sections}" if self.sections else ""
+        )
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"tp={self.tp_index}/{self.tp_world_size}, split_dim={self.partition_dim}{extra}"
+        )
 
 
 class LinearLayer(TensorParallelLayer):
@@ -207,5 +230,14 @@ class GatherReplacedLayerParams:
             self.params[0]._tp_partition(self.params)
 
 
-__all__ = ["DS_IS_REPLACED_MODULE", "DS_TENSOR_MODEL_PARALLEL", "GatherReplacedLayerParams", "LinearAllreduce",
-           "LinearLayer", "LmHeadLinearAllreduce", "PartitionError", "TensorParallelLayer", "is_conv1d"]
+__all__ = [
+    "DS_IS_REPLACED_MODULE",
+    "DS_TENSOR_MODEL_PARALLEL",
+    "GatherReplacedLayerParams",
+    "LinearAllreduce",
+    "LinearLayer",
+    "LmHeadLinearAllreduce",
+    "PartitionError",
+    "TensorParallelLayer",
+    "is_conv1d",
+]

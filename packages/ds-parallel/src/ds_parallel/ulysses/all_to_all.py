@@ -21,8 +21,10 @@ def _exchange(x: torch.Tensor, group: Any, scatter_dim: int, gather_dim: int) ->
     if p == 1:
         return x
     if x.shape[scatter_dim] % p:
-        raise ValueError(f"all-to-all: dimension {scatter_dim} of size {x.shape[scatter_dim]} does not split "
-                         f"over {p} ranks")
+        raise ValueError(
+            f"all-to-all: dimension {scatter_dim} of size {x.shape[scatter_dim]} does not split "
+            f"over {p} ranks"
+        )
     # [p, ...chunk] contiguous, so all_to_all_single's dim-0 split sends chunk i to rank i.
     send = torch.stack(torch.tensor_split(x, p, dim=scatter_dim)).contiguous()
     recv = torch.empty_like(send)

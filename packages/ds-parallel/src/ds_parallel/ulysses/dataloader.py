@@ -26,23 +26,31 @@ def shift_and_shard(batch: dict[str, Any], sp_rank: int, sp_world_size: int) -> 
     if "input_ids" not in batch:
         raise ValueError("Ulysses sequence parallelism needs input_ids in every batch")
     if "position_ids" not in batch:
-        raise ValueError("Ulysses sequence parallelism needs position_ids in every batch, so every token keeps "
-                         "its global position after sharding (torch.arange(seq_len) per sample; reset at "
-                         "document boundaries for packed samples)")
+        raise ValueError(
+            "Ulysses sequence parallelism needs position_ids in every batch, so every token keeps "
+            "its global position after sharding (torch.arange(seq_len) per sample; reset at "
+            "document boundaries for packed samples)"
+        )
     seq = batch["input_ids"].shape[1]
     if seq % sp_world_size:
-        raise ValueError(f"sequence length {seq} does not split over sequence_parallel_size {sp_world_size}; pad "
-                         f"batches to a multiple of {sp_world_size}")
+        raise ValueError(
+            f"sequence length {seq} does not split over sequence_parallel_size {sp_world_size}; pad "
+            f"batches to a multiple of {sp_world_size}"
+        )
     out = dict(batch)
     if "labels" in out:
         labels = out.pop("labels")
-        out["shift_labels"] = torch.nn.functional.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:].contiguous()
+        out["shift_labels"] = torch.nn.functional.pad(labels, (0, 1), value=IGNORE_INDEX)[
+            ..., 1:
+        ].contiguous()
     chunk = seq // sp_world_size
     for key, value in out.items():
         if torch.is_tensor(value) and value.dim() >= 2:
             if value.shape[1] != seq:
-                raise ValueError(f"{key} has shape {tuple(value.shape)}; every tensor must be [batch, {seq}, ...]")
-            out[key] = value[:, chunk * sp_rank:chunk * (sp_rank + 1)].contiguous()
+                raise ValueError(
+                    f"{key} has shape {tuple(value.shape)}; every tensor must be [batch, {seq}, ...]"
+                )
+            out[key] = value[:, chunk * sp_rank : chunk * (sp_rank + 1)].contiguous()
     return out
 
 
@@ -79,4 +87,6 @@ class UlyssesSPDataLoaderAdapter:
         dist.all_gather_object(gathered, cpu, group=self.sp_group)
         for one in gathered:
             shard = shift_and_shard(one, self.sp_rank, self.sp_world_size)
-            self.micro_batches.append({k: v.to(self.device) if torch.is_tensor(v) else v for k, v in shard.items()})
+            self.micro_batches.append(
+                {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in shard.items()}
+            )

@@ -20,8 +20,14 @@ from ds_parallel.ulysses.all_to_all import seq_all_to_all
 class DistributedAttention(nn.Module):
     """Ulysses all-to-all around ``local_attention`` over ``sequence_process_group``."""
 
-    def __init__(self, local_attention: Any, sequence_process_group: Any, scatter_idx: int = 2,
-                 gather_idx: int = 0, sp_stream: Any = None) -> None:
+    def __init__(
+        self,
+        local_attention: Any,
+        sequence_process_group: Any,
+        scatter_idx: int = 2,
+        gather_idx: int = 0,
+        sp_stream: Any = None,
+    ) -> None:
         super().__init__()
         self.local_attn = local_attention
         self.spg = sequence_process_group
@@ -30,14 +36,26 @@ class DistributedAttention(nn.Module):
         # Accepted for DeepSpeed's signature; the exchange runs on the default stream (no overlap).
         self.sp_stream = sp_stream
 
-    def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, batch_dim_idx: int = 1,
-                rotary_pos_emb: Any = None, *args: Any, **kwargs: Any) -> torch.Tensor:
+    def forward(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        batch_dim_idx: int = 1,
+        rotary_pos_emb: Any = None,
+        *args: Any,
+        **kwargs: Any,
+    ) -> torch.Tensor:
         """Exchange q, k, v to head shards, attend, exchange the context back to sequence shards.
 
         ``batch_dim_idx`` is accepted for DeepSpeed's signature; the exchange does not need it."""
         if rotary_pos_emb is not None:
-            raise NotImplementedError("DistributedAttention(rotary_pos_emb=...) is not supported: apply the "
-                                      "rotary embedding before the call (positions are global in each shard)")
-        q, k, v = (seq_all_to_all(t, self.spg, self.scatter_idx, self.gather_idx) for t in (query, key, value))
+            raise NotImplementedError(
+                "DistributedAttention(rotary_pos_emb=...) is not supported: apply the "
+                "rotary embedding before the call (positions are global in each shard)"
+            )
+        q, k, v = (
+            seq_all_to_all(t, self.spg, self.scatter_idx, self.gather_idx) for t in (query, key, value)
+        )
         context = self.local_attn(q, k, v, *args, **kwargs)
         return seq_all_to_all(context, self.spg, self.gather_idx, self.scatter_idx)

@@ -34,19 +34,31 @@ def check_heads(attn_head_count: int, kv_head_count: int, sp: int) -> None:
     """Heads must split over the sequence-parallel ranks; KV heads must split or be replicated evenly."""
     if attn_head_count % sp:
         raise SequenceParallelConfigError(
-            f"attention head count {attn_head_count} is not divisible by sequence_parallel_size {sp}")
+            f"attention head count {attn_head_count} is not divisible by sequence_parallel_size {sp}"
+        )
     if kv_head_count % sp and sp % kv_head_count:
         raise SequenceParallelConfigError(
-            f"key/value head count {kv_head_count} is not divisible by sequence_parallel_size {sp} (nor divides it)")
+            f"key/value head count {kv_head_count} is not divisible by sequence_parallel_size {sp} (nor divides it)"
+        )
 
 
 class UlyssesSPAttentionHF(nn.Module):
     """Sequence-parallel wrapper of an HF attention function ``attn(module, q, k, v, mask, **kw)``."""
 
-    def __init__(self, attn: Any, batch_size: int, attn_head_count: int, attn_head_size: int, kv_head_count: int,
-                 num_hidden_layers: int, process_group: Any, seq_length_is_variable: bool = False,
-                 local_seq_length: int | None = None, global_seq_length: int | None = None,
-                 disable_in_eval: bool = False) -> None:
+    def __init__(
+        self,
+        attn: Any,
+        batch_size: int,
+        attn_head_count: int,
+        attn_head_size: int,
+        kv_head_count: int,
+        num_hidden_layers: int,
+        process_group: Any,
+        seq_length_is_variable: bool = False,
+        local_seq_length: int | None = None,
+        global_seq_length: int | None = None,
+        disable_in_eval: bool = False,
+    ) -> None:
         super().__init__()
         self.attn = attn
         self.process_group = process_group
@@ -69,13 +81,17 @@ class UlyssesSPAttentionHF(nn.Module):
     def _check_shapes(self, query: torch.Tensor, key: torch.Tensor) -> None:
         b, h, s, d = query.shape
         if h != self.attn_head_count or key.shape[1] != self.global_kv_head_count or d != self.attn_head_size:
-            raise ValueError(f"Ulysses: got query {tuple(query.shape)} and key {tuple(key.shape)} "
-                             f"([batch, heads, seq, head_dim]); expected {self.attn_head_count} query heads and "
-                             f"{self.global_kv_head_count} key/value heads of size {self.attn_head_size}")
+            raise ValueError(
+                f"Ulysses: got query {tuple(query.shape)} and key {tuple(key.shape)} "
+                f"([batch, heads, seq, head_dim]); expected {self.attn_head_count} query heads and "
+                f"{self.global_kv_head_count} key/value heads of size {self.attn_head_size}"
+            )
         if not self.seq_length_is_variable and s != self.local_seq_length:
-            raise ValueError(f"Ulysses: local sequence length {s} differs from the registered seq_length "
-                             f"{self.global_seq_length} / {self.world_size} = {self.local_seq_length}; register "
-                             f"with seq_length_is_variable=True for variable lengths")
+            raise ValueError(
+                f"Ulysses: local sequence length {s} differs from the registered seq_length "
+                f"{self.global_seq_length} / {self.world_size} = {self.local_seq_length}; register "
+                f"with seq_length_is_variable=True for variable lengths"
+            )
 
     def _gather_position_ids(self, kwargs: dict[str, Any]) -> None:
         # Varlen kernels (flash attention) read position_ids to find packed documents: give them the
@@ -87,8 +103,16 @@ class UlyssesSPAttentionHF(nn.Module):
         dist.all_gather(parts, pos.contiguous(), group=self.process_group)
         kwargs["position_ids"] = torch.cat(parts, dim=-1)
 
-    def forward(self, module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                attention_mask: Any, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, Any]:
+    def forward(
+        self,
+        module: nn.Module,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        attention_mask: Any,
+        *args: Any,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, Any]:
         """``[b, h, s/p, d]`` q, k, v in; ``([b, s/p, h * d], weights)`` out, as HF attention functions."""
         if self.disable_in_eval and not module.training:
             return self.attn(module, query, key, value, attention_mask, *args, **kwargs)
@@ -106,10 +130,17 @@ class UlyssesSPAttentionHF(nn.Module):
         return out.reshape(*out.shape[:2], -1), weights
 
     @classmethod
-    def register_with_transformers(cls, model_name_or_path: Any, core_attn_implementation: str,
-                                   sequence_parallel_size: int, micro_batch_size: int,
-                                   seq_length: int | None = None, seq_length_is_variable: bool = True,
-                                   disable_in_eval: bool = False, max_length: int | None = None) -> Any:
+    def register_with_transformers(
+        cls,
+        model_name_or_path: Any,
+        core_attn_implementation: str,
+        sequence_parallel_size: int,
+        micro_batch_size: int,
+        seq_length: int | None = None,
+        seq_length_is_variable: bool = True,
+        disable_in_eval: bool = False,
+        max_length: int | None = None,
+    ) -> Any:
         """Wrap ``core_attn_implementation`` in transformers' attention registry and return the ``mpu``.
 
         Returns ``None`` when ``sequence_parallel_size`` is 1. ``model_name_or_path`` is a model (or
@@ -117,7 +148,13 @@ class UlyssesSPAttentionHF(nn.Module):
         group is used: head counts, the attention implementation, the sequence length."""
         from ds_parallel.ulysses.registration import register
 
-        return register(cls, model_name_or_path=model_name_or_path, core_attn_implementation=core_attn_implementation,
-                        sequence_parallel_size=sequence_parallel_size, micro_batch_size=micro_batch_size,
-                        seq_length=seq_length if seq_length is not None else max_length,
-                        seq_length_is_variable=seq_length_is_variable, disable_in_eval=disable_in_eval)
+        return register(
+            cls,
+            model_name_or_path=model_name_or_path,
+            core_attn_implementation=core_attn_implementation,
+            sequence_parallel_size=sequence_parallel_size,
+            micro_batch_size=micro_batch_size,
+            seq_length=seq_length if seq_length is not None else max_length,
+            seq_length_is_variable=seq_length_is_variable,
+            disable_in_eval=disable_in_eval,
+        )

@@ -35,8 +35,13 @@ def _accumulate(params: list[torch.Tensor], grads: list[torch.Tensor | None]) ->
         torch.autograd.backward([p for p, _ in pairs], [g for _, g in pairs])
 
 
-def _tile_grads(out: torch.Tensor, grad_out: torch.Tensor, x: torch.Tensor, params: list[torch.Tensor],
-                sums: list[torch.Tensor | None]) -> torch.Tensor:
+def _tile_grads(
+    out: torch.Tensor,
+    grad_out: torch.Tensor,
+    x: torch.Tensor,
+    params: list[torch.Tensor],
+    sums: list[torch.Tensor | None],
+) -> torch.Tensor:
     """Gradient of ``out`` wrt ``x`` and (added into ``sums``) the parameters, for one tile."""
     grads = torch.autograd.grad(out, [x, *params], grad_out, allow_unused=True)
     for i, g in enumerate(grads[1:]):
@@ -49,8 +54,14 @@ class TiledMLP(torch.autograd.Function):
     """``TiledMLP.apply(fn, module, x, shards, compute_params)``: ``fn(module, x)`` in ``shards`` tiles of dim -2."""
 
     @staticmethod
-    def forward(ctx: Any, fn: Callable[..., torch.Tensor], module: Any, x: torch.Tensor, shards: int,
-                compute_params: Sequence[torch.Tensor] | None) -> torch.Tensor:
+    def forward(
+        ctx: Any,
+        fn: Callable[..., torch.Tensor],
+        module: Any,
+        x: torch.Tensor,
+        shards: int,
+        compute_params: Sequence[torch.Tensor] | None,
+    ) -> torch.Tensor:
         ctx.fn, ctx.module, ctx.shards = fn, module, shards
         ctx.params = _params(module, compute_params)
         ctx.save_for_backward(x)
@@ -75,15 +86,29 @@ class SequenceTiledCompute(torch.autograd.Function):
     """Generic tiled compute; call it through :func:`sequence_tiled_compute` (dicts of arguments)."""
 
     @staticmethod
-    def forward(ctx: Any, fn: Callable[..., torch.Tensor], seqlen: int, shards: int, keys_to_shard: list[str],
-                keys_to_pass: list[str], grad_requiring_tensor_key: str, compute_params: Any,
-                output_unshard_dimension: int, output_reduction: str | None, *args: Any) -> torch.Tensor:
+    def forward(
+        ctx: Any,
+        fn: Callable[..., torch.Tensor],
+        seqlen: int,
+        shards: int,
+        keys_to_shard: list[str],
+        keys_to_pass: list[str],
+        grad_requiring_tensor_key: str,
+        compute_params: Any,
+        output_unshard_dimension: int,
+        output_reduction: str | None,
+        *args: Any,
+    ) -> torch.Tensor:
         if output_reduction not in (None, "mean", "sum"):
             raise ValueError(f"output_reduction must be None, 'mean' or 'sum', got {output_reduction!r}")
-        sharded = dict(zip(keys_to_shard, args[:len(keys_to_shard)]))
-        passed = dict(zip(keys_to_pass, args[len(keys_to_shard):]))
+        sharded = dict(zip(keys_to_shard, args[: len(keys_to_shard)]))
+        passed = dict(zip(keys_to_pass, args[len(keys_to_shard) :]))
         ctx.fn, ctx.shards, ctx.keys, ctx.passed = fn, shards, keys_to_shard, passed
-        ctx.grad_key, ctx.dim, ctx.reduction = grad_requiring_tensor_key, output_unshard_dimension, output_reduction
+        ctx.grad_key, ctx.dim, ctx.reduction = (
+            grad_requiring_tensor_key,
+            output_unshard_dimension,
+            output_reduction,
+        )
         ctx.params = list(compute_params or [])
         ctx.n_args = len(args)
         ctx.grad_index = keys_to_shard.index(grad_requiring_tensor_key)
@@ -120,18 +145,35 @@ def _tiles(sharded: dict[str, torch.Tensor], shards: int) -> list[dict[str, torc
     return [{k: parts[i] for k, parts in split.items()} for i in range(shards)]
 
 
-def sequence_tiled_compute(fn: Callable[..., torch.Tensor], seqlen: int, shards: int,
-                           kwargs_to_shard: dict[str, torch.Tensor], kwargs_to_pass: dict[str, Any],
-                           grad_requiring_tensor_key: str, compute_params: Sequence[torch.Tensor] | None = None,
-                           output_unshard_dimension: int = 1, output_reduction: str | None = "mean") -> torch.Tensor:
+def sequence_tiled_compute(
+    fn: Callable[..., torch.Tensor],
+    seqlen: int,
+    shards: int,
+    kwargs_to_shard: dict[str, torch.Tensor],
+    kwargs_to_pass: dict[str, Any],
+    grad_requiring_tensor_key: str,
+    compute_params: Sequence[torch.Tensor] | None = None,
+    output_unshard_dimension: int = 1,
+    output_reduction: str | None = "mean",
+) -> torch.Tensor:
     """``fn(**kwargs_to_shard tiles, **kwargs_to_pass)`` over ``shards`` tiles of dim 1 (Note [tiles]).
 
     Parameter gradients reach ``compute_params`` only (the weights ``fn`` uses); the input gradient
     reaches ``kwargs_to_shard[grad_requiring_tensor_key]``. ``output_reduction``: ``None``
     concatenates the tile outputs along ``output_unshard_dimension``; ``"mean"``/``"sum"`` reduce them."""
-    return SequenceTiledCompute.apply(fn, seqlen, shards, list(kwargs_to_shard), list(kwargs_to_pass),
-                                      grad_requiring_tensor_key, compute_params, output_unshard_dimension,
-                                      output_reduction, *kwargs_to_shard.values(), *kwargs_to_pass.values())
+    return SequenceTiledCompute.apply(
+        fn,
+        seqlen,
+        shards,
+        list(kwargs_to_shard),
+        list(kwargs_to_pass),
+        grad_requiring_tensor_key,
+        compute_params,
+        output_unshard_dimension,
+        output_reduction,
+        *kwargs_to_shard.values(),
+        *kwargs_to_pass.values(),
+    )
 
 
 class TiledFusedLogitsLoss(torch.autograd.Function):
@@ -139,9 +181,17 @@ class TiledFusedLogitsLoss(torch.autograd.Function):
     per tile of dim 1, reduced by ``"mean"`` (of the tile losses) or ``"sum"``; logits live one tile at a time."""
 
     @staticmethod
-    def forward(ctx: Any, fn: Callable[..., torch.Tensor], module: Any, x: torch.Tensor, y: torch.Tensor,
-                mask: torch.Tensor | None, shards: int, compute_params: Sequence[torch.Tensor] | None,
-                output_reduction: str = "mean") -> torch.Tensor:
+    def forward(
+        ctx: Any,
+        fn: Callable[..., torch.Tensor],
+        module: Any,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        mask: torch.Tensor | None,
+        shards: int,
+        compute_params: Sequence[torch.Tensor] | None,
+        output_reduction: str = "mean",
+    ) -> torch.Tensor:
         if output_reduction not in ("mean", "sum"):
             raise ValueError(f"unknown reduction {output_reduction!r}: valid values are 'mean' and 'sum'")
         params = _params(module, compute_params)

@@ -35,9 +35,19 @@ _LAZY = {
     "external_parameters": "ds_zero.stage3.external",
     "register_external_parameter": "ds_zero.stage3.external",
     "unregister_external_parameter": "ds_zero.stage3.external",
-    **{name: "ds_zero.stage3.leaf" for name in (
-        "get_z3_leaf_modules", "set_z3_leaf_module", "set_z3_leaf_modules", "set_z3_leaf_modules_by_name",
-        "set_z3_leaf_modules_by_suffix", "unset_z3_leaf_modules", "z3_leaf_module", "z3_leaf_parameter")},
+    **{
+        name: "ds_zero.stage3.leaf"
+        for name in (
+            "get_z3_leaf_modules",
+            "set_z3_leaf_module",
+            "set_z3_leaf_modules",
+            "set_z3_leaf_modules_by_name",
+            "set_z3_leaf_modules_by_suffix",
+            "unset_z3_leaf_modules",
+            "z3_leaf_module",
+            "z3_leaf_parameter",
+        )
+    },
 }
 
 

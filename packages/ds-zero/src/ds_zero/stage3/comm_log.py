@@ -45,8 +45,13 @@ def _nbytes(tensor: torch.Tensor) -> int:
 class LoggedAllGather(DefaultAllGather):
     """FSDP2's default parameter all-gather, recorded as ``all_gather_into_tensor`` (gathered bytes)."""
 
-    def __call__(self, output_tensor: torch.Tensor, input_tensor: torch.Tensor, group: dist.ProcessGroup,
-                 async_op: bool = False) -> Any:
+    def __call__(
+        self,
+        output_tensor: torch.Tensor,
+        input_tensor: torch.Tensor,
+        group: dist.ProcessGroup,
+        async_op: bool = False,
+    ) -> Any:
         host = shm_collectives.for_group(group, input_tensor.device)  # Note [shared-memory collectives]
         if host is not None:
             host.all_gather(output_tensor, input_tensor)
@@ -57,15 +62,22 @@ class LoggedAllGather(DefaultAllGather):
 
         if not comms_log.LOG.enabled:
             return call()
-        return comms_log.timed("all_gather_into_tensor", _nbytes(output_tensor), group.size(), async_op, call,
-                               _synchronize)
+        return comms_log.timed(
+            "all_gather_into_tensor", _nbytes(output_tensor), group.size(), async_op, call, _synchronize
+        )
 
 
 class LoggedReduceScatter(DefaultReduceScatter):
     """FSDP2's default gradient reduce-scatter, recorded as ``reduce_scatter_tensor`` (input bytes)."""
 
-    def __call__(self, output_tensor: torch.Tensor, input_tensor: torch.Tensor, group: dist.ProcessGroup,
-                 op: Any, async_op: bool = False) -> Any:
+    def __call__(
+        self,
+        output_tensor: torch.Tensor,
+        input_tensor: torch.Tensor,
+        group: dist.ProcessGroup,
+        op: Any,
+        async_op: bool = False,
+    ) -> Any:
         average = {_SUM: False, _AVG: True}.get(op) if isinstance(op, dist.ReduceOp.RedOpType) else None
         host = shm_collectives.for_group(group, input_tensor.device) if average is not None else None
         if host is not None:  # Note [shared-memory collectives]; a pre-multiplied sum stays with c10d
@@ -77,8 +89,9 @@ class LoggedReduceScatter(DefaultReduceScatter):
 
         if not comms_log.LOG.enabled:
             return call()
-        return comms_log.timed("reduce_scatter_tensor", _nbytes(input_tensor), group.size(), async_op, call,
-                               _synchronize)
+        return comms_log.timed(
+            "reduce_scatter_tensor", _nbytes(input_tensor), group.size(), async_op, call, _synchronize
+        )
 
 
 def log_unit_collectives(unit: Any) -> None:

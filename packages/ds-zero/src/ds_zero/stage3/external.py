@@ -18,7 +18,9 @@ _EXTERNAL: weakref.WeakKeyDictionary[nn.Module, dict[int, nn.Parameter]] = weakr
 def register_external_parameter(module: nn.Module, parameter: nn.Parameter) -> None:
     """Declare that ``module``'s forward uses ``parameter``, which another module owns."""
     if not isinstance(parameter, nn.Parameter):
-        raise TypeError(f"register_external_parameter expects an nn.Parameter, got {type(parameter).__name__}")
+        raise TypeError(
+            f"register_external_parameter expects an nn.Parameter, got {type(parameter).__name__}"
+        )
     _EXTERNAL.setdefault(module, {})[id(parameter)] = parameter
 
 

@@ -29,6 +29,7 @@ from ds_zero.stage3.status import ZeroParamStatus
 # persistent parameter -> (weak) the masters holder to refresh after a modifier writes it
 _NOTHING = torch.empty(0)
 
+
 def _as_list(params: Any) -> list[nn.Parameter]:
     if params is None:
         return []
@@ -62,7 +63,9 @@ def _resolve(params: list[nn.Parameter]) -> list[nn.Parameter]:
 
 
 def _modifier_group(param: Tensor) -> Any:
-    return shards.mesh_group(param) if isinstance(param, DTensor) else getattr(param, "ds_process_group", None)
+    return (
+        shards.mesh_group(param) if isinstance(param, DTensor) else getattr(param, "ds_process_group", None)
+    )
 
 
 class GatheredParameters:
@@ -73,8 +76,13 @@ class GatheredParameters:
     external to it while the context lasts). ``enabled=False``: do nothing.
     """
 
-    def __init__(self, params: Any, modifier_rank: int | None = None, fwd_module: nn.Module | None = None,
-                 enabled: bool = True) -> None:
+    def __init__(
+        self,
+        params: Any,
+        modifier_rank: int | None = None,
+        fwd_module: nn.Module | None = None,
+        enabled: bool = True,
+    ) -> None:
         candidates = _resolve(_as_list(params)) if enabled else []
         self.params = [p for p in candidates if shards.is_init_shard(p) or shards.is_unit_shard(p)]
         whole = [p for p in candidates if getattr(p, "ds_persist", False) and not shards.is_unit_shard(p)]
@@ -129,7 +137,9 @@ class GatheredParameters:
         owners = {}
         for p in self.persistent:
             with torch.no_grad():
-                p.data.copy_(shards.broadcast_full(p.data, src=src, group=getattr(p, "ds_process_group", None)))
+                p.data.copy_(
+                    shards.broadcast_full(p.data, src=src, group=getattr(p, "ds_process_group", None))
+                )
             ref = getattr(p, "_ds_persistent_owner", None)  # Note [no weak references to parameters]
             owner = ref() if ref is not None else None
             if owner is not None:
@@ -145,8 +155,13 @@ class GatheredParameters:
                 owner._parameters[name] = value
 
 
-def full_state_dict(module: nn.Module, *, dtype: torch.dtype | None = None, exclude_frozen_parameters: bool = False,
-                    rank0_only: bool = True) -> dict[str, Tensor] | None:
+def full_state_dict(
+    module: nn.Module,
+    *,
+    dtype: torch.dtype | None = None,
+    exclude_frozen_parameters: bool = False,
+    rank0_only: bool = True,
+) -> dict[str, Tensor] | None:
     """``module``'s state dict with every parameter full, on the CPU; gathered one parameter at a time.
 
     Every rank must call it. With ``rank0_only`` only global rank 0 keeps the result (others get

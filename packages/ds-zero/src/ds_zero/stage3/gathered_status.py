@@ -47,18 +47,28 @@ def tag_gathered_parameters(units: list[nn.Module], owned: dict[nn.Module, dict[
     the hook handles (generation takes them out with the other forward hooks: ds_zero.stage3.offload_view)."""
     handles = []
     for unit in units:
-        entries = [(weakref.ref(owner), name) for owner in unit.modules() for name in owned.get(owner, {})
-                   if owned[owner][name]._ds_unit is unit]
+        entries = [
+            (weakref.ref(owner), name)
+            for owner in unit.modules()
+            for name in owned.get(owner, {})
+            if owned[owner][name]._ds_unit is unit
+        ]
         if entries:  # runs after FSDP2's gather (not prepended)
             handles.append(unit.register_forward_pre_hook(_tagger(entries, owned)))
     return handles
 
 
-def _tagger(entries: list[tuple[Any, str]], owned: dict[nn.Module, dict[str, DTensor]]) -> Callable[..., None]:
+def _tagger(
+    entries: list[tuple[Any, str]], owned: dict[nn.Module, dict[str, DTensor]]
+) -> Callable[..., None]:
     def hook(_module: nn.Module, _args: Any) -> None:
         owner, name = entries[0][0](), entries[0][1]
         first = None if owner is None else owner._parameters.get(name)
-        if first is None or isinstance(first, DTensor) or getattr(first, "ds_status", None) is ZeroParamStatus.AVAILABLE:
+        if (
+            first is None
+            or isinstance(first, DTensor)
+            or getattr(first, "ds_status", None) is ZeroParamStatus.AVAILABLE
+        ):
             return  # not gathered (hooks taken out), or tagged at an earlier forward
         for ref, attr in entries:
             module = ref()

@@ -50,8 +50,10 @@ class UnitHooks:
         self.world = world
         self.calls = [0] * len(self.units)
         self.order: list[int] | None = [] if prefetch_numel > 0 and len(self.units) > 1 else None
-        self.handles = [unit.register_forward_pre_hook(partial(_before, self, i), prepend=True)
-                        for i, unit in enumerate(self.units)]
+        self.handles = [
+            unit.register_forward_pre_hook(partial(_before, self, i), prepend=True)
+            for i, unit in enumerate(self.units)
+        ]
         self.handles.append(self.units[-1].register_forward_hook(partial(_after_root, self)))
 
     # --- agreement ----------------------------------------------------------------------------------
@@ -64,13 +66,16 @@ class UnitHooks:
         try:
             ds_comm.all_gather_into_tensor(every, mine, group=self.side)
         except Exception as exc:  # noqa: BLE001 - a peer that died or left: say where we were
-            raise DivergentPathError(f"ZeRO-3: lost the other ranks while at {self._where(place, call)}: {exc}") from exc
+            raise DivergentPathError(
+                f"ZeRO-3: lost the other ranks while at {self._where(place, call)}: {exc}"
+            ) from exc
         rows = every.view(self.world, 2).tolist()
         if any(row != [place, call] for row in rows):
             seen = ", ".join(f"rank {r} is at {self._where(*row)}" for r, row in enumerate(rows))
             raise DivergentPathError(
                 f"ZeRO-3: ranks took different paths ({seen}). Every rank must call the same sharded modules "
-                "the same number of times between optimizer steps (for generate(), pass synced_gpus=True)")
+                "the same number of times between optimizer steps (for generate(), pass synced_gpus=True)"
+            )
 
     def _where(self, place: int, call: int) -> str:
         if place >= 0:
@@ -88,7 +93,7 @@ class UnitHooks:
         sequence = [root] + [i for i in order if i != root]
         for k, i in enumerate(sequence):
             ahead, total = [], 0
-            for j in sequence[k + 1:]:
+            for j in sequence[k + 1 :]:
                 if total + self.numel[j] > self.prefetch_numel:
                     break
                 ahead.append(self.units[j])

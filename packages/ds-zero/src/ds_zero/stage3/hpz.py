@@ -35,8 +35,11 @@ def shared_secondary_mesh() -> Iterator[None]:
     built: dict[tuple[int, int], tuple[Any, Any]] = {}
 
     def shared(reshard_after_forward: Any, mesh_info: Any) -> Any:
-        if isinstance(reshard_after_forward, bool) or not isinstance(reshard_after_forward, int) \
-                or reshard_after_forward in (1, mesh_info.shard_mesh_size):  # no secondary mesh to build
+        if (
+            isinstance(reshard_after_forward, bool)
+            or not isinstance(reshard_after_forward, int)
+            or reshard_after_forward in (1, mesh_info.shard_mesh_size)
+        ):  # no secondary mesh to build
             return make(reshard_after_forward, mesh_info)
         key = (id(mesh_info.mesh), reshard_after_forward)
         if key not in built:  # the mesh is kept with its result, so its id is not reused meanwhile

@@ -44,12 +44,21 @@ class InferenceSharding:
         """The sharded module (the same object that was passed in)."""
         return self.sharded.module
 
-    def full_state_dict(self, *, dtype: torch.dtype | None = None, exclude_frozen_parameters: bool = False,
-                        rank0_only: bool = True) -> dict[str, torch.Tensor] | None:
+    def full_state_dict(
+        self,
+        *,
+        dtype: torch.dtype | None = None,
+        exclude_frozen_parameters: bool = False,
+        rank0_only: bool = True,
+    ) -> dict[str, torch.Tensor] | None:
         """The full state dict on rank 0's CPU (None elsewhere), in ``dtype`` or the model's dtype;
         every rank must call it."""
-        return full_state_dict(self.module, dtype=dtype or self.param_dtype,
-                               exclude_frozen_parameters=exclude_frozen_parameters, rank0_only=rank0_only)
+        return full_state_dict(
+            self.module,
+            dtype=dtype or self.param_dtype,
+            exclude_frozen_parameters=exclude_frozen_parameters,
+            rank0_only=rank0_only,
+        )
 
     def empty_partition_cache(self) -> None:
         """Drop every gathered copy of the units; the next forward gathers again."""
@@ -73,10 +82,17 @@ def shard_for_inference(module: nn.Module, *, policy: ZeroPolicy, group: Any = N
     """
     s3 = stage3_of(policy)
     dtype = policy.mixed_precision.param_dtype
-    sharded = shard_model(module, policy=policy, group=group, shard_dtype=dtype,  # Note [inference shards]
-                          secondary=False)
+    sharded = shard_model(
+        module,
+        policy=policy,
+        group=group,
+        shard_dtype=dtype,  # Note [inference shards]
+        secondary=False,
+    )
     cast_whole_tensors(module, dtype)
-    hooks = UnitHooks(sharded, group=group, prefetch_numel=s3.prefetch_bucket_numel, check=s3.detect_divergence)
+    hooks = UnitHooks(
+        sharded, group=group, prefetch_numel=s3.prefetch_bucket_numel, check=s3.detect_divergence
+    )
     units = list(sharded.units)
 
     def reshard_all(_module: nn.Module, _args: Any, _output: Any) -> None:

@@ -67,7 +67,9 @@ def _class_matches(module: nn.Module, wanted: type | str) -> bool:
     return wanted in (cls.__name__, f"{cls.__module__}.{cls.__qualname__}")
 
 
-def _flag_classes(model: nn.Module, classes: Sequence[type | str], flag: bool, raise_if_not_found: bool) -> list[nn.Module]:
+def _flag_classes(
+    model: nn.Module, classes: Sequence[type | str], flag: bool, raise_if_not_found: bool
+) -> list[nn.Module]:
     bad = [c for c in classes if not isinstance(c, (type, str))]
     if bad:
         raise TypeError(f"leaf module classes must be classes or class names, got {bad!r}")
@@ -79,21 +81,24 @@ def _flag_classes(model: nn.Module, classes: Sequence[type | str], flag: bool, r
     return matched
 
 
-def set_z3_leaf_modules(model: nn.Module, leaf_module_classes: Sequence[type | str],
-                        raise_if_not_found: bool = True) -> list[nn.Module]:
+def set_z3_leaf_modules(
+    model: nn.Module, leaf_module_classes: Sequence[type | str], raise_if_not_found: bool = True
+) -> list[nn.Module]:
     """Flag every module of ``model`` that is an instance of (or whose class is named, short or fully
     qualified, as) one of ``leaf_module_classes``; returns them."""
     return _flag_classes(model, leaf_module_classes, True, raise_if_not_found)
 
 
-def unset_z3_leaf_modules(model: nn.Module, leaf_module_classes: Sequence[type | str],
-                          raise_if_not_found: bool = True) -> list[nn.Module]:
+def unset_z3_leaf_modules(
+    model: nn.Module, leaf_module_classes: Sequence[type | str], raise_if_not_found: bool = True
+) -> list[nn.Module]:
     """Clear the flag that :func:`set_z3_leaf_modules` set."""
     return _flag_classes(model, leaf_module_classes, False, raise_if_not_found)
 
 
-def set_z3_leaf_modules_by_name(model: nn.Module, module_names: Iterable[str], flag: bool = True,
-                                raise_if_not_found: bool = True) -> tuple[list[nn.Module], list[str]]:
+def set_z3_leaf_modules_by_name(
+    model: nn.Module, module_names: Iterable[str], flag: bool = True, raise_if_not_found: bool = True
+) -> tuple[list[nn.Module], list[str]]:
     """Flag the modules at the given ``named_modules()`` names; returns (matched, missing names)."""
     by_name = dict(model.named_modules())
     matched, missing = [], []
@@ -109,8 +114,9 @@ def set_z3_leaf_modules_by_name(model: nn.Module, module_names: Iterable[str], f
     return matched, missing
 
 
-def set_z3_leaf_modules_by_suffix(model: nn.Module, module_name_suffixes: Iterable[str], flag: bool = True,
-                                  raise_if_not_found: bool = True) -> tuple[list[nn.Module], list[str]]:
+def set_z3_leaf_modules_by_suffix(
+    model: nn.Module, module_name_suffixes: Iterable[str], flag: bool = True, raise_if_not_found: bool = True
+) -> tuple[list[nn.Module], list[str]]:
     """Flag the modules whose ``named_modules()`` name ends with one of the suffixes; returns
     (matched, suffixes that matched nothing)."""
     named = list(model.named_modules())
@@ -128,8 +134,13 @@ def set_z3_leaf_modules_by_suffix(model: nn.Module, module_name_suffixes: Iterab
     return list(matched.values()), missing
 
 
-def apply_leaf_config(model: nn.Module, *, classes: Sequence[str] = (), names: Sequence[str] = (),
-                      name_suffixes: Sequence[str] = ()) -> list[nn.Module]:
+def apply_leaf_config(
+    model: nn.Module,
+    *,
+    classes: Sequence[str] = (),
+    names: Sequence[str] = (),
+    name_suffixes: Sequence[str] = (),
+) -> list[nn.Module]:
     """Apply a ``zero_optimization.leaf_module`` section; returns the flagged modules. Classes that
     match nothing are silent (DeepSpeed's defaults name transformers classes most models lack);
     names and suffixes that match nothing are logged."""
@@ -143,13 +154,17 @@ def apply_leaf_config(model: nn.Module, *, classes: Sequence[str] = (), names: S
     for m in matched:
         found.setdefault(id(m), m)
     if missing_names or missing_suffixes:
-        log.warning("zero_optimization.leaf_module: nothing in the model matches %s",
-                    [*missing_names, *missing_suffixes])
+        log.warning(
+            "zero_optimization.leaf_module: nothing in the model matches %s",
+            [*missing_names, *missing_suffixes],
+        )
     return list(found.values())
 
 
 def _is_container(module: nn.Module) -> bool:
-    return isinstance(module, (nn.ModuleList, nn.ModuleDict, nn.Sequential, nn.ParameterList, nn.ParameterDict))
+    return isinstance(
+        module, (nn.ModuleList, nn.ModuleDict, nn.Sequential, nn.ParameterList, nn.ParameterDict)
+    )
 
 
 def granularity(model: nn.Module) -> dict[int, int]:

@@ -56,10 +56,15 @@ def fsdp_forward_handles(unit: nn.Module) -> list[RemovableHandle]:
     that test (and this function raises) rather than generation silently running collectives per token.
     """
     state = fully_shard.state(unit)
-    handles = [getattr(state, "_pre_forward_hook_handle", None), getattr(state, "_post_forward_hook_handle", None)]
+    handles = [
+        getattr(state, "_pre_forward_hook_handle", None),
+        getattr(state, "_post_forward_hook_handle", None),
+    ]
     if not all(isinstance(h, RemovableHandle) for h in handles):
-        raise RuntimeError("this torch's FSDP2 keeps its forward hooks elsewhere (FSDPState._pre_forward_hook_handle)"
-                           "; ds_zero.stage3.offload_view.fsdp_forward_handles needs updating")
+        raise RuntimeError(
+            "this torch's FSDP2 keeps its forward hooks elsewhere (FSDPState._pre_forward_hook_handle)"
+            "; ds_zero.stage3.offload_view.fsdp_forward_handles needs updating"
+        )
     return list(dict.fromkeys(handles))  # a grouped fully_shard([a, b]) shares one handle
 
 
@@ -69,7 +74,7 @@ class _Slot:
     def __init__(self, table: dict[int, Any], key: int) -> None:
         self.table, self.key, self.value = table, key, table[key]
         keys = list(table)
-        self.before = set(keys[:keys.index(key)])
+        self.before = set(keys[: keys.index(key)])
 
     def put_back(self) -> None:
         table = self.table
@@ -141,8 +146,13 @@ class ComputeDtypeViews:
         for owner in self.module.modules():
             for name, sharded in OWNED.get(owner, {}).items():
                 view = owner._parameters.get(name)
-                if view is None or view is sharded or isinstance(view, DTensor) or view.dtype == self.dtype \
-                        or not view.is_floating_point():
+                if (
+                    view is None
+                    or view is sharded
+                    or isinstance(view, DTensor)
+                    or view.dtype == self.dtype
+                    or not view.is_floating_point()
+                ):
                     continue
                 copy = nn.Parameter(view.detach().to(self.dtype), requires_grad=view.requires_grad)
                 if hasattr(view, "ds_active_sub_modules"):
@@ -187,7 +197,9 @@ def add_deepspeed_module_attributes(module: nn.Module) -> None:
 class ParameterOffload:
     """DeepSpeed's ``DeepSpeedZeRoOffload`` surface over a stage-3 model (Note [hooks off for generation])."""
 
-    def __init__(self, sharded: ShardedModel, hooks: UnitHooks, *, param_dtype: torch.dtype = torch.float32) -> None:
+    def __init__(
+        self, sharded: ShardedModel, hooks: UnitHooks, *, param_dtype: torch.dtype = torch.float32
+    ) -> None:
         self.module = sharded.module
         self._sharded = sharded
         self._unit_hooks = hooks
@@ -206,7 +218,10 @@ class ParameterOffload:
                 handles += fsdp_forward_handles(unit)
             handles += self._unit_hooks.handles
             handles += self._sharded.status_hooks  # Note [gathered status] in ds_zero.stage3.gathered_status
-            self._all = [*(SuspendableHook(h) for h in handles), ComputeDtypeViews(self.module, self._param_dtype)]
+            self._all = [
+                *(SuspendableHook(h) for h in handles),
+                ComputeDtypeViews(self.module, self._param_dtype),
+            ]
         return self._all
 
     @property
@@ -228,12 +243,16 @@ class ParameterOffload:
     def _register_deepspeed_module(self, module: nn.Module) -> None:
         """Put back every hook a ``remove()`` took out (DeepSpeed's name; ``module`` must be :attr:`module`)."""
         if module is not self.module:
-            raise ValueError("ZeRO-3: _register_deepspeed_module takes parameter_offload.module "
-                             "(the hooks of other modules are not this engine's)")
+            raise ValueError(
+                "ZeRO-3: _register_deepspeed_module takes parameter_offload.module "
+                "(the hooks of other modules are not this engine's)"
+            )
         # Last out, first back: a slot's "before" keys are those present when its hook came out.
         for hook in sorted((h for h in self._hooks() if h.removed), key=lambda h: h.stamp, reverse=True):
             hook.put_back()
         self._forward_hooks = list(self._hooks())
         self.backward_hooks = []
 
-    _register_hooks_recursively = _register_deepspeed_module  # DeepSpeed < 0.16.4's name, which TRL also calls
+    _register_hooks_recursively = (
+        _register_deepspeed_module  # DeepSpeed < 0.16.4's name, which TRL also calls
+    )

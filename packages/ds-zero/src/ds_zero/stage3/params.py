@@ -53,8 +53,10 @@ class _GroupsView:
     """An optimizer's param groups restricted to some parameters (what ShardedParams reads and rewires)."""
 
     def __init__(self, groups: list[dict[str, Any]], keep: list[list[nn.Parameter]]) -> None:
-        self.param_groups = [{**{k: v for k, v in g.items() if k != "params"}, "params": list(ps)}
-                             for g, ps in zip(groups, keep)]
+        self.param_groups = [
+            {**{k: v for k, v in g.items() if k != "params"}, "params": list(ps)}
+            for g, ps in zip(groups, keep)
+        ]
 
 
 def _local(tensor: Tensor) -> Tensor:
@@ -77,11 +79,15 @@ def _local_flat(param: DTensor) -> Tensor:
 class Stage3Params:
     """The stage-3 ``Masters``: unit shards plus (optionally) stage-2 handling of persistent parameters."""
 
-    def __init__(self, sharded: ShardedModel, optimizer: torch.optim.Optimizer, policy: ZeroPolicy, group: Any) -> None:
+    def __init__(
+        self, sharded: ShardedModel, optimizer: torch.optim.Optimizer, policy: ZeroPolicy, group: Any
+    ) -> None:
         self.sharded = sharded
         self.optimizer = optimizer
         world, rank = ds_comm.get_world_size(group), ds_comm.get_rank(group)
-        old_of = {id(self.sharded.replaced.get(id(p), p)): p for g in optimizer.param_groups for p in g["params"]}
+        old_of = {
+            id(self.sharded.replaced.get(id(p), p)): p for g in optimizer.param_groups for p in g["params"]
+        }
         unit_groups, persistent_groups = self._split_groups(optimizer)
         self.persistent = self._persistent_part(persistent_groups, optimizer, policy, group)
         base = sum(len(g) for g in persistent_groups)
@@ -98,7 +104,9 @@ class Stage3Params:
                 _move_state(optimizer, old_of[id(p)], holder, start, end, p.numel())
                 self.unit_params.append(p)
                 self.unit_holders.append(holder)
-                self.unit_shards.append(ParamShard([ParamSlot(index, 0, p.numel(), p.shape)], g, world, start, end))
+                self.unit_shards.append(
+                    ParamShard([ParamSlot(index, 0, p.numel(), p.shape)], g, world, start, end)
+                )
                 self._unit_names[index] = sharded.names[id(p)]
                 holders.append(holder)
             extra = self.persistent_masters_of_group(g)
@@ -107,10 +115,14 @@ class Stage3Params:
         for p in self.persistent_params:
             p._ds_persistent_owner = this  # read by GatheredParameters (no weakref on the tensor itself)
         in_opt = {id(p) for p in self.unit_params} | {id(p) for p in self.persistent_params}
-        self.other_params = [p for p in sharded.module.parameters() if p.requires_grad and id(p) not in in_opt]
+        self.other_params = [
+            p for p in sharded.module.parameters() if p.requires_grad and id(p) not in in_opt
+        ]
 
     # --- construction -------------------------------------------------------------------------------
-    def _split_groups(self, optimizer: torch.optim.Optimizer) -> tuple[list[list[DTensor]], list[list[nn.Parameter]]]:
+    def _split_groups(
+        self, optimizer: torch.optim.Optimizer
+    ) -> tuple[list[list[DTensor]], list[list[nn.Parameter]]]:
         """Each optimizer group's trainable parameters (as the model now holds them), by part."""
         known = self.sharded.names
         units, persistent = [], []
@@ -118,13 +130,20 @@ class Stage3Params:
             now = [self.sharded.replaced.get(id(p), p) for p in group["params"]]
             strangers = [p for p in now if id(p) not in known]
             if strangers:
-                raise ValueError(f"the optimizer holds {len(strangers)} parameter(s) that are not part of the model")
+                raise ValueError(
+                    f"the optimizer holds {len(strangers)} parameter(s) that are not part of the model"
+                )
             units.append([p for p in now if isinstance(p, DTensor) and p.requires_grad])
             persistent.append([p for p in now if not isinstance(p, DTensor) and p.requires_grad])
         return units, persistent
 
-    def _persistent_part(self, groups: list[list[nn.Parameter]], optimizer: torch.optim.Optimizer,
-                         policy: ZeroPolicy, group: Any) -> ShardedParams | None:
+    def _persistent_part(
+        self,
+        groups: list[list[nn.Parameter]],
+        optimizer: torch.optim.Optimizer,
+        policy: ZeroPolicy,
+        group: Any,
+    ) -> ShardedParams | None:
         if not any(groups):
             self._persistent_view = None
             return None
@@ -134,10 +153,20 @@ class Stage3Params:
         view = _GroupsView(optimizer.param_groups, groups)
         part = ShardedParams(holder, view, policy, group)  # type: ignore[arg-type]
         mp = policy.mixed_precision
-        part.attach(GradReducer(part.units, grad_dtype=mp.param_dtype, group=group, policy=policy.reduce,
-                                reduce_dtype=grad_dtypes(mp, 3).reduce))
-        part.names = {slot.index: self.sharded.names[id(p)]
-                      for unit in part.units for slot, p in zip(unit.slots, unit.params)}
+        part.attach(
+            GradReducer(
+                part.units,
+                grad_dtype=mp.param_dtype,
+                group=group,
+                policy=policy.reduce,
+                reduce_dtype=grad_dtypes(mp, 3).reduce,
+            )
+        )
+        part.names = {
+            slot.index: self.sharded.names[id(p)]
+            for unit in part.units
+            for slot, p in zip(unit.slots, unit.params)
+        }
         self._persistent_view = view
         return part
 
@@ -232,10 +261,17 @@ class Stage3Params:
                 holder.data = local.detach().view(-1)
 
 
-def _move_state(optimizer: torch.optim.Optimizer, old: Tensor, holder: nn.Parameter, start: int, end: int,
-                numel: int) -> None:
+def _move_state(
+    optimizer: torch.optim.Optimizer, old: Tensor, holder: nn.Parameter, start: int, end: int, numel: int
+) -> None:
     """Carry a client optimizer's existing state for a parameter (if any) over to its shard."""
     state = optimizer.state.pop(old, None)
     if state:
-        optimizer.state[holder] = {k: (v.reshape(-1)[start:end].clone() if torch.is_tensor(v) and v.dim() > 0
-                                       and v.numel() == numel else v) for k, v in state.items()}
+        optimizer.state[holder] = {
+            k: (
+                v.reshape(-1)[start:end].clone()
+                if torch.is_tensor(v) and v.dim() > 0 and v.numel() == numel
+                else v
+            )
+            for k, v in state.items()
+        }

@@ -70,7 +70,7 @@ class _Tree:
 
     def closed(self, path: Path) -> bool:
         """Whether every holder of every parameter under ``path`` lies under ``path``."""
-        return all(h[:len(path)] == path for pid in self.subtree[path] for h in self.holders[pid])
+        return all(h[: len(path)] == path for pid in self.subtree[path] for h in self.holders[pid])
 
     def can_be_unit(self, path: Path) -> bool:
         """Closed, and has a forward of its own (containers such as ModuleList are never called)."""
@@ -80,18 +80,27 @@ class _Tree:
         return [path + (name,) for name, _ in self.module_at[path].named_children()]
 
 
-def plan_units(root: nn.Module, *, cap: int, persistence_threshold: int, max_reuse_distance: int = 0,
-               max_live: int = 0, external: Callable[[nn.Module], Iterable[nn.Parameter]] = lambda m: (),
-               model_persistence_threshold: int | None = None,
-               is_leaf: Callable[[nn.Module], bool] = z3_leaf_module,
-               keep_in_root: Iterable[nn.Module] = ()) -> UnitPlan:
+def plan_units(
+    root: nn.Module,
+    *,
+    cap: int,
+    persistence_threshold: int,
+    max_reuse_distance: int = 0,
+    max_live: int = 0,
+    external: Callable[[nn.Module], Iterable[nn.Parameter]] = lambda m: (),
+    model_persistence_threshold: int | None = None,
+    is_leaf: Callable[[nn.Module], bool] = z3_leaf_module,
+    keep_in_root: Iterable[nn.Module] = (),
+) -> UnitPlan:
     """Apply the unit rule (module docstring) to ``root``."""
     tree = _Tree(root, external)
     persistent = _persistent(tree, persistence_threshold, model_persistence_threshold)
     assigned: set[int] = set(persistent)
     reserved = {id(p) for m in keep_in_root for p in m.parameters()} - assigned  # rule 3: the root's
     # model order, not set order: every rank must walk the persistent parameters identically
-    plan = UnitPlan(units=[], names={}, numel={}, persistent=[p for pid, p in tree.param.items() if pid in persistent])
+    plan = UnitPlan(
+        units=[], names={}, numel={}, persistent=[p for pid, p in tree.param.items() if pid in persistent]
+    )
 
     kept_at = [path for path, m in tree.module_at.items() if any(m is k for k in keep_in_root)]
 
@@ -100,7 +109,7 @@ def plan_units(root: nn.Module, *, cap: int, persistence_threshold: int, max_reu
 
     def can_be_unit(path: Path) -> bool:
         # fully_shard takes every parameter below a unit: no unit may enclose a module kept in the root
-        return tree.can_be_unit(path) and not any(kept[:len(path)] == path for kept in kept_at)
+        return tree.can_be_unit(path) and not any(kept[: len(path)] == path for kept in kept_at)
 
     def make_unit(path: Path) -> None:
         pids = free(path)

@@ -102,10 +102,15 @@ class Stage3Policy:
     """``zero_hpz_partition_size``: ranks in the secondary (intra-node) group; 1 is off (Note [hpZ])."""
 
     def __post_init__(self) -> None:
-        if isinstance(self.hpz_partition_size, bool) or not isinstance(self.hpz_partition_size, int) \
-                or self.hpz_partition_size < 1:
-            raise ValueError(f"zero_optimization.zero_hpz_partition_size must be an integer >= 1, "
-                             f"got {self.hpz_partition_size!r}")
+        if (
+            isinstance(self.hpz_partition_size, bool)
+            or not isinstance(self.hpz_partition_size, int)
+            or self.hpz_partition_size < 1
+        ):
+            raise ValueError(
+                f"zero_optimization.zero_hpz_partition_size must be an integer >= 1, "
+                f"got {self.hpz_partition_size!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -126,8 +131,10 @@ def hpz_group_size(policy: ZeroPolicy, *, world_size: int) -> int:
     ranks (Note [hpZ]); 1 when hpZ is off. An error naming the key when it does not divide the world."""
     size = stage3_of(policy).hpz_partition_size
     if size > 1 and world_size % size:
-        raise ValueError(f"zero_optimization.zero_hpz_partition_size ({size}) must divide the data-parallel "
-                         f"world size ({world_size}): the ranks split into groups of that many consecutive ranks")
+        raise ValueError(
+            f"zero_optimization.zero_hpz_partition_size ({size}) must divide the data-parallel "
+            f"world size ({world_size}): the ranks split into groups of that many consecutive ranks"
+        )
     return size
 
 
@@ -140,8 +147,11 @@ def unit_cap(policy: ZeroPolicy, *, world_size: int, model_numel: int) -> int:
     unit: each extra unit would only add its hooks and copies to every step.
     """
     s3 = stage3_of(policy)
-    cap = policy.reduce.bucket_numel if s3.prefetch_bucket_numel <= 0 else \
-        min(s3.prefetch_bucket_numel, policy.reduce.bucket_numel)
+    cap = (
+        policy.reduce.bucket_numel
+        if s3.prefetch_bucket_numel <= 0
+        else min(s3.prefetch_bucket_numel, policy.reduce.bucket_numel)
+    )
     if world_size == 1 and model_numel <= s3.max_live_parameters:
         return max(cap, model_numel)
     return cap

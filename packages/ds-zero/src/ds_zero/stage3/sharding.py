@@ -107,8 +107,10 @@ def _fsdp_policies(policy: ZeroPolicy) -> tuple[MixedPrecisionPolicy, OffloadPol
         mixed = MixedPrecisionPolicy(reduce_dtype=reduce)
     devices = {policy.offload.optimizer_device, policy.offload.param_device}
     if policy.offload.param_device == "nvme":
-        raise StageNotAvailable("offload_param to nvme is not built (offload_optimizer {device: nvme} is); "
-                                "use offload_param {device: cpu}")
+        raise StageNotAvailable(
+            "offload_param to nvme is not built (offload_optimizer {device: nvme} is); "
+            "use offload_param {device: cpu}"
+        )
     # offload_optimizer nvme: the shards (the masters) live in CPU memory as with cpu; the optimizer
     # states go to NVMe (ds_zero.nvme_swapper)
     if "cpu" in devices or "nvme" in devices:
@@ -127,8 +129,9 @@ def _materialise(param: nn.Parameter, device: torch.device) -> None:
     param.ds_status = ZeroParamStatus.AVAILABLE
 
 
-def _prepare_unit_params(unit: nn.Module, persistent: set[int], device: torch.device,
-                         dtype: torch.dtype = torch.float32) -> list[nn.Parameter]:
+def _prepare_unit_params(
+    unit: nn.Module, persistent: set[int], device: torch.device, dtype: torch.dtype = torch.float32
+) -> list[nn.Parameter]:
     """The parameters ``fully_shard(unit)`` will take, full and in ``dtype`` (fp32: Note [shards are masters])."""
     taken, seen = [], set()
     for p in unit.parameters():
@@ -152,13 +155,21 @@ def _secondary_size(policy: ZeroPolicy, group: Any) -> int:
     if world != ds_comm.get_world_size():
         # FSDP2 builds the secondary groups with new_group over the data-parallel ranks only, which
         # every rank of the world would have to call with the same ranks: not so for several groups.
-        raise StageNotAvailable("zero_optimization.zero_hpz_partition_size > 1 with a data-parallel group "
-                                "smaller than the world (other parallel axes) is not built")
+        raise StageNotAvailable(
+            "zero_optimization.zero_hpz_partition_size > 1 with a data-parallel group "
+            "smaller than the world (other parallel axes) is not built"
+        )
     return size
 
 
-def shard_model(module: nn.Module, *, policy: ZeroPolicy, group: Any = None,
-                shard_dtype: torch.dtype = torch.float32, secondary: bool = True) -> ShardedModel:
+def shard_model(
+    module: nn.Module,
+    *,
+    policy: ZeroPolicy,
+    group: Any = None,
+    shard_dtype: torch.dtype = torch.float32,
+    secondary: bool = True,
+) -> ShardedModel:
     """Plan the units of ``module`` and shard them, children first (every rank must call it).
 
     ``shard_dtype``: the dtype of the shards; fp32 for training (Note [shards are masters]), the model's
@@ -170,13 +181,21 @@ def shard_model(module: nn.Module, *, policy: ZeroPolicy, group: Any = None,
     numel = sum(full_numel(p) for p in {id(p): p for p in module.parameters()}.values())
     cap = unit_cap(policy, world_size=ds_comm.get_world_size(group), model_numel=numel)
     mark_fine_grained(module, s3.module_granularity_threshold)
-    plan = plan_units(module, cap=cap, persistence_threshold=s3.param_persistence_threshold,
-                      model_persistence_threshold=s3.model_persistence_threshold,
-                      max_reuse_distance=s3.max_reuse_distance, max_live=s3.max_live_parameters,
-                      external=external_parameters, keep_in_root=output_embeddings(module))
+    plan = plan_units(
+        module,
+        cap=cap,
+        persistence_threshold=s3.param_persistence_threshold,
+        model_persistence_threshold=s3.model_persistence_threshold,
+        max_reuse_distance=s3.max_reuse_distance,
+        max_live=s3.max_live_parameters,
+        external=external_parameters,
+        keep_in_root=output_embeddings(module),
+    )
     mesh = make_mesh(group)
     device = shards.comm_device(group)
-    shm_collectives.for_group(mesh.get_group(), device)  # set up now, not inside the first gather (collective)
+    shm_collectives.for_group(
+        mesh.get_group(), device
+    )  # set up now, not inside the first gather (collective)
     mixed, offload = _fsdp_policies(policy)
     persistent = {id(p) for p in plan.persistent}
     for p in plan.persistent:
@@ -186,30 +205,49 @@ def shard_model(module: nn.Module, *, policy: ZeroPolicy, group: Any = None,
     before = _owned_slots(module)
     ignored = {"ignored_params": set(plan.persistent)} if plan.persistent else {}
     if ignored and "ignored_params" not in inspect.signature(fully_shard).parameters:
-        raise StageNotAvailable(f"stage 3 keeps {len(persistent)} small parameter(s) whole, which needs torch >= 2.7 "
-                                "(fully_shard(ignored_params=...)); set stage3_param_persistence_threshold to 0")
+        raise StageNotAvailable(
+            f"stage 3 keeps {len(persistent)} small parameter(s) whole, which needs torch >= 2.7 "
+            "(fully_shard(ignored_params=...)); set stage3_param_persistence_threshold to 0"
+        )
     with shared_secondary_mesh() if hpz > 1 else nullcontext():  # Note [one secondary mesh]
         for unit in plan.units:
             taken = _prepare_unit_params(unit, persistent, device, shard_dtype)
             root = unit is module
-            fully_shard(unit, mesh=mesh, mp_policy=mixed, offload_policy=offload, **ignored,
-                        reshard_after_forward=_after_forward(root, id(unit) in plan.keep_gathered, hpz))
+            fully_shard(
+                unit,
+                mesh=mesh,
+                mp_policy=mixed,
+                offload_policy=offload,
+                **ignored,
+                reshard_after_forward=_after_forward(root, id(unit) in plan.keep_gathered, hpz),
+            )
             log_unit_collectives(unit)
             for p in taken:  # the optimizer may still hold the old objects: free their full values now
-                if not isinstance(p, DTensor):  # (under swap_module_params_on_conversion the object is reused)
+                if not isinstance(
+                    p, DTensor
+                ):  # (under swap_module_params_on_conversion the object is reused)
                     p.data = torch.empty(0, dtype=p.dtype, device=p.device)
     unused = getattr(module, "set_reduce_scatter_unused_params", None)  # torch >= 2.10
     if unused is not None:
         unused(True)  # parameters unused on a rank reduce as zeros, as in stage 2, rather than hang
     if not policy.reduce.average:
         for unit in plan.units:
-            divide = getattr(unit, "set_gradient_divide_factor", None) or unit.set_reduce_scatter_divide_factor
+            divide = (
+                getattr(unit, "set_gradient_divide_factor", None) or unit.set_reduce_scatter_divide_factor
+            )
             divide(1.0)
     replaced, names = _rebind(module, before, plan, group)
     _mark_leaf_parameters(module)  # on the parameters fully_shard put in place
     status_hooks = tag_gathered_parameters(plan.units, OWNED)  # Note [gathered status]
-    return ShardedModel(module=module, plan=plan, mesh=mesh, group=group, replaced=replaced, names=names,
-                        status_hooks=status_hooks)
+    return ShardedModel(
+        module=module,
+        plan=plan,
+        mesh=mesh,
+        group=group,
+        replaced=replaced,
+        names=names,
+        status_hooks=status_hooks,
+    )
 
 
 def cast_whole_tensors(module: nn.Module, dtype: torch.dtype, *, keep: set[int] = frozenset()) -> None:
@@ -221,8 +259,13 @@ def cast_whole_tensors(module: nn.Module, dtype: torch.dtype, *, keep: set[int] 
                 if buf is not None and buf.is_floating_point() and buf.dtype != dtype:
                     m._buffers[name] = buf.to(dtype)
             for p in m._parameters.values():
-                if (p is not None and not isinstance(p, DTensor) and id(p) not in keep and p.is_floating_point()
-                        and p.dtype != dtype):
+                if (
+                    p is not None
+                    and not isinstance(p, DTensor)
+                    and id(p) not in keep
+                    and p.is_floating_point()
+                    and p.dtype != dtype
+                ):
                     p.data = p.data.to(dtype)
 
 
@@ -243,8 +286,9 @@ def _mark_leaf_parameters(module: nn.Module) -> None:
             p.ds_z3_leaf_module = leaf
 
 
-def _rebind(module: nn.Module, before: list[tuple[nn.Module, str, nn.Parameter]], plan: UnitPlan,
-            group: Any) -> tuple[dict[int, nn.Parameter], dict[int, str]]:
+def _rebind(
+    module: nn.Module, before: list[tuple[nn.Module, str, nn.Parameter]], plan: UnitPlan, group: Any
+) -> tuple[dict[int, nn.Parameter], dict[int, str]]:
     """Old -> new parameter objects; ``ds_*`` attributes, unit owners and load hooks on the new ones."""
     replaced: dict[int, nn.Parameter] = {}
     for owner, name, old in before:
@@ -271,8 +315,9 @@ def _rebind(module: nn.Module, before: list[tuple[nn.Module, str, nn.Parameter]]
     return replaced, names
 
 
-def _load_full_into_shards(sharded: dict[str, DTensor], module: nn.Module, state_dict: dict[str, Any], prefix: str,
-                           *_: Any) -> None:
+def _load_full_into_shards(
+    sharded: dict[str, DTensor], module: nn.Module, state_dict: dict[str, Any], prefix: str, *_: Any
+) -> None:
     """``load_state_dict`` pre-hook: turn full tensors for sharded parameters into this rank's rows."""
     for name, param in sharded.items():
         if module._parameters.get(name) is not param:  # the unit is gathered: load into the shards
@@ -285,5 +330,11 @@ def _load_full_into_shards(sharded: dict[str, DTensor], module: nn.Module, state
         start, end = shards.row_range(param.shape[0], ds_comm.get_world_size(group), ds_comm.get_rank(group))
         local = param.to_local()
         rows = value[start:end].to(device=local.device, dtype=local.dtype)
-        state_dict[key] = DTensor.from_local(rows, param.device_mesh, param.placements, run_check=False,
-                                             shape=param.shape, stride=param.stride())
+        state_dict[key] = DTensor.from_local(
+            rows,
+            param.device_mesh,
+            param.placements,
+            run_check=False,
+            shape=param.shape,
+            stride=param.stride(),
+        )

@@ -32,8 +32,11 @@ def comm_device(group: Any = None) -> torch.device:
 
 def is_init_shard(param: Tensor) -> bool:
     """Whether ``param`` was partitioned by ``zero.Init`` and not yet wrapped."""
-    return getattr(param, "ds_tensor", None) is not None and isinstance(param, nn.Parameter) \
+    return (
+        getattr(param, "ds_tensor", None) is not None
+        and isinstance(param, nn.Parameter)
         and not isinstance(param, DTensor)
+    )
 
 
 def is_unit_shard(param: Tensor) -> bool:
@@ -60,17 +63,17 @@ def scatter_flat(full: Tensor, *, group: Any, src: int, device: torch.device) ->
     dev = comm_device(group)
     out = torch.zeros(part, dtype=full.dtype, device=dev)
     if world == 1:
-        out[:full.numel()].copy_(full.reshape(-1))
+        out[: full.numel()].copy_(full.reshape(-1))
         return out.to(device)
     chunks = None
     if ds_comm.get_rank() == src:
         # views of the full value; only the last, short partition gets a padded copy
         flat = full.reshape(-1).to(dev)
-        chunks = [flat[r * part:(r + 1) * part] for r in range(world)]
+        chunks = [flat[r * part : (r + 1) * part] for r in range(world)]
         for r, chunk in enumerate(chunks):
             if chunk.numel() < part:
                 chunks[r] = torch.zeros(part, dtype=full.dtype, device=dev)
-                chunks[r][:chunk.numel()].copy_(chunk)
+                chunks[r][: chunk.numel()].copy_(chunk)
     ds_comm.scatter(out, chunks, src=src, group=group)
     return out.to(device)
 
@@ -95,8 +98,8 @@ def flat_slice(full: Tensor, *, group: Any) -> Tensor:
     part = partition_numel(full.numel(), world)
     out = torch.zeros(part, dtype=full.dtype, device=full.device)
     start = rank * part
-    piece = full.reshape(-1)[start:start + part]
-    out[:piece.numel()].copy_(piece)
+    piece = full.reshape(-1)[start : start + part]
+    out[: piece.numel()].copy_(piece)
     return out
 
 
@@ -132,12 +135,12 @@ def gather_rows(param: DTensor) -> Tensor:
     per = -(-shape[0] // world)
     dev = comm_device(group)
     padded = torch.zeros((per, *shape[1:]), dtype=local.dtype, device=dev)
-    padded[:local.shape[0]].copy_(local)
+    padded[: local.shape[0]].copy_(local)
     if world == 1:
-        return padded[:shape[0]]
+        return padded[: shape[0]]
     out = torch.empty((per * world, *shape[1:]), dtype=local.dtype, device=dev)
     ds_comm.all_gather_into_tensor(out, padded, group=group)
-    return out[:shape[0]]
+    return out[: shape[0]]
 
 
 @torch.no_grad()
@@ -154,7 +157,9 @@ def gather_full(param: Tensor) -> Tensor:
     if is_unit_shard(param):
         return gather_rows(param)
     if is_init_shard(param):
-        return gather_flat(param.ds_tensor.detach(), numel=param.ds_numel, group=param.ds_process_group).view(param.ds_shape)
+        return gather_flat(param.ds_tensor.detach(), numel=param.ds_numel, group=param.ds_process_group).view(
+            param.ds_shape
+        )
     return param.detach()
 
 

@@ -54,7 +54,9 @@ class Stage3Trainer(ShardedTrainer):
         self.sharded = sharded
         self.hooks = hooks
         # DeepSpeed's engine.optimizer.parameter_offload (Note [hooks off for generation])
-        self.parameter_offload = ParameterOffload(sharded, hooks, param_dtype=self.policy.mixed_precision.param_dtype)
+        self.parameter_offload = ParameterOffload(
+            sharded, hooks, param_dtype=self.policy.mixed_precision.param_dtype
+        )
 
     def backward(self, loss: Tensor, retain_graph: bool = False) -> None:
         """Backward of the scaled loss; unit gradients are reduce-scattered as each unit's backward ends."""
@@ -66,17 +68,29 @@ class Stage3Trainer(ShardedTrainer):
         self.hooks.on_step()
         return super().step(closure)
 
-    def full_state_dict(self, *, dtype: torch.dtype | None = None, exclude_frozen_parameters: bool = False,
-                        rank0_only: bool = True) -> dict[str, Tensor] | None:
+    def full_state_dict(
+        self,
+        *,
+        dtype: torch.dtype | None = None,
+        exclude_frozen_parameters: bool = False,
+        rank0_only: bool = True,
+    ) -> dict[str, Tensor] | None:
         """The model's full state dict on the CPU of rank 0 (None elsewhere); every rank must call it."""
-        return full_state_dict(self.module, dtype=dtype, exclude_frozen_parameters=exclude_frozen_parameters,
-                               rank0_only=rank0_only)
+        return full_state_dict(
+            self.module,
+            dtype=dtype,
+            exclude_frozen_parameters=exclude_frozen_parameters,
+            rank0_only=rank0_only,
+        )
 
-    def consolidated_16bit_state_dict(self, exclude_frozen_parameters: bool = False) -> dict[str, Tensor] | None:
+    def consolidated_16bit_state_dict(
+        self, exclude_frozen_parameters: bool = False
+    ) -> dict[str, Tensor] | None:
         """DeepSpeed's ``_zero3_consolidated_16bit_state_dict``: full weights in the training dtype on
         rank 0's CPU, None on other ranks. Every rank must call it."""
-        return self.full_state_dict(dtype=self.policy.mixed_precision.param_dtype,
-                                    exclude_frozen_parameters=exclude_frozen_parameters)
+        return self.full_state_dict(
+            dtype=self.policy.mixed_precision.param_dtype, exclude_frozen_parameters=exclude_frozen_parameters
+        )
 
     def empty_partition_cache(self) -> None:
         """Drop every gathered copy of the units; the next forward gathers again."""
@@ -91,9 +105,9 @@ class Stage3Trainer(ShardedTrainer):
         self.hooks.close()
 
 
-
-def compose_stage3(*, module: nn.Module, optimizer: torch.optim.Optimizer, policy: ZeroPolicy,
-                   group: Any = None) -> Stage3Trainer:
+def compose_stage3(
+    *, module: nn.Module, optimizer: torch.optim.Optimizer, policy: ZeroPolicy, group: Any = None
+) -> Stage3Trainer:
     """ZeRO stage 3: parameters, gradients and optimizer state all sharded (see the module doc)."""
     mp = policy.mixed_precision
     if mp.low_precision and mp.accum_dtype != torch.float32:
@@ -103,14 +117,27 @@ def compose_stage3(*, module: nn.Module, optimizer: torch.optim.Optimizer, polic
     sharded = shard_model(module, policy=policy, group=group, shard_dtype=mp.master_dtype)
     params = Stage3Params(sharded, optimizer, policy, group)
     cast_whole_tensors(module, mp.param_dtype, keep={id(p) for p in params.persistent_params})
-    hooks = UnitHooks(sharded, group=group, prefetch_numel=s3.prefetch_bucket_numel, check=s3.detect_divergence)
-    return Stage3Trainer(module=module, optimizer=optimizer, policy=policy, masters=params,
-                         reducer=Stage3Reduction(params.reduction()), scaler=make_loss_scaler(policy.loss_scale,
-                         rank=ds_comm.get_rank()), shard_group=group, sharded_grads=True, sharded=sharded,
-                         hooks=hooks, swapper=nvme_swapper(optimizer, policy))
+    hooks = UnitHooks(
+        sharded, group=group, prefetch_numel=s3.prefetch_bucket_numel, check=s3.detect_divergence
+    )
+    return Stage3Trainer(
+        module=module,
+        optimizer=optimizer,
+        policy=policy,
+        masters=params,
+        reducer=Stage3Reduction(params.reduction()),
+        scaler=make_loss_scaler(policy.loss_scale, rank=ds_comm.get_rank()),
+        shard_group=group,
+        sharded_grads=True,
+        sharded=sharded,
+        hooks=hooks,
+        swapper=nvme_swapper(optimizer, policy),
+    )
 
 
-def consolidated_16bit_state_dict(trainer: Stage3Trainer, exclude_frozen_parameters: bool = False) -> dict[str, Tensor] | None:
+def consolidated_16bit_state_dict(
+    trainer: Stage3Trainer, exclude_frozen_parameters: bool = False
+) -> dict[str, Tensor] | None:
     """What ``engine._zero3_consolidated_16bit_state_dict()`` returns: full weights in the training dtype
     on rank 0's CPU, None on other ranks. Every rank must call it."""
     return trainer.consolidated_16bit_state_dict(exclude_frozen_parameters=exclude_frozen_parameters)

@@ -48,8 +48,9 @@ def _local_device() -> torch.device:
     return torch.device(get_accelerator().device_name(int(os.environ.get("LOCAL_RANK", "0"))))
 
 
-def zero_wrapper_for_fp_tensor_constructor(fn: Callable[..., Tensor], target_fp_dtype: torch.dtype,
-                                           target_device: torch.device | None = None) -> Callable[..., Tensor]:
+def zero_wrapper_for_fp_tensor_constructor(
+    fn: Callable[..., Tensor], target_fp_dtype: torch.dtype, target_device: torch.device | None = None
+) -> Callable[..., Tensor]:
     """``fn`` (a tensor constructor) creating on the local accelerator, floating results in ``target_fp_dtype``."""
 
     @functools.wraps(fn)
@@ -62,7 +63,9 @@ def zero_wrapper_for_fp_tensor_constructor(fn: Callable[..., Tensor], target_fp_
     return wrapped
 
 
-def get_new_tensor_fn_for_dtype(dtype: torch.dtype, device: torch.device | None = None) -> Callable[..., Tensor]:
+def get_new_tensor_fn_for_dtype(
+    dtype: torch.dtype, device: torch.device | None = None
+) -> Callable[..., Tensor]:
     """A ``Tensor.new_tensor``-style constructor on the local accelerator with floating results in ``dtype``."""
 
     def new_tensor(cls: Any, *args: Any, **kwargs: Any) -> Tensor:
@@ -92,8 +95,10 @@ class InitConfig:
 def _config_of(source: Any) -> InitConfig | None:
     if source is None or isinstance(source, InitConfig):
         return source
-    raise TypeError(f"ds_zero's zero.Init takes a validated InitConfig, got {type(source).__name__}: pass a "
-                    "config dict or path through deepspeed.zero.Init, which validates it (Note [zero.Init config])")
+    raise TypeError(
+        f"ds_zero's zero.Init takes a validated InitConfig, got {type(source).__name__}: pass a "
+        "config dict or path through deepspeed.zero.Init, which validates it (Note [zero.Init config])"
+    )
 
 
 def choose_dtype(dtype: torch.dtype | None, cfg: InitConfig | None) -> torch.dtype:
@@ -101,7 +106,9 @@ def choose_dtype(dtype: torch.dtype | None, cfg: InitConfig | None) -> torch.dty
     first the accelerator supports."""
     if dtype is not None:
         if dtype not in (torch.float16, torch.bfloat16, torch.float32):
-            raise ValueError(f"zero.Init(dtype={dtype}): expected torch.float16, torch.bfloat16 or torch.float32")
+            raise ValueError(
+                f"zero.Init(dtype={dtype}): expected torch.float16, torch.bfloat16 or torch.float32"
+            )
         return dtype
     if cfg is not None:
         return cfg.dtype
@@ -113,8 +120,9 @@ def choose_dtype(dtype: torch.dtype | None, cfg: InitConfig | None) -> torch.dty
     return torch.bfloat16 if accel.is_bf16_supported() else torch.float32
 
 
-def choose_placement(remote_device: Any, pin_memory: bool, cfg: InitConfig | None,
-                     group: Any) -> tuple[torch.device, bool]:
+def choose_placement(
+    remote_device: Any, pin_memory: bool, cfg: InitConfig | None, group: Any
+) -> tuple[torch.device, bool]:
     """Where partitions live and whether pinned: the config's ``offload_param`` when present (as in
     DeepSpeed, it overrides the arguments), else ``remote_device`` and ``pin_memory``."""
     if cfg is not None and cfg.offload_device is not None:
@@ -178,20 +186,34 @@ class Init:
     """Partition parameters as modules are built (see the module docstring). DeepSpeed's signature;
     ``mem_efficient_linear`` is accepted and has no effect (units are gathered whole)."""
 
-    def __init__(self, module: nn.Module | None = None, data_parallel_group: Any = None,
-                 mem_efficient_linear: bool = True, remote_device: Any = None, pin_memory: bool = False,
-                 config_dict_or_path: Any = None, config: Any = None, enabled: bool = True,
-                 dtype: torch.dtype | None = None, mpu: Any = None, zero_param_parallel_group: Any = None,
-                 zero_quantized_weights: bool = False, zero_quantized_nontrainable_weights: bool = False,
-                 sequence_data_parallel_group: Any = None, param_swapper: Any = None) -> None:
+    def __init__(
+        self,
+        module: nn.Module | None = None,
+        data_parallel_group: Any = None,
+        mem_efficient_linear: bool = True,
+        remote_device: Any = None,
+        pin_memory: bool = False,
+        config_dict_or_path: Any = None,
+        config: Any = None,
+        enabled: bool = True,
+        dtype: torch.dtype | None = None,
+        mpu: Any = None,
+        zero_param_parallel_group: Any = None,
+        zero_quantized_weights: bool = False,
+        zero_quantized_nontrainable_weights: bool = False,
+        sequence_data_parallel_group: Any = None,
+        param_swapper: Any = None,
+    ) -> None:
         self.enabled = enabled
         self._depth: dict[int, int] = {}
         if not enabled:
             return
-        for name, value in (("zero_param_parallel_group", zero_param_parallel_group),
-                            ("zero_quantized_weights", zero_quantized_weights),
-                            ("zero_quantized_nontrainable_weights", zero_quantized_nontrainable_weights),
-                            ("param_swapper", param_swapper)):
+        for name, value in (
+            ("zero_param_parallel_group", zero_param_parallel_group),
+            ("zero_quantized_weights", zero_quantized_weights),
+            ("zero_quantized_nontrainable_weights", zero_quantized_nontrainable_weights),
+            ("param_swapper", param_swapper),
+        ):
             if value:
                 raise NotImplementedError(f"zero.Init({name}=...) is not supported")
         if not ds_comm.is_initialized():
@@ -201,7 +223,9 @@ class Init:
             data_parallel_group = mpu.get_data_parallel_group()
         self.ds_process_group = data_parallel_group or sequence_data_parallel_group
         self.dtype = choose_dtype(dtype, cfg)
-        self.remote_device, self.pin_memory = choose_placement(remote_device, pin_memory, cfg, self.ds_process_group)
+        self.remote_device, self.pin_memory = choose_placement(
+            remote_device, pin_memory, cfg, self.ds_process_group
+        )
         group = self.ds_process_group
         self.src = ds_comm.get_global_rank(group, 0) if group is not None else 0
         if module is not None:
@@ -211,7 +235,12 @@ class Init:
         """Partition every parameter of ``module`` that is still whole (every rank must call it)."""
         seen = set()
         for p in module.parameters():
-            if id(p) in seen or shards.is_init_shard(p) or shards.is_unit_shard(p) or getattr(p, "ds_persist", False):
+            if (
+                id(p) in seen
+                or shards.is_init_shard(p)
+                or shards.is_unit_shard(p)
+                or getattr(p, "ds_persist", False)
+            ):
                 continue
             seen.add(id(p))
             self._partition(p)
@@ -221,13 +250,23 @@ class Init:
         full = param.data
         if full.is_floating_point() and full.dtype != self.dtype:
             full = full.to(self.dtype)
-        local = shards.scatter_flat(full.to(shards.comm_device(self.ds_process_group)), group=self.ds_process_group,
-                                    src=self.src, device=self.remote_device)
+        local = shards.scatter_flat(
+            full.to(shards.comm_device(self.ds_process_group)),
+            group=self.ds_process_group,
+            src=self.src,
+            device=self.remote_device,
+        )
         if self.pin_memory:
             local = local.pin_memory()
         param.ds_tensor = local
         param.data = torch.empty(0, dtype=local.dtype, device=local.device)
-        mark(param, shape=full.shape, group=self.ds_process_group, persist=False, status=ZeroParamStatus.NOT_AVAILABLE)
+        mark(
+            param,
+            shape=full.shape,
+            group=self.ds_process_group,
+            persist=False,
+            status=ZeroParamStatus.NOT_AVAILABLE,
+        )
 
     def __enter__(self) -> Init:
         if not self.enabled:
