@@ -101,17 +101,23 @@ def zero_trainer(
 
 def live_tensor_bytes() -> int:
     """Bytes of every distinct tensor storage alive in this process (a gc walk: counts what the
-    trainer really holds, whoever allocated it)."""
+    trainer really holds, whoever allocated it), except the shared-memory collectives' segments: a
+    transport buffer of bounded size shared by the host's ranks, like gloo's socket buffers, which no
+    gc walk sees either (Note [shared-memory collectives])."""
     import gc
 
+    from ds_zero.shm_collectives import transport_storages
+
     gc.collect()
+    transport = transport_storages()
     seen: dict[int, int] = {}
     for obj in gc.get_objects():
         try:
             if not torch.is_tensor(obj):
                 continue
             storage = obj.untyped_storage()
-            seen[storage.data_ptr()] = storage.nbytes()
+            if storage.data_ptr() not in transport:
+                seen[storage.data_ptr()] = storage.nbytes()
         except Exception:  # noqa: BLE001 - DTensor wrappers and freed storages have nothing to count
             continue
     return sum(seen.values())

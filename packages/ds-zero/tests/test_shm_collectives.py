@@ -75,38 +75,36 @@ def test_matches_the_collectives_computed_from_every_input(world, row_bytes, sha
 def _train(stage: int, shm: bool):
     os.environ["DS_ZERO_SHM_ALLREDUCE"] = "1" if shm else "0"
     shm_collectives.reset()
+    from _models import zero_trainer
+    from _stage3_models import stage3_policy
     from torch import nn
 
-    import deepspeed
+    from ds_zero import wrap
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(16, 64), nn.GELU(), nn.Linear(64, 64), nn.GELU(), nn.Linear(64, 4))
-    config = {
-        "train_micro_batch_size_per_gpu": 4,
-        "optimizer": {"type": "AdamW", "params": {"lr": 1e-2}},
-        "gradient_clipping": 1.0,
-        "zero_optimization": {
-            "stage": stage,
-            "reduce_bucket_size": 2000,
-            "stage3_param_persistence_threshold": 0,
-        },
-    }
-    engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=config)
+    if stage == 3:
+        trainer = wrap(
+            model,
+            torch.optim.AdamW(model.parameters(), lr=1e-2),
+            policy=stage3_policy(cap=64 * 64, persist=0, clip=1.0),
+        )
+    else:
+        trainer = zero_trainer(model, stage, bucket=2000, clip=1.0)
     g = torch.Generator().manual_seed(ds_comm.get_rank())
     losses = []
     for _ in range(4):
-        x = torch.randn(4, 16, generator=g)
-        loss = engine(x).square().mean()
-        engine.backward(loss)
-        engine.step()
+        loss = model(torch.randn(4, 16, generator=g)).square().mean()
+        trainer.backward(loss)
+        trainer.step()
         losses.append(loss.item())
-    used = shm_collectives.for_group(None) is not None
-    weights = {k: v.clone() for k, v in engine.module_state_dict().items()} if stage < 3 else None
-    if stage == 3:  # the shards gathered into whole weights
-        from deepspeed.zero import GatheredParameters
+    used = shm_collectives.get(None) is not None
+    if stage == 3:
+        from ds_zero.stage3 import full_state_dict
 
-        with GatheredParameters(list(engine.module.parameters())):
-            weights = {k: v.detach().clone() for k, v in engine.module.state_dict().items()}
+        weights = full_state_dict(model, rank0_only=False)
+    else:
+        weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
     return losses, weights, used
 
 

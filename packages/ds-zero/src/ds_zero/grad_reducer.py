@@ -58,8 +58,9 @@ class GradReducer:
             for slot, p in zip(unit.slots, unit.params):
                 self._unit_of[id(p)] = (u, slot.offset)
             if self.reduce_scatter and unit.world_size > 1:  # set up now (collective), not inside a step
-                shm_collectives.for_group(
-                    group if unit.reduction is None else unit.reduction.group, unit.flat.device
+                unit_bytes = unit.padded_numel * max(self.reduce_dtype.itemsize, unit.flat.element_size())
+                shm_collectives.setup(
+                    group if unit.reduction is None else unit.reduction.group, unit.flat.device, unit_bytes
                 )
 
     # --- stage 2: reduce during backward ------------------------------------------------------------
@@ -95,7 +96,7 @@ class GradReducer:
             return
         unit = self.units[u]
         group = self.group if unit.reduction is None else unit.reduction.group
-        host = shm_collectives.for_group(group, bucket.device) if self.reduce_scatter else None
+        host = shm_collectives.get(group, bucket.device) if self.reduce_scatter else None
         if host is not None:  # Note [shared-memory collectives]: synchronous, and no socket copies to overlap
             out = host.reduce_scatter(torch.empty(unit.shard_numel, dtype=bucket.dtype), bucket)
             self._accumulate(u, out)

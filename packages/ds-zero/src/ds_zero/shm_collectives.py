@@ -4,7 +4,8 @@ Note: [shared-memory collectives] ZeRO stages 1-3 move every gradient through a 
 every parameter through an all-gather. Between processes of one host gloo sends those bytes through
 loopback TCP, several copies and a handshake per chunk; here they go through one ``/dev/shm`` segment
 that every rank maps (:func:`ds_zero.shm_allreduce.shared_segment`). The segment has two sets of
-rows, one row of :data:`ROW_BYTES` per rank in each; a collective runs in rounds over chunks of its
+rows, one row per rank in each, of the largest tensor the caller announced (:func:`setup`) within
+[:data:`MIN_ROW_BYTES`, :data:`ROW_BYTES`]; a collective runs in rounds over chunks of its
 tensor, alternating the sets, with one barrier (:class:`ds_zero.shm_allreduce.PipeBarrier`) a round:
 
 * reduce-scatter, ``out`` = this rank's ``1/N`` of the sum: each rank copies chunk ``c`` of every
@@ -33,6 +34,7 @@ from ds_comm import comms_log
 from ds_zero import shm_allreduce
 
 ROW_BYTES = 8 << 20  # per rank and set: chunks this size stay in cache between the write and the reads
+MIN_ROW_BYTES = 64 << 10  # rows for small models (setup's nbytes): a tiny model maps a tiny segment
 MAX_RANKS = 64  # each rank writes and reads ~the tensor's size once, so ranks cost only barrier messages
 
 
@@ -120,17 +122,42 @@ class HostCollectives:
 _BY_GROUP: dict[Any, HostCollectives | None] = {}
 
 
-def for_group(group: Any, tensors_on: torch.device | str = "cpu") -> HostCollectives | None:
-    """The shared-memory collectives of ``group``, or None where c10d must serve (tensors not on the CPU,
-    ranks on several hosts, one rank, the switch off). Collective on the first call for a group: every
-    rank of ``group`` calls it at the same point; later calls are a lookup."""
+def _key(group: Any) -> Any:
+    return group if group is not None else ds_comm.get_world_group()
+
+
+def setup(
+    group: Any, tensors_on: torch.device | str = "cpu", nbytes: int = ROW_BYTES
+) -> HostCollectives | None:
+    """Set up (collective: every rank of ``group`` calls it at the same point, with the same ``nbytes``)
+    and return the shared-memory collectives of ``group``, or None where c10d must serve (tensors not on
+    the CPU, ranks on several hosts, one rank, the switch off).
+
+    ``nbytes``: the largest tensor the caller will reduce-scatter or gather. Rows are sized to it within
+    [:data:`MIN_ROW_BYTES`, :data:`ROW_BYTES`], so a small model maps a small segment; a later call
+    with a larger size grows them. Bigger tensors are still served, in more rounds."""
     if torch.device(tensors_on).type != "cpu":
         return None
-    key = group if group is not None else ds_comm.get_world_group()
+    key, want = _key(group), min(ROW_BYTES, max(MIN_ROW_BYTES, nbytes))
     if key not in _BY_GROUP:
-        ok = shm_allreduce.usable(group, 2 * ds_comm.get_world_size(group) * ROW_BYTES, max_ranks=MAX_RANKS)
-        _BY_GROUP[key] = HostCollectives(group) if ok else None
+        ok = shm_allreduce.usable(group, 2 * ds_comm.get_world_size(group) * want, max_ranks=MAX_RANKS)
+        _BY_GROUP[key] = HostCollectives(group, row_bytes=want) if ok else None
+    elif (current := _BY_GROUP[key]) is not None and current.row_bytes < want:
+        _BY_GROUP[key] = HostCollectives(group, row_bytes=want)
     return _BY_GROUP[key]
+
+
+def get(group: Any, tensors_on: torch.device | str = "cpu") -> HostCollectives | None:
+    """The collectives :func:`setup` made for ``group`` (None if it made none: c10d serves). Not collective."""
+    if torch.device(tensors_on).type != "cpu" or not _BY_GROUP:
+        return None
+    return _BY_GROUP.get(_key(group))
+
+
+def transport_storages() -> set[int]:
+    """``data_ptr`` of every shared segment alive: transport buffers (bounded by ``2 * N * ROW_BYTES`` a
+    host, shared by its N ranks), which memory accounting of model states leaves out."""
+    return {h.sets.untyped_storage().data_ptr() for h in _BY_GROUP.values() if h is not None}
 
 
 def reset() -> None:
@@ -138,4 +165,13 @@ def reset() -> None:
     _BY_GROUP.clear()
 
 
-__all__ = ["HostCollectives", "MAX_RANKS", "ROW_BYTES", "for_group", "reset"]
+__all__ = [
+    "HostCollectives",
+    "MAX_RANKS",
+    "MIN_ROW_BYTES",
+    "ROW_BYTES",
+    "get",
+    "reset",
+    "setup",
+    "transport_storages",
+]

@@ -118,7 +118,7 @@ class ShardedParams:
             if unit.world_size == 1:  # the shard is the whole flat buffer
                 continue
             group = self.group if unit.reduction is None else unit.reduction.group  # Note [group reductions]
-            host = shm_collectives.for_group(group, unit.flat.device)  # Note [shared-memory collectives]
+            host = shm_collectives.get(group, unit.flat.device)  # Note [shared-memory collectives]
             if host is not None:
                 host.all_gather(unit.flat, shard)
                 continue

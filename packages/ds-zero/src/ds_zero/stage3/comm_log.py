@@ -52,7 +52,7 @@ class LoggedAllGather(DefaultAllGather):
         group: dist.ProcessGroup,
         async_op: bool = False,
     ) -> Any:
-        host = shm_collectives.for_group(group, input_tensor.device)  # Note [shared-memory collectives]
+        host = shm_collectives.get(group, input_tensor.device)  # Note [shared-memory collectives]
         if host is not None:
             host.all_gather(output_tensor, input_tensor)
             return None  # done: FSDP2 waits only on a returned Work
@@ -79,7 +79,7 @@ class LoggedReduceScatter(DefaultReduceScatter):
         async_op: bool = False,
     ) -> Any:
         average = {_SUM: False, _AVG: True}.get(op) if isinstance(op, dist.ReduceOp.RedOpType) else None
-        host = shm_collectives.for_group(group, input_tensor.device) if average is not None else None
+        host = shm_collectives.get(group, input_tensor.device) if average is not None else None
         if host is not None:  # Note [shared-memory collectives]; a pre-multiplied sum stays with c10d
             host.reduce_scatter(output_tensor, input_tensor, average=average)
             return None

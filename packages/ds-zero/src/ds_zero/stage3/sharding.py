@@ -193,9 +193,9 @@ def shard_model(
     )
     mesh = make_mesh(group)
     device = shards.comm_device(group)
-    shm_collectives.for_group(
-        mesh.get_group(), device
-    )  # set up now, not inside the first gather (collective)
+    # Set up now (collective), not inside the first gather; rows sized to the largest unit's fp32 bytes.
+    largest = max((sum(full_numel(p) for p in unit.parameters()) for unit in plan.units), default=0)
+    shm_collectives.setup(mesh.get_group(), device, 4 * largest)
     mixed, offload = _fsdp_policies(policy)
     persistent = {id(p) for p in plan.persistent}
     for p in plan.persistent:
