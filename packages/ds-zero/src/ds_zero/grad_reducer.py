@@ -54,14 +54,20 @@ class GradReducer:
         # in-flight reductions: (work, unit, output shard, bucket kept alive until the work completes)
         self._pending: list[tuple[Any, int, torch.Tensor, torch.Tensor]] = []
         self._unit_of: dict[int, tuple[int, int]] = {}
+        largest: dict[Any, int] = {}  # reduction group -> bytes of its largest unit (first-seen order)
         for u, unit in enumerate(units):
             for slot, p in zip(unit.slots, unit.params):
                 self._unit_of[id(p)] = (u, slot.offset)
-            if self.reduce_scatter and unit.world_size > 1:  # set up now (collective), not inside a step
-                unit_bytes = unit.padded_numel * max(self.reduce_dtype.itemsize, unit.flat.element_size())
-                shm_collectives.setup(
-                    group if unit.reduction is None else unit.reduction.group, unit.flat.device, unit_bytes
-                )
+            if self.reduce_scatter and unit.world_size > 1:
+                nbytes = unit.padded_numel * max(self.reduce_dtype.itemsize, unit.flat.element_size())
+                key = self._group_of(unit)
+                largest[key] = max(largest.get(key, 0), nbytes)
+        for key, nbytes in largest.items():  # set up once per group now (collective), not inside a step
+            shm_collectives.setup(key, units[0].flat.device, nbytes)
+
+    def _group_of(self, unit: FlatUnit) -> Any:
+        """The group ``unit`` reduces over (Note [group reductions])."""
+        return self.group if unit.reduction is None else unit.reduction.group
 
     # --- stage 2: reduce during backward ------------------------------------------------------------
     def on_grad(self, p: torch.Tensor) -> None:
@@ -95,7 +101,7 @@ class GradReducer:
             self._accumulate(u, bucket)
             return
         unit = self.units[u]
-        group = self.group if unit.reduction is None else unit.reduction.group
+        group = self._group_of(unit)
         host = shm_collectives.get(group, bucket.device) if self.reduce_scatter else None
         if host is not None:  # Note [shared-memory collectives]: synchronous, and no socket copies to overlap
             out = host.reduce_scatter(torch.empty(unit.shard_numel, dtype=bucket.dtype), bucket)

@@ -61,7 +61,7 @@ class HostCollectives:
 
     def _chunk(self, dtype: torch.dtype, per_row: int) -> int:
         """Elements of each of ``per_row`` pieces that fit a row together."""
-        return max(1, self.row_bytes // torch.empty((), dtype=dtype).element_size() // per_row)
+        return max(1, self.row_bytes // dtype.itemsize // per_row)
 
     def reduce_scatter(self, out: Tensor, inp: Tensor, *, average: bool = False) -> Tensor:
         """``out`` (``inp.numel() / N`` elements) = this rank's share of the sum (or mean) of ``inp``."""
@@ -72,8 +72,8 @@ class HostCollectives:
                 f"reduce_scatter: input of {inp.numel()} {inp.dtype} for an output of {shard} "
                 f"{out.dtype} across {self.world} ranks"
             )
-        src = inp.reshape(self.world, shard)
-        dst = out.reshape(-1)
+        src = inp.view(self.world, shard)
+        dst = out.view(-1)  # view, not reshape: a copy would swallow the result
         chunk = self._chunk(inp.dtype, self.world)
         for begin in range(0, shard, chunk):
             n = min(chunk, shard - begin)
@@ -100,8 +100,8 @@ class HostCollectives:
                 f"all_gather: output of {out.numel()} {out.dtype} for an input of {shard} "
                 f"{inp.dtype} across {self.world} ranks"
             )
-        src = inp.reshape(-1)
-        dst = out.reshape(self.world, shard)
+        src = inp.view(-1)
+        dst = out.view(self.world, shard)  # view, not reshape: a copy would swallow the result
         chunk = self._chunk(inp.dtype, 1)
         for begin in range(0, shard, chunk):
             n = min(chunk, shard - begin)
