@@ -132,3 +132,58 @@ def test_rank_raising_after_initialize_exits_with_code_1_every_time(tmp_path: Pa
         # the launcher's summary adds only the error line, not the traceback again.
         assert 1 <= out.stderr.count("Traceback (most recent call last)") <= 2
         assert "[deepspeed]   |" not in out.stderr
+
+
+HOLDER_SCRIPT = """
+import argparse, atexit, gc, weakref, torch, deepspeed
+import torch.distributed as dist
+parser = argparse.ArgumentParser()
+parser.add_argument("--local_rank", type=int, default=-1)
+deepspeed.add_config_arguments(parser)
+args = parser.parse_args()
+held = {}
+
+def verdict():  # registered first, so it runs after the project's exit teardown (atexit is LIFO)
+    gc.collect()
+    print("world group outlives teardown:", held["world"]() is not None, flush=True)
+
+atexit.register(verdict)
+model = torch.nn.Sequential(torch.nn.Linear(16, 64), torch.nn.ReLU(), torch.nn.Linear(64, 4))
+engine, *_ = deepspeed.initialize(args=args, model=model, model_parameters=model.parameters())
+for _ in range(2):
+    engine.backward(engine(torch.randn(4, 16)).pow(2).mean())
+    engine.step()
+held["world"] = weakref.ref(dist.group.WORLD)
+"""
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("stage", [0, 1, 2, 3])
+def test_engine_keeps_no_reference_to_the_world_group(tmp_path: Path, stage: int):
+    """Note [exit teardown]: the engine lives until interpreter exit (a script's global), so after the
+    exit teardown nothing may keep the world group: a group that outlives destroy_process_group keeps
+    its gloo threads, and finalisation can kill one mid-destructor (exit 134). Deterministic, unlike the
+    abort itself. Before the fix the shared-memory collectives' cache kept the group as a key (stages
+    1-3: a multi-node CI run aborted at exit), and at stage 3 the device mesh and the function defaults
+    of torch.distributed.nn.functional (imported after the group existed) kept it too."""
+    (tmp_path / "train.py").write_text(HOLDER_SCRIPT)
+    config = {
+        "train_micro_batch_size_per_gpu": 4,
+        "optimizer": {"type": "AdamW", "params": {"lr": 1e-3}},
+        "zero_optimization": {"stage": stage, "overlap_comm": True, "reduce_bucket_size": 200},
+    }
+    (tmp_path / "ds.json").write_text(json.dumps(config))
+    launcher = Path(sys.executable).parent / "deepspeed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
+    out = subprocess.run(
+        [str(launcher), "--num_gpus", "2", "--master_port", str(free_port()), "train.py"]
+        + ["--deepspeed", "--deepspeed_config", "ds.json"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    verdicts = [line for line in out.stdout.splitlines() if line.startswith("world group outlives teardown")]
+    assert verdicts == ["world group outlives teardown: False"] * 2, out.stdout[-2000:]

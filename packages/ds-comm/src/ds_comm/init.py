@@ -74,6 +74,7 @@ def init_distributed(
         accel.set_device(env.local_rank)  # NCCL-style backends bind a rank to its device
     if verbose and env.rank == 0:
         logger.info("initializing torch.distributed with backend %s: %s", backend, env.describe())
+    _import_modules_binding_the_world()
     try:
         dist.init_process_group(
             backend=backend,
@@ -104,6 +105,19 @@ class MasterPortInUseError(dist.DistNetworkError):
 def _port_in_use(err: BaseException) -> bool:
     text = str(err)
     return "EADDRINUSE" in text or "address already in use" in text.lower()
+
+
+def _import_modules_binding_the_world() -> None:
+    """Import, before the group exists, the torch modules whose function defaults are ``group.WORLD``.
+
+    ``torch.distributed.nn.functional`` (imported by FSDP2 and DTensor paths) evaluates ``group.WORLD``
+    when it is first imported: after ``init_process_group`` its functions' defaults keep the world group
+    alive past ``destroy_process_group``, with its gloo threads, and interpreter exit can then abort the
+    rank (Note [exit teardown]). Imported first, the defaults are None. It costs a few milliseconds."""
+    try:
+        import torch.distributed.nn.functional  # noqa: F401
+    except ImportError:  # pragma: no cover - torch built without the module
+        pass
 
 
 def _destroy_at_exit() -> None:

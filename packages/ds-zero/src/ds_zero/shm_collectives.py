@@ -24,6 +24,7 @@ path off (c10d's collectives then serve); ``benchmarks/dp_step_phases.py`` measu
 from __future__ import annotations
 
 import time
+import weakref
 from typing import Any
 
 import torch
@@ -44,7 +45,8 @@ class HostCollectives:
     Collective to construct: every rank of ``group`` builds it at the same point."""
 
     def __init__(self, group: Any = None, *, row_bytes: int = ROW_BYTES) -> None:
-        self.group = group
+        # The group itself is not kept: Note [exit teardown] in ds_comm.init (a process group that
+        # outlives destroy_process_group is torn down by interpreter exit, which can abort the rank).
         self.world = ds_comm.get_world_size(group)
         self.rank = ds_comm.get_rank(group)
         self.row_bytes = row_bytes
@@ -119,7 +121,10 @@ class HostCollectives:
             comms_log.LOG.add(comms_log.CommRecord(name, nbytes, time.perf_counter() - start, self.world))
 
 
-_BY_GROUP: dict[Any, HostCollectives | None] = {}
+# Weak keys: a strong reference would keep the group's gloo threads alive past destroy_process_group
+# (Note [exit teardown] in ds_comm.init), and an entry goes with its group, so a re-initialised world
+# never finds the rows of the last one.
+_BY_GROUP: weakref.WeakKeyDictionary[Any, HostCollectives | None] = weakref.WeakKeyDictionary()
 
 
 def _key(group: Any) -> Any:

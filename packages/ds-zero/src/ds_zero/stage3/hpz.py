@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from ds_zero.stage3.mesh_release import release_at_teardown
+
 _HELPER = "_get_post_forward_mesh_info"
 
 
@@ -44,6 +46,7 @@ def shared_secondary_mesh() -> Iterator[None]:
         key = (id(mesh_info.mesh), reshard_after_forward)
         if key not in built:  # the mesh is kept with its result, so its id is not reused meanwhile
             built[key] = (mesh_info.mesh, make(reshard_after_forward, mesh_info))
+            release_at_teardown(built[key][1].mesh)
         return built[key][1]
 
     setattr(fsdp, _HELPER, shared)

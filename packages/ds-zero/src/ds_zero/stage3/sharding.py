@@ -45,6 +45,7 @@ from ds_zero.stage3.external import external_parameters
 from ds_zero.stage3.gathered_status import output_embeddings, tag_gathered_parameters
 from ds_zero.stage3.hpz import shared_secondary_mesh
 from ds_zero.stage3.leaf import mark_fine_grained, z3_leaf_module
+from ds_zero.stage3.mesh_release import release_at_teardown
 from ds_zero.stage3.plan import UnitPlan, plan_units
 from ds_zero.stage3.policy import hpz_group_size, stage3_of, unit_cap
 from ds_zero.stage3.status import ZeroParamStatus, full_numel, mark
@@ -94,8 +95,11 @@ def make_mesh(group: Any) -> DeviceMesh:
     """A 1-D device mesh over the data-parallel ``group`` (None: the world)."""
     device_type = shards.comm_device(group).type
     if group is None:
-        return init_device_mesh(device_type, (ds_comm.get_world_size(),))
-    return DeviceMesh.from_group(group, device_type)
+        mesh = init_device_mesh(device_type, (ds_comm.get_world_size(),))
+    else:
+        mesh = DeviceMesh.from_group(group, device_type)
+    release_at_teardown(mesh)
+    return mesh
 
 
 def _fsdp_policies(policy: ZeroPolicy) -> tuple[MixedPrecisionPolicy, OffloadPolicy]:
