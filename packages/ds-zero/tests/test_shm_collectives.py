@@ -72,6 +72,38 @@ def test_matches_the_collectives_computed_from_every_input(world, row_bytes, sha
     assert "reduce_scatter: input of" in results[0]["error"]
 
 
+def _tensors(rank: int) -> list[torch.Tensor]:
+    """Mixed dtypes and sizes: pieces smaller than a row share rounds, one tensor spans several rows."""
+    g = torch.Generator().manual_seed(rank)
+    return [
+        torch.randn(3, 5, generator=g),
+        torch.randint(0, 100, (7,), generator=g),
+        torch.randn(300, generator=g).to(torch.bfloat16),
+        torch.rand(11, generator=g) > 0.5,
+        torch.randn(2, 1000, generator=g, dtype=torch.float64),
+        torch.tensor(float(rank)),
+    ]
+
+
+def _exercise_broadcast(src: int):
+    host = HostCollectives(None, row_bytes=512)
+    tensors = _tensors(ds_comm.get_rank())
+    host.broadcast(tensors, src=src)
+    return tensors, host.round
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("world,src", [(2, 0), (3, 2)])
+def test_broadcast_gives_every_rank_the_sources_tensors(world, src) -> None:
+    results = run_distributed(_exercise_broadcast, world, 100, args=(src,))
+    want = _tensors(src)
+    total = sum(t.numel() * t.element_size() for t in want)
+    for rank, (got, rounds) in enumerate(results):
+        assert rounds == -(-total // 512), (rank, rounds)  # packed: ceil(bytes / row) rounds, no more
+        for g, w in zip(got, want):
+            assert g.dtype == w.dtype and torch.equal(g, w), rank
+
+
 def _train(stage: int, shm: bool):
     os.environ["DS_ZERO_SHM_ALLREDUCE"] = "1" if shm else "0"
     shm_collectives.reset()

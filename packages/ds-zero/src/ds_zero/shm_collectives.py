@@ -12,7 +12,9 @@ tensor, alternating the sets, with one barrier (:class:`ds_zero.shm_allreduce.Pi
   rank's share of its input into its row, then, past the barrier, adds up its own share's chunk from
   every row, in rank order (so the sum's bits do not depend on which rank computes it);
 * all-gather: each rank copies chunk ``c`` of its shard into its row, then reads chunk ``c`` of every
-  rank's row into its place in ``out``.
+  rank's row into its place in ``out``;
+* broadcast (the engine's replicated start): the source copies the next row's worth of its tensors'
+  bytes into its row, and the others copy it out.
 
 Each rank writes and reads about the size of the tensor once, whatever the number of ranks. One
 barrier a round is enough because rounds alternate sets: a rank can run at most one round ahead of
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import time
 import weakref
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -114,6 +117,47 @@ class HostCollectives:
             self.round += 1
         self._log("all_gather_into_tensor", out, start)
         return out
+
+    def broadcast(self, tensors: Sequence[Tensor], src: int = 0) -> None:
+        """Every rank's ``tensors`` become group rank ``src``'s, in place (contiguous tensors, the same
+        shapes and dtypes on every rank). The tensors' bytes stream through ``src``'s row, packed across
+        tensors, so many small tensors still take few rounds; no flattened copy is made on either side."""
+        start = time.perf_counter()
+        if any(not t.is_contiguous() for t in tensors):
+            raise ValueError("broadcast: every tensor must be contiguous")
+        pieces: list[tuple[Tensor, int]] = []  # (this round's piece of a tensor, its offset in the row)
+        used = nbytes = 0
+        for tensor in tensors:
+            data = tensor.detach().view(-1).view(torch.uint8)
+            nbytes += data.numel()
+            begin = 0
+            while begin < data.numel():
+                row = self.sets[self.round % 2, src]
+                n = min(self.row_bytes - used, data.numel() - begin)
+                piece = data[begin : begin + n]
+                if self.rank == src:
+                    row[used : used + n].copy_(piece)
+                pieces.append((piece, used))
+                used, begin = used + n, begin + n
+                if used == self.row_bytes:
+                    self._deliver(pieces, src)
+                    used = 0
+        if pieces:
+            self._deliver(pieces, src)
+        if comms_log.LOG.enabled:
+            comms_log.LOG.add(
+                comms_log.CommRecord("broadcast", nbytes, time.perf_counter() - start, self.world)
+            )
+
+    def _deliver(self, pieces: list[tuple[Tensor, int]], src: int) -> None:
+        """End a broadcast round: past the barrier, the other ranks copy ``src``'s row into their pieces."""
+        row = self.sets[self.round % 2, src]
+        self.barrier.wait()  # src's row of this round is written
+        if self.rank != src:
+            for piece, offset in pieces:
+                piece.copy_(row[offset : offset + piece.numel()])
+        pieces.clear()
+        self.round += 1
 
     def _log(self, name: str, tensor: Tensor, start: float) -> None:
         if comms_log.LOG.enabled:

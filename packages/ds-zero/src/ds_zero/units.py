@@ -134,7 +134,9 @@ def build_units(
                 )
             total = sum(p.numel() for p in members)
             ref = members[0]
-            flat = torch.zeros(_padded(total, g_world), dtype=ref.dtype, device=ref.device)
+            # empty, not zeros: the parameters overwrite all but the padding (one pass over the memory)
+            flat = torch.empty(_padded(total, g_world), dtype=ref.dtype, device=ref.device)
+            flat[total:].zero_()
             slots, offset = [], 0
             for i, p in zip(positions, members):
                 flat[offset : offset + p.numel()].copy_(p.detach().reshape(-1))
