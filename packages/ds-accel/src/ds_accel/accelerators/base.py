@@ -106,6 +106,37 @@ class Accelerator:
             dtypes.append(torch.bfloat16)
         return dtypes
 
+    # --- RNG and memory (every kind provides them; the engine calls them on any accelerator) -----------
+    def manual_seed(self, seed: int) -> None:
+        raise NotImplementedError
+
+    def get_rng_state(self, device_index: int | None = None) -> Any:
+        raise NotImplementedError
+
+    def set_rng_state(self, new_state: Any, device_index: int | None = None) -> None:
+        raise NotImplementedError
+
+    def empty_cache(self) -> None:
+        raise NotImplementedError
+
+    def memory_allocated(self, device_index: int | None = None) -> int:
+        raise NotImplementedError
+
+    def max_memory_allocated(self, device_index: int | None = None) -> int:
+        raise NotImplementedError
+
+    def memory_reserved(self, device_index: int | None = None) -> int:
+        raise NotImplementedError
+
+    def max_memory_reserved(self, device_index: int | None = None) -> int:
+        raise NotImplementedError
+
+    def reset_peak_memory_stats(self, device_index: int | None = None) -> None:
+        raise NotImplementedError
+
+    def total_memory(self, device_index: int | None = None) -> int:
+        raise NotImplementedError
+
     # --- typed tensor constructors (DeepSpeed's ``get_accelerator().LongTensor(data)``) ----------------
     def _tensor_ctor(self, dtype_name: str) -> Any:
         """``torch.tensor`` bound to a dtype and to this accelerator's (current) device."""
