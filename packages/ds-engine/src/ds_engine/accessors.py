@@ -8,16 +8,19 @@ from __future__ import annotations
 from typing import Any
 
 import ds_comm
-from ds_engine.config import reconcile_batch
+from ds_engine.config import DeepSpeedConfig, reconcile_batch
+from ds_zero import Trainer
 
 
 class EngineAccessors:
-    """DeepSpeed's getter methods; expects ``_config``, ``optimizer``, ``dp_group``, ``dp_world_size``."""
+    """DeepSpeed's getter methods; expects ``_config``, ``optimizer``, ``dp_group``, ``dp_world_size``
+    and ``_step_applied`` (set by the engine)."""
 
-    _config: Any
-    optimizer: Any
+    _config: DeepSpeedConfig
+    optimizer: Trainer | None
     dp_group: Any
     dp_world_size: int
+    _step_applied: bool
 
     def train_batch_size(self) -> int:
         """Global batch per optimizer step."""

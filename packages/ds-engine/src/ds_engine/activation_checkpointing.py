@@ -108,15 +108,16 @@ def configure(
             "model-parallel size above 1) is not supported yet"
         )
     base = _from_config(deepspeed_config) if deepspeed_config is not None else CheckpointingPolicy()
-    overrides = {
+    flags = {
         "partition_activations": partition_activations,
         "contiguous_checkpointing": contiguous_checkpointing,
-        "num_checkpoints": num_checkpoints,
         "checkpoint_in_cpu": checkpoint_in_cpu,
         "synchronize": synchronize,
         "profile": profile,
     }
-    policy = dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
+    policy = dataclasses.replace(base, **{k: v for k, v in flags.items() if v is not None})
+    if num_checkpoints is not None:
+        policy = dataclasses.replace(policy, num_checkpoints=num_checkpoints)
     if policy.contiguous_checkpointing and not policy.partition_activations:
         raise DeepSpeedConfigError(
             "'activation_checkpointing.contiguous_memory_optimization' needs "

@@ -47,15 +47,25 @@ def setup_expert_parallel(
     return layers
 
 
+def _expert_group_name(param: torch.Tensor) -> str:
+    """The expert group of an expert parameter (:func:`is_moe_param`)."""
+    # ds_parallel's Experts sets DeepSpeed's ``group_name`` on the Parameter object at runtime; torch's
+    # Tensor type cannot declare such per-instance attributes.
+    return str(param.group_name)  # type: ignore[attr-defined]
+
+
 def broadcast_experts(module: nn.Module) -> None:
     """Broadcast expert parameters from the first rank of each expert-data-parallel group."""
     with torch.no_grad():
         for p in module.parameters():
-            if is_moe_param(p) and expert_groups._get_expert_data_parallel_world_size(p.group_name) > 1:
+            if not is_moe_param(p):
+                continue
+            name = _expert_group_name(p)
+            if expert_groups._get_expert_data_parallel_world_size(name) > 1:
                 ds_comm.broadcast(
                     p.data,
-                    expert_groups._get_expert_broadcast_src_rank(p.group_name),
-                    group=expert_groups._get_expert_data_parallel_group(p.group_name),
+                    expert_groups._get_expert_broadcast_src_rank(name),
+                    group=expert_groups._get_expert_data_parallel_group(name),
                 )
 
 
@@ -74,7 +84,7 @@ def group_reductions(optimizer: torch.optim.Optimizer, dp_world_size: int) -> di
     """The reduction of each optimizer group that holds expert parameters (checked: one expert group each)."""
     out: dict[int, GroupReduction] = {}
     for index, group in enumerate(optimizer.param_groups):
-        names = {p.group_name if is_moe_param(p) else None for p in group["params"]}
+        names = {_expert_group_name(p) if is_moe_param(p) else None for p in group["params"]}
         if len(names) > 1:
             raise ValueError(
                 f"optimizer param group {index} mixes expert and shared parameters (or experts of different "

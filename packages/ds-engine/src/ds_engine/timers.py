@@ -327,26 +327,28 @@ class EngineTimers:
 
     def __init__(self, timers: SynchronizedWallClockTimer | NoopTimer) -> None:
         self.timers = timers
-        self.enabled = isinstance(timers, SynchronizedWallClockTimer)
+        # the same object where enabled, typed as the timer that measures; None: timers switched off
+        self._wall = timers if isinstance(timers, SynchronizedWallClockTimer) else None
+        self.enabled = self._wall is not None
         self.last_step_ms: dict[str, float] = {}  # the latest optimizer step (engine.get_wall_clock_timers())
         self._sums_ms: dict[str, float] = {}
         self._steps = 0
 
     def start(self, phase: str) -> None:
         """Open the phase's micro and global timers."""
-        if not self.enabled:
+        if self._wall is None:
             return
         for name in ENGINE_PHASES[phase]:
-            timer = self.timers(name)
+            timer = self._wall(name)
             if not timer.started_:  # a forward that raised left it open: measure from now
                 timer.start()
 
     def stop(self, phase: str) -> None:
         """Close the phase's timers."""
-        if not self.enabled:
+        if self._wall is None:
             return
         for name in ENGINE_PHASES[phase]:
-            timer = self.timers(name)
+            timer = self._wall(name)
             if timer.started_:
                 timer.stop()
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, overload
 
 import torch
 from torch.optim import Optimizer
@@ -50,6 +50,11 @@ class Lamb(Optimizer):
         )
         super().__init__(params, defaults)
 
+    # torch.optim.Optimizer.step is overloaded on the closure: an override must repeat both forms.
+    @overload
+    def step(self, closure: None = None) -> None: ...
+    @overload
+    def step(self, closure: Callable[[], float]) -> float: ...
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
         """One LAMB update of every parameter that has a gradient."""
@@ -65,12 +70,19 @@ class Lamb(Optimizer):
                     state["exp_avg"] = torch.zeros_like(p, dtype=torch.float32)
                     state["exp_avg_sq"] = torch.zeros_like(p, dtype=torch.float32)
                 state["step"] += 1
-                self._update(p, state, group, b1, b2)
+                self._update(p, p.grad, state, group, b1, b2)
         return loss
 
     @staticmethod
-    def _update(p: torch.Tensor, state: dict[str, Any], group: dict[str, Any], b1: float, b2: float) -> None:
-        grad = p.grad.float()
+    def _update(
+        p: torch.Tensor,
+        grad: torch.Tensor,
+        state: dict[str, Any],
+        group: dict[str, Any],
+        b1: float,
+        b2: float,
+    ) -> None:
+        grad = grad.float()
         m, v = state["exp_avg"], state["exp_avg_sq"]
         m.mul_(b1).add_(grad, alpha=1 - b1)
         v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
@@ -105,6 +117,11 @@ class Lion(Optimizer):
             raise ValueError(f"invalid Lion hyper-parameters: lr={lr}, betas={betas}")
         super().__init__(params, dict(lr=lr, betas=betas, weight_decay=weight_decay))
 
+    # torch.optim.Optimizer.step is overloaded on the closure: an override must repeat both forms.
+    @overload
+    def step(self, closure: None = None) -> None: ...
+    @overload
+    def step(self, closure: Callable[[], float]) -> float: ...
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
         """One Lion update of every parameter that has a gradient."""

@@ -9,6 +9,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
 
 
 class DeepSpeedConfigError(ValueError):
@@ -93,7 +94,7 @@ def _is_union_tag(part: str) -> bool:
     return part in _TYPE_TAGS or "[" in part or part[:1].isupper()
 
 
-def describe_error(err: dict[str, Any], root: type[BaseModel], prefix: str = "") -> str:
+def describe_error(err: ErrorDetails, root: type[BaseModel], prefix: str = "") -> str:
     """One readable sentence for one pydantic error entry."""
     loc = _clean_loc(err.get("loc", ()))
     path = prefix + _dotted(loc)
