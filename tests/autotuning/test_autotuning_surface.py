@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import deepspeed
 from ds_engine.config.features import AutotuningConfig
-from ds_launch.autotuning.settings import settings_keys
+from ds_engine.config.root import DeepSpeedConfigModel
+from ds_launch.autotuning.settings import TuningSettings
 
 
-def test_launcher_and_engine_accept_the_same_autotuning_keys():
-    engine_keys = {field.alias or name for name, field in AutotuningConfig.model_fields.items()}
-    assert settings_keys() == engine_keys
+def test_launcher_and_engine_validate_autotuning_with_one_model():
+    # One definition: the engine's section is the launcher's model, not a copy kept equal by hand.
+    assert TuningSettings is AutotuningConfig
+    assert DeepSpeedConfigModel.model_fields["autotuning"].annotation is AutotuningConfig
+    assert AutotuningConfig.__module__ == "ds_launch.autotuning_config"
 
 
 def test_deepspeed_paths():

@@ -59,6 +59,9 @@ BAD_CONFIGS = [
         {"autotuning": {"enabled": True, "start_profile_step": 4, "end_profile_step": 2}},
         "end_profile_step 2 is before start_profile_step 4",
     ),
+    # Note [autotuning strict scalars]: the launcher's model refuses what lax parsing would coerce.
+    ({"autotuning": {"enabled": "false"}}, "'autotuning.enabled': Input should be a valid boolean"),
+    ({"autotuning": {"start_profile_step": True}}, "'autotuning.start_profile_step': expected an integer"),
     ({"data_efficiency": {"data_sampling": {"enabled": True}}}, "'data_efficiency' is not supported yet"),
     (
         {"compression_training": {"weight_quantization": {"shared_parameters": {"enabled": True}}}},

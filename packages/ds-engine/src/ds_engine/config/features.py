@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AliasChoices, Field, model_validator
 
 from ds_engine.config.base import ConfigModel, FeatureGate
+from ds_launch.autotuning_config import AutotuningConfig as AutotuningConfig  # owned by the autotuner
 
 
 class CheckpointWriterConfig(ConfigModel):
@@ -158,69 +159,6 @@ class ElasticityConfig(ConfigModel):
                 raise ValueError(f"elasticity is enabled but {' and '.join(missing)} is missing")
             if not self.micro_batch_sizes:
                 raise ValueError("elasticity is enabled but micro_batch_sizes is empty")
-        return self
-
-
-class AutotuningConfig(ConfigModel):
-    """``autotuning``: DeepSpeed's autotuner. Runs started by ``deepspeed --autotuning tune|run`` measure the
-    steps ``start_profile_step``..``end_profile_step``, write ``metric_path`` and end (see
-    :mod:`ds_engine.autotuning_probe`); the search itself is :mod:`ds_launch.autotuning`."""
-
-    enabled: bool = False
-    """Measure this run for the autotuner (the engine ends the run after ``end_profile_step``)."""
-    fast: bool = True
-    """Tune only ZeRO stages and micro batch sizes; false also tunes each stage's main knobs."""
-    results_dir: str = "autotuning_results"
-    """Directory for results."""
-    exps_dir: str = "autotuning_exps"
-    """Directory for experiment descriptions."""
-    overwrite: bool = True
-    """Rerun experiments whose results already exist (false: reuse them)."""
-    start_profile_step: int = Field(3, ge=0)
-    """Optimizer steps run before the measurement starts (warm-up)."""
-    end_profile_step: int = Field(5, ge=0)
-    """Last measured step; the run ends after it."""
-    metric_path: str | None = None
-    """Where the engine writes the metrics (default: ``./autotuning_metric.json``)."""
-    tuner_type: Literal["gridsearch", "random", "model_based"] = "gridsearch"
-    """Search strategy."""
-    tuner_early_stopping: int = Field(5, ge=1)
-    """Stop a stage's search after this many experiments without improvement."""
-    tuner_num_trials: int = Field(50, ge=1)
-    """Most experiments run."""
-    arg_mappings: dict[str, str] | None = None
-    """Config key -> script flag, for scripts that take batch settings as arguments."""
-    max_train_batch_size: int | None = Field(None, gt=0)
-    """Largest global batch tried."""
-    min_train_batch_size: int = Field(1, gt=0)
-    """Smallest global batch tried."""
-    max_train_micro_batch_size_per_gpu: int = Field(1024, gt=0)
-    """Largest micro batch tried."""
-    min_train_micro_batch_size_per_gpu: int = Field(1, gt=0)
-    """Smallest micro batch tried."""
-    num_tuning_micro_batch_sizes: int = Field(3, gt=0)
-    """Micro-batch sizes tried per ZeRO stage."""
-    mp_size: int = Field(1, gt=0)
-    """Model-parallel degree."""
-    metric: Literal["latency", "throughput", "flops", "forward", "step"] = "throughput"
-    """What is optimised (latency is minimised, the others maximised)."""
-    model_info: dict[str, Any] | None = None
-    """Model facts (num_params, hidden_size, num_layers, profile); ``profile: true`` asks the engine to
-    write them to ``model_info_path`` after the first forward and end the run."""
-    model_info_path: str | None = None
-    """Where model facts are written (default: ``./autotuning_model_info.json``)."""
-    memory_per_device: int | None = Field(None, gt=0)
-    """(This project's extension.) Bytes one rank may use when the autotuner prunes configurations by the
-    ZeRO memory formulas; default: what the profiling run measured (the accelerator's memory; on CPU, host
-    memory divided by the node's ranks). DeepSpeed ignores unknown keys here, so configs stay portable."""
-
-    @model_validator(mode="after")
-    def _profile_window(self) -> AutotuningConfig:
-        if self.end_profile_step < self.start_profile_step:
-            raise ValueError(
-                f"end_profile_step {self.end_profile_step} is before start_profile_step "
-                f"{self.start_profile_step}"
-            )
         return self
 
 

@@ -59,7 +59,7 @@ def run_autotuning(options: LaunchOptions, *, world_size: int, env: dict[str, st
     user_config = load_user_config(config_arg.path)
     _check_config(user_config)
     settings = parse_settings(user_config.get("autotuning"))
-    command = LaunchCommand.from_options(options, config_arg, settings.arg_mappings)
+    command = LaunchCommand.from_options(options, config_arg, settings.arg_mappings or {})
     tuner = Autotuner(
         user_config=user_config, settings=settings, command=command, world_size=world_size, env=env
     )

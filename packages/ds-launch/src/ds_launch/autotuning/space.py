@@ -106,8 +106,9 @@ def _int_from(
     user_config: Mapping[str, Any], key: str, settings: TuningSettings, args: Sequence[str]
 ) -> int | None:
     value = user_config.get(key)
-    if value == "auto" and key in settings.arg_mappings:
-        value = _arg_value(args, settings.arg_mappings[key])
+    flags = settings.arg_mappings or {}
+    if value == "auto" and key in flags:
+        value = _arg_value(args, flags[key])
         value = int(value) if value is not None and value.isdigit() else None
     if isinstance(value, list):
         value = value[0] if value else None
