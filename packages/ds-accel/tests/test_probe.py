@@ -55,3 +55,19 @@ def test_cuda_count_honours_visible_devices(monkeypatch):
     assert probe.local_device_count("cuda") == 8
     assert probe.visible_devices_env_name("cuda") == "CUDA_VISIBLE_DEVICES"
     assert probe.visible_devices_env_name("npu") == "ASCEND_RT_VISIBLE_DEVICES"
+
+
+def test_every_registered_accelerator_has_one_visible_devices_entry():
+    # One table (probe.VISIBLE_DEVICES_ENV) serves the launcher and the accelerator classes: a kind added to
+    # the registry without an entry there would launch with no device restriction.
+    import importlib
+
+    from ds_accel import registry
+
+    for name in registry.available_names():
+        kind = name.split(".")[0]
+        assert kind in probe.VISIBLE_DEVICES_ENV, name
+        module, class_name = registry._REGISTRY[name]
+        cls = getattr(importlib.import_module(module), class_name)
+        expected = (probe.VISIBLE_DEVICES_ENV[kind],) if probe.VISIBLE_DEVICES_ENV[kind] else ()
+        assert tuple(cls._visible_devices_envs) == expected, name

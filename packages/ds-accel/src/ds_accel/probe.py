@@ -17,7 +17,8 @@ import os
 import shutil
 import subprocess
 
-# Accelerator name -> the environment variable that restricts which devices a process sees.
+# Accelerator name -> the environment variable that restricts which devices a process sees: the one table,
+# torch-free for the launcher; the accelerator classes (Accelerator.visible_devices_envs) read it too.
 VISIBLE_DEVICES_ENV: dict[str, str] = {
     "cuda": "CUDA_VISIBLE_DEVICES",
     "xpu": "ZE_AFFINITY_MASK",
@@ -26,8 +27,6 @@ VISIBLE_DEVICES_ENV: dict[str, str] = {
     "mps": "",
     "cpu": "",
 }
-
-VALID_ACCELERATORS = ("cuda", "cpu", "xpu", "xpu.external", "npu", "mps", "hpu")
 
 
 def _has_module(name: str) -> bool:

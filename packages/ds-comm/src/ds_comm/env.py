@@ -24,6 +24,8 @@ import re
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field
 
+from ds_accel.starters import MPI_STARTERS, SLURM
+
 DEFAULT_PORT = 29500
 
 
@@ -128,34 +130,6 @@ def _port(environ: Mapping[str, str], default: int) -> tuple[int, str]:
 # ---------------------------------------------------------------------------------------------------
 # 3. MPI launchers (+ AzureML, + mpi4py)
 # ---------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class _MPIVars:
-    name: str
-    rank: str
-    size: str
-    local_rank: str
-    local_size: str
-
-
-_MPI_FLAVOURS = (
-    _MPIVars(
-        "OpenMPI",
-        "OMPI_COMM_WORLD_RANK",
-        "OMPI_COMM_WORLD_SIZE",
-        "OMPI_COMM_WORLD_LOCAL_RANK",
-        "OMPI_COMM_WORLD_LOCAL_SIZE",
-    ),
-    _MPIVars(
-        "MVAPICH",
-        "MV2_COMM_WORLD_RANK",
-        "MV2_COMM_WORLD_SIZE",
-        "MV2_COMM_WORLD_LOCAL_RANK",
-        "MV2_COMM_WORLD_LOCAL_SIZE",
-    ),
-    _MPIVars("MPICH/Intel MPI", "PMI_RANK", "PMI_SIZE", "MPI_LOCALRANKID", "MPI_LOCALNRANKS"),
-)
-
-
 def _azureml_master(environ: Mapping[str, str], single_node: bool) -> tuple[str, int | None, str] | None:
     """AzureML names the master node itself: ``AZ_BATCH_MASTER_NODE=host:port`` (multi-node) or
     ``AZ_BATCHAI_MPI_MASTER_NODE=host`` (the node of rank 0 in a single-node job)."""
@@ -171,7 +145,7 @@ def _azureml_master(environ: Mapping[str, str], single_node: bool) -> tuple[str,
 
 
 def _from_mpi(environ: Mapping[str, str], port: int, auto_mpi_discovery: bool) -> DistEnvironment | None:
-    flavour = next((f for f in _MPI_FLAVOURS if environ.get(f.rank) or environ.get(f.size)), None)
+    flavour = next((f for f in MPI_STARTERS if environ.get(f.rank) or environ.get(f.size)), None)
     if flavour is None:
         return None
     from ds_comm import mpi  # mpi4py is optional; imported only for an MPI-launched rank
@@ -190,7 +164,7 @@ def _from_mpi(environ: Mapping[str, str], port: int, auto_mpi_discovery: bool) -
         elif mpi_world is not None:
             values[key], sources[key] = getattr(mpi_world, key), "mpi4py"
         else:
-            _require(environ, [var], flavour.name, hint)
+            _require(environ, [var], flavour.starter, hint)
     local_size = environ.get(flavour.local_size)
     local_world = int(local_size) if local_size else (mpi_world.local_world_size if mpi_world else None)
     single_node = local_world is not None and local_world == values["world_size"]
@@ -206,7 +180,7 @@ def _from_mpi(environ: Mapping[str, str], port: int, auto_mpi_discovery: bool) -
         master_addr, sources["master_addr"] = mpi_world.master_addr, "mpi4py (broadcast from rank 0)"
     else:
         raise DistEnvironmentError(
-            f"incomplete {flavour.name} environment: MASTER_ADDR missing and mpi4py is unavailable to "
+            f"incomplete {flavour.starter} environment: MASTER_ADDR missing and mpi4py is unavailable to "
             "broadcast rank 0's address (set MASTER_ADDR or install mpi4py)"
         )
     return DistEnvironment(
@@ -237,16 +211,16 @@ def first_slurm_host(nodelist: str) -> str:
 
 
 def _from_slurm(environ: Mapping[str, str], port: int) -> DistEnvironment | None:
-    if not environ.get("SLURM_PROCID"):
+    if not environ.get(SLURM.rank):
         return None
     nodelist_var = "SLURM_STEP_NODELIST" if environ.get("SLURM_STEP_NODELIST") else "SLURM_NODELIST"
     if not environ.get(nodelist_var) and environ.get("SLURM_JOB_NODELIST"):
         nodelist_var = "SLURM_JOB_NODELIST"
-    required = ["SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID"]
+    required = [SLURM.rank, SLURM.size, SLURM.local_rank]
     if not environ.get("MASTER_ADDR"):
         required.append(nodelist_var)
     _require(environ, required, "SLURM")
-    sources = {"rank": "SLURM_PROCID", "world_size": "SLURM_NTASKS", "local_rank": "SLURM_LOCALID"}
+    sources = {"rank": SLURM.rank, "world_size": SLURM.size, "local_rank": SLURM.local_rank}
     if environ.get("MASTER_ADDR"):
         master_addr, sources["master_addr"] = environ["MASTER_ADDR"], "MASTER_ADDR"
     else:
@@ -255,11 +229,11 @@ def _from_slurm(environ: Mapping[str, str], port: int) -> DistEnvironment | None
             f"first host of {nodelist_var}",
         )
     master_port, sources["master_port"] = _port(environ, port)
-    tasks_per_node = environ.get("SLURM_NTASKS_PER_NODE", "").split("(")[0]
+    tasks_per_node = environ.get(SLURM.local_size, "").split("(")[0]
     return DistEnvironment(
-        rank=_int(environ, "SLURM_PROCID"),
-        world_size=_int(environ, "SLURM_NTASKS"),
-        local_rank=_int(environ, "SLURM_LOCALID"),
+        rank=_int(environ, SLURM.rank),
+        world_size=_int(environ, SLURM.size),
+        local_rank=_int(environ, SLURM.local_rank),
         master_addr=master_addr,
         master_port=master_port,
         local_world_size=int(tasks_per_node) if tasks_per_node.isdigit() else None,

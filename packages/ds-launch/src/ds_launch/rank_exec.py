@@ -13,49 +13,15 @@ import os
 import sys
 import time
 from collections.abc import Mapping, MutableMapping
-from dataclasses import dataclass
 
+from ds_accel.starters import STARTERS, RankVariables
 from ds_launch.commands import user_command
 from ds_launch.cores import cores_for_rank, resolve_core_list
 from ds_launch.errors import LaunchError
 
-
-@dataclass(frozen=True)
-class RankScheme:
-    """Which variables a process starter sets for rank, world size, local rank and local size."""
-
-    rank: str
-    size: str
-    local_rank: str
-    local_size: str
-    cross_rank: str | None = None
-    cross_size: str | None = None
-
-
-SCHEMES: dict[str, RankScheme] = {
-    "openmpi": RankScheme(
-        "OMPI_COMM_WORLD_RANK",
-        "OMPI_COMM_WORLD_SIZE",
-        "OMPI_COMM_WORLD_LOCAL_RANK",
-        "OMPI_COMM_WORLD_LOCAL_SIZE",
-    ),
-    "mpich": RankScheme("PMI_RANK", "PMI_SIZE", "MPI_LOCALRANKID", "MPI_LOCALNRANKS"),
-    "impi": RankScheme("PMI_RANK", "PMI_SIZE", "MPI_LOCALRANKID", "MPI_LOCALNRANKS"),
-    "mvapich": RankScheme(
-        "MV2_COMM_WORLD_RANK", "MV2_COMM_WORLD_SIZE", "MV2_COMM_WORLD_LOCAL_RANK", "MV2_COMM_WORLD_LOCAL_SIZE"
-    ),
-    "slurm": RankScheme(
-        "SLURM_PROCID",
-        "SLURM_NTASKS",
-        "SLURM_LOCALID",
-        "SLURM_NTASKS_PER_NODE",
-        "SLURM_NODEID",
-        "SLURM_NNODES",
-    ),
-    "torchelastic": RankScheme(
-        "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE"
-    ),
-}
+# Each starter's variables are defined once, torch-free, in ds_accel.starters (ds_comm's discovery reads
+# the same table).
+SCHEMES: dict[str, RankVariables] = STARTERS
 
 
 def _read_int(env: Mapping[str, str], name: str, scheme: str) -> int:
@@ -80,8 +46,8 @@ def map_rank_env(env: MutableMapping[str, str], *, scheme: str) -> int:
     local_rank = _read_int(env, spec.local_rank, scheme)
     if spec.local_size in env:
         local_size = _read_int(env, spec.local_size, scheme)
-    elif scheme == "slurm":  # SLURM_NTASKS_PER_NODE is only set when --ntasks-per-node was given
-        local_size = size // _read_int(env, "SLURM_NNODES", scheme)
+    elif scheme == "slurm" and spec.cross_size:  # SLURM_NTASKS_PER_NODE needs --ntasks-per-node
+        local_size = size // _read_int(env, spec.cross_size, scheme)
     else:
         local_size = _read_int(env, spec.local_size, scheme)
     cross_rank = _read_int(env, spec.cross_rank, scheme) if spec.cross_rank else rank // local_size

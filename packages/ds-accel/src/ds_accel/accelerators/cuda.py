@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from ds_accel.accelerators.base import TorchDeviceAccelerator
+from ds_accel.probe import VISIBLE_DEVICES_ENV  # the one accelerator -> variable table (torch-free)
 
 
 class CUDAAccelerator(TorchDeviceAccelerator):
     _name = "cuda"
     _torch_module = "cuda"
     _communication_backend_name = "nccl"  # RCCL answers to the same name on ROCm.
-    _visible_devices_envs = ("CUDA_VISIBLE_DEVICES",)
+    _visible_devices_envs = (VISIBLE_DEVICES_ENV["cuda"],)
 
     @property
     def is_rocm(self) -> bool:

@@ -7,6 +7,7 @@ without that runtime never pays for, or fails on, the import.
 from __future__ import annotations
 
 from ds_accel.accelerators.base import TorchDeviceAccelerator
+from ds_accel.probe import VISIBLE_DEVICES_ENV  # the one accelerator -> variable table (torch-free)
 
 
 class XPUAccelerator(TorchDeviceAccelerator):
@@ -14,7 +15,7 @@ class XPUAccelerator(TorchDeviceAccelerator):
 
     _name = "xpu"
     _torch_module = "xpu"
-    _visible_devices_envs = ("ZE_AFFINITY_MASK",)
+    _visible_devices_envs = (VISIBLE_DEVICES_ENV["xpu"],)
 
     def __init__(self) -> None:
         super().__init__()
@@ -32,7 +33,7 @@ class HPUAccelerator(TorchDeviceAccelerator):
     _torch_module = "hpu"
     _vendor_import = "habana_frameworks.torch.hpu"
     _communication_backend_name = "hccl"
-    _visible_devices_envs = ("HABANA_VISIBLE_MODULES",)
+    _visible_devices_envs = (VISIBLE_DEVICES_ENV["hpu"],)
 
 
 class NPUAccelerator(TorchDeviceAccelerator):
@@ -42,7 +43,7 @@ class NPUAccelerator(TorchDeviceAccelerator):
     _torch_module = "npu"
     _vendor_import = "torch_npu"
     _communication_backend_name = "hccl"
-    _visible_devices_envs = ("ASCEND_RT_VISIBLE_DEVICES",)
+    _visible_devices_envs = (VISIBLE_DEVICES_ENV["npu"],)
 
 
 class MPSAccelerator(TorchDeviceAccelerator):
