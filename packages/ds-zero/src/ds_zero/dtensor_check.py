@@ -8,10 +8,13 @@ imported by someone, no object can be a DTensor, so the check needs no import of
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeGuard
+
+if TYPE_CHECKING:  # for the annotation only: importing it at run time is what this module avoids
+    from torch.distributed.tensor import DTensor
 
 
-def is_dtensor(value: Any) -> bool:
+def is_dtensor(value: Any) -> TypeGuard[DTensor]:
     """Whether ``value`` is a ``torch.distributed.tensor.DTensor`` (importing nothing)."""
     module = sys.modules.get("torch.distributed.tensor")
     return module is not None and isinstance(value, module.DTensor)

@@ -40,22 +40,23 @@ def clip_grad_norm_(
     The norm is then averaged over the data-parallel group (the world without ``mpu``), which changes
     nothing where replicas agree and makes every rank clip alike where they do not (expert parameters).
     """
-    params = [parameters] if torch.is_tensor(parameters) else list(parameters)
-    params = [p for p in params if p.grad is not None]
+    params = [parameters] if isinstance(parameters, Tensor) else list(parameters)
+    with_grad = [(p, p.grad) for p in params if p.grad is not None]
+    grads = [g for _, g in with_grad]
     norm_type = float(norm_type)
-    device = params[0].grad.device if params else torch.device("cpu")
+    device = grads[0].device if grads else torch.device("cpu")
     mp_group = mpu.get_model_parallel_group() if mpu is not None else None
     counted = [
-        p for p in params if mpu is None or mpu.get_model_parallel_rank() == 0 or _is_model_parallel(p)
+        g for p, g in with_grad if mpu is None or mpu.get_model_parallel_rank() == 0 or _is_model_parallel(p)
     ]
     if math.isinf(norm_type):
-        local = [p.grad.detach().abs().max().float() for p in params]
+        local = [g.detach().abs().max().float() for g in grads]
         total = torch.stack(local).max() if local else torch.zeros((), device=device)
         total = total.reshape(1)
         if mpu is not None:
             _all_reduce(total, ds_comm.ReduceOp.MAX, mp_group)
     else:
-        norms = [p.grad.detach().float().norm(norm_type) for p in counted]
+        norms = [g.detach().float().norm(norm_type) for g in counted]
         total = (
             torch.stack(norms).pow(norm_type).sum() if norms else torch.zeros((), device=device)
         ).reshape(1)
@@ -69,6 +70,6 @@ def clip_grad_norm_(
             total = total / world
             _all_reduce(total, ds_comm.ReduceOp.SUM, dp_group)
     coef = torch.clamp(max_norm / (total + CLIP_EPS), max=1.0)
-    for p in params:
-        p.grad.detach().mul_(coef.to(p.grad.device))
+    for g in grads:
+        g.detach().mul_(coef.to(g.device))
     return total[0]

@@ -146,13 +146,13 @@ class GradReducer:
         """Reduce-scatter every unit's accumulated ``p.grad`` and free the full gradients."""
         for u, unit in enumerate(self.units):
             bucket = self._bucket(u)
-            present = [(slot, p) for slot, p in zip(unit.slots, unit.params) if p.grad is not None]
+            present = [(slot, p, p.grad) for slot, p in zip(unit.slots, unit.params) if p.grad is not None]
             if present:  # one multi-tensor copy (one launch on an accelerator, not one per parameter)
                 torch._foreach_copy_(
-                    [bucket.narrow(0, slot.offset, slot.numel) for slot, _ in present],
-                    [p.grad.reshape(-1) for _, p in present],
+                    [bucket.narrow(0, slot.offset, slot.numel) for slot, _, _ in present],
+                    [grad.reshape(-1) for _, _, grad in present],
                 )
-            for _, p in present:
+            for _, p, _ in present:
                 p.grad = None
             self._reduce(u)
         self.wait()

@@ -99,7 +99,7 @@ class Fp32Masters(ModelMasters):
 
     def publish(self) -> None:
         """Write the updated fp32 masters into the low-precision model."""
-        model = self.all_model_params
+        model: list[Tensor] = list(self.all_model_params)  # torch's _foreach stubs take list[Tensor]
         with torch.no_grad():
             torch._foreach_copy_(model, [self._master_of[id(p)] for p in model])
 

@@ -316,6 +316,8 @@ def safe_get_full_grad(param: Tensor) -> Tensor | None:
             return None
         from ds_zero.stage3.shards import gather_rows
 
+        # FSDP2 reduce-scatters a unit's gradients on every rank together: some rank has one, so this one does
+        assert grad is not None, "a stage-3 gradient exists on another rank but not on this one"
         full = gather_rows(grad) if is_dtensor(grad) else grad.detach()
         return full.float().to(_result_device(place))
     if _reduced_at_backward(place):

@@ -33,7 +33,8 @@ def _named_holders(trainer: Any) -> list[tuple[str, torch.Tensor, int]]:
 
 def replicated_state_dict(trainer: Any) -> dict[str, Any]:
     """Every trained parameter's fp32 value and optimizer state, as whole-parameter slices."""
-    slices, group_scalars = [], {}
+    slices: list[dict[str, Any]] = []
+    group_scalars: dict[int, dict[str, Any]] = {}
     for name, holder, group in _named_holders(trainer):
         tensors, scalars = _split_state(trainer.optimizer.state.get(holder, {}), holder.numel())
         if scalars:

@@ -48,7 +48,8 @@ def _split_state(state: Mapping[str, Any], numel: int) -> tuple[dict[str, torch.
 
 def shard_state_dict(opt: ShardSource, names: Mapping[int, str] | None = None) -> dict[str, Any]:
     """This rank's optimizer state as slices. ``names`` maps parameter index -> model parameter name."""
-    slices, group_scalars = [], {}
+    slices: list[dict[str, Any]] = []
+    group_scalars: dict[int, dict[str, Any]] = {}
     for unit, master in zip(opt.units, opt.masters):
         tensors, scalars = _split_state(opt.optimizer.state.get(master, {}), master.numel())
         if scalars:

@@ -142,11 +142,25 @@ class _Mover:
             return
         home = _local_of(t).device
         put(self.away(t))
-        self.restores.append(lambda nb: put(_dtensor_to(get(), lambda x: _copy_to(x, home, False, nb))))
+
+        def restore(nb: bool) -> None:
+            moved = get()
+            assert moved is not None, "an offloaded slot was emptied before reload"
+            put(_dtensor_to(moved, lambda x: _copy_to(x, home, False, nb)))
+
+        self.restores.append(restore)
 
     def param(self, p: nn.Parameter) -> None:
         """Move a standalone parameter's data (the Parameter object stays, so optimizer keys hold)."""
         self.tensor_slot(lambda: p.data, lambda t: setattr(p, "data", t))
+
+    def grad(self, p: nn.Parameter) -> None:
+        """Move a parameter's gradient, if it has one."""
+        self.tensor_slot(lambda: p.grad, lambda t: setattr(p, "grad", t))
+
+    def item(self, container: Any, key: Any) -> None:
+        """Move the tensor ``container[key]`` (a dict's value or a list's item)."""
+        self.tensor_slot(lambda: container[key], lambda t: container.__setitem__(key, t))
 
 
 # --- the kinds ---------------------------------------------------------------------------------------
@@ -154,30 +168,29 @@ def _optim_states(trainer: Any, mover: _Mover, kinds: set[OffloadStateTypeEnum])
     for state in trainer.optimizer.state.values():
         for key, value in state.items():
             if torch.is_tensor(value):
-                mover.tensor_slot(lambda s=state, k=key: s[k], lambda t, s=state, k=key: s.__setitem__(k, t))
+                mover.item(state, key)
 
 
 def _flat_units(part: Any, mover: _Mover) -> None:
     """Stages 1-2 (and stage 3's persistent part): move each unit's flat buffer, rebind every view."""
     for unit, master in zip(part.units, part.holders):
-        if not mover.first_time(unit.flat):
-            continue
-        aliased = master.data_ptr() == unit.shard_view().data_ptr()
-        home = unit.flat.device
+        if mover.first_time(unit.flat):
+            _flat_unit(unit, master, mover)
 
-        def rebind(
-            flat: Tensor, unit: Any = unit, master: nn.Parameter = master, aliased: bool = aliased
-        ) -> None:
-            unit.flat = flat
-            for slot, p in zip(unit.slots, unit.params):
-                p.data = flat[slot.offset : slot.offset + slot.numel].view(slot.shape)
-            if aliased:
-                master.data = unit.shard_view()
 
-        rebind(mover.away(unit.flat))
-        mover.restores.append(
-            lambda nb, unit=unit, home=home, rebind=rebind: rebind(_copy_to(unit.flat, home, False, nb))
-        )
+def _flat_unit(unit: Any, master: nn.Parameter, mover: _Mover) -> None:
+    aliased = master.data_ptr() == unit.shard_view().data_ptr()
+    home = unit.flat.device
+
+    def rebind(flat: Tensor) -> None:
+        unit.flat = flat
+        for slot, p in zip(unit.slots, unit.params):
+            p.data = flat[slot.offset : slot.offset + slot.numel].view(slot.shape)
+        if aliased:
+            master.data = unit.shard_view()
+
+    rebind(mover.away(unit.flat))
+    mover.restores.append(lambda nb: rebind(_copy_to(unit.flat, home, False, nb)))
 
 
 def _hp_params(trainer: Any, mover: _Mover, kinds: set[OffloadStateTypeEnum]) -> None:
@@ -223,12 +236,9 @@ def _lp_grads(trainer: Any, mover: _Mover, kinds: set[OffloadStateTypeEnum]) -> 
         params += [p for unit in part.units for p in unit.params]
         reducer = part.reduction
         for i in range(len(reducer.grad_shards)):
-            mover.tensor_slot(
-                lambda r=reducer, i=i: r.grad_shards[i],
-                lambda t, r=reducer, i=i: r.grad_shards.__setitem__(i, t),
-            )
+            mover.item(reducer.grad_shards, i)
     for p in params:
-        mover.tensor_slot(lambda p=p: p.grad, lambda t, p=p: setattr(p, "grad", t))
+        mover.grad(p)
 
 
 def _contiguous_grad_buffer(trainer: Any, mover: _Mover, kinds: set[OffloadStateTypeEnum]) -> None:

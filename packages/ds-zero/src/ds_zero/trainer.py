@@ -19,7 +19,7 @@ the check off (the user's explicit choice); with fp16 it is always on, as loss s
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from typing import Any, Protocol
 
@@ -40,7 +40,9 @@ class Masters(Protocol):
     """What the trainer needs from a master-weight holder (see :mod:`ds_zero.masters`)."""
 
     model_params: list[nn.Parameter]
-    holders: list[Tensor]
+
+    @property
+    def holders(self) -> Sequence[Tensor]: ...  # read-only here: a list of Parameters qualifies
 
     def holder(self, param: Tensor) -> Tensor: ...
     def accumulate(self, param: Tensor) -> None: ...

@@ -96,6 +96,13 @@ class Accelerator:
     def is_fp16_supported(self) -> bool:
         raise NotImplementedError
 
+    def pin_memory(self, tensor: Any, align_bytes: int = 1) -> Any:
+        """``tensor`` in page-locked host memory (where the kind has no pinning: ``tensor`` itself)."""
+        raise NotImplementedError
+
+    def is_pinned(self, tensor: Any) -> bool:
+        raise NotImplementedError
+
     def supported_dtypes(self) -> list[Any]:
         import torch
 
