@@ -19,6 +19,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from ds_accel.atomic_files import atomic_write_text
 from ds_launch.elastic import elastic_policy
 from ds_launch.environment import collect_exports, load_deepspeed_env
 from ds_launch.errors import LaunchError
@@ -131,9 +132,7 @@ def pid_file(enabled: bool) -> Iterator[Path | None]:
         yield None
         return
     path = Path(PID_FILE_BASEPATH) / f"{os.getpid()}.ds"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(f"{os.getpid()}\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, f"{os.getpid()}\n")
     try:
         yield path
     finally:

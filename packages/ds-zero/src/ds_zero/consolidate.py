@@ -9,6 +9,7 @@ an index file past ``--max_shard_size`` — as DeepSpeed's script of the same na
 from __future__ import annotations
 
 import argparse
+import functools
 import glob
 import json
 import os
@@ -21,6 +22,7 @@ from typing import Any
 
 import torch
 
+from ds_accel.atomic_files import atomic_write, atomic_write_text, atomic_write_to_path
 from ds_zero import deepspeed_format
 from ds_zero.sharded_state import consolidate_fp32
 
@@ -164,12 +166,6 @@ def _parse_size(size: str | int) -> int:
     return int(number * powers[unit])
 
 
-def _atomic_write(path: Path, write: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def convert_zero_checkpoint_to_fp32_state_dict(
     checkpoint_dir: str | os.PathLike,
     output_dir: str | os.PathLike,
@@ -217,9 +213,9 @@ def convert_zero_checkpoint_to_fp32_state_dict(
             size_mib = sum(t.numel() * t.element_size() for t in shard.values()) / 2**20
             progress(f"zero_to_fp32: [{k}/{len(names)}] writing {name} ({size_mib:.1f} MiB)")
         if safe_serialization:
-            _atomic_write(target, lambda p, s=shard: save_file(s, str(p), metadata={"format": "pt"}))
+            atomic_write_to_path(target, functools.partial(save_file, shard, metadata={"format": "pt"}))
         else:
-            _atomic_write(target, lambda p, s=shard: torch.save(s, p))
+            atomic_write(target, functools.partial(torch.save, shard))
         written.append(target)
     if len(shards) > 1:
         index = {
@@ -227,7 +223,7 @@ def convert_zero_checkpoint_to_fp32_state_dict(
             "weight_map": {key: name for name, shard in zip(names, shards) for key in shard},
         }
         target = out_dir / f"{stem}.{ext}.index.json"
-        _atomic_write(target, lambda p: p.write_text(json.dumps(index, indent=2)))
+        atomic_write_text(target, json.dumps(index, indent=2))
         written.append(target)
     return written
 

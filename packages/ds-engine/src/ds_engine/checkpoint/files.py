@@ -1,11 +1,11 @@
 """Atomic writes and safe reads of checkpoint files: the one place the checkpoint code writes files.
 
-Note: [atomic writes] Every file is written to a temporary name in the destination directory, flushed
-and fsync'ed, then renamed over the final name (and the directory fsync'ed), so a reader sees either
-the old file or the complete new one. ``latest`` is written the same way, last, so a crash mid-save
-leaves the previous checkpoint and ``latest`` untouched. Each write returns the file's size and
+Every file is written by :func:`ds_accel.atomic_files.atomic_write` (Note [atomic writes] there: a
+temporary name, fsync, rename, so a reader sees either the old file or the complete new one, with mode
+``0o666 & ~umask`` as ``torch.save`` gives them). ``latest`` is written the same way, last, so a crash
+mid-save leaves the previous checkpoint and ``latest`` untouched. Each write returns the file's size and
 CRC-32, computed from the bytes in memory while they are written (no second read), for the tag's
-manifest (:mod:`.manifest`). Files get mode ``0o666 & ~umask``, as ``torch.save`` gives them.
+manifest (:mod:`.manifest`).
 
 Note: [stale temporaries] The temporary name is ``.<name>.<random>.tmp``: a dot-file, so no reader's
 glob (``*_optim_states.pt`` ...) ever matches it. A process killed mid-write leaves it behind;
@@ -16,10 +16,8 @@ first rendezvous, when no rank of that save can be writing yet.
 from __future__ import annotations
 
 import errno
-import functools
 import io
 import os
-import tempfile
 import time
 import zlib
 from collections.abc import Callable, Iterable, Mapping
@@ -28,6 +26,7 @@ from typing import Any
 
 import torch
 
+from ds_accel.atomic_files import atomic_write
 from ds_engine.progress import file_progress
 from ds_zero import load_errors
 
@@ -61,19 +60,6 @@ def check_safe(value: Any, path: str = "client_state") -> None:
     )
 
 
-def _fsync_dir(directory: str) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 @dataclass(frozen=True)
 class WrittenFile:
     """A file a checkpoint save wrote: its path, size in bytes and CRC-32 (``zlib.crc32``)."""
@@ -99,22 +85,6 @@ class _Tally:
         return view.nbytes
 
 
-@functools.lru_cache(maxsize=1)
-def process_umask() -> int:
-    """The process umask, read once. ``os.umask`` can only be read by setting it, which races with other
-    threads creating files, so Linux's ``/proc/self/status`` is read instead where it exists."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def _named_os_error(exc: OSError, path: str) -> OSError:
     """``exc`` naming the checkpoint file and the errno symbol (``ENOSPC`` for a full disk)."""
     symbol = errno.errorcode.get(exc.errno or 0, "")
@@ -123,30 +93,24 @@ def _named_os_error(exc: OSError, path: str) -> OSError:
 
 
 def atomic_write_bytes(path: str, write: Callable[[Any], Any]) -> WrittenFile:
-    """Create ``path`` atomically; ``write(fileobj)`` produces the content (Note [atomic writes]).
+    """Create ``path`` atomically; ``write(fileobj)`` produces the content (Note [atomic writes] in
+    :mod:`ds_accel.atomic_files`, whose helper does the write).
 
     An OSError (a full disk: ``ENOSPC``) is raised again naming ``path``; no temporary file remains.
     """
-    directory = os.path.dirname(os.path.abspath(path))
-    tmp = None
+    tallies: list[_Tally] = []
+
+    def produce(handle: Any) -> None:
+        tallies.append(_Tally(handle))
+        write(tallies[-1])
+
     try:
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
-        with os.fdopen(fd, "wb") as handle:
-            tally = _Tally(handle)
-            write(tally)
-            handle.flush()
-            os.fchmod(handle.fileno(), 0o666 & ~process_umask())  # mkstemp made it 0600
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
-        if isinstance(exc, OSError) and exc.errno is not None:
+        atomic_write(path, produce)
+    except OSError as exc:
+        if exc.errno is not None:
             raise _named_os_error(exc, path) from exc
         raise
-    _fsync_dir(directory)
-    return WrittenFile(path=path, size=tally.size, crc32=tally.crc32)
+    return WrittenFile(path=path, size=tallies[-1].size, crc32=tallies[-1].crc32)
 
 
 def atomic_torch_save(obj: Any, path: str) -> WrittenFile:
@@ -168,7 +132,7 @@ def remove_stale_temporaries(directory: str, names: Iterable[str] | None = None)
     """Delete the temporaries an interrupted save left in ``directory`` (Note [stale temporaries]):
     ``.<name>.*.tmp`` for each of ``names``, or every ``.*.tmp`` when ``names`` is None. Returns them."""
     prefixes = None if names is None else tuple(f".{name}." for name in names)
-    removed = []
+    removed: list[str] = []
     try:
         entries = list(os.scandir(directory))
     except (FileNotFoundError, NotADirectoryError):

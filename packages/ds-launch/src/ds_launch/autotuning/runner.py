@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ds_accel.atomic_files import atomic_write_json
 from ds_launch.autotuning.command import LaunchCommand
 from ds_launch.supervisor import ProcessSpec, Supervisor
 
@@ -60,11 +61,8 @@ class ExperimentResult:
 
 
 def write_json(path: Path, payload: Any) -> None:
-    """Write JSON atomically (temporary file, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    """Write JSON atomically (Note [atomic writes] in ds_accel.atomic_files)."""
+    atomic_write_json(path, payload, indent=2, sort_keys=True)
 
 
 def _read_json(path: Path) -> Any:

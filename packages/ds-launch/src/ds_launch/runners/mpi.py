@@ -9,9 +9,7 @@ every host. Environment values go through ``mpirun``'s own options, never throug
 
 from __future__ import annotations
 
-import os
-import tempfile
-
+from ds_accel.atomic_files import atomic_write_text
 from ds_launch.runners.base import MultiNodeRunner, register_runner
 
 MVAPICH_TMP_HOSTFILE = "/tmp/deepspeed_mvapich_hostfile"
@@ -118,10 +116,8 @@ class MVAPICHRunner(MultiNodeRunner):
 
     def prepare(self) -> None:
         # Written atomically: a half-written host list must never be read by mpirun.
-        directory = os.path.dirname(self.hostfile_path)
-        with tempfile.NamedTemporaryFile("w", dir=directory, delete=False) as fh:
-            fh.write("".join(f"{host}\n" for host in self.job.active_resources))
-        os.replace(fh.name, self.hostfile_path)
+        hosts = "".join(f"{host}\n" for host in self.job.active_resources)
+        atomic_write_text(self.hostfile_path, hosts, mode=0o600)  # private, as it always was
 
     def get_cmd(self) -> list[str]:
         cmd = [
