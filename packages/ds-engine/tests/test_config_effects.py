@@ -164,6 +164,17 @@ def test_reduce_scatter_and_pin_memory_reach_the_policy() -> None:
     assert policy_from_config(_cfg(legacy)).offload.pin_memory is False
 
 
+def test_reduce_bucket_size_reaches_the_policy_only_when_set() -> None:
+    """Unset, ZeRO adapts it to the transport (Note [adaptive buckets] in ds_zero.policy); DeepSpeed's
+    default written out is a set value and is kept."""
+    from ds_engine.zero_policy import policy_from_config
+
+    assert policy_from_config(_cfg({"stage": 2})).reduce.bucket_numel is None
+    assert (
+        policy_from_config(_cfg({"stage": 2, "reduce_bucket_size": 5e8})).reduce.bucket_numel == 500_000_000
+    )
+
+
 @pytest.mark.parametrize(
     ("zero", "gate"),
     [

@@ -71,7 +71,7 @@ def zero_trainer(
     model: torch.nn.Module,
     stage: int,
     *,
-    bucket: int,
+    bucket: int | None,
     overlap: bool = False,
     offload: bool = False,
     dtype: torch.dtype = torch.float32,

@@ -143,7 +143,8 @@ def policy_from_config(cfg: DeepSpeedConfig) -> ZeroPolicy:
         mixed_precision=_mixed_precision(cfg),
         loss_scale=_loss_scale(cfg),
         reduce=ReducePolicy(
-            bucket_numel=zero.reduce_bucket_size,
+            # unset: adapted to the transport (Note [adaptive buckets] in ds_zero.policy)
+            bucket_numel=zero.reduce_bucket_size if "reduce_bucket_size" in zero.model_fields_set else None,
             average=cfg.gradient_allreduce_op == "mean",
             prescale=cfg.prescale_gradients,
             predivide_factor=cfg.gradient_predivide_factor,

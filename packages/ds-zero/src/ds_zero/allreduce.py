@@ -106,11 +106,15 @@ class BucketedAllReduce:
         self.policy = policy
         self.sync = True
         self.transport = "c10d"
-        bucket_numel = policy.bucket_numel
         if self.active and transport in ("auto", "shm") and all(h.device.type == "cpu" for h in holders):
             total = sum(h.numel() * h.element_size() for h in holders)
             if shm_allreduce.usable(group, 2 * self.world_size * total):
-                self.transport, bucket_numel = "shm", min(bucket_numel, SHM_BUCKET_CAP)
+                self.transport = "shm"
+        itemsize = (reduce_dtype or (holders[0].dtype if holders else torch.float32)).itemsize
+        # Note [adaptive buckets] in ds_zero.policy
+        bucket_numel = policy.bucket_numel_for(on_host=self.transport == "shm", itemsize=itemsize)
+        if self.transport == "shm":
+            bucket_numel = min(bucket_numel, SHM_BUCKET_CAP)
         self.buckets = plan_buckets(holders, bucket_numel, reduce_dtype)
         self._where = {id(h): (b, i) for b in self.buckets for i, h in enumerate(b.holders)}
         if self.transport == "shm":
@@ -161,20 +165,23 @@ class BucketedAllReduce:
         else:
             dst.copy_(holder.grad.reshape(-1))
 
-    def _fill(self, bucket: _Bucket) -> None:
+    def _fill(self, bucket: _Bucket) -> Tensor:
+        """Copy the bucket's gradients into its buffer (made where there is none) and return it."""
         if bucket.shm is not None:
             bucket.buffer = bucket.shm.input  # this round's row of the shared segment
         elif bucket.buffer is None:
             bucket.buffer = torch.empty(bucket.numel, dtype=bucket.dtype, device=bucket.holders[0].device)
+        buffer = bucket.buffer
         copied = bucket.ready if bucket.shm is not None else ()  # taken in by mark_ready already
         for index, (h, off) in enumerate(zip(bucket.holders, bucket.offsets)):
             if index not in copied:
-                self._copy_in(bucket.buffer, h, off)
+                self._copy_in(buffer, h, off)
+        return buffer
 
     def _start(self, bucket: _Bucket) -> None:
-        self._fill(bucket)
+        buffer = self._fill(bucket)
         if bucket.shm is None:
-            bucket.work = ds_comm.all_reduce(bucket.buffer, group=self.group, async_op=True)
+            bucket.work = ds_comm.all_reduce(buffer, group=self.group, async_op=True)
         bucket.started = True
 
     def finish(self) -> None:
@@ -198,6 +205,7 @@ class BucketedAllReduce:
                 reduced = bucket.shm.reduce(self.post)
             else:
                 bucket.work.wait()
+                assert bucket.buffer is not None  # _start filled it, and nothing releases it until here
                 reduced = bucket.buffer
                 if self.post != 1.0:
                     reduced.mul_(self.post)

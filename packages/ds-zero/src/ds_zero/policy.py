@@ -58,6 +58,10 @@ class LossScalePolicy:
     raise_at_min_scale: bool = True
 
 
+DEFAULT_BUCKET_NUMEL = 500_000_000  # DeepSpeed's reduce_bucket_size default
+SOCKET_BUCKET_BYTES = 25 << 20  # PyTorch DDP's default bucket
+
+
 @dataclass(frozen=True)
 class ReducePolicy:
     """How gradients are averaged across data-parallel ranks.
@@ -67,7 +71,9 @@ class ReducePolicy:
     ``prescale`` divides by ``world_size`` before the sum instead. ``average=False`` sums.
     """
 
-    bucket_numel: int = 500_000_000
+    bucket_numel: int | None = None
+    """Elements per reduction bucket (stage 0) or flat unit (stages 1-2) as the config set it
+    (``reduce_bucket_size``); None where it did not: :meth:`bucket_numel_for` adapts it."""
     average: bool = True
     prescale: bool = False
     predivide_factor: float = 1.0
@@ -76,6 +82,20 @@ class ReducePolicy:
     reduce_scatter: bool = True
     """Stages 1-2: reduce-scatter each unit's gradients; ``False`` all-reduces them and keeps this rank's
     chunk (DeepSpeed's ``reduce_scatter: false``: same numbers, N times the traffic)."""
+
+    def bucket_numel_for(self, *, on_host: bool, itemsize: int) -> int:
+        """Elements per bucket, for a reduction through shared memory (``on_host``) or through c10d.
+
+        Note: [adaptive buckets] Where the config does not set ``reduce_bucket_size``, the size follows
+        the transport. Through shared memory a reduction runs in place, row by row, and overlaps
+        nothing, so fewer buckets only save set-up: DeepSpeed's default (one bucket up to 500M
+        elements) stays. Through c10d (gloo across hosts, NCCL) each bucket's reduction runs
+        asynchronously while backward computes the rest, but a bucket as big as the model starts only
+        when backward ends and overlaps nothing: buckets of 25 MiB in the reduce dtype (PyTorch DDP's
+        default) start the first reduction after the last layers' gradients. A set value always wins."""
+        if self.bucket_numel is not None:
+            return self.bucket_numel
+        return DEFAULT_BUCKET_NUMEL if on_host else max(1, SOCKET_BUCKET_BYTES // itemsize)
 
     def averaging_factors(self, world_size: int) -> tuple[float, float]:
         """(divide before the sum, divide after it) on ``world_size`` ranks: the one averaging rule

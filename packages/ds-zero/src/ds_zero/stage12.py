@@ -29,10 +29,28 @@ from ds_zero.grad_reducer import GradReducer
 from ds_zero.group_reduction import GroupReduction
 from ds_zero.loss_scaler import make_loss_scaler
 from ds_zero.masters import trainable_in_backward_order
-from ds_zero.policy import ZeroPolicy
+from ds_zero.policy import DEFAULT_BUCKET_NUMEL, ZeroPolicy
 from ds_zero.sharded_state import load_shard_state_dict, shard_state_dict
 from ds_zero.trainer import ZeroTrainer
 from ds_zero.units import FlatUnit, build_units, cast_units
+
+
+def _unit_numel(policy: ZeroPolicy, trainable: list[list[torch.Tensor]], group: Any) -> int:
+    """Elements per flat unit: the config's ``reduce_bucket_size``, else by transport (Note [adaptive
+    buckets] in ds_zero.policy). Collective where the config leaves it open: the shared-memory
+    collectives are set up here, sized to the model, to learn whether they serve ``group``."""
+    params = [p for params in trainable for p in params]
+    if policy.reduce.bucket_numel is not None:
+        return policy.reduce.bucket_numel
+    if not params or ds_comm.get_world_size(group) == 1:
+        return DEFAULT_BUCKET_NUMEL  # nothing to reduce, so nothing to overlap
+    on_host = False
+    if policy.reduce.reduce_scatter:  # without it, c10d all-reduces each unit
+        nbytes = sum(p.numel() * p.element_size() for p in params)
+        on_host = shm_collectives.setup(group, params[0].device, nbytes) is not None
+    return policy.reduce.bucket_numel_for(
+        on_host=on_host, itemsize=policy.mixed_precision.param_dtype.itemsize
+    )
 
 
 class ShardedParams:
@@ -55,7 +73,7 @@ class ShardedParams:
         # Units are built before any cast, so the fp32 masters start from the exact fp32 weights.
         self.units: list[FlatUnit] = build_units(
             trainable,
-            bucket_numel=policy.reduce.bucket_numel,
+            bucket_numel=_unit_numel(policy, trainable, group),
             world_size=world,
             rank=rank,
             reductions=reductions,
@@ -188,6 +206,7 @@ class ShardedTrainer(ZeroTrainer):
     """The trainer for stages 1 and 2: its state is this rank's per-parameter slices."""
 
     sharded_state = True  # the engine writes one optimizer-state file per rank
+    masters: ShardedParams  # compose_sharded's holder: the units and parameter names are read here
 
     def state_dict(self) -> dict[str, Any]:
         with self.states_resident():

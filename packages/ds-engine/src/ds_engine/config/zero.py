@@ -257,8 +257,11 @@ ZERO_KEYS: dict[str, Effect] = {
     ),
     "reduce_bucket_size": applied(
         _POLICY,
-        "ds_zero.stage12:ShardedParams.__init__#bucket_numel",
-        "ds_zero.allreduce:BucketedAllReduce.__init__#bucket_numel",
+        "ds_zero.policy:ReducePolicy.bucket_numel_for#bucket_numel",
+        "ds_zero.stage12:_unit_numel#bucket_numel_for",
+        "ds_zero.allreduce:BucketedAllReduce.__init__#bucket_numel_for",
+        why="unset, stages 0-2 adapt it to the transport: DeepSpeed's 5e8 through shared memory, "
+        "25 MiB buckets through c10d (Note [adaptive buckets] in ds_zero.policy)",
     ),
     "use_multi_rank_bucket_allreduce": no_effect(
         "with reduce_scatter=false each unit's bucket is already one "

@@ -80,7 +80,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ds_zero.policy import ZeroPolicy
+from ds_zero.policy import DEFAULT_BUCKET_NUMEL, ZeroPolicy
 
 
 @dataclass(frozen=True)
@@ -147,11 +147,9 @@ def unit_cap(policy: ZeroPolicy, *, world_size: int, model_numel: int) -> int:
     unit: each extra unit would only add its hooks and copies to every step.
     """
     s3 = stage3_of(policy)
-    cap = (
-        policy.reduce.bucket_numel
-        if s3.prefetch_bucket_numel <= 0
-        else min(s3.prefetch_bucket_numel, policy.reduce.bucket_numel)
-    )
+    # FSDP2 units bound the gathered memory too: DeepSpeed's default, not Note [adaptive buckets]
+    bucket = policy.reduce.bucket_numel if policy.reduce.bucket_numel is not None else DEFAULT_BUCKET_NUMEL
+    cap = bucket if s3.prefetch_bucket_numel <= 0 else min(s3.prefetch_bucket_numel, bucket)
     if world_size == 1 and model_numel <= s3.max_live_parameters:
         return max(cap, model_numel)
     return cap
