@@ -47,6 +47,20 @@ def test_initialize_returns_engine_optimizer_loader_scheduler() -> None:
     assert isinstance(opt.optimizer, torch.optim.Optimizer) and opt.param_groups is opt.optimizer.param_groups
 
 
+@pytest.mark.faults
+def test_zero_grad_takes_torch_modules_set_to_none() -> None:
+    # The engine is a torch Module: zero_grad(set_to_none=False), torch's signature, zeroes in place
+    # (it raised TypeError before), and the default still drops the gradients.
+    engine, *_ = _engine({"train_micro_batch_size_per_gpu": 2, "optimizer": ADAMW})
+    x, y = _batch(0)
+    engine.backward(torch.nn.functional.mse_loss(engine(x), y))
+    engine.zero_grad(set_to_none=False)
+    grads = [p.grad for p in engine.module.parameters()]
+    assert all(g is not None and not g.any() for g in grads)
+    engine.zero_grad()
+    assert all(p.grad is None for p in engine.module.parameters())
+
+
 def test_accumulation_boundaries_and_counters() -> None:
     engine, *_ = _engine(
         {"train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 3, "optimizer": ADAMW}

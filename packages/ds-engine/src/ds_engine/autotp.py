@@ -14,16 +14,18 @@ from typing import Any
 
 from torch import nn
 
-from ds_engine.config import DeepSpeedConfigError, read_config_source
+from ds_engine.config import DeepSpeedConfig, DeepSpeedConfigError, read_config_source
+from ds_engine.config.loading import ConfigSource
 from ds_parallel.tensor import TP_SIZE_ATTR, PartitionError, apply_autotp, full_state_dict, tensor_section
 
 
-def tensor_parallel_size(model: nn.Module, config_class: Any, source: Any) -> int:
-    """The AutoTP size: the config's ``tensor_parallel.autotp_size``, or what ``tp_model_init`` applied."""
-    if config_class is not None:
-        config_tp = config_class.model.tensor_parallel.autotp_size
+def tensor_parallel_size(model: nn.Module, config: DeepSpeedConfig | ConfigSource) -> int:
+    """The AutoTP size: the config's ``tensor_parallel.autotp_size``, or what ``tp_model_init`` applied.
+    ``config`` is a validated config, or its source before validation (the mesh comes first)."""
+    if isinstance(config, DeepSpeedConfig):
+        config_tp = config.model.tensor_parallel.autotp_size
     else:
-        config_tp = tensor_section(read_config_source(source)).get("autotp_size", 0)
+        config_tp = tensor_section(read_config_source(config)).get("autotp_size", 0)
     config_tp = config_tp if isinstance(config_tp, int) and config_tp > 1 else 1
     model_tp = getattr(model, TP_SIZE_ATTR, 1)
     if config_tp > 1 and model_tp > 1 and config_tp != model_tp:

@@ -66,22 +66,18 @@ class DeepSpeedEngine(EngineAccessors, EngineCompile, nn.Module):
         ds_comm.init_distributed(dist_init_required=dist_init_required, verbose=False)
         lazy_dynamo.install()  # Note [lazy dynamo]: before the first optimizer is built
         self.mpu = mpu
-        source = (
-            None
-            if config_class is not None
-            else choose_config_source(args=args, config=config, config_params=config_params)
-        )
-        config_sp = (
-            config_class.sequence_parallel_size
-            if config_class is not None
-            else sequence_parallel_size_of(read_config_source(source))
-        )
-        config_tp = autotp.tensor_parallel_size(model, config_class, source)  # Note [autotp in the engine]
-        self._setup_topology(mpu, args, config_sp, config_tp)
+        # the mesh needs the sequence- and tensor-parallel sizes before the config can reconcile the batch
         if config_class is None:
+            source = choose_config_source(args=args, config=config, config_params=config_params)
+            config_sp = sequence_parallel_size_of(read_config_source(source))
+            config_tp = autotp.tensor_parallel_size(model, source)  # Note [autotp in the engine]
+            self._setup_topology(mpu, args, config_sp, config_tp)
             # DeepSpeed 0.19 counts AutoTP ranks in train_batch_size (its config sees the whole world; the HF
             # Trainer fills it so): micro * accumulation * dp * tp. Data still splits over dp ranks only.
             config_class = DeepSpeedConfig(source, mpu, world_size=self.dp_world_size * self.tp_world_size)
+        else:
+            config_tp = autotp.tensor_parallel_size(model, config_class)
+            self._setup_topology(mpu, args, config_class.sequence_parallel_size, config_tp)
         self._config = config_class
         self.config: dict[str, Any] = config_class.config_dict
         get_logger(self._config.log_level)
@@ -216,11 +212,13 @@ class DeepSpeedEngine(EngineAccessors, EngineCompile, nn.Module):
     def _sync_now(self) -> bool:
         return not self.inside_no_sync_ctxt and self.is_gradient_accumulation_boundary()
 
-    def _require_optimizer(self, what: str) -> None:
+    def _require_optimizer(self, what: str) -> Trainer:
+        """The trainer, for a call that needs one; an engine built without an optimizer refuses it."""
         if self.optimizer is None:
             raise RuntimeError(
                 f"engine.{what}() needs an optimizer: pass optimizer= or a config 'optimizer' section"
             )
+        return self.optimizer
 
     def forward(self, *inputs: Any, **kwargs: Any) -> Any:
         """Run the module (casting float inputs to fp16 when ``fp16.auto_cast``)."""
@@ -249,26 +247,26 @@ class DeepSpeedEngine(EngineAccessors, EngineCompile, nn.Module):
 
     def scale(self, loss: torch.Tensor) -> torch.Tensor:
         """The loss times the fp16 loss scale, for clients that call ``loss.backward()`` themselves."""
-        self._require_optimizer("scale")
-        self.optimizer.set_gradient_accumulation_boundary(self._sync_now())
+        trainer = self._require_optimizer("scale")
+        trainer.set_gradient_accumulation_boundary(self._sync_now())
         self._guard.on_client_backward()
-        return self.optimizer.scale_if_loss(loss)
+        return trainer.scale_if_loss(loss)
 
     def backward(
         self, loss: torch.Tensor, retain_graph: bool = False, scale_wrt_gas: bool = True
     ) -> torch.Tensor:
         """Backward of ``loss`` (divided by the accumulation steps when ``scale_wrt_gas``); returns that loss."""
-        self._require_optimizer("backward")
+        trainer = self._require_optimizer("backward")
         if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
             raise ValueError("engine.backward(loss) needs a scalar loss tensor")
         self._guard.on_backward(at_boundary=self._sync_now())
         if scale_wrt_gas and self.gradient_accumulation_steps() > 1:
             loss = loss / self.gradient_accumulation_steps()
         self._losses.append(loss.detach() * (self.gradient_accumulation_steps() if scale_wrt_gas else 1))
-        self.optimizer.set_gradient_accumulation_boundary(self._sync_now())
+        trainer.set_gradient_accumulation_boundary(self._sync_now())
         self._walltime.start("backward")
         self._walltime.start("backward_inner")  # Note [backward_allreduce] in ds_engine.timers
-        self.optimizer.backward(loss, retain_graph=retain_graph)
+        trainer.backward(loss, retain_graph=retain_graph)
         self._walltime.stop("backward_inner")
         self._walltime.stop("backward")
         return loss
@@ -277,12 +275,12 @@ class DeepSpeedEngine(EngineAccessors, EngineCompile, nn.Module):
         """End a micro-step; at a boundary, step the optimizer and (if applied) the LR schedule."""
         if self.inside_no_sync_ctxt:
             raise RuntimeError("engine.step() inside engine.no_sync() is not allowed")
-        self._require_optimizer("step")
+        trainer = self._require_optimizer("step")
         boundary = self.is_gradient_accumulation_boundary()
-        self._guard.on_step(at_boundary=boundary, gradients_arrived=self.optimizer.gradients_arrived)
+        self._guard.on_step(at_boundary=boundary, gradients_arrived=trainer.gradients_arrived)
         if boundary:
             self._walltime.start("step")
-            self._step_applied = self.optimizer.step()
+            self._step_applied = trainer.step()
             if self._step_applied:
                 if self.lr_scheduler is not None:
                     self.lr_scheduler.step(**(lr_kwargs or {}))
@@ -314,12 +312,15 @@ class DeepSpeedEngine(EngineAccessors, EngineCompile, nn.Module):
         """DeepSpeed's snapshot of the ``wall_clock_breakdown`` timers (ms) for the latest optimizer step."""
         return self._walltime.last_step_ms
 
-    def zero_grad(self) -> None:
-        """Drop every accumulated gradient."""
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Drop every accumulated gradient (``set_to_none=False``: zero them in place, as on any torch Module)."""
         if self.optimizer is not None:
-            self.optimizer.zero_grad(set_to_none=True)
+            self.optimizer.zero_grad(set_to_none=set_to_none)
         for p in self.module.parameters():
-            p.grad = None
+            if set_to_none:
+                p.grad = None
+            elif p.grad is not None:
+                p.grad.zero_()
 
     @contextmanager
     def no_sync(self) -> Iterator[None]:
@@ -454,7 +455,7 @@ class DeepSpeedEngine(EngineAccessors, EngineCompile, nn.Module):
         :meth:`reload_states` (see :mod:`ds_zero.state_offload`). Training in between is an error."""
         from ds_engine.offload_enums import OffloadDeviceEnum
 
-        self._require_optimizer("offload_states")
+        trainer = self._require_optimizer("offload_states")
         if self._config.zero_optimization.offload_param_device != "none":
             raise ValueError(
                 "engine.offload_states() cannot move states while 'zero_optimization.offload_param' "
@@ -466,14 +467,13 @@ class DeepSpeedEngine(EngineAccessors, EngineCompile, nn.Module):
             return
         if device == OffloadDeviceEnum.nvme:
             raise ValueError("engine.offload_states(device='nvme') is not supported; use device='cpu'")
-        self.optimizer.offload_states(
+        trainer.offload_states(
             include=include, device=device, pin_memory=pin_memory, non_blocking=non_blocking
         )
 
     def reload_states(self, non_blocking: bool = False) -> None:
         """Put every state :meth:`offload_states` moved back on the accelerator."""
-        self._require_optimizer("reload_states")
-        self.optimizer.reload_states(non_blocking=non_blocking)
+        self._require_optimizer("reload_states").reload_states(non_blocking=non_blocking)
 
     def _consolidated_16bit_state_dict(
         self, exclude_frozen_parameters: bool = False

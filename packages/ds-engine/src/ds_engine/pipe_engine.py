@@ -28,10 +28,13 @@ from ds_engine.engine import DeepSpeedEngine
 from ds_parallel.pipe import PipelineModule, p2p
 from ds_parallel.pipe.norm import pipeline_norm
 from ds_parallel.pipe.schedule import one_f_one_b
+from ds_zero import Trainer
 
 
 class PipelineEngine(DeepSpeedEngine):
     """The engine of a ``PipelineModule``: one stage per rank, ``train_batch`` drives the whole pipeline."""
+
+    module: PipelineModule  # checked in __init__
 
     def __init__(self, *, has_bool_tensors: bool = False, **kwargs: Any) -> None:
         model = kwargs.get("model")
@@ -101,7 +104,8 @@ class PipelineEngine(DeepSpeedEngine):
 
     def _forward(self, mb: int, train: bool, state: dict[int, Any], works: list[Any]) -> None:
         needs_batch = self.is_first_stage() or self.is_last_stage()
-        batch = next(self.data_iterator) if needs_batch else None
+        # the user's (inputs, labels) micro-batch, of any structure; middle stages read none
+        batch: Any = next(self.data_iterator) if needs_batch else None
         inputs = self._inputs(mb, batch, train)
         try:
             # A received activation is a leaf; the stage gets a non-leaf copy so that a first in-place layer
@@ -122,12 +126,12 @@ class PipelineEngine(DeepSpeedEngine):
             p2p.send(p2p.as_tuple(out), self._peer(self.stage_id + 1), works)
         state[mb] = (inputs, out)
 
-    def _backward(self, mb: int, state: dict[int, Any], works: list[Any]) -> None:
+    def _backward(self, trainer: Trainer, mb: int, state: dict[int, Any], works: list[Any]) -> None:
         inputs, out = state.pop(mb)
         try:
             if self.is_last_stage():
                 loss = out / self.micro_batches if self.micro_batches > 1 else out
-                torch.autograd.backward(self.optimizer.scale_if_loss(loss))
+                torch.autograd.backward(trainer.scale_if_loss(loss))
             else:
                 grads = p2p.recv(self._peer(self.stage_id + 1))
                 outs = [o for o in p2p.as_tuple(out) if o.is_floating_point()]
@@ -148,11 +152,11 @@ class PipelineEngine(DeepSpeedEngine):
                 works,
             )
 
-    def _reduce_tied_grads(self) -> None:
+    def _reduce_tied_grads(self, trainer: Trainer) -> None:
         for param, group in self.module.get_tied_weights_and_groups():
             if group is None:
                 continue
-            holder = self.optimizer.master_of(param)
+            holder = trainer.master_of(param)
             if holder.grad is None:
                 holder.grad = torch.zeros_like(holder)
             ds_comm.all_reduce(holder.grad, group=group)
@@ -174,7 +178,7 @@ class PipelineEngine(DeepSpeedEngine):
 
     def train_batch(self, data_iter: Any = None) -> torch.Tensor:
         """Train on one global batch (``gradient_accumulation_steps`` micro-batches); returns its mean loss."""
-        self._require_optimizer("train_batch")
+        trainer = self._require_optimizer("train_batch")
         if data_iter is not None:
             self.set_dataiterator(data_iter)
         if self.data_iterator is None and self.training_dataloader is not None:
@@ -187,7 +191,7 @@ class PipelineEngine(DeepSpeedEngine):
                 "train_batch() needs a data iterator: train_batch(data_iter=...) or set_dataiterator()"
             )
         self.module.train()
-        self.optimizer.set_gradient_accumulation_boundary(False)  # Note [pipeline step]: no reduction yet
+        trainer.set_gradient_accumulation_boundary(False)  # Note [pipeline step]: no reduction yet
         state: dict[int, Any] = {}
         works: list[Any] = []
         losses = []
@@ -197,11 +201,11 @@ class PipelineEngine(DeepSpeedEngine):
                 if self.is_last_stage():
                     losses.append(state[mb][1])
             else:
-                self._backward(mb, state, works)
+                self._backward(trainer, mb, state, works)
         p2p.wait_all(works)
-        self._reduce_tied_grads()
-        self.optimizer.set_gradient_accumulation_boundary(True)
-        applied = self.optimizer.step()
+        self._reduce_tied_grads(trainer)
+        trainer.set_gradient_accumulation_boundary(True)
+        applied = trainer.step()
         if applied and self.lr_scheduler is not None:
             self.lr_scheduler.step()
         self.skipped_steps += 0 if applied else 1

@@ -203,14 +203,14 @@ def _write_files(
     elif engine.optimizer is not None and _has_moe(engine):  # Note [expert optimizer state]
         from ds_engine import moe_optimizer_checkpoint
 
-        path = moe_optimizer_checkpoint.expp_path(save_dir, tag, mp)
-        if path is not None:
+        expp = moe_optimizer_checkpoint.expp_path(save_dir, tag, mp)
+        if expp is not None:
             content = {
                 layout.OPTIMIZER: _optimizer_state(engine),
                 layout.DS_CONFIG: engine.config,
                 layout.DS_VERSION: ds_version(),
             }
-            written.append((atomic_torch_save(content, path), manifest.OPTIM_STATES))
+            written.append((atomic_torch_save(content, expp), manifest.OPTIM_STATES))
     return [manifest.entry(w, kind=kind, node_local=node_local) for w, kind in written]
 
 

@@ -12,6 +12,9 @@ from typing import Any
 
 from ds_engine.config.errors import DeepSpeedConfigError
 
+#: What a DeepSpeed config may be given as: a dict, a JSON file path, or a base64-encoded JSON string.
+ConfigSource = str | os.PathLike[str] | Mapping[str, Any]
+
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
@@ -36,7 +39,7 @@ def _parse_json(text: str, source: str) -> dict[str, Any]:
     return data
 
 
-def read_config_source(source: str | os.PathLike[str] | Mapping[str, Any]) -> dict[str, Any]:
+def read_config_source(source: ConfigSource) -> dict[str, Any]:
     """The config as a plain dict, from a mapping, a JSON file path, or a base64-encoded JSON string."""
     if isinstance(source, Mapping):
         # a deep, plain copy: the caller's dict is never mutated; a non-JSON value such as torch.bfloat16
@@ -57,7 +60,7 @@ def read_config_source(source: str | os.PathLike[str] | Mapping[str, Any]) -> di
     )
 
 
-def choose_config_source(*, args: Any = None, config: Any = None, config_params: Any = None) -> Any:
+def choose_config_source(*, args: Any = None, config: Any = None, config_params: Any = None) -> ConfigSource:
     """The one config source among ``args.deepspeed_config``, ``config`` and ``config_params``.
 
     Giving it in two places is an error, as in DeepSpeed; ``args.deepscale_config`` is DeepSpeed's old name.
@@ -79,5 +82,10 @@ def choose_config_source(*, args: Any = None, config: Any = None, config_params:
         raise DeepSpeedConfigError(
             "no DeepSpeed config: pass config=<dict or path>, or --deepspeed_config <path> "
             "(added by deepspeed.add_config_arguments)"
+        )
+    if not isinstance(chosen, (str, os.PathLike, Mapping)):
+        # DeepSpeed refuses other values with a ValueError; unchecked, they failed in pathlib (TypeError)
+        raise DeepSpeedConfigError(
+            f"a DeepSpeed config must be a dict, a JSON file path or base64 JSON, got {type(chosen).__name__}"
         )
     return chosen
