@@ -44,22 +44,49 @@ def _synchronize() -> None:
     get_accelerator().synchronize()
 
 
+# Note: [module figures] The figures are plain attributes set on each module at runtime, under DeepSpeed's
+# names, which clients read; torch's Module type cannot declare them (its __getattr__ types any unknown
+# name as Tensor | Module), so this module reads and writes them only through these helpers.
+def _count(module: nn.Module, attr: str) -> int:
+    value: int = getattr(module, attr)
+    return value
+
+
+def _seconds(module: nn.Module, attr: str) -> float:
+    value: float = getattr(module, attr)
+    return value
+
+
+def _set(module: nn.Module, attr: str, value: float) -> None:
+    setattr(module, attr, value)
+
+
+def _add(module: nn.Module, attr: str, amount: float) -> None:
+    _set(module, attr, getattr(module, attr) + amount)
+
+
 def get_module_flops(module: nn.Module) -> int:
     """FLOPs of ``module``'s forward including its children (during a profile)."""
-    return module.__flops__ + sum(get_module_flops(child) for child in module.children())
+    return _count(module, "__flops__") + sum(get_module_flops(child) for child in module.children())
 
 
 def get_module_macs(module: nn.Module) -> int:
     """MACs of ``module``'s forward including its children (during a profile)."""
-    return module.__macs__ + sum(get_module_macs(child) for child in module.children())
+    return _count(module, "__macs__") + sum(get_module_macs(child) for child in module.children())
 
 
 def get_module_duration(module: nn.Module) -> float:
     """Forward seconds of ``module``; a container never called itself (``ModuleList``) sums its children."""
-    duration = module.__duration__
+    duration = _seconds(module, "__duration__")
     if duration == 0:
         duration = sum(get_module_duration(child) for child in module.children())
     return duration
+
+
+def get_module_params(module: nn.Module) -> int:
+    """Parameters of ``module`` and its children held by this rank, expert parameters included (during a
+    profile)."""
+    return _count(module, "__params__") + _count(module, "__expert_params__")
 
 
 class FlopsProfiler:
@@ -105,11 +132,11 @@ class FlopsProfiler:
     def reset_profile(self) -> None:
         """Zero every module's figures (parameters are recounted)."""
         for module in self.model.modules():
-            module.__flops__ = module.__macs__ = 0
-            module.__params__ = sum(p.numel() for p in module.parameters())
-            module.__expert_params__ = module.__model_expert_params__ = 0
-            module.__start_time__ = 0.0
-            module.__duration__ = 0.0
+            figures: dict[str, float] = dict.fromkeys(_ATTRS, 0)  # Note [module figures]
+            figures.update({"__params__": sum(p.numel() for p in module.parameters())})
+            figures.update({"__start_time__": 0.0, "__duration__": 0.0})
+            for attr, value in figures.items():
+                _set(module, attr, value)
 
     def end_profile(self) -> None:
         """Stop and remove the figures from the modules."""
@@ -137,19 +164,19 @@ class FlopsProfiler:
     def _enter(self, module: nn.Module, inputs: Any) -> None:
         self._stack.append(module)
         _synchronize()
-        module.__start_time__ = time.perf_counter()
+        _set(module, "__start_time__", time.perf_counter())
 
     def _leave(self, module: nn.Module, inputs: Any, output: Any) -> None:
         _synchronize()
-        module.__duration__ += time.perf_counter() - module.__start_time__
+        _add(module, "__duration__", time.perf_counter() - _seconds(module, "__start_time__"))
         if self._stack and self._stack[-1] is module:
             self._stack.pop()
 
     def _charge(self, flops: int, macs: int) -> None:
         if self._stack:  # ops outside any module's forward belong to no module (as in DeepSpeed)
             owner = self._stack[-1]
-            owner.__flops__ += flops
-            owner.__macs__ += macs
+            _add(owner, "__flops__", flops)
+            _add(owner, "__macs__", macs)
 
     # --- totals -----------------------------------------------------------------------------------------
     def get_total_flops(self, as_string: bool = False) -> int | str:
@@ -169,7 +196,7 @@ class FlopsProfiler:
 
     def get_total_params(self, as_string: bool = False) -> int | str:
         """Parameters held by this rank."""
-        total = self.model.__params__ + self.model.__expert_params__
+        total = get_module_params(self.model)
         return params_to_string(total) if as_string else total
 
     def is_expert_tensor_parallelism_enabled(self) -> bool:
@@ -191,9 +218,9 @@ class FlopsProfiler:
         from ds_engine.profiling.report import render_profile
 
         self.flops, self.macs, self.params = (
-            self.get_total_flops(),
-            self.get_total_macs(),
-            self.get_total_params(),
+            get_module_flops(self.model),
+            get_module_macs(self.model),
+            get_module_params(self.model),
         )
         text = render_profile(
             self,
@@ -224,8 +251,11 @@ class FlopsProfiler:
 
 
 def _run(model: nn.Module, args: list[Any], kwargs: dict[str, Any], mode: str) -> None:
-    call = model.generate if mode == "generate" else model
-    call(*args, **kwargs)
+    if mode == "generate":
+        # the client model's own generate() (Hugging Face's), which torch's Module type cannot declare
+        model.generate(*args, **kwargs)  # type: ignore[operator]
+    else:
+        model(*args, **kwargs)
 
 
 def get_model_profile(
@@ -271,7 +301,7 @@ def get_model_profile(
             _run(model, args, kwargs, mode)
         prof.start_profile(ignore_list=ignore_modules)
         _run(model, args, kwargs, mode)
-    flops, macs, params = prof.get_total_flops(), prof.get_total_macs(), prof.get_total_params()
+    flops, macs, params = get_module_flops(model), get_module_macs(model), get_module_params(model)
     if print_profile:
         prof.print_model_profile(
             profile_step=warm_up,

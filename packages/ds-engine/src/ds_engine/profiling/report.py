@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
@@ -14,7 +14,15 @@ from ds_engine.profiling.formatting import (
     number_to_string,
     params_to_string,
 )
-from ds_engine.profiling.profiler import get_module_duration, get_module_flops, get_module_macs
+from ds_engine.profiling.profiler import (
+    get_module_duration,
+    get_module_flops,
+    get_module_macs,
+    get_module_params,
+)
+
+if TYPE_CHECKING:
+    from ds_engine.profiling.profiler import FlopsProfiler
 
 _LINE = "{:<70}  {:<8}"
 _NOTATIONS = (
@@ -35,7 +43,7 @@ def _engine_lines(engine: Any) -> list[str]:
     ]
 
 
-def _timing_lines(prof: Any, flops: int, fwd: float) -> list[str]:
+def _timing_lines(prof: FlopsProfiler, flops: int, fwd: float) -> list[str]:
     """bwd/step/iter latency from the engine's ``wall_clock_breakdown`` timers (DeepSpeed's lines)."""
     from ds_engine.timers import BACKWARD_GLOBAL_TIMER, STEP_GLOBAL_TIMER
 
@@ -66,13 +74,14 @@ def _timing_lines(prof: Any, flops: int, fwd: float) -> list[str]:
     ]
 
 
-def render_summary(prof: Any, profile_step: int) -> list[str]:
+def render_summary(prof: FlopsProfiler, profile_step: int) -> list[str]:
     """The header block: sizes, params, MACs, FLOPs and latencies."""
     engine = prof.ds_engine
-    flops, macs, params = prof.get_total_flops(), prof.get_total_macs(), prof.get_total_params()
+    model = prof.model
+    flops, macs, params = get_module_flops(model), get_module_macs(model), get_module_params(model)
     mp = engine.mp_world_size if engine is not None else 1
     timed = engine is not None and engine.wall_clock_breakdown()
-    fwd = prof.get_total_duration()
+    fwd = get_module_duration(model)
     if timed:
         from ds_engine.timers import FORWARD_GLOBAL_TIMER
 
@@ -109,7 +118,7 @@ def render_aggregated(model: nn.Module, *, module_depth: int, top_modules: int) 
     def walk(module: nn.Module, depth: int) -> None:
         row = per_depth.setdefault(depth, {}).setdefault(type(module).__name__, [0, 0, 0.0])
         row[0] += get_module_macs(module)
-        row[1] += module.__params__ + module.__expert_params__
+        row[1] += get_module_params(module)
         row[2] += get_module_duration(module)
         for child in module.children():
             walk(child, depth + 1)
@@ -139,12 +148,12 @@ def _percent(part: float, whole: float) -> float:
 
 def render_tree(model: nn.Module, *, module_depth: int) -> str:
     """Each module with its params, MACs, latency and FLOPS (and percentages of the totals)."""
-    total_params = model.__params__ + model.__expert_params__
+    total_params = get_module_params(model)
     total_macs, total_time = get_module_macs(model), get_module_duration(model)
     lines: list[str] = []
 
     def walk(module: nn.Module, name: str, depth: int) -> None:
-        params = module.__params__ + module.__expert_params__
+        params = get_module_params(module)
         macs, flops, secs = get_module_macs(module), get_module_flops(module), get_module_duration(module)
         extra = module.extra_repr()
         items = [
@@ -163,7 +172,7 @@ def render_tree(model: nn.Module, *, module_depth: int) -> str:
 
 
 def render_profile(
-    prof: Any, *, profile_step: int, module_depth: int, top_modules: int, detailed: bool
+    prof: FlopsProfiler, *, profile_step: int, module_depth: int, top_modules: int, detailed: bool
 ) -> str:
     """The whole printed profile."""
     lines = render_summary(prof, profile_step)
