@@ -22,8 +22,11 @@ from contextlib import AbstractContextManager, nullcontext, suppress
 from importlib import metadata
 from typing import Any
 
+from torch import nn
+
 import ds_comm
 from ds_engine.checkpoint import integrity, layout, manifest
+from ds_engine.checkpoint.engine_state import CheckpointedEngine
 from ds_engine.checkpoint.files import (
     WrittenFile,
     atomic_torch_save,
@@ -32,7 +35,7 @@ from ds_engine.checkpoint.files import (
     remove_stale_temporaries,
 )
 from ds_engine.checkpoint.rendezvous import check_same_tag, wait_for_all
-from ds_zero import deepspeed_format
+from ds_zero import Trainer, deepspeed_format
 from ds_zero.sharded_state import FORMAT as SLICES_FORMAT
 from ds_zero.sharded_state import consolidate_fp32
 
@@ -49,7 +52,7 @@ def ds_version() -> str:
         return __version__
 
 
-def module_state(engine: Any, exclude_frozen_parameters: bool) -> dict[str, Any]:
+def module_state(engine: CheckpointedEngine, exclude_frozen_parameters: bool) -> dict[str, Any]:
     """The module's state dict, optionally without parameters that do not require grad."""
     sd = engine.module.state_dict()
     if exclude_frozen_parameters:
@@ -58,7 +61,7 @@ def module_state(engine: Any, exclude_frozen_parameters: bool) -> dict[str, Any]
     return sd
 
 
-def _buffer_names(module: Any) -> list[str]:
+def _buffer_names(module: nn.Module) -> list[str]:
     names = []
     for mod_name, mod in module.named_modules():
         for name, buf in mod.named_buffers(recurse=False):
@@ -68,7 +71,7 @@ def _buffer_names(module: Any) -> list[str]:
 
 
 def model_states(
-    engine: Any,
+    engine: CheckpointedEngine,
     exclude_frozen_parameters: bool,
     sharded_optimizer: bool,
     module: dict[str, Any] | None = None,
@@ -79,7 +82,7 @@ def model_states(
         layout.MODULE: module if module is not None else module_state(engine, exclude_frozen_parameters),
         layout.BUFFER_NAMES: _buffer_names(engine.module),
         layout.OPTIMIZER: None
-        if (engine.optimizer is None or sharded_optimizer or _has_moe(engine))
+        if (engine.optimizer is None or sharded_optimizer or engine.has_moe_layers)
         else engine.optimizer.state_dict(),  # MoE at stage 0: in the expp_rank files (Note [expert optimizer state])
         layout.PARAM_SHAPES: None,
         layout.FROZEN_PARAM_SHAPES: None,
@@ -92,7 +95,7 @@ def model_states(
         layout.GLOBAL_STEPS: engine.global_steps,
         layout.GLOBAL_SAMPLES: engine.global_samples,
         layout.DP_WORLD_SIZE: engine.seq_dp_world_size,  # ranks holding optimizer shards (DeepSpeed's too)
-        layout.MP_WORLD_SIZE: getattr(engine, "mp_world_size", 1),  # AutoTP: one model file per tensor rank
+        layout.MP_WORLD_SIZE: engine.mp_world_size,  # AutoTP: one model file per tensor rank
         layout.DS_CONFIG: engine.config,
         layout.DS_VERSION: ds_version(),
         layout.MANIFEST_KEY: layout.MANIFEST,  # this save ends with a manifest (Note [complete or refused])
@@ -100,7 +103,7 @@ def model_states(
 
 
 def save(
-    engine: Any,
+    engine: CheckpointedEngine,
     save_dir: str,
     tag: Any,
     client_state: dict[str, Any],
@@ -161,7 +164,7 @@ def save(
 
 
 def _write_files(
-    engine: Any,
+    engine: CheckpointedEngine,
     save_dir: str,
     tag: str,
     client_state: dict[str, Any],
@@ -175,13 +178,12 @@ def _write_files(
     written: list[tuple[WrittenFile, str]] = []
     # AutoTP: each tensor-parallel rank's data-parallel rank 0 writes mp_rank_<tp>_model_states.pt, and the
     # optimizer files carry the tensor rank too (zero_pp_rank_<dp>_mp_rank_<tp>), DeepSpeed's layout.
-    mp, mp_size = engine.get_model_parallel_rank(), getattr(engine, "mp_world_size", 1)
-    if engine.zero_optimization_stage() == 3 and engine.optimizer is not None:
+    mp, mp_size = engine.get_model_parallel_rank(), engine.mp_world_size
+    trainer = engine.optimizer
+    if engine.zero_optimization_stage() == 3 and trainer is not None:
         # Stage 3: gathering the module is collective (every rank), and only rank 0 keeps it.
-        dtype = engine.optimizer.policy.mixed_precision.param_dtype
-        gathered = engine.optimizer.full_state_dict(
-            dtype=dtype, exclude_frozen_parameters=exclude_frozen_parameters
-        )
+        dtype = trainer.policy.mixed_precision.param_dtype
+        gathered = trainer.full_state_dict(dtype=dtype, exclude_frozen_parameters=exclude_frozen_parameters)
         state = model_states(engine, exclude_frozen_parameters, sharded, module=gathered if rank == 0 else {})
         state.update(client_state)
         path = layout.zero3_model_states_path(save_dir, tag, engine.get_data_parallel_rank())
@@ -192,21 +194,21 @@ def _write_files(
         written.append(
             (atomic_torch_save(state, layout.model_states_path(save_dir, tag, mp)), manifest.MODEL_STATES)
         )
-    if sharded:  # every rank writes its own slice of the optimizer state (Note [one slice format])
+    if sharded and trainer is not None:  # every rank writes its own slice (Note [one slice format])
         shard = {
-            layout.OPTIMIZER_STATE_DICT: _optimizer_state(engine),
+            layout.OPTIMIZER_STATE_DICT: _optimizer_state(engine, trainer),
             layout.DS_CONFIG: engine.config,
             layout.DS_VERSION: ds_version(),
         }
         path = layout.zero_optim_states_path(save_dir, tag, engine.get_data_parallel_rank(), mp)
         written.append((atomic_torch_save(shard, path), manifest.OPTIM_STATES))
-    elif engine.optimizer is not None and _has_moe(engine):  # Note [expert optimizer state]
+    elif trainer is not None and engine.has_moe_layers:  # Note [expert optimizer state]
         from ds_engine import moe_optimizer_checkpoint
 
         expp = moe_optimizer_checkpoint.expp_path(save_dir, tag, mp)
         if expp is not None:
             content = {
-                layout.OPTIMIZER: _optimizer_state(engine),
+                layout.OPTIMIZER: _optimizer_state(engine, trainer),
                 layout.DS_CONFIG: engine.config,
                 layout.DS_VERSION: ds_version(),
             }
@@ -214,15 +216,11 @@ def _write_files(
     return [manifest.entry(w, kind=kind, node_local=node_local) for w, kind in written]
 
 
-def _has_moe(engine: Any) -> bool:
-    return bool(getattr(engine, "has_moe_layers", False))
-
-
-def _optimizer_state(engine: Any) -> dict[str, Any]:
+def _optimizer_state(engine: CheckpointedEngine, trainer: Trainer) -> dict[str, Any]:
     """The optimizer's slices; a MoE model's with expert keys global (Note [expert optimizer state] in
     :mod:`ds_engine.moe_optimizer_checkpoint`)."""
-    state = engine.optimizer.state_dict()
-    if not _has_moe(engine):
+    state = trainer.state_dict()
+    if not engine.has_moe_layers:
         return state
     from ds_engine import moe_optimizer_checkpoint
 
@@ -244,7 +242,7 @@ def resolve_tag(load_dir: str, tag: Any) -> str | None:
 
 
 def load(
-    engine: Any,
+    engine: CheckpointedEngine,
     load_dir: str,
     tag: Any,
     *,
@@ -274,7 +272,7 @@ def load(
         logger.warning("no checkpoint to load: %s does not exist", layout.model_states_path(load_dir, tag))
         return None, None
     path, state = opened.path, opened.state
-    saved_mp, mp_size = int(state.get(layout.MP_WORLD_SIZE) or 1), getattr(engine, "mp_world_size", 1)
+    saved_mp, mp_size = int(state.get(layout.MP_WORLD_SIZE) or 1), engine.mp_world_size
     if saved_mp != mp_size:
         raise deepspeed_format.DeepSpeedCheckpointError(
             f"{path} was saved with tensor-parallel size {saved_mp} (tensor_parallel.autotp_size); this engine "
@@ -284,8 +282,8 @@ def load(
     placeholders = deepspeed_format.partitioned_placeholders(
         state[layout.MODULE], state.get(layout.PARAM_SHAPES)
     )
-    if wants_optimizer and _has_moe(
-        engine
+    if (
+        wants_optimizer and engine.has_moe_layers
     ):  # expert slices to this rank's experts (Note [expert optimizer state])
         from ds_engine import moe_optimizer_checkpoint
 
@@ -306,7 +304,7 @@ def load(
     if optimizer is not None:
         restored = False
         if wants_optimizer:
-            restored = _load_optimizer(engine, shards, load_dir, tag)
+            restored = _load_optimizer(optimizer, shards, load_dir, tag)
         if not restored:
             optimizer.refresh_fp32_params()  # masters follow the loaded weights
     if load_module_only:
@@ -326,7 +324,7 @@ def load(
     return path, client_state
 
 
-def _every_parameter_gathered(module: Any) -> AbstractContextManager[Any]:
+def _every_parameter_gathered(module: nn.Module) -> AbstractContextManager[Any]:
     """Full parameters for a custom load function to write into (a no-op below stage 3)."""
     params = list(module.parameters())
     if not any(hasattr(p, "ds_id") for p in params):  # no stage-3 parameter: skip importing FSDP
@@ -351,12 +349,12 @@ def _optimizer_shards(state: dict[str, Any], path: str, optimizer_files: list[st
     return deepspeed_format.read_optimizer_shards(optimizer_files, state.get(layout.PARAM_SHAPES))
 
 
-def _load_optimizer(engine: Any, shards: list[dict[str, Any]], load_dir: str, tag: str) -> bool:
+def _load_optimizer(trainer: Trainer, shards: list[dict[str, Any]], load_dir: str, tag: str) -> bool:
     """Hand the trainer every saved slice of optimizer state (Note [one slice format])."""
     if not shards:
         logger.warning(
             "checkpoint %s has no optimizer state; the optimizer starts fresh", os.path.join(load_dir, tag)
         )
         return False
-    engine.optimizer.load_state_dict(shards)
+    trainer.load_state_dict(shards)
     return True
