@@ -28,6 +28,7 @@ from ds_parallel.moe.gating import (
     top2gating,
     topkgating,
 )
+from ds_parallel.moe.utils import expert_param
 
 
 class _AllToAll(torch.autograd.Function):
@@ -58,8 +59,8 @@ class Experts(nn.Module):
         self.num_local_experts = num_local_experts
         for module in self.deepspeed_experts:
             for param in module.parameters():
-                param.allreduce = False
-                param.group_name = expert_group_name
+                expert_param(param).allreduce = False
+                expert_param(param).group_name = expert_group_name
 
     def forward(self, inputs: Tensor) -> Tensor:
         """``inputs`` is ``[ep_size, local experts, c, m]``; expert ``i`` gets ``inputs[:, i]``."""
@@ -322,7 +323,9 @@ class MoE(nn.Module):
             dense = dense[0] if isinstance(dense, tuple) else dense
             coef = F.softmax(self.coefficient(hidden_states), dim=-1)
             output = output * coef[..., 0:1] + dense * coef[..., 1:]
-        return output, self.deepspeed_moe.l_aux, self.deepspeed_moe.exp_counts
+        l_aux, exp_counts = self.deepspeed_moe.l_aux, self.deepspeed_moe.exp_counts
+        assert l_aux is not None and exp_counts is not None  # set by the forward that just ran
+        return output, l_aux, exp_counts
 
 
 __all__ = ["Experts", "MOELayer", "MoE", "TopKGate"]

@@ -9,10 +9,23 @@ elements each.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:  # typing only: the attributes are set on ordinary Parameters
+
+    class ExpertParameter(nn.Parameter):
+        """An expert parameter as :class:`~ds_parallel.moe.layer.Experts` marks it."""
+
+        allreduce: bool
+        group_name: str | None
+
+
+def expert_param(param: torch.Tensor) -> ExpertParameter:
+    """``param`` itself, typed with the expert-parameter attributes (set at run time)."""
+    return cast("ExpertParameter", param)
 
 
 def has_moe_layers(m: nn.Module) -> tuple[bool, int]:
@@ -68,7 +81,7 @@ def split_params_into_different_moe_groups_for_optimizer(
     new_groups: list[dict[str, Any]] = []
     for group in param_groups:
         by_name: dict[str, list[nn.Parameter]] = {n: [] for n in names}
-        shared = []
+        shared: list[nn.Parameter] = []
         for p in group["params"]:
             (by_name[p.group_name] if is_moe_param(p) else shared).append(p)
         template = {**group}

@@ -103,6 +103,7 @@ class PipelineModule(nn.Module):
         self.dynamic_shape = dynamic_shape
         self.micro_offset = 0
         if topology is None:
+            assert num_stages is not None  # checked above: one of the two is given
             if self.world_size % num_stages:
                 raise RuntimeError(
                     f"num_stages ({num_stages}) must divide distributed world size ({self.world_size})"

@@ -19,6 +19,11 @@ from ds_parallel.layout import MeshError
 from ds_parallel.mesh import ParallelMesh
 
 
+def _coord_type(axes: list[str]) -> Any:
+    """``ProcessCoord``: a named tuple type with one field per axis, made at run time (so typed Any)."""
+    return namedtuple("ProcessCoord", axes)
+
+
 class ProcessTopology:
     """Ranks laid out on a Cartesian grid of named axes (last axis fastest)."""
 
@@ -27,7 +32,7 @@ class ProcessTopology:
             raise ValueError(f"ProcessTopology needs distinct axes and one size each, got {axes} / {dims}")
         self.axes = list(axes)
         self.dims = list(dims)
-        self.ProcessCoord = namedtuple("ProcessCoord", self.axes)
+        self.ProcessCoord = _coord_type(self.axes)
         self.mapping: dict[Any, int] = {}
         for rank, coord in enumerate(itertools.product(*[range(d) for d in self.dims])):
             self.mapping[self.ProcessCoord(*coord)] = rank

@@ -140,7 +140,10 @@ def _is_projection(module: nn.Module) -> bool:
 
 def _features(module: nn.Module) -> tuple[int, int]:
     """``(in_features, out_features)`` of an ``nn.Linear`` or a ``Conv1D``."""
-    return (module.nx, module.nf) if is_conv1d(module) else (module.in_features, module.out_features)
+    if is_conv1d(module):
+        return module.nx, module.nf
+    assert isinstance(module, nn.Linear)  # callers check _is_projection first
+    return module.in_features, module.out_features
 
 
 def _resolve_fused(model: nn.Module, name: str, module: nn.Module) -> FusedLayout:

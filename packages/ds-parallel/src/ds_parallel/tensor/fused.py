@@ -70,24 +70,26 @@ class FusedLayout:
     localize: Callable[[nn.Module, int], None] | None = None  # further per-rank changes to the parent
 
 
-def _gpt2_qkv(parent: nn.Module, out_features: int) -> tuple[int, ...]:
+# The layout functions take the transformers module as Any: they read and write its plain attributes
+# (split_size, head_dim, config) by name, which nn.Module's type (tensors and submodules) cannot describe.
+def _gpt2_qkv(parent: Any, out_features: int) -> tuple[int, ...]:
     if getattr(parent, "is_cross_attention", False):
         raise PartitionError("GPT-2 cross-attention (c_attn holding only k and v) is not supported")
     size = int(parent.split_size)
     return (size, size, size)
 
 
-def _gpt2_localize(parent: nn.Module, tp_size: int) -> None:
+def _gpt2_localize(parent: Any, tp_size: int) -> None:
     parent.split_size //= tp_size  # the forward splits c_attn's local output into q, k, v by it
 
 
-def _phi3_qkv(parent: nn.Module, out_features: int) -> tuple[int, ...]:
+def _phi3_qkv(parent: Any, out_features: int) -> tuple[int, ...]:
     head_dim, cfg = int(parent.head_dim), parent.config
     q, kv = cfg.num_attention_heads * head_dim, cfg.num_key_value_heads * head_dim
     return (q, kv, kv)
 
 
-def _phi3_localize(parent: nn.Module, tp_size: int) -> None:
+def _phi3_localize(parent: Any, tp_size: int) -> None:
     cfg = parent.config
     parent.config = LocalHeadsConfig(
         cfg,

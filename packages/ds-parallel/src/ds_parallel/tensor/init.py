@@ -85,5 +85,6 @@ def tp_model_init(
             f"tp_model_init(tp_size={tp_size}) disagrees with the config's "
             f"tensor_parallel.autotp_size {cfg_size}"
         )
-    model.ds_autotp_dtype = dtype
+    # nn.Module.__setattr__'s stub takes tensors and modules only; any value is stored at run time
+    model.ds_autotp_dtype = dtype  # type: ignore[assignment]
     return apply_autotp(model, tp_size, section.get("partition_config"), kwargs.get("tp_group"))

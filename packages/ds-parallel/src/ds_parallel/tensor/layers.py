@@ -10,8 +10,8 @@ holds the right tensors. Each split parameter carries ``tensor_model_parallel=Tr
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, TypeGuard, cast
 
 import torch
 import torch.distributed as dist
@@ -22,6 +22,29 @@ from ds_parallel.tensor.comm import copy_to_tensor_region, reduce_from_tensor_re
 
 DS_IS_REPLACED_MODULE = "ds_is_replaced_module"
 DS_TENSOR_MODEL_PARALLEL = "tensor_model_parallel"
+
+if TYPE_CHECKING:  # typing only: neither class is ever instantiated
+
+    class Conv1D(nn.Module):
+        """transformers' ``Conv1D`` as :func:`is_conv1d` recognises it (transformers is not a dependency)."""
+
+        nf: int
+        nx: int
+        weight: nn.Parameter
+        bias: nn.Parameter | None
+
+    class SplitParameter(nn.Parameter):
+        """A parameter a :class:`TensorParallelLayer` split: the attributes set on it at run time."""
+
+        partition_dim: int
+        _ds_local: Tensor  # while gathered: the local storage to return to
+        gather_params: Callable[[list[Tensor]], None]
+        _tp_partition: Callable[[list[Tensor]], None]
+
+
+def split_param(param: Tensor) -> SplitParameter:
+    """``param`` itself, typed with the attributes a tensor-parallel layer sets on it."""
+    return cast("SplitParameter", param)
 
 
 class PartitionError(ValueError):
@@ -57,7 +80,7 @@ def _gather(shard: Tensor, dim: int, group: Any, sections: tuple[int, ...] | Non
     return torch.cat([pieces[r][j] for j in range(len(sections)) for r in range(size)], dim=dim)
 
 
-def is_conv1d(module: nn.Module) -> bool:
+def is_conv1d(module: nn.Module) -> TypeGuard[Conv1D]:
     """Whether ``module`` is a transformers ``Conv1D`` (GPT-2's projections): a linear map whose weight is
     stored transposed, ``[in_features, out_features]``, computing ``x @ weight + bias``."""
     weight = getattr(module, "weight", None)
@@ -116,14 +139,15 @@ class TensorParallelLayer(nn.Module):
                 f"out_features={self.out_features} of a column-parallel layer"
             )
         self.sections = tuple(sections) if sections is not None else None
-        self.weight = module.weight
-        self.bias = module.bias
+        # nn.Linear and Conv1D hold both as Parameters (the bias: or None); nn.Module's type cannot say so
+        self.weight = cast(nn.Parameter, module.weight)
+        self.bias = cast("nn.Parameter | None", module.bias)
         self._tp_partition([p for p in (self.weight, self.bias) if p is not None])
         for p in (self.weight, self.bias):
             if p is not None:
                 setattr(p, DS_IS_REPLACED_MODULE, True)
-                p.gather_params = self.gather_params
-                p._tp_partition = self._tp_partition
+                split_param(p).gather_params = self.gather_params
+                split_param(p)._tp_partition = self._tp_partition
 
     def _dim_of(self, param: Tensor) -> int | None:
         """The dimension of ``param`` that is split (``None``: replicated)."""
@@ -152,20 +176,24 @@ class TensorParallelLayer(nn.Module):
                 local = home
             p.data = local
             setattr(p, DS_TENSOR_MODEL_PARALLEL, True)
-            p.partition_dim = dim
+            split_param(p).partition_dim = dim
 
     @torch.no_grad()
     def gather_params(self, params_list: list[Tensor]) -> None:
         """Replace each split parameter's data by the full tensor (all-gather over ``mp_group``)."""
         for p in params_list:
             if getattr(p, DS_TENSOR_MODEL_PARALLEL, False):
-                p._ds_local = p.data  # the local storage (a view into ZeRO's flat buffer) to return to
-                p.data = _gather(p.data, p.partition_dim, self.mp_group, self._sections_of(p))
+                split_param(
+                    p
+                )._ds_local = p.data  # the local storage (a view into ZeRO's flat buffer) to return to
+                p.data = _gather(p.data, split_param(p).partition_dim, self.mp_group, self._sections_of(p))
 
     def full_tensor(self, param: Tensor) -> Tensor:
         """The unsplit value of ``param`` (a collective over ``mp_group``); the parameter is left as it is."""
         if getattr(param, DS_TENSOR_MODEL_PARALLEL, False):
-            return _gather(param.data, param.partition_dim, self.mp_group, self._sections_of(param))
+            return _gather(
+                param.data, split_param(param).partition_dim, self.mp_group, self._sections_of(param)
+            )
         return param.detach().clone()
 
     def extra_repr(self) -> str:  # noqa: D102
@@ -223,11 +251,11 @@ class GatherReplacedLayerParams:
 
     def __enter__(self) -> None:
         if self.enabled:
-            self.params[0].gather_params(self.params)
+            split_param(self.params[0]).gather_params(self.params)
 
     def __exit__(self, *exc: Any) -> None:
         if self.enabled:
-            self.params[0]._tp_partition(self.params)
+            split_param(self.params[0])._tp_partition(self.params)
 
 
 __all__ = [

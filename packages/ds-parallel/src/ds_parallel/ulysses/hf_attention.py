@@ -124,7 +124,8 @@ class UlyssesSPAttentionHF(nn.Module):
         group = self.process_group
         q, k, v = (seq_all_to_all(t, group, scatter_dim=1, gather_dim=2) for t in (query, key, value))
         if self.kv_replication_factor > 1:
-            module.num_key_value_groups = q.shape[1] // k.shape[1]
+            # nn.Module.__setattr__'s stub takes tensors and modules only; any value is stored at run time
+            module.num_key_value_groups = q.shape[1] // k.shape[1]  # type: ignore[assignment]
         context, weights = self.attn(module, q, k, v, None, *args, **kwargs)  # [b, s, h/p, d]
         out = seq_all_to_all(context, group, scatter_dim=1, gather_dim=2)  # [b, s/p, h, d]
         return out.reshape(*out.shape[:2], -1), weights

@@ -67,6 +67,7 @@ def register(
         getattr(text, "num_key_value_heads", None) or text.num_attention_heads,
     )
     check_heads(heads, kv_heads, sequence_parallel_size)
+    fixed_length = None if seq_length_is_variable else seq_length  # an int then (checked above)
     core = _core_function(core_attn_implementation, getattr(config, "_attn_implementation", None))
 
     from ds_parallel import sp_state
@@ -81,8 +82,8 @@ def register(
         num_hidden_layers=text.num_hidden_layers,
         process_group=sp_state.get_sequence_parallel_group(),
         seq_length_is_variable=seq_length_is_variable,
-        local_seq_length=None if seq_length_is_variable else seq_length // sequence_parallel_size,
-        global_seq_length=None if seq_length_is_variable else seq_length,
+        local_seq_length=None if fixed_length is None else fixed_length // sequence_parallel_size,
+        global_seq_length=fixed_length,
         disable_in_eval=disable_in_eval,
     )
     uattn.core_attn_implementation = core_attn_implementation

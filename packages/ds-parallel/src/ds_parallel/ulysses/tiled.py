@@ -46,7 +46,8 @@ def _tile_grads(
     grads = torch.autograd.grad(out, [x, *params], grad_out, allow_unused=True)
     for i, g in enumerate(grads[1:]):
         if g is not None:
-            sums[i] = g if sums[i] is None else sums[i] + g
+            total = sums[i]
+            sums[i] = g if total is None else total + g
     return grads[0] if grads[0] is not None else torch.zeros_like(x)
 
 
@@ -124,6 +125,7 @@ class SequenceTiledCompute(torch.autograd.Function):
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
         sharded = dict(zip(ctx.keys, ctx.saved_tensors))
         sums: list[torch.Tensor | None] = [None] * len(ctx.params)
+        grads: Sequence[torch.Tensor]
         if ctx.reduction is None:
             grads = torch.chunk(grad, ctx.shards, dim=ctx.dim)
         else:
