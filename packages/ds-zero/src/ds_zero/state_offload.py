@@ -296,7 +296,7 @@ def _apply_keeping_grads(module: nn.Module, fn: Callable[[Tensor], Tensor]) -> N
     """``module._apply(fn)`` (FSDP2 overrides it to re-pad its shards) with the DTensor parameters
     swapped in place, so optimizer and trainer references stay valid."""
     # swap_tensors swaps the Python attributes too: the ds_* attributes ZeRO-3 keeps on each parameter
-    # (Note [ds attributes] in ds_zero.stage3.sharding) are put back on the same objects afterwards.
+    # (Note [ds attributes] in ds_zero.stage3.status) are put back on the same objects afterwards.
     attrs = {id(p): (p, dict(p.__dict__)) for p in module.parameters()}
     previous = torch.__future__.get_swap_module_params_on_conversion()
     torch.__future__.set_swap_module_params_on_conversion(True)

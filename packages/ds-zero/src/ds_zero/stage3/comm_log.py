@@ -80,7 +80,9 @@ class LoggedReduceScatter(DefaultReduceScatter):
     ) -> Any:
         average = {_SUM: False, _AVG: True}.get(op) if isinstance(op, dist.ReduceOp.RedOpType) else None
         host = shm_collectives.get(group, input_tensor.device) if average is not None else None
-        if host is not None:  # Note [shared-memory collectives]; a pre-multiplied sum stays with c10d
+        if (
+            host is not None and average is not None
+        ):  # Note [shared-memory collectives]; a pre-multiplied sum stays with c10d
             host.reduce_scatter(output_tensor, input_tensor, average=average)
             return None
 

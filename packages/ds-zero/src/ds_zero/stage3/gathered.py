@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -24,18 +24,19 @@ import ds_comm
 from ds_zero.stage3 import shards
 from ds_zero.stage3.external import register_external_parameter, unregister_external_parameter
 from ds_zero.stage3.sharding import OWNED, holders_of, unit_of
-from ds_zero.stage3.status import ZeroParamStatus
+from ds_zero.stage3.status import ZeroParamStatus, zero_param
 
 # persistent parameter -> (weak) the masters holder to refresh after a modifier writes it
 _NOTHING = torch.empty(0)
 
 
-def _as_list(params: Any) -> list[nn.Parameter]:
+def _as_list(params: Any) -> list[Tensor]:
     if params is None:
         return []
     if isinstance(params, Tensor):
         return [params]
-    out, seen = [], set()
+    out: list[Tensor] = []
+    seen: set[int] = set()
     for p in params if isinstance(params, Iterable) else [params]:
         if id(p) not in seen:
             seen.add(id(p))
@@ -43,17 +44,18 @@ def _as_list(params: Any) -> list[nn.Parameter]:
     return out
 
 
-def _resolve(params: list[nn.Parameter]) -> list[nn.Parameter]:
+def _resolve(params: list[Tensor]) -> list[Tensor]:
     """Map gathered copies to their sharded parameters. While a unit is gathered, its modules hold
     FSDP2's full copies, and a caller may hand those in; changes must reach the shards instead."""
     if all(shards.is_zero3_param(p) or getattr(p, "ds_persist", False) for p in params) or not len(OWNED):
         return params
-    twin = {}
+    twin: dict[int, Tensor] = {}
     for owner, named in list(OWNED.items()):
         for name, sharded in named.items():
             if owner._parameters.get(name) is not None:
                 twin[id(owner._parameters[name])] = sharded
-    out, seen = [], set()
+    out: list[Tensor] = []
+    seen: set[int] = set()
     for p in params:
         p = twin.get(id(p), p)
         if id(p) not in seen:
@@ -84,7 +86,11 @@ class GatheredParameters:
         enabled: bool = True,
     ) -> None:
         candidates = _resolve(_as_list(params)) if enabled else []
-        self.params = [p for p in candidates if shards.is_init_shard(p) or shards.is_unit_shard(p)]
+        # Init shards are Parameters (is_init_shard checks), and so are FSDP2's shards (holding DTensors)
+        self.params = cast(
+            "list[nn.Parameter]",
+            [p for p in candidates if shards.is_init_shard(p) or shards.is_unit_shard(p)],
+        )
         whole = [p for p in candidates if getattr(p, "ds_persist", False) and not shards.is_unit_shard(p)]
         self.persistent = whole if modifier_rank is not None else []
         self.modifier_rank = modifier_rank
@@ -97,19 +103,19 @@ class GatheredParameters:
             if isinstance(p, DTensor):
                 view = nn.Parameter(full.clone(), requires_grad=p.requires_grad)
                 if hasattr(p, "ds_active_sub_modules"):  # clients clear it on module.parameters() here
-                    view.ds_active_sub_modules = p.ds_active_sub_modules
+                    zero_param(view).ds_active_sub_modules = zero_param(p).ds_active_sub_modules
                 self._full[id(p)] = view
                 self._swap(p, view)
             else:
-                p.data = full.to(p.ds_tensor.device).view(p.ds_shape)
-                p.ds_status = ZeroParamStatus.AVAILABLE
+                p.data = full.to(shards.init_partition(p).device).view(zero_param(p).ds_shape)
+                zero_param(p).ds_status = ZeroParamStatus.AVAILABLE
             if self.fwd_module is not None:
                 register_external_parameter(self.fwd_module, p)
 
     def __exit__(self, *exc: Any) -> None:
         try:
             if self.modifier_rank is not None and exc[0] is None:
-                self._keep_modifier_values()
+                self._keep_modifier_values(self.modifier_rank)
         finally:
             for p in self.params:
                 if isinstance(p, DTensor):
@@ -118,14 +124,14 @@ class GatheredParameters:
                     if unit is not None:
                         unit.reshard()
                 else:
-                    p.data = torch.empty(0, dtype=p.ds_tensor.dtype, device=p.ds_tensor.device)
-                    p.ds_status = ZeroParamStatus.NOT_AVAILABLE
+                    local = shards.init_partition(p)
+                    p.data = torch.empty(0, dtype=local.dtype, device=local.device)
+                    zero_param(p).ds_status = ZeroParamStatus.NOT_AVAILABLE
                 if self.fwd_module is not None:
                     unregister_external_parameter(self.fwd_module, p)
             self._full.clear()
 
-    def _keep_modifier_values(self) -> None:
-        src = self.modifier_rank
+    def _keep_modifier_values(self, src: int) -> None:
         for p in self.params:
             group = _modifier_group(p)
             if isinstance(p, DTensor):
@@ -133,14 +139,15 @@ class GatheredParameters:
                 shards.write_rows(p, full)
             else:
                 full = shards.broadcast_full(p.data, src=src, group=group)
-                p.ds_tensor.copy_(shards.flat_slice(full, group=group).to(p.ds_tensor.device))
+                local = shards.init_partition(p)
+                local.copy_(shards.flat_slice(full, group=group).to(local.device))
         owners = {}
-        for p in self.persistent:
+        for whole in self.persistent:
             with torch.no_grad():
-                p.data.copy_(
-                    shards.broadcast_full(p.data, src=src, group=getattr(p, "ds_process_group", None))
+                whole.data.copy_(
+                    shards.broadcast_full(whole.data, src=src, group=getattr(whole, "ds_process_group", None))
                 )
-            ref = getattr(p, "_ds_persistent_owner", None)  # Note [no weak references to parameters]
+            ref = getattr(whole, "_ds_persistent_owner", None)  # Note [no weak references to parameters]
             owner = ref() if ref is not None else None
             if owner is not None:
                 owners[id(owner)] = owner

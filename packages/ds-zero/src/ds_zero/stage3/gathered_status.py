@@ -19,13 +19,13 @@ the life of the model, so they are tagged at their first forward only.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from torch import nn
 from torch.distributed.tensor import DTensor
 
-from ds_zero.stage3.status import ZeroParamStatus
+from ds_zero.stage3.status import ZeroParamStatus, zero_param
 
 _COPIED = ("ds_id", "ds_shape", "ds_numel", "ds_process_group", "ds_z3_leaf_module")
 
@@ -42,7 +42,9 @@ def output_embeddings(module: nn.Module) -> list[nn.Module]:
     return [head] if isinstance(head, nn.Module) else []
 
 
-def tag_gathered_parameters(units: list[nn.Module], owned: dict[nn.Module, dict[str, DTensor]]) -> list[Any]:
+def tag_gathered_parameters(
+    units: Sequence[nn.Module], owned: Mapping[nn.Module, dict[str, DTensor]]
+) -> list[Any]:
     """After each unit's gather, mark its full parameters ``AVAILABLE`` (Note [gathered status]); returns
     the hook handles (generation takes them out with the other forward hooks: ds_zero.stage3.offload_view)."""
     handles = []
@@ -51,7 +53,7 @@ def tag_gathered_parameters(units: list[nn.Module], owned: dict[nn.Module, dict[
             (weakref.ref(owner), name)
             for owner in unit.modules()
             for name in owned.get(owner, {})
-            if owned[owner][name]._ds_unit is unit
+            if zero_param(owned[owner][name])._ds_unit is unit
         ]
         if entries:  # runs after FSDP2's gather (not prepended)
             handles.append(unit.register_forward_pre_hook(_tagger(entries, owned)))
@@ -59,7 +61,7 @@ def tag_gathered_parameters(units: list[nn.Module], owned: dict[nn.Module, dict[
 
 
 def _tagger(
-    entries: list[tuple[Any, str]], owned: dict[nn.Module, dict[str, DTensor]]
+    entries: list[tuple[Any, str]], owned: Mapping[nn.Module, dict[str, DTensor]]
 ) -> Callable[..., None]:
     def hook(_module: nn.Module, _args: Any) -> None:
         owner, name = entries[0][0](), entries[0][1]

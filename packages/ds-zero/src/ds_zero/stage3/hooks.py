@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.distributed.fsdp import FSDPModule
 
 import ds_comm
 from ds_zero.stage3.sharding import ShardedModel
@@ -92,7 +93,8 @@ class UnitHooks:
         root = len(self.units) - 1
         sequence = [root] + [i for i in order if i != root]
         for k, i in enumerate(sequence):
-            ahead, total = [], 0
+            ahead: list[FSDPModule] = []
+            total = 0
             for j in sequence[k + 1 :]:
                 if total + self.numel[j] > self.prefetch_numel:
                     break

@@ -45,7 +45,8 @@ def z3_leaf_parameter(param: nn.Parameter) -> bool:
 
 def set_z3_leaf_module(module: nn.Module, flag: bool) -> None:
     """Flag (or unflag) one module as a leaf."""
-    module._z3_leaf = flag
+    # nn.Module.__setattr__'s stub takes tensors and modules only; any value is stored at run time
+    module._z3_leaf = flag  # type: ignore[assignment]
 
 
 def get_z3_leaf_modules(model: nn.Module) -> list[nn.Module]:

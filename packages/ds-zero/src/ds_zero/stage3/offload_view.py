@@ -43,6 +43,7 @@ from torch.utils.hooks import RemovableHandle
 from ds_zero.stage3.external import external_parameters
 from ds_zero.stage3.hooks import UnitHooks
 from ds_zero.stage3.sharding import OWNED, ShardedModel
+from ds_zero.stage3.status import zero_param
 
 _removals = itertools.count()  # stamps removals, so hooks go back in the reverse order they came out
 
@@ -55,17 +56,18 @@ def fsdp_forward_handles(unit: nn.Module) -> list[RemovableHandle]:
     out and put them back; ``test_offload_view`` checks these names, so a torch that renames them fails
     that test (and this function raises) rather than generation silently running collectives per token.
     """
-    state = fully_shard.state(unit)
+    state = fully_shard.state(unit)  # type: ignore[attr-defined]  # added by @contract; its overloads hide it
     handles = [
         getattr(state, "_pre_forward_hook_handle", None),
         getattr(state, "_post_forward_hook_handle", None),
     ]
-    if not all(isinstance(h, RemovableHandle) for h in handles):
+    found = [h for h in handles if isinstance(h, RemovableHandle)]
+    if len(found) != len(handles):
         raise RuntimeError(
             "this torch's FSDP2 keeps its forward hooks elsewhere (FSDPState._pre_forward_hook_handle)"
             "; ds_zero.stage3.offload_view.fsdp_forward_handles needs updating"
         )
-    return list(dict.fromkeys(handles))  # a grouped fully_shard([a, b]) shares one handle
+    return list(dict.fromkeys(found))  # a grouped fully_shard([a, b]) shares one handle
 
 
 class _Slot:
@@ -156,7 +158,7 @@ class ComputeDtypeViews:
                     continue
                 copy = nn.Parameter(view.detach().to(self.dtype), requires_grad=view.requires_grad)
                 if hasattr(view, "ds_active_sub_modules"):
-                    copy.ds_active_sub_modules = view.ds_active_sub_modules
+                    zero_param(copy).ds_active_sub_modules = zero_param(view).ds_active_sub_modules
                 owner._parameters[name] = copy
                 self._swapped.append((owner, name, view))
 
@@ -188,10 +190,11 @@ def add_deepspeed_module_attributes(module: nn.Module) -> None:
     """``ds_external_parameters()`` on every module and ``ds_active_sub_modules`` on every parameter."""
     for m in module.modules():
         if "ds_external_parameters" not in m.__dict__:
-            m.ds_external_parameters = ExternalParameters(m)
+            # nn.Module.__setattr__'s stub takes tensors and modules only; any value is stored at run time
+            m.ds_external_parameters = ExternalParameters(m)  # type: ignore[assignment]
         for p in m._parameters.values():
             if p is not None and not hasattr(p, "ds_active_sub_modules"):
-                p.ds_active_sub_modules = set()
+                zero_param(p).ds_active_sub_modules = set()
 
 
 class ParameterOffload:

@@ -30,6 +30,7 @@ from ds_zero.grad_reducer import GradReducer
 from ds_zero.policy import ZeroPolicy
 from ds_zero.stage3 import shards
 from ds_zero.stage3.sharding import ShardedModel
+from ds_zero.stage3.status import zero_param
 from ds_zero.stage12 import ShardedParams, ShardedReduction
 from ds_zero.units import ParamSlot
 
@@ -112,8 +113,10 @@ class Stage3Params:
             extra = self.persistent_masters_of_group(g)
             optimizer.param_groups[g]["params"] = holders + extra
         this = weakref.ref(self)
-        for p in self.persistent_params:
-            p._ds_persistent_owner = this  # read by GatheredParameters (no weakref on the tensor itself)
+        for whole in self.persistent_params:
+            zero_param(
+                whole
+            )._ds_persistent_owner = this  # read by GatheredParameters (no weakref on the tensor itself)
         in_opt = {id(p) for p in self.unit_params} | {id(p) for p in self.persistent_params}
         self.other_params = [
             p for p in sharded.module.parameters() if p.requires_grad and id(p) not in in_opt
@@ -193,7 +196,7 @@ class Stage3Params:
 
     @property
     def holders(self) -> list[Tensor]:
-        return list(self.unit_holders) + ([] if self.persistent is None else list(self.persistent.holders))
+        return [*self.unit_holders, *([] if self.persistent is None else self.persistent.holders)]
 
     @property
     def units(self) -> list[Any]:

@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import inspect
 import weakref
+from collections.abc import Set as AbstractSet
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
@@ -48,7 +49,13 @@ from ds_zero.stage3.leaf import mark_fine_grained, z3_leaf_module
 from ds_zero.stage3.mesh_release import release_at_teardown
 from ds_zero.stage3.plan import UnitPlan, plan_units
 from ds_zero.stage3.policy import hpz_group_size, stage3_of, unit_cap
-from ds_zero.stage3.status import ZeroParamStatus, full_numel, mark
+from ds_zero.stage3.status import ZeroParamStatus, full_numel, mark, zero_param
+
+if TYPE_CHECKING:
+
+    class ShardUnit(FSDPModule, nn.Module):
+        """A module after ``fully_shard``: FSDP2 swaps its class for a subclass of both (typing only)."""
+
 
 # Note [no weak references to parameters]: FSDP2 and nn.Module._apply (``model.cpu()``, as Lightning's
 # teardown calls) swap parameter tensors, which torch refuses for a tensor that has weak references.
@@ -82,8 +89,8 @@ class ShardedModel:
     status_hooks: list[Any] = field(default_factory=list)  # Note [gathered status]: one per unit
 
     @property
-    def units(self) -> list[FSDPModule]:
-        return self.plan.units  # type: ignore[return-value]
+    def units(self) -> list[ShardUnit]:
+        return cast("list[ShardUnit]", self.plan.units)  # shard_model applied fully_shard to each
 
     def reshard(self) -> None:
         """Drop every gathered copy (after the shards changed outside FSDP's knowledge)."""
@@ -129,8 +136,8 @@ def _owned_slots(module: nn.Module) -> list[tuple[nn.Module, str, nn.Parameter]]
 def _materialise(param: nn.Parameter, device: torch.device) -> None:
     """Give an Init-sharded parameter its full value again (every rank must call it)."""
     param.data = shards.gather_full(param).to(device)
-    param.ds_tensor = None
-    param.ds_status = ZeroParamStatus.AVAILABLE
+    zero_param(param).ds_tensor = None
+    zero_param(param).ds_status = ZeroParamStatus.AVAILABLE
 
 
 def _prepare_unit_params(
@@ -207,7 +214,8 @@ def shard_model(
             _materialise(p, device)
         mark(p, shape=p.shape, group=group, persist=True, status=ZeroParamStatus.AVAILABLE)
     before = _owned_slots(module)
-    ignored = {"ignored_params": set(plan.persistent)} if plan.persistent else {}
+    # passed only when there are any: a torch without the argument still shards models with none
+    ignored: dict[str, Any] = {"ignored_params": set(plan.persistent)} if plan.persistent else {}
     if ignored and "ignored_params" not in inspect.signature(fully_shard).parameters:
         raise StageNotAvailable(
             f"stage 3 keeps {len(persistent)} small parameter(s) whole, which needs torch >= 2.7 "
@@ -235,7 +243,7 @@ def shard_model(
     if unused is not None:
         unused(True)  # parameters unused on a rank reduce as zeros, as in stage 2, rather than hang
     if not policy.reduce.average:
-        for unit in plan.units:
+        for unit in cast("list[ShardUnit]", plan.units):
             divide = (
                 getattr(unit, "set_gradient_divide_factor", None) or unit.set_reduce_scatter_divide_factor
             )
@@ -254,7 +262,9 @@ def shard_model(
     )
 
 
-def cast_whole_tensors(module: nn.Module, dtype: torch.dtype, *, keep: set[int] = frozenset()) -> None:
+def cast_whole_tensors(
+    module: nn.Module, dtype: torch.dtype, *, keep: AbstractSet[int] = frozenset()
+) -> None:
     """After sharding: floating buffers and the parameters that stay whole (persistent ones), except those
     in ``keep`` (ids), follow the model's dtype; the shards keep theirs (Note [shards are masters])."""
     with torch.no_grad():
@@ -287,7 +297,7 @@ def _mark_leaf_parameters(module: nn.Module) -> None:
     """DeepSpeed's ``ds_z3_leaf_module`` on each parameter under a leaf (what ``z3_leaf_parameter`` reads)."""
     for leaf in (m for m in module.modules() if z3_leaf_module(m)):
         for p in leaf.parameters():
-            p.ds_z3_leaf_module = leaf
+            zero_param(p).ds_z3_leaf_module = leaf
 
 
 def _rebind(
@@ -297,23 +307,25 @@ def _rebind(
     replaced: dict[int, nn.Parameter] = {}
     for owner, name, old in before:
         new = owner._parameters[name]
+        assert new is not None  # fully_shard replaces parameters, it does not remove them
         replaced[id(old)] = new
         if new is not old and getattr(old, "ds_id", None) is not None:
-            new.ds_id = old.ds_id
-    unit_of_module = {}
+            zero_param(new).ds_id = zero_param(old).ds_id
+    unit_of_module: dict[int, nn.Module] = {}
     for unit in plan.units:  # children first: a module's innermost unit wins
         for m in unit.modules():
             unit_of_module.setdefault(id(m), unit)
     for owner in module.modules():
-        mine = {name: p for name, p in owner._parameters.items() if isinstance(p, DTensor)}
+        # is_unit_shard, not isinstance: to mypy no Parameter is also a DTensor (their stubs conflict), so
+        # it would skip such a branch as unreachable; FSDP2's parameters are both.
+        mine = {name: p for name, p in owner._parameters.items() if p is not None and shards.is_unit_shard(p)}
         if mine:
             owner.register_load_state_dict_pre_hook(partial(_load_full_into_shards, mine))
-        for name, p in owner._parameters.items():
-            if isinstance(p, DTensor):
-                p._ds_holders = [*holders_of(p), (weakref.ref(owner), name)]
-                OWNED.setdefault(owner, {})[name] = p
-            if isinstance(p, DTensor) and unit_of(p) is None:
-                p._ds_unit = unit_of_module[id(owner)]
+        for name, p in mine.items():
+            zero_param(p)._ds_holders = [*holders_of(p), (weakref.ref(owner), name)]
+            OWNED.setdefault(owner, {})[name] = p
+            if unit_of(p) is None:
+                zero_param(p)._ds_unit = unit_of_module[id(owner)]
                 mark(p, shape=p.shape, group=group, persist=False, status=ZeroParamStatus.NOT_AVAILABLE)
     names = {id(p): name for name, p in module.named_parameters()}
     return replaced, names

@@ -12,13 +12,14 @@ an Init shard on the CPU (``remote_device="cpu"``) still gathers over NCCL.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeGuard
 
 import torch
 from torch import Tensor, nn
 from torch.distributed.tensor import DTensor
 
 import ds_comm
+from ds_zero.stage3.status import zero_param
 
 
 def comm_device(group: Any = None) -> torch.device:
@@ -39,9 +40,17 @@ def is_init_shard(param: Tensor) -> bool:
     )
 
 
-def is_unit_shard(param: Tensor) -> bool:
+def is_unit_shard(param: Tensor) -> TypeGuard[DTensor]:
     """Whether ``param`` is a row-sharded DTensor managed by a stage-3 shard unit."""
     return isinstance(param, DTensor)
+
+
+def init_partition(param: Tensor) -> Tensor:
+    """An Init shard's flat partition on this rank (``param.ds_tensor``)."""
+    local = zero_param(param).ds_tensor
+    if local is None:
+        raise ValueError("not a zero.Init shard: the parameter has no ds_tensor")
+    return local
 
 
 def is_zero3_param(param: Any) -> bool:
@@ -157,8 +166,9 @@ def gather_full(param: Tensor) -> Tensor:
     if is_unit_shard(param):
         return gather_rows(param)
     if is_init_shard(param):
-        return gather_flat(param.ds_tensor.detach(), numel=param.ds_numel, group=param.ds_process_group).view(
-            param.ds_shape
+        z = zero_param(param)
+        return gather_flat(init_partition(param).detach(), numel=z.ds_numel, group=z.ds_process_group).view(
+            z.ds_shape
         )
     return param.detach()
 

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 import ds_comm
 from ds_zero.stage3 import shards
-from ds_zero.stage3.status import ZeroParamStatus, mark
+from ds_zero.stage3.status import ZeroParamStatus, mark, zero_param
 
 _orig_torch_tensor = torch.tensor
 _orig_torch_empty = torch.empty
@@ -139,11 +139,11 @@ def choose_placement(
 
 # --- the context ----------------------------------------------------------------------------------
 _ACTIVE: list[Init] = []
-_PATCHED: dict[type, Callable[..., None]] = {}
+_PATCHED: dict[type[nn.Module], Callable[..., None]] = {}
 _ORIG_INIT_SUBCLASS = nn.Module.__dict__.get("__init_subclass__")
 
 
-def _all_subclasses(cls: type) -> list[type]:
+def _all_subclasses(cls: type[nn.Module]) -> list[type[nn.Module]]:
     out, todo = [], [cls]
     while todo:
         c = todo.pop()
@@ -152,7 +152,7 @@ def _all_subclasses(cls: type) -> list[type]:
     return out
 
 
-def _wrap(cls: type) -> None:
+def _wrap(cls: type[nn.Module]) -> None:
     orig = cls.__dict__.get("__init__")
     if orig is None or cls in _PATCHED or not inspect.isfunction(orig):
         return
@@ -174,10 +174,11 @@ def _wrap(cls: type) -> None:
             ctx.partition(module)
 
     _PATCHED[cls] = orig
-    cls.__init__ = init
+    # patching classes is Init's mechanism; mypy refuses assignments to methods
+    cls.__init__ = init  # type: ignore[method-assign,assignment]
 
 
-def _on_subclass(cls: type, **kwargs: Any) -> None:
+def _on_subclass(cls: type[nn.Module], **kwargs: Any) -> None:
     super(nn.Module, cls).__init_subclass__(**kwargs)
     _wrap(cls)
 
@@ -258,7 +259,7 @@ class Init:
         )
         if self.pin_memory:
             local = local.pin_memory()
-        param.ds_tensor = local
+        zero_param(param).ds_tensor = local
         param.data = torch.empty(0, dtype=local.dtype, device=local.device)
         mark(
             param,
@@ -274,7 +275,8 @@ class Init:
         if not _ACTIVE:
             for cls in _all_subclasses(nn.Module):
                 _wrap(cls)
-            nn.Module.__init_subclass__ = classmethod(_on_subclass)  # classes defined inside the context
+            # classes defined inside the context (patching nn.Module is Init's mechanism, not a typed call)
+            nn.Module.__init_subclass__ = classmethod(_on_subclass)  # type: ignore[method-assign,assignment]
         _ACTIVE.append(self)
         return self
 
@@ -285,9 +287,9 @@ class Init:
         if _ACTIVE:
             return
         for cls, orig in _PATCHED.items():
-            cls.__init__ = orig
+            cls.__init__ = orig  # type: ignore[method-assign]  # putting back what _wrap patched
         _PATCHED.clear()
         if _ORIG_INIT_SUBCLASS is None:
             del nn.Module.__init_subclass__
         else:
-            nn.Module.__init_subclass__ = _ORIG_INIT_SUBCLASS
+            nn.Module.__init_subclass__ = _ORIG_INIT_SUBCLASS  # type: ignore[method-assign]
