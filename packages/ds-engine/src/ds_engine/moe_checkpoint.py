@@ -17,15 +17,19 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 import ds_comm
 from ds_engine.checkpoint import layout
+from ds_engine.checkpoint.engine_state import CheckpointedEngine
 from ds_engine.checkpoint.files import atomic_torch_save
 from ds_parallel.moe import expert_groups
 from ds_zero.deepspeed_format import DeepSpeedCheckpointError
+
+if TYPE_CHECKING:
+    from ds_parallel.moe.layer import MoE
 
 EXPERTS_PREFIX = "deepspeed_moe.experts.deepspeed_experts."
 
@@ -39,17 +43,17 @@ def expert_ckpt_name(checkpoints_path: str, layer_id: int, expert_id: int, tag: 
     )
 
 
-def _moe_modules(module: torch.nn.Module) -> list[tuple[str, Any]]:
+def _moe_modules(module: torch.nn.Module) -> list[tuple[str, MoE]]:
     from ds_parallel.moe.layer import MoE
 
     return [(name, m) for name, m in module.named_modules() if isinstance(m, MoE)]
 
 
-def _ep_rank(layer: Any) -> int:
+def _ep_rank(layer: MoE) -> int:
     return expert_groups._get_expert_parallel_rank(layer.expert_group_name)
 
 
-def save_experts(engine: Any, save_dir: str, tag: Any) -> None:
+def save_experts(engine: CheckpointedEngine, save_dir: str, tag: Any) -> None:
     """Write this rank's expert files (first rank of each expert-data-parallel group); collective."""
     tag = str(tag) if tag is not None else layout.default_tag(engine.global_steps)
     os.makedirs(layout.tag_dir(save_dir, tag), exist_ok=True)
@@ -69,7 +73,7 @@ def save_experts(engine: Any, save_dir: str, tag: Any) -> None:
     ds_comm.barrier()
 
 
-def load_experts(engine: Any, model_states_path: str) -> None:
+def load_experts(engine: CheckpointedEngine, model_states_path: str) -> None:
     """Overwrite this rank's local experts from the expert files beside ``model_states_path``."""
     tag_dir = os.path.dirname(model_states_path)
     for layer_id, (name, layer) in enumerate(_moe_modules(engine.module)):
@@ -86,8 +90,8 @@ def load_experts(engine: Any, model_states_path: str) -> None:
             saved = torch.load(path, map_location="cpu", weights_only=True)
             for key, value in saved.items():
                 local_state[key.replace(f"{prefix}{global_id}.", f"{prefix}{local_id}.", 1)] = value
-        params = dict(engine.module.named_parameters())
-        params.update(dict(engine.module.named_buffers()))
+        params: dict[str, torch.Tensor] = dict(engine.module.named_parameters())
+        params.update(engine.module.named_buffers())
         with torch.no_grad():
             for key, value in local_state.items():
                 if key not in params:

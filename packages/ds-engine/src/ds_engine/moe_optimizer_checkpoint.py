@@ -24,11 +24,15 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ds_engine.checkpoint import layout
+from ds_engine.checkpoint.engine_state import CheckpointedEngine
 from ds_parallel.moe import expert_groups
 from ds_zero.deepspeed_format import DeepSpeedCheckpointError, read_optimizer_shards
+
+if TYPE_CHECKING:
+    from ds_parallel.moe.layer import MoE
 
 META_KEY = "moe_expert_keys"  # {"keys": "global", "num_experts": [...], "ep_size": [...], "dp_world_size": N}
 EXPERTS_PREFIX = "deepspeed_moe.experts.deepspeed_experts."
@@ -37,7 +41,7 @@ WEIGHTS_ONLY = "load it with load_optimizer_states=False (every weight and the L
 _LAYOUT_GROUP_KEYS = ("name", "moe")
 
 
-def _layers(engine: Any) -> list[tuple[str, Any]]:
+def _layers(engine: CheckpointedEngine) -> list[tuple[str, MoE]]:
     from ds_parallel.moe.layer import MoE
 
     return [
@@ -59,7 +63,7 @@ def _split_key(key: Any, prefixes: list[str]) -> tuple[int, int, str] | None:
     return None
 
 
-def _meta(engine: Any) -> dict[str, Any]:
+def _meta(engine: CheckpointedEngine) -> dict[str, Any]:
     layers = [m for _, m in _layers(engine)]
     return {
         "keys": "global",
@@ -69,7 +73,7 @@ def _meta(engine: Any) -> dict[str, Any]:
     }
 
 
-def globalize(engine: Any, state: dict[str, Any]) -> dict[str, Any]:
+def globalize(engine: CheckpointedEngine, state: dict[str, Any]) -> dict[str, Any]:
     """``state`` (this rank's slices) with expert keys made global and :data:`META_KEY` added (module note)."""
     layers = _layers(engine)
     prefixes = [p for p, _ in layers]
@@ -88,7 +92,7 @@ def globalize(engine: Any, state: dict[str, Any]) -> dict[str, Any]:
     return {**state, "slices": slices, META_KEY: _meta(engine)}
 
 
-def localize(engine: Any, shards: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def localize(engine: CheckpointedEngine, shards: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Every saved shard reduced to the shared slices and this rank's experts, renamed to local indices."""
     layers = _layers(engine)
     prefixes = [p for p, _ in layers]
@@ -133,7 +137,9 @@ def _read(state: dict[str, Any], files: list[str]) -> list[dict[str, Any]]:
     return [state[layout.OPTIMIZER]] if state.get(layout.OPTIMIZER) is not None else []
 
 
-def optimizer_shards(engine: Any, state: dict[str, Any], path: str, files: list[str]) -> list[dict[str, Any]]:
+def optimizer_shards(
+    engine: CheckpointedEngine, state: dict[str, Any], path: str, files: list[str]
+) -> list[dict[str, Any]]:
     """This rank's share of a MoE checkpoint's optimizer state (module note); ``[]`` when it holds none.
 
     Sets ``engine.moe_optimizer_loaded`` when it returns state. Raises :class:`DeepSpeedCheckpointError`

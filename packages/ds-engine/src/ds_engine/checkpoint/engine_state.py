@@ -28,6 +28,8 @@ class CheckpointedEngine(Protocol):
     global_steps: int
     global_samples: int
     skipped_steps: int
+    # set where a load restored the experts' optimizer state (Note [expert optimizer state])
+    moe_optimizer_loaded: bool
 
     @property
     def module(self) -> nn.Module: ...
