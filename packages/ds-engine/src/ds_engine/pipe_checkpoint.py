@@ -14,18 +14,24 @@ from __future__ import annotations
 
 import glob
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import nn
 
 import ds_comm
 from ds_engine.checkpoint import atomic_torch_save, atomic_write_text
 from ds_engine.checkpoint.files import check_safe
+from ds_zero import Trainer
+
+if TYPE_CHECKING:
+    from ds_engine.pipe_engine import PipelineEngine
+    from ds_parallel.pipe import PipelineModule
 
 LATEST = "latest"
 
 
-def _layer_module(layer: Any) -> Any:
+def _layer_module(layer: Any) -> nn.Module | None:
     """The module holding a layer's state (a tied layer with ``forward_fn`` is a ``partial``)."""
     if hasattr(layer, "state_dict"):
         return layer
@@ -33,7 +39,7 @@ def _layer_module(layer: Any) -> Any:
     return inner[0] if inner and hasattr(inner[0], "state_dict") else None
 
 
-def _layer_prefixes(module: Any) -> dict[int, str]:
+def _layer_prefixes(module: PipelineModule) -> dict[int, str]:
     """This stage's layer index -> its name prefix in the PipelineModule (``"3."``, ``"tied_modules.k."``)."""
     tied = {id(m): f"tied_modules.{k}." for k, m in module.tied_modules.items()}
     out = {}
@@ -44,13 +50,21 @@ def _layer_prefixes(module: Any) -> dict[int, str]:
     return out
 
 
-def _holder_names(engine: Any) -> dict[int, str]:
-    return {id(engine.optimizer.master_of(p)): name for name, p in engine.module.named_parameters()}
+def _optimizers(engine: PipelineEngine) -> tuple[Trainer, torch.optim.Optimizer] | None:
+    """The trainer and the torch optimizer it steps; None without an optimizer (the engine wraps the one
+    into the other, so there are both or neither)."""
+    trainer, inner = engine.optimizer, engine.basic_optimizer
+    return (trainer, inner) if trainer is not None and inner is not None else None
 
 
-def _named_optimizer_state(engine: Any) -> dict[str, Any]:
-    names = _holder_names(engine)
-    inner = engine.basic_optimizer
+def _holder_names(trainer: Trainer, module: nn.Module) -> dict[int, str]:
+    return {id(trainer.master_of(p)): name for name, p in module.named_parameters()}
+
+
+def _named_optimizer_state(
+    engine: PipelineEngine, trainer: Trainer, inner: torch.optim.Optimizer
+) -> dict[str, Any]:
+    names = _holder_names(trainer, engine.module)
     state = {
         names[id(p)]: {k: (v.detach().clone() if isinstance(v, torch.Tensor) else v) for k, v in s.items()}
         for p, s in inner.state.items()
@@ -60,7 +74,9 @@ def _named_optimizer_state(engine: Any) -> dict[str, Any]:
     return {"state": state, "param_groups": groups}
 
 
-def save(engine: Any, save_dir: str, tag: Any, client_state: dict[str, Any], save_latest: bool) -> bool:
+def save(
+    engine: PipelineEngine, save_dir: str, tag: Any, client_state: dict[str, Any], save_latest: bool
+) -> bool:
     """Write the pipeline checkpoint (every rank must call it)."""
     tag = str(tag) if tag is not None else f"global_step{engine.global_steps}"
     client_state = dict(client_state or {})
@@ -75,7 +91,8 @@ def save(engine: Any, save_dir: str, tag: Any, client_state: dict[str, Any], sav
             if owner is not None:
                 sd = {k: v.detach().cpu().clone() for k, v in owner.state_dict().items()}
                 atomic_torch_save(sd, module.ckpt_layer_path(tag_dir, local))
-        sharded = engine.optimizer is not None and engine.optimizer.sharded_state
+        optimizers = _optimizers(engine)
+        sharded = optimizers is not None and optimizers[0].sharded_state
         state = {
             "module": None,
             "global_steps": engine.global_steps,
@@ -87,7 +104,9 @@ def save(engine: Any, save_dir: str, tag: Any, client_state: dict[str, Any], sav
             "pipe_layer_prefixes": _layer_prefixes(module),
             "lr_scheduler": engine.lr_scheduler.state_dict() if engine.lr_scheduler is not None else None,
             "optimizer": (
-                _named_optimizer_state(engine) if engine.optimizer is not None and not sharded else None
+                _named_optimizer_state(engine, *optimizers)
+                if optimizers is not None and not sharded
+                else None
             ),
             **client_state,
         }
@@ -108,7 +127,9 @@ def _load(path: str) -> Any:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def _load_named_optimizer(engine: Any, files: list[str]) -> None:
+def _load_named_optimizer(
+    engine: PipelineEngine, trainer: Trainer, inner: torch.optim.Optimizer, files: list[str]
+) -> None:
     merged: dict[str, Any] = {}
     groups = None
     for path in files:
@@ -117,8 +138,7 @@ def _load_named_optimizer(engine: Any, files: list[str]) -> None:
             raise RuntimeError(f"{path} holds no named optimizer state (saved at ZeRO 1?)")
         merged.update(saved["state"])
         groups = saved["param_groups"]
-    inner = engine.basic_optimizer
-    names = _holder_names(engine)
+    names = _holder_names(trainer, engine.module)
     for group in inner.param_groups:
         for p in group["params"]:
             name = names.get(id(p))
@@ -134,7 +154,7 @@ def _load_named_optimizer(engine: Any, files: list[str]) -> None:
 
 
 def load(
-    engine: Any,
+    engine: PipelineEngine,
     load_dir: str,
     tag: Any,
     *,
@@ -165,12 +185,13 @@ def load(
     if not stage_files:
         raise FileNotFoundError(f"pipeline checkpoint {tag_dir} has no mp_rank_*_model_states.pt")
     first = _load(stage_files[0])
-    optimizer = engine.optimizer
-    if optimizer is not None:
-        optimizer.refresh_fp32_params()  # masters follow the loaded weights
+    optimizers = _optimizers(engine)
+    if optimizers is not None:
+        optimizers[0].refresh_fp32_params()  # masters follow the loaded weights
     if load_module_only:
         return tag_dir, {}
-    if optimizer is not None and load_optimizer_states:
+    if optimizers is not None and load_optimizer_states:
+        optimizer, inner = optimizers
         if optimizer.sharded_state:
             same = (
                 first.get("num_stages") == engine.num_stages
@@ -190,7 +211,7 @@ def load(
             )
             optimizer.load_state_dict(_load(path)["optimizer_state_dict"])
         else:
-            _load_named_optimizer(engine, stage_files)
+            _load_named_optimizer(engine, optimizer, inner, stage_files)
     if load_lr_scheduler_states and engine.lr_scheduler is not None and first.get("lr_scheduler") is not None:
         engine.lr_scheduler.load_state_dict(first["lr_scheduler"])
     engine.global_steps = int(first.get("global_steps", 0))
