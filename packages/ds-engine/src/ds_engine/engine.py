@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -36,6 +36,9 @@ from ds_engine.timers import EngineTimers, NoopTimer, SynchronizedWallClockTimer
 from ds_engine.topology import build_topology, sequence_parallel_size_of
 from ds_engine.zero_policy import model_dtype, policy_from_config
 from ds_zero import StageNotAvailable, Trainer, apply_leaf_config, wrap
+
+if TYPE_CHECKING:
+    from ds_zero.stage3.inference import InferenceSharding
 
 logger = get_logger()
 
@@ -170,6 +173,9 @@ class DeepSpeedEngine(EngineAccessors, EngineCompile, nn.Module):
         )
 
     def _wrap_optimizer(self) -> Any:
+        """The trainer the configured ZeRO stage composes around the basic optimizer (None without one)."""
+        # Any until ds_zero's side agrees (issue 13): wrap() is declared to return ZeroTrainer, whose
+        # read-only cur_scale/defaults/state do not yet satisfy the Trainer protocol's settable members.
         if self.basic_optimizer is None:
             return None
         policy = policy_from_config(self._config)
@@ -185,7 +191,7 @@ class DeepSpeedEngine(EngineAccessors, EngineCompile, nn.Module):
         except StageNotAvailable as exc:
             raise DeepSpeedConfigError(f"'zero_optimization.stage' {policy.stage}: {exc}") from None
 
-    def _shard_inference_only(self) -> Any:
+    def _shard_inference_only(self) -> InferenceSharding | None:
         """An engine without an optimizer runs in the configured precision; at stage 3 its parameters
         are still sharded and gathered per forward, as DeepSpeed's ZeRO-Offload wrapper does (TRL's
         reference model; a ``zero.Init`` model has nothing to run with otherwise)."""
