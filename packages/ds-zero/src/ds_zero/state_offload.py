@@ -145,7 +145,8 @@ class _Mover:
 
         def restore(nb: bool) -> None:
             moved = get()
-            assert moved is not None, "an offloaded slot was emptied before reload"
+            if moved is None:  # emptied while offloaded (zero_grad dropped a gradient): nothing comes back
+                return
             put(_dtensor_to(moved, lambda x: _copy_to(x, home, False, nb)))
 
         self.restores.append(restore)
