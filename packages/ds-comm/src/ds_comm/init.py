@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
 from collections.abc import Callable
@@ -114,10 +115,8 @@ def _import_modules_binding_the_world() -> None:
     when it is first imported: after ``init_process_group`` its functions' defaults keep the world group
     alive past ``destroy_process_group``, with its gloo threads, and interpreter exit can then abort the
     rank (Note [exit teardown]). Imported first, the defaults are None. It costs a few milliseconds."""
-    try:
+    with contextlib.suppress(ImportError):  # a torch built without the module
         import torch.distributed.nn.functional  # noqa: F401
-    except ImportError:  # pragma: no cover - torch built without the module
-        pass
 
 
 def _destroy_at_exit() -> None:
