@@ -21,12 +21,15 @@ import importlib
 import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from ds_accel import get_accelerator
+
+if TYPE_CHECKING:
+    from ds_engine.engine import DeepSpeedEngine
 
 logger = logging.getLogger("ds_engine")
 
@@ -130,7 +133,7 @@ def _device_type() -> str:
 
 
 @contextmanager
-def autocast_if_enabled(engine: Any) -> Iterator[None]:
+def autocast_if_enabled(engine: DeepSpeedEngine) -> Iterator[None]:
     """``torch.autocast`` as the engine's ``torch_autocast`` section says (see the module doc)."""
     device = _device_type()
     enabled = engine.torch_autocast_enabled()

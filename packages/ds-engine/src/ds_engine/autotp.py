@@ -10,13 +10,16 @@ replicated ones counted once (ds_zero.mp_norm). ZeRO 3 with AutoTP is refused.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
 from ds_engine.config import DeepSpeedConfig, DeepSpeedConfigError, read_config_source
 from ds_engine.config.loading import ConfigSource
 from ds_parallel.tensor import TP_SIZE_ATTR, PartitionError, apply_autotp, full_state_dict, tensor_section
+
+if TYPE_CHECKING:
+    from ds_engine.engine import DeepSpeedEngine
 
 
 def tensor_parallel_size(model: nn.Module, config: DeepSpeedConfig | ConfigSource) -> int:
@@ -36,7 +39,7 @@ def tensor_parallel_size(model: nn.Module, config: DeepSpeedConfig | ConfigSourc
     return max(config_tp, model_tp)
 
 
-def split_model(engine: Any) -> None:
+def split_model(engine: DeepSpeedEngine) -> None:
     """Split ``engine.module`` over the engine's tensor group (no-op without AutoTP or when already split)."""
     if engine.tp_world_size <= 1:
         return
@@ -51,7 +54,7 @@ def split_model(engine: Any) -> None:
         raise DeepSpeedConfigError(str(exc)) from None
 
 
-def attach_norm(engine: Any) -> None:
+def attach_norm(engine: DeepSpeedEngine) -> None:
     """Make the trainer's gradient norm (clipping, overflow, ``get_global_grad_norm``) span the split model."""
     if engine.tp_world_size <= 1 or engine.optimizer is None:
         return
@@ -60,7 +63,9 @@ def attach_norm(engine: Any) -> None:
     engine.optimizer.norm_fn = tensor_parallel_norm(engine.optimizer, engine.tp_group)
 
 
-def consolidated_state_dict(engine: Any, exclude_frozen_parameters: bool = False) -> dict[str, Any] | None:
+def consolidated_state_dict(
+    engine: DeepSpeedEngine, exclude_frozen_parameters: bool = False
+) -> dict[str, Any] | None:
     """The full (unsplit) module state dict in the training dtype on global rank 0, None elsewhere.
     Every rank must call it (all-gathers over each tensor group)."""
     state = full_state_dict(

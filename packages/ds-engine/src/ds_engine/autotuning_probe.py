@@ -30,7 +30,7 @@ import os
 import sys
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -38,6 +38,9 @@ from ds_accel import get_accelerator
 from ds_engine.checkpoint.files import atomic_write_text
 from ds_engine.config.features import AutotuningConfig
 from ds_engine.log import get_logger
+
+if TYPE_CHECKING:
+    from ds_engine.engine import DeepSpeedEngine
 
 logger = get_logger()
 
@@ -97,7 +100,7 @@ class AutotuningProbe:
         self._tokens = 0
 
     @classmethod
-    def for_engine(cls, engine: Any) -> AutotuningProbe | None:
+    def for_engine(cls, engine: DeepSpeedEngine) -> AutotuningProbe | None:
         """A probe when the config's ``autotuning`` section is enabled, else None."""
         config: AutotuningConfig = engine._config.model.autotuning
         if not config.enabled:
@@ -132,7 +135,7 @@ class AutotuningProbe:
             return
         yield
 
-    def after_forward(self, engine: Any, tokens: int) -> None:
+    def after_forward(self, engine: DeepSpeedEngine, tokens: int) -> None:
         """After a forward: finish a profiling run, or count tokens inside the measured window."""
         if self.profile_model_info:
             self._finish_model_info(engine)
@@ -141,7 +144,7 @@ class AutotuningProbe:
         if self._t0 is not None:
             self._tokens += tokens
 
-    def _finish_model_info(self, engine: Any) -> None:
+    def _finish_model_info(self, engine: DeepSpeedEngine) -> None:
         assert self._counter is not None
         if self.global_rank == 0:
             trainable = sum(_full_numel(p) for p in engine.module.parameters() if p.requires_grad)
@@ -158,7 +161,7 @@ class AutotuningProbe:
         _end_run()
 
     # --- step -------------------------------------------------------------------------------------
-    def after_step(self, engine: Any) -> None:
+    def after_step(self, engine: DeepSpeedEngine) -> None:
         """After each optimizer step (``engine.global_steps`` already counts it): open/close the window."""
         step = engine.global_steps
         if step == self.config.start_profile_step and self._t0 is None:
@@ -172,7 +175,7 @@ class AutotuningProbe:
                 logger.info("autotuning: wrote metrics to %s", self.metric_path)
             _end_run()
 
-    def _metrics(self, engine: Any, elapsed: float, steps: int) -> dict[str, Any]:
+    def _metrics(self, engine: DeepSpeedEngine, elapsed: float, steps: int) -> dict[str, Any]:
         latency_ms = 1e3 * elapsed / steps
         flops = 6.0 * self.num_params * self._tokens / elapsed  # this rank's tokens: FLOP/s per GPU
         return {

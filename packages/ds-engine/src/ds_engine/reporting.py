@@ -8,11 +8,14 @@ With ``wall_clock_breakdown`` the step's timers go to the monitors at every step
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
 from ds_engine.log import get_logger
+
+if TYPE_CHECKING:
+    from ds_engine.engine import DeepSpeedEngine
 
 logger = get_logger()
 
@@ -23,7 +26,9 @@ def _mean_loss(losses: list[torch.Tensor]) -> float | None:
     return float(torch.stack([loss.float().reshape(()) for loss in losses]).mean())
 
 
-def _events(engine: Any, loss: float | None, scale: float | None, step_ms: dict[str, float]) -> list[tuple]:
+def _events(
+    engine: DeepSpeedEngine, loss: float | None, scale: float | None, step_ms: dict[str, float]
+) -> list[tuple]:
     samples = engine.global_samples
     events: list[tuple] = [("Train/Samples/lr", engine.get_lr()[0], samples)]
     if loss is not None:
@@ -35,7 +40,7 @@ def _events(engine: Any, loss: float | None, scale: float | None, step_ms: dict[
     return events
 
 
-def report_step(engine: Any) -> None:
+def report_step(engine: DeepSpeedEngine) -> None:
     """Log/monitor the optimizer step that just finished (rank 0 only writes)."""
     spp = engine.steps_per_print()
     due = spp is not None and engine.global_steps % spp == 0

@@ -163,10 +163,12 @@ class SynchronizedWallClockTimer:
 
 
 class _NoopInterval:
+    """:class:`_Interval`'s methods with its arguments (and any others, as DeepSpeed's), measuring nothing."""
+
     def start(self) -> None: ...
     def reset(self) -> None: ...
-    def stop(self, **kwargs: Any) -> None: ...
-    def elapsed(self, **kwargs: Any) -> float:
+    def stop(self, reset: bool = False, record: bool = False, **kwargs: Any) -> None: ...
+    def elapsed(self, reset: bool = True, **kwargs: Any) -> float:
         return 0.0
 
     def mean(self) -> float:

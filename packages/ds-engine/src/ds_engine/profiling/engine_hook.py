@@ -7,15 +7,19 @@ is printed (or written to ``output_file``) with the engine's world sizes and tim
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ds_engine.profiling.profiler import FlopsProfiler
+
+if TYPE_CHECKING:
+    from ds_engine.config.monitoring import FlopsProfilerConfig
+    from ds_engine.engine import DeepSpeedEngine
 
 
 class EngineProfile:
     """Drives a :class:`FlopsProfiler` from the engine's forward and step."""
 
-    def __init__(self, engine: Any, cfg: Any) -> None:
+    def __init__(self, engine: DeepSpeedEngine, cfg: FlopsProfilerConfig) -> None:
         self.cfg = cfg
         self.profiler = FlopsProfiler(
             engine.module, ds_engine=engine, recompute_fwd_factor=cfg.recompute_fwd_factor
@@ -23,7 +27,7 @@ class EngineProfile:
         self._rank0 = engine.global_rank == 0
 
     @classmethod
-    def for_engine(cls, engine: Any) -> EngineProfile | None:
+    def for_engine(cls, engine: DeepSpeedEngine) -> EngineProfile | None:
         """The profile the config asks for, or None."""
         cfg = engine._config.flops_profiler
         return cls(engine, cfg) if cfg.enabled else None

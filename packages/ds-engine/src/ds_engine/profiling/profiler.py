@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -25,6 +25,9 @@ from ds_engine.profiling.formatting import (
     number_to_string,
     params_to_string,
 )
+
+if TYPE_CHECKING:
+    from ds_engine.engine import DeepSpeedEngine
 
 logger = get_logger()
 _ATTRS = (
@@ -94,7 +97,9 @@ class FlopsProfiler:
     ``end_profile()``. ``ds_engine`` (the engine, when it drives the profile) adds world sizes and the
     engine's backward/step timings to the printed summary."""
 
-    def __init__(self, model: nn.Module, ds_engine: Any = None, recompute_fwd_factor: float = 0.0) -> None:
+    def __init__(
+        self, model: nn.Module, ds_engine: DeepSpeedEngine | None = None, recompute_fwd_factor: float = 0.0
+    ) -> None:
         self.model = model
         self.ds_engine = ds_engine
         self.recompute_fwd_factor = recompute_fwd_factor

@@ -22,6 +22,7 @@ from ds_engine.profiling.profiler import (
 )
 
 if TYPE_CHECKING:
+    from ds_engine.engine import DeepSpeedEngine
     from ds_engine.profiling.profiler import FlopsProfiler
 
 _LINE = "{:<70}  {:<8}"
@@ -34,7 +35,7 @@ _NOTATIONS = (
 )
 
 
-def _engine_lines(engine: Any) -> list[str]:
+def _engine_lines(engine: DeepSpeedEngine) -> list[str]:
     return [
         _LINE.format("world size: ", engine.world_size),
         _LINE.format("data parallel size: ", engine.dp_world_size),
@@ -43,12 +44,11 @@ def _engine_lines(engine: Any) -> list[str]:
     ]
 
 
-def _timing_lines(prof: FlopsProfiler, flops: int, fwd: float) -> list[str]:
+def _timing_lines(engine: DeepSpeedEngine, recompute_fwd_factor: float, flops: int, fwd: float) -> list[str]:
     """bwd/step/iter latency from the engine's ``wall_clock_breakdown`` timers (DeepSpeed's lines)."""
     from ds_engine.timers import BACKWARD_GLOBAL_TIMER, STEP_GLOBAL_TIMER
 
-    engine = prof.ds_engine
-    factor = 2 + prof.recompute_fwd_factor
+    factor = 2 + recompute_fwd_factor
     bwd = engine.timers(BACKWARD_GLOBAL_TIMER).elapsed(False) / 1000.0
     step = engine.timers(STEP_GLOBAL_TIMER).elapsed(False) / 1000.0
     it = fwd + bwd + step
@@ -80,12 +80,12 @@ def render_summary(prof: FlopsProfiler, profile_step: int) -> list[str]:
     model = prof.model
     flops, macs, params = get_module_flops(model), get_module_macs(model), get_module_params(model)
     mp = engine.mp_world_size if engine is not None else 1
-    timed = engine is not None and engine.wall_clock_breakdown()
+    timed = engine if engine is not None and engine.wall_clock_breakdown() else None
     fwd = get_module_duration(model)
-    if timed:
+    if timed is not None:
         from ds_engine.timers import FORWARD_GLOBAL_TIMER
 
-        fwd = engine.timers(FORWARD_GLOBAL_TIMER).elapsed(False) / 1000.0 or fwd
+        fwd = timed.timers(FORWARD_GLOBAL_TIMER).elapsed(False) / 1000.0 or fwd
     lines = [
         "",
         "-------------------------- DeepSpeed Flops Profiler --------------------------",
@@ -106,8 +106,8 @@ def render_summary(prof: FlopsProfiler, profile_step: int) -> list[str]:
             flops_to_string(flops / fwd if fwd > 0 else 0),
         ),
     ]
-    if timed:
-        lines += _timing_lines(prof, flops, fwd)
+    if timed is not None:
+        lines += _timing_lines(timed, prof.recompute_fwd_factor, flops, fwd)
     return lines
 
 
