@@ -76,6 +76,8 @@ def launch(launcher: Path, size: str, ranks: int, work: Path, steps: int, omp: i
     env = dict(os.environ, GLOO_SOCKET_IFNAME="lo", PYTHONWARNINGS="ignore")
     env.pop("CUDA_VISIBLE_DEVICES", None)
     env.pop("OMP_NUM_THREADS", None)
+    if launcher.resolve() != (Path(sys.executable).parent / "deepspeed").resolve():
+        env.pop("PYTHONPATH", None)  # it may name this project's sources, which would shadow the reference's
     if omp is not None:
         env["OMP_NUM_THREADS"] = str(omp)
     launched = time.time()
