@@ -34,7 +34,10 @@ def test_no_stage_internals_are_imported() -> None:
 
 
 def _engine_optimizer(node: ast.AST) -> bool:
-    """``self.optimizer`` / ``engine.optimizer`` (the trainer), not a config section named optimizer."""
+    """``self.optimizer`` / ``engine.optimizer`` (the trainer), not a config section named optimizer, or a
+    local named ``trainer`` (what ``engine._require_optimizer(...)`` returns)."""
+    if isinstance(node, ast.Name):
+        return node.id == "trainer"
     return (
         isinstance(node, ast.Attribute)
         and node.attr == "optimizer"

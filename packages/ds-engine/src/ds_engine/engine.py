@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
@@ -36,9 +36,6 @@ from ds_engine.timers import EngineTimers, NoopTimer, SynchronizedWallClockTimer
 from ds_engine.topology import build_topology, sequence_parallel_size_of
 from ds_engine.zero_policy import model_dtype, policy_from_config
 from ds_zero import StageNotAvailable, Trainer, apply_leaf_config, wrap
-
-if TYPE_CHECKING:
-    from ds_zero.stage3.inference import InferenceSharding
 
 logger = get_logger()
 
@@ -191,7 +188,7 @@ class DeepSpeedEngine(EngineAccessors, EngineCompile, nn.Module):
         except StageNotAvailable as exc:
             raise DeepSpeedConfigError(f"'zero_optimization.stage' {policy.stage}: {exc}") from None
 
-    def _shard_inference_only(self) -> InferenceSharding | None:
+    def _shard_inference_only(self) -> Any:
         """An engine without an optimizer runs in the configured precision; at stage 3 its parameters
         are still sharded and gathered per forward, as DeepSpeed's ZeRO-Offload wrapper does (TRL's
         reference model; a ``zero.Init`` model has nothing to run with otherwise)."""
