@@ -34,7 +34,8 @@ def reference_python() -> Path:
     print(f"[bench] building the reference DeepSpeed {REFERENCE_VERSION} venv in {VENV} ...", file=sys.stderr)
     subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
     pip = [str(python), "-m", "pip", "install", "-q", "-c", str(ROOT / "constraints.txt")]
-    subprocess.run([*pip, "torch", "numpy", "setuptools", "wheel"], check=True)
+    # transformers: the sequence-parallel benchmark's model (same pin as this project's client tests)
+    subprocess.run([*pip, "torch", "numpy", "setuptools", "wheel", "transformers==5.24.0"], check=True)
     # DeepSpeed's setup.py imports torch, so it must build against the venv's torch (no isolation);
     # DS_BUILD_OPS=0 keeps it a pure-Python install whose ops JIT-build only if used.
     subprocess.run(
