@@ -57,6 +57,8 @@ def _type_name(annotation: Any) -> str:
     origin = typing.get_origin(annotation)
     if annotation is type(None):
         return "null"
+    if origin is typing.Annotated:  # validators attached to a type: the page shows the type
+        return _type_name(typing.get_args(annotation)[0])
     if origin is typing.Literal:
         return " \\| ".join(json.dumps(v) for v in typing.get_args(annotation))
     if origin in (typing.Union, types.UnionType):

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import torch
 from pydantic import BaseModel
 
 from ds_engine.config import DeepSpeedConfig, DeepSpeedConfigError, DeepSpeedConfigModel
@@ -193,9 +194,12 @@ def test_refusals_come_from_the_table(zero: dict, gate: str) -> None:
 
 
 @pytest.mark.parametrize("stage", [1, 2])
-def test_grad_accum_dtype_warns_where_it_is_not_followed(stage: int, config_log) -> None:
-    # stages 1-2 accumulate in the model's dtype (Note [gradient dtypes] in ds_zero.dtypes): say so
-    DeepSpeedConfig(
+def test_grad_accum_dtype_reaches_stages_1_and_2_without_a_warning(stage: int, config_log) -> None:
+    # followed at every stage now (Note [gradient dtypes] in ds_zero.dtypes): no "has no effect" line
+    from ds_engine.zero_policy import policy_from_config
+    from ds_zero.dtypes import grad_dtypes
+
+    cfg = DeepSpeedConfig(
         {
             "train_micro_batch_size_per_gpu": 1,
             "bf16": {"enabled": True},
@@ -204,10 +208,8 @@ def test_grad_accum_dtype_warns_where_it_is_not_followed(stage: int, config_log)
         },
         world_size=1,
     )
-    assert any(
-        f"'data_types.grad_accum_dtype' has no effect at ZeRO stage {stage}" in r.getMessage()
-        for r in config_log.records
-    )
+    assert not any("grad_accum_dtype" in r.getMessage() for r in config_log.records)
+    assert grad_dtypes(policy_from_config(cfg).mixed_precision, stage).accum == torch.float32
 
 
 # --- every "no effect" key, at every level, logs why when set (Note [key effects]) ----------------------------

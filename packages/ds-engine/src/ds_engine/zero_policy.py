@@ -43,7 +43,7 @@ def _mixed_precision(cfg: DeepSpeedConfig) -> MixedPrecisionPolicy:
         raise DeepSpeedConfigError(
             f"'data_types.param_dtype' is {cfg.data_types.param_dtype} but the fp16/bf16 sections select {param}"
         )
-    accum = dtype_of(cfg.data_types.grad_accum_dtype) or torch.float32
+    accum = dtype_of(cfg.data_types.grad_accum_dtype)  # None: each stage's default (Note [gradient dtypes])
     master, states = torch.float32, torch.float32
     if cfg.bf16.enabled and cfg.bf16.bf16_master_weights_and_grads:  # Note [low-precision masters] in ds_zero
         if int(cfg.zero_optimization.stage) == 0:

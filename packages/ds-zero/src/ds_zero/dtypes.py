@@ -7,12 +7,15 @@ stage. Every stage here reduces in :func:`grad_dtypes`'s ``reduce``, so a bf16 r
 gradients at stage 0, 1, 2 and 3 alike (half the bytes of fp32), as DeepSpeed does; set
 ``communication_data_type: fp32`` for fp32 reductions.
 
-Accumulation across micro-batches is where each stage keeps the gradient between backward passes,
-reported as ``accum``: stage 0 adds each micro-batch into the fp32 master gradients (fp32 under
-fp16/bf16), stage 1 lets autograd accumulate ``p.grad`` (the model dtype), stage 2 adds reduced
-shards in the model dtype, stage 3 accumulates FSDP2's sharded gradients in the shard (master) dtype.
-DeepSpeed accumulates in ``data_types.grad_accum_dtype`` (default: the model dtype); this project does
-not yet follow an explicit ``grad_accum_dtype`` everywhere (stages 0 and 3 refuse a low-precision one).
+Accumulation across micro-batches, ``accum``, is the dtype each stage keeps the gradient in between
+backward passes: ``data_types.grad_accum_dtype`` where the config sets it, else each stage's default.
+Stage 0 adds each micro-batch into the fp32 master gradients (fp32 under fp16/bf16); stage 1 lets
+autograd accumulate ``p.grad`` in the model dtype, or, with another ``grad_accum_dtype``, adds each
+micro-batch's gradient into a full-size buffer of that dtype per unit (DeepSpeed's bf16 optimizer
+with fp32 accumulation at stage 1); stage 2 adds the reduced shards in ``accum`` (the model dtype by
+default; DeepSpeed refuses another dtype at stage 2, here it is followed); stage 3 accumulates FSDP2's
+sharded gradients in the shard (master) dtype. Stages 0 and 3 under fp16/bf16 accumulate in fp32 and
+refuse a low-precision ``grad_accum_dtype``.
 """
 
 from __future__ import annotations
@@ -41,5 +44,5 @@ def grad_dtypes(mp: MixedPrecisionPolicy, stage: int) -> GradDtypes:
     elif stage == 3:
         accum = mp.master_dtype
     else:
-        accum = mp.param_dtype
+        accum = mp.accum_dtype or mp.param_dtype
     return GradDtypes(reduce=reduce, accum=accum)

@@ -51,7 +51,7 @@ def compose_stage0(
         raise StageNotAvailable("offload needs ZeRO stage 1 or higher (zero_optimization.offload_*)")
     mp = policy.mixed_precision
     if mp.low_precision:
-        if mp.accum_dtype != torch.float32:
+        if mp.accum_dtype not in (None, torch.float32):
             raise StageNotAvailable(
                 "under fp16/bf16, gradients accumulate in fp32 (data_types.grad_accum_dtype)"
             )

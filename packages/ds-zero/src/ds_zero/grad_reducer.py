@@ -33,7 +33,11 @@ class GradReducer:
         group: Any,
         policy: ReducePolicy,
         reduce_dtype: torch.dtype | None = None,
+        full_grad_dtype: torch.dtype | None = None,
     ) -> None:
+        """``grad_dtype``: the dtype gradient shards accumulate in; ``full_grad_dtype`` (stage 1): the
+        dtype full gradients accumulate in across micro-batches where it is not the model's, through
+        :meth:`hold` (None: they accumulate in ``p.grad``). Note [gradient dtypes] in ds_zero.dtypes."""
         self.units = units
         self.group = group
         self.overlap_comm = policy.overlap
@@ -51,6 +55,8 @@ class GradReducer:
         ]
         self.grad_shards: list[torch.Tensor | None] = [None] * len(units)
         self._buckets: dict[int, torch.Tensor] = {}
+        self.full_grad_dtype = full_grad_dtype
+        self._held: dict[int, torch.Tensor] = {}  # stage 1: unit -> its full gradient in full_grad_dtype
         # in-flight reductions: (work, unit, output shard, bucket kept alive until the work completes)
         self._pending: list[tuple[Any, int, torch.Tensor, torch.Tensor]] = []
         self._unit_of: dict[int, tuple[int, int]] = {}
@@ -142,13 +148,32 @@ class GradReducer:
         self._pending.clear()
 
     # --- stage 1: reduce full gradients at the step -----------------------------------------------------
+    def hold(self, p: torch.Tensor) -> None:
+        """Stage 1 with ``full_grad_dtype``: add this backward's ``p.grad`` into its unit's full gradient
+        in that dtype and free it, so micro-batches accumulate in ``full_grad_dtype``, not the model's."""
+        if p.grad is None:
+            return
+        u, offset = self._unit_of[id(p)]
+        held = self._held.get(u)
+        if held is None:
+            unit = self.units[u]
+            held = torch.zeros(unit.padded_numel, dtype=self.full_grad_dtype, device=unit.flat.device)
+            self._held[u] = held
+        held[offset : offset + p.numel()].add_(p.grad.reshape(-1))
+        p.grad = None
+
     def reduce_full_grads(self) -> None:
-        """Reduce-scatter every unit's accumulated ``p.grad`` and free the full gradients."""
+        """Reduce-scatter every unit's accumulated gradient (``p.grad``, or what :meth:`hold` kept) and
+        free the full gradients."""
         for u, unit in enumerate(self.units):
+            held = self._held.pop(u, None)
+            if held is not None:  # its bucket: the held sum, in the reduce dtype
+                self._buckets[u] = held if held.dtype == self.reduce_dtype else held.to(self.reduce_dtype)
             bucket = self._bucket(u)
             present = [(slot, p, p.grad) for slot, p in zip(unit.slots, unit.params) if p.grad is not None]
             if present:  # one multi-tensor copy (one launch on an accelerator, not one per parameter)
-                torch._foreach_copy_(
+                put = torch._foreach_copy_ if held is None else torch._foreach_add_
+                put(
                     [bucket.narrow(0, slot.offset, slot.numel) for slot, _, _ in present],
                     [grad.reshape(-1) for _, _, grad in present],
                 )
@@ -161,6 +186,7 @@ class GradReducer:
         """Drop the gradient shards and any partial bucket (after a step, or on ``zero_grad``)."""
         self.wait()
         self._buckets.clear()
+        self._held.clear()
         self.grad_shards = [None] * len(self.units)
         for unit in self.units:
             unit.ready = 0

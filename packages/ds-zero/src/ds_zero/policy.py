@@ -18,9 +18,10 @@ OffloadDevice = Literal["none", "cpu", "nvme"]
 class MixedPrecisionPolicy:
     """Dtypes of the model, of gradient accumulation and of the gradient reduction.
 
-    With ``param_dtype`` below fp32, the optimizer steps fp32 master copies and gradients accumulate in
-    fp32 across micro-batches (``accum_dtype``); ``reduce_dtype`` (None: ``accum_dtype``) is the dtype
-    gradients are averaged in across ranks.
+    With ``param_dtype`` below fp32, the optimizer steps fp32 master copies. ``accum_dtype`` (DeepSpeed's
+    ``data_types.grad_accum_dtype``) is the dtype gradients accumulate in across micro-batches, None for
+    each stage's default; ``reduce_dtype`` (None: the model's dtype) is the dtype gradients are averaged
+    in across ranks (Note [gradient dtypes] in :mod:`ds_zero.dtypes`).
 
     ``master_dtype`` below fp32 (DeepSpeed's ``bf16_master_weights_and_grads``, stages 1-3): the weights
     the optimizer steps and their gradients stay in that dtype, with no fp32 copy; the optimizer's
@@ -29,7 +30,7 @@ class MixedPrecisionPolicy:
     """
 
     param_dtype: torch.dtype = torch.float32
-    accum_dtype: torch.dtype = torch.float32
+    accum_dtype: torch.dtype | None = None
     reduce_dtype: torch.dtype | None = None
     master_dtype: torch.dtype = torch.float32
     optimizer_state_dtype: torch.dtype = torch.float32

@@ -179,6 +179,8 @@ class ShardedReduction:
 
     def mark_ready(self, param: Tensor) -> None:
         if self.stage != 2:
+            if self.reducer.full_grad_dtype is not None:  # stage 1, accumulating in another dtype
+                self.reducer.hold(param)
             return
         if not self._flush_queued:
             # Note [end of backward]: units whose parameters got no gradient in this backward must
@@ -262,13 +264,15 @@ def compose_sharded(
     """Stage 1 (sharded optimizer state) or 2 (and sharded gradients), per ``policy.stage``."""
     params = ShardedParams(module, optimizer, policy, group, reductions)
     mp = policy.mixed_precision
+    dtypes = grad_dtypes(mp, policy.stage)  # Note [gradient dtypes]
     reducer = GradReducer(
         params.units,
-        grad_dtype=mp.param_dtype,
+        grad_dtype=dtypes.accum,
         group=group,
         policy=policy.reduce,
-        reduce_dtype=grad_dtypes(mp, policy.stage).reduce,
-    )  # Note [gradient dtypes]
+        reduce_dtype=dtypes.reduce,
+        full_grad_dtype=dtypes.accum if policy.stage == 1 and dtypes.accum != mp.param_dtype else None,
+    )
     params.attach(reducer)
     reduction = ShardedReduction(reducer, policy.stage)
     scaler = make_loss_scaler(policy.loss_scale, rank=ds_comm.get_rank())

@@ -158,10 +158,10 @@ class DataTypesConfig(ConfigModel):
     """``data_types``: dtypes of gradient accumulation, parameters and buffers."""
 
     grad_accum_dtype: DtypeName | None = None
-    """Dtype that gradients accumulate in across micro-batches (DeepSpeed's default: the model's dtype). Here
-    each stage accumulates where it keeps gradients: stage 0 in the fp32 master gradients (a low-precision
-    value is refused), stages 1-2 in the model's dtype, stage 3 in the shard (master) dtype (a low-precision
-    value is refused); Note [gradient dtypes] in ds_zero.dtypes."""
+    """Dtype that gradients accumulate in across micro-batches (DeepSpeed's default: the model's dtype),
+    followed at every stage. Unset, each stage accumulates where it keeps gradients: stage 0 in the fp32
+    master gradients, stages 1-2 in the model's dtype, stage 3 in the shard (master) dtype; under fp16/bf16
+    stages 0 and 3 refuse a low-precision value. Note [gradient dtypes] in ds_zero.dtypes."""
 
     param_dtype: DtypeName | None = None
     """Dtype of the model parameters. Only a value matching the fp16/bf16 sections is accepted."""
@@ -213,7 +213,10 @@ TORCH_AUTOCAST_KEYS: dict[str, Effect] = {
 }
 DATA_TYPES_KEYS: dict[str, Effect] = {
     "grad_accum_dtype": applied(
-        _MIXED, why="stages 0 and 3 (warned at stages 1-2: Note [gradient dtypes] in ds_zero.dtypes)"
+        _MIXED,
+        "ds_zero.dtypes:grad_dtypes#accum_dtype",
+        why="every stage; under fp16/bf16 stages 0 and 3 accumulate in fp32 and refuse a lower one "
+        "(Note [gradient dtypes] in ds_zero.dtypes)",
     ),
     "param_dtype": applied(_MIXED, why="must match the fp16/bf16 sections"),
     "buffer_dtype": refused("casting buffers is not built", when=lambda s: s.buffer_dtype is not None),

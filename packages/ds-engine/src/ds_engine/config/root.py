@@ -253,11 +253,6 @@ def ignored_settings(model: DeepSpeedConfigModel) -> list[str]:
     (open-instruct's default config sends ``zero_hpz_partition_size: 8`` at stage 0)."""
     stage = model.zero_optimization.stage
     no_effect = no_effect_settings(model)  # Note [key effects]
-    if stage in (1, 2) and model.data_types.grad_accum_dtype is not None:  # Note [gradient dtypes] in ds_zero
-        no_effect.append(
-            f"'data_types.grad_accum_dtype' has no effect at ZeRO stage {stage}: gradients accumulate "
-            "in the model's dtype"
-        )
     if stage == 3:
         return no_effect
     return [

@@ -156,13 +156,15 @@ class Stage3Params:
         view = _GroupsView(optimizer.param_groups, groups)
         part = ShardedParams(holder, view, policy, group)  # type: ignore[arg-type]
         mp = policy.mixed_precision
+        dtypes = grad_dtypes(mp, 3)  # Note [gradient dtypes]: as the sharded units, in the master dtype
         part.attach(
             GradReducer(
                 part.units,
-                grad_dtype=mp.param_dtype,
+                grad_dtype=dtypes.accum,
                 group=group,
                 policy=policy.reduce,
-                reduce_dtype=grad_dtypes(mp, 3).reduce,
+                reduce_dtype=dtypes.reduce,
+                full_grad_dtype=dtypes.accum if dtypes.accum != mp.param_dtype else None,
             )
         )
         part.names = {
@@ -191,8 +193,12 @@ class Stage3Params:
     # --- the Masters protocol ----------------------------------------------------------------------
     @property
     def model_params(self) -> list[nn.Parameter]:
-        """Parameters the trainer hooks: none (FSDP2 reduces unit gradients, persistent ones reduce at the step)."""
-        return []
+        """Parameters the trainer hooks: FSDP2 reduces unit gradients itself; persistent ones reduce at the
+        step, and are hooked only where they accumulate in a dtype other than the model's (Note
+        [gradient dtypes]: each backward moves their gradient into the fp32 sum)."""
+        if self.persistent is None or self.persistent.reduction.full_grad_dtype is None:
+            return []
+        return self.persistent.model_params
 
     @property
     def holders(self) -> list[Tensor]:

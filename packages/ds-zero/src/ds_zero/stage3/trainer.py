@@ -110,7 +110,7 @@ def compose_stage3(
 ) -> Stage3Trainer:
     """ZeRO stage 3: parameters, gradients and optimizer state all sharded (see the module doc)."""
     mp = policy.mixed_precision
-    if mp.low_precision and mp.accum_dtype != torch.float32:
+    if mp.low_precision and mp.accum_dtype not in (None, torch.float32):
         raise StageNotAvailable("under fp16/bf16, gradients accumulate in fp32 (data_types.grad_accum_dtype)")
     s3 = stage3_of(policy)
     # Note [shards are masters]: the shards are kept in the masters' dtype
