@@ -170,10 +170,13 @@ def mismatched(stage: int = 0) -> None:
     engine.train_batch(iter([(x[:MICRO], y[:MICRO])] * 2))
 
 
-def train_low_precision(precision: str) -> list[float]:
-    """Rank function: 2 stages, ``STEPS`` steps in ``precision`` ("bf16" or "fp16"); returns the losses."""
+def train_low_precision(precision: str, stage: int = 0, accum: str | None = None) -> Any:
+    """Rank function: 2 stages, ``STEPS`` steps in ``precision`` ("bf16" or "fp16") at ZeRO ``stage``;
+    returns the losses, and with ``accum`` (data_types.grad_accum_dtype) also the tied weights."""
     model = PipelineModule(layers(True), num_stages=2, loss_fn=loss_fn, partition_method="uniform")
-    cfg = {**config(GLOBAL // MICRO), precision: {"enabled": True}}
+    cfg = {**config(GLOBAL // MICRO, stage), precision: {"enabled": True}}
+    if accum is not None:
+        cfg["data_types"] = {"grad_accum_dtype": accum}
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=cfg)
     losses = []
     for step in range(STEPS):
@@ -185,4 +188,7 @@ def train_low_precision(precision: str) -> list[float]:
             (x[k * MICRO : (k + 1) * MICRO], y[k * MICRO : (k + 1) * MICRO]) for k in range(GLOBAL // MICRO)
         ]
         losses.append(float(engine.train_batch(iter(micro))))
-    return losses
+    if accum is None:
+        return losses
+    tied = [p.detach().float().clone() for p, _ in model.get_tied_weights_and_groups()]
+    return {"losses": losses, "tied": tied}

@@ -48,3 +48,17 @@ def test_pipeline_trains_in_low_precision(precision: str) -> None:
     ref_losses = ref_losses[: w.STEPS]  # without the eval loss
     assert results[0] == results[1]
     assert results[0] == pytest.approx(ref_losses, rel=3e-2, abs=1e-2)
+
+
+@pytest.mark.timeout(200)
+def test_tied_weights_stay_in_sync_with_fp32_accumulation_at_zero1() -> None:
+    """bf16 at ZeRO 1 with grad_accum_dtype fp32: micro-batch gradients accumulate in the reducer's fp32
+    buffers, not in p.grad, and the tied weights' sum over their stages must reach those buffers
+    (Trainer.accumulated_grad), or the two copies of the tied layer drift apart."""
+    results = run_distributed(w.train_low_precision, world_size=2, timeout=150, args=("bf16", 1, "fp32"))
+    ref_losses, _ = w.reference(True)
+    assert results[0]["losses"] == results[1]["losses"]
+    assert results[0]["losses"] == pytest.approx(ref_losses[: w.STEPS], rel=3e-2, abs=1e-2)
+    assert len(results[0]["tied"]) == len(results[1]["tied"]) >= 1
+    for mine, theirs in zip(results[0]["tied"], results[1]["tied"]):
+        assert torch.equal(mine, theirs)

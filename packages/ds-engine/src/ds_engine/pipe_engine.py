@@ -156,10 +156,7 @@ class PipelineEngine(DeepSpeedEngine):
         for param, group in self.module.get_tied_weights_and_groups():
             if group is None:
                 continue
-            holder = trainer.master_of(param)
-            if holder.grad is None:
-                holder.grad = torch.zeros_like(holder)
-            ds_comm.all_reduce(holder.grad, group=group)
+            ds_comm.all_reduce(trainer.accumulated_grad(param), group=group)
 
     def _aggregate_loss(self, losses: list[torch.Tensor]) -> torch.Tensor:
         """The batch's mean loss on every rank: averaged over data-parallel replicas, sent from the last stage."""

@@ -153,14 +153,23 @@ class GradReducer:
         in that dtype and free it, so micro-batches accumulate in ``full_grad_dtype``, not the model's."""
         if p.grad is None:
             return
+        held = self.held_view(p)
+        assert held is not None  # hold() runs only where full_grad_dtype is set
+        held.add_(p.grad)
+        p.grad = None
+
+    def held_view(self, p: torch.Tensor) -> torch.Tensor | None:
+        """``p``'s slice of what :meth:`hold` accumulated (made zero if nothing yet), shaped like ``p``;
+        None where this reducer holds nothing (gradients accumulate in ``p.grad``)."""
+        if self.full_grad_dtype is None:
+            return None
         u, offset = self._unit_of[id(p)]
         held = self._held.get(u)
         if held is None:
             unit = self.units[u]
             held = torch.zeros(unit.padded_numel, dtype=self.full_grad_dtype, device=unit.flat.device)
             self._held[u] = held
-        held[offset : offset + p.numel()].add_(p.grad.reshape(-1))
-        p.grad = None
+        return held[offset : offset + p.numel()].view(p.shape)
 
     def reduce_full_grads(self) -> None:
         """Reduce-scatter every unit's accumulated gradient (``p.grad``, or what :meth:`hold` kept) and

@@ -210,6 +210,12 @@ class ShardedTrainer(ZeroTrainer):
     sharded_state = True  # the engine writes one optimizer-state file per rank
     masters: ShardedParams  # compose_sharded's holder: the units and parameter names are read here
 
+    def accumulated_grad(self, param: Tensor) -> Tensor:
+        """Stage 1 accumulating in another dtype keeps the sum in the reducer (GradReducer.hold): a view
+        of it; otherwise ``p.grad``, as at every stage."""
+        held = self.masters.reduction.held_view(param)
+        return held if held is not None else super().accumulated_grad(param)
+
     def state_dict(self) -> dict[str, Any]:
         with self.states_resident():
             state = shard_state_dict(self._shards(), self.masters.names)

@@ -89,6 +89,7 @@ class Trainer(Protocol):
     def load_state_dict(self, state_dict: Any, load_optimizer_states: bool = True) -> None: ...
     def refresh_fp32_params(self) -> None: ...
     def master_of(self, param: Tensor) -> Tensor: ...
+    def accumulated_grad(self, param: Tensor) -> Tensor: ...
     def full_state_dict(
         self,
         *,
@@ -375,6 +376,14 @@ class ZeroTrainer(ZeROOptimizer):
     def master_of(self, param: Tensor) -> Tensor:
         """The tensor the optimizer steps for model parameter ``param`` (its optimizer-state key)."""
         return self.masters.holder(param)
+
+    def accumulated_grad(self, param: Tensor) -> Tensor:
+        """Where ``param``'s gradient accumulates until the step (made zero if it has none yet): a caller
+        may reduce it in place before the step (the pipeline's tied weights)."""
+        holder = self.masters.holder(param)
+        if holder.grad is None:
+            holder.grad = torch.zeros_like(holder)
+        return holder.grad
 
     def prepare_for_compile(self) -> None:
         """Nothing to prepare below stage 3 (``engine.compile``)."""
