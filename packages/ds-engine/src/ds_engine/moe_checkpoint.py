@@ -26,6 +26,7 @@ from ds_engine.checkpoint import layout
 from ds_engine.checkpoint.engine_state import CheckpointedEngine
 from ds_engine.checkpoint.files import atomic_torch_save
 from ds_parallel.moe import expert_groups
+from ds_zero import checkpoint_names
 from ds_zero.deepspeed_format import DeepSpeedCheckpointError
 
 if TYPE_CHECKING:
@@ -39,7 +40,7 @@ def expert_ckpt_name(checkpoints_path: str, layer_id: int, expert_id: int, tag: 
     return os.path.join(
         checkpoints_path,
         "" if tag is None else str(tag),
-        f"layer_{layer_id}_expert_{expert_id}_mp_rank_{mp_rank:02d}_model_states.pt",
+        checkpoint_names.expert_model_states(layer_id, expert_id, mp_rank),
     )
 
 

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from ds_engine.checkpoint import layout
 from ds_engine.checkpoint.engine_state import CheckpointedEngine
 from ds_parallel.moe import expert_groups
+from ds_zero import checkpoint_names
 from ds_zero.deepspeed_format import DeepSpeedCheckpointError, read_optimizer_shards
 
 if TYPE_CHECKING:
@@ -125,9 +126,7 @@ def expp_path(save_dir: str, tag: str, mp_rank: int) -> str | None:
     if expert_groups._get_expert_data_parallel_rank(name) != 0:
         return None
     ep_rank = expert_groups._get_expert_parallel_rank(name)
-    return os.path.join(
-        layout.tag_dir(save_dir, tag), f"expp_rank_{ep_rank}_mp_rank_{mp_rank:02d}_optim_states.pt"
-    )
+    return os.path.join(layout.tag_dir(save_dir, tag), checkpoint_names.expert_optim_states(ep_rank, mp_rank))
 
 
 def _read(state: dict[str, Any], files: list[str]) -> list[dict[str, Any]]:

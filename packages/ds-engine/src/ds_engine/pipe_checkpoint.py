@@ -22,13 +22,11 @@ from torch import nn
 import ds_comm
 from ds_engine.checkpoint import atomic_torch_save, atomic_write_text
 from ds_engine.checkpoint.files import check_safe
-from ds_zero import Trainer
+from ds_zero import Trainer, checkpoint_names
 
 if TYPE_CHECKING:
     from ds_engine.pipe_engine import PipelineEngine
     from ds_parallel.pipe import PipelineModule
-
-LATEST = "latest"
 
 
 def _layer_module(layer: Any) -> nn.Module | None:
@@ -110,15 +108,15 @@ def save(
             ),
             **client_state,
         }
-        atomic_torch_save(state, os.path.join(tag_dir, f"mp_rank_{stage:02d}_model_states.pt"))
+        atomic_torch_save(state, os.path.join(tag_dir, checkpoint_names.model_states(stage)))
     if engine.optimizer is not None and engine.optimizer.sharded_state:
         atomic_torch_save(
             {"optimizer_state_dict": engine.optimizer.state_dict()},
-            os.path.join(tag_dir, f"zero_pp_rank_{dp_rank}_mp_rank_{stage:02d}_optim_states.pt"),
+            os.path.join(tag_dir, checkpoint_names.zero_optim_states(dp_rank, stage)),
         )
     ds_comm.barrier()
     if save_latest and ds_comm.get_rank() == 0:
-        atomic_write_text(os.path.join(os.fspath(save_dir), LATEST), tag)
+        atomic_write_text(os.path.join(os.fspath(save_dir), checkpoint_names.LATEST), tag)
     ds_comm.barrier()
     return True
 
@@ -166,7 +164,7 @@ def load(
     """Restore a pipeline checkpoint saved at any stage count; returns ``(path, client_state)``."""
     load_dir = os.fspath(load_dir)
     if tag is None:
-        latest = os.path.join(load_dir, LATEST)
+        latest = os.path.join(load_dir, checkpoint_names.LATEST)
         if not os.path.isfile(latest):
             return None, None
         with open(latest, encoding="utf-8") as handle:
@@ -181,9 +179,11 @@ def load(
         if not os.path.isfile(path):
             raise FileNotFoundError(f"pipeline checkpoint {tag_dir} has no file for layer {idx} ({path})")
         owner.load_state_dict(_load(path), strict=strict)
-    stage_files = sorted(glob.glob(os.path.join(tag_dir, "mp_rank_*_model_states.pt")))
+    stage_files = sorted(glob.glob(os.path.join(tag_dir, checkpoint_names.STAGE_MODEL_STATES_GLOB)))
     if not stage_files:
-        raise FileNotFoundError(f"pipeline checkpoint {tag_dir} has no mp_rank_*_model_states.pt")
+        raise FileNotFoundError(
+            f"pipeline checkpoint {tag_dir} has no {checkpoint_names.STAGE_MODEL_STATES_GLOB}"
+        )
     first = _load(stage_files[0])
     optimizers = _optimizers(engine)
     if optimizers is not None:
@@ -206,8 +206,7 @@ def load(
                 )
             path = os.path.join(
                 tag_dir,
-                f"zero_pp_rank_{engine.grid.get_data_parallel_id()}_mp_rank_"
-                f"{engine.stage_id:02d}_optim_states.pt",
+                checkpoint_names.zero_optim_states(engine.grid.get_data_parallel_id(), engine.stage_id),
             )
             optimizer.load_state_dict(_load(path)["optimizer_state_dict"])
         else:

@@ -23,11 +23,11 @@ from typing import Any
 import torch
 
 from ds_accel.atomic_files import atomic_write, atomic_write_text, atomic_write_to_path
-from ds_zero import deepspeed_format
+from ds_zero import checkpoint_names, deepspeed_format
 from ds_zero.sharded_state import consolidate_fp32
 
-MODEL_STATES = "mp_rank_00_model_states.pt"
-ZERO3_MODEL_STATES = "zero_pp_rank_0_mp_rank_00_model_states.pt"
+MODEL_STATES = checkpoint_names.model_states()
+ZERO3_MODEL_STATES = checkpoint_names.zero_model_states(0)
 
 
 def _natural(text: str) -> list[Any]:
@@ -42,11 +42,11 @@ def get_checkpoint_files(checkpoint_dir: str | os.PathLike, glob_pattern: str) -
 
 
 def get_optim_files(checkpoint_dir: str | os.PathLike) -> list[str]:
-    return get_checkpoint_files(checkpoint_dir, "*_optim_states.pt")
+    return get_checkpoint_files(checkpoint_dir, checkpoint_names.OPTIM_STATES_GLOB)
 
 
 def get_model_state_files(checkpoint_dir: str | os.PathLike) -> list[str]:
-    return get_checkpoint_files(checkpoint_dir, "*_model_states.pt")
+    return get_checkpoint_files(checkpoint_dir, checkpoint_names.MODEL_STATES_GLOB)
 
 
 def get_model_state_file(checkpoint_dir: str | os.PathLike, zero_stage: int) -> str:
@@ -125,7 +125,7 @@ def get_fp32_state_dict_from_zero_checkpoint(
     module: Mapping[str, torch.Tensor] = model_state.get("module") or {}
     buffers = set(model_state.get("buffer_names") or ())
     frozen = set(model_state.get("frozen_param_names") or ())
-    paths = sorted(glob.glob(str(tag_dir / "*_optim_states.pt")), key=_natural)
+    paths = sorted(glob.glob(str(tag_dir / checkpoint_names.OPTIM_STATES_GLOB)), key=_natural)
     shards = deepspeed_format.read_optimizer_shards(
         _announced(paths, progress, "reading"), model_state.get("param_shapes")
     )

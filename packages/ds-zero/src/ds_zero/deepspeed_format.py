@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from ds_zero import load_errors
+from ds_zero import checkpoint_names, load_errors
 from ds_zero.sharded_state import FORMAT as SLICES_FORMAT
 
 OPTIMIZER_STATE_DICT = "optimizer_state_dict"  # the key of a rank file's optimizer state (DeepSpeed's)
@@ -234,8 +234,7 @@ def rank_file_paths(tag_dir: str, dp_world_size: int) -> list[str]:
         else ""
     )
     return [
-        os.path.join(tag_dir, f"{prefix}zero_pp_rank_{r}_mp_rank_00_optim_states.pt")
-        for r in range(dp_world_size)
+        os.path.join(tag_dir, prefix + checkpoint_names.zero_optim_states(r)) for r in range(dp_world_size)
     ]
 
 

@@ -15,17 +15,19 @@ from pathlib import Path
 
 import torch
 
+from ds_zero import checkpoint_names
+
 _LAYER = re.compile(r"layer_(\d+)-(?:.*-)?model_states\.pt$")
 
 
 def is_pipeline_checkpoint(tag_dir: str | os.PathLike) -> bool:
     """Whether ``tag_dir`` holds per-layer files (DeepSpeed's pipeline layout)."""
-    return bool(glob.glob(os.path.join(tag_dir, "layer_*-model_states.pt")))
+    return bool(glob.glob(os.path.join(tag_dir, checkpoint_names.LAYER_FILES_GLOB)))
 
 
 def _prefixes(tag_dir: Path) -> dict[int, str]:
     out: dict[int, str] = {}
-    for path in sorted(glob.glob(str(tag_dir / "mp_rank_*_model_states.pt"))):
+    for path in sorted(glob.glob(str(tag_dir / checkpoint_names.STAGE_MODEL_STATES_GLOB))):
         names = torch.load(path, map_location="cpu", weights_only=True).get("pipe_layer_prefixes") or {}
         out.update({int(k): v for k, v in names.items()})
     return out
@@ -36,7 +38,7 @@ def pipeline_fp32_state_dict(tag_dir: str | os.PathLike) -> dict[str, torch.Tens
     tag_dir = Path(tag_dir)
     prefixes = _prefixes(tag_dir)
     out: dict[str, torch.Tensor] = {}
-    for path in sorted(glob.glob(str(tag_dir / "layer_*-model_states.pt"))):
+    for path in sorted(glob.glob(str(tag_dir / checkpoint_names.LAYER_FILES_GLOB))):
         match = _LAYER.search(os.path.basename(path))
         if match is None:
             continue

@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import os
 
-LATEST = "latest"
+from ds_zero import checkpoint_names
+from ds_zero.checkpoint_names import LATEST, MANIFEST
 
 # Keys of the model-states dict, beside which the client's own keys are stored.
 MODULE = "module"
@@ -45,7 +46,6 @@ FROZEN_PARAM_FRAGMENTS = "frozen_param_fragments"
 DATA_SAMPLER = "data_sampler"
 RANDOM_LTD = "random_ltd"
 OPTIMIZER_STATE_DICT = "optimizer_state_dict"
-MANIFEST = "ds_manifest.json"
 MANIFEST_KEY = "ds_manifest"  # in this project's model states: the manifest the save ends with
 
 ENGINE_KEYS = frozenset(
@@ -136,16 +136,14 @@ def manifest_path(save_dir: str | os.PathLike[str], tag: str) -> str:
 
 def model_states_path(save_dir: str | os.PathLike[str], tag: str, mp_rank: int = 0) -> str:
     """``<dir>/<tag>/mp_rank_00_model_states.pt``."""
-    return os.path.join(os.fspath(save_dir), str(tag), f"mp_rank_{mp_rank:02d}_model_states.pt")
+    return os.path.join(os.fspath(save_dir), str(tag), checkpoint_names.model_states(mp_rank))
 
 
 def zero3_model_states_path(
     save_dir: str | os.PathLike[str], tag: str, dp_rank: int, mp_rank: int = 0
 ) -> str:
     """``<dir>/<tag>/zero_pp_rank_<r>_mp_rank_00_model_states.pt`` (stage 3)."""
-    return os.path.join(
-        os.fspath(save_dir), str(tag), f"zero_pp_rank_{dp_rank}_mp_rank_{mp_rank:02d}_model_states.pt"
-    )
+    return os.path.join(os.fspath(save_dir), str(tag), checkpoint_names.zero_model_states(dp_rank, mp_rank))
 
 
 def find_model_states(load_dir: str | os.PathLike[str], tag: str) -> str | None:
@@ -158,9 +156,7 @@ def find_model_states(load_dir: str | os.PathLike[str], tag: str) -> str | None:
 
 def zero_optim_states_path(save_dir: str | os.PathLike[str], tag: str, dp_rank: int, mp_rank: int = 0) -> str:
     """``<dir>/<tag>/zero_pp_rank_<r>_mp_rank_00_optim_states.pt``."""
-    return os.path.join(
-        os.fspath(save_dir), str(tag), f"zero_pp_rank_{dp_rank}_mp_rank_{mp_rank:02d}_optim_states.pt"
-    )
+    return os.path.join(os.fspath(save_dir), str(tag), checkpoint_names.zero_optim_states(dp_rank, mp_rank))
 
 
 def latest_path(save_dir: str | os.PathLike[str]) -> str:
