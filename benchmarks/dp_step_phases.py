@@ -54,8 +54,35 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def launch(launcher: Path, size: str, ranks: int, work: Path, steps: int, omp: int | None = None) -> dict:
-    """One launch of the workload: per stage, each phase's median over timed steps and ranks."""
+SHM = Path("/dev/shm")
+
+
+def _shm_files() -> set[str]:
+    return {p.name for p in SHM.iterdir()} if SHM.is_dir() else set()
+
+
+def _remove_left_in_shm(before: set[str]) -> float:
+    """MiB of /dev/shm files a launch left behind after its processes ended, then removes them.
+
+    DeepSpeed 0.19.8's shared-memory op never unlinks its ``deepspeed_allreduce_buffer_*`` files (66 MiB
+    a rank and launch here): left in place they pile up in RAM across launches until a later launch is
+    killed for memory, whichever side it is. The figure is reported per launch, for both sides."""
+    left = [SHM / name for name in _shm_files() - before]
+    total = 0
+    for path in left:
+        try:
+            total += path.stat().st_size
+            path.unlink()
+        except OSError:
+            pass
+    return total / 2**20
+
+
+def launch(
+    launcher: Path, size: str, ranks: int, work: Path, steps: int, omp: int | None = None
+) -> dict | None:
+    """One launch of the workload: per stage, each phase's median over timed steps and ranks (None if
+    it failed: the error is printed and the other launches go on)."""
     out = work / f"{launcher.parent.parent.name}-{size}-{ranks}-{time.monotonic_ns()}"
     cmd = [
         str(launcher),
@@ -80,15 +107,19 @@ def launch(launcher: Path, size: str, ranks: int, work: Path, steps: int, omp: i
         env.pop("PYTHONPATH", None)  # it may name this project's sources, which would shadow the reference's
     if omp is not None:
         env["OMP_NUM_THREADS"] = str(omp)
+    before = _shm_files()
     launched = time.time()
     done = subprocess.run(cmd, env=env, cwd=work, capture_output=True, text=True, timeout=1800)
+    left_mb = _remove_left_in_shm(before)
     files = [Path(f"{out}.rank{r}") for r in range(ranks)]
     if not all(f.exists() for f in files):
-        raise SystemExit(
-            f"{launcher} failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-        )
+        lines = (done.stderr or done.stdout or "no output").strip().splitlines()
+        print(f"[bench] {launcher} failed ({done.returncode}): {lines[-1] if lines else ''}", file=sys.stderr)
+        print(done.stderr[-3000:], file=sys.stderr)
+        return None
     reports = [json.loads(f.read_text()) for f in files]
     result: dict = {
+        "shm_left_mb": left_mb,
         "first_step_s": reports[0]["first_step_at"] - launched,
         "params": reports[0]["params"],
         "peak_rss_mb": max(r["peak_rss_kb"] for r in reports) / 1024,
@@ -103,10 +134,13 @@ def launch(launcher: Path, size: str, ranks: int, work: Path, steps: int, omp: i
     return result
 
 
-def summarise(runs: list[dict]) -> dict:
-    """Median over rounds of every number a launch reports."""
+def summarise(runs: list[dict]) -> dict | None:
+    """Median over rounds of every number a launch reports (None if no launch succeeded)."""
+    if not runs:
+        return None
     out: dict = {
         "first_step_s": statistics.median(r["first_step_s"] for r in runs),
+        "shm_left_mb": statistics.median(r["shm_left_mb"] for r in runs),
         "params": runs[0]["params"],
         "stages": {},
     }
@@ -140,13 +174,15 @@ def main() -> None:
             for size, ranks in combos:
                 sides = list(launchers.items())
                 for side, launcher in sides if rnd % 2 == 0 else sides[::-1]:
-                    runs[(size, ranks, side)].append(
-                        launch(launcher, size, ranks, work, args.steps, args.omp)
-                    )
-                    r = runs[(size, ranks, side)][-1]
+                    r = launch(launcher, size, ranks, work, args.steps, args.omp)
+                    if r is None:
+                        print(f"round {rnd + 1} {size:>4} x{ranks} {side:<9} FAILED (see stderr)", flush=True)
+                        continue
+                    runs[(size, ranks, side)].append(r)
                     print(
                         f"round {rnd + 1} {size:>4} x{ranks} {side:<9} first_step_s={r['first_step_s']:.2f} "
-                        + " ".join(f"z{s}={r['stages'][s]['total'] * 1e3:.0f}ms" for s in STAGES),
+                        + " ".join(f"z{s}={r['stages'][s]['total'] * 1e3:.0f}ms" for s in STAGES)
+                        + f" shm_left={r['shm_left_mb']:.0f}MiB",
                         flush=True,
                     )
     threads = "unset (each launcher's default)" if args.omp is None else str(args.omp)
@@ -160,6 +196,9 @@ def main() -> None:
     )
     for size, ranks in combos:
         ours, ref = summarise(runs[(size, ranks, "ours")]), summarise(runs[(size, ranks, "reference")])
+        if ours is None or ref is None:
+            print(f"{size:>5} {ranks:>5} no comparison: a side never completed a launch")
+            continue
         for stage in STAGES:
             ratio = ours["stages"][stage]["total"] / ref["stages"][stage]["total"]
             for side, s in (("ours", ours), ("reference", ref)):
@@ -186,7 +225,8 @@ def main() -> None:
         print(
             f"{size:>5} {ranks:>5} first step: ours {ours['first_step_s']:.2f} s, reference "
             f"{ref['first_step_s']:.2f} s, ratio {first:.3f} (target <= {TARGET_FIRST}: "
-            f"{'met' if first <= TARGET_FIRST else 'NOT met'})"
+            f"{'met' if first <= TARGET_FIRST else 'NOT met'}); left in /dev/shm per launch: ours "
+            f"{ours['shm_left_mb']:.0f} MiB, reference {ref['shm_left_mb']:.0f} MiB"
         )
         report["results"].append(
             {
