@@ -23,13 +23,13 @@ def _model(seed: int, stage: int) -> nn.Module:
 
 def _start(shm: str, stage: int):
     os.environ["DS_ZERO_SHM_ALLREDUCE"] = shm
-    import deepspeed
+    from ds_engine import initialize  # this package's own entry: its session has no deepspeed meta-package
 
     rank = torch.distributed.get_rank()
     model = _model(seed=rank, stage=stage)
     config = {"train_micro_batch_size_per_gpu": 2, "optimizer": {"type": "SGD", "params": {"lr": 0.1}}}
     config["zero_optimization"] = {"stage": stage}
-    engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=config)
+    engine, *_ = initialize(model=model, model_parameters=model.parameters(), config=config)
     return {k: v.detach().clone() for k, v in engine.module.state_dict().items()}
 
 
