@@ -31,37 +31,38 @@ print("done", deepspeed.comm.get_rank(), flush=True)
 """
 
 
-@pytest.mark.timeout(300)
-@pytest.mark.parametrize("stage", [1, 2, 3])
-def test_run_without_destroy_exits_cleanly(tmp_path: Path, stage: int):
-    (tmp_path / "train.py").write_text(SCRIPT)
+def _write_job(tmp_path: Path, script: str, stage: int) -> None:
+    """``train.py`` and a ZeRO ``stage`` config with overlapped, tiny-bucket reductions."""
+    (tmp_path / "train.py").write_text(script)
     config = {
         "train_micro_batch_size_per_gpu": 4,
         "optimizer": {"type": "AdamW", "params": {"lr": 1e-3}},
         "zero_optimization": {"stage": stage, "overlap_comm": True, "reduce_bucket_size": 200},
     }
     (tmp_path / "ds.json").write_text(json.dumps(config))
+
+
+def _launch(tmp_path: Path, port: int) -> subprocess.CompletedProcess:
+    """The job through the real launcher on 2 CPU ranks."""
     launcher = Path(sys.executable).parent / "deepspeed"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
+    return subprocess.run(
+        [str(launcher), "--num_gpus", "2", "--master_port", str(port), "train.py"]
+        + ["--deepspeed", "--deepspeed_config", "ds.json"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_run_without_destroy_exits_cleanly(tmp_path: Path, stage: int):
+    _write_job(tmp_path, SCRIPT, stage)
     for attempt in range(4):  # the abort it guards against struck about one run in three
-        out = subprocess.run(
-            [
-                str(launcher),
-                "--num_gpus",
-                "2",
-                "--master_port",
-                str(29700 + attempt + 10 * stage),
-                "train.py",
-                "--deepspeed",
-                "--deepspeed_config",
-                "ds.json",
-            ],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        out = _launch(tmp_path, 29700 + attempt + 10 * stage)
         assert out.returncode == 0, (
             f"attempt {attempt}: exit {out.returncode}\n{out.stdout[-1500:]}\n{out.stderr[-1500:]}"
         )
@@ -166,24 +167,8 @@ def test_engine_keeps_no_reference_to_the_world_group(tmp_path: Path, stage: int
     abort itself. Before the fix the shared-memory collectives' cache kept the group as a key (stages
     1-3: a multi-node CI run aborted at exit), and at stage 3 the device mesh and the function defaults
     of torch.distributed.nn.functional (imported after the group existed) kept it too."""
-    (tmp_path / "train.py").write_text(HOLDER_SCRIPT)
-    config = {
-        "train_micro_batch_size_per_gpu": 4,
-        "optimizer": {"type": "AdamW", "params": {"lr": 1e-3}},
-        "zero_optimization": {"stage": stage, "overlap_comm": True, "reduce_bucket_size": 200},
-    }
-    (tmp_path / "ds.json").write_text(json.dumps(config))
-    launcher = Path(sys.executable).parent / "deepspeed"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
-    out = subprocess.run(
-        [str(launcher), "--num_gpus", "2", "--master_port", str(free_port()), "train.py"]
-        + ["--deepspeed", "--deepspeed_config", "ds.json"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    _write_job(tmp_path, HOLDER_SCRIPT, stage)
+    out = _launch(tmp_path, free_port())
     assert out.returncode == 0, out.stderr[-2000:]
     verdicts = [line for line in out.stdout.splitlines() if line.startswith("world group outlives teardown")]
     assert verdicts == ["world group outlives teardown: False"] * 2, out.stdout[-2000:]

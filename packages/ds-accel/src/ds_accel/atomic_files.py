@@ -62,9 +62,23 @@ def _temporary(path: StrPath) -> tuple[str, str, int]:
     return directory, tmp, fd
 
 
-def _finish(tmp: str, path: StrPath, directory: str) -> None:
-    os.replace(tmp, path)
-    fsync_dir(directory)
+def _seal(handle: IO[bytes], mode: int | None) -> None:
+    """Give the temporary its final mode (mkstemp made it 0600) and flush it to disk."""
+    os.fchmod(handle.fileno(), 0o666 & ~process_umask() if mode is None else mode)
+    os.fsync(handle.fileno())
+
+
+def _publish(tmp: str, path: StrPath, directory: str, fill: Callable[[], None]) -> None:
+    """Run ``fill`` (which writes and seals ``tmp``), then rename ``tmp`` over ``path`` durably; on any
+    error the temporary is removed and ``path`` is untouched."""
+    try:
+        fill()
+        os.replace(tmp, path)
+        fsync_dir(directory)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
 
 
 def atomic_write(path: StrPath, write: Callable[[IO[bytes]], Any], *, mode: int | None = None) -> None:
@@ -73,17 +87,14 @@ def atomic_write(path: StrPath, write: Callable[[IO[bytes]], Any], *, mode: int 
     ``mode`` defaults to ``0o666 & ~umask``. On any error no temporary remains and ``path`` is untouched.
     """
     directory, tmp, fd = _temporary(path)
-    try:
+
+    def fill() -> None:
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
-            os.fchmod(handle.fileno(), 0o666 & ~process_umask() if mode is None else mode)  # mkstemp: 0600
-            os.fsync(handle.fileno())
-        _finish(tmp, path, directory)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+            _seal(handle, mode)
+
+    _publish(tmp, path, directory, fill)
 
 
 def atomic_write_to_path(path: StrPath, write: Callable[[str], Any], *, mode: int | None = None) -> None:
@@ -91,16 +102,13 @@ def atomic_write_to_path(path: StrPath, write: Callable[[str], Any], *, mode: in
     ``write(temporary_path)`` creates the content, which is then fsync'ed and renamed over ``path``."""
     directory, tmp, fd = _temporary(path)
     os.close(fd)
-    try:
+
+    def fill() -> None:
         write(tmp)
         with open(tmp, "rb+") as handle:
-            os.fchmod(handle.fileno(), 0o666 & ~process_umask() if mode is None else mode)
-            os.fsync(handle.fileno())
-        _finish(tmp, path, directory)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+            _seal(handle, mode)
+
+    _publish(tmp, path, directory, fill)
 
 
 def atomic_write_text(path: StrPath, text: str, *, mode: int | None = None) -> None:
