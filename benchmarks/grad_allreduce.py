@@ -1,8 +1,8 @@
 """Stage 0's gradient sum on one host: gloo's all_reduce against ds_zero's shared-memory all-reduce.
 
 Two CPU ranks sum a gradient-sized fp32 buffer many times; each side is timed from "this rank's gradients
-are final" to "this rank holds the sum" (the shared-memory side includes copying the gradients into the
-segment, which the gloo side does not need). Ranks are lined up with a barrier before every timed call,
+are final" to "this rank holds the sum" (the shared-memory side copies the gradients through the host's
+fixed rows chunk by chunk, ``ds_zero.shm_collectives.HostCollectives.all_reduce``). Ranks are lined up with a barrier before every timed call,
 and both sides run in the same processes, alternating, so noise hits them alike.
 
     python benchmarks/grad_allreduce.py [--sizes 3440000 16777216] [--repeats 30]
@@ -19,12 +19,14 @@ def _measure(sizes: list[int], repeats: int) -> dict[int, dict[str, float]]:
     import torch
 
     import ds_comm
-    from ds_zero.shm_allreduce import SharedMemoryAllReduce
+    from ds_zero import shm_collectives
 
     out: dict[int, dict[str, float]] = {}
     for numel in sizes:
         grads = torch.randn(numel)
-        shm = SharedMemoryAllReduce(numel, torch.float32)
+        host = shm_collectives.setup(None, "cpu", nbytes=numel * 4)
+        assert host is not None, "the shared-memory path is off (DS_ZERO_SHM_ALLREDUCE=0?)"
+        out_buf = torch.empty(numel)
         times: dict[str, list[float]] = {"gloo": [], "shm": []}
         for _ in range(repeats):
             buf = grads.clone()
@@ -34,8 +36,7 @@ def _measure(sizes: list[int], repeats: int) -> dict[int, dict[str, float]]:
             times["gloo"].append(time.perf_counter() - start)
             ds_comm.barrier()
             start = time.perf_counter()
-            shm.input.copy_(grads)
-            shm.reduce()
+            host.all_reduce(out_buf, [shm_collectives.Part(grads, 0, numel)])
             times["shm"].append(time.perf_counter() - start)
         out[numel] = {name: statistics.median(values) * 1e3 for name, values in times.items()}
     return out

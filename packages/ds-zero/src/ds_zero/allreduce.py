@@ -7,8 +7,16 @@ c10d transport an asynchronous all-reduce is launched, overlapping the rest of b
 :meth:`finish` starts whatever is left, completes every bucket, and makes the averaged gradients the
 holders' ``.grad`` (views of the bucket: no copy back).
 
-Transports: ranks all on one host sum through shared memory (Note [shared-memory all-reduce] in
-:mod:`ds_zero.shm_allreduce`); otherwise c10d's ``all_reduce`` (gloo, NCCL, ...) through ds_comm.
+Transports: up to :data:`ds_zero.shm_allreduce.MAX_RANKS` ranks all on one host sum through the
+host's shared-memory rows (Note [shared-memory all-reduce] in :mod:`ds_zero.shm_allreduce`,
+:meth:`ds_zero.shm_collectives.HostCollectives.all_reduce`); otherwise c10d's ``all_reduce`` (gloo,
+NCCL, ...) through ds_comm.
+
+Note: [bounded segment] The shared-memory sum runs in rounds of one row (8 MiB at most) taken
+straight from the gradients, so the shared memory is a fixed few MiB a rank whatever the model, and
+nothing is written before the step: that sum needs every rank at once, so it could not overlap
+backward anyway. (An earlier version gave each bucket rows of its full size, two sets of them: at 100M
+parameters on 2 ranks 1.6 GB of /dev/shm, and a first step slowed by faulting all of it in.)
 
 Note: [only at the boundary] Nothing is communicated while ``sync`` is off: micro-batches before the
 accumulation boundary only accumulate locally. The caller turns ``sync`` on for the boundary's backward.
@@ -34,10 +42,9 @@ import torch
 from torch import Tensor
 
 import ds_comm
-from ds_zero import shm_allreduce
+from ds_zero import shm_allreduce, shm_collectives
 from ds_zero.policy import ReducePolicy
-
-SHM_BUCKET_CAP = 1 << 26  # elements per shared-memory bucket: bounds the segment (two rows per rank)
+from ds_zero.shm_collectives import HostCollectives, Part
 
 
 @dataclass
@@ -47,7 +54,6 @@ class _Bucket:
     numel: int
     dtype: torch.dtype
     buffer: Tensor | None = None
-    shm: shm_allreduce.SharedMemoryAllReduce | None = None
     ready: set[int] = field(default_factory=set)
     work: Any = None
     started: bool = False
@@ -105,21 +111,21 @@ class BucketedAllReduce:
         self.holders = holders
         self.policy = policy
         self.sync = True
-        self.transport = "c10d"
-        if self.active and transport in ("auto", "shm") and all(h.device.type == "cpu" for h in holders):
-            total = sum(h.numel() * h.element_size() for h in holders)
-            if shm_allreduce.usable(group, 2 * self.world_size * total):
-                self.transport = "shm"
+        self.host: HostCollectives | None = None
         itemsize = (reduce_dtype or (holders[0].dtype if holders else torch.float32)).itemsize
+        if (
+            self.active
+            and transport in ("auto", "shm")
+            and self.world_size <= shm_allreduce.MAX_RANKS
+            and all(h.device.type == "cpu" for h in holders)
+        ):
+            largest = max((h.numel() for h in holders), default=0) * itemsize
+            self.host = shm_collectives.setup(group, "cpu", nbytes=largest)  # collective
+        self.transport = "c10d" if self.host is None else "shm"
         # Note [adaptive buckets] in ds_zero.policy
-        bucket_numel = policy.bucket_numel_for(on_host=self.transport == "shm", itemsize=itemsize)
-        if self.transport == "shm":
-            bucket_numel = min(bucket_numel, SHM_BUCKET_CAP)
+        bucket_numel = policy.bucket_numel_for(on_host=self.host is not None, itemsize=itemsize)
         self.buckets = plan_buckets(holders, bucket_numel, reduce_dtype)
         self._where = {id(h): (b, i) for b in self.buckets for i, h in enumerate(b.holders)}
-        if self.transport == "shm":
-            for b in self.buckets:
-                b.shm = shm_allreduce.SharedMemoryAllReduce(b.numel, b.dtype, group=group)
         self.pre, self.post = self._factors()
 
     @property
@@ -129,10 +135,10 @@ class BucketedAllReduce:
 
     @property
     def wants_ready_signals(self) -> bool:
-        """Whether ``mark_ready`` does useful early work: c10d buckets start their all-reduce (overlapping
-        backward); shared-memory buckets take each gradient into the segment while it is still in cache
-        (the sum itself needs every rank at once, so it waits for ``finish``)."""
-        return self.active and self.policy.overlap
+        """Whether ``mark_ready`` does useful early work: c10d buckets start their all-reduce, overlapping
+        backward. The shared-memory sum needs every rank at once, so it all runs in ``finish`` (Note
+        [bounded segment])."""
+        return self.active and self.policy.overlap and self.host is None
 
     def _factors(self) -> tuple[float, float]:
         """(before the sum, after the sum), per Note [scaling]."""
@@ -150,8 +156,6 @@ class BucketedAllReduce:
         if bucket.started:
             bucket.stale = True
             return
-        if bucket.shm is not None:
-            self._copy_in(bucket.shm.input, holder, bucket.offsets[index])
         bucket.ready.add(index)
         if len(bucket.ready) == len(bucket.holders):
             self._start(bucket)
@@ -166,23 +170,33 @@ class BucketedAllReduce:
             dst.copy_(holder.grad.reshape(-1))
 
     def _fill(self, bucket: _Bucket) -> Tensor:
-        """Copy the bucket's gradients into its buffer (made where there is none) and return it."""
-        if bucket.shm is not None:
-            bucket.buffer = bucket.shm.input  # this round's row of the shared segment
-        elif bucket.buffer is None:
-            bucket.buffer = torch.empty(bucket.numel, dtype=bucket.dtype, device=bucket.holders[0].device)
-        buffer = bucket.buffer
-        copied = bucket.ready if bucket.shm is not None else ()  # taken in by mark_ready already
-        for index, (h, off) in enumerate(zip(bucket.holders, bucket.offsets)):
-            if index not in copied:
-                self._copy_in(buffer, h, off)
+        """Copy the bucket's gradients into its buffer and return it."""
+        buffer = self._buffer(bucket)
+        for h, off in zip(bucket.holders, bucket.offsets):
+            self._copy_in(buffer, h, off)
         return buffer
+
+    @staticmethod
+    def _buffer(bucket: _Bucket) -> Tensor:
+        """The bucket's private flat buffer (made where there is none): the averaged gradients live in it."""
+        if bucket.buffer is None:
+            bucket.buffer = torch.empty(bucket.numel, dtype=bucket.dtype, device=bucket.holders[0].device)
+        return bucket.buffer
 
     def _start(self, bucket: _Bucket) -> None:
         buffer = self._fill(bucket)
-        if bucket.shm is None:
-            bucket.work = ds_comm.all_reduce(buffer, group=self.group, async_op=True)
+        bucket.work = ds_comm.all_reduce(buffer, group=self.group, async_op=True)
         bucket.started = True
+
+    def _reduce_on_host(self, bucket: _Bucket) -> Tensor:
+        """Sum the bucket's gradients through the host's shared rows into its buffer (Note [bounded
+        segment]): straight from each ``.grad``, scaled on the way in and out."""
+        assert self.host is not None
+        parts = [
+            Part(None if h.grad is None else h.grad.reshape(-1), off, h.numel())
+            for h, off in zip(bucket.holders, bucket.offsets)
+        ]
+        return self.host.all_reduce(self._buffer(bucket), parts, scale_in=self.pre, scale_out=self.post)
 
     def finish(self) -> None:
         """Reduce every bucket not yet reduced and make the averaged gradients the holders' ``.grad``."""
@@ -191,6 +205,11 @@ class BucketedAllReduce:
                 for h in self.holders:  # alone in the group, yet averaged over more ranks (expert gradients)
                     if h.grad is not None:
                         h.grad.div_(self.average_over)
+            return
+        if self.host is not None:
+            for bucket in self.buckets:
+                self._write_back(bucket, self._reduce_on_host(bucket))
+                bucket.ready.clear()
             return
         for bucket in self.buckets:
             if bucket.started and bucket.stale:
@@ -201,14 +220,11 @@ class BucketedAllReduce:
             if not bucket.started:
                 self._start(bucket)
         for bucket in self.buckets:
-            if bucket.shm is not None:
-                reduced = bucket.shm.reduce(self.post)
-            else:
-                bucket.work.wait()
-                assert bucket.buffer is not None  # _start filled it, and nothing releases it until here
-                reduced = bucket.buffer
-                if self.post != 1.0:
-                    reduced.mul_(self.post)
+            bucket.work.wait()
+            assert bucket.buffer is not None  # _start filled it, and nothing releases it until here
+            reduced = bucket.buffer
+            if self.post != 1.0:
+                reduced.mul_(self.post)
             self._write_back(bucket, reduced)
             bucket.work, bucket.started, bucket.stale = None, False, False
             bucket.ready.clear()

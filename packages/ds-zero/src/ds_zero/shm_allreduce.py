@@ -1,10 +1,12 @@
-"""Sum a buffer across the ranks of one host through shared memory.
+"""What the shared-memory collectives of one host are built from: the check that they can serve a
+group, the shared segment, and the barrier over pipes (the collectives: :mod:`ds_zero.shm_collectives`).
 
 Note: [shared-memory all-reduce] When every rank of the group runs on this host (CPU training with the
 ``deepspeed`` launcher) and there are at most :data:`MAX_RANKS` of them, gradients need not cross the
-loopback TCP stack: each rank writes its bucket into its own row of a shared segment, one barrier, and
-each rank adds up all rows itself. That is a read of every row per rank instead of gloo's several
-socket copies and handshakes (DeepSpeed's CPU backend likewise reduces through shared memory, in C++);
+loopback TCP stack: each rank writes a chunk of its bucket into its own row of a shared segment, one
+barrier, and each rank adds up all rows itself
+(:meth:`ds_zero.shm_collectives.HostCollectives.all_reduce`). That is a read of every row per rank
+instead of gloo's several socket copies and handshakes (DeepSpeed's CPU backend likewise reduces through shared memory, in C++);
 ``benchmarks/grad_allreduce.py`` keeps the measurement. Rows are summed in rank order, so every rank
 reads bit-identical values. The segment lives in ``/dev/shm``; its file is unlinked as soon as every
 rank has mapped it, so nothing outlives the job.
@@ -23,7 +25,6 @@ import torch
 from torch import Tensor
 
 import ds_comm
-from ds_comm import comms_log
 
 SHM_DIR = "/dev/shm"
 ENV_SWITCH = (
@@ -144,47 +145,3 @@ def shared_segment(numel: int, dtype: torch.dtype, *, group: Any = None, name: s
     if rank == 0:
         os.unlink(path[0])
     return memory
-
-
-class SharedMemoryAllReduce:
-    """A ``numel``-element sum across ``group`` through one shared segment (see the module note).
-
-    The segment holds two sets of rows, one row per rank each, used in alternate rounds. A round:
-    each rank writes its row of the round's set, one barrier, then each rank adds all rows of the set,
-    in rank order, into its own private ``output``. Alternating sets is what makes one barrier enough:
-    a rank can run at most one round ahead of the slowest (the next barrier waits for it), so it never
-    overwrites a row another rank may still be reading.
-    """
-
-    def __init__(self, numel: int, dtype: torch.dtype, *, group: Any = None) -> None:
-        self.group = group
-        self.world = ds_comm.get_world_size(group)
-        self.rank = ds_comm.get_rank(group)
-        self.numel = numel
-        self.sets = shared_segment(2 * self.world * numel, dtype, group=group).view(2, self.world, numel)
-        self.output = torch.empty(numel, dtype=dtype)
-        self.round = 0
-        self.barrier = PipeBarrier(group=group, timeout=ds_comm.DEFAULT_TIMEOUT.total_seconds())
-
-    @property
-    def input(self) -> Tensor:
-        """This rank's row for the coming round: write the values to sum here."""
-        return self.sets[self.round % 2, self.rank]
-
-    def reduce(self, scale: float = 1.0) -> Tensor:
-        """Sum every rank's row, times ``scale``, into this rank's private ``output`` and return it."""
-        start = time.perf_counter()
-        rows = self.sets[self.round % 2]
-        self.barrier.wait()  # every row of this round is written
-        torch.add(rows[0], rows[1], out=self.output)  # rank order: identical bits on every rank
-        for r in range(2, self.world):
-            self.output.add_(rows[r])
-        if scale != 1.0:
-            self.output.mul_(scale)
-        self.round += 1
-        if comms_log.LOG.enabled:
-            nbytes = self.numel * self.output.element_size()
-            comms_log.LOG.add(
-                comms_log.CommRecord("all_reduce", nbytes, time.perf_counter() - start, self.world)
-            )
-        return self.output

@@ -1,4 +1,4 @@
-"""Reduce-scatter and all-gather through shared memory for the ranks of one host.
+"""Reduce-scatter, all-gather, all-reduce and broadcast through shared memory for the ranks of one host.
 
 Note: [shared-memory collectives] ZeRO stages 1-3 move every gradient through a reduce-scatter and
 every parameter through an all-gather. Between processes of one host gloo sends those bytes through
@@ -13,6 +13,8 @@ tensor, alternating the sets, with one barrier (:class:`ds_zero.shm_allreduce.Pi
   every row, in rank order (so the sum's bits do not depend on which rank computes it);
 * all-gather: each rank copies chunk ``c`` of its shard into its row, then reads chunk ``c`` of every
   rank's row into its place in ``out``;
+* all-reduce (stage 0's gradient buckets), for a few ranks: each rank copies chunk ``c`` of its
+  input into its row, then adds up chunk ``c`` of every row, in rank order, into its output;
 * broadcast (the engine's replicated start): the source copies the next row's worth of its tensors'
   bytes into its row, and the others copy it out.
 
@@ -28,7 +30,7 @@ from __future__ import annotations
 import time
 import weakref
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -94,6 +96,41 @@ class HostCollectives:
         if average:
             dst.div_(self.world)
         self._log("reduce_scatter_tensor", inp, start)
+        return out
+
+    def all_reduce(
+        self, out: Tensor, parts: Sequence[Part], *, scale_in: float = 1.0, scale_out: float = 1.0
+    ) -> Tensor:
+        """``out`` (flat) = ``scale_out`` x the sum over ranks of ``scale_in`` x this rank's input, given
+        as ``parts`` that tile ``out`` in offset order (a bucket's gradients: no flattened copy of them
+        is made; a None tensor stands for zeros).
+
+        Rounds of a row's worth: each rank writes its chunk (scaled, cast to ``out``'s dtype) into its
+        row, and past the barrier adds up every row's chunk, in rank order, into ``out`` while the chunk
+        is still in cache. Every rank reads every row, so this serves a few ranks
+        (:data:`ds_zero.shm_allreduce.MAX_RANKS`). A part may alias ``out``: each chunk is read before
+        the same chunk is written."""
+        start = time.perf_counter()
+        if out.dim() != 1 or not out.is_contiguous():
+            raise ValueError(f"all_reduce: the output must be flat and contiguous, not {tuple(out.shape)}")
+        if sum(p.numel for p in parts) != out.numel():
+            raise ValueError(
+                f"all_reduce: the parts hold {sum(p.numel for p in parts)} of {out.numel()} elements"
+            )
+        chunk, total, first = self._chunk(out.dtype, 1), out.numel(), 0
+        for begin in range(0, total, chunk):
+            n = min(chunk, total - begin)
+            rows, mine = self._rows(out.dtype)
+            first = _copy_parts_in(mine, parts, begin, n, first, scale_in)
+            self.barrier.wait()  # every rank's chunk of this round is written
+            target = out[begin : begin + n]
+            torch.add(rows[0, :n], rows[1, :n], out=target)  # rank order: the same bits on every rank
+            for r in range(2, self.world):
+                target.add_(rows[r, :n])
+            if scale_out != 1.0:
+                target.mul_(scale_out)
+            self.round += 1
+        self._log("all_reduce", out, start)
         return out
 
     def all_gather(self, out: Tensor, inp: Tensor) -> Tensor:
@@ -165,6 +202,37 @@ class HostCollectives:
             comms_log.LOG.add(comms_log.CommRecord(name, nbytes, time.perf_counter() - start, self.world))
 
 
+class Part(NamedTuple):
+    """A piece of an all-reduce's input: ``numel`` elements at ``offset`` in the output's index space,
+    read from the flat ``tensor`` (None: zeros, for a parameter that got no gradient)."""
+
+    tensor: Tensor | None
+    offset: int
+    numel: int
+
+
+def _copy_parts_in(row: Tensor, parts: Sequence[Part], begin: int, n: int, first: int, scale: float) -> int:
+    """Write elements ``[begin, begin + n)`` of the input that ``parts`` tile into ``row[:n]``, times
+    ``scale``. ``first``: the first part that may still overlap (rounds only move forward); the return
+    value is that index for the next round."""
+    end, index = begin + n, first
+    while index < len(parts):
+        tensor, offset, size = parts[index]
+        lo, hi = max(begin, offset), min(end, offset + size)
+        if lo < hi:
+            dst = row[lo - begin : hi - begin]
+            if tensor is None:
+                dst.zero_()
+            elif scale != 1.0:
+                torch.mul(tensor[lo - offset : hi - offset], scale, out=dst)
+            else:
+                dst.copy_(tensor[lo - offset : hi - offset])
+        if offset + size > end:
+            return index  # this part goes on in the next round
+        index += 1
+    return index
+
+
 # Weak keys: a strong reference would keep the group's gloo threads alive past destroy_process_group
 # (Note [exit teardown] in ds_comm.init), and an entry goes with its group, so a re-initialised world
 # never finds the rows of the last one.
@@ -216,6 +284,7 @@ def reset() -> None:
 
 __all__ = [
     "HostCollectives",
+    "Part",
     "MAX_RANKS",
     "MIN_ROW_BYTES",
     "ROW_BYTES",

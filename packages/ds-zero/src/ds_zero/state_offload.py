@@ -244,7 +244,7 @@ def _lp_grads(trainer: Any, mover: _Mover, kinds: set[OffloadStateTypeEnum]) -> 
 
 def _contiguous_grad_buffer(trainer: Any, mover: _Mover, kinds: set[OffloadStateTypeEnum]) -> None:
     for bucket in getattr(trainer.reducer, "buckets", []):
-        if bucket.shm is None and bucket.buffer is not None and not bucket.started:
+        if bucket.buffer is not None and not bucket.started:
             bucket.buffer = None  # scratch between steps: released, re-made at the next reduction
 
 
