@@ -103,6 +103,10 @@ def launch(
     env = dict(os.environ, GLOO_SOCKET_IFNAME="lo", PYTHONWARNINGS="ignore")
     env.pop("CUDA_VISIBLE_DEVICES", None)
     env.pop("OMP_NUM_THREADS", None)
+    # Bytecode as a user has it: pip byte-compiled the reference at install, and the warm-up launch
+    # writes this project's (editable) .pyc files; with writing off, only this side recompiled its
+    # modules at every launch.
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     if launcher.resolve() != (Path(sys.executable).parent / "deepspeed").resolve():
         env.pop("PYTHONPATH", None)  # it may name this project's sources, which would shadow the reference's
     if omp is not None:
