@@ -2,7 +2,7 @@
 
 Two CPU ranks sum a gradient-sized fp32 buffer many times; each side is timed from "this rank's gradients
 are final" to "this rank holds the sum" (the shared-memory side copies the gradients through the host's
-fixed rows chunk by chunk, ``ds_zero.shm_collectives.HostCollectives.all_reduce``). Ranks are lined up with a barrier before every timed call,
+fixed rows chunk by chunk and back, ``ds_zero.shm_collectives.HostCollectives.all_reduce_``). Ranks are lined up with a barrier before every timed call,
 and both sides run in the same processes, alternating, so noise hits them alike.
 
     python benchmarks/grad_allreduce.py [--sizes 3440000 16777216] [--repeats 30]
@@ -26,7 +26,6 @@ def _measure(sizes: list[int], repeats: int) -> dict[int, dict[str, float]]:
         grads = torch.randn(numel)
         host = shm_collectives.setup(None, "cpu", nbytes=numel * 4)
         assert host is not None, "the shared-memory path is off (DS_ZERO_SHM_ALLREDUCE=0?)"
-        out_buf = torch.empty(numel)
         times: dict[str, list[float]] = {"gloo": [], "shm": []}
         for _ in range(repeats):
             buf = grads.clone()
@@ -34,9 +33,10 @@ def _measure(sizes: list[int], repeats: int) -> dict[int, dict[str, float]]:
             start = time.perf_counter()
             ds_comm.all_reduce(buf)
             times["gloo"].append(time.perf_counter() - start)
+            buf = grads.clone()
             ds_comm.barrier()
             start = time.perf_counter()
-            host.all_reduce(out_buf, [shm_collectives.Part(grads, 0, numel)])
+            host.all_reduce_([buf])
             times["shm"].append(time.perf_counter() - start)
         out[numel] = {name: statistics.median(values) * 1e3 for name, values in times.items()}
     return out

@@ -58,7 +58,8 @@ def _accumulate_then_sync(prescale: bool, predivide: float):
     reduces = [r for r in ds_comm.comms_log.records() if r.op == "all_reduce"]
     ds_comm.comms_log.disable()
     grads = {n: (p.grad.clone() if p.grad is not None else None) for n, p in net.named_parameters()}
-    return silent, len(reduces), len(trainer.reducer.buckets), grads, trainer.reducer.transport
+    buffers = sum(b.buffer is not None for b in trainer.reducer.buckets)  # gradient copies held
+    return silent, len(reduces), len(trainer.reducer.buckets), grads, trainer.reducer.transport, buffers
 
 
 SCALINGS = [(False, 1.0), (True, 1.0), (False, 2.0)]  # post-scaling, DeepSpeed's prescale, predivide factor
@@ -96,8 +97,10 @@ def test_gradients_are_averaged_only_at_the_boundary(world: int, transport: str)
             torch.testing.assert_close(twice[name], want, rtol=0, atol=1e-6)
     for variant in range(len(SCALINGS)):
         results = [per_rank[rank][0][variant] for rank in range(world)]
-        for silent, n_reduces, n_buckets, grads, used in results:
+        for silent, n_reduces, n_buckets, grads, used, buffers in results:
             assert used == transport
+            # Through shared memory the gradients hold their own sum (Note [bounded segment]).
+            assert buffers == (0 if transport == "shm" else n_buckets)
             assert silent == []  # no collective while accumulating
             assert n_reduces == n_buckets > 1  # one all-reduce per bucket at the boundary
             assert grads["never.weight"] is None and grads["never.bias"] is None

@@ -72,62 +72,61 @@ def test_matches_the_collectives_computed_from_every_input(world, row_bytes, sha
     assert "reduce_scatter: input of" in results[0]["error"]
 
 
-SIZES = (5, 0, 130, 1, 64, 300)  # parts of a bucket; the second and fourth stand for missing gradients
+SIZES = (5, 0, 130, 1, 64, 300)  # a bucket's gradients: an empty one, one that spans many rows
 
 
-def _part_inputs(rank: int, dtype: torch.dtype) -> list[torch.Tensor | None]:
+def _grads(rank: int, dtype: torch.dtype) -> list[torch.Tensor]:
     g = torch.Generator().manual_seed(7 + rank)
-    return [None if i in (1, 3) else torch.randn(n, generator=g).to(dtype) for i, n in enumerate(SIZES)]
-
-
-def _scaled_row(parts: list[torch.Tensor | None], scale: float) -> torch.Tensor:
-    """One rank's input as the ranks write it: each part times ``scale`` into fp32, zeros for None."""
-    pieces = []
-    for n, t in zip(SIZES, parts):
-        dst = torch.zeros(n)
-        if t is not None:
-            torch.mul(t, scale, out=dst)
-        pieces.append(dst)
-    return torch.cat(pieces)
+    return [torch.randn(n, generator=g).to(dtype) for n in SIZES]
 
 
 def _exercise_all_reduce(row_bytes: int, dtype_name: str):
     rank, dtype = ds_comm.get_rank(), getattr(torch, dtype_name)
     host = HostCollectives(None, row_bytes=row_bytes)
-    parts, offsets = _part_inputs(rank, dtype), [sum(SIZES[:i]) for i in range(len(SIZES))]
-    out = torch.empty(sum(SIZES))
-    layout = [shm_collectives.Part(t, off, n) for t, off, n in zip(parts, offsets, SIZES)]
-    results = [host.all_reduce(out, layout, scale_in=0.5, scale_out=0.25).clone()]
-    # In place, as a bucket whose gradients are already views of it: every part aliases ``out``.
-    aliased = [shm_collectives.Part(out[off : off + n], off, n) for off, n in zip(offsets, SIZES)]
-    results.append(host.all_reduce(out, aliased).clone())
+    grads = _grads(rank, dtype)
+    host.all_reduce_(grads, dtype=torch.float32, scale_in=0.5, scale_out=0.25)
+    once = [g.clone() for g in grads]
+    host.all_reduce_(grads, dtype=torch.float32)  # a second time: the rows alternate across calls
     try:
-        host.all_reduce(out, layout[:-1])
+        host.all_reduce_([torch.zeros(4, 4)])
     except ValueError as exc:
-        results.append(str(exc))
-    return results, host.round
+        error = str(exc)
+    return once, grads, host.round, error
+
+
+def _reference_sum(rows: list[torch.Tensor], scale_out: float, dtype: torch.dtype) -> list[torch.Tensor]:
+    """The ranks' sum as they make it: fp32 rows added in rank order, scaled, cast back, split."""
+    total = rows[0] + rows[1]
+    for row in rows[2:]:
+        total = total + row
+    return list((total * scale_out).to(dtype).split(SIZES))
 
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize(
     "world,row_bytes,dtype", [(2, 1 << 20, "float32"), (2, 64, "float32"), (3, 100, "bfloat16")]
 )
-def test_all_reduce_sums_parts_in_rank_order(world, row_bytes, dtype) -> None:
+def test_all_reduce_sums_in_place_in_rank_order(world, row_bytes, dtype) -> None:
+    dt = getattr(torch, dtype)
     results = run_distributed(_exercise_all_reduce, world, 100, args=(row_bytes, dtype))
-    rows = [_scaled_row(_part_inputs(r, getattr(torch, dtype)), 0.5) for r in range(world)]
-    first = rows[0] + rows[1]
-    for row in rows[2:]:
-        first = first + row
-    first = first * 0.25
-    second = first.clone() + first
-    for _ in range(2, world):
-        second = second + first
-    for got, rounds in results:
-        assert torch.equal(got[0], first) and torch.equal(got[1], second)
-        assert "the parts hold 200 of 500 elements" in got[2]
-        assert rounds == results[0][1] and rounds >= 2
-    if row_bytes == 64:  # 16 fp32 elements a row: many rounds, parts that span rounds
-        assert results[0][1] == 2 * -(-sum(SIZES) // 16)
+
+    def row(grads: list[torch.Tensor], scale: float) -> torch.Tensor:
+        parts = []
+        for t in grads:
+            dst = torch.empty(t.numel())
+            torch.mul(t, scale, out=dst) if scale != 1.0 else dst.copy_(t)
+            parts.append(dst)
+        return torch.cat(parts)
+
+    once = _reference_sum([row(_grads(r, dt), 0.5) for r in range(world)], 0.25, dt)
+    twice = _reference_sum([row(once, 1.0)] * world, 1.0, dt)
+    for got_once, got_twice, rounds, error in results:
+        assert all(torch.equal(a, b) for a, b in zip(got_once, once))
+        assert all(torch.equal(a, b) for a, b in zip(got_twice, twice))
+        assert rounds == results[0][2]
+        assert "flat and contiguous" in error
+    if row_bytes == 64:  # 16 fp32 elements a row: many rounds, gradients that span rounds
+        assert results[0][2] == 2 * -(-sum(SIZES) // 16)
 
 
 def _tensors(rank: int) -> list[torch.Tensor]:

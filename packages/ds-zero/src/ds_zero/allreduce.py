@@ -9,14 +9,16 @@ holders' ``.grad`` (views of the bucket: no copy back).
 
 Transports: up to :data:`ds_zero.shm_allreduce.MAX_RANKS` ranks all on one host sum through the
 host's shared-memory rows (Note [shared-memory all-reduce] in :mod:`ds_zero.shm_allreduce`,
-:meth:`ds_zero.shm_collectives.HostCollectives.all_reduce`); otherwise c10d's ``all_reduce`` (gloo,
+:meth:`ds_zero.shm_collectives.HostCollectives.all_reduce_`); otherwise c10d's ``all_reduce`` (gloo,
 NCCL, ...) through ds_comm.
 
 Note: [bounded segment] The shared-memory sum runs in rounds of one row (8 MiB at most) taken
-straight from the gradients, so the shared memory is a fixed few MiB a rank whatever the model, and
-nothing is written before the step: that sum needs every rank at once, so it could not overlap
-backward anyway. (An earlier version gave each bucket rows of its full size, two sets of them: at 100M
-parameters on 2 ranks 1.6 GB of /dev/shm, and a first step slowed by faulting all of it in.)
+straight from the gradients and written straight back into them, so the shared memory is a fixed few
+MiB a rank whatever the model and there is no bucket buffer: the gradients are held once, not twice.
+Nothing is written before the step: that sum needs every rank at once, so it could not overlap
+backward anyway. (An earlier version gave each bucket rows of its full size, two sets of them, and a
+private output buffer: at 100M parameters on 2 ranks 1.6 GB of /dev/shm and 400 MB a rank more, all
+of it faulted in during the first steps.)
 
 Note: [only at the boundary] Nothing is communicated while ``sync`` is off: micro-batches before the
 accumulation boundary only accumulate locally. The caller turns ``sync`` on for the boundary's backward.
@@ -44,7 +46,7 @@ from torch import Tensor
 import ds_comm
 from ds_zero import shm_allreduce, shm_collectives
 from ds_zero.policy import ReducePolicy
-from ds_zero.shm_collectives import HostCollectives, Part
+from ds_zero.shm_collectives import HostCollectives
 
 
 @dataclass
@@ -170,17 +172,11 @@ class BucketedAllReduce:
             dst.copy_(holder.grad.reshape(-1))
 
     def _fill(self, bucket: _Bucket) -> Tensor:
-        """Copy the bucket's gradients into its buffer and return it."""
-        buffer = self._buffer(bucket)
-        for h, off in zip(bucket.holders, bucket.offsets):
-            self._copy_in(buffer, h, off)
-        return buffer
-
-    @staticmethod
-    def _buffer(bucket: _Bucket) -> Tensor:
-        """The bucket's private flat buffer (made where there is none): the averaged gradients live in it."""
+        """Copy the bucket's gradients into its buffer (made where there is none) and return it."""
         if bucket.buffer is None:
             bucket.buffer = torch.empty(bucket.numel, dtype=bucket.dtype, device=bucket.holders[0].device)
+        for h, off in zip(bucket.holders, bucket.offsets):
+            self._copy_in(bucket.buffer, h, off)
         return bucket.buffer
 
     def _start(self, bucket: _Bucket) -> None:
@@ -188,15 +184,23 @@ class BucketedAllReduce:
         bucket.work = ds_comm.all_reduce(buffer, group=self.group, async_op=True)
         bucket.started = True
 
-    def _reduce_on_host(self, bucket: _Bucket) -> Tensor:
-        """Sum the bucket's gradients through the host's shared rows into its buffer (Note [bounded
-        segment]): straight from each ``.grad``, scaled on the way in and out."""
+    def _reduce_on_host(self, bucket: _Bucket) -> None:
+        """Sum the bucket's gradients through the host's shared rows, in place (Note [bounded segment]),
+        scaled on the way in and out. A holder without a gradient takes part with zeros, and keeps None
+        where no rank had one, as a single process would."""
         assert self.host is not None
-        parts = [
-            Part(None if h.grad is None else h.grad.reshape(-1), off, h.numel())
-            for h, off in zip(bucket.holders, bucket.offsets)
-        ]
-        return self.host.all_reduce(self._buffer(bucket), parts, scale_in=self.pre, scale_out=self.post)
+        missing = []
+        for h in bucket.holders:
+            if h.grad is None:
+                h.grad = torch.zeros_like(h)
+                missing.append(h)
+            elif not h.grad.is_contiguous():
+                h.grad = h.grad.contiguous()  # the sum is written back through a flat view
+        flat = [h.grad.view(-1) for h in bucket.holders]  # type: ignore[union-attr]  # all set above
+        self.host.all_reduce_(flat, dtype=bucket.dtype, scale_in=self.pre, scale_out=self.post)
+        for h in missing:
+            if not bool(h.grad.any()):  # type: ignore[union-attr]
+                h.grad = None
 
     def finish(self) -> None:
         """Reduce every bucket not yet reduced and make the averaged gradients the holders' ``.grad``."""
@@ -208,7 +212,7 @@ class BucketedAllReduce:
             return
         if self.host is not None:
             for bucket in self.buckets:
-                self._write_back(bucket, self._reduce_on_host(bucket))
+                self._reduce_on_host(bucket)
                 bucket.ready.clear()
             return
         for bucket in self.buckets:

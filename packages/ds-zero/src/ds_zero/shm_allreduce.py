@@ -5,7 +5,7 @@ Note: [shared-memory all-reduce] When every rank of the group runs on this host 
 ``deepspeed`` launcher) and there are at most :data:`MAX_RANKS` of them, gradients need not cross the
 loopback TCP stack: each rank writes a chunk of its bucket into its own row of a shared segment, one
 barrier, and each rank adds up all rows itself
-(:meth:`ds_zero.shm_collectives.HostCollectives.all_reduce`). That is a read of every row per rank
+(:meth:`ds_zero.shm_collectives.HostCollectives.all_reduce_`). That is a read of every row per rank
 instead of gloo's several socket copies and handshakes (DeepSpeed's CPU backend likewise reduces through shared memory, in C++);
 ``benchmarks/grad_allreduce.py`` keeps the measurement. Rows are summed in rank order, so every rank
 reads bit-identical values. The segment lives in ``/dev/shm``; its file is unlinked as soon as every

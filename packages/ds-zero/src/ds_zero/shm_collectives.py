@@ -13,8 +13,8 @@ tensor, alternating the sets, with one barrier (:class:`ds_zero.shm_allreduce.Pi
   every row, in rank order (so the sum's bits do not depend on which rank computes it);
 * all-gather: each rank copies chunk ``c`` of its shard into its row, then reads chunk ``c`` of every
   rank's row into its place in ``out``;
-* all-reduce (stage 0's gradient buckets), for a few ranks: each rank copies chunk ``c`` of its
-  input into its row, then adds up chunk ``c`` of every row, in rank order, into its output;
+* all-reduce (stage 0's gradient buckets, in place), for a few ranks: each rank copies chunk ``c``
+  of its tensors into its row, then adds up chunk ``c`` of every row, in rank order, back into them;
 * broadcast (the engine's replicated start): the source copies the next row's worth of its tensors'
   bytes into its row, and the others copy it out.
 
@@ -30,7 +30,7 @@ from __future__ import annotations
 import time
 import weakref
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -98,40 +98,62 @@ class HostCollectives:
         self._log("reduce_scatter_tensor", inp, start)
         return out
 
-    def all_reduce(
-        self, out: Tensor, parts: Sequence[Part], *, scale_in: float = 1.0, scale_out: float = 1.0
-    ) -> Tensor:
-        """``out`` (flat) = ``scale_out`` x the sum over ranks of ``scale_in`` x this rank's input, given
-        as ``parts`` that tile ``out`` in offset order (a bucket's gradients: no flattened copy of them
-        is made; a None tensor stands for zeros).
+    def all_reduce_(
+        self,
+        tensors: Sequence[Tensor],
+        *,
+        dtype: torch.dtype | None = None,
+        scale_in: float = 1.0,
+        scale_out: float = 1.0,
+    ) -> None:
+        """Each of ``tensors`` (flat, contiguous: a bucket's gradients) becomes, in place, ``scale_out`` x
+        the sum over ranks of ``scale_in`` x that tensor, summed in ``dtype`` (default: the first
+        tensor's), whatever the tensors' own dtypes.
 
-        Rounds of a row's worth: each rank writes its chunk (scaled, cast to ``out``'s dtype) into its
-        row, and past the barrier adds up every row's chunk, in rank order, into ``out`` while the chunk
-        is still in cache. Every rank reads every row, so this serves a few ranks
-        (:data:`ds_zero.shm_allreduce.MAX_RANKS`). A part may alias ``out``: each chunk is read before
-        the same chunk is written."""
+        The tensors are taken as one index space, a row's worth a round: each rank writes its chunk
+        (scaled, cast to ``dtype``) into its row, and past the barrier adds up every row's chunk, in rank
+        order, and writes the result back over the chunk it came from while it is still in cache. No
+        flattened copy and no output buffer: the gradients hold their own sum. Every rank reads every
+        row, so this serves a few ranks (:data:`ds_zero.shm_allreduce.MAX_RANKS`)."""
         start = time.perf_counter()
-        if out.dim() != 1 or not out.is_contiguous():
-            raise ValueError(f"all_reduce: the output must be flat and contiguous, not {tuple(out.shape)}")
-        if sum(p.numel for p in parts) != out.numel():
+        if any(t.dim() != 1 or not t.is_contiguous() for t in tensors):
             raise ValueError(
-                f"all_reduce: the parts hold {sum(p.numel for p in parts)} of {out.numel()} elements"
+                "all_reduce_: every tensor must be flat and contiguous (its sum is written back)"
             )
-        chunk, total, first = self._chunk(out.dtype, 1), out.numel(), 0
-        for begin in range(0, total, chunk):
-            n = min(chunk, total - begin)
-            rows, mine = self._rows(out.dtype)
-            first = _copy_parts_in(mine, parts, begin, n, first, scale_in)
+        if not tensors:
+            return
+        dtype = dtype or tensors[0].dtype
+        spans = _Spans(tensors)
+        chunk = self._chunk(dtype, 1)
+        # Where a tensor's dtype differs the sum is made in ``dtype`` here, then cast once into it.
+        scratch = torch.empty(min(chunk, spans.total), dtype=dtype) if spans.mixed(dtype) else None
+        for begin in range(0, spans.total, chunk):
+            n = min(chunk, spans.total - begin)
+            rows, mine = self._rows(dtype)
+            pieces = spans.over(begin, begin + n)
+            for tensor, lo, hi, at in pieces:
+                if scale_in != 1.0:
+                    torch.mul(tensor[lo:hi], scale_in, out=mine[at : at + hi - lo])
+                else:
+                    mine[at : at + hi - lo].copy_(tensor[lo:hi])
             self.barrier.wait()  # every rank's chunk of this round is written
-            target = out[begin : begin + n]
-            torch.add(rows[0, :n], rows[1, :n], out=target)  # rank order: the same bits on every rank
-            for r in range(2, self.world):
-                target.add_(rows[r, :n])
-            if scale_out != 1.0:
-                target.mul_(scale_out)
+            for tensor, lo, hi, at in pieces:
+                direct = tensor.dtype == dtype
+                target = tensor[lo:hi] if direct else scratch[: hi - lo]  # type: ignore[index]
+                # rank order: the same bits on every rank
+                torch.add(rows[0, at : at + hi - lo], rows[1, at : at + hi - lo], out=target)
+                for r in range(2, self.world):
+                    target.add_(rows[r, at : at + hi - lo])
+                if scale_out != 1.0:
+                    target.mul_(scale_out)
+                if not direct:
+                    tensor[lo:hi].copy_(target)
             self.round += 1
-        self._log("all_reduce", out, start)
-        return out
+        if comms_log.LOG.enabled:
+            nbytes = spans.total * dtype.itemsize
+            comms_log.LOG.add(
+                comms_log.CommRecord("all_reduce", nbytes, time.perf_counter() - start, self.world)
+            )
 
     def all_gather(self, out: Tensor, inp: Tensor) -> Tensor:
         """``out`` (``N * inp.numel()`` elements) = every rank's ``inp``, in rank order."""
@@ -202,35 +224,38 @@ class HostCollectives:
             comms_log.LOG.add(comms_log.CommRecord(name, nbytes, time.perf_counter() - start, self.world))
 
 
-class Part(NamedTuple):
-    """A piece of an all-reduce's input: ``numel`` elements at ``offset`` in the output's index space,
-    read from the flat ``tensor`` (None: zeros, for a parameter that got no gradient)."""
+class _Spans:
+    """Several flat tensors taken as one index space, cut into the pieces that a range of it covers."""
 
-    tensor: Tensor | None
-    offset: int
-    numel: int
+    def __init__(self, tensors: Sequence[Tensor]) -> None:
+        self.tensors = list(tensors)
+        self.starts: list[int] = []
+        self.total = 0
+        for t in self.tensors:
+            self.starts.append(self.total)
+            self.total += t.numel()
+        self._next = 0  # ranges are asked for in increasing order: no tensor before this one overlaps
 
+    def mixed(self, dtype: torch.dtype) -> bool:
+        """Whether some tensor is not of ``dtype``."""
+        return any(t.dtype != dtype for t in self.tensors)
 
-def _copy_parts_in(row: Tensor, parts: Sequence[Part], begin: int, n: int, first: int, scale: float) -> int:
-    """Write elements ``[begin, begin + n)`` of the input that ``parts`` tile into ``row[:n]``, times
-    ``scale``. ``first``: the first part that may still overlap (rounds only move forward); the return
-    value is that index for the next round."""
-    end, index = begin + n, first
-    while index < len(parts):
-        tensor, offset, size = parts[index]
-        lo, hi = max(begin, offset), min(end, offset + size)
-        if lo < hi:
-            dst = row[lo - begin : hi - begin]
-            if tensor is None:
-                dst.zero_()
-            elif scale != 1.0:
-                torch.mul(tensor[lo - offset : hi - offset], scale, out=dst)
-            else:
-                dst.copy_(tensor[lo - offset : hi - offset])
-        if offset + size > end:
-            return index  # this part goes on in the next round
-        index += 1
-    return index
+    def over(self, begin: int, end: int) -> list[tuple[Tensor, int, int, int]]:
+        """``(tensor, lo, hi, at)`` for each tensor overlapping ``[begin, end)``: its elements
+        ``[lo, hi)`` sit at ``begin + at`` of the index space."""
+        pieces = []
+        index = self._next
+        while index < len(self.tensors):
+            start = self.starts[index]
+            size = self.tensors[index].numel()
+            lo, hi = max(begin, start), min(end, start + size)
+            if lo < hi:
+                pieces.append((self.tensors[index], lo - start, hi - start, lo - begin))
+            if start + size > end:
+                break  # this tensor goes on in the next range
+            index += 1
+        self._next = index
+        return pieces
 
 
 # Weak keys: a strong reference would keep the group's gloo threads alive past destroy_process_group
@@ -284,7 +309,6 @@ def reset() -> None:
 
 __all__ = [
     "HostCollectives",
-    "Part",
     "MAX_RANKS",
     "MIN_ROW_BYTES",
     "ROW_BYTES",
