@@ -136,8 +136,8 @@ def test_what_stays_refused_says_so():
     DeepSpeedConfig({**base, "zero_optimization": {"stage": 2, "offload_optimizer": nvme}}, world_size=1)
     with pytest.raises(DeepSpeedConfigError, match="aio.use_gds"):
         DeepSpeedConfig({**base, "aio": {"use_gds": True}}, world_size=1)
-    with pytest.raises(DeepSpeedConfigError, match="offload_param.device=nvme"):
-        DeepSpeedConfig({**base, "zero_optimization": {"stage": 3, "offload_param": nvme}}, world_size=1)
+    # parameter offload to NVMe is built (packages/ds-engine/tests/test_param_nvme.py)
+    DeepSpeedConfig({**base, "zero_optimization": {"stage": 3, "offload_param": nvme}}, world_size=1)
     with pytest.raises(DeepSpeedConfigError, match="zenflow"):
         DeepSpeedConfig(
             {**base, "zero_optimization": {"stage": 2, "zenflow": {"topk_ratio": 0.1}}}, world_size=1

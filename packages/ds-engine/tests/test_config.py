@@ -68,10 +68,6 @@ BAD_CONFIGS = [
         "'compression_training' is not supported yet",
     ),
     ({"amp": {"enabled": True, "opt_level": "O1"}}, "'amp.enabled' is not supported yet"),
-    (
-        {"zero_optimization": {"offload_param": {"device": "nvme"}}},
-        "'zero_optimization.offload_param.device=nvme' is not supported yet",
-    ),
     ({"sparse_gradients": True}, "'sparse_gradients' is not supported yet"),
     (
         {"train_batch_size": 7, "train_micro_batch_size_per_gpu": 2},

@@ -181,7 +181,6 @@ def test_reduce_bucket_size_reaches_the_policy_only_when_set() -> None:
     [
         ({"zenflow": {}}, "'zero_optimization.zenflow'"),
         ({"mics_shard_size": 2}, "'zero_optimization.mics_shard_size>0'"),
-        ({"offload_param": {"device": "nvme"}}, "'zero_optimization.offload_param.device=nvme'"),
         (
             {"stage": 3, "zero_quantized_gradients": True},
             "'zero_optimization.zero_quantized_gradients (ZeRO++)'",

@@ -61,7 +61,12 @@ def init_config(source: Any) -> InitConfig:
     offload = model.zero_optimization.offload_param
     if offload is None:
         return InitConfig(dtype=dtype)
-    return InitConfig(dtype=dtype, offload_device=offload.device, pin_memory=offload.pin_memory)
+    return InitConfig(
+        dtype=dtype,
+        offload_device=offload.device,
+        pin_memory=offload.pin_memory,
+        nvme_path=str(offload.nvme_path or ""),
+    )
 
 
 class Init(_ZeroInit):

@@ -8,7 +8,7 @@ from ds_engine.autocast import autocast_dtype_of
 from ds_engine.config import DeepSpeedConfig, DeepSpeedConfigError
 from ds_engine.config.zero import ZeroConfig
 from ds_zero import LossScalePolicy, MixedPrecisionPolicy, OffloadPolicy, ReducePolicy, ZeroPolicy
-from ds_zero.policy import NvmePolicy
+from ds_zero.policy import NvmePolicy, ParamNvmePolicy
 
 _DTYPES = {
     "fp32": torch.float32,
@@ -118,6 +118,22 @@ def _nvme(cfg: DeepSpeedConfig) -> NvmePolicy | None:
     )
 
 
+def _param_nvme(cfg: DeepSpeedConfig) -> ParamNvmePolicy | None:
+    """Where and how stage-3 parameter shards are swapped with ``offload_param.device: nvme`` (with ``aio``)."""
+    section = cfg.zero_optimization.offload_param
+    if section is None or section.device != "nvme":
+        return None
+    aio = cfg.aio
+    return ParamNvmePolicy(
+        path=str(section.nvme_path or ""),
+        buffer_count=section.buffer_count,
+        max_in_cpu=section.max_in_cpu,
+        block_size=aio.block_size,
+        queue_depth=aio.queue_depth,
+        threads=aio.intra_op_parallelism,
+    )
+
+
 def policy_from_config(cfg: DeepSpeedConfig) -> ZeroPolicy:
     """The ZeRO policy a config describes (stage, precision, loss scaling, reduction, offload, clipping)."""
     zero = cfg.zero_optimization
@@ -157,6 +173,7 @@ def policy_from_config(cfg: DeepSpeedConfig) -> ZeroPolicy:
             param_device=zero.offload_param_device,
             pin_memory=_pin_memory(zero),
             nvme=_nvme(cfg),
+            param_nvme=_param_nvme(cfg),
         ),
         clip_grad=cfg.gradient_clipping,
         # Note [non-finite gradients] in ds_zero.trainer: every precision; bf16 may opt out explicitly.

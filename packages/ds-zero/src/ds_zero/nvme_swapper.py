@@ -86,16 +86,24 @@ def _layout_of(tensors: dict[str, Tensor]) -> _Layout:
     return _Layout(tuple(entries), offset)
 
 
-def make_swap_folder(nvme_path: str, rank: int) -> str:
-    """A fresh folder for this rank's states under ``nvme_path``; :class:`NvmePathError` naming the path."""
+def make_swap_folder(
+    nvme_path: str,
+    rank: int,
+    *,
+    key: str = "offload_optimizer",
+    subfolder: str = "ds_zero_optimizer",
+    serial: int | None = None,
+) -> str:
+    """A fresh folder for this rank's files under ``<nvme_path>/<subfolder>``; :class:`NvmePathError`
+    naming the config ``key`` and the path."""
     if not nvme_path:
-        raise NvmePathError("zero_optimization.offload_optimizer.device is 'nvme' but nvme_path is not set")
+        raise NvmePathError(f"zero_optimization.{key}.device is 'nvme' but nvme_path is not set")
     if not os.path.isdir(nvme_path):
         raise NvmePathError(
-            f"zero_optimization.offload_optimizer.nvme_path {nvme_path!r} does not exist or is "
-            "not a directory"
+            f"zero_optimization.{key}.nvme_path {nvme_path!r} does not exist or is not a directory"
         )
-    folder = os.path.join(nvme_path, "ds_zero_optimizer", f"rank{rank}.pid{os.getpid()}.{next(_serial)}")
+    count = next(_serial) if serial is None else serial
+    folder = os.path.join(nvme_path, subfolder, f"rank{rank}.pid{os.getpid()}.{count}")
     try:
         os.makedirs(folder)
         probe = os.path.join(folder, ".probe")
@@ -105,7 +113,7 @@ def make_swap_folder(nvme_path: str, rank: int) -> str:
     except OSError as exc:
         raise NvmePathError(
             exc.errno,
-            f"zero_optimization.offload_optimizer.nvme_path {nvme_path!r} is not writable: {exc.strerror}",
+            f"zero_optimization.{key}.nvme_path {nvme_path!r} is not writable: {exc.strerror}",
             nvme_path,
         ) from exc
     return folder

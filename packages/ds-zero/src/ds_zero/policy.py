@@ -123,6 +123,20 @@ class NvmePolicy:
 
 
 @dataclass(frozen=True)
+class ParamNvmePolicy:
+    """Stage-3 parameter shards swapped to files under ``path`` (``offload_param.device: nvme``;
+    Note [parameter swapping] in :mod:`ds_zero.stage3.nvme_params`). ``buffer_count``: staging buffers
+    (and reads in flight + 1); ``max_in_cpu``: this rank's shard elements kept in memory."""
+
+    path: str = ""
+    buffer_count: int = 5
+    max_in_cpu: int = 1_000_000_000
+    block_size: int = 1 << 20
+    queue_depth: int = 8
+    threads: int = 1
+
+
+@dataclass(frozen=True)
 class OffloadPolicy:
     """Where optimizer states (and, at stage 3, parameters) live."""
 
@@ -130,6 +144,7 @@ class OffloadPolicy:
     param_device: OffloadDevice = "none"
     pin_memory: bool = True
     nvme: NvmePolicy | None = None  # with optimizer_device "nvme"
+    param_nvme: ParamNvmePolicy | None = None  # with param_device "nvme" (stage 3)
 
 
 @dataclass(frozen=True)

@@ -240,7 +240,6 @@ class ZeroConfig(ConfigModel):
 # Note [key effects] in ds_engine.config.effects: what every key of these sections does here. An applied
 # key names each place that reads it (``module:qualname``, ``#attr`` when the reader's name differs).
 _POLICY = "ds_engine.zero_policy:policy_from_config"
-_NVME = "NVMe parameter offload is not built (offload_param.device 'nvme' is refused)"
 _FSDP2 = "stage-3 gathers are FSDP2's, one all-gather per shard unit into one buffer (ds_zero.stage3.policy)"
 
 ZERO_KEYS: dict[str, Effect] = {
@@ -337,13 +336,17 @@ ZERO_KEYS: dict[str, Effect] = {
     "override_module_apply": no_effect("stage 3 does not patch nn.Module.apply"),
     "log_trace_cache_warnings": no_effect("stage 3 keeps no trace cache"),
     "enable_sanity_checks": no_effect("there are no optional sanity checks"),
-    "save_muon_momentum_buffer_in_memory": no_effect(_NVME),
+    "save_muon_momentum_buffer_in_memory": no_effect(
+        "DeepSpeed's Muon-specific NVMe swap is not built: optimizer states swap through "
+        "ds_zero.nvme_swapper whatever the optimizer"
+    ),
     "leaf_module": applied("ds_engine.engine:DeepSpeedEngine.__init__"),
     "mics_shard_size": refused("MiCS is not built", when=lambda z: z.mics_shard_size > 0, gate=">0"),
     "mics_hierarchical_params_gather": no_effect("MiCS is not built"),
 }
 
 _NVME_OPT = "ds_engine.zero_policy:_nvme"
+_NVME_PARAM = "ds_engine.zero_policy:_param_nvme"
 OFFLOAD_OPTIMIZER_KEYS: dict[str, Effect] = {
     "device": applied(
         "ds_engine.config.zero:ZeroConfig.offload_optimizer_device",
@@ -370,14 +373,15 @@ OFFLOAD_OPTIMIZER_KEYS: dict[str, Effect] = {
 OFFLOAD_PARAM_KEYS: dict[str, Effect] = {
     "device": applied(
         "ds_engine.config.zero:ZeroConfig.offload_param_device",
-        refuse_why=_NVME,
-        refuse_when=lambda o: o.device == "nvme",
-        gate="=nvme",
+        why="nvme: stage-3 shards swapped per unit (ds_zero.stage3.nvme_params)",
     ),
-    "nvme_path": no_effect(_NVME),
-    "buffer_count": no_effect(_NVME),
-    "buffer_size": no_effect(_NVME),
-    "max_in_cpu": no_effect(_NVME),
+    "nvme_path": applied(_NVME_PARAM),
+    "buffer_count": applied(_NVME_PARAM),
+    "buffer_size": no_effect(
+        "staging buffers are sized to the largest shard unit, which stage3_prefetch_bucket_size "
+        "bounds (Note [parameter swapping] in ds_zero.stage3.nvme_params)"
+    ),
+    "max_in_cpu": applied(_NVME_PARAM),
     "pin_memory": applied("ds_engine.zero_policy:_pin_memory"),
 }
 

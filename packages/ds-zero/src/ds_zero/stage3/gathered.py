@@ -99,6 +99,7 @@ class GatheredParameters:
 
     def __enter__(self) -> None:
         for p in self.params:
+            _bring_in(p)
             full = shards.gather_full(p)
             if isinstance(p, DTensor):
                 view = nn.Parameter(full.clone(), requires_grad=p.requires_grad)
@@ -160,6 +161,15 @@ class GatheredParameters:
             owner = ref()
             if owner is not None:
                 owner._parameters[name] = value
+
+
+def _bring_in(param: Tensor) -> None:
+    """A unit shard whose rows are on NVMe: read them in (they may be written here; Note [parameter
+    swapping] in :mod:`ds_zero.stage3.nvme_params`)."""
+    unit = unit_of(param)
+    swapper = getattr(unit, "_ds_param_swapper", None)
+    if swapper is not None:
+        swapper.touch(unit)
 
 
 def full_state_dict(

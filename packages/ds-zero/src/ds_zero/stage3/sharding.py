@@ -118,10 +118,9 @@ def _fsdp_policies(policy: ZeroPolicy) -> tuple[MixedPrecisionPolicy, OffloadPol
         mixed = MixedPrecisionPolicy(reduce_dtype=reduce)
     devices = {policy.offload.optimizer_device, policy.offload.param_device}
     if policy.offload.param_device == "nvme":
-        raise StageNotAvailable(
-            "offload_param to nvme is not built (offload_optimizer {device: nvme} is); "
-            "use offload_param {device: cpu}"
-        )
+        # Note [parameter swapping] in ds_zero.stage3.nvme_params: the shards live on the CPU as with cpu,
+        # and their storage is released and reallocated, so they are not page-locked
+        return mixed, CPUOffloadPolicy(pin_memory=False)
     # offload_optimizer nvme: the shards (the masters) live in CPU memory as with cpu; the optimizer
     # states go to NVMe (ds_zero.nvme_swapper)
     if "cpu" in devices or "nvme" in devices:
@@ -338,6 +337,9 @@ def _load_full_into_shards(
     for name, param in sharded.items():
         if module._parameters.get(name) is not param:  # the unit is gathered: load into the shards
             unit_of(param).reshard()
+        swapper = getattr(unit_of(param), "_ds_param_swapper", None)
+        if swapper is not None:  # offload_param nvme: the rows are read in before the load writes them
+            swapper.touch(unit_of(param))
         key = prefix + name
         value = state_dict.get(key)
         if value is None or isinstance(value, DTensor) or value.shape != param.shape:

@@ -50,6 +50,10 @@ def init_partition(param: Tensor) -> Tensor:
     local = zero_param(param).ds_tensor
     if local is None:
         raise ValueError("not a zero.Init shard: the parameter has no ds_tensor")
+    if getattr(param, "_ds_nvme_partition", None) is not None:  # zero.Init(remote_device="nvme")
+        from ds_zero.stage3.nvme_params import load_partition
+
+        load_partition(param, local)
     return local
 
 

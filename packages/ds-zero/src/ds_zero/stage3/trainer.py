@@ -12,6 +12,8 @@ moment (in ``param_dtype``) and the persistent parameters, which stay whole.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager, nullcontext
 from typing import Any
 
 import torch
@@ -20,9 +22,10 @@ from torch import Tensor, nn
 import ds_comm
 from ds_zero.entry import StageNotAvailable
 from ds_zero.loss_scaler import make_loss_scaler
-from ds_zero.policy import ZeroPolicy
+from ds_zero.policy import ParamNvmePolicy, ZeroPolicy
 from ds_zero.stage3.gathered import full_state_dict
 from ds_zero.stage3.hooks import BACKWARD, UnitHooks
+from ds_zero.stage3.nvme_params import ParamSwapper
 from ds_zero.stage3.offload_view import ParameterOffload
 from ds_zero.stage3.params import Stage3Params
 from ds_zero.stage3.policy import stage3_of
@@ -49,10 +52,18 @@ class Stage3Reduction:
 class Stage3Trainer(ShardedTrainer):
     """The stage-3 trainer (``engine.optimizer``): sharded state, agreement checks at backward and step."""
 
-    def __init__(self, *, sharded: ShardedModel, hooks: UnitHooks, **parts: Any) -> None:
+    def __init__(
+        self,
+        *,
+        sharded: ShardedModel,
+        hooks: UnitHooks,
+        param_swapper: ParamSwapper | None = None,
+        **parts: Any,
+    ) -> None:
         super().__init__(**parts)
         self.sharded = sharded
         self.hooks = hooks
+        self.param_swapper = param_swapper  # offload_param nvme (Note [parameter swapping])
         # DeepSpeed's engine.optimizer.parameter_offload (Note [hooks off for generation])
         self.parameter_offload = ParameterOffload(
             sharded, hooks, param_dtype=self.policy.mixed_precision.param_dtype
@@ -66,7 +77,20 @@ class Stage3Trainer(ShardedTrainer):
     def step(self, closure: Any = None) -> bool:
         """Agree on the step (Note [divergence]), then the shared step sequence."""
         self.hooks.on_step()
-        return super().step(closure)
+        with self._params_resident():
+            return super().step(closure)
+
+    def _params_resident(self) -> Any:
+        """Every shard in memory inside (offload_param nvme brings them in and swaps them out after)."""
+        return self.param_swapper.resident() if self.param_swapper is not None else nullcontext()
+
+    @contextmanager
+    def states_resident(self) -> Iterator[None]:
+        """Optimizer states and (offload_param nvme) parameter shards in memory inside."""
+        with ExitStack() as stack:
+            stack.enter_context(super().states_resident())
+            stack.enter_context(self._params_resident())
+            yield
 
     def full_state_dict(
         self,
@@ -76,12 +100,13 @@ class Stage3Trainer(ShardedTrainer):
         rank0_only: bool = True,
     ) -> dict[str, Tensor] | None:
         """The model's full state dict on the CPU of rank 0 (None elsewhere); every rank must call it."""
-        return full_state_dict(
-            self.module,
-            dtype=dtype,
-            exclude_frozen_parameters=exclude_frozen_parameters,
-            rank0_only=rank0_only,
-        )
+        with self._params_resident():
+            return full_state_dict(
+                self.module,
+                dtype=dtype,
+                exclude_frozen_parameters=exclude_frozen_parameters,
+                rank0_only=rank0_only,
+            )
 
     def consolidated_16bit_state_dict(
         self, exclude_frozen_parameters: bool = False
@@ -103,6 +128,8 @@ class Stage3Trainer(ShardedTrainer):
     def close(self) -> None:
         super().close()
         self.hooks.close()
+        if self.param_swapper is not None:
+            self.param_swapper.close()
 
 
 def compose_stage3(
@@ -120,6 +147,15 @@ def compose_stage3(
     hooks = UnitHooks(
         sharded, group=group, prefetch_numel=s3.prefetch_bucket_numel, check=s3.detect_divergence
     )
+    param_swapper = None
+    if policy.offload.param_device == "nvme":
+        param_swapper = ParamSwapper(
+            sharded.units,
+            policy=policy.offload.param_nvme or ParamNvmePolicy(),
+            rank=ds_comm.get_rank(),
+        )
+        for unit in sharded.units:  # GatheredParameters and load_state_dict bring a unit in first
+            setattr(unit, "_ds_param_swapper", param_swapper)  # noqa: B010 - a plain attribute, not a submodule
     return Stage3Trainer(
         module=module,
         optimizer=optimizer,
@@ -131,6 +167,7 @@ def compose_stage3(
         sharded_grads=True,
         sharded=sharded,
         hooks=hooks,
+        param_swapper=param_swapper,
         swapper=nvme_swapper(optimizer, policy),
     )
 

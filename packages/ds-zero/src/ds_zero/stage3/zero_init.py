@@ -29,7 +29,9 @@ import torch
 from torch import Tensor, nn
 
 import ds_comm
+from ds_zero.policy import ParamNvmePolicy
 from ds_zero.stage3 import shards
+from ds_zero.stage3.nvme_params import InitNvmeStore
 from ds_zero.stage3.status import ZeroParamStatus, mark, zero_param
 
 _orig_torch_tensor = torch.tensor
@@ -90,6 +92,8 @@ class InitConfig:
     dtype: torch.dtype = torch.float32
     offload_device: str | None = None
     pin_memory: bool = True
+    nvme_path: str = ""
+    """``offload_param.nvme_path``: where ``remote_device="nvme"`` writes the partitions."""
 
 
 def _config_of(source: Any) -> InitConfig | None:
@@ -128,9 +132,7 @@ def choose_placement(
     if cfg is not None and cfg.offload_device is not None:
         remote_device, pin_memory = cfg.offload_device, cfg.pin_memory
     name = str(remote_device) if remote_device is not None else "none"
-    if name == "nvme":
-        raise NotImplementedError("zero.Init(remote_device='nvme'): NVMe offload is not built; use 'cpu'")
-    if name == "cpu":
+    if name in ("cpu", "nvme"):  # nvme: each partition is made on the CPU, then written out (_partition)
         return torch.device("cpu"), pin_memory and torch.cuda.is_available()
     if name in ("none", "None"):
         return shards.comm_device(group), False
@@ -227,6 +229,14 @@ class Init:
         self.remote_device, self.pin_memory = choose_placement(
             remote_device, pin_memory, cfg, self.ds_process_group
         )
+        self.nvme_store: InitNvmeStore | None = None
+        placed = cfg.offload_device if cfg is not None and cfg.offload_device is not None else remote_device
+        if str(placed) == "nvme":
+            # Note [parameter swapping] in ds_zero.stage3.nvme_params: partitions on NVMe as they are made
+            self.pin_memory = False
+            self.nvme_store = InitNvmeStore(
+                ParamNvmePolicy(path=cfg.nvme_path if cfg is not None else ""), ds_comm.get_rank()
+            )
         group = self.ds_process_group
         self.src = ds_comm.get_global_rank(group, 0) if group is not None else 0
         if module is not None:
@@ -260,6 +270,8 @@ class Init:
         if self.pin_memory:
             local = local.pin_memory()
         zero_param(param).ds_tensor = local
+        if self.nvme_store is not None:
+            self.nvme_store.put(param, local)
         param.data = torch.empty(0, dtype=local.dtype, device=local.device)
         mark(
             param,

@@ -1,0 +1,208 @@
+"""ZeRO-3 parameter offload to NVMe (``offload_param.device: nvme``, ``zero.Init(remote_device="nvme")``):
+the same numbers as ``offload_param: cpu``, checkpoints that resume either way, parameter shards that
+really leave memory, and a clear error for a bad ``nvme_path``. CPU, gloo, 2 ranks."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+import torch
+
+import ds_comm
+from ds_comm.testing import run_distributed
+from ds_engine import initialize
+
+WIDTH, LAYERS = 32, 6
+
+
+def _model(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    layers: list[torch.nn.Module] = []
+    for _ in range(LAYERS):
+        layers += [torch.nn.Linear(WIDTH, WIDTH), torch.nn.Tanh()]
+    return torch.nn.Sequential(*layers, torch.nn.Linear(WIDTH, 1))
+
+
+def _config(param: str, optimizer: str, path: str | None) -> dict:
+    zero: dict = {
+        "stage": 3,
+        "stage3_param_persistence_threshold": 0,
+        "reduce_bucket_size": WIDTH * WIDTH + WIDTH,  # one Linear per shard unit
+        "stage3_prefetch_bucket_size": WIDTH * WIDTH + WIDTH,
+    }
+    if param != "none":
+        zero["offload_param"] = {"device": param}
+        if param == "nvme":
+            zero["offload_param"].update(nvme_path=path, buffer_count=2, max_in_cpu=0)
+    if optimizer != "none":
+        zero["offload_optimizer"] = {"device": optimizer}
+        if optimizer == "nvme":
+            zero["offload_optimizer"].update(nvme_path=path, buffer_count=2)
+    return {
+        "train_micro_batch_size_per_gpu": 4,
+        "gradient_accumulation_steps": 1,
+        "optimizer": {"type": "AdamW", "params": {"lr": 1e-2, "weight_decay": 0.01}},
+        "zero_optimization": zero,
+        "aio": {"block_size": 4096, "queue_depth": 4, "intra_op_parallelism": 2},
+    }
+
+
+def _batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1000 + step * 10 + ds_comm.get_rank())
+    return torch.randn(4, WIDTH, generator=g), torch.randn(4, 1, generator=g)
+
+
+def _sharded_bytes(engine) -> tuple[int, int]:
+    """(bytes of sharded parameter rows in memory, bytes they take when all are in memory)."""
+    swapper = engine.optimizer.param_swapper
+    total = sum(r.numel() * r.element_size() for u in swapper.units for r in u.rows)
+    return swapper.resident_bytes(), total
+
+
+def _train(engine, first: int, steps: int, watch: list[int] | None = None) -> list[float]:
+    losses = []
+    for step in range(first, first + steps):
+        x, y = _batch(step)
+        loss = torch.nn.functional.mse_loss(engine(x), y)
+        engine.backward(loss)
+        engine.step()
+        losses.append(loss.item())
+        if watch is not None:
+            watch.append(_sharded_bytes(engine)[0])
+    return losses
+
+
+def _full(engine) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in engine.optimizer.full_state_dict(rank0_only=False).items()}
+
+
+def _engine(param: str, optimizer: str, path: str | None, seed: int = 0, model=None):
+    engine, *_ = initialize(
+        model=model if model is not None else _model(seed), config=_config(param, optimizer, path)
+    )
+    return engine
+
+
+def _run(param: str, optimizer: str, path: str | None, steps: int = 10):
+    engine = _engine(param, optimizer, path)
+    losses = _train(engine, 0, steps)
+    return _full(engine), losses
+
+
+def _close(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-5, msg=k)
+
+
+@pytest.mark.parametrize("optimizer", ["cpu", "nvme"])
+def test_param_nvme_equals_param_cpu(optimizer, tmp_path):
+    cpu_params, cpu_losses = run_distributed(_run, 2, 240, args=("cpu", "cpu", None))[0]
+    params, losses = run_distributed(_run, 2, 240, args=("nvme", optimizer, str(tmp_path)))[0]
+    torch.testing.assert_close(torch.tensor(losses), torch.tensor(cpu_losses), rtol=1e-5, atol=1e-5)
+    _close(params, cpu_params)
+
+
+def _save(param: str, path: str | None, ckpt: str) -> None:
+    engine = _engine(param, "cpu", path)
+    _train(engine, 0, 5)
+    engine.save_checkpoint(ckpt, tag="t5")
+
+
+def _resume(param: str, path: str | None, ckpt: str):
+    engine = _engine(param, "cpu", path, seed=7)
+    loaded, _ = engine.load_checkpoint(ckpt, tag="t5")
+    assert loaded is not None
+    losses = _train(engine, 5, 5)
+    return _full(engine), losses
+
+
+@pytest.mark.parametrize(("save", "load"), [("nvme", "cpu"), ("cpu", "nvme")])
+def test_checkpoint_resumes_with_or_without_param_nvme(save, load, tmp_path):
+    whole, whole_losses = run_distributed(_run, 2, 240, args=("cpu", "cpu", None))[0]
+    swap, ckpt = tmp_path / "swap", tmp_path / "ckpt"
+    swap.mkdir()
+    run_distributed(_save, 2, 240, args=(save, str(swap), str(ckpt)))
+    params, losses = run_distributed(_resume, 2, 240, args=(load, str(swap), str(ckpt)))[0]
+    torch.testing.assert_close(torch.tensor(losses), torch.tensor(whole_losses[5:]), rtol=1e-5, atol=1e-5)
+    _close(params, whole)
+
+
+def _watch_memory(path: str):
+    engine = _engine("nvme", "cpu", path)
+    during: list[int] = []
+    for unit in engine.optimizer.sharded.units:  # sampled as each unit's forward runs
+        unit.register_forward_hook(lambda *_: during.append(_sharded_bytes(engine)[0]))
+    between: list[int] = []
+    _train(engine, 0, 4, watch=between)
+    files = sorted(os.listdir(os.path.dirname(engine.optimizer.param_swapper.units[0].path)))
+    return during, between, _sharded_bytes(engine)[1], files
+
+
+def test_sharded_parameters_leave_memory(tmp_path):
+    during, between, total, files = run_distributed(_watch_memory, 2, 240, args=(str(tmp_path),))[0]
+    assert total > 0 and files, files
+    assert max(between) == 0, between  # max_in_cpu 0: every shard is on NVMe between steps
+    # during forward, at most the running unit, the one FSDP2 prefetches and one read ahead are in memory
+    assert max(during) <= total // 2, (max(during), total)
+
+
+def _init_nvme(param: str, path: str | None):
+    from ds_engine.zero_init import Init
+
+    cfg = _config(param, "cpu", path)
+    with Init(config_dict_or_path=cfg, dtype=torch.float32):
+        model = _model(0)
+    seen = {}
+    if param == "nvme":
+        p = model[0].weight
+        seen = {
+            "released": all(q.ds_tensor.untyped_storage().nbytes() == 0 for q in model.parameters()),
+            "files": len(os.listdir(os.path.join(path, "ds_zero_params"))),
+            "path": os.path.exists(p._ds_nvme_partition[1]),
+        }
+    engine = _engine(param, "cpu", path, model=model)
+    losses = _train(engine, 0, 10)
+    return _full(engine), losses, seen
+
+
+def test_zero_init_on_nvme_trains_like_cpu(tmp_path):
+    cpu_params, cpu_losses, _ = run_distributed(_init_nvme, 2, 240, args=("cpu", None))[0]
+    params, losses, seen = run_distributed(_init_nvme, 2, 240, args=("nvme", str(tmp_path)))[0]
+    assert seen == {"released": True, "files": 2, "path": True}, seen  # a folder per rank's store
+    torch.testing.assert_close(torch.tensor(losses), torch.tensor(cpu_losses), rtol=1e-5, atol=1e-5)
+    _close(params, cpu_params)
+
+
+def _build_error(path: str | None, init: bool) -> str:
+    try:
+        if init:
+            from ds_engine.zero_init import Init
+
+            with Init(config_dict_or_path=_config("nvme", "cpu", path)):
+                _model(0)
+        else:
+            _engine("nvme", "cpu", path)
+    except Exception as exc:  # noqa: BLE001 - the message is what is checked
+        return f"{type(exc).__name__}: {exc}"
+    return "no error"
+
+
+@pytest.mark.faults
+@pytest.mark.parametrize("init", [False, True])
+def test_missing_or_unwritable_nvme_path_names_it(init, tmp_path):
+    missing = tmp_path / "absent"
+    err = run_distributed(_build_error, 2, 120, args=(str(missing), init))[0]
+    assert "NvmePathError" in err and "offload_param.nvme_path" in err and str(missing) in err, err
+    assert "\n" not in err
+    if os.geteuid() != 0:
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(stat.S_IRUSR | stat.S_IXUSR)
+        try:
+            err = run_distributed(_build_error, 2, 120, args=(str(ro), init))[0]
+        finally:
+            ro.chmod(stat.S_IRWXU)
+        assert "not writable" in err and str(ro) in err, err
