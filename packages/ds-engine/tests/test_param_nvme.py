@@ -105,6 +105,28 @@ def test_param_nvme_equals_param_cpu(optimizer, tmp_path):
     _close(params, cpu_params)
 
 
+def _gathered_edit(param: str, path: str | None):
+    from ds_zero import GatheredParameters
+
+    engine = _engine(param, "cpu", path)
+    losses = _train(engine, 0, 3)
+    weight = engine.module[2].weight
+    with GatheredParameters([weight], modifier_rank=0):  # the rows come in from NVMe, are written, go out
+        seen = weight.detach().clone()
+        if ds_comm.get_rank() == 0:
+            weight.data.mul_(0.5)
+    losses += _train(engine, 3, 3)
+    return _full(engine), losses, seen
+
+
+def test_gathered_parameters_reads_and_writes_swapped_rows(tmp_path):
+    cpu_params, cpu_losses, cpu_seen = run_distributed(_gathered_edit, 2, 240, args=("cpu", None))[0]
+    params, losses, seen = run_distributed(_gathered_edit, 2, 240, args=("nvme", str(tmp_path)))[0]
+    torch.testing.assert_close(seen, cpu_seen, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(torch.tensor(losses), torch.tensor(cpu_losses), rtol=1e-5, atol=1e-5)
+    _close(params, cpu_params)
+
+
 def _save(param: str, path: str | None, ckpt: str) -> None:
     engine = _engine(param, "cpu", path)
     _train(engine, 0, 5)

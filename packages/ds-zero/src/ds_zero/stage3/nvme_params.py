@@ -177,6 +177,8 @@ class ParamSwapper:
     def _start_read(self, unit: _Unit) -> None:
         if unit.resident or unit.read is not None:
             return
+        while any(w[1] is unit for w in self._writes):  # its file is being written: let that finish first
+            self._finish_oldest_write()
         buf = self._acquire()
         if unit.resident or unit.read is not None:  # _acquire may have landed it
             self._free.append(buf)
