@@ -157,18 +157,29 @@ def _watch_memory(path: str):
     during: list[int] = []
     for unit in engine.optimizer.sharded.units:  # sampled as each unit's forward runs
         unit.register_forward_hook(lambda *_: during.append(_sharded_bytes(engine)[0]))
+    stepping: list[int] = []
+    inner = engine.optimizer.optimizer  # the torch optimizer: called once per unit at the step
+    step = inner.step
+
+    def watched_step(*args, **kwargs):
+        stepping.append(_sharded_bytes(engine)[0])
+        return step(*args, **kwargs)
+
+    inner.step = watched_step
     between: list[int] = []
     _train(engine, 0, 4, watch=between)
     files = sorted(os.listdir(os.path.dirname(engine.optimizer.param_swapper.units[0].path)))
-    return during, between, _sharded_bytes(engine)[1], files
+    return during, stepping, between, _sharded_bytes(engine)[1], files
 
 
 def test_sharded_parameters_leave_memory(tmp_path):
-    during, between, total, files = run_distributed(_watch_memory, 2, 240, args=(str(tmp_path),))[0]
-    assert total > 0 and files, files
+    during, stepping, between, total, files = run_distributed(_watch_memory, 2, 240, args=(str(tmp_path),))[0]
+    assert total > 0 and len(files) == LAYERS + 1, files  # one file per shard unit
     assert max(between) == 0, between  # max_in_cpu 0: every shard is on NVMe between steps
-    # during forward, at most the running unit, the one FSDP2 prefetches and one read ahead are in memory
+    # during forward, at most the running unit and the one FSDP2 prefetches are in memory
     assert max(during) <= total // 2, (max(during), total)
+    # the step runs unit by unit: a unit and the one read ahead, never the model
+    assert len(stepping) >= 4 * (LAYERS + 1) and max(stepping) <= total // 2, (stepping, total)
 
 
 def _init_nvme(param: str, path: str | None):

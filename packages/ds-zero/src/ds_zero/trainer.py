@@ -265,13 +265,16 @@ class ZeroTrainer(ZeROOptimizer):
             clip_(grads, self.policy.clip_grad, norm)
         mp = self.policy.mixed_precision
         with fp32_step(self.optimizer) if mp.master_dtype != mp.optimizer_state_dtype else nullcontext():
-            (
-                self.swapper.step if self.swapper is not None else self.optimizer.step
-            )()  # Note [low-precision masters]
+            self._optimizer_step()  # Note [low-precision masters]
         self.masters.publish()
         self._global_grad_norm = norm
         self._finish_step(applied=True)
         return True
+
+    def _optimizer_step(self) -> None:
+        """The inner optimizer's step, through the NVMe state swapper when there is one (stage 3 with
+        parameters on NVMe runs it one unit at a time)."""
+        (self.swapper.step if self.swapper is not None else self.optimizer.step)()
 
     def _finish_step(self, *, applied: bool) -> None:
         self.gradients_arrived = False

@@ -23,10 +23,12 @@ When the rows are in memory:
   post-forward hook; ours is registered on the same tensors just before (a prepend forward hook), so
   it runs first and brings in the unit and the one FSDP2 prefetches (the previous in post-forward
   order); units whose backward gathers are all done are released.
-* the optimizer step, checkpoint save/load, ``GatheredParameters`` and ``load_state_dict``: every
-  unit is brought in (:meth:`ParamSwapper.resident`) and released again after. So the step itself
-  holds all of this rank's shards (as ``device: cpu`` does); the bound holds between steps and
-  during forward and backward.
+* the optimizer step runs one unit at a time (:meth:`ParamSwapper.step`): read in (the next units
+  read ahead), stepped, written back. With ``bf16_master_weights_and_grads`` (whose fp32 step copies
+  every parameter first) the step brings every unit in instead.
+* checkpoint save/load, ``full_state_dict``: every unit is brought in (:meth:`ParamSwapper.resident`)
+  and released again after; ``GatheredParameters`` and ``load_state_dict`` bring in the units they
+  touch, which the next forward releases (writing them).
 * ``max_in_cpu``: units (in model order) whose rows on this rank total at most this many elements are
   never swapped.
 
@@ -42,7 +44,7 @@ import os
 import shutil
 import weakref
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -259,6 +261,40 @@ class ParamSwapper:
             yield
         finally:
             self.release_all()
+
+    def step(self, optimizer: torch.optim.Optimizer, inner: Callable[[], Any]) -> None:
+        """Run ``inner`` (a step of ``optimizer`` over its current groups) one unit at a time: each unit's
+        rows are read in (the next ``buffer_count - 1`` read ahead), stepped and written back, so the
+        step holds a few units, not the model. Parameters of no unit (the persistent ones) step last.
+
+        Exact for optimizers whose update of a parameter reads only that parameter's own state and
+        gradient and its group's settings (Adam, AdamW, SGD, Lion, LAMB's per-parameter trust ratio)."""
+        owner = {r.untyped_storage()._cdata: u for u in self.units for r in u.rows}
+        groups = optimizer.param_groups
+        saved = [list(g["params"]) for g in groups]
+
+        def unit_of(p: Tensor) -> _Unit | None:
+            return owner.get(p.untyped_storage()._cdata)
+
+        try:
+            for i, unit in enumerate(self.units):
+                for ahead in self.units[i + 1 : i + self._count]:
+                    if len(self._reads) >= self._count - 1:
+                        break
+                    self._start_read(ahead)
+                self.ensure(unit)
+                for g, ps in zip(groups, saved):
+                    g["params"] = [p for p in ps if unit_of(p) is unit]
+                inner()
+                unit.on_disk = False
+                self.release(unit)
+            for g, ps in zip(groups, saved):
+                g["params"] = [p for p in ps if unit_of(p) is None]
+            inner()
+        finally:
+            for g, ps in zip(groups, saved):
+                g["params"] = ps
+            self.flush()
 
     def resident_bytes(self) -> int:
         """Bytes of sharded rows in memory now (the quantity this swapper bounds)."""

@@ -77,8 +77,20 @@ class Stage3Trainer(ShardedTrainer):
     def step(self, closure: Any = None) -> bool:
         """Agree on the step (Note [divergence]), then the shared step sequence."""
         self.hooks.on_step()
-        with self._params_resident():
+        mp = self.policy.mixed_precision
+        # Note [parameter swapping]: unit by unit (_optimizer_step), unless the fp32 step of low-precision
+        # masters needs every parameter at once
+        whole = self.param_swapper is not None and mp.master_dtype != mp.optimizer_state_dtype
+        with self._params_resident() if whole else nullcontext():
             return super().step(closure)
+
+    def _optimizer_step(self) -> None:
+        swapper = self.param_swapper
+        mp = self.policy.mixed_precision
+        if swapper is None or mp.master_dtype != mp.optimizer_state_dtype:
+            super()._optimizer_step()
+        else:
+            swapper.step(self.optimizer, super()._optimizer_step)
 
     def _params_resident(self) -> Any:
         """Every shard in memory inside (offload_param nvme brings them in and swaps them out after)."""
