@@ -59,11 +59,11 @@ ACTIVATION_CHECKPOINTING_KEYS: dict[str, Effect] = {
     )
     for name in f.ActivationCheckpointingConfig.model_fields
 }
-_NVME = "ds_engine.zero_policy:_nvme"
+_NVME = ("ds_engine.zero_policy:_nvme", "ds_engine.zero_policy:_param_nvme")
 AIO_KEYS: dict[str, Effect] = {
-    "block_size": applied(_NVME),
-    "queue_depth": applied(_NVME),
-    "intra_op_parallelism": applied(_NVME),
+    "block_size": applied(*_NVME),
+    "queue_depth": applied(*_NVME),
+    "intra_op_parallelism": applied(*_NVME),
     "single_submit": no_effect(
         "the NVMe swapper submits its reads and writes from its own threads (ds_zero.nvme_swapper)"
     ),

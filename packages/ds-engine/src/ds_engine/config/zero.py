@@ -382,7 +382,11 @@ OFFLOAD_PARAM_KEYS: dict[str, Effect] = {
         "bounds (Note [parameter swapping] in ds_zero.stage3.nvme_params)"
     ),
     "max_in_cpu": applied(_NVME_PARAM),
-    "pin_memory": applied("ds_engine.zero_policy:_pin_memory"),
+    "pin_memory": applied(
+        "ds_engine.zero_policy:_pin_memory",
+        why="cpu; with nvme the shards are not page-locked: their storage is released and reallocated "
+        "between uses (ds_zero.stage3.sharding:_fsdp_policies)",
+    ),
 }
 
 _ZENFLOW = "ZenFlow is not built (a zenflow section is refused)"

@@ -53,6 +53,9 @@ offload_param / offload_optimizer   {device: cpu}: the fp32 shards (which are bo
                                     gradients and the optimizer state live in CPU memory and the
                                     optimizer steps there (FSDP2's CPUOffloadPolicy). The two keys
                                     select the same placement, because the shard *is* the master.
+                                    offload_param {device: nvme}: as cpu, and between uses each
+                                    unit's shard is on NVMe (Note [parameter swapping] in
+                                    :mod:`ds_zero.stage3.nvme_params`).
 zero_hpz_partition_size             ZeRO++ hpZ (Note [hpZ]): after its forward a unit keeps a
                                     secondary shard over its group of this many consecutive ranks,
                                     so its backward gathers inside that group. 1: off.
