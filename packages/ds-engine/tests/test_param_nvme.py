@@ -127,6 +127,42 @@ def test_gathered_parameters_reads_and_writes_swapped_rows(tmp_path):
     _close(params, cpu_params)
 
 
+class _Recomputed(torch.nn.Module):
+    """A layer whose forward is recomputed in backward (activation checkpointing)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = torch.nn.Linear(WIDTH, WIDTH)  # a shard unit: the checkpoint reruns its forward hooks
+        self.scale = torch.nn.Parameter(torch.ones(WIDTH))  # makes this module larger than a unit
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.utils.checkpoint.checkpoint(self.inner, x, use_reentrant=False) * self.scale
+
+
+def _accumulate_recompute(param: str, path: str | None):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(*[_Recomputed() for _ in range(4)], torch.nn.Linear(WIDTH, 1))
+    cfg = _config(param, "cpu", path)
+    cfg["gradient_accumulation_steps"] = 2
+    engine, *_ = initialize(model=model, config=cfg)
+    calls = []
+    for layer in model[:4]:
+        layer.inner.register_forward_pre_hook(lambda *_: calls.append(torch.is_grad_enabled()))
+    losses = _train(engine, 0, 8)
+    assert len(calls) == 2 * 4 * 8, len(calls)  # each unit's forward ran again in backward
+    names = {engine.optimizer.sharded.plan.names[id(u)] for u in engine.optimizer.sharded.units}
+    assert {f"{i}.inner" for i in range(4)} <= names, names
+    return _full(engine), losses
+
+
+def test_gradient_accumulation_and_activation_checkpointing(tmp_path):
+    """Two backwards per step, and units whose forward runs again inside backward."""
+    cpu_params, cpu_losses = run_distributed(_accumulate_recompute, 2, 240, args=("cpu", None))[0]
+    params, losses = run_distributed(_accumulate_recompute, 2, 240, args=("nvme", str(tmp_path)))[0]
+    torch.testing.assert_close(torch.tensor(losses), torch.tensor(cpu_losses), rtol=1e-5, atol=1e-5)
+    _close(params, cpu_params)
+
+
 def _save(param: str, path: str | None, ckpt: str) -> None:
     engine = _engine(param, "cpu", path)
     _train(engine, 0, 5)

@@ -32,9 +32,18 @@ When the rows are in memory:
 * ``max_in_cpu``: units (in model order) whose rows on this rank total at most this many elements are
   never swapped.
 
-Overlap: reads run on the I/O threads while the previous unit computes; on the CPU the copy between
-staging buffer and rows is on the training thread, and the step's bring-in is not overlapped.
-Gradients (shard-sized, alive from backward to step) are not swapped.
+What is not bounded: checkpoint save and load and ``full_state_dict`` hold every unit at once (a model
+larger than CPU memory cannot be saved yet); ``engine.destroy()`` brings every unit back so the module
+stays usable; gradients (shard-sized, alive from backward to the step) are not swapped.
+
+Overlap: reads run on the I/O threads while the current unit computes or steps (forward, backward and
+step read ahead), and writes run behind; the copies between staging buffers and rows are on the
+training thread.
+
+``zero.Init(remote_device="nvme")`` (:class:`InitNvmeStore`): each partition is written to its own file
+(synchronously) right after it is made and its storage released, so building the model holds one
+module's full parameters at a time; wrapping the model reads each unit's partitions back just before
+sharding it.
 """
 
 from __future__ import annotations
@@ -134,7 +143,7 @@ class ParamSwapper:
         self._order_known = False
         self._post_order: list[_Unit] = []
         self._in_backward = False
-        self.handles = []
+        self.handles: list[Any] = []
         for unit in units:
             u = self._by_module.get(id(unit))
             self.handles.append(unit.register_forward_pre_hook(partial(self._pre_forward, u), prepend=True))
@@ -254,9 +263,9 @@ class ParamSwapper:
             self._finish_oldest_write()
 
     @contextmanager
-    def resident(self) -> Iterator[None]:
-        """Every unit in memory inside (they may change), back on NVMe after."""
-        self.ensure_all()
+    def resident(self, *, dirty: bool = True) -> Iterator[None]:
+        """Every unit in memory inside, back on NVMe after (``dirty``: they may change, so are written)."""
+        self.ensure_all(dirty=dirty)
         try:
             yield
         finally:
@@ -302,7 +311,9 @@ class ParamSwapper:
 
     # --- hooks ----------------------------------------------------------------------------------------
     def _pre_forward(self, unit: _Unit | None, module: nn.Module, args: Any) -> None:
-        if self._in_backward:  # a new forward after a backward: start a new iteration's bookkeeping
+        # the root's forward after a backward starts a new iteration (a unit's forward inside backward is
+        # an activation-checkpoint recompute, which must not reset the backward's bookkeeping)
+        if self._in_backward and module is self.root:
             self._in_backward = False
             self._post_order = []
             for u in self.units:
@@ -350,6 +361,15 @@ class ParamSwapper:
             if not later.pending and later is not unit:
                 self.release(later)
         return grad
+
+    def make_opaque_to_compiler(self) -> None:
+        """Have ``torch.compile`` run these hooks eagerly (they do file I/O), as FSDP2 marks its own."""
+        import torch._dynamo
+
+        for handle in self.handles:
+            table = handle.hooks_dict_ref()
+            if table is not None and handle.id in table:
+                table[handle.id] = torch._dynamo.disable(table[handle.id])
 
     def close(self) -> None:
         """Remove the hooks, stop the I/O threads and delete the swap files (rows are brought back first)."""

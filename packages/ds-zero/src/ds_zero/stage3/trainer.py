@@ -112,7 +112,8 @@ class Stage3Trainer(ShardedTrainer):
         rank0_only: bool = True,
     ) -> dict[str, Tensor] | None:
         """The model's full state dict on the CPU of rank 0 (None elsewhere); every rank must call it."""
-        with self._params_resident():
+        swapper = self.param_swapper
+        with swapper.resident(dirty=False) if swapper is not None else nullcontext():  # read only
             return full_state_dict(
                 self.module,
                 dtype=dtype,
@@ -136,6 +137,8 @@ class Stage3Trainer(ShardedTrainer):
     def prepare_for_compile(self) -> None:
         """Keep dynamo out of the unit hooks (Note [compile in place] in ds_engine.compile)."""
         self.hooks.make_opaque_to_compiler()
+        if self.param_swapper is not None:
+            self.param_swapper.make_opaque_to_compiler()
 
     def close(self) -> None:
         super().close()
