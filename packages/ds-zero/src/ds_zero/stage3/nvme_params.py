@@ -55,7 +55,7 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -444,3 +444,13 @@ def load_partition(param: Tensor, local: Tensor) -> None:
         return
     store, path, nbytes = where
     store.get(local, path, nbytes)
+
+
+def drop_partition(param: Tensor) -> None:
+    """``param``'s Init partition is no longer needed (the model was wrapped): delete its file."""
+    where = getattr(param, "_ds_nvme_partition", None)
+    if where is None:
+        return
+    del param._ds_nvme_partition  # type: ignore[attr-defined]
+    with suppress(FileNotFoundError):
+        os.remove(where[1])

@@ -40,7 +40,7 @@ from ds_zero import shm_collectives
 from ds_zero.dtypes import grad_dtypes
 from ds_zero.entry import StageNotAvailable
 from ds_zero.policy import ZeroPolicy
-from ds_zero.stage3 import shards
+from ds_zero.stage3 import nvme_params, shards
 from ds_zero.stage3.comm_log import log_unit_collectives
 from ds_zero.stage3.external import external_parameters
 from ds_zero.stage3.gathered_status import output_embeddings, tag_gathered_parameters
@@ -135,6 +135,7 @@ def _owned_slots(module: nn.Module) -> list[tuple[nn.Module, str, nn.Parameter]]
 def _materialise(param: nn.Parameter, device: torch.device) -> None:
     """Give an Init-sharded parameter its full value again (every rank must call it)."""
     param.data = shards.gather_full(param).to(device)
+    nvme_params.drop_partition(param)  # zero.Init(remote_device="nvme"): its file is not needed any more
     zero_param(param).ds_tensor = None
     zero_param(param).ds_status = ZeroParamStatus.AVAILABLE
 
