@@ -25,10 +25,13 @@ def _model(seed: int = 0) -> torch.nn.Module:
     return torch.nn.Sequential(*layers, torch.nn.Linear(WIDTH, 1))
 
 
-def _config(param: str, optimizer: str, path: str | None) -> dict:
+def _config(param: str, optimizer: str, path: str | None, keep_gathered: bool = False) -> dict:
     zero: dict = {
         "stage": 3,
         "stage3_param_persistence_threshold": 0,
+        # 0: every unit reshards after its forward and gathers again (from its rows) in backward;
+        # DeepSpeed's default keeps these small units gathered from forward to backward
+        "stage3_max_reuse_distance": 1_000_000_000 if keep_gathered else 0,
         "reduce_bucket_size": WIDTH * WIDTH + WIDTH,  # one Linear per shard unit
         "stage3_prefetch_bucket_size": WIDTH * WIDTH + WIDTH,
     }
@@ -85,8 +88,13 @@ def _engine(param: str, optimizer: str, path: str | None, seed: int = 0, model=N
     return engine
 
 
-def _run(param: str, optimizer: str, path: str | None, steps: int = 10):
-    engine = _engine(param, optimizer, path)
+def _run(param: str, optimizer: str, path: str | None, steps: int = 10, keep_gathered: bool = False):
+    engine, *_ = initialize(model=_model(0), config=_config(param, optimizer, path, keep_gathered))
+    if not keep_gathered:  # each unit is resharded after forward: backward gathers from the rows
+        groups = [
+            g for u in engine.optimizer.sharded.units[:-1] for g in u._get_fsdp_state()._fsdp_param_groups
+        ]
+        assert sum(g._reshard_after_forward for g in groups) >= LAYERS, len(groups)  # the last may stay
     losses = _train(engine, 0, steps)
     return _full(engine), losses
 
@@ -97,10 +105,12 @@ def _close(a: dict, b: dict) -> None:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-5, msg=k)
 
 
-@pytest.mark.parametrize("optimizer", ["cpu", "nvme"])
-def test_param_nvme_equals_param_cpu(optimizer, tmp_path):
-    cpu_params, cpu_losses = run_distributed(_run, 2, 240, args=("cpu", "cpu", None))[0]
-    params, losses = run_distributed(_run, 2, 240, args=("nvme", optimizer, str(tmp_path)))[0]
+@pytest.mark.parametrize(("optimizer", "keep_gathered"), [("cpu", False), ("nvme", False), ("cpu", True)])
+def test_param_nvme_equals_param_cpu(optimizer, keep_gathered, tmp_path):
+    cpu_params, cpu_losses = run_distributed(_run, 2, 240, args=("cpu", "cpu", None, 10, keep_gathered))[0]
+    params, losses = run_distributed(
+        _run, 2, 240, args=("nvme", optimizer, str(tmp_path), 10, keep_gathered)
+    )[0]
     torch.testing.assert_close(torch.tensor(losses), torch.tensor(cpu_losses), rtol=1e-5, atol=1e-5)
     _close(params, cpu_params)
 

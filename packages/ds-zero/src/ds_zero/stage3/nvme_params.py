@@ -350,9 +350,11 @@ class ParamSwapper:
         if not unit.pending:
             return grad
         k = unit.pending.pop()
-        self.ensure(unit)
-        if k > 0:
-            self.ensure(self._post_order[k - 1])  # FSDP2 prefetches the previous unit in post-forward order
+        # FSDP2 gathers this unit, and prefetches the previous one in post-forward order, from the rows
+        # only where they are fully resharded (not the root or units kept gathered, not hpZ's slices)
+        for needed in (unit, self._post_order[k - 1]) if k > 0 else (unit,):
+            if _gathers_from_rows(needed.module):
+                self.ensure(needed)
         for j in range(k - 2, max(-1, k - 1 - self._count), -1):
             if len(self._reads) >= self._count - 1:
                 break
@@ -381,6 +383,15 @@ class ParamSwapper:
             self.flush()
         finally:
             self._finalizer()
+
+
+def _gathers_from_rows(unit: nn.Module) -> bool:
+    """Whether FSDP2's next all-gather of ``unit`` reads its sharded rows (it is resharded all the way)."""
+    state = unit._get_fsdp_state()  # type: ignore[operator]
+    groups = getattr(state, "_fsdp_param_groups", None)
+    if groups is None:
+        groups = [state._fsdp_param_group] if state._fsdp_param_group is not None else []
+    return any(g._sharded_state.name == "SHARDED" and g._all_gather_result is None for g in groups)
 
 
 def _tensors(output: Any) -> Iterator[Tensor]:
