@@ -287,3 +287,34 @@ def test_missing_or_unwritable_nvme_path_names_it(init, tmp_path):
         finally:
             ro.chmod(stat.S_IRWXU)
         assert "not writable" in err and str(ro) in err, err
+
+
+def _unwritable_swap_file(path: str) -> tuple[str, str, bool]:
+    from ds_zero import GatheredParameters
+
+    engine = _engine("nvme", "cpu", path)
+    _train(engine, 0, 1)
+    swapper = engine.optimizer.param_swapper
+    weight = engine.module[0].weight
+    with GatheredParameters([weight], modifier_rank=0):  # its unit's rows come in, changed: rewritten next
+        pass
+    unit = swapper._by_module[id(weight._ds_unit)]
+    os.remove(unit.path)  # a folder in the file's place: the forward's write of the rows cannot open it
+    os.mkdir(unit.path)
+    try:
+        _train(engine, 1, 1)
+    except Exception as exc:  # noqa: BLE001 - the message is what is checked
+        message = f"{type(exc).__name__}: {exc}"
+    else:
+        message = "no error"
+    finally:
+        os.rmdir(unit.path)
+    # the rows that could not be written are still in memory, not lost
+    return message, unit.path, unit.resident and all(r.untyped_storage().nbytes() for r in unit.rows)
+
+
+@pytest.mark.faults
+def test_failed_swap_write_names_the_file_and_keeps_the_rows(tmp_path):
+    message, path, kept = run_distributed(_unwritable_swap_file, 2, 120, args=(str(tmp_path),))[0]
+    assert "AioError" in message and path in message, message
+    assert kept

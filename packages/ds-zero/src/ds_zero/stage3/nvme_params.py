@@ -231,9 +231,15 @@ class ParamSwapper:
         buf = self._acquire()
         for r, off in zip(unit.rows, unit.offsets):
             buf[off : off + _nbytes(r)].copy_(r.view(-1).view(torch.uint8))
+        try:
+            write = self.engine.submit(buf[: unit.nbytes], unit.path, 0, write=True)
+        except BaseException:  # the file cannot be opened: the rows stay in memory
+            self._free.append(buf)
+            raise
+        for r in unit.rows:  # the write reads the buffer, not the rows
             r.untyped_storage().resize_(0)
         unit.resident = False
-        self._writes.append((self.engine.submit(buf[: unit.nbytes], unit.path, 0, write=True), unit, buf))
+        self._writes.append((write, unit, buf))
 
     def touch(self, module: Any) -> None:
         """Bring in the unit ``module`` (a shard unit) for a write outside forward/backward."""
