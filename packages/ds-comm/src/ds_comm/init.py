@@ -14,6 +14,7 @@ import torch.distributed as dist
 
 from ds_comm import rank_exit
 from ds_comm.env import DEFAULT_PORT, DistEnvironment, discover
+from ds_comm.rendezvous_wait import wait_until_listening
 
 logger = logging.getLogger("ds_comm")
 
@@ -76,6 +77,9 @@ def init_distributed(
     if verbose and env.rank == 0:
         logger.info("initializing torch.distributed with backend %s: %s", backend, env.describe())
     _import_modules_binding_the_world()
+    if init_method is None and env.master_addr is not None and env.rank != 0 and env.world_size > 1:
+        # Note [rendezvous race] in ds_comm.rendezvous_wait
+        wait_until_listening(env.master_addr, env.master_port, (timeout or DEFAULT_TIMEOUT).total_seconds())
     try:
         dist.init_process_group(
             backend=backend,
