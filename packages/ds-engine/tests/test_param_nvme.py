@@ -228,6 +228,35 @@ def test_sharded_parameters_leave_memory(tmp_path):
     assert len(stepping) >= 4 * (LAYERS + 1) and max(stepping) <= total // 2, (stepping, total)
 
 
+def _local(sd: dict) -> dict[str, torch.Tensor]:
+    return {k: getattr(v, "_local_tensor", v).clone() for k, v in sd.items()}
+
+
+def _plain_state_dict(param: str, path: str | None):
+    engine = _engine(param, "cpu", path)
+    _train(engine, 0, 3)
+    sd = engine.module.state_dict()  # the plain nn.Module call, as a user or client library makes it
+    kept = engine.module.state_dict(keep_vars=True)
+    snapshot = _local(sd)
+    swapped_out = _sharded_bytes(engine)[0] if param == "nvme" else 0
+    _train(engine, 3, 2)  # the weights move on; what state_dict returned must not
+    after = _local(sd)
+    return snapshot, after, swapped_out, all(isinstance(v, torch.nn.Parameter) for v in kept.values())
+
+
+def test_plain_state_dict_of_swapped_units(tmp_path):
+    """``module.state_dict()`` on swapped-out units reads their rows in and returns copies (reading the
+    rows' freed storage would be garbage or a crash), and leaves the units on NVMe."""
+    want, _, _, _ = run_distributed(_plain_state_dict, 2, 240, args=("cpu", None))[0]
+    got, after, swapped_out, params = run_distributed(
+        _plain_state_dict, 2, 240, args=("nvme", str(tmp_path))
+    )[0]
+    assert swapped_out == 0  # max_in_cpu 0: every unit went back to NVMe
+    assert params  # keep_vars=True still hands out Parameters
+    _close(got, want)
+    _close(after, got)  # copies: later steps do not reach them
+
+
 def _init_nvme(param: str, path: str | None):
     from ds_engine.zero_init import Init
 

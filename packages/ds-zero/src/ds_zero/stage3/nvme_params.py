@@ -28,7 +28,8 @@ When the rows are in memory:
   every parameter first) the step brings every unit in instead.
 * checkpoint save/load, ``full_state_dict``: every unit is brought in (:meth:`ParamSwapper.resident`)
   and released again after; ``GatheredParameters`` and ``load_state_dict`` bring in the units they
-  touch, which the next forward releases (writing them).
+  touch, which the next forward releases (writing them); a plain ``module.state_dict()`` brings in one
+  unit at a time and returns copies of its rows (Note [state_dict of swapped rows]).
 * ``max_in_cpu``: units (in model order) whose rows on this rank total at most this many elements are
   never swapped.
 
@@ -85,6 +86,7 @@ class _Unit:
     on_disk: bool = False  # the file holds the current rows
     read: tuple[Future, Tensor] | None = None
     pending: list[int] = field(default_factory=list)  # post-forward positions still to run backward
+    read_for_state_dict: bool = False  # brought in by a state_dict() call, released at its end
 
     def numel(self) -> int:
         return sum(r.numel() for r in self.rows)
@@ -148,6 +150,10 @@ class ParamSwapper:
             u = self._by_module.get(id(unit))
             self.handles.append(unit.register_forward_pre_hook(partial(self._pre_forward, u), prepend=True))
             self.handles.append(unit.register_forward_hook(partial(self._post_forward, u), prepend=True))
+        for u in self.units:  # Note [state_dict of swapped rows]
+            self.handles.append(u.module.register_state_dict_pre_hook(partial(self._pre_state_dict, u)))
+            self.handles.append(u.module.register_state_dict_post_hook(partial(self._post_state_dict, u)))
+        self._holding = 0  # resident() blocks open: every unit stays in memory
         self.release_all()
 
     # --- buffers ------------------------------------------------------------------------------------
@@ -272,10 +278,13 @@ class ParamSwapper:
     def resident(self, *, dirty: bool = True) -> Iterator[None]:
         """Every unit in memory inside, back on NVMe after (``dirty``: they may change, so are written)."""
         self.ensure_all(dirty=dirty)
+        self._holding += 1
         try:
             yield
         finally:
-            self.release_all()
+            self._holding -= 1
+            if not self._holding:
+                self.release_all()
 
     def step(self, optimizer: torch.optim.Optimizer, inner: Callable[[], Any]) -> None:
         """Run ``inner`` (a step of ``optimizer`` over its current groups) one unit at a time: each unit's
@@ -370,6 +379,35 @@ class ParamSwapper:
                 self.release(later)
         return grad
 
+    # Note: [state_dict of swapped rows] A plain ``module.state_dict()`` (a user's, or a client library's
+    # such as Accelerate's ``get_state_dict`` before it gathers) returns detached views of each unit's
+    # sharded rows. On a swapped-out unit those views have no storage (reading them reads freed memory),
+    # and any view handed out stays tied to the storage that the next release frees again. So a unit's
+    # state_dict pre-hook brings its rows in, and its post-hook replaces the entries that view them with
+    # copies, then releases the unit (without a write: state_dict changes nothing). Units nest (the root
+    # holds every other unit), and each hook sees only its own unit's rows. Inside ``resident()``
+    # (checkpoints, ``full_state_dict``) every unit is in memory and stays there: the hooks stand aside.
+    def _pre_state_dict(self, unit: _Unit, module: nn.Module, prefix: str, keep_vars: bool) -> None:
+        if self._holding or unit.resident:
+            return
+        self.ensure(unit)
+        unit.read_for_state_dict = True
+
+    def _post_state_dict(
+        self, unit: _Unit, module: nn.Module, state_dict: dict, prefix: str, meta: Any
+    ) -> None:
+        if not unit.read_for_state_dict:
+            return
+        unit.read_for_state_dict = False
+        storages = {r.untyped_storage()._cdata for r in unit.rows}
+        for key, value in state_dict.items():
+            if key.startswith(prefix) and isinstance(value, Tensor) and _storage_of(value) in storages:
+                copy = value.detach().clone()
+                state_dict[key] = (
+                    nn.Parameter(copy, value.requires_grad) if isinstance(value, nn.Parameter) else copy
+                )
+        self.release(unit)
+
     def make_opaque_to_compiler(self) -> None:
         """Have ``torch.compile`` run these hooks eagerly (they do file I/O), as FSDP2 marks its own."""
         import torch._dynamo
@@ -389,6 +427,12 @@ class ParamSwapper:
             self.flush()
         finally:
             self._finalizer()
+
+
+def _storage_of(t: Tensor) -> int:
+    """The storage a tensor (a DTensor: its local tensor) views, as an identity."""
+    local = getattr(t, "_local_tensor", t)
+    return local.untyped_storage()._cdata
 
 
 def _gathers_from_rows(unit: nn.Module) -> bool:
