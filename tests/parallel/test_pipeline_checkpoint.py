@@ -53,3 +53,23 @@ def test_resume_at_another_stage_count_equals_uninterrupted(tmp_path, tied: bool
             assert torch.allclose(value, ref_state[name], rtol=1e-5, atol=1e-6), name
             seen.add(name)
     assert seen == set(ref_state)
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("saved,resumed", [((4, 2), (2, 1)), ((2, 2), (4, 2))])  # (world, stages)
+def test_zero1_resume_at_other_stage_and_data_parallel_sizes(tmp_path, saved, resumed) -> None:
+    """ZeRO-1 optimizer slices (momentum here) reshard onto another stage count and data-parallel size
+    (Note [pipeline ZeRO-1 resharding]); the resumed run equals an uninterrupted one, tied weights included."""
+    (w1, p1), (w2, p2) = saved, resumed
+    run_distributed(w.train, world_size=w1, timeout=200, args=(p1, True, 0, 1, 0, HALF, str(tmp_path)))
+    tag = tmp_path / f"global_step{HALF}"
+    slices = sorted(n for n in os.listdir(tag) if n.endswith("_optim_states.pt"))
+    assert len(slices) == w1, slices  # one per (stage, data-parallel rank)
+    second = run_distributed(
+        w.train, world_size=w2, timeout=200, args=(p2, True, 0, 1, HALF, w.STEPS, None, str(tmp_path))
+    )
+    ref_losses, ref_state = w.reference(True)
+    for r in second:
+        assert r["losses"] == pytest.approx(ref_losses[HALF:], rel=1e-5, abs=1e-6)
+        for name, value in r["state"].items():
+            assert torch.allclose(value, ref_state[name], rtol=1e-5, atol=1e-6), name

@@ -10,6 +10,7 @@ from _models import global_batches, reference_run, tiny_mlp, zero_trainer
 import ds_comm
 from ds_comm.testing import run_distributed
 from ds_zero.sharded_state import (
+    FORMAT,
     consolidate_fp32,
     full_optimizer_state,
 )
@@ -83,3 +84,33 @@ def test_partial_checkpoint_is_an_error(saved):
     shard0 = torch.load(f"{saved}/zero_rank_0.pt", weights_only=True)
     with pytest.raises(ValueError, match="cover only part of parameter"):
         consolidate_fp32([shard0])
+
+
+def _slices(*ranges: tuple[int, int], numel: int = 10) -> dict:
+    full = torch.arange(numel, dtype=torch.float32)
+    return {
+        "format": FORMAT,
+        "param_groups": [],
+        "group_scalars": {},
+        "slices": [
+            {
+                "key": "w",
+                "shape": (numel,),
+                "start": a,
+                "end": b,
+                "group": 0,
+                "fp32": full[a:b].clone(),
+                "state": {},
+            }
+            for a, b in ranges
+        ],
+    }
+
+
+def test_overlapping_slices_count_once_and_gaps_still_fail():
+    """A pipeline's tied module is saved by every stage holding it, each cut at its own boundaries: the
+    overlapping ranges hold equal values and must not count twice toward covering the parameter."""
+    got = consolidate_fp32([_slices((0, 6)), _slices((4, 10))])
+    assert torch.equal(got["w"], torch.arange(10, dtype=torch.float32))
+    with pytest.raises(ValueError, match="cover only part of parameter"):  # 6..7 missing, 0..4 twice
+        consolidate_fp32([_slices((0, 6)), _slices((0, 4)), _slices((8, 10))])

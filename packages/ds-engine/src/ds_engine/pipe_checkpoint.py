@@ -6,8 +6,14 @@ the stage owning it; a tied module is written at every position that uses it, as
 below ZeRO 1, the optimizer state keyed by the parameters' stage-independent names (``"3.weight"``,
 ``"tied_modules.emb.weight"``). A run saved with P stages therefore resumes with P' stages, optimizer
 state included: each stage picks its parameters' entries from whichever stage file holds them.
-At ZeRO 1 each rank also writes its optimizer slice (``zero_pp_rank_D_mp_rank_SS_optim_states.pt``),
-which loads only at the same stage and data-parallel sizes; elsewhere the load says so.
+At ZeRO 1 each rank also writes its optimizer slice (``zero_pp_rank_D_mp_rank_SS_optim_states.pt``).
+
+Note: [pipeline ZeRO-1 resharding] A ZeRO-1 slice file holds, per parameter range this rank owned, the
+fp32 master values and optimizer state keyed by the parameter's PipelineModule name (the slice format
+of :mod:`ds_zero.sharded_state`), and those names do not depend on the stage count. At the saved stage
+and data-parallel sizes each rank reads its own file; at other sizes each rank reads every file and
+picks the ranges of the parameters it now holds (a tied module's copies on several stages carry equal
+values; the overlaps are read once), so a run saved with P stages x D ranks resumes with P' x D'.
 """
 
 from __future__ import annotations
@@ -151,6 +157,23 @@ def _load_named_optimizer(
             group.update(saved_group)
 
 
+def _zero1_slices(engine: PipelineEngine, tag_dir: str, first: dict[str, Any]) -> Any:
+    """The ZeRO-1 optimizer slices this rank loads (Note [pipeline ZeRO-1 resharding]): its own file
+    when the stage and data-parallel sizes are the saved ones, else every stage's and rank's slices."""
+    same = first.get("num_stages") == engine.num_stages and first.get("dp_world_size") == engine.dp_world_size
+    if same:
+        own = checkpoint_names.zero_optim_states(engine.grid.get_data_parallel_id(), engine.stage_id)
+        return _load(os.path.join(tag_dir, own))["optimizer_state_dict"]
+    files = sorted(glob.glob(os.path.join(tag_dir, checkpoint_names.ZERO_OPTIM_STATES_GLOB)))
+    expected = int(first.get("num_stages") or 0) * int(first.get("dp_world_size") or 0)
+    if not files or len(files) != expected:
+        raise FileNotFoundError(
+            f"{tag_dir} should hold {expected} ZeRO-1 optimizer files "
+            f"({checkpoint_names.ZERO_OPTIM_STATES_GLOB}) to reshard from, found {len(files)}"
+        )
+    return [_load(path)["optimizer_state_dict"] for path in files]
+
+
 def load(
     engine: PipelineEngine,
     load_dir: str,
@@ -193,22 +216,7 @@ def load(
     if optimizers is not None and load_optimizer_states:
         optimizer, inner = optimizers
         if optimizer.sharded_state:
-            same = (
-                first.get("num_stages") == engine.num_stages
-                and first.get("dp_world_size") == engine.dp_world_size
-            )
-            if not same:
-                raise RuntimeError(
-                    f"{tag_dir} holds ZeRO-1 optimizer slices for {first.get('num_stages')} stages x "
-                    f"{first.get('dp_world_size')} data-parallel ranks; this run has {engine.num_stages} "
-                    f"x {engine.dp_world_size}. Load with load_optimizer_states=False, or resume at "
-                    "the saved sizes"
-                )
-            path = os.path.join(
-                tag_dir,
-                checkpoint_names.zero_optim_states(engine.grid.get_data_parallel_id(), engine.stage_id),
-            )
-            optimizer.load_state_dict(_load(path)["optimizer_state_dict"])
+            optimizer.load_state_dict(_zero1_slices(engine, tag_dir, first))
         else:
             _load_named_optimizer(engine, optimizer, inner, stage_files)
     if load_lr_scheduler_states and engine.lr_scheduler is not None and first.get("lr_scheduler") is not None:

@@ -16,6 +16,7 @@ MODEL_STATES_GLOB = "*_model_states.pt"
 OPTIM_STATES_GLOB = "*_optim_states.pt"
 STAGE_MODEL_STATES_GLOB = "mp_rank_*_model_states.pt"  # a pipeline's per-stage files
 LAYER_FILES_GLOB = "layer_*-model_states.pt"  # a pipeline's per-layer files
+ZERO_OPTIM_STATES_GLOB = "zero_pp_rank_*_mp_rank_*_optim_states.pt"  # every rank's optimizer slices
 
 
 def model_states(mp_rank: int = 0) -> str:
@@ -50,6 +51,7 @@ __all__ = [
     "MODEL_STATES_GLOB",
     "OPTIM_STATES_GLOB",
     "STAGE_MODEL_STATES_GLOB",
+    "ZERO_OPTIM_STATES_GLOB",
     "expert_model_states",
     "expert_optim_states",
     "model_states",

@@ -104,16 +104,20 @@ def _copy_overlaps(
     out: torch.Tensor,
     state_key: str | None = None,
 ) -> int:
-    """Fill ``out`` (the range [start, end) of one parameter) from saved pieces; return elements copied."""
-    copied = 0
-    for piece in pieces:
+    """Fill ``out`` (the range [start, end) of one parameter) from saved pieces; return how many of its
+    elements they covered. Pieces may overlap (a pipeline's tied module is saved by every stage holding
+    it, sliced at each stage's own boundaries): the overlap holds equal values and is counted once."""
+    covered = 0
+    reached = start  # every element before this one is covered (pieces taken in order of start)
+    for piece in sorted(pieces, key=lambda p: p["start"]):
         a, b = max(start, piece["start"]), min(end, piece["end"])
         if a >= b:
             continue
         src = piece[field] if state_key is None else piece[field][state_key]
         out[a - start : b - start].copy_(src[a - piece["start"] : b - piece["start"]])
-        copied += b - a
-    return copied
+        covered += max(0, b - max(a, reached))
+        reached = max(reached, b)
+    return covered
 
 
 def load_shard_state_dict(
