@@ -179,7 +179,10 @@ def test_reduce_bucket_size_reaches_the_policy_only_when_set() -> None:
 @pytest.mark.parametrize(
     ("zero", "gate"),
     [
-        ({"zenflow": {}}, "'zero_optimization.zenflow'"),
+        (
+            {"stage": 3, "offload_optimizer": {"device": "cpu"}, "zenflow": {"update_interval": 2}},
+            "'zero_optimization.zenflow (stage 3)'",
+        ),
         ({"mics_shard_size": 2}, "'zero_optimization.mics_shard_size>0'"),
         (
             {"stage": 3, "zero_quantized_gradients": True},
@@ -213,13 +216,22 @@ def test_grad_accum_dtype_reaches_stages_1_and_2_without_a_warning(stage: int, c
 
 # --- every "no effect" key, at every level, logs why when set (Note [key effects]) ----------------------------
 # Sections whose mere presence is refused: their keys can never be set without an error, so nothing to log.
-REFUSED_WHEN_PRESENT = {"zero_optimization.zenflow"}
+REFUSED_WHEN_PRESENT: set[str] = set()
+_ZENFLOW_ON = {
+    "zero_optimization": {
+        "stage": 2,
+        "offload_optimizer": {"device": "cpu"},
+        "zenflow": {"update_interval": 2},
+    }
+}
 # Values the generic rule below cannot pick (it would hit a section's own validation).
 NON_DEFAULT = {
     "zero_optimization.offload_optimizer.ratio": (0.5, {"zero_optimization": {"stage": 3}}),
     "zero_optimization.compute_grad_norm": (False, {"zero_optimization": {"stage": 2}}),
     "zero_optimization.offload_optimizer.cpuadam_cores_perc": (0.5, {}),
     "optimizer.legacy_fusion": (True, {"optimizer": {"type": "SGD"}}),
+    "zero_optimization.zenflow.auto_ratio": (0.5, _ZENFLOW_ON),
+    "zero_optimization.zenflow.pt_reserved_cores_perc": (0.25, _ZENFLOW_ON),
 }
 
 

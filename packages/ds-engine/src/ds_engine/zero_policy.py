@@ -6,9 +6,9 @@ import torch
 
 from ds_engine.autocast import autocast_dtype_of
 from ds_engine.config import DeepSpeedConfig, DeepSpeedConfigError
-from ds_engine.config.zero import ZeroConfig
+from ds_engine.config.zero import ZenFlowConfig, ZeroConfig
 from ds_zero import LossScalePolicy, MixedPrecisionPolicy, OffloadPolicy, ReducePolicy, ZeroPolicy
-from ds_zero.policy import NvmePolicy, ParamNvmePolicy
+from ds_zero.policy import NvmePolicy, ParamNvmePolicy, ZenFlowPolicy
 
 _DTYPES = {
     "fp32": torch.float32,
@@ -134,6 +134,45 @@ def _param_nvme(cfg: DeepSpeedConfig) -> ParamNvmePolicy | None:
     )
 
 
+def zenflow_select_interval(zf: ZenFlowConfig, steps_per_epoch: int | None = None) -> int:
+    """Steps between column selections (0: select once), DeepSpeed's rule: ``step`` takes
+    ``select_interval`` as steps; ``epoch`` (and ``auto``, which is ``epoch`` with an interval of 1)
+    multiplies it by the epoch length: ``steps_per_epoch`` (the engine's data loader), else the
+    section's ``steps_per_epoch``, else unknown, and then selection happens once."""
+    if zf.select_strategy == "step":
+        return int(zf.select_interval)
+    epochs = 1 if zf.select_strategy == "auto" else int(zf.select_interval)
+    length = steps_per_epoch or zf.steps_per_epoch
+    return epochs * length if length else 0
+
+
+def zenflow_policy(cfg: DeepSpeedConfig, steps_per_epoch: int | None = None) -> ZenFlowPolicy | None:
+    """ZenFlow's resolved schedule (``zero_optimization.zenflow``), None without the section."""
+    zf = cfg.zero_optimization.zenflow
+    if zf is None:
+        return None
+    if cfg.gradient_accumulation_steps != 1:
+        raise DeepSpeedConfigError(
+            "'zero_optimization.zenflow' accumulates over its update_interval: 'gradient_accumulation_steps' "
+            f"must be 1 (got {cfg.gradient_accumulation_steps})"
+        )
+    update = int(zf.update_interval)  # "auto" was refused by ZENFLOW_KEYS
+    select = zenflow_select_interval(zf, steps_per_epoch)
+    if select and select < update:
+        raise DeepSpeedConfigError(
+            f"'zero_optimization.zenflow.select_interval': {select} steps between selections is less than "
+            f"update_interval ({update})"
+        )
+    return ZenFlowPolicy(
+        topk_ratio=zf.topk_ratio,
+        select_interval=select,
+        update_interval=update,
+        overlap_step=zf.overlap_step,
+        offload=zf.offload,
+        full_warm_up_rounds=zf.full_warm_up_rounds,
+    )
+
+
 def policy_from_config(cfg: DeepSpeedConfig) -> ZeroPolicy:
     """The ZeRO policy a config describes (stage, precision, loss scaling, reduction, offload, clipping)."""
     zero = cfg.zero_optimization
@@ -176,6 +215,7 @@ def policy_from_config(cfg: DeepSpeedConfig) -> ZeroPolicy:
             param_nvme=_param_nvme(cfg),
         ),
         clip_grad=cfg.gradient_clipping,
+        zenflow=zenflow_policy(cfg),
         # Note [non-finite gradients] in ds_zero.trainer: every precision; bf16 may opt out explicitly.
         check_overflow=not (cfg.bf16.enabled and not cfg.bf16.check_grad_overflow),
     )

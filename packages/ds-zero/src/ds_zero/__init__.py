@@ -13,7 +13,14 @@ from ds_zero._version import __version__
 from ds_zero.base_optimizer import DeepSpeedOptimizer, ZeROOptimizer
 from ds_zero.entry import StageNotAvailable, available_stages, register_stage, wrap
 from ds_zero.loss_scaler import DynamicLossScaler, LossScaleError, StaticLossScaler, make_loss_scaler
-from ds_zero.policy import LossScalePolicy, MixedPrecisionPolicy, OffloadPolicy, ReducePolicy, ZeroPolicy
+from ds_zero.policy import (
+    LossScalePolicy,
+    MixedPrecisionPolicy,
+    OffloadPolicy,
+    ReducePolicy,
+    ZenFlowPolicy,
+    ZeroPolicy,
+)
 from ds_zero.stage3.policy import Stage3Policy, Zero3Policy
 from ds_zero.trainer import Trainer, ZeroTrainer
 
@@ -54,6 +61,7 @@ __all__ = [
     "StageNotAvailable",
     "StaticLossScaler",
     "ZeROOptimizer",
+    "ZenFlowPolicy",
     "ZeroPolicy",
     "ZeroTrainer",
     "__version__",

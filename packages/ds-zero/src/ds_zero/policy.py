@@ -148,6 +148,36 @@ class OffloadPolicy:
 
 
 @dataclass(frozen=True)
+class ZenFlowPolicy:
+    """ZenFlow's schedule (``zero_optimization.zenflow``, stages 1-2 with ``offload_optimizer.device: cpu``;
+    Note [zenflow] in :mod:`ds_zero.zenflow`), every value resolved by the engine.
+
+    ``select_interval``: steps between column re-selections (0: select once, when warm-up ends);
+    ``update_interval``: steps between CPU updates of the unselected columns; ``offload``: keep the
+    selective update's moments in host memory between steps."""
+
+    topk_ratio: float = 0.1
+    select_interval: int = 0
+    update_interval: int = 1
+    overlap_step: bool = False
+    offload: bool = False
+    full_warm_up_rounds: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.topk_ratio < 1.0:
+            raise ValueError(f"zenflow topk_ratio must be in (0, 1), got {self.topk_ratio}")
+        if self.update_interval < 1:
+            raise ValueError(f"zenflow update_interval must be at least 1, got {self.update_interval}")
+        if self.select_interval < 0 or self.full_warm_up_rounds < 0:
+            raise ValueError("zenflow select_interval and full_warm_up_rounds must not be negative")
+        if self.select_interval and self.select_interval < self.update_interval:
+            raise ValueError(
+                f"zenflow select_interval ({self.select_interval}) must be at least update_interval "
+                f"({self.update_interval})"
+            )
+
+
+@dataclass(frozen=True)
 class ZeroPolicy:
     """Everything :func:`ds_zero.wrap` needs to know.
 
@@ -162,3 +192,5 @@ class ZeroPolicy:
     offload: OffloadPolicy = field(default_factory=OffloadPolicy)
     clip_grad: float = 0.0
     check_overflow: bool = True
+    zenflow: ZenFlowPolicy | None = None
+    """Stages 1-2 with CPU offload: ZenFlow's selective updates (None: every step updates everything)."""

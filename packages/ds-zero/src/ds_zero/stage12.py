@@ -282,7 +282,14 @@ def compose_sharded(
     params.attach(reducer)
     reduction = ShardedReduction(reducer, policy.stage)
     scaler = make_loss_scaler(policy.loss_scale, rank=ds_comm.get_rank())
-    return ShardedTrainer(
+    trainer_class: Any = ShardedTrainer
+    extra: dict[str, Any] = {}
+    if policy.zenflow is not None:  # Note [zenflow] in ds_zero.zenflow
+        from ds_zero.zenflow.trainer import ZenFlowTrainer
+
+        trainer_class, extra = ZenFlowTrainer, {"zenflow": policy.zenflow}
+    return trainer_class(
+        **extra,
         module=module,
         optimizer=optimizer,
         policy=policy,

@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from ds_engine.config.base import ConfigModel
-from ds_engine.config.effects import Effect, applied, no_effect, refused
+from ds_engine.config.effects import Effect, applied, no_effect, refused, section
 
 OffloadDevice = Literal["none", "cpu", "nvme"]
 
@@ -86,28 +86,65 @@ class LeafModuleConfig(ConfigModel):
 
 
 class ZenFlowConfig(ConfigModel):
-    """``zero_optimization.zenflow``: DeepSpeed's ZenFlow selective-update offload. Not supported yet."""
+    """``zero_optimization.zenflow``: DeepSpeed's ZenFlow (stages 1-2 with ``offload_optimizer.device:
+    cpu``): the top-k gradient columns update every step on the training device, the rest on the CPU
+    every ``update_interval`` steps (Note [zenflow] in ds_zero.zenflow)."""
 
     topk_ratio: float = Field(0.1, gt=0.0, lt=1.0)
-    """Share of gradient columns updated on the accelerator each step."""
+    """Share of each 2-D weight's columns updated every step (DeepSpeed's range: above 0, below 1)."""
     select_strategy: str = "auto"
-    """How important columns are selected."""
+    """``step``: re-select every ``select_interval`` steps; ``epoch``: every ``select_interval`` epochs;
+    ``auto``: ``epoch`` with an interval of 1."""
     select_interval: str | int = "auto"
-    """Steps between re-selections."""
+    """Steps (or epochs) between column selections; ``auto`` only with ``select_strategy: auto``."""
     update_interval: str | int = "auto"
-    """Steps between CPU updates."""
+    """Steps between CPU updates of the unselected columns (``auto``, DeepSpeed's adaptive interval, is
+    not built)."""
     overlap_step: bool = False
-    """Overlap the CPU step with the next forward/backward."""
+    """Run the CPU update in the background; its result lands at the next update."""
     offload: bool = False
-    """Offload the selective update too."""
+    """Keep the selective update's moments in host memory between steps."""
     auto_ratio: float = Field(0.99, ge=0.0, le=1.0)
-    """Threshold for the adaptive update interval."""
-    full_warm_up_rounds: int = 0
-    """Steps of full updates before selective updates start."""
+    """Threshold of the adaptive update interval."""
+    full_warm_up_rounds: int = Field(0, ge=0)
+    """Steps of ordinary full updates before selective updates start."""
     pt_reserved_cores_perc: float = Field(0.5, ge=0.0, le=1.0)
-    """Share of cores reserved for PyTorch."""
-    steps_per_epoch: int | None = None
-    """Steps per epoch, for interval scheduling."""
+    """Share of cores reserved for PyTorch (the rest for DeepSpeed's optimizer process)."""
+    steps_per_epoch: int | None = Field(None, gt=0)
+    """Steps per epoch for ``select_strategy: epoch`` (the engine's training data loader overrides it)."""
+
+    @field_validator("select_strategy")
+    @classmethod
+    def _known_strategy(cls, value: str) -> str:
+        if value not in ("auto", "step", "epoch"):
+            raise ValueError(f'must be one of "auto", "step", "epoch" (got {value!r})')
+        return value
+
+    @field_validator("select_interval", "update_interval")
+    @classmethod
+    def _interval(cls, value: str | int) -> str | int:
+        if isinstance(value, str) and value != "auto":
+            raise ValueError(f'must be "auto" or an integer (got {value!r})')
+        if isinstance(value, int) and value < 1:
+            raise ValueError("must be at least 1")
+        return value
+
+    @model_validator(mode="after")
+    def _strategy_and_interval(self) -> ZenFlowConfig:
+        # DeepSpeed's rules (runtime/zenflow/engine.py: configure_zenflow)
+        if self.select_strategy == "auto" and isinstance(self.select_interval, int):
+            raise ValueError(
+                'select_interval must be "auto" with select_strategy "auto" (it selects every epoch)'
+            )
+        if self.select_strategy != "auto" and isinstance(self.select_interval, str):
+            raise ValueError(f'select_strategy "{self.select_strategy}" needs an integer select_interval')
+        if (
+            self.select_strategy == "step"
+            and isinstance(self.update_interval, int)
+            and self.select_interval < self.update_interval  # type: ignore[operator]
+        ):
+            raise ValueError("select_interval must be greater than or equal to update_interval")
+        return self
 
 
 class ZeroConfig(ConfigModel):
@@ -224,6 +261,9 @@ class ZeroConfig(ConfigModel):
             raise ValueError("offload_optimizer.ratio < 1 (partial offload) needs stage 3")
         if not self.compute_grad_norm and self.stage not in (1, 2):
             raise ValueError("compute_grad_norm=false is supported only with stage 1 or 2")
+        if self.zenflow is not None and (self.stage == 0 or self.offload_optimizer_device != "cpu"):
+            # DeepSpeed: "Zenflow must be used with cpu offload" (stage 3 is refused by ZERO_KEYS)
+            raise ValueError("zenflow needs stage 1 or 2 with offload_optimizer.device 'cpu'")
         return self
 
     @property
@@ -288,7 +328,11 @@ ZERO_KEYS: dict[str, Effect] = {
     ),
     "offload_param": applied("ds_engine.config.zero:ZeroConfig.offload_param_device"),
     "offload_optimizer": applied("ds_engine.config.zero:ZeroConfig.offload_optimizer_device"),
-    "zenflow": refused("ZenFlow is not built", when=lambda z: z.zenflow is not None),
+    "zenflow": section(
+        refuse_when=lambda z: z.zenflow is not None and z.stage == 3,
+        refuse_why="ZenFlow at stage 3 is not built (stages 1-2 are)",
+        gate=" (stage 3)",
+    ),
     "sub_group_size": no_effect(
         "the optimizer steps each shard in place, with no fp32 staging buffer for sub-groups to bound"
     ),
@@ -389,8 +433,29 @@ OFFLOAD_PARAM_KEYS: dict[str, Effect] = {
     ),
 }
 
-_ZENFLOW = "ZenFlow is not built (a zenflow section is refused)"
-ZENFLOW_KEYS: dict[str, Effect] = {name: no_effect(_ZENFLOW) for name in ZenFlowConfig.model_fields}
+_ZF = "ds_engine.zero_policy:zenflow_policy"
+ZENFLOW_KEYS: dict[str, Effect] = {
+    "topk_ratio": applied(_ZF),
+    "select_strategy": applied("ds_engine.zero_policy:zenflow_select_interval"),
+    "select_interval": applied("ds_engine.zero_policy:zenflow_select_interval"),
+    "update_interval": applied(
+        _ZF,
+        refuse_when=lambda zf: zf.update_interval == "auto",
+        refuse_why="the adaptive update interval is not built: set update_interval to an integer",
+        gate='="auto" (adaptive; set an integer)',
+    ),
+    "overlap_step": applied(_ZF),
+    "offload": applied(_ZF),
+    "full_warm_up_rounds": applied(_ZF),
+    "steps_per_epoch": applied("ds_engine.zero_policy:zenflow_select_interval"),
+    "auto_ratio": no_effect(
+        'only the adaptive update_interval reads it, and update_interval "auto" is refused'
+    ),
+    "pt_reserved_cores_perc": no_effect(
+        "the overlapped CPU update is a thread of the rank's process on torch's thread pool; "
+        "no cores are split off for it"
+    ),
+}
 
 _LEAF = "ds_engine.engine:DeepSpeedEngine.__init__"
 LEAF_MODULE_KEYS: dict[str, Effect] = {

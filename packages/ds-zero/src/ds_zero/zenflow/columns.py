@@ -1,0 +1,126 @@
+"""Where each parameter's elements sit in this rank's shards, and column selection across ranks.
+
+Each rank holds only its shard of every flat unit (:mod:`ds_zero.units`), so one column of a weight
+may be spread over ranks. Every operation here fills a zero tensor of the parameter's shape with this
+rank's elements and sums those tensors over the shard group: each element is owned by exactly one
+rank, so the sum is exact. Column scores cost ``cols`` values per weight; the selected gradients cost
+``rows * k`` values per weight, not the whole gradient.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+import ds_comm
+from ds_zero.units import FlatUnit
+
+
+@dataclass(frozen=True)
+class ParamView:
+    """One trainable parameter: its unit, its shape, and the part of it this rank's shard holds."""
+
+    param: nn.Parameter
+    unit_index: int
+    group_index: int
+    shape: torch.Size
+    start: int  # owned elements [start, end) of the flattened parameter
+    end: int
+    shard_offset: int  # where element ``start`` sits in the unit's shard
+
+    @property
+    def is_matrix(self) -> bool:
+        """2-D weights are selected by column; anything else is wholly selected (Note [zenflow])."""
+        return len(self.shape) == 2
+
+    def num_selected(self, topk_ratio: float) -> int:
+        """``max(1, int(cols * topk_ratio))`` columns, DeepSpeed's count."""
+        return max(1, int(self.shape[1] * topk_ratio))
+
+    def filled(self, shard: Tensor) -> Tensor:
+        """A zero tensor of the parameter's shape (fp32) holding this rank's elements from ``shard``."""
+        full = torch.zeros(self.shape.numel(), dtype=torch.float32, device=shard.device)
+        n = self.end - self.start
+        if n:
+            full[self.start : self.end] = shard[self.shard_offset : self.shard_offset + n]
+        return full.view(self.shape)
+
+    def store(self, shard: Tensor, full: Tensor) -> None:
+        """Write this rank's elements of ``full`` (the parameter's shape) into ``shard``."""
+        n = self.end - self.start
+        if n:
+            flat = full.reshape(-1)[self.start : self.end]
+            shard[self.shard_offset : self.shard_offset + n].copy_(flat)
+
+
+def param_views(units: list[FlatUnit]) -> list[ParamView]:
+    """A view of every parameter of ``units``, owned by this rank or not."""
+    views = []
+    for u, unit in enumerate(units):
+        owned = {slot.index: (a, b, off) for slot, a, b, off in unit.owned_slices()}
+        for slot, param in zip(unit.slots, unit.params):
+            a, b, off = owned.get(slot.index, (0, 0, 0))
+            views.append(ParamView(param, u, unit.group_index, slot.shape, a, b, off))
+    return views
+
+
+def _sum_over(parts: list[Tensor], group: Any) -> list[Tensor]:
+    """Each of ``parts`` summed over ``group`` (one all-reduce of their concatenation)."""
+    if not parts or ds_comm.get_world_size(group) == 1:
+        return parts
+    flat = torch.cat([p.reshape(-1) for p in parts])
+    ds_comm.all_reduce(flat, group=group)
+    return [chunk.view_as(p) for chunk, p in zip(flat.split([p.numel() for p in parts]), parts)]
+
+
+def select_columns(
+    views: list[ParamView], shards: list[Tensor], topk_ratio: float, group: Any
+) -> list[Tensor | None]:
+    """Per view: the sorted indices of its top columns by the L1 norm of ``shards`` (gradient shards, one
+    per unit) over the group; None for parameters that are not 2-D. The same on every rank."""
+    matrices = [v for v in views if v.is_matrix]
+    scores = _sum_over([v.filled(shards[v.unit_index]).abs().sum(dim=0) for v in matrices], group)
+    picked = {
+        id(v): torch.topk(s, v.num_selected(topk_ratio)).indices.sort().values
+        for v, s in zip(matrices, scores)
+    }
+    if picked and ds_comm.get_world_size(group) > 1:
+        # topk on the same sums agrees anyway; rank 0's choice is sent so that ties cannot split ranks
+        flat = torch.cat(list(picked.values()))
+        src = 0 if group is None else dist.get_global_rank(group, 0)
+        ds_comm.broadcast(flat, src=src, group=group)
+        chunks = flat.split([t.numel() for t in picked.values()])
+        picked = dict(zip(picked.keys(), chunks))
+    return [picked.get(id(v)) for v in views]
+
+
+def gather_selected(
+    views: list[ParamView], shards: list[Tensor], indices: list[Tensor | None], group: Any
+) -> list[Tensor]:
+    """Per view, the whole selected part of ``shards`` (one tensor per unit) in fp32: the ``(rows, k)``
+    selected columns of a 2-D weight, the whole parameter otherwise. Collective over ``group``."""
+    parts = []
+    for view, idx in zip(views, indices):
+        full = view.filled(shards[view.unit_index])
+        parts.append(full if idx is None else full[:, idx])
+    return [p.contiguous() for p in _sum_over(parts, group)]
+
+
+def write_selected(
+    views: list[ParamView], shards: list[Tensor], indices: list[Tensor | None], values: list[Tensor]
+) -> None:
+    """Write ``values`` (as :func:`gather_selected` returns them) into this rank's part of ``shards``."""
+    for view, idx, value in zip(views, indices, values):
+        if view.end == view.start:
+            continue
+        shard = shards[view.unit_index]
+        if idx is None:
+            view.store(shard, value)
+            continue
+        full = view.filled(shard)
+        full[:, idx] = value
+        view.store(shard, full)

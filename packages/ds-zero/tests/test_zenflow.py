@@ -1,0 +1,227 @@
+"""ZenFlow (ds_zero.zenflow) on 2 real gloo ranks, stage 2 with the optimizer on the CPU.
+
+* frozen selection with a CPU update every step is plain Adam: the losses equal stage 2 + CPU offload;
+* with ``topk_ratio < 1`` and ``update_interval > 1`` the weights equal a single-process reference
+  written below from ZenFlow's definition (Note [zenflow] in ds_zero.zenflow), with and without
+  ``overlap_step``.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from _models import global_batches, tiny_mlp
+
+import ds_comm
+from ds_comm.testing import run_distributed
+
+STEPS, MICRO, LR, WD = 10, 2, 1e-2, 0.01
+
+
+def _policy(zenflow, clip: float = 0.0):
+    from ds_zero import OffloadPolicy, ReducePolicy, ZeroPolicy
+
+    return ZeroPolicy(
+        stage=2,
+        reduce=ReducePolicy(bucket_numel=200),  # several units: columns cut by unit and shard edges
+        offload=OffloadPolicy(optimizer_device="cpu", pin_memory=False),
+        clip_grad=clip,
+        zenflow=zenflow,
+    )
+
+
+def _train(zenflow_kwargs: dict | None, steps: int, clip: float = 0.0):
+    from ds_zero import ZenFlowPolicy, wrap
+
+    rank, world = ds_comm.get_rank(), ds_comm.get_world_size()
+    model = tiny_mlp()
+    opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WD)
+    zenflow = None if zenflow_kwargs is None else ZenFlowPolicy(**zenflow_kwargs)
+    trainer = wrap(model, opt, policy=_policy(zenflow, clip))
+    losses = []
+    mine = slice(rank * MICRO, (rank + 1) * MICRO)
+    for x, y in global_batches(steps, MICRO, world):
+        loss = torch.nn.functional.mse_loss(model(x[mine]), y[mine])
+        trainer.backward(loss)
+        assert trainer.step()
+        losses.append(loss.item())
+    trainer.close()
+    return losses, [p.detach().clone() for p in model.parameters()]
+
+
+@pytest.mark.timeout(180)
+def test_frozen_selection_updated_every_step_is_plain_adam():
+    # update_interval 1 and one selection (select_interval 0): the selected columns' AdamW starts with
+    # the CPU Adam at step 1 and sees the same gradients, so ZenFlow is Adam, whatever topk_ratio says
+    zenflow = {"topk_ratio": 0.5, "update_interval": 1, "select_interval": 0}
+    plain = run_distributed(_train, world_size=2, args=(None, STEPS))
+    zf = run_distributed(_train, world_size=2, args=(zenflow, STEPS))
+    for (plain_losses, plain_params), (zf_losses, zf_params) in zip(plain, zf):
+        torch.testing.assert_close(zf_losses, plain_losses, rtol=1e-5, atol=1e-5)
+        for got, want in zip(zf_params, plain_params):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+# --- a single-process reference, written from the definition ---------------------------------------
+def _adam(p, g, m, v, step, *, decoupled=True):
+    b1, b2, eps = 0.9, 0.999, 1e-8
+    if decoupled:
+        p.mul_(1 - LR * WD)
+    m.mul_(b1).add_(g, alpha=1 - b1)
+    v.mul_(b2).addcmul_(g, g, value=1 - b2)
+    denom = (v / (1 - b2**step)).sqrt() + eps
+    p.sub_(LR / (1 - b1**step) * m / denom)
+
+
+def _clip(tensors, max_norm):
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in tensors]))
+    coef = min(1.0, max_norm / (float(norm) + 1e-6))
+    return [t * coef for t in tensors]
+
+
+def _reference(steps, *, topk, update, select, warm, overlap, clip):
+    """ZenFlow by hand on whole tensors: fp32 CPU masters + Adam, selected columns + AdamW."""
+    model = tiny_mlp()
+    params = list(model.parameters())
+    master = [p.detach().clone() for p in params]
+    m, v = [torch.zeros_like(p) for p in params], [torch.zeros_like(p) for p in params]
+    acc = [torch.zeros_like(p) for p in params]
+    cols = vals = sm = sv = None  # the selection: column indices (None: whole parameter), values, moments
+    sel_steps, pending = 0, False
+
+    def put_selected():
+        with torch.no_grad():
+            for p, c, val in zip(params, cols, vals):
+                if c is None:
+                    p.copy_(val)
+                else:
+                    p[:, c] = val
+
+    def publish():
+        with torch.no_grad():
+            for p, w in zip(params, master):
+                p.copy_(w)
+        put_selected()
+
+    losses = []
+    for t, (x, y) in enumerate(global_batches(steps, MICRO, 2)):
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        losses.append(loss.item())
+        grads = [g / update for g in torch.autograd.grad(loss, params)]
+        if t < warm:
+            grads = _clip(grads, clip)
+            for i in range(len(params)):
+                _adam(master[i], grads[i], m[i], v[i], t + 1)
+            with torch.no_grad():
+                for p, w in zip(params, master):
+                    p.copy_(w)
+            continue
+        if t == warm or (select and t % select == 0):
+            if cols is not None:  # the old selection's values go back into the masters
+                for w, c, val in zip(master, cols, vals):
+                    if c is None:
+                        w.copy_(val)
+                    else:
+                        w[:, c] = val
+            cols = [
+                torch.topk(g.abs().sum(0), max(1, int(g.shape[1] * topk))).indices.sort().values
+                if g.dim() == 2
+                else None
+                for g in grads
+            ]
+            vals = [w.clone() if c is None else w[:, c].clone() for w, c in zip(master, cols)]
+            sm, sv = [torch.zeros_like(a) for a in vals], [torch.zeros_like(a) for a in vals]
+        sel_steps += 1
+        for i, c in enumerate(cols):
+            _adam(vals[i], grads[i] if c is None else grads[i][:, c], sm[i], sv[i], sel_steps)
+        put_selected()
+        acc = [a + g for a, g in zip(acc, grads)]
+        if (t + 1 - warm) % update == 0 or (select and (t + 1) % select == 0):
+            acc = _clip(acc, clip)
+            if overlap and pending:
+                publish()  # the previous interval's CPU result lands now
+            for i in range(len(params)):
+                _adam(master[i], acc[i], m[i], v[i], t + 1)
+            acc = [torch.zeros_like(a) for a in acc]
+            pending = True
+            if not overlap:
+                publish()
+    return losses, [p.detach().clone() for p in params]
+
+
+ZF = {"topk_ratio": 0.25, "update_interval": 3, "select_interval": 6, "full_warm_up_rounds": 2}
+ZF_STEPS, ZF_CLIP = 14, 0.3
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("overlap", [False, True])
+def test_selective_updates_match_the_definition(overlap):
+    expected_losses, expected = _reference(
+        ZF_STEPS,
+        topk=ZF["topk_ratio"],
+        update=ZF["update_interval"],
+        select=ZF["select_interval"],
+        warm=ZF["full_warm_up_rounds"],
+        overlap=overlap,
+        clip=ZF_CLIP,
+    )
+    results = run_distributed(_train, world_size=2, args=({**ZF, "overlap_step": overlap}, ZF_STEPS, ZF_CLIP))
+    full_batch_losses = [sum(r[0][t] for r in results) / 2 for t in range(ZF_STEPS)]
+    torch.testing.assert_close(full_batch_losses, expected_losses, rtol=1e-5, atol=1e-5)
+    for _, params in results:
+        for got, want in zip(params, expected):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_the_reference_is_not_plain_adam():
+    # the comparison above would prove nothing if ZenFlow's schedule left the weights where Adam does
+    _, zenflow = _reference(ZF_STEPS, topk=0.25, update=3, select=6, warm=2, overlap=False, clip=ZF_CLIP)
+    _, overlapped = _reference(ZF_STEPS, topk=0.25, update=3, select=6, warm=2, overlap=True, clip=ZF_CLIP)
+    _, plain = _reference(ZF_STEPS, topk=0.25, update=1, select=0, warm=ZF_STEPS, overlap=False, clip=ZF_CLIP)
+    assert max((a - b).abs().max().item() for a, b in zip(zenflow, plain)) > 1e-3
+    assert max((a - b).abs().max().item() for a, b in zip(zenflow, overlapped)) > 1e-4
+
+
+def test_schedule_boundaries():
+    from ds_zero.zenflow.schedule import ZenFlowSchedule
+
+    s = ZenFlowSchedule(warm_up=2, update_interval=3, select_interval=6)
+    assert [t for t in range(14) if s.in_warm_up(t)] == [0, 1]
+    assert [t for t in range(14) if s.selects(t)] == [2, 6, 12]
+    assert [t for t in range(14) if s.updates(t)] == [4, 5, 7, 10, 11, 13]
+    once = ZenFlowSchedule(warm_up=0, update_interval=2, select_interval=0)
+    assert [t for t in range(6) if once.selects(t)] == [0]
+    assert [t for t in range(6) if once.updates(t)] == [1, 3, 5]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "needle"),
+    [
+        ({"topk_ratio": 1.0}, "topk_ratio"),
+        ({"topk_ratio": 0.0}, "topk_ratio"),
+        ({"update_interval": 0}, "update_interval"),
+        ({"update_interval": 4, "select_interval": 2}, "select_interval"),
+    ],
+)
+def test_policy_refuses_bad_values(kwargs, needle):
+    from ds_zero import ZenFlowPolicy
+
+    with pytest.raises(ValueError, match=needle):
+        ZenFlowPolicy(**kwargs)
+
+
+def _needs_cpu_offload():
+    from ds_zero import OffloadPolicy, ZenFlowPolicy, ZeroPolicy, wrap
+
+    model = tiny_mlp()
+    policy = ZeroPolicy(stage=2, offload=OffloadPolicy(optimizer_device="none"), zenflow=ZenFlowPolicy())
+    try:
+        wrap(model, torch.optim.AdamW(model.parameters()), policy=policy)
+    except ValueError as exc:
+        return str(exc)
+    return "accepted"
+
+
+@pytest.mark.timeout(60)
+def test_zenflow_needs_cpu_offload():
+    assert "offload_optimizer.device 'cpu'" in run_distributed(_needs_cpu_offload, world_size=1)[0]
