@@ -4,6 +4,31 @@ Stage ``s`` of ``p`` first runs ``min(p - s - 1, m)`` warm-up forwards, then alt
 one backward, then drains the remaining backwards. Each stage holds at most ``p - s`` micro-batches'
 activations, instead of ``m`` for all-forward-then-all-backward; the bubble is the same,
 ``(p - 1) / (m + p - 1)`` of the step.
+
+Note: [hand-written 1F1B] Measured against ``torch.distributed.pipelining`` (``PipelineStage`` +
+``Schedule1F1B``/``ScheduleGPipe``, torch 2.13) by benchmarks/pipeline_vs_torch_pipelining.py
+(benchmarks/results/pipeline_vs_torch_pipelining-cpu-2026-12-03.txt): 2 gloo ranks, 2 stages of
+4 x Linear(2048)+GELU, micro-batch 64, fp32 SGD, identical per-step losses on every side (bitwise). With
+both stepped in turn in the same two processes (the comparison the machine's load affects least), the
+train_batch step is at parity with torch's: ours/Schedule1F1B medians 1.02, 1.04, 0.85 at m = 2, 4, 8
+(469 vs 458, 884 vs 851, 1188 vs 1392 ms; fastest rounds 1.17, 0.93, 1.01). In separate launches ours
+came out faster in all three runs (0.63-0.82 at m = 4, 8), a gap the interleaved launch does not
+reproduce, so it is not claimed. The runs shared 2 cores with other tests (load 2.4-7.5), so
+differences under ~20% are noise; the measured bubbles were noise-dominated too. So the hand-written
+order is not shown to be faster, only not slower; against DeepSpeed 0.19.8's PipelineEngine it is at
+parity as well (ours/reference 0.72-1.30 across runs and m).
+
+We keep it for what torch's schedule does not give this engine, not for speed: ``Schedule1F1B`` refuses
+fewer micro-batches than stages (``gradient_accumulation_steps: 1`` is a valid DeepSpeed pipeline
+config); each step here is interleaved with the ZeRO trainer (accumulation boundary, fp16 loss scale on
+the last stage's ``loss / m``), the tied-weight reduction and DeepSpeed's ``loss_fn(outputs, labels)``
+with labels from the same data iterator (Note [pipeline step] in ds_engine.pipe_engine); sends carry
+their own shape header, so no metadata round runs first (torch 2.13's static-shape ``PipelineStage``
+failed in backward for this model, its inferred-shape mode worked). Switching would mean: one
+``PipelineStage`` over this rank's layers, ``loss_fn`` wrapped to read labels and apply the loss scale,
+``scale_grads`` replacing the ``/ m``, micro-batches concatenated for ``step()`` (or its private
+``_step_microbatches``), the tie reduction and ``trainer.step`` after ``step()``, and this order kept
+for m < p. Worth redoing if interleaved schedules (virtual stages) are wanted: torch has them, we do not.
 """
 
 from __future__ import annotations
