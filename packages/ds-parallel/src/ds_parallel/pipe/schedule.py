@@ -16,7 +16,11 @@ came out faster in all three runs (0.63-0.82 at m = 4, 8), a gap the interleaved
 reproduce, so it is not claimed. The runs shared 2 cores with other tests (load 2.4-7.5), so
 differences under ~20% are noise; the measured bubbles were noise-dominated too. So the hand-written
 order is not shown to be faster, only not slower; against DeepSpeed 0.19.8's PipelineEngine it is at
-parity as well (ours/reference 0.72-1.30 across runs and m).
+parity as well (ours/reference 0.72-1.30 across runs and m). A later run on the quiet machine (load
+below 2, 3 rounds) settled it the other way by a little: ours/Schedule1F1B 0.90, 1.02, 1.06 in separate
+launches and 1.02, 1.02, 1.04 interleaved at m = 2, 4, 8 (1030 vs 968 ms at m = 8), ours/reference
+0.84, 0.92, 0.91. Torch's schedule is 2-6% faster from m = 4: where it serves (m >= p), it should
+take over, or the 2-6% found in this engine's per-micro-batch overhead.
 
 We keep it for what torch's schedule does not give this engine, not for speed: ``Schedule1F1B`` refuses
 fewer micro-batches than stages (``gradient_accumulation_steps: 1`` is a valid DeepSpeed pipeline
