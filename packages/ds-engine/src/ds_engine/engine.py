@@ -120,11 +120,11 @@ class DeepSpeedEngine(EngineAccessors, EngineCompile, nn.Module):
         )
         self.collate_fn = collate_fn
         self.training_dataloader = self.deepspeed_io(training_data) if training_data is not None else None
-        if self.training_dataloader is not None and hasattr(self.optimizer, "set_select_interval"):
+        zf = self._config.zero_optimization.zenflow
+        if self.training_dataloader is not None and self.optimizer is not None and zf is not None:
             # ZenFlow's epoch selection counts this loader's steps, as DeepSpeed's (Note [zenflow] in ds_zero)
             from ds_engine.zero_policy import zenflow_select_interval
 
-            zf = self._config.zero_optimization.zenflow
             self.optimizer.set_select_interval(zenflow_select_interval(zf, len(self.training_dataloader)))
         self.global_steps = self.global_samples = self.skipped_steps = self.micro_steps = 0
         self._is_gradient_accumulation_boundary: bool | None = None

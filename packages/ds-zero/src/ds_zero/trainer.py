@@ -79,6 +79,9 @@ class Trainer(Protocol):
     cur_scale: float
 
     def set_gradient_accumulation_boundary(self, is_boundary: bool) -> None: ...
+    # ZenFlow's steps between column re-selections, once the engine knows its training loader's epoch
+    # length (Note [zenflow] in ds_zero.zenflow); every other trainer ignores it
+    def set_select_interval(self, steps: int) -> None: ...
     def scale_if_loss(self, loss: Tensor) -> Tensor: ...
     def backward(self, loss: Tensor, retain_graph: bool = False) -> None: ...
     def step(self, closure: Callable[[], Any] | None = None) -> bool: ...
@@ -400,6 +403,9 @@ class ZeroTrainer(ZeROOptimizer):
     def states_resident(self) -> Any:
         """A context inside which every optimizer state is in memory (NVMe offload swaps them in)."""
         return self.swapper.resident() if self.swapper is not None else nullcontext()
+
+    def set_select_interval(self, steps: int) -> None:
+        """Only ZenFlow selects columns (:class:`ds_zero.zenflow.trainer.ZenFlowTrainer`): nothing to do."""
 
     def close(self) -> None:
         """Remove the gradient hooks (the trainer stops reacting to backward); delete NVMe swap files."""
