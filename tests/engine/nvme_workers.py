@@ -144,14 +144,13 @@ def _vm_data() -> int:
     return int(line.split()[1]) * 1024
 
 
-def train_under_limit(device: str, nvme_path: str | None, headroom: int, steps: int = 3):
-    """Build a model whose Adam states take 32 MiB, then cap this rank's private writable memory
-    (RLIMIT_DATA) at what it uses now plus ``headroom`` bytes, and train. Returns (error or None,
-    the states' bytes, the headroom)."""
-    import resource
+LIMITED_LAYERS = 32  # Linear(512, 512) layers: 64 MiB of Adam states, 32 MiB of gradients
 
+
+def _limited_engine(device: str, nvme_path: str | None):
+    """A model whose Adam states take 64 MiB; returns (engine, the states' bytes, one input)."""
     torch.manual_seed(0)
-    model = torch.nn.Sequential(*[torch.nn.Linear(512, 512) for _ in range(16)])
+    model = torch.nn.Sequential(*[torch.nn.Linear(512, 512) for _ in range(LIMITED_LAYERS)])
     states = 2 * 4 * sum(p.numel() for p in model.parameters())
     cfg = {
         "train_batch_size": 4,
@@ -162,23 +161,64 @@ def train_under_limit(device: str, nvme_path: str | None, headroom: int, steps: 
         "zero_optimization": {"stage": 2, "reduce_bucket_size": 300_000, **_offload(device, nvme_path)},
     }
     engine, *_ = deepspeed.initialize(model=model, config=cfg)
-    x = torch.randn(2, 512)
-    # one micro-step before the cap (not a boundary: no optimizer step, which would create the states),
-    # so the gradient buffers and the I/O threads' stacks exist already
-    engine.backward(engine(x).square().mean())
-    engine.step()
+    return engine, states, torch.randn(2, 512, generator=torch.Generator().manual_seed(1))
+
+
+def _micro_steps(engine, x: torch.Tensor, count: int) -> list[float]:
+    losses = []
+    for _ in range(count):
+        loss = engine(x).square().mean()
+        engine.backward(loss)
+        engine.step()
+        losses.append(loss.item())
+    return losses
+
+
+def _cap(headroom: int) -> None:
+    import resource
+
     limit = _vm_data() + headroom
     resource.setrlimit(resource.RLIMIT_DATA, (limit, resource.getrlimit(resource.RLIMIT_DATA)[1]))
+
+
+def _uncap() -> None:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_DATA, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+
+
+def train_under_limit(
+    device: str,
+    nvme_path: str | None,
+    headroom: int,
+    steps: int = 3,
+    save_dir: str | None = None,
+    load_dir: str | None = None,
+):
+    """Build the 64 MiB-states model, cap this rank's private writable memory (RLIMIT_DATA) at what it
+    uses then plus ``headroom`` bytes, and train ``steps`` optimizer steps under the cap; with
+    ``load_dir``, load that checkpoint under the cap first; with ``save_dir``, save one under the cap
+    after. Returns (error or None, the states' bytes, the headroom, the losses, the weights)."""
+    engine, states, x = _limited_engine(device, nvme_path)
+    # before the cap: one micro-step (not a boundary, so no optimizer states yet), so the gradient
+    # buffers and the I/O threads' stacks exist already; before a load, a whole step (states made on
+    # NVMe), as the load replaces them all
+    losses = _micro_steps(engine, x, 2 if load_dir else 1)
+    if load_dir:
+        losses = []
+    _cap(headroom)
     try:
-        for _ in range(2 * steps - 1):
-            engine.backward(engine(x).square().mean())
-            engine.step()
-        assert engine.global_steps == steps
-    except (RuntimeError, MemoryError) as exc:
-        return f"{type(exc).__name__}: {exc}", states, headroom
+        if load_dir:
+            path, _ = engine.load_checkpoint(load_dir)
+            assert path is not None
+        losses += _micro_steps(engine, x, 2 * steps - (0 if load_dir else 1))
+        if save_dir:
+            engine.save_checkpoint(save_dir)
+    except (RuntimeError, MemoryError, OSError) as exc:
+        return f"{type(exc).__name__}: {exc}", states, headroom, losses, None
     finally:
-        resource.setrlimit(resource.RLIMIT_DATA, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
-    return None, states, headroom
+        _uncap()
+    return None, states, headroom, losses, _full(engine)
 
 
 def exp_avgs(stage: int, device: str, nvme_path: str | None, steps: int = 2):

@@ -111,21 +111,49 @@ def test_failed_read_names_the_swap_file(tmp_path):
     assert err and "AioError" in err and str(tmp_path) in err and "subgroup" in err, err
 
 
+CAP = 48 << 20  # private memory allowed past what the rank uses when training starts
+
+
 @pytest.mark.faults
 @pytest.mark.timeout(200)
 def test_states_larger_than_the_memory_cap_train_only_with_nvme(tmp_path):
     """What is limited: RLIMIT_DATA (the rank's private writable memory: heap, anonymous mappings,
     thread stacks), capped after the engine is built and one micro-step has run at what the rank uses
-    then plus as many bytes as the Adam states take (32 MiB). CPU offload must hold all the states
-    (and the masters' gradient copies) at once and cannot step; NVMe offload holds two sub-groups'
-    states (buffer_count) at a time and trains."""
-    err, states, headroom = run_distributed(
-        w.train_under_limit, 1, 150, args=("nvme", str(tmp_path), 32 << 20)
+    then plus CAP (48 MiB), less than the Adam states (64 MiB). CPU offload must hold all the states
+    (and the masters' gradient copies, 32 MiB, which no offload swaps) at once and cannot step; NVMe
+    offload holds two sub-groups' states (buffer_count) at a time and trains."""
+    err, states, headroom, *_ = run_distributed(
+        w.train_under_limit, 1, 150, args=("nvme", str(tmp_path), CAP)
     )[0]
-    assert states >= headroom == 32 << 20  # the states (weights and biases) exceed the allowance
+    assert states > headroom == CAP  # the states (weights and biases) exceed the allowance
     assert err is None, err
-    err, *_ = run_distributed(w.train_under_limit, 1, 150, args=("cpu", None, 32 << 20))[0]
+    err, *_ = run_distributed(w.train_under_limit, 1, 150, args=("cpu", None, CAP))[0]
     assert err is not None and "can't allocate memory" in err, err
+
+
+@pytest.mark.faults
+@pytest.mark.timeout(300)
+def test_states_larger_than_the_memory_cap_save_and_resume_with_nvme(tmp_path):
+    """Note [bounded checkpoint I/O]: under the same cap as above, a run saves its checkpoint, and a new
+    process loads it and goes on, equal to a run that was never interrupted or capped."""
+    swap, ckpt = tmp_path / "swap", tmp_path / "ckpt"
+    swap.mkdir()
+    err, states, _, first, _ = run_distributed(
+        w.train_under_limit, 1, 150, args=("nvme", str(swap), CAP, 2, str(ckpt))
+    )[0]
+    assert states > CAP and err is None, err
+    err, _, _, second, resumed = run_distributed(
+        w.train_under_limit, 1, 150, args=("nvme", str(swap), CAP, 2, None, str(ckpt))
+    )[0]
+    assert err is None, err
+    _, _, _, unbroken_losses, unbroken = run_distributed(
+        w.train_under_limit, 1, 150, args=("nvme", str(swap), 1 << 40, 4)
+    )[0]
+    assert first + second == unbroken_losses
+    assert resumed.keys() == unbroken.keys()
+    for key in unbroken:
+        assert torch.equal(resumed[key], unbroken[key]), key
+    assert not [p for p in swap.rglob("spill*")]  # the save's spill files are gone
 
 
 def test_what_stays_refused_says_so():

@@ -155,3 +155,81 @@ def test_epoch_selection_counts_the_training_loader() -> None:
     # DeepSpeed: select_interval epochs of len(engine.training_dataloader) steps each
     interval, steps_per_epoch = run_distributed(_epoch_interval, world_size=1, timeout=100)[0]
     assert steps_per_epoch == 4 and interval == 3 * 4
+
+
+# --- checkpoints (Note [zenflow checkpoint] in ds_zero.zenflow) ---------------------------------------
+RESUME = {
+    "topk_ratio": 0.25,
+    "update_interval": 3,
+    "select_strategy": "step",
+    "select_interval": 6,
+    "full_warm_up_rounds": 2,
+    "overlap_step": True,
+}
+TOTAL, SAVED_AT = 14, 9  # mid-interval, with an overlapped CPU step not yet published
+
+
+def _train_checkpointed(zenflow: dict | None, ckpt: str, phase: str) -> dict:
+    """``phase``: "unbroken" runs TOTAL steps; "save" runs SAVED_AT steps and saves; "resume" loads and
+    runs the rest. Returns the losses, the weights, and (at "save") the weights zero_to_fp32 gives."""
+    import deepspeed
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    torch.manual_seed(0 if phase != "resume" else 7)  # the resumed weights must come from the checkpoint
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 4))
+    engine, *_ = deepspeed.initialize(
+        model=model, model_parameters=model.parameters(), config=_config(zenflow)
+    )
+    gen = torch.Generator().manual_seed(1 + engine.global_rank)
+    batches = [(torch.randn(2, 8, generator=gen), torch.randn(2, 4, generator=gen)) for _ in range(TOTAL)]
+    steps = {"unbroken": batches, "save": batches[:SAVED_AT], "resume": batches[SAVED_AT:]}[phase]
+    if phase == "resume":
+        engine.load_checkpoint(ckpt)
+    losses = []
+    for x, y in steps:
+        loss = torch.nn.functional.mse_loss(engine(x), y)
+        engine.backward(loss)
+        engine.step()
+        losses.append(loss.item())
+    out: dict = {"losses": losses, "params": [p.detach().clone() for p in engine.module.parameters()]}
+    if phase == "save":
+        engine.save_checkpoint(ckpt)
+        engine.destroy()
+        if engine.global_rank == 0:
+            out["fp32"] = get_fp32_state_dict_from_zero_checkpoint(ckpt)
+        return out
+    engine.destroy()
+    return out
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("overlap", [True, False])
+def test_resume_equals_an_unbroken_run(tmp_path, overlap: bool) -> None:
+    ckpt, zenflow = str(tmp_path / "ckpt"), {**RESUME, "overlap_step": overlap}
+    unbroken = run_distributed(
+        _train_checkpointed, world_size=2, args=(zenflow, ckpt, "unbroken"), timeout=200
+    )
+    saved = run_distributed(_train_checkpointed, world_size=2, args=(zenflow, ckpt, "save"), timeout=200)
+    resumed = run_distributed(_train_checkpointed, world_size=2, args=(zenflow, ckpt, "resume"), timeout=200)
+    for want, first, second in zip(unbroken, saved, resumed):
+        assert first["losses"] + second["losses"] == want["losses"]
+        for a, b in zip(second["params"], want["params"]):
+            assert torch.equal(a, b), (a - b).abs().max()
+    # zero_to_fp32 gives what the model showed at the save (the selected columns' values included)
+    shown = dict(zip(["0.weight", "0.bias", "2.weight", "2.bias"], saved[0]["params"]))
+    assert set(saved[0]["fp32"]) == set(shown)
+    for name, value in saved[0]["fp32"].items():
+        if not overlap or value.dim() == 1:  # overlap_step: the model's unselected columns trail the masters
+            torch.testing.assert_close(value, shown[name], rtol=0, atol=0)
+
+
+@pytest.mark.timeout(300)
+def test_checkpoints_cross_between_zenflow_and_plain_offload(tmp_path) -> None:
+    ckpt = str(tmp_path / "ckpt")
+    run_distributed(_train_checkpointed, world_size=2, args=(RESUME, ckpt, "save"), timeout=200)
+    plain = run_distributed(_train_checkpointed, world_size=2, args=(None, ckpt, "resume"), timeout=200)
+    assert all(len(r["losses"]) == TOTAL - SAVED_AT for r in plain)
+    ckpt2 = str(tmp_path / "plain")
+    run_distributed(_train_checkpointed, world_size=2, args=(None, ckpt2, "save"), timeout=200)
+    zenflow = run_distributed(_train_checkpointed, world_size=2, args=(RESUME, ckpt2, "resume"), timeout=200)
+    assert all(torch.equal(a, b) for a, b in zip(zenflow[0]["params"], zenflow[1]["params"]))

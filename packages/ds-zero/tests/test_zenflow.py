@@ -225,3 +225,88 @@ def _needs_cpu_offload():
 @pytest.mark.timeout(60)
 def test_zenflow_needs_cpu_offload():
     assert "offload_optimizer.device 'cpu'" in run_distributed(_needs_cpu_offload, world_size=1)[0]
+
+
+# --- resume (Note [zenflow checkpoint]) --------------------------------------------------------------
+SAVE_AFTER = 9  # mid-interval: a gradient sum is pending, and with overlap_step an unpublished CPU step
+
+
+def _train_in_two_runs(zenflow_kwargs: dict, adam: str, world_after: int, ckpt: str):
+    """Phase ``world_after == 0``: train SAVE_AFTER steps and save each rank's state; otherwise load every
+    rank's saved state and train the remaining steps. The global batch is the same at any world size."""
+    import os
+
+    from ds_zero import ZenFlowPolicy, wrap
+
+    rank, world = ds_comm.get_rank(), ds_comm.get_world_size()
+    # the resumed run starts from another init: everything must come from the checkpoint
+    model = tiny_mlp(seed=5 if world_after else 0)
+    make = torch.optim.AdamW if adam == "AdamW" else torch.optim.Adam
+    opt = make(model.parameters(), lr=LR, weight_decay=WD)
+    trainer = wrap(model, opt, policy=_policy(ZenFlowPolicy(**zenflow_kwargs), ZF_CLIP))
+    batches = global_batches(ZF_STEPS, MICRO, 2)
+    if world_after:
+        files = sorted(f for f in os.listdir(ckpt) if f.startswith("rank"))
+        trainer.load_state_dict([torch.load(os.path.join(ckpt, f), weights_only=False) for f in files])
+        batches = batches[SAVE_AFTER:]
+    else:
+        batches = batches[:SAVE_AFTER]
+    per_rank = 2 * MICRO // world
+    mine = slice(rank * per_rank, (rank + 1) * per_rank)
+    for x, y in batches:
+        trainer.backward(torch.nn.functional.mse_loss(model(x[mine]), y[mine]))
+        assert trainer.step()
+    if not world_after:
+        torch.save(trainer.state_dict(), os.path.join(ckpt, f"rank{rank}.pt"))
+    params = [p.detach().clone() for p in model.parameters()]
+    trainer.close()
+    return params
+
+
+def _train_unbroken(zenflow_kwargs: dict, adam: str):
+    from ds_zero import ZenFlowPolicy, wrap
+
+    rank = ds_comm.get_rank()
+    model = tiny_mlp()
+    make = torch.optim.AdamW if adam == "AdamW" else torch.optim.Adam
+    trainer = wrap(
+        model,
+        make(model.parameters(), lr=LR, weight_decay=WD),
+        policy=_policy(ZenFlowPolicy(**zenflow_kwargs), ZF_CLIP),
+    )
+    mine = slice(rank * MICRO, (rank + 1) * MICRO)
+    for t, (x, y) in enumerate(global_batches(ZF_STEPS, MICRO, 2)):
+        trainer.backward(torch.nn.functional.mse_loss(model(x[mine]), y[mine]))
+        assert trainer.step()
+        if t + 1 == SAVE_AFTER:
+            trainer.state_dict()  # saving must not change the run
+    params = [p.detach().clone() for p in model.parameters()]
+    trainer.close()
+    return params
+
+
+def _resume(tmp_path, zenflow_kwargs: dict, adam: str, world_after: int):
+    run_distributed(_train_in_two_runs, world_size=2, args=(zenflow_kwargs, adam, 0, str(tmp_path)))
+    return run_distributed(
+        _train_in_two_runs, world_size=world_after, args=(zenflow_kwargs, adam, world_after, str(tmp_path))
+    )
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize(("overlap", "adam"), [(False, "AdamW"), (True, "AdamW"), (False, "Adam")])
+def test_resume_equals_an_unbroken_run(tmp_path, overlap, adam):
+    zenflow = {**ZF, "overlap_step": overlap}
+    unbroken = run_distributed(_train_unbroken, world_size=2, args=(zenflow, adam))
+    resumed = _resume(tmp_path, zenflow, adam, world_after=2)
+    for want, got in zip(unbroken, resumed):
+        for a, b in zip(got, want):
+            assert torch.equal(a, b), (a - b).abs().max()
+
+
+@pytest.mark.timeout(240)
+def test_resume_on_another_world_size(tmp_path):
+    zenflow = {**ZF, "overlap_step": True}
+    (want, _) = run_distributed(_train_unbroken, world_size=2, args=(zenflow, "Adam"))
+    (got,) = _resume(tmp_path, zenflow, "Adam", world_after=1)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

@@ -28,8 +28,10 @@ from the slices, in their place.
 from __future__ import annotations
 
 import math
+import mmap
 import os
 import re
+import zipfile
 from collections.abc import Iterable
 from typing import Any
 
@@ -74,17 +76,24 @@ _STAND_INS = [
 ]
 
 
-def load_deepspeed_file(path: str) -> Any:
-    """``torch.load(path, weights_only=True)`` with DeepSpeed's three pickled classes read as records."""
+def load_deepspeed_file(path: str, *, mapped: bool = False) -> Any:
+    """``torch.load(path, weights_only=True)`` with DeepSpeed's three pickled classes read as records.
+    ``mapped``: the tensors are shared mappings of the file (Note [mapped optimizer files]), which the
+    caller must only read."""
     safe_globals = getattr(torch.serialization, "safe_globals", None)
     if safe_globals is None:  # renamed safe globals came with torch 2.6
         raise DeepSpeedCheckpointError(f"{path}: reading checkpoints DeepSpeed wrote needs torch >= 2.6")
     with safe_globals(_STAND_INS):
         try:
+            if mapped and zipfile.is_zipfile(path):
+                with torch.serialization.set_default_mmap_options(mmap.MAP_SHARED):
+                    return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
             return torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 - name the file and torch's reason, never its weights_only advice
             if isinstance(exc, MemoryError) or (isinstance(exc, OSError) and exc.filename is not None):
                 raise  # out of memory, or a missing / unreadable file, which names itself
+            if "can't allocate memory" in str(exc):  # torch's allocator: not a damaged file
+                raise MemoryError(f"{path}: out of memory while reading it") from exc
             unsafe, reason = load_errors.describe(exc)
             if unsafe:
                 raise DeepSpeedCheckpointError(
@@ -238,12 +247,21 @@ def rank_file_paths(tag_dir: str, dp_world_size: int) -> list[str]:
     ]
 
 
-def read_optimizer_shards(paths: Iterable[str], param_shapes: Any) -> list[dict[str, Any]]:
+def read_optimizer_shards(
+    paths: Iterable[str], param_shapes: Any, *, mapped: bool = False
+) -> list[dict[str, Any]]:
     """The optimizer state of rank files written by this project or by DeepSpeed, as this project's
-    slices. Every file is read with ``weights_only=True`` (DeepSpeed's three names as records)."""
+    slices. Every file is read with ``weights_only=True`` (DeepSpeed's three names as records).
+
+    Note: [mapped optimizer files] ``mapped`` (optimizer states offloaded to NVMe, Note [bounded
+    checkpoint I/O] in ds_zero.nvme_swapper) maps each file's tensors shared instead of reading them
+    into private memory: a checkpoint larger than the memory limit then loads, the page cache holding
+    what is read. Shared, because a private writable mapping counts against RLIMIT_DATA like the memory
+    it stands for; so the loaded slices must only be read (the slice loaders copy out of them, and a
+    DeepSpeed-format file is converted into fresh tensors)."""
     shards = []
     for path in paths:
-        content = load_deepspeed_file(path)
+        content = load_deepspeed_file(path, mapped=mapped)
         if is_deepspeed_optimizer_file(content):
             shards.append(slices_from_deepspeed(path, content, param_shapes))
             continue

@@ -13,9 +13,21 @@ file under ``<nvme_path>/ds_zero_optimizer/``; the scalar ``step`` stays in memo
   the state tensors dropped; ``pipeline_write`` lets the write finish behind the next sub-group's step.
 
 So at most ``buffer_count`` sub-groups' states are in memory at once, however large the model.
-:meth:`OptimizerStateSwapper.resident` brings every state in (checkpoint save and load read the
-optimizer's state as usual) and swaps it all out again after, so a checkpoint of an NVMe run is the
-same file as any other run's and loads with or without NVMe offload.
+A checkpoint of an NVMe run is the same file as any other run's and loads with or without NVMe
+offload; it is written and read one sub-group at a time (Note [bounded checkpoint I/O]).
+:meth:`OptimizerStateSwapper.resident` brings every state in, for the callers that want them all.
+
+Note: [bounded checkpoint I/O] Saving and loading never hold more than one sub-group's states in
+private memory, so a run whose states only fit on NVMe can also save and resume (RLIMIT_DATA, which
+bounds private writable memory, is what the tests set). Save: :meth:`~OptimizerStateSwapper.reading`
+reads one sub-group at a time into one reused buffer, and each saved slice is copied (:meth:`~OptimizerStateSwapper.spill_copy`) into
+its own file-backed shared mapping under the swap folder, unlinked as soon as it is mapped, so the
+kernel pages it out to that file under pressure and it disappears with the tensor; ``torch.save``
+writes the checkpoint from those mappings. Load: the engine maps the rank files shared
+(``torch.load(mmap=True)``, Note [mapped optimizer files] in ds_zero.deepspeed_format) and each
+sub-group's state is filled in a pool buffer (:meth:`~OptimizerStateSwapper.fresh_state`) and written
+to its swap file at once (:meth:`~OptimizerStateSwapper.store`).
+Each slice gets its own file because ``torch.save`` writes a view's whole storage.
 
 Note: [lost states] A sub-group's states leave memory as its write starts. If the write fails (a full
 disk, an I/O error) they are gone: every later step or ``state_dict`` of this swapper raises
@@ -34,9 +46,9 @@ import os
 import shutil
 import weakref
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 
 import torch
@@ -138,6 +150,7 @@ class OptimizerStateSwapper:
         self._made = 0
         self._writes: deque[tuple[Future, Tensor]] = deque()
         self._lost: str | None = None  # Note [lost states]
+        self._filling: dict[int, Tensor] = {}  # id(param) -> the pool buffer fresh_state gave it
         # one buffer for the sub-group stepping, one for the write behind it, the rest read ahead
         self._read_ahead = max(1, policy.buffer_count - 2)
         self._finalizer = weakref.finalize(self, _cleanup, self.engine, self.folder)
@@ -284,20 +297,68 @@ class OptimizerStateSwapper:
         self._finish_writes()
         self._free.clear()  # buffers sized for the whole model go back to the allocator
 
-    def peek(self, p: Tensor) -> dict:
+    def peek(self, p: Tensor, into: Tensor | None = None) -> dict:
         """``p``'s optimizer state with its swapped tensors read into fresh memory (a copy: writing to it
-        changes nothing on NVMe). What ``safe_get_*_optimizer_state`` read."""
+        changes nothing on NVMe), or into ``into`` when it is large enough. What
+        ``safe_get_*_optimizer_state`` read."""
         self._finish_writes()
         self._check_intact()
         state = dict(self.optimizer.state.get(p, {}))
         layout = self.layouts.get(id(p))
         if layout is None or swappable(state, p):
             return state
-        buf = aligned_empty(layout.nbytes)
+        buf = into if into is not None and into.numel() >= layout.nbytes else aligned_empty(layout.nbytes)
         self.engine.submit(buf[: layout.nbytes], self.paths[id(p)], 0, write=False).result()
         for e in layout.entries:
             state[e.key] = buf[e.offset : e.offset + e.nbytes].view(e.dtype).view(e.shape)
         return state
+
+    @contextmanager
+    def reading(self) -> Iterator[Callable[[Tensor], dict]]:
+        """:meth:`peek` for a checkpoint save, every read into one buffer kept for the whole save: a
+        result is valid until the next read. A fresh buffer per read would fragment the heap, the small
+        objects the save keeps landing in the freed holes, and grow private memory by a sub-group per
+        read (Note [bounded checkpoint I/O])."""
+        size = max((layout.nbytes for layout in self.layouts.values()), default=0)
+        scratch = aligned_empty(size) if size else None
+        yield lambda p: self.peek(p, into=scratch)
+
+    def fresh_state(self, p: Tensor, keys: list[str]) -> dict[str, Tensor]:
+        """Zeroed state tensors ``keys``, shaped like ``p``, as views of one pool buffer, to be filled
+        and handed to :meth:`store` (a checkpoint load; from the pool, for the reason :meth:`reading`
+        gives)."""
+        layout = _layout_of({k: p for k in keys})
+        buf = self._acquire(layout.nbytes)
+        self._filling[id(p)] = buf
+        state = {}
+        for e in layout.entries:
+            state[e.key] = buf[e.offset : e.offset + e.nbytes].view(e.dtype).view(e.shape).zero_()
+        return state
+
+    def store(self, p: Tensor, state: dict) -> None:
+        """Take ``p``'s whole optimizer state (a checkpoint load) and write its tensors to NVMe now,
+        keeping at most ``buffer_count`` sub-groups' in memory (Note [bounded checkpoint I/O])."""
+        self._check_intact()
+        self.optimizer.state[p] = state
+        self._write_out(p, self._filling.pop(id(p), None))
+        if self._writes and len(self._writes) >= max(1, self.policy.buffer_count - 1):
+            self._finish_oldest_write()
+
+    def spill_copy(self, t: Tensor) -> Tensor:
+        """A copy of ``t`` in a file-backed shared mapping under the swap folder, its file already
+        unlinked (Note [bounded checkpoint I/O])."""
+        nbytes = t.numel() * t.element_size()
+        if nbytes == 0:
+            return t.clone()
+        path = os.path.join(self.folder, f"spill{next(_serial)}.bin")
+        try:
+            with open(path, "wb") as f:
+                os.ftruncate(f.fileno(), nbytes)
+            out = torch.from_file(path, shared=True, size=t.numel(), dtype=t.dtype)
+        finally:
+            with suppress(FileNotFoundError):
+                os.unlink(path)
+        return out.view(t.shape).copy_(t)
 
     @contextmanager
     def resident(self) -> Iterator[None]:

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from ds_zero.sharded_state import FORMAT, _copy_overlaps, _index_slices, _split_state
+from ds_zero.sharded_state import FORMAT, _copy_overlaps, _index_slices, _split_state, is_side_key
 
 
 def _named_holders(trainer: Any) -> list[tuple[str, torch.Tensor, int]]:
@@ -84,7 +84,7 @@ def load_replicated_state_dict(
             if not load_optimizer_states:
                 continue
             state: dict[str, Any] = {}
-            for key in pieces[0]["state"]:
+            for key in (k for k in pieces[0]["state"] if not is_side_key(k)):  # Note [side state]
                 full = torch.empty(holder.numel(), dtype=pieces[0]["state"][key].dtype)
                 _copy_overlaps(pieces, 0, holder.numel(), "state", full, key)
                 state[key] = full.view(holder.shape).to(holder.device)

@@ -7,17 +7,29 @@ by N ranks at stage S loads on M ranks at stage S' by copying overlapping ranges
 
 Note [scalar state]: per-parameter scalars (Adam's ``step``) are equal across a param group's
 parameters in every torch optimizer this project builds; they are saved once per group.
+
+Note [side state]: a trainer may keep element-wise tensors of its own beside the optimizer's, shaped like
+its master shards (ZenFlow's gradient accumulator). They ride in the same slices under keys starting
+with :data:`SIDE_PREFIX`, so they reshard like Adam's moments, but they are never loaded into the
+optimizer's state: :func:`load_shard_state_dict` hands them back to the trainer, and every other loader
+skips them.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 import torch
 
 FORMAT = "ds-slices-v1"
+SIDE_PREFIX = "side:"  # Note [side state]
+
+
+def is_side_key(key: str) -> bool:
+    """Whether a saved state key is a trainer's side state rather than the optimizer's."""
+    return key.startswith(SIDE_PREFIX)
 
 
 class ShardSource(Protocol):
@@ -46,12 +58,27 @@ def _split_state(state: Mapping[str, Any], numel: int) -> tuple[dict[str, torch.
     return tensors, scalars
 
 
-def shard_state_dict(opt: ShardSource, names: Mapping[int, str] | None = None) -> dict[str, Any]:
-    """This rank's optimizer state as slices. ``names`` maps parameter index -> model parameter name."""
+def shard_state_dict(
+    opt: ShardSource,
+    names: Mapping[int, str] | None = None,
+    side: list[dict[str, torch.Tensor]] | None = None,
+    *,
+    state_of: Callable[[torch.Tensor], Mapping[str, Any]] | None = None,
+    copy: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> dict[str, Any]:
+    """This rank's optimizer state as slices. ``names`` maps parameter index -> model parameter name;
+    ``side`` (one dict per master, tensors shaped like it) is the trainer's side state (Note [side state]).
+    ``state_of(master)`` reads a master's optimizer state (default: the optimizer's own dict) and
+    ``copy`` makes each saved slice (default: ``clone``); Note [bounded checkpoint I/O] in
+    ds_zero.nvme_swapper uses both to save states that do not fit in memory."""
+    read_state = state_of or (lambda m: opt.optimizer.state.get(m, {}))
+    take = copy or torch.Tensor.clone  # a copy: a saved view would drag its whole storage into the file
     slices: list[dict[str, Any]] = []
     group_scalars: dict[int, dict[str, Any]] = {}
-    for unit, master in zip(opt.units, opt.masters):
-        tensors, scalars = _split_state(opt.optimizer.state.get(master, {}), master.numel())
+    for i, (unit, master) in enumerate(zip(opt.units, opt.masters)):
+        tensors, scalars = _split_state(read_state(master), master.numel())
+        if side is not None:
+            tensors.update({SIDE_PREFIX + k: v.reshape(-1) for k, v in side[i].items()})
         if scalars:
             group_scalars.setdefault(unit.group_index, scalars)
         for slot, start, end, off in unit.owned_slices():
@@ -63,9 +90,8 @@ def shard_state_dict(opt: ShardSource, names: Mapping[int, str] | None = None) -
                     "start": start,
                     "end": end,
                     "group": unit.group_index,
-                    # clone: a saved view would drag its whole storage into the file
-                    "fp32": master.detach()[off : off + length].clone(),
-                    "state": {k: v[off : off + length].clone() for k, v in tensors.items()},
+                    "fp32": take(master.detach()[off : off + length]),
+                    "state": {k: take(v[off : off + length]) for k, v in tensors.items()},
                 }
             )
     return {
@@ -126,17 +152,28 @@ def load_shard_state_dict(
     names: Mapping[int, str] | None = None,
     *,
     load_optimizer_states: bool = True,
-) -> None:
+    put_state: Callable[[torch.Tensor, dict[str, Any]], None] | None = None,
+    fresh_state: Callable[[torch.Tensor, list[str]], dict[str, torch.Tensor]] | None = None,
+) -> list[dict[str, torch.Tensor]]:
     """Load slices saved at any world size and stage into ``opt``'s own shards (the fp32 masters,
-    and the optimizer state unless ``load_optimizer_states`` is False), then rebuild the parameters."""
+    and the optimizer state unless ``load_optimizer_states`` is False), then rebuild the parameters.
+    ``put_state(master, state)`` stores a master's loaded state (default: into the optimizer's dict), one
+    master at a time, filled into ``fresh_state(master, keys)`` (default: new zero tensors like the
+    master). Returns the side state, one dict per master with the prefix stripped (Note [side
+    state]); empty dicts when the checkpoint has none or ``load_optimizer_states`` is False."""
+    store = put_state or opt.optimizer.state.__setitem__
+    fresh = fresh_state or (lambda m, keys: {k: torch.zeros_like(m) for k in keys})
     by_key, first = _index_slices(shards)
+    side: list[dict[str, torch.Tensor]] = []
     if load_optimizer_states:
         for g, saved in enumerate(first.get("param_groups", [])):
             if g < len(opt.optimizer.param_groups):
                 opt.optimizer.param_groups[g].update(saved)
     for unit, master in zip(opt.units, opt.masters):
         state_keys = _state_keys(by_key, unit, names) if load_optimizer_states else []
-        new_state = {k: torch.zeros_like(master) for k in state_keys}
+        optim_keys = [k for k in state_keys if not is_side_key(k)]
+        new_state = fresh(master, optim_keys) if optim_keys else {}
+        new_state.update({k: torch.zeros_like(master) for k in state_keys if is_side_key(k)})
         for slot, start, end, off in unit.owned_slices():
             key = names[slot.index] if names else slot.index
             pieces = by_key.get(key)
@@ -148,12 +185,17 @@ def load_shard_state_dict(
             for k, tensor in new_state.items():
                 _copy_overlaps(pieces, start, end, "state", tensor[off : off + end - start], k)
         scalars = first.get("group_scalars", {}).get(unit.group_index, {}) if load_optimizer_states else {}
+        side.append({k[len(SIDE_PREFIX) :]: new_state.pop(k) for k in list(new_state) if is_side_key(k)})
         if new_state or scalars:
-            opt.optimizer.state[master] = {
-                **new_state,
-                **{k: torch.tensor(float(v)) for k, v in scalars.items()},
-            }
+            store(
+                master,
+                {
+                    **new_state,
+                    **{k: torch.tensor(float(v)) for k, v in scalars.items()},
+                },
+            )
     opt.publish()
+    return side
 
 
 def _state_keys(
@@ -188,7 +230,7 @@ def full_optimizer_state(shards: Iterable[Mapping[str, Any]]) -> dict[Any, dict[
     for key, pieces in by_key.items():
         numel = int(torch.Size(tuple(pieces[0]["shape"])).numel())
         state: dict[str, Any] = {}
-        for k in pieces[0]["state"]:
+        for k in (k for k in pieces[0]["state"] if not is_side_key(k)):
             full = torch.empty(numel, dtype=pieces[0]["state"][k].dtype)
             _copy_overlaps(pieces, 0, numel, "state", full, k)
             state[k] = full.view(tuple(pieces[0]["shape"]))

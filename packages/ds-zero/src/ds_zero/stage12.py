@@ -15,7 +15,9 @@ parameters and gradients are 2 bytes each and the fp32 masters add 4Ψ/N.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
+from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -33,6 +35,8 @@ from ds_zero.policy import DEFAULT_BUCKET_NUMEL, ZeroPolicy
 from ds_zero.sharded_state import load_shard_state_dict, shard_state_dict
 from ds_zero.trainer import ZeroTrainer
 from ds_zero.units import FlatUnit, build_units, cast_units
+
+logger = logging.getLogger("ds_zero")
 
 
 def _unit_numel(policy: ZeroPolicy, trainable: list[list[torch.Tensor]], group: Any) -> int:
@@ -217,8 +221,10 @@ class ShardedTrainer(ZeroTrainer):
         return held if held is not None else super().accumulated_grad(param)
 
     def state_dict(self) -> dict[str, Any]:
-        with self.states_resident():
-            state = shard_state_dict(self._shards(), self.masters.names)
+        swapper = self.swapper  # NVMe: one sub-group at a time (Note [bounded checkpoint I/O])
+        with self._values_resident(), swapper.reading() if swapper else nullcontext() as read:
+            access = {} if swapper is None else {"state_of": read, "copy": swapper.spill_copy}
+            state = shard_state_dict(self._shards(), self.masters.names, self._side_state(), **access)
         state["loss_scaler"] = self.loss_scaler.state_dict()
         state["dynamic_loss_scale"] = self.loss_scaler.dynamic
         state["overflow"] = self.overflow
@@ -227,12 +233,36 @@ class ShardedTrainer(ZeroTrainer):
     def load_state_dict(self, state_dict: Any, load_optimizer_states: bool = True) -> None:
         """Load slices saved at any world size and stage: one rank's dict or a list of every rank's."""
         shards = state_dict if isinstance(state_dict, list) else [state_dict]
-        with self.states_resident():
-            load_shard_state_dict(
-                self._shards(), shards, self.masters.names, load_optimizer_states=load_optimizer_states
+        swapper = self.swapper
+        if swapper is not None:  # states loaded before (weights-only loads keep them) go back out first
+            swapper.swap_out_all()
+        with self._values_resident():
+            side = load_shard_state_dict(
+                self._shards(),
+                shards,
+                self.masters.names,
+                load_optimizer_states=load_optimizer_states,
+                put_state=None if swapper is None else swapper.store,
+                fresh_state=None if swapper is None else swapper.fresh_state,
             )
         if shards[0].get("loss_scaler") is not None:
             self.loss_scaler.load_state_dict(shards[0]["loss_scaler"])
+        self._load_side_state(side)
+
+    def _values_resident(self) -> Any:
+        """A context inside which every master value is in memory (stage 3's NVMe parameters swap in)."""
+        return nullcontext()
+
+    def _side_state(self) -> list[dict[str, Tensor]] | None:
+        """Tensors shaped like the master shards that checkpoints carry beside the optimizer's state
+        (Note [side state] in :mod:`ds_zero.sharded_state`); None: none."""
+        return None
+
+    def _load_side_state(self, side: list[dict[str, Tensor]]) -> None:
+        """Take the loaded side state; a trainer without any drops it, saying so."""
+        if any(side):
+            keys = sorted({k for d in side for k in d})
+            logger.warning("the checkpoint holds trainer state %s that this run does not use: dropped", keys)
 
     def _shards(self) -> Any:
         return _ShardView(self)

@@ -290,7 +290,9 @@ def load(
         shards = moe_optimizer_checkpoint.optimizer_shards(engine, state, path, opened.optimizer_files)
     else:
         shards = (
-            _optimizer_shards(state, path, opened.optimizer_files) if wants_optimizer or placeholders else []
+            _optimizer_shards(state, path, opened.optimizer_files, mapped=_states_on_nvme(optimizer))
+            if wants_optimizer or placeholders
+            else []
         )
     if placeholders:  # a DeepSpeed stage-3 save: its weights live only in the optimizer partitions
         deepspeed_format.fill_partitioned_weights(
@@ -334,7 +336,15 @@ def _every_parameter_gathered(module: nn.Module) -> AbstractContextManager[Any]:
     return GatheredParameters(params, modifier_rank=0)
 
 
-def _optimizer_shards(state: dict[str, Any], path: str, optimizer_files: list[str]) -> list[dict[str, Any]]:
+def _states_on_nvme(trainer: Trainer | None) -> bool:
+    """Whether the optimizer states live on NVMe, so their files are mapped rather than read (Note
+    [mapped optimizer files] in ds_zero.deepspeed_format)."""
+    return trainer is not None and trainer.policy.offload.optimizer_device == "nvme"
+
+
+def _optimizer_shards(
+    state: dict[str, Any], path: str, optimizer_files: list[str], *, mapped: bool = False
+) -> list[dict[str, Any]]:
     """Every saved slice of optimizer state (Note [one slice format]): from the model states at ``path``
     or from ``optimizer_files`` (checked by :mod:`.integrity`); a checkpoint the reference DeepSpeed
     wrote is converted (:mod:`ds_zero.deepspeed_format`)."""
@@ -346,7 +356,9 @@ def _optimizer_shards(state: dict[str, Any], path: str, optimizer_files: list[st
                 "DeepSpeed stage-0 save), which is not read; load it with load_optimizer_states=False"
             )
         return [saved]
-    return deepspeed_format.read_optimizer_shards(optimizer_files, state.get(layout.PARAM_SHAPES))
+    return deepspeed_format.read_optimizer_shards(
+        optimizer_files, state.get(layout.PARAM_SHAPES), mapped=mapped
+    )
 
 
 def _load_optimizer(trainer: Trainer, shards: list[dict[str, Any]], load_dir: str, tag: str) -> bool:

@@ -16,7 +16,6 @@ first rendezvous, when no rank of that save can be writing yet.
 from __future__ import annotations
 
 import errno
-import io
 import os
 import time
 import zlib
@@ -84,6 +83,9 @@ class _Tally:
         self.crc32 = zlib.crc32(view, self.crc32)
         return view.nbytes
 
+    def flush(self) -> None:
+        self._handle.flush()
+
 
 def _named_os_error(exc: OSError, path: str) -> OSError:
     """``exc`` naming the checkpoint file and the errno symbol (``ENOSPC`` for a full disk)."""
@@ -116,9 +118,10 @@ def atomic_write_bytes(path: str, write: Callable[[Any], Any]) -> WrittenFile:
 def atomic_torch_save(obj: Any, path: str) -> WrittenFile:
     """``torch.save`` to ``path`` atomically; returns the file's size and CRC-32."""
     start = time.perf_counter()
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)  # serialise fully first: a failure here leaves no file at all
-    written = atomic_write_bytes(path, lambda handle: handle.write(buffer.getbuffer()))
+    # streamed into the temporary (a failure removes it): serialising into memory first would hold a
+    # second copy of everything saved, which a state offloaded to NVMe cannot afford (Note [bounded
+    # checkpoint I/O] in ds_zero.nvme_swapper)
+    written = atomic_write_bytes(path, lambda handle: torch.save(obj, handle))
     file_progress("saved", path, written.size, time.perf_counter() - start)
     return written
 

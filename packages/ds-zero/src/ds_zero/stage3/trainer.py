@@ -92,6 +92,10 @@ class Stage3Trainer(ShardedTrainer):
         else:
             swapper.step(self.optimizer, super()._optimizer_step)
 
+    def _values_resident(self) -> Any:
+        """Checkpoint save and load: the parameter shards (offload_param nvme: every unit at once)."""
+        return self._params_resident()
+
     def _params_resident(self) -> Any:
         """Every shard in memory inside (offload_param nvme brings them in and swaps them out after)."""
         return self.param_swapper.resident() if self.param_swapper is not None else nullcontext()

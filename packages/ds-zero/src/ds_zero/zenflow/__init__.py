@@ -31,9 +31,21 @@ picks ``topk`` per data-parallel partition and never picks a column cut by a par
 its choice depends on the world size); the selected columns keep fp32 values and moments (DeepSpeed
 steps the bf16/fp16 weights in place); the overlapped CPU step keeps one set of Adam moments
 (DeepSpeed's native worker alternates two sets between boundaries); ``update_interval: "auto"``
-(adaptive) is refused. A step skipped for non-finite gradients is not a ZenFlow step. Checkpoints hold
-the masters (selected values written back) and the CPU Adam state; the selective moments restart with
-a fresh selection after a load.
+(adaptive) is refused. A step skipped for non-finite gradients is not a ZenFlow step.
+
+Note: [zenflow checkpoint] A resumed run goes on as if unbroken. Each rank's optimizer file holds the
+masters with the selected values written in (so ``zero_to_fp32`` gives the weights the model shows), the
+CPU Adam state, and under ``zenflow``: the ZenFlow step, the selective step count, and per parameter
+name the selected columns with their values, moments and the rank's own elements of the masters'
+values there (a CPU step updates those too, and in Adam-with-L2 mode they feed its moments, so they go
+back after the load, summed over the ranks' files). Saving runs no collective.
+The interval's gradient sum rides in the slices as side state (Note [side state] in
+ds_zero.sharded_state), so it reshards with the optimizer state; with ``overlap_step``, a CPU step
+joined by the save but not yet published saves the model's own shard too, which the model shows again
+after the load until the next boundary. Everything is keyed by parameter name or resharded, so a
+ZenFlow checkpoint loads at another world size or stage 1/2. A checkpoint written without ZenFlow (or a
+weights-only load) starts ZenFlow over: warm-up, then a fresh selection; a ZenFlow checkpoint loaded
+without ZenFlow drops the interval's unapplied gradient sum, with a warning.
 """
 
 from __future__ import annotations

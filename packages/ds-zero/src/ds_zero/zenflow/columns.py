@@ -103,11 +103,17 @@ def gather_selected(
 ) -> list[Tensor]:
     """Per view, the whole selected part of ``shards`` (one tensor per unit) in fp32: the ``(rows, k)``
     selected columns of a 2-D weight, the whole parameter otherwise. Collective over ``group``."""
+    return [p.contiguous() for p in _sum_over(own_selected(views, shards, indices), group)]
+
+
+def own_selected(views: list[ParamView], shards: list[Tensor], indices: list[Tensor | None]) -> list[Tensor]:
+    """:func:`gather_selected` of this rank's elements only, zero elsewhere (no communication): the
+    sum of every rank's is the whole selected part."""
     parts = []
     for view, idx in zip(views, indices):
         full = view.filled(shards[view.unit_index])
         parts.append(full if idx is None else full[:, idx])
-    return [p.contiguous() for p in _sum_over(parts, group)]
+    return parts
 
 
 def write_selected(

@@ -42,6 +42,18 @@ class SelectiveAdam:
         self.exp_avg = [torch.zeros_like(val, device=d) for val, d in zip(values, home)]
         self.exp_avg_sq = [torch.zeros_like(val, device=d) for val, d in zip(values, home)]
 
+    def restore(
+        self,
+        indices: list[Tensor | None],
+        values: list[Tensor],
+        exp_avg: list[Tensor],
+        exp_avg_sq: list[Tensor],
+    ) -> None:
+        """Take a saved selection with its moments (a checkpoint was loaded)."""
+        self.reset(indices, values)
+        for mine, saved in zip(self.exp_avg + self.exp_avg_sq, exp_avg + exp_avg_sq):
+            mine.copy_(saved)
+
     def clear(self) -> None:
         """Forget the selection (a checkpoint was loaded: the next step selects afresh)."""
         self.indices, self.values, self.exp_avg, self.exp_avg_sq = [], [], [], []

@@ -12,10 +12,18 @@ from ds_zero.grad_math import clip_, global_norm, is_finite, unscale_
 from ds_zero.policy import ZenFlowPolicy
 from ds_zero.stage12 import ShardedTrainer
 from ds_zero.zenflow.adam import AdamHyper, hyper_of
-from ds_zero.zenflow.columns import gather_selected, param_views, select_columns, write_selected
+from ds_zero.zenflow.columns import (
+    gather_selected,
+    own_selected,
+    param_views,
+    select_columns,
+    write_selected,
+)
 from ds_zero.zenflow.cpu_update import CpuUpdate, is_adam
 from ds_zero.zenflow.schedule import ZenFlowSchedule
 from ds_zero.zenflow.selective import SelectiveAdam
+
+ZENFLOW_KEY = "zenflow"  # the per-rank optimizer file's entry (Note [zenflow checkpoint])
 
 
 class ZenFlowTrainer(ShardedTrainer):
@@ -34,6 +42,8 @@ class ZenFlowTrainer(ShardedTrainer):
         self.views = param_views(self.masters.units)
         self.selective = SelectiveAdam(self.views, offload=zenflow.offload)
         self.cpu = CpuUpdate(self.optimizer, list(self.masters.holders), overlap=zenflow.overlap_step)
+        self._loaded: dict[str, Any] | None = None  # ZenFlow's saved state, between the two load phases
+        self._loaded_shards: list[dict[str, Any]] = []  # every rank's saved dict, during a load
 
     def _check_supported(self) -> None:
         policy = self.policy
@@ -159,25 +169,124 @@ class ZenFlowTrainer(ShardedTrainer):
                 else:
                     p.grad.zero_()
 
+    # --- checkpoints (Note [zenflow checkpoint]) ------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """The sharded state, with the running CPU step finished and the selected values in the masters."""
-        self._settle_masters()
-        return super().state_dict()
+        """The sharded state with the selected values in the masters, plus ZenFlow's own state."""
+        self.cpu.wait()  # joined, not published: the model takes it at the next boundary, as without a save
+        shards = self._master_shards()
+        own = None
+        if self.selective.active:  # no collective: a save may be any one rank's
+            own = own_selected(self.views, shards, self.selective.indices)
+            write_selected(self.views, shards, self.selective.indices, self.selective.values)
+        try:
+            state = super().state_dict()
+        finally:
+            if own is not None:  # the masters' own values there, so that saving changes nothing
+                write_selected(self.views, shards, self.selective.indices, own)
+        state[ZENFLOW_KEY] = self._zenflow_state(own)
+        return state
+
+    def _zenflow_state(self, own: list[Tensor] | None) -> dict[str, Any]:
+        state: dict[str, Any] = {
+            "step": self.zenflow_step,
+            "landed": self.cpu.landed,
+            "selective_step": self.selective.step_count,
+            "selected": {},
+        }
+        if own is None:
+            return state
+        sel = self.selective
+        for i, (name, idx) in enumerate(zip(self._view_names, sel.indices)):
+            state["selected"][name] = {
+                "indices": None if idx is None else idx.cpu(),
+                "values": sel.values[i].detach().cpu().clone(),
+                "exp_avg": sel.exp_avg[i].cpu().clone(),
+                "exp_avg_sq": sel.exp_avg_sq[i].cpu().clone(),
+                "masters": own[i].cpu(),  # this rank's elements: the ranks' sum is the whole
+            }
+        return state
+
+    def _side_state(self) -> list[dict[str, Tensor]]:
+        side = [{"zenflow_grad_sum": acc} for acc in self.cpu.accumulated]
+        if self.cpu.landed:  # the model still shows the previous boundary: keep what it shows
+            for entry, unit in zip(side, self.masters.units):
+                entry["zenflow_published"] = unit.shard_view().detach().float()
+        return side
 
     def load_state_dict(self, state_dict: Any, load_optimizer_states: bool = True) -> None:
-        """Load, then select afresh at the next step (the selective moments are not checkpointed)."""
-        self._settle_masters()
-        super().load_state_dict(state_dict, load_optimizer_states=load_optimizer_states)
-        self.selective.clear()
-        self.cpu.take_landed()  # the loaded masters are the model's now
+        """Load the sharded state and, from a ZenFlow checkpoint, the selection, its moments, the
+        interval's gradient sum and the schedule's position, so that the run goes on as if unbroken."""
+        self.cpu.wait()
+        self.cpu.take_landed()
+        shards = state_dict if isinstance(state_dict, list) else [state_dict]
+        self._loaded = shards[0].get(ZENFLOW_KEY) if load_optimizer_states else None
+        self._loaded_shards = shards
+        try:
+            super().load_state_dict(state_dict, load_optimizer_states=load_optimizer_states)
+        finally:
+            self._loaded_shards = []
+
+    def _load_side_state(self, side: list[dict[str, Tensor]]) -> None:
+        saved, self._loaded = self._loaded, None
         for buffer in self.cpu.buffers:
             torch._foreach_zero_(buffer)
+        if saved is None:  # weights only, or a checkpoint written without ZenFlow: it starts over
+            self.zenflow_step, self.selective.step_count = 0, 0
+            self.selective.clear()
+            return
+        for acc, entry in zip(self.cpu.accumulated, side):
+            if "zenflow_grad_sum" in entry:
+                acc.copy_(entry["zenflow_grad_sum"])
+        self.zenflow_step = int(saved["step"])
+        self.selective.step_count = int(saved["selective_step"])
+        self._restore_selection(saved["selected"], [s[ZENFLOW_KEY]["selected"] for s in self._loaded_shards])
+        landed = bool(saved["landed"]) and all("zenflow_published" in e for e in side)
+        if landed:
+            self._show(entry["zenflow_published"] for entry in side)
+        self.selective.write_model()
+        self.cpu.landed = landed
 
-    def _settle_masters(self) -> None:
-        # the running step is joined, not published: the model takes it at the next boundary as usual
-        self.cpu.wait()
-        if self.selective.active:
-            write_selected(self.views, self._master_shards(), self.selective.indices, self.selective.values)
+    def _restore_selection(self, selected: dict[str, Any], every_rank: list[dict[str, Any]]) -> None:
+        """The selection of ``selected`` (any rank's: they agree); the masters' own values there are the
+        sum over ``every_rank``'s saves (each saved its own elements, zero elsewhere)."""
+        if not selected:
+            self.selective.clear()
+            return
+        missing = [n for n in self._view_names if n not in selected]
+        if missing:
+            raise ValueError(f"the checkpoint's ZenFlow selection has no entry for parameter {missing[0]!r}")
+        entries = [selected[n] for n in self._view_names]
+        for name, view, e in zip(self._view_names, self.views, entries):
+            want = (view.shape[0], len(e["indices"])) if e["indices"] is not None else tuple(view.shape)
+            if tuple(e["values"].shape) != want:
+                raise ValueError(
+                    f"the checkpoint's ZenFlow selection of {name!r} has shape {tuple(e['values'].shape)}, "
+                    f"expected {want}"
+                )
+        self.selective.restore(
+            [e["indices"] for e in entries],
+            [e["values"] for e in entries],
+            [e["exp_avg"] for e in entries],
+            [e["exp_avg_sq"] for e in entries],
+        )
+        # the masters held the selected values for the save; their own values go back
+        own = [sum(saved[n]["masters"] for saved in every_rank) for n in self._view_names]
+        write_selected(self.views, self._master_shards(), self.selective.indices, own)
+
+    def _show(self, published: Any) -> None:
+        """Put ``published`` (shard-shaped, one per unit) into the model, the masters untouched."""
+        shards = self._master_shards()
+        kept = [m.clone() for m in shards]
+        for master, values in zip(shards, published):
+            master.copy_(values)
+        self.masters.publish()
+        for master, values in zip(shards, kept):
+            master.copy_(values)
+
+    @property
+    def _view_names(self) -> list[str]:
+        names = self.masters.names
+        return [names[slot.index] for unit in self.masters.units for slot in unit.slots]
 
     def close(self) -> None:
         """Stop the background CPU step, then the parent's cleanup."""
