@@ -192,3 +192,45 @@ def train_low_precision(precision: str, stage: int = 0, accum: str | None = None
         return losses
     tied = [p.detach().float().clone() for p, _ in model.get_tied_weights_and_groups()]
     return {"losses": losses, "tied": tied}
+
+
+def _slices(step: int, sizes: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Step ``step``'s data cut into consecutive micro-batches of ``sizes`` rows."""
+    x, y = data(step)
+    bounds = [sum(sizes[:k]) for k in range(len(sizes) + 1)]
+    return [(x[a:b], y[a:b]) for a, b in zip(bounds, bounds[1:])]
+
+
+def varying(sizes_per_step: list[list[int]], dynamic: bool) -> list[float]:
+    """Rank function: 2 stages (``dynamic_shape=dynamic``), step ``i`` on micro-batches of
+    ``sizes_per_step[i]`` rows (all steps the same count); returns the losses."""
+    model = PipelineModule(
+        layers(False), num_stages=2, loss_fn=loss_fn, partition_method="uniform", dynamic_shape=dynamic
+    )
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, model_parameters=model.parameters(), config=config(len(sizes_per_step[0]))
+    )
+    return [
+        float(engine.train_batch(iter(_slices(step, sizes)))) for step, sizes in enumerate(sizes_per_step)
+    ]
+
+
+def reference_varying(sizes_per_step: list[list[int]]) -> list[float]:
+    """:func:`varying` as one module: each step's loss is the mean of its micro-batches' losses."""
+    mods = layers(False)
+    params = [p for m in mods for p in m.parameters()]
+    opt = torch.optim.SGD(params, lr=0.1, momentum=0.9)
+    losses = []
+    for step, sizes in enumerate(sizes_per_step):
+        opt.zero_grad()
+        total = torch.zeros(())
+        for x, y in _slices(step, sizes):
+            h = x
+            for m in mods:
+                h = m(h)
+            total = total + loss_fn(h, y) / len(sizes)
+        total.backward()
+        torch.nn.utils.clip_grad_norm_(params, CLIP)
+        opt.step()
+        losses.append(total.item())
+    return losses

@@ -62,3 +62,20 @@ def test_tied_weights_stay_in_sync_with_fp32_accumulation_at_zero1() -> None:
     assert len(results[0]["tied"]) == len(results[1]["tied"]) >= 1
     for mine, theirs in zip(results[0]["tied"], results[1]["tied"]):
         assert torch.equal(mine, theirs)
+
+
+@pytest.mark.timeout(200)
+@pytest.mark.parametrize(
+    "dynamic,sizes",
+    [
+        (True, [[2, 3], [3, 1], [1, 4]]),  # shapes change inside a batch: every activation has its header
+        (False, [[2, 2], [3, 3], [1, 1]]),  # static within a batch, another size each batch
+    ],
+)
+def test_pipeline_shapes_between_micro_batches_and_batches(dynamic: bool, sizes: list[list[int]]) -> None:
+    """Receives are posted from the batch's first activation's shapes (Note [early receives]): a batch
+    whose micro-batches differ trains with ``dynamic_shape=True``, and batches of different sizes train
+    without it."""
+    results = run_distributed(w.varying, world_size=2, timeout=150, args=(sizes, dynamic))
+    assert results[0] == results[1]
+    assert results[0] == pytest.approx(w.reference_varying(sizes), rel=1e-5, abs=1e-6)

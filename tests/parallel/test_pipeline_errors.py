@@ -58,3 +58,18 @@ def test_shape_mismatch_ends_the_launched_job(tmp_path: Path) -> None:
         in out
     )
     assert time.monotonic() - start < 120
+
+
+@pytest.mark.timeout(180)
+def test_static_shapes_changing_inside_a_batch_name_stage_and_micro_batch() -> None:
+    """Without ``dynamic_shape`` the next stage sizes its receives from the batch's first activation, so
+    a micro-batch of another shape fails on the sending stage, naming it and the way out."""
+    start = time.monotonic()
+    with pytest.raises(
+        DistributedTestError,
+        match=r"pipeline stage 0 \(rank 0\), micro-batch 1: forward failed: its output \[\(3, 16\) float32\] "
+        r"differs from this batch's first micro-batch's \[\(2, 16\) float32\], which sized the next "
+        r"stage's receives; pass PipelineModule\(dynamic_shape=True\)",
+    ):
+        run_distributed(w.varying, world_size=2, timeout=150, args=([[2, 3]], False))
+    assert time.monotonic() - start < 120

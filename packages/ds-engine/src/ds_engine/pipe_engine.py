@@ -93,22 +93,33 @@ class PipelineEngine(DeepSpeedEngine):
             f"{what} failed: {exc}"
         )
 
-    def _inputs(self, mb: int, batch: Any, train: bool) -> Any:
+    def _links(self, micro_batches: int, train: bool) -> p2p.StageLinks:
+        """This batch's transfers to and from the neighbouring stages (Note [early receives] in
+        ds_parallel.pipe.p2p)."""
+        return p2p.StageLinks(
+            None if self.is_first_stage() else self._peer(self.stage_id - 1),
+            None if self.is_last_stage() else self._peer(self.stage_id + 1),
+            micro_batches,
+            train,
+            self.module.dynamic_shape,
+        )
+
+    def _inputs(self, mb: int, batch: Any, train: bool, links: p2p.StageLinks) -> Any:
         if self.is_first_stage():
             x = batch[0]
             if isinstance(x, (tuple, list)):
                 return tuple(t.to(self.device) if isinstance(t, torch.Tensor) else t for t in x)
             return x.to(self.device)
-        got = p2p.recv(self._peer(self.stage_id - 1))
+        got = links.activation(mb)
         got = tuple(t.to(self.device).requires_grad_(train and t.is_floating_point()) for t in got)
         return got[0] if len(got) == 1 else got
 
-    def _forward(self, mb: int, train: bool, state: dict[int, Any], works: list[Any]) -> None:
+    def _forward(self, mb: int, train: bool, state: dict[int, Any], links: p2p.StageLinks) -> None:
         needs_batch = self.is_first_stage() or self.is_last_stage()
         # the user's (inputs, labels) micro-batch, of any structure; middle stages read none
         batch: Any = next(self.data_iterator) if needs_batch else None
-        inputs = self._inputs(mb, batch, train)
         try:
+            inputs = self._inputs(mb, batch, train, links)
             # A received activation is a leaf; the stage gets a non-leaf copy so that a first in-place layer
             # (ReLU(inplace=True)) works, while the leaf collects the gradient to send back.
             fed = (
@@ -121,25 +132,22 @@ class PipelineEngine(DeepSpeedEngine):
                 labels = batch[1]
                 labels = labels.to(self.device) if isinstance(labels, torch.Tensor) else labels
                 out = self.module.loss_fn(out, labels)
+            if not self.is_last_stage():
+                links.send_activation(mb, p2p.as_tuple(out))
         except Exception as exc:  # name the stage and micro-batch (Note [pipeline step])
             raise self._fail("forward", mb, exc) from exc
-        if not self.is_last_stage():
-            p2p.send(p2p.as_tuple(out), self._peer(self.stage_id + 1), works)
         state[mb] = (inputs, out)
 
-    def _backward(self, trainer: Trainer, mb: int, state: dict[int, Any], works: list[Any]) -> None:
+    def _backward(self, trainer: Trainer, mb: int, state: dict[int, Any], links: p2p.StageLinks) -> None:
         inputs, out = state.pop(mb)
         try:
             if self.is_last_stage():
                 loss = out / self.micro_batches if self.micro_batches > 1 else out
                 torch.autograd.backward(trainer.scale_if_loss(loss))
             else:
-                grads = p2p.recv(self._peer(self.stage_id + 1))
+                # one gradient per floating-point output, by construction (StageLinks.send_activation)
+                grads = links.gradients(mb)
                 outs = [o for o in p2p.as_tuple(out) if o.is_floating_point()]
-                if len(outs) != len(grads):
-                    raise RuntimeError(
-                        f"{len(grads)} gradients received for {len(outs)} floating-point outputs"
-                    )
                 pairs = [(o, g.to(o.device)) for o, g in zip(outs, grads) if o.requires_grad]
                 if pairs:
                     torch.autograd.backward([o for o, _ in pairs], [g for _, g in pairs])
@@ -147,11 +155,7 @@ class PipelineEngine(DeepSpeedEngine):
             raise self._fail("backward", mb, exc) from exc
         if not self.is_first_stage():
             ins = [t for t in p2p.as_tuple(inputs) if t.is_floating_point()]
-            p2p.send(
-                tuple(t.grad if t.grad is not None else torch.zeros_like(t) for t in ins),
-                self._peer(self.stage_id - 1),
-                works,
-            )
+            links.send_gradients(tuple(t.grad if t.grad is not None else torch.zeros_like(t) for t in ins))
 
     def _reduce_tied_grads(self, trainer: Trainer) -> None:
         for param, group in self.module.get_tied_weights_and_groups():
@@ -191,16 +195,16 @@ class PipelineEngine(DeepSpeedEngine):
         self.module.train()
         trainer.set_gradient_accumulation_boundary(False)  # Note [pipeline step]: no reduction yet
         state: dict[int, Any] = {}
-        works: list[Any] = []
+        links = self._links(self.micro_batches, train=True)
         losses = []
         for kind, mb in one_f_one_b(self.stage_id, self.num_stages, self.micro_batches):
             if kind == "F":
-                self._forward(mb, True, state, works)
+                self._forward(mb, True, state, links)
                 if self.is_last_stage():
                     losses.append(state[mb][1])
             else:
-                self._backward(trainer, mb, state, works)
-        p2p.wait_all(works)
+                self._backward(trainer, mb, state, links)
+        links.finish()
         self._reduce_tied_grads(trainer)
         trainer.set_gradient_accumulation_boundary(True)
         applied = trainer.step()
@@ -228,7 +232,7 @@ class PipelineEngine(DeepSpeedEngine):
         self.set_dataiterator(data_iter)
         micro = num_micro_batches or self.micro_batches
         state: dict[int, Any] = {}
-        works: list[Any] = []
+        links = self._links(micro, train=False)
         outs = []
         saved_fn = self.module.loss_fn
         if not compute_loss:
@@ -236,11 +240,11 @@ class PipelineEngine(DeepSpeedEngine):
         try:
             with torch.no_grad():
                 for mb in range(micro):
-                    self._forward(mb, False, state, works)
+                    self._forward(mb, False, state, links)
                     outs.append(state.pop(mb)[1])
         finally:
             self.module.loss_fn = saved_fn
-        p2p.wait_all(works)
+        links.finish()
         result: Any = outs if self.is_last_stage() else None
         if compute_loss and reduce_output == "avg":
             result = (
