@@ -20,7 +20,15 @@ parity as well (ours/reference 0.72-1.30 across runs and m). A later run on the 
 below 2, 3 rounds) settled it the other way by a little: ours/Schedule1F1B 0.90, 1.02, 1.06 in separate
 launches and 1.02, 1.02, 1.04 interleaved at m = 2, 4, 8 (1030 vs 968 ms at m = 8), ours/reference
 0.84, 0.92, 0.91. Torch's schedule is 2-6% faster from m = 4: where it serves (m >= p), it should
-take over, or the 2-6% found in this engine's per-micro-batch overhead.
+take over, or the 2-6% found in this engine's per-micro-batch overhead. Posting receives early
+(Note [early receives] in ds_parallel.pipe.p2p) took 25-48% off the step where communication dominates
+(hidden 64 and 256, old and new engines and Schedule1F1B stepped in turn in one process pair, load
+4.3-4.7, a scratch harness, not a recorded run) but left hidden 2048 unchanged within noise: one quiet
+8-step launch had ours/Schedule1F1B 1.06, 1.02, 1.09 at m = 2, 4, 8. Per-micro-batch Python cost is not
+it (cProfile: 0.35-0.39 ms per micro-batch here, 0.42-0.44 ms in torch's); the step does work the torch
+side of the benchmark does not (the global gradient norm for clipping, DeepSpeed's default 1.0, its
+all-reduce across stages and the loss broadcast), so the benchmark should clip on both sides before the
+next comparison.
 
 We keep it for what torch's schedule does not give this engine, not for speed: ``Schedule1F1B`` refuses
 fewer micro-batches than stages (``gradient_accumulation_steps: 1`` is a valid DeepSpeed pipeline
