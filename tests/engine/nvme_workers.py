@@ -147,18 +147,41 @@ def _vm_data() -> int:
 LIMITED_LAYERS = 32  # Linear(512, 512) layers: 64 MiB of Adam states, 32 MiB of gradients
 
 
-def _limited_engine(device: str, nvme_path: str | None):
-    """A model whose Adam states take 64 MiB; returns (engine, the states' bytes, one input)."""
+def _zero_infinity(device: str, nvme_path: str | None) -> dict:
+    """Stage 3 with parameters and optimizer states on ``device``, one Linear per shard unit."""
+    zero: dict = {
+        "stage": 3,
+        "stage3_param_persistence_threshold": 0,
+        "stage3_max_reuse_distance": 0,  # each unit reshards after its forward (DeepSpeed's default keeps
+        # all of them gathered until backward: the whole model in memory)
+        "reduce_bucket_size": 300_000,
+        "stage3_prefetch_bucket_size": 300_000,
+        **_offload(device, nvme_path),
+    }
+    zero["offload_param"] = {"device": device}
+    if device == "nvme":
+        zero["offload_param"].update(nvme_path=nvme_path, buffer_count=2, max_in_cpu=0)
+    return zero
+
+
+def _limited_engine(device: str, nvme_path: str | None, stage: int = 2):
+    """A model whose Adam states take 64 MiB (its fp32 weights 32 MiB); returns (engine, the states'
+    bytes, one input). Stage 3: the weights are offloaded to ``device`` too."""
     torch.manual_seed(0)
     model = torch.nn.Sequential(*[torch.nn.Linear(512, 512) for _ in range(LIMITED_LAYERS)])
     states = 2 * 4 * sum(p.numel() for p in model.parameters())
+    zero = (
+        _zero_infinity(device, nvme_path)
+        if stage == 3
+        else {"stage": 2, "reduce_bucket_size": 300_000, **_offload(device, nvme_path)}
+    )
     cfg = {
         "train_batch_size": 4,
         "train_micro_batch_size_per_gpu": 2,
         "gradient_accumulation_steps": 2,
         "optimizer": {"type": "AdamW", "params": {"lr": 1e-3}},
         "aio": {"block_size": 1 << 20, "queue_depth": 4, "intra_op_parallelism": 1},
-        "zero_optimization": {"stage": 2, "reduce_bucket_size": 300_000, **_offload(device, nvme_path)},
+        "zero_optimization": zero,
     }
     engine, *_ = deepspeed.initialize(model=model, config=cfg)
     return engine, states, torch.randn(2, 512, generator=torch.Generator().manual_seed(1))
@@ -172,6 +195,16 @@ def _micro_steps(engine, x: torch.Tensor, count: int) -> list[float]:
         engine.step()
         losses.append(loss.item())
     return losses
+
+
+def _exact_heap() -> None:
+    """Have glibc map every allocation of 128 KiB or more on its own and unmap it when freed. By default
+    the threshold grows with what was freed (up to 32 MiB), and freed heap stays in the process: the
+    gradients freed at a step would count as room under the cap, hiding what a save or load holds."""
+    import ctypes
+
+    m_mmap_threshold = -3  # mallopt's M_MMAP_THRESHOLD; setting it stops the growth
+    ctypes.CDLL("libc.so.6").mallopt(m_mmap_threshold, 128 << 10)
 
 
 def _cap(headroom: int) -> None:
@@ -194,16 +227,20 @@ def train_under_limit(
     steps: int = 3,
     save_dir: str | None = None,
     load_dir: str | None = None,
+    stage: int = 2,
 ):
     """Build the 64 MiB-states model, cap this rank's private writable memory (RLIMIT_DATA) at what it
     uses then plus ``headroom`` bytes, and train ``steps`` optimizer steps under the cap; with
     ``load_dir``, load that checkpoint under the cap first; with ``save_dir``, save one under the cap
     after. Returns (error or None, the states' bytes, the headroom, the losses, the weights)."""
-    engine, states, x = _limited_engine(device, nvme_path)
+    _exact_heap()
+    engine, states, x = _limited_engine(device, nvme_path, stage)
     # before the cap: one micro-step (not a boundary, so no optimizer states yet), so the gradient
     # buffers and the I/O threads' stacks exist already; before a load, a whole step (states made on
-    # NVMe), as the load replaces them all
-    losses = _micro_steps(engine, x, 2 if load_dir else 1)
+    # NVMe), as the load replaces them all. Stage 3 frees its gradients at each step (a cap taken while
+    # they exist would count them as room): always a whole step, the headroom covering them.
+    warm = 2 if load_dir or stage == 3 else 1
+    losses = _micro_steps(engine, x, warm)
     if load_dir:
         losses = []
     _cap(headroom)
@@ -211,7 +248,7 @@ def train_under_limit(
         if load_dir:
             path, _ = engine.load_checkpoint(load_dir)
             assert path is not None
-        losses += _micro_steps(engine, x, 2 * steps - (0 if load_dir else 1))
+        losses += _micro_steps(engine, x, 2 * steps - (0 if load_dir else warm))
         if save_dir:
             engine.save_checkpoint(save_dir)
     except (RuntimeError, MemoryError, OSError) as exc:

@@ -156,6 +156,36 @@ def test_states_larger_than_the_memory_cap_save_and_resume_with_nvme(tmp_path):
     assert not [p for p in swap.rglob("spill*")]  # the save's spill files are gone
 
 
+@pytest.mark.faults
+@pytest.mark.timeout(300)
+def test_zero_infinity_saves_and_resumes_under_a_cap_below_its_weights(tmp_path):
+    """Note [bounded parameter checkpoints]: stage 3 with the weights (32 MiB fp32) and the Adam states
+    (64 MiB) on NVMe, capped after the first step at what the rank uses then plus CAP (48 MiB, room for
+    the gradients, 32 MiB, which stay in memory from backward to the step). A save that brought every unit
+    in and gathered the model on rank 0 would need the weights twice (64 MiB), as would a load that read
+    the model file into memory and wrote every unit before releasing any: the cap forbids both. Unit by
+    unit, the run saves, and a new process loads and trains on, equal to an uncapped unbroken run."""
+    swap, ckpt = tmp_path / "swap", tmp_path / "ckpt"
+    swap.mkdir()
+    err, states, _, first, _ = run_distributed(
+        w.train_under_limit, 1, 200, args=("nvme", str(swap), CAP, 2, str(ckpt), None, 3)
+    )[0]
+    weights = states // 2
+    assert 2 * weights > CAP and err is None, err
+    err, _, _, second, resumed = run_distributed(
+        w.train_under_limit, 1, 200, args=("nvme", str(swap), CAP, 2, None, str(ckpt), 3)
+    )[0]
+    assert err is None, err
+    _, _, _, unbroken_losses, unbroken = run_distributed(
+        w.train_under_limit, 1, 200, args=("nvme", str(swap), 1 << 40, 4, None, None, 3)
+    )[0]
+    assert first + second == unbroken_losses
+    assert resumed.keys() == unbroken.keys()
+    for key in unbroken:
+        assert torch.equal(resumed[key], unbroken[key]), key
+    assert not [p for p in swap.rglob("spill*")]  # the save's spill files are gone
+
+
 def test_what_stays_refused_says_so():
     from ds_engine.config import DeepSpeedConfig, DeepSpeedConfigError
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import nn
 
 from ds_zero import ReducePolicy
+from ds_zero.policy import OffloadPolicy
 from ds_zero.stage3.external import (
     external_parameters,
     register_external_parameter,
@@ -123,6 +126,9 @@ def test_one_rank_makes_one_unit_when_live_bound_allows():
     assert unit_cap(policy, world_size=1, model_numel=5000) == 5000
     tight = Zero3Policy(stage3=Stage3Policy(prefetch_bucket_numel=1000, max_live_parameters=4000))
     assert unit_cap(tight, world_size=1, model_numel=5000) == 1000
+    for device in ("cpu", "nvme"):  # offloaded parameters: the units bound what is gathered, even on one rank
+        offloaded = dataclasses.replace(policy, offload=OffloadPolicy(param_device=device))
+        assert unit_cap(offloaded, world_size=1, model_numel=5000) == 1000
 
 
 def test_persistence_threshold_is_inclusive_and_capped_by_the_model_threshold():

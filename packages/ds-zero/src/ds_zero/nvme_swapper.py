@@ -345,20 +345,8 @@ class OptimizerStateSwapper:
             self._finish_oldest_write()
 
     def spill_copy(self, t: Tensor) -> Tensor:
-        """A copy of ``t`` in a file-backed shared mapping under the swap folder, its file already
-        unlinked (Note [bounded checkpoint I/O])."""
-        nbytes = t.numel() * t.element_size()
-        if nbytes == 0:
-            return t.clone()
-        path = os.path.join(self.folder, f"spill{next(_serial)}.bin")
-        try:
-            with open(path, "wb") as f:
-                os.ftruncate(f.fileno(), nbytes)
-            out = torch.from_file(path, shared=True, size=t.numel(), dtype=t.dtype)
-        finally:
-            with suppress(FileNotFoundError):
-                os.unlink(path)
-        return out.view(t.shape).copy_(t)
+        """A copy of ``t`` in a file-backed shared mapping under the swap folder (:func:`spill_copy`)."""
+        return spill_copy(t, self.folder)
 
     @contextmanager
     def resident(self) -> Iterator[None]:
@@ -375,6 +363,24 @@ class OptimizerStateSwapper:
             self._finish_writes()
         finally:
             self._finalizer()
+
+
+def spill_copy(t: Tensor, folder: str) -> Tensor:
+    """A copy of ``t`` in a file-backed shared mapping under ``folder``, its file already unlinked, so
+    the kernel pages it out to that file under memory pressure and it disappears with the tensor (Note
+    [bounded checkpoint I/O]); a CPU tensor, contiguous, shaped like ``t``."""
+    nbytes = t.numel() * t.element_size()
+    if nbytes == 0:
+        return t.detach().to("cpu", copy=True)
+    path = os.path.join(folder, f"spill{next(_serial)}.bin")
+    try:
+        with open(path, "wb") as f:
+            os.ftruncate(f.fileno(), nbytes)
+        out = torch.from_file(path, shared=True, size=t.numel(), dtype=t.dtype)
+    finally:
+        with suppress(FileNotFoundError):
+            os.unlink(path)
+    return out.view(t.shape).copy_(t.detach())
 
 
 def _cleanup(engine: AioEngine, folder: str) -> None:

@@ -65,17 +65,22 @@ def shard_state_dict(
     *,
     state_of: Callable[[torch.Tensor], Mapping[str, Any]] | None = None,
     copy: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    bring: Callable[[torch.Tensor], None] | None = None,
 ) -> dict[str, Any]:
     """This rank's optimizer state as slices. ``names`` maps parameter index -> model parameter name;
     ``side`` (one dict per master, tensors shaped like it) is the trainer's side state (Note [side state]).
     ``state_of(master)`` reads a master's optimizer state (default: the optimizer's own dict) and
     ``copy`` makes each saved slice (default: ``clone``); Note [bounded checkpoint I/O] in
-    ds_zero.nvme_swapper uses both to save states that do not fit in memory."""
+    ds_zero.nvme_swapper uses both to save states that do not fit in memory. ``bring(master)`` runs before
+    a master is read (its values may live on NVMe: Note [bounded parameter checkpoints] in
+    ds_zero.stage3.nvme_params)."""
     read_state = state_of or (lambda m: opt.optimizer.state.get(m, {}))
     take = copy or torch.Tensor.clone  # a copy: a saved view would drag its whole storage into the file
     slices: list[dict[str, Any]] = []
     group_scalars: dict[int, dict[str, Any]] = {}
     for i, (unit, master) in enumerate(zip(opt.units, opt.masters)):
+        if bring is not None:
+            bring(master)
         tensors, scalars = _split_state(read_state(master), master.numel())
         if side is not None:
             tensors.update({SIDE_PREFIX + k: v.reshape(-1) for k, v in side[i].items()})
@@ -154,12 +159,14 @@ def load_shard_state_dict(
     load_optimizer_states: bool = True,
     put_state: Callable[[torch.Tensor, dict[str, Any]], None] | None = None,
     fresh_state: Callable[[torch.Tensor, list[str]], dict[str, torch.Tensor]] | None = None,
+    bring: Callable[[torch.Tensor], None] | None = None,
 ) -> list[dict[str, torch.Tensor]]:
     """Load slices saved at any world size and stage into ``opt``'s own shards (the fp32 masters,
     and the optimizer state unless ``load_optimizer_states`` is False), then rebuild the parameters.
     ``put_state(master, state)`` stores a master's loaded state (default: into the optimizer's dict), one
     master at a time, filled into ``fresh_state(master, keys)`` (default: new zero tensors like the
-    master). Returns the side state, one dict per master with the prefix stripped (Note [side
+    master). ``bring(master)`` runs before a master's values are written (as in :func:`shard_state_dict`).
+    Returns the side state, one dict per master with the prefix stripped (Note [side
     state]); empty dicts when the checkpoint has none or ``load_optimizer_states`` is False."""
     store = put_state or opt.optimizer.state.__setitem__
     fresh = fresh_state or (lambda m, keys: {k: torch.zeros_like(m) for k in keys})
@@ -170,6 +177,8 @@ def load_shard_state_dict(
             if g < len(opt.optimizer.param_groups):
                 opt.optimizer.param_groups[g].update(saved)
     for unit, master in zip(opt.units, opt.masters):
+        if bring is not None:
+            bring(master)
         state_keys = _state_keys(by_key, unit, names) if load_optimizer_states else []
         optim_keys = [k for k in state_keys if not is_side_key(k)]
         new_state = fresh(master, optim_keys) if optim_keys else {}

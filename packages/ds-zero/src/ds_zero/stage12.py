@@ -16,7 +16,7 @@ parameters and gradients are 2 bytes each and the fp32 masters add 4Ψ/N.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import nullcontext
 from typing import Any
 
@@ -222,9 +222,18 @@ class ShardedTrainer(ZeroTrainer):
 
     def state_dict(self) -> dict[str, Any]:
         swapper = self.swapper  # NVMe: one sub-group at a time (Note [bounded checkpoint I/O])
-        with self._values_resident(), swapper.reading() if swapper else nullcontext() as read:
-            access = {} if swapper is None else {"state_of": read, "copy": swapper.spill_copy}
-            state = shard_state_dict(self._shards(), self.masters.names, self._side_state(), **access)
+        with (
+            self._values_one_at_a_time(dirty=False) as bring,
+            swapper.reading() if swapper else nullcontext() as read,
+        ):
+            state = shard_state_dict(
+                self._shards(),
+                self.masters.names,
+                self._side_state(),
+                state_of=read,
+                copy=self._spill(),
+                bring=bring,
+            )
         state["loss_scaler"] = self.loss_scaler.state_dict()
         state["dynamic_loss_scale"] = self.loss_scaler.dynamic
         state["overflow"] = self.overflow
@@ -236,7 +245,7 @@ class ShardedTrainer(ZeroTrainer):
         swapper = self.swapper
         if swapper is not None:  # states loaded before (weights-only loads keep them) go back out first
             swapper.swap_out_all()
-        with self._values_resident():
+        with self._values_one_at_a_time(dirty=True) as bring:
             side = load_shard_state_dict(
                 self._shards(),
                 shards,
@@ -244,14 +253,21 @@ class ShardedTrainer(ZeroTrainer):
                 load_optimizer_states=load_optimizer_states,
                 put_state=None if swapper is None else swapper.store,
                 fresh_state=None if swapper is None else swapper.fresh_state,
+                bring=bring,
             )
         if shards[0].get("loss_scaler") is not None:
             self.loss_scaler.load_state_dict(shards[0]["loss_scaler"])
         self._load_side_state(side)
 
-    def _values_resident(self) -> Any:
-        """A context inside which every master value is in memory (stage 3's NVMe parameters swap in)."""
-        return nullcontext()
+    def _values_one_at_a_time(self, *, dirty: bool) -> Any:
+        """Checkpoint save and load: a context giving ``bring(master)``, which puts that master's values in
+        memory (stage 3's NVMe parameters), or None when every value always is (here)."""
+        return nullcontext(None)
+
+    def _spill(self) -> Callable[[Tensor], Tensor] | None:
+        """How a save copies each slice: into file-backed mappings when states live on NVMe (Note
+        [bounded checkpoint I/O]); None: a plain clone."""
+        return None if self.swapper is None else self.swapper.spill_copy
 
     def _side_state(self) -> list[dict[str, Tensor]] | None:
         """Tensors shaped like the master shards that checkpoints carry beside the optimizer's state

@@ -32,6 +32,7 @@ from ds_engine.checkpoint.files import (
     atomic_torch_save,
     atomic_write_text,
     check_safe,
+    clone_tensors_for_torch_save,
     remove_stale_temporaries,
 )
 from ds_engine.checkpoint.rendezvous import check_same_tag, wait_for_all
@@ -265,9 +266,10 @@ def load(
     optimizer = engine.optimizer
     wants_optimizer = optimizer is not None and load_optimizer_states and not load_module_only
     mp = engine.get_model_parallel_rank()  # AutoTP: this tensor rank's files
-    opened = integrity.open_tag(
-        load_dir, tag, wants_optimizer=wants_optimizer, mp_rank=mp
-    )  # refuses an incomplete tag
+    on_nvme = _states_on_nvme(optimizer)
+    # states on NVMe: the model states file is mapped, not read (Note [bounded parameter checkpoints] in
+    # ds_zero.stage3.nvme_params); refuses an incomplete tag
+    opened = integrity.open_tag(load_dir, tag, wants_optimizer=wants_optimizer, mp_rank=mp, mapped=on_nvme)
     if opened is None:
         logger.warning("no checkpoint to load: %s does not exist", layout.model_states_path(load_dir, tag))
         return None, None
@@ -290,7 +292,7 @@ def load(
         shards = moe_optimizer_checkpoint.optimizer_shards(engine, state, path, opened.optimizer_files)
     else:
         shards = (
-            _optimizer_shards(state, path, opened.optimizer_files, mapped=_states_on_nvme(optimizer))
+            _optimizer_shards(state, path, opened.optimizer_files, mapped=on_nvme)
             if wants_optimizer or placeholders
             else []
         )
@@ -323,6 +325,8 @@ def load(
     )
     engine.skipped_steps = int(state.get(layout.SKIPPED_STEPS, 0))
     client_state = {k: v for k, v in state.items() if k not in layout.ENGINE_KEYS}
+    if on_nvme:  # the client's tensors are theirs to change: not views of the mapped file
+        client_state = clone_tensors_for_torch_save(client_state)
     return path, client_state
 
 
@@ -337,9 +341,10 @@ def _every_parameter_gathered(module: nn.Module) -> AbstractContextManager[Any]:
 
 
 def _states_on_nvme(trainer: Trainer | None) -> bool:
-    """Whether the optimizer states live on NVMe, so their files are mapped rather than read (Note
-    [mapped optimizer files] in ds_zero.deepspeed_format)."""
-    return trainer is not None and trainer.policy.offload.optimizer_device == "nvme"
+    """Whether optimizer states or parameters live on NVMe, so the checkpoint's files are mapped rather
+    than read (Note [mapped optimizer files] in ds_zero.deepspeed_format)."""
+    offload = trainer.policy.offload if trainer is not None else None
+    return offload is not None and "nvme" in (offload.optimizer_device, offload.param_device)
 
 
 def _optimizer_shards(

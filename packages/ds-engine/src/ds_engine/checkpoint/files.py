@@ -16,8 +16,10 @@ first rendezvous, when no rank of that save can be writing yet.
 from __future__ import annotations
 
 import errno
+import mmap
 import os
 import time
+import zipfile
 import zlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -171,19 +173,26 @@ class CorruptCheckpointError(RuntimeError):
     """A checkpoint file is truncated, damaged (not the bytes its manifest records) or not a checkpoint."""
 
 
-def safe_load(path: str, map_location: Any = "cpu") -> Any:
+def safe_load(path: str, map_location: Any = "cpu", *, mapped: bool = False) -> Any:
     """``torch.load(path, weights_only=True)``: a checkpoint cannot run code while loading.
 
     A file that asks to import a class or function raises :class:`UnsafeCheckpointError`; a truncated
     or foreign one :class:`CorruptCheckpointError`; both name ``path`` and never suggest loading with
-    ``weights_only=False``.
+    ``weights_only=False``. ``mapped``: the tensors are shared mappings of the file, which the caller
+    must only read (Note [mapped optimizer files] in ds_zero.deepspeed_format says why shared).
     """
     start = time.perf_counter()
     try:
-        loaded = torch.load(path, map_location=map_location, weights_only=True)
+        if mapped and zipfile.is_zipfile(path):
+            with torch.serialization.set_default_mmap_options(mmap.MAP_SHARED):
+                loaded = torch.load(path, map_location=map_location, weights_only=True, mmap=True)
+        else:
+            loaded = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises many types for damaged files; name the file
         if isinstance(exc, MemoryError) or (isinstance(exc, OSError) and exc.filename is not None):
             raise  # out of memory, or a missing / unreadable file, which names itself
+        if "can't allocate memory" in str(exc):  # torch's allocator: not a damaged file
+            raise MemoryError(f"{path}: out of memory while reading it") from exc
         unsafe, reason = load_errors.describe(exc)
         if unsafe:
             raise UnsafeCheckpointError(

@@ -56,8 +56,11 @@ def _saved_zero_stage(ds_config: Any) -> int:
     return 0
 
 
-def open_tag(load_dir: str, tag: str, *, wants_optimizer: bool, mp_rank: int = 0) -> OpenedTag | None:
+def open_tag(
+    load_dir: str, tag: str, *, wants_optimizer: bool, mp_rank: int = 0, mapped: bool = False
+) -> OpenedTag | None:
     """Check ``<load_dir>/<tag>`` for a load and read its model states; None when the tag does not exist.
+    ``mapped``: the model states' tensors are shared mappings of the file (``safe_load``), to be read only.
 
     Raises :class:`IncompleteCheckpointError` (or ``CorruptCheckpointError``) naming the tag and each
     missing or damaged file, with what to do.
@@ -65,7 +68,7 @@ def open_tag(load_dir: str, tag: str, *, wants_optimizer: bool, mp_rank: int = 0
     folder = layout.tag_dir(load_dir, tag)
     saved = manifest.read(load_dir, tag)
     if saved is not None:
-        return _open_with_manifest(load_dir, tag, saved, wants_optimizer, mp_rank)
+        return _open_with_manifest(load_dir, tag, saved, wants_optimizer, mp_rank, mapped)
     path = layout.find_model_states(load_dir, tag)
     if path is None:
         if _visible_files(folder):
@@ -74,7 +77,7 @@ def open_tag(load_dir: str, tag: str, *, wants_optimizer: bool, mp_rank: int = 0
                 f"states file and no {layout.MANIFEST} (the save did not finish); {EARLIER_TAG}"
             )
         return None
-    state = safe_load(path)
+    state = safe_load(path, mapped=mapped)
     if state.get(layout.MANIFEST_KEY):
         raise IncompleteCheckpointError(
             f"checkpoint {folder} is incomplete: {os.path.basename(path)} was written by a save that ends with "
@@ -84,7 +87,12 @@ def open_tag(load_dir: str, tag: str, *, wants_optimizer: bool, mp_rank: int = 0
 
 
 def _open_with_manifest(
-    load_dir: str, tag: str, saved: dict[str, Any], wants_optimizer: bool, mp_rank: int = 0
+    load_dir: str,
+    tag: str,
+    saved: dict[str, Any],
+    wants_optimizer: bool,
+    mp_rank: int = 0,
+    mapped: bool = False,
 ) -> OpenedTag:
     # the model states a load reads: rank 0's (stages 0-2, or stage 3's with the gathered module); with
     # AutoTP, this tensor rank's (mp_rank_<tp>) and only its optimizer files
@@ -103,7 +111,7 @@ def _open_with_manifest(
     folder = layout.tag_dir(load_dir, tag)
     return OpenedTag(
         os.path.join(folder, model),
-        safe_load(os.path.join(folder, model)),
+        safe_load(os.path.join(folder, model), mapped=mapped),
         [os.path.join(folder, n) for n in optim],
     )
 

@@ -12,7 +12,7 @@ each rank keeps its own rows; the unit's gathered copies are dropped so the next
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, cast
 
 import torch
@@ -178,13 +178,18 @@ def full_state_dict(
     dtype: torch.dtype | None = None,
     exclude_frozen_parameters: bool = False,
     rank0_only: bool = True,
+    bring: Callable[[Tensor], None] | None = None,
+    copy: Callable[[Tensor], Tensor] | None = None,
 ) -> dict[str, Tensor] | None:
     """``module``'s state dict with every parameter full, on the CPU; gathered one parameter at a time.
 
     Every rank must call it. With ``rank0_only`` only global rank 0 keeps the result (others get
     None), so no other rank ever holds more than one full parameter. Shared parameters stay shared.
-    ``dtype`` casts floating-point parameters (buffers keep theirs).
+    ``dtype`` casts floating-point parameters (buffers keep theirs). ``bring(param)`` runs before each
+    parameter is gathered (offload_param nvme: its unit's rows are read in) and ``copy`` makes each kept
+    parameter (default: a CPU copy); Note [bounded parameter checkpoints] in ds_zero.stage3.nvme_params.
     """
+    take = copy or (lambda t: t.to("cpu", copy=True))
     keep = not rank0_only or ds_comm.get_rank() == 0
     for m in module.modules():
         if isinstance(m, FSDPModule):
@@ -198,10 +203,12 @@ def full_state_dict(
             continue
         source = param if param is not None else value
         if id(source) not in done:
+            if param is not None and bring is not None:
+                bring(param)
             full = shards.gather_full(source) if param is not None else value.detach()
             if param is not None and dtype is not None and full.is_floating_point():
                 full = full.to(dtype)
-            done[id(source)] = full.to("cpu", copy=True) if keep else _NOTHING
+            done[id(source)] = take(full) if keep else _NOTHING
         if keep:
             out[key] = done[id(source)]
     return out if keep else None

@@ -26,16 +26,29 @@ When the rows are in memory:
 * the optimizer step runs one unit at a time (:meth:`ParamSwapper.step`): read in (the next units
   read ahead), stepped, written back. With ``bf16_master_weights_and_grads`` (whose fp32 step copies
   every parameter first) the step brings every unit in instead.
-* checkpoint save/load, ``full_state_dict``: every unit is brought in (:meth:`ParamSwapper.resident`)
-  and released again after; ``GatheredParameters`` and ``load_state_dict`` bring in the units they
-  touch, which the next forward releases (writing them); a plain ``module.state_dict()`` brings in one
-  unit at a time and returns copies of its rows (Note [state_dict of swapped rows]).
+* checkpoint save/load, ``full_state_dict``: one unit at a time (Note [bounded parameter checkpoints]);
+  ``GatheredParameters`` brings in the units it touches, which the next forward releases (writing
+  them); ``load_state_dict`` writes each unit back as its load ends; a plain ``module.state_dict()``
+  brings in one unit at a time and returns copies of its rows (Note [state_dict of swapped rows]).
 * ``max_in_cpu``: units (in model order) whose rows on this rank total at most this many elements are
   never swapped.
 
-What is not bounded: checkpoint save and load and ``full_state_dict`` hold every unit at once (a model
-larger than CPU memory cannot be saved yet); ``engine.destroy()`` brings every unit back so the module
-stays usable; gradients (shard-sized, alive from backward to the step) are not swapped.
+Note: [bounded parameter checkpoints] A save or load holds one unit's rows at a time, so a model whose
+weights only fit on NVMe can be saved and resumed (tested under RLIMIT_DATA, as Note [bounded checkpoint
+I/O] in ds_zero.nvme_swapper). :meth:`ParamSwapper.one_at_a_time` hands the caller ``bring(tensor)``,
+which reads in the unit that tensor's rows belong to and sends the previous one back (writing it when the
+caller writes). Save: the gathered module rank 0 writes (``full_state_dict``) brings each parameter's
+unit before gathering it and keeps the full copy in a file-backed mapping (``spill_copy``), and the
+optimizer file's slices (``shard_state_dict``) bring each master's unit and spill their copies too;
+``torch.save`` streams from those mappings. Load: the model states file is mapped shared, not read
+(Note [mapped optimizer files] in ds_zero.deepspeed_format); ``load_state_dict`` brings a unit in at its
+first parameter (the load pre-hook) and writes it back when the unit's subtree is loaded (a load
+post-hook), and the optimizer slices are written master by master through ``bring``.
+
+What is not bounded: ``engine.destroy()`` brings every unit back so the module stays usable; gradients
+(shard-sized, alive from backward to the step) are not swapped (DeepSpeed 0.19.8 swaps the fp32 copies
+it makes of them at the accumulation boundary, while the partitions it accumulates into stay in
+memory); with ``bf16_master_weights_and_grads`` the step brings every unit in.
 
 Overlap: reads run on the I/O threads while the current unit computes or steps (forward, backward and
 step read ahead), and writes run behind; the copies between staging buffers and rows are on the
@@ -153,7 +166,9 @@ class ParamSwapper:
         for u in self.units:  # Note [state_dict of swapped rows]
             self.handles.append(u.module.register_state_dict_pre_hook(partial(self._pre_state_dict, u)))
             self.handles.append(u.module.register_state_dict_post_hook(partial(self._post_state_dict, u)))
+            self.handles.append(u.module.register_load_state_dict_post_hook(partial(self._post_load, u)))
         self._holding = 0  # resident() blocks open: every unit stays in memory
+        self._cursors = 0  # one_at_a_time() blocks open: the caller brings units in itself
         self.release_all()
 
     # --- buffers ------------------------------------------------------------------------------------
@@ -286,6 +301,39 @@ class ParamSwapper:
             if not self._holding:
                 self.release_all()
 
+    @contextmanager
+    def one_at_a_time(self, *, dirty: bool) -> Iterator[Callable[[Tensor], None]]:
+        """Inside, ``bring(t)`` puts in memory the unit whose rows ``t`` (a row view, a master, or a
+        unit's DTensor parameter) views, first sending back the unit brought before it; a tensor of no
+        unit brings nothing. ``dirty``: the caller writes the rows, so each is written back when it
+        leaves. After the block no unit it brought stays in memory (Note [bounded parameter
+        checkpoints]). The state_dict hooks stand aside inside: the caller reads rows itself."""
+        owner = {r.untyped_storage()._cdata: u for u in self.units for r in u.rows}
+        current: list[_Unit] = []
+
+        def bring(t: Tensor) -> None:
+            local = getattr(t, "_local_tensor", t)  # a DTensor parameter: its rows
+            unit = owner.get(local.untyped_storage()._cdata)
+            if unit is None or (current and current[0] is unit):
+                return
+            if current:
+                self.release(current.pop())
+            self.ensure(unit)
+            if dirty:
+                unit.on_disk = False
+            current.append(unit)
+
+        self._cursors += 1
+        try:
+            yield bring
+        finally:
+            self._cursors -= 1
+            try:
+                if current and not self._holding:
+                    self.release(current.pop())
+            finally:
+                self.flush()
+
     def step(self, optimizer: torch.optim.Optimizer, inner: Callable[[], Any]) -> None:
         """Run ``inner`` (a step of ``optimizer`` over its current groups) one unit at a time: each unit's
         rows are read in (the next ``buffer_count - 1`` read ahead), stepped and written back, so the
@@ -388,7 +436,7 @@ class ParamSwapper:
     # holds every other unit), and each hook sees only its own unit's rows. Inside ``resident()``
     # (checkpoints, ``full_state_dict``) every unit is in memory and stays there: the hooks stand aside.
     def _pre_state_dict(self, unit: _Unit, module: nn.Module, prefix: str, keep_vars: bool) -> None:
-        if self._holding or unit.resident:
+        if self._holding or self._cursors or unit.resident:
             return
         self.ensure(unit)
         unit.read_for_state_dict = True
@@ -407,6 +455,13 @@ class ParamSwapper:
                     nn.Parameter(copy, value.requires_grad) if isinstance(value, nn.Parameter) else copy
                 )
         self.release(unit)
+
+    def _post_load(self, unit: _Unit, module: nn.Module, incompatible_keys: Any) -> None:
+        """After ``load_state_dict`` wrote a unit (its subtree loaded; the load pre-hook brought it in):
+        write it back and free its rows, so a load holds the units it is inside, not the model."""
+        if not (self._holding or self._cursors):
+            self.release(unit)
+            self.flush()
 
     def make_opaque_to_compiler(self) -> None:
         """Have ``torch.compile`` run these hooks eagerly (they do file I/O), as FSDP2 marks its own."""

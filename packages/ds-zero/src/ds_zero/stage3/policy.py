@@ -147,12 +147,15 @@ def unit_cap(policy: ZeroPolicy, *, world_size: int, model_numel: int) -> int:
     Note: [one rank] Separate units buy two things: a bound on what is gathered at once, and overlap
     of one unit's communication with another's compute. With one rank there is no communication to
     overlap, so when ``stage3_max_live_parameters`` allows the whole model gathered, the model is one
-    unit: each extra unit would only add its hooks and copies to every step.
+    unit: each extra unit would only add its hooks and copies to every step. Not with ``offload_param``:
+    there the units bound what is in accelerator memory (cpu) or in CPU memory at all (nvme, Note
+    [parameter swapping] in :mod:`ds_zero.stage3.nvme_params`), which is why the parameters were
+    offloaded (ZeRO-Infinity on one accelerator is its main use).
     """
     s3 = stage3_of(policy)
     # FSDP2 units bound the gathered memory too: DeepSpeed's default, not Note [adaptive buckets]
     bucket = policy.reduce.bucket_numel if policy.reduce.bucket_numel is not None else DEFAULT_BUCKET_NUMEL
     cap = bucket if s3.prefetch_bucket_numel <= 0 else min(s3.prefetch_bucket_numel, bucket)
-    if world_size == 1 and model_numel <= s3.max_live_parameters:
+    if world_size == 1 and model_numel <= s3.max_live_parameters and policy.offload.param_device == "none":
         return max(cap, model_numel)
     return cap

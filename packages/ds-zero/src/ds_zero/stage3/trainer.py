@@ -12,7 +12,7 @@ moment (in ``param_dtype``) and the persistent parameters, which stay whole.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, nullcontext
 from typing import Any
 
@@ -22,6 +22,7 @@ from torch import Tensor, nn
 import ds_comm
 from ds_zero.entry import StageNotAvailable
 from ds_zero.loss_scaler import make_loss_scaler
+from ds_zero.nvme_swapper import spill_copy
 from ds_zero.policy import ParamNvmePolicy, ZeroPolicy
 from ds_zero.stage3.gathered import full_state_dict
 from ds_zero.stage3.hooks import BACKWARD, UnitHooks
@@ -92,9 +93,22 @@ class Stage3Trainer(ShardedTrainer):
         else:
             swapper.step(self.optimizer, super()._optimizer_step)
 
-    def _values_resident(self) -> Any:
-        """Checkpoint save and load: the parameter shards (offload_param nvme: every unit at once)."""
-        return self._params_resident()
+    @contextmanager
+    def _values_one_at_a_time(self, *, dirty: bool) -> Iterator[Callable[[Tensor], None] | None]:
+        """Checkpoint save and load: with offload_param nvme, ``bring(master)`` puts that master's unit in
+        memory, one unit at a time (Note [bounded parameter checkpoints]); None without it."""
+        if self.param_swapper is None:
+            yield None
+            return
+        with self.param_swapper.one_at_a_time(dirty=dirty) as bring:
+            yield bring
+
+    def _spill(self) -> Callable[[Tensor], Tensor] | None:
+        """With offload_param nvme, saved copies go to file-backed mappings under its swap folder."""
+        if self.param_swapper is None:
+            return super()._spill()
+        folder = self.param_swapper.folder
+        return lambda t: spill_copy(t, folder)
 
     def _params_resident(self) -> Any:
         """Every shard in memory inside (offload_param nvme brings them in and swaps them out after)."""
@@ -116,13 +130,14 @@ class Stage3Trainer(ShardedTrainer):
         rank0_only: bool = True,
     ) -> dict[str, Tensor] | None:
         """The model's full state dict on the CPU of rank 0 (None elsewhere); every rank must call it."""
-        swapper = self.param_swapper
-        with swapper.resident(dirty=False) if swapper is not None else nullcontext():  # read only
+        with self._values_one_at_a_time(dirty=False) as bring:  # read only
             return full_state_dict(
                 self.module,
                 dtype=dtype,
                 exclude_frozen_parameters=exclude_frozen_parameters,
                 rank0_only=rank0_only,
+                bring=bring,
+                copy=self._spill(),
             )
 
     def consolidated_16bit_state_dict(
