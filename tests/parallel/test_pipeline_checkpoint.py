@@ -73,3 +73,26 @@ def test_zero1_resume_at_other_stage_and_data_parallel_sizes(tmp_path, saved, re
         assert r["losses"] == pytest.approx(ref_losses[HALF:], rel=1e-5, abs=1e-6)
         for name, value in r["state"].items():
             assert torch.allclose(value, ref_state[name], rtol=1e-5, atol=1e-6), name
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize(
+    "saved,resumed", [((2, 2, 0), (4, 2, 1)), ((4, 2, 1), (2, 1, 0))]
+)  # (world, stages, ZeRO stage)
+def test_resume_across_zero_0_and_1_equals_uninterrupted(tmp_path, saved, resumed) -> None:
+    """A ZeRO-0 save (whole-parameter slices in the stage files) resumes at ZeRO 1, and a ZeRO-1 save (one
+    slice file per rank) at ZeRO 0, at other stage and data-parallel sizes too, tied weights included:
+    the optimizer's momentum carries over, so the resumed run equals an uninterrupted one."""
+    (w1, p1, z1), (w2, p2, z2) = saved, resumed
+    run_distributed(w.train, world_size=w1, timeout=200, args=(p1, True, 0, z1, 0, HALF, str(tmp_path)))
+    tag = tmp_path / f"global_step{HALF}"
+    slices = [n for n in os.listdir(tag) if n.endswith("_optim_states.pt")]
+    assert len(slices) == (w1 if z1 == 1 else 0), slices
+    second = run_distributed(
+        w.train, world_size=w2, timeout=200, args=(p2, True, 0, z2, HALF, w.STEPS, None, str(tmp_path))
+    )
+    ref_losses, ref_state = w.reference(True)
+    for r in second:
+        assert r["losses"] == pytest.approx(ref_losses[HALF:], rel=1e-5, abs=1e-6)
+        for name, value in r["state"].items():
+            assert torch.allclose(value, ref_state[name], rtol=1e-5, atol=1e-6), name

@@ -3,10 +3,14 @@
 ``<dir>/<tag>/layer_NN-model_states.pt`` holds layer ``NN``'s weights (written by data-parallel rank 0 of
 the stage owning it; a tied module is written at every position that uses it, as DeepSpeed does), and
 ``mp_rank_SS_model_states.pt`` (per stage ``SS``) holds ``module: None``, the counters, the LR schedule and,
-below ZeRO 1, the optimizer state keyed by the parameters' stage-independent names (``"3.weight"``,
-``"tied_modules.emb.weight"``). A run saved with P stages therefore resumes with P' stages, optimizer
-state included: each stage picks its parameters' entries from whichever stage file holds them.
-At ZeRO 1 each rank also writes its optimizer slice (``zero_pp_rank_D_mp_rank_SS_optim_states.pt``).
+below ZeRO 1, the stage's optimizer state as whole-parameter slices (:mod:`ds_zero.replicated_state`: the
+fp32 masters and the optimizer's tensors) keyed by the parameters' stage-independent names
+(``"3.weight"``, ``"tied_modules.emb.weight"``). A run saved with P stages therefore resumes with P'
+stages, optimizer state included: each stage picks its parameters' entries from whichever stage file
+holds them. At ZeRO 1 each rank writes its optimizer slice (``zero_pp_rank_D_mp_rank_SS_optim_states.pt``)
+instead. Both are the same slice format, so a ZeRO-0 save resumes at ZeRO 1 and the other way round
+(Note [pipeline ZeRO-1 resharding]). Stage files written before 2026-12-03 hold a torch-style state
+keyed by those names, without the masters; they still load at ZeRO 0.
 
 Note: [pipeline ZeRO-1 resharding] A ZeRO-1 slice file holds, per parameter range this rank owned, the
 fp32 master values and optimizer state keyed by the parameter's PipelineModule name (the slice format
@@ -14,6 +18,8 @@ of :mod:`ds_zero.sharded_state`), and those names do not depend on the stage cou
 and data-parallel sizes each rank reads its own file; at other sizes each rank reads every file and
 picks the ranges of the parameters it now holds (a tied module's copies on several stages carry equal
 values; the overlaps are read once), so a run saved with P stages x D ranks resumes with P' x D'.
+A ZeRO-0 trainer loading them reads every file, as it holds whole parameters; a ZeRO-1 trainer loading a
+ZeRO-0 save reads every stage file's whole-parameter slices and keeps its own ranges.
 """
 
 from __future__ import annotations
@@ -65,19 +71,6 @@ def _holder_names(trainer: Trainer, module: nn.Module) -> dict[int, str]:
     return {id(trainer.master_of(p)): name for name, p in module.named_parameters()}
 
 
-def _named_optimizer_state(
-    engine: PipelineEngine, trainer: Trainer, inner: torch.optim.Optimizer
-) -> dict[str, Any]:
-    names = _holder_names(trainer, engine.module)
-    state = {
-        names[id(p)]: {k: (v.detach().clone() if isinstance(v, torch.Tensor) else v) for k, v in s.items()}
-        for p, s in inner.state.items()
-        if id(p) in names
-    }
-    groups = [{k: v for k, v in g.items() if k != "params"} for g in inner.param_groups]
-    return {"state": state, "param_groups": groups}
-
-
 def save(
     engine: PipelineEngine, save_dir: str, tag: Any, client_state: dict[str, Any], save_latest: bool
 ) -> bool:
@@ -107,11 +100,8 @@ def save(
             "ds_config": engine.config,
             "pipe_layer_prefixes": _layer_prefixes(module),
             "lr_scheduler": engine.lr_scheduler.state_dict() if engine.lr_scheduler is not None else None,
-            "optimizer": (
-                _named_optimizer_state(engine, *optimizers)
-                if optimizers is not None and not sharded
-                else None
-            ),
+            # below ZeRO 1: whole-parameter slices (ds_zero.replicated_state), fp32 masters included
+            "optimizer": optimizers[0].state_dict() if optimizers is not None and not sharded else None,
             **client_state,
         }
         atomic_torch_save(state, os.path.join(tag_dir, checkpoint_names.model_states(stage)))
@@ -131,17 +121,20 @@ def _load(path: str) -> Any:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def _load_named_optimizer(
-    engine: PipelineEngine, trainer: Trainer, inner: torch.optim.Optimizer, files: list[str]
+def _is_legacy_named(saved: Any) -> bool:
+    """A ZeRO-0 stage file's optimizer state as written before 2026-12-03: ``{"state": {name: ...},
+    "param_groups": [...]}``, without the fp32 masters."""
+    return isinstance(saved, dict) and "state" in saved and "slices" not in saved
+
+
+def _load_legacy_named_optimizer(
+    engine: PipelineEngine, trainer: Trainer, inner: torch.optim.Optimizer, saved: list[Any]
 ) -> None:
     merged: dict[str, Any] = {}
     groups = None
-    for path in files:
-        saved = _load(path).get("optimizer")
-        if saved is None:
-            raise RuntimeError(f"{path} holds no named optimizer state (saved at ZeRO 1?)")
-        merged.update(saved["state"])
-        groups = saved["param_groups"]
+    for content in saved:
+        merged.update(content["state"])
+        groups = content["param_groups"]
     names = _holder_names(trainer, engine.module)
     for group in inner.param_groups:
         for p in group["params"]:
@@ -157,16 +150,24 @@ def _load_named_optimizer(
             group.update(saved_group)
 
 
-def _zero1_slices(engine: PipelineEngine, tag_dir: str, first: dict[str, Any]) -> Any:
-    """The ZeRO-1 optimizer slices this rank loads (Note [pipeline ZeRO-1 resharding]): its own file
-    when the stage and data-parallel sizes are the saved ones, else every stage's and rank's slices."""
+def _optimizer_slices(
+    engine: PipelineEngine, trainer: Trainer, tag_dir: str, first: dict[str, Any], stage_states: list[Any]
+) -> Any:
+    """The optimizer slices this rank loads (Note [pipeline ZeRO-1 resharding]): a ZeRO-1 save's files,
+    only its own when it is ZeRO 1 at the saved stage and data-parallel sizes, else every one; a ZeRO-0
+    save's whole-parameter slices from every stage file."""
+    files = sorted(glob.glob(os.path.join(tag_dir, checkpoint_names.ZERO_OPTIM_STATES_GLOB)))
+    if not files:
+        saved = [s for s in stage_states if s is not None]
+        if not saved:
+            raise RuntimeError(f"pipeline checkpoint {tag_dir} holds no optimizer state")
+        return saved
     same = first.get("num_stages") == engine.num_stages and first.get("dp_world_size") == engine.dp_world_size
-    if same:
+    if same and trainer.sharded_state:
         own = checkpoint_names.zero_optim_states(engine.grid.get_data_parallel_id(), engine.stage_id)
         return _load(os.path.join(tag_dir, own))["optimizer_state_dict"]
-    files = sorted(glob.glob(os.path.join(tag_dir, checkpoint_names.ZERO_OPTIM_STATES_GLOB)))
     expected = int(first.get("num_stages") or 0) * int(first.get("dp_world_size") or 0)
-    if not files or len(files) != expected:
+    if len(files) != expected:
         raise FileNotFoundError(
             f"{tag_dir} should hold {expected} ZeRO-1 optimizer files "
             f"({checkpoint_names.ZERO_OPTIM_STATES_GLOB}) to reshard from, found {len(files)}"
@@ -215,10 +216,16 @@ def load(
         return tag_dir, {}
     if optimizers is not None and load_optimizer_states:
         optimizer, inner = optimizers
-        if optimizer.sharded_state:
-            optimizer.load_state_dict(_zero1_slices(engine, tag_dir, first))
+        stage_states = [first.get("optimizer")] + [_load(p).get("optimizer") for p in stage_files[1:]]
+        if any(_is_legacy_named(s) for s in stage_states):
+            if optimizer.sharded_state:
+                raise RuntimeError(
+                    f"{tag_dir} was saved at ZeRO 0 before 2026-12-03 (optimizer state without fp32 "
+                    "masters), which loads at ZeRO 0 only: resume at ZeRO 0 and save again to change stage"
+                )
+            _load_legacy_named_optimizer(engine, optimizer, inner, stage_states)
         else:
-            _load_named_optimizer(engine, optimizer, inner, stage_files)
+            optimizer.load_state_dict(_optimizer_slices(engine, optimizer, tag_dir, first, stage_states))
     if load_lr_scheduler_states and engine.lr_scheduler is not None and first.get("lr_scheduler") is not None:
         engine.lr_scheduler.load_state_dict(first["lr_scheduler"])
     engine.global_steps = int(first.get("global_steps", 0))
