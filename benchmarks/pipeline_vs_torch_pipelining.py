@@ -8,12 +8,19 @@ first or last):
 - ``torch``: ``PipelineStage`` (shapes inferred on the first step, which is a warm-up step; given
   statically, ``input_args``/``output_args``, torch 2.13's stage backward got no output gradient and failed
   with "grad can be implicitly created only for scalar outputs") + ``Schedule1F1B``, then ``ScheduleGPipe`` (alternating
-  which goes first), each ``schedule.step`` followed by ``torch.optim.SGD.step`` and ``zero_grad``;
+  which goes first), each ``schedule.step`` followed by the same end of step as ours (below), then
+  ``torch.optim.SGD.step`` and ``zero_grad``;
 - ``reference``: the same worker as ``ours`` in the reference DeepSpeed's interpreter
   (benchmarks/_reference.py, ``DS_REFERENCE_PYTHON``);
 - ``interleaved`` (labels ``il-*``): ours, Schedule1F1B and ScheduleGPipe built side by side in one 2-rank
   launch and stepped in turn, step by step (the order rotating each step), so load from other jobs on
   the machine falls on all three alike; the cleanest ours-vs-torch comparison on a shared machine.
+
+Every side ends a step with the same work: gradients clipped to ``--clip`` (DeepSpeed's default 1.0; 0 turns
+it off on every side) by the norm of the whole model (each stage's sum of squares all-reduced over the two
+stages, as ``train_batch`` does), and the batch's mean loss broadcast from the last stage to every rank
+(``train_batch`` returns it on every rank). Before 2026-12-03 the torch sides did neither, which gave them
+an all-reduce and a broadcast less per step than ours and the reference.
 
 The model is ``--layers`` x (Linear(``--hidden``) + GELU) split in half (DeepSpeed's uniform partition),
 loss ``mean((out - y)^2)`` per micro-batch, averaged over the ``m`` micro-batches (DeepSpeed divides the
@@ -28,7 +35,8 @@ of one micro-batch timed alone (median of 5) in the same process; theory ``(p - 
 p = 2. Torch's ``Schedule1F1B`` needs ``m >= p``, hence no m = 1.
 
     python benchmarks/pipeline_vs_torch_pipelining.py [--hidden 2048] [--layers 8] [--micro 64]
-        [--steps 5] [--warmup 2] [--rounds 3] [--lr 0.05] [--sides ours,torch,reference,interleaved]
+        [--steps 5] [--warmup 2] [--rounds 3] [--lr 0.05] [--clip 1.0]
+        [--sides ours,torch,reference,interleaved]
 """
 
 from __future__ import annotations
@@ -116,11 +124,26 @@ def _ds_setup(args: argparse.Namespace, m: int) -> Setup:
         "train_micro_batch_size_per_gpu": args.micro,
         "gradient_accumulation_steps": m,
         "optimizer": {"type": "SGD", "params": {"lr": args.lr}},
+        "gradient_clipping": args.clip,
         "steps_per_print": 10**9,
     }
     engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=config)
     batches = _batches(m, args.micro, args.hidden)
     return (lambda: engine.train_batch(iter(batches))), engine.module, engine.is_first_stage()
+
+
+def _clip_over_stages(params: list[torch.Tensor], max_norm: float) -> None:
+    """Clip this stage's gradients by the L2 norm of the whole pipeline's (both stages' sums of squares
+    all-reduced), scaling only when the norm exceeds ``max_norm``: what ``train_batch`` does at
+    ``gradient_clipping: max_norm``. Nothing at 0 (clipping off, as on the DeepSpeed sides)."""
+    if max_norm <= 0:
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    total = torch.stack(torch._foreach_norm(grads)).pow(2).sum().reshape(1)
+    dist.all_reduce(total)
+    coef = max_norm / (float(total[0].sqrt()) + 1e-6)
+    if coef < 1.0:
+        torch._foreach_mul_(grads, coef)
 
 
 def _torch_setup(args: argparse.Namespace, rank: int, m: int, schedule_cls: type) -> Setup:
@@ -137,15 +160,20 @@ def _torch_setup(args: argparse.Namespace, rank: int, m: int, schedule_cls: type
     schedule = schedule_cls(stage, n_microbatches=m, loss_fn=_mse)
     opt = torch.optim.SGD(module.parameters(), lr=args.lr)
 
-    def step() -> torch.Tensor | None:
+    params = list(module.parameters())
+
+    def step() -> torch.Tensor:
         losses: list[torch.Tensor] = []
         if rank == 0:
             schedule.step(x, return_outputs=False)
         else:
             schedule.step(target=y, losses=losses, return_outputs=False)
+        _clip_over_stages(params, args.clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        return torch.stack([v.detach() for v in losses]).mean() if losses else None
+        loss = torch.stack([v.detach() for v in losses]).mean().reshape(1) if losses else torch.zeros(1)
+        dist.broadcast(loss, src=1)  # the last stage's mean loss on every rank, as train_batch returns it
+        return loss[0]
 
     return step, module, rank == 0
 
@@ -244,7 +272,7 @@ def _launch(python: str, worker: str, args: argparse.Namespace, rnd: int, out: P
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cmd = [python, __file__, "--worker", worker, "--out", str(out), "--round", str(rnd), "--port", str(port)]
-    for key in ("hidden", "layers", "micro", "steps", "warmup", "lr"):
+    for key in ("hidden", "layers", "micro", "steps", "warmup", "lr", "clip"):
         cmd += [f"--{key}", str(getattr(args, key))]
     env = dict(os.environ, OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo")
     out.unlink(missing_ok=True)  # never read an earlier launch's figures
@@ -283,6 +311,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--lr", type=float, default=0.05)
+    parser.add_argument("--clip", type=float, default=1.0)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--sides", type=str, default="ours,torch,reference,interleaved")
     parser.add_argument("--worker", type=str, default="")
@@ -304,7 +333,7 @@ def main() -> None:
     tmp = Path(os.environ.get("TMPDIR", "/tmp"))
     print(
         f"pipeline_vs_torch_pipelining: 2 stages on 2 gloo ranks, {args.layers} x Linear({args.hidden})+GELU, "
-        f"micro-batch {args.micro}, fp32, SGD lr {args.lr}; {args.warmup} warm-up + {args.steps} timed steps per "
+        f"micro-batch {args.micro}, fp32, SGD lr {args.lr}, clip {args.clip}; {args.warmup} warm-up + {args.steps} timed steps per "
         f"launch, {args.rounds} rounds; commit {_git('rev-parse', '--short', 'HEAD')}"
     )
     print(f"load average at start: {os.getloadavg()}", flush=True)
