@@ -35,8 +35,8 @@ machine, 5 rounds): at hidden 2048 ours/Schedule1F1B is 0.97, 0.96, 0.98 stepped
 hidden 256, where a step is 8-28 ms, torch's is ahead (1.09, 1.06, 0.94 in turn, 1.14-1.23 separate).
 A scratch harness stepping both in turn 150 times in one process pair put ours 0.6-1.4 ms a step
 behind at hidden 64 and 256. cProfile: ours makes fewer Python calls a step; the difference sits in
-gloo's send and recv posting (0.18 ms a receive posted here against 0.07 ms in torch's, which reuses
-its receive buffers) and the one shape header a batch. So the order is at parity where compute
+gloo's send and recv posting (0.18 ms a receive posted here against 0.07 ms in torch's; reusing receive
+buffers across batches, as torch does, changed nothing in a trial) and the one shape header a batch. So the order is at parity where compute
 dominates and 5-20% behind on tiny stages: still not shown better, which is what the issue asks of a
 hand-written schedule.
 
