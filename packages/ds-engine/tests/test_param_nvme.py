@@ -198,6 +198,46 @@ def test_checkpoint_resumes_with_or_without_param_nvme(save, load, tmp_path):
     _close(params, whole)
 
 
+def _checkpoint_residency(path: str, ckpt: str):
+    """The most sharded-row bytes in memory at any unit read of a save and of a load, the largest unit's
+    bytes, and what stays in memory after each."""
+    engine = _engine("nvme", "nvme", path)
+    _train(engine, 0, 3)
+    swapper = engine.optimizer.param_swapper
+    seen: list[int] = []
+    ensure = swapper.ensure
+
+    def watched(unit):
+        ensure(unit)
+        seen.append(swapper.resident_bytes())
+
+    swapper.ensure = watched
+    engine.save_checkpoint(ckpt, tag="t")
+    during_save, after_save = max(seen), swapper.resident_bytes()
+    seen.clear()
+    weights = _full(engine)
+    engine.load_checkpoint(ckpt, tag="t")
+    during_load, after_load = max(seen), swapper.resident_bytes()
+    largest = max(sum(r.numel() * r.element_size() for r in u.rows) for u in swapper.units)
+    same = all(torch.equal(a, b) for a, b in zip(weights.values(), _full(engine).values()))
+    return during_save, after_save, during_load, after_load, largest, same
+
+
+def test_checkpoints_hold_one_unit_at_a_time(tmp_path):
+    """Note [bounded parameter checkpoints]: a save (the gathered module and the optimizer slices) and a
+    load (the module, then the optimizer slices) never hold more than one unit's rows (two in the load:
+    the root unit is in memory while its children load), and leave none in memory."""
+    swap, ckpt = tmp_path / "swap", tmp_path / "ckpt"
+    swap.mkdir()
+    save, after_save, load, after_load, largest, same = run_distributed(
+        _checkpoint_residency, 2, 240, args=(str(swap), str(ckpt))
+    )[0]
+    assert 0 < save <= largest, (save, largest)
+    assert 0 < load <= 2 * largest, (load, largest)
+    assert after_save == after_load == 0
+    assert same  # the load put back what was saved
+
+
 def _watch_memory(path: str):
     engine = _engine("nvme", "cpu", path)
     during: list[int] = []
