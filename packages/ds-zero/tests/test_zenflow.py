@@ -310,3 +310,35 @@ def test_resume_on_another_world_size(tmp_path):
     (got,) = _resume(tmp_path, zenflow, "Adam", world_after=1)
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(5, 7), (1, 9), (6, 1), (4, 4)])
+def test_owned_blocks_give_scores_columns_and_write_back_of_every_owned_range(shape):
+    """Note [owned blocks]: for every range [start, end) a rank may own of a weight's flattening, the
+    column scores, the selected columns and their write-back equal those of the zero-filled full weight,
+    and the write-back touches nothing outside the range."""
+    import itertools
+
+    from ds_zero.zenflow.columns import ParamView
+
+    rows, cols = shape
+    full = torch.randn(rows, cols, generator=torch.Generator().manual_seed(0))
+    idx = torch.tensor(sorted({0, cols // 2, cols - 1}))
+    off = 3  # where the range sits in the shard, with other units' elements around it
+    for start, end in itertools.combinations(range(rows * cols + 1), 2):
+        n = end - start
+        shard = torch.full((off + n + 2,), 7.0)
+        shard[off : off + n] = full.reshape(-1)[start:end]
+        view = ParamView(None, 0, 0, torch.Size(shape), start, end, off)  # type: ignore[arg-type]
+        mine = torch.zeros(rows * cols)
+        mine[start:end] = full.reshape(-1)[start:end]
+        mine = mine.view(shape)
+        torch.testing.assert_close(view.column_scores(shard), mine.abs().sum(dim=0))
+        assert torch.equal(view.own_columns(shard, idx), mine[:, idx])
+        new = torch.randn(rows, idx.numel())
+        written = shard.clone()
+        view.store_columns(written, idx, new)
+        want = full.clone()
+        want[:, idx] = new
+        assert torch.equal(written[off : off + n], want.reshape(-1)[start:end]), (start, end)
+        assert (written[:off] == 7).all() and (written[off + n :] == 7).all()

@@ -1,10 +1,15 @@
 """Where each parameter's elements sit in this rank's shards, and column selection across ranks.
 
 Each rank holds only its shard of every flat unit (:mod:`ds_zero.units`), so one column of a weight
-may be spread over ranks. Every operation here fills a zero tensor of the parameter's shape with this
-rank's elements and sums those tensors over the shard group: each element is owned by exactly one
-rank, so the sum is exact. Column scores cost ``cols`` values per weight; the selected gradients cost
-``rows * k`` values per weight, not the whole gradient.
+may be spread over ranks. Every operation here puts this rank's elements into a zero tensor (the
+column scores, ``cols`` values per weight; the selected columns, ``rows * k``) and sums those tensors
+over the shard group: each element is owned by exactly one rank, so the sum is exact.
+
+Note: [owned blocks] A rank's elements of a ``(rows, cols)`` weight are one contiguous range of its
+flattening: at most a partial first row, a block of whole rows and a partial last row
+(:meth:`ParamView.blocks`), each a 2-D view of the shard. Scores, selected columns and their write-back
+work on those views, so no temporary of the weight's full size is made on any rank (a weight not 2-D
+is small, and is still filled whole).
 """
 
 from __future__ import annotations
@@ -49,6 +54,51 @@ class ParamView:
             full[self.start : self.end] = shard[self.shard_offset : self.shard_offset + n]
         return full.view(self.shape)
 
+    def blocks(self, shard: Tensor) -> list[tuple[int, int, Tensor]]:
+        """This rank's elements of a 2-D weight as ``(first row, first column, view of shard)`` blocks,
+        each view ``full[row : row + h, col : col + w]`` (Note [owned blocks])."""
+        cols = self.shape[1]
+        out: list[tuple[int, int, Tensor]] = []
+        pos, at = self.start, self.shard_offset
+        while pos < self.end:
+            row, col = divmod(pos, cols)
+            if col or self.end - pos < cols:  # a partial row
+                width = min(cols - col, self.end - pos)
+                out.append((row, col, shard[at : at + width].view(1, width)))
+            else:  # whole rows
+                width = (self.end - pos) // cols * cols
+                out.append((row, 0, shard[at : at + width].view(-1, cols)))
+            pos, at = pos + width, at + width
+        return out
+
+    def column_scores(self, shard: Tensor) -> Tensor:
+        """The L1 norm of each column over this rank's elements (fp32, ``cols`` values)."""
+        scores = torch.zeros(self.shape[1], dtype=torch.float32, device=shard.device)
+        for _, col, block in self.blocks(shard):
+            scores[col : col + block.shape[1]] += block.float().abs().sum(dim=0)
+        return scores
+
+    def columns_of_block(self, col: int, width: int, idx: Tensor) -> tuple[Tensor, Tensor]:
+        """Of the sorted selected columns ``idx``: the positions in ``idx`` of those inside
+        ``[col, col + width)``, and their offsets in that range."""
+        lo, hi = torch.searchsorted(idx, torch.tensor([col, col + width], device=idx.device)).tolist()
+        at = torch.arange(lo, hi, device=idx.device)
+        return at, idx[lo:hi] - col
+
+    def own_columns(self, shard: Tensor, idx: Tensor) -> Tensor:
+        """The ``(rows, k)`` selected columns with this rank's elements, zero elsewhere (fp32)."""
+        out = torch.zeros(self.shape[0], idx.numel(), dtype=torch.float32, device=shard.device)
+        for row, col, block in self.blocks(shard):
+            at, offsets = self.columns_of_block(col, block.shape[1], idx)
+            out[row : row + block.shape[0], at] = block[:, offsets].float()
+        return out
+
+    def store_columns(self, shard: Tensor, idx: Tensor, values: Tensor) -> None:
+        """Write this rank's elements of the ``(rows, k)`` selected columns ``values`` into ``shard``."""
+        for row, col, block in self.blocks(shard):
+            at, offsets = self.columns_of_block(col, block.shape[1], idx)
+            block[:, offsets] = values[row : row + block.shape[0], at].to(block.dtype)
+
     def store(self, shard: Tensor, full: Tensor) -> None:
         """Write this rank's elements of ``full`` (the parameter's shape) into ``shard``."""
         n = self.end - self.start
@@ -83,7 +133,7 @@ def select_columns(
     """Per view: the sorted indices of its top columns by the L1 norm of ``shards`` (gradient shards, one
     per unit) over the group; None for parameters that are not 2-D. The same on every rank."""
     matrices = [v for v in views if v.is_matrix]
-    scores = _sum_over([v.filled(shards[v.unit_index]).abs().sum(dim=0) for v in matrices], group)
+    scores = _sum_over([v.column_scores(shards[v.unit_index]) for v in matrices], group)
     picked = {
         id(v): torch.topk(s, v.num_selected(topk_ratio)).indices.sort().values
         for v, s in zip(matrices, scores)
@@ -109,11 +159,12 @@ def gather_selected(
 def own_selected(views: list[ParamView], shards: list[Tensor], indices: list[Tensor | None]) -> list[Tensor]:
     """:func:`gather_selected` of this rank's elements only, zero elsewhere (no communication): the
     sum of every rank's is the whole selected part."""
-    parts = []
-    for view, idx in zip(views, indices):
-        full = view.filled(shards[view.unit_index])
-        parts.append(full if idx is None else full[:, idx])
-    return parts
+    return [
+        view.filled(shards[view.unit_index])
+        if idx is None
+        else view.own_columns(shards[view.unit_index], idx)
+        for view, idx in zip(views, indices)
+    ]
 
 
 def write_selected(
@@ -126,7 +177,5 @@ def write_selected(
         shard = shards[view.unit_index]
         if idx is None:
             view.store(shard, value)
-            continue
-        full = view.filled(shard)
-        full[:, idx] = value
-        view.store(shard, full)
+        else:
+            view.store_columns(shard, idx, value)
